@@ -1,0 +1,24 @@
+//! tenancy-bridge: routes production Kafka events of whitelisted users to Rush test
+//! environments, with no change in any producer or consumer.
+//!
+//! # Layout
+//!
+//! The pure core knows no I/O, no async and no Kafka client:
+//! - [`config`]: the TOML file, typed and validated, every output topic resolved.
+//! - [`extract`]: finding the user of an event (header, key, JSON pointer).
+//! - [`tenancy`]: the decision per event and service, and the stamp on Rush copies.
+//! - [`whitelist::Snapshot`]: the immutable whitelist a decision reads.
+//!
+//! The I/O shell around it:
+//! - [`relay`]: consumer, producers, ordered offset tracking, the pipeline. A record is
+//!   decided in [`relay::pipeline`].
+//! - [`whitelist`]: where snapshots come from (a local file for now) and how they are swapped.
+//! - [`kafka`]: client configuration and the retry / fatal / poison classification of errors.
+
+pub mod config;
+pub mod extract;
+pub mod kafka;
+pub mod relay;
+pub mod report;
+pub mod tenancy;
+pub mod whitelist;

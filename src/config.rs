@@ -1,0 +1,446 @@
+//! The configuration file: TOML, typed and validated once at start.
+//!
+//! Parsing goes raw TOML → environment overrides → typed structs (`deny_unknown_fields`, so
+//! a typo is an error naming the key) → [`Config::validate`], which checks what types cannot
+//! (loops, duplicate outputs, one user source per route) and resolves every output topic.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::extract::{JsonPointer, UserLocator};
+use crate::tenancy::StampMode;
+
+/// Prefix of environment variables that override config keys: `TENANCY_BRIDGE__PROD__BOOTSTRAP_SERVERS`
+/// sets `prod.bootstrap_servers`; `__` separates table levels.
+pub const ENV_PREFIX: &str = "TENANCY_BRIDGE__";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("config is not valid TOML or has a wrong key or type: {0}")]
+    Parse(String),
+    #[error("environment variable {var}: {reason}")]
+    Env { var: String, reason: String },
+    #[error("`{field}`: {reason}")]
+    Invalid { field: String, reason: String },
+}
+
+fn invalid(field: impl Into<String>, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid { field: field.into(), reason: reason.into() }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterConfig {
+    pub bootstrap_servers: String,
+    /// librdkafka properties passed through unchanged; librdkafka checks them at validate time.
+    #[serde(default)]
+    pub kafka: BTreeMap<String, toml::Value>,
+}
+
+impl ClusterConfig {
+    /// librdkafka wants every property as a string; TOML lets users write numbers and booleans.
+    pub fn kafka_properties(&self) -> impl Iterator<Item = (&str, String)> {
+        self.kafka.iter().map(|(k, v)| {
+            let v = match v {
+                toml::Value::String(s) => s.clone(),
+                other => other.to_string(),
+            };
+            (k.as_str(), v)
+        })
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum WhitelistMode {
+    #[default]
+    Snapshot,
+    Lookup,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WhitelistConfig {
+    /// Config Mapper base URL.
+    pub url: Option<String>,
+    /// A local whitelist file (the Config Mapper's snapshot JSON), reloaded when it changes.
+    pub file: Option<PathBuf>,
+    #[serde(default)]
+    pub mode: WhitelistMode,
+    #[serde(default = "defaults::refresh", with = "humantime_serde_compat")]
+    pub refresh: Duration,
+}
+
+impl Default for WhitelistConfig {
+    fn default() -> Self {
+        Self { url: None, file: None, mode: WhitelistMode::Snapshot, refresh: defaults::refresh() }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BridgeConfig {
+    #[serde(default = "defaults::group_id")]
+    pub group_id: String,
+    #[serde(default = "defaults::output_topic")]
+    pub output_topic: String,
+    #[serde(default = "defaults::tenancy_header")]
+    pub tenancy_header: String,
+    /// Input records read but not yet acknowledged on every output; the consumer pauses above it.
+    #[serde(default = "defaults::max_in_flight")]
+    pub max_in_flight: usize,
+    /// On SIGTERM, how long to wait for outstanding outputs before exiting without committing them.
+    #[serde(default = "defaults::drain_timeout", with = "humantime_serde_compat")]
+    pub drain_timeout: Duration,
+    /// Create missing output topics with the input's partition count.
+    #[serde(default = "defaults::create_topics")]
+    pub create_topics: bool,
+    /// Replication factor for created output topics; -1 uses the broker's default.
+    #[serde(default = "defaults::replication_factor")]
+    pub replication_factor: i32,
+    /// How often consumed offsets that are fully acknowledged are committed.
+    #[serde(default = "defaults::commit_interval", with = "humantime_serde_compat")]
+    pub commit_interval: Duration,
+}
+
+impl Default for BridgeConfig {
+    fn default() -> Self {
+        Self {
+            group_id: defaults::group_id(),
+            output_topic: defaults::output_topic(),
+            tenancy_header: defaults::tenancy_header(),
+            max_in_flight: defaults::max_in_flight(),
+            drain_timeout: defaults::drain_timeout(),
+            create_topics: defaults::create_topics(),
+            replication_factor: defaults::replication_factor(),
+            commit_interval: defaults::commit_interval(),
+        }
+    }
+}
+
+mod defaults {
+    use std::time::Duration;
+    pub fn refresh() -> Duration {
+        Duration::from_secs(1)
+    }
+    pub fn group_id() -> String {
+        "tenancy-bridge".into()
+    }
+    pub fn output_topic() -> String {
+        "{topic}.{service}".into()
+    }
+    pub fn tenancy_header() -> String {
+        "event_tenancy".into()
+    }
+    pub fn max_in_flight() -> usize {
+        20_000
+    }
+    pub fn drain_timeout() -> Duration {
+        Duration::from_secs(30)
+    }
+    pub fn create_topics() -> bool {
+        true
+    }
+    pub fn replication_factor() -> i32 {
+        -1
+    }
+    pub fn commit_interval() -> Duration {
+        Duration::from_secs(1)
+    }
+}
+
+/// `"1s"`, `"250ms"`, `"4h"`: durations as humans write them.
+mod humantime_serde_compat {
+    use serde::{Deserialize, Deserializer};
+    use std::time::Duration;
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let s = String::deserialize(d)?;
+        humantime::parse_duration(&s)
+            .map_err(|e| serde::de::Error::custom(format!("invalid duration {s:?}: {e}")))
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawUserSource {
+    header: Option<String>,
+    json: Option<String>,
+    key: Option<bool>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRoute {
+    topic: String,
+    services: Vec<String>,
+    user: RawUserSource,
+    #[serde(default)]
+    stamp: StampMode,
+    #[serde(default)]
+    return_path: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    prod: ClusterConfig,
+    rush: ClusterConfig,
+    #[serde(default)]
+    whitelist: WhitelistConfig,
+    #[serde(default)]
+    bridge: BridgeConfig,
+    routes: Vec<RawRoute>,
+}
+
+/// One consuming service of a route and its output topic (same name on both clusters).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Service {
+    pub name: String,
+    pub output_topic: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct Route {
+    pub topic: String,
+    pub services: Vec<Service>,
+    pub user: UserLocator,
+    pub stamp: StampMode,
+    pub return_path: bool,
+}
+
+/// The validated configuration. Built only through [`Config::parse`], so every instance is valid.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub prod: ClusterConfig,
+    pub rush: ClusterConfig,
+    pub whitelist: WhitelistConfig,
+    pub bridge: BridgeConfig,
+    pub routes: Vec<Route>,
+}
+
+/// Routes can have at most this many services: a decision is a bit set over them.
+pub const MAX_SERVICES_PER_ROUTE: usize = 64;
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        Self::parse(&text, std::env::vars())
+    }
+
+    /// Parses `text`, applies `TENANCY_BRIDGE__*` overrides found in `env`, and validates.
+    pub fn parse(
+        text: &str,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
+        let mut table: toml::Table =
+            text.parse().map_err(|e: toml::de::Error| ConfigError::Parse(e.to_string()))?;
+        apply_env_overrides(&mut table, env)?;
+        let raw: RawConfig = RawConfig::deserialize(toml::Value::Table(table))
+            .map_err(|e| ConfigError::Parse(e.to_string()))?;
+        Self::validate(raw)
+    }
+
+    fn validate(raw: RawConfig) -> Result<Self, ConfigError> {
+        for (name, c) in [("prod", &raw.prod), ("rush", &raw.rush)] {
+            if c.bootstrap_servers.trim().is_empty() {
+                return Err(invalid(format!("{name}.bootstrap_servers"), "must not be empty"));
+            }
+            for key in ["bootstrap.servers", "group.id", "enable.auto.commit", "transactional.id"] {
+                if c.kafka.contains_key(key) {
+                    return Err(invalid(
+                        format!("{name}.kafka.\"{key}\""),
+                        "is set by the bridge itself; use the dedicated key",
+                    ));
+                }
+            }
+        }
+        let b = &raw.bridge;
+        if b.group_id.trim().is_empty() {
+            return Err(invalid("bridge.group_id", "must not be empty"));
+        }
+        if !b.output_topic.contains("{service}") {
+            return Err(invalid(
+                "bridge.output_topic",
+                "must contain {service}, or every service of a route would share one topic",
+            ));
+        }
+        if !b.output_topic.contains("{topic}") {
+            return Err(invalid(
+                "bridge.output_topic",
+                "must contain {topic}, or routes would share output topics",
+            ));
+        }
+        if !valid_header_name(&b.tenancy_header) {
+            return Err(invalid("bridge.tenancy_header", "must be a non-empty printable ASCII name"));
+        }
+        if b.max_in_flight == 0 {
+            return Err(invalid("bridge.max_in_flight", "must be at least 1"));
+        }
+        if b.replication_factor == 0 || b.replication_factor < -1 {
+            return Err(invalid("bridge.replication_factor", "must be -1 (broker default) or ≥ 1"));
+        }
+        let w = &raw.whitelist;
+        if w.url.is_some() && w.file.is_some() {
+            return Err(invalid("whitelist", "set either `url` or `file`, not both"));
+        }
+        if w.url.is_none() && w.file.is_none() {
+            return Err(invalid("whitelist", "set `url` (a Config Mapper) or `file` (a local snapshot)"));
+        }
+        if let Some(url) = &w.url {
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                return Err(invalid("whitelist.url", format!("{url:?} is not an http(s) URL")));
+            }
+        }
+        if w.refresh.is_zero() {
+            return Err(invalid("whitelist.refresh", "must be greater than zero"));
+        }
+        if raw.routes.is_empty() {
+            return Err(invalid("routes", "at least one [[routes]] entry is required"));
+        }
+
+        let mut routes = Vec::with_capacity(raw.routes.len());
+        let mut inputs = BTreeSet::new();
+        for (i, r) in raw.routes.into_iter().enumerate() {
+            let at = |f: &str| format!("routes[{i}].{f}");
+            if !valid_topic_name(&r.topic) {
+                return Err(invalid(at("topic"), format!("{:?} is not a valid Kafka topic name", r.topic)));
+            }
+            if !inputs.insert(r.topic.clone()) {
+                return Err(invalid(at("topic"), format!("topic {:?} has two routes", r.topic)));
+            }
+            if r.services.is_empty() {
+                return Err(invalid(at("services"), "must list at least one service"));
+            }
+            if r.services.len() > MAX_SERVICES_PER_ROUTE {
+                return Err(invalid(at("services"), format!("at most {MAX_SERVICES_PER_ROUTE} services")));
+            }
+            let mut services: Vec<Service> = Vec::with_capacity(r.services.len());
+            for (j, name) in r.services.iter().enumerate() {
+                if !valid_service_name(name) {
+                    return Err(invalid(
+                        format!("routes[{i}].services[{j}]"),
+                        format!("{name:?}: use letters, digits, '.', '-' or '_'"),
+                    ));
+                }
+                if services.iter().any(|s| &s.name == name) {
+                    return Err(invalid(format!("routes[{i}].services[{j}]"), format!("{name:?} is listed twice")));
+                }
+                let output_topic =
+                    b.output_topic.replace("{topic}", &r.topic).replace("{service}", name);
+                if !valid_topic_name(&output_topic) {
+                    return Err(invalid(
+                        "bridge.output_topic",
+                        format!("gives {output_topic:?} for route {:?}, not a valid topic name", r.topic),
+                    ));
+                }
+                services.push(Service { name: name.clone(), output_topic });
+            }
+            let user = match (r.user.header, r.user.json, r.user.key) {
+                (Some(h), None, None | Some(false)) if !h.is_empty() => UserLocator::Header(h),
+                (None, Some(p), None | Some(false)) => UserLocator::Json(
+                    JsonPointer::parse(&p).map_err(|reason| invalid(at("user.json"), reason))?,
+                ),
+                (None, None, Some(true)) => UserLocator::Key,
+                _ => {
+                    return Err(invalid(
+                        at("user"),
+                        "set exactly one of { header = \"name\" }, { json = \"/pointer\" }, { key = true }",
+                    ));
+                }
+            };
+            routes.push(Route { topic: r.topic, services, user, stamp: r.stamp, return_path: r.return_path });
+        }
+
+        // An output that is also an input would feed the bridge its own writes.
+        let mut outputs = BTreeMap::new();
+        for r in &routes {
+            for s in &r.services {
+                if inputs.contains(&s.output_topic) {
+                    return Err(invalid(
+                        format!("routes[topic={}].services", r.topic),
+                        format!("output topic {:?} is also a route input: that is a loop", s.output_topic),
+                    ));
+                }
+                if let Some(other) = outputs.insert(s.output_topic.clone(), r.topic.clone()) {
+                    return Err(invalid(
+                        "bridge.output_topic",
+                        format!("routes {other:?} and {:?} both write {:?}", r.topic, s.output_topic),
+                    ));
+                }
+            }
+        }
+
+        Ok(Config {
+            prod: raw.prod,
+            rush: raw.rush,
+            whitelist: raw.whitelist,
+            bridge: raw.bridge,
+            routes,
+        })
+    }
+}
+
+fn valid_topic_name(t: &str) -> bool {
+    !t.is_empty()
+        && t.len() <= 249
+        && t != "."
+        && t != ".."
+        && t.bytes().all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b'-'))
+}
+
+fn valid_service_name(s: &str) -> bool {
+    valid_topic_name(s)
+}
+
+fn valid_header_name(h: &str) -> bool {
+    !h.is_empty() && h.bytes().all(|c| c.is_ascii_graphic())
+}
+
+/// `TENANCY_BRIDGE__A__B=v` sets `a.b = v`. The value is read as a TOML value when it parses as
+/// one (`true`, `5`, `"x"`, `["a","b"]`), else as a plain string, so `host:9092` needs no quotes.
+fn apply_env_overrides(
+    table: &mut toml::Table,
+    env: impl IntoIterator<Item = (String, String)>,
+) -> Result<(), ConfigError> {
+    for (var, value) in env {
+        let Some(path) = var.strip_prefix(ENV_PREFIX) else { continue };
+        let keys: Vec<String> = path.split("__").map(|k| k.to_ascii_lowercase()).collect();
+        if keys.iter().any(|k| k.is_empty()) {
+            return Err(ConfigError::Env { var, reason: "empty key segment".into() });
+        }
+        let parsed = format!("v = {value}")
+            .parse::<toml::Table>()
+            .ok()
+            .and_then(|mut t| t.remove("v"))
+            .unwrap_or(toml::Value::String(value));
+        let (last, parents) = keys.split_last().ok_or_else(|| ConfigError::Env {
+            var: var.clone(),
+            reason: "names no key".into(),
+        })?;
+        let mut cur = &mut *table;
+        for k in parents {
+            let entry = cur.entry(k.clone()).or_insert_with(|| toml::Value::Table(Default::default()));
+            cur = match entry {
+                toml::Value::Table(t) => t,
+                _ => {
+                    return Err(ConfigError::Env {
+                        var,
+                        reason: format!("`{k}` is not a table, cannot set a key inside it"),
+                    });
+                }
+            };
+        }
+        cur.insert(last.clone(), parsed);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+#[path = "config_tests.rs"]
+mod tests;

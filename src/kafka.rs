@@ -1,0 +1,145 @@
+//! Kafka client set-up and the classification of every Kafka error the bridge sees.
+
+use rdkafka::ClientConfig;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+
+use crate::config::{ClusterConfig, Config};
+
+/// What the bridge does about a Kafka error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorClass {
+    /// Transient: wait and try again (queue full, broker moving, network blip).
+    Retry,
+    /// The bridge cannot go on (auth, fenced producer, lost idempotence, missing topic).
+    Fatal,
+    /// This one record can never be written (too large, rejected as invalid).
+    Poison,
+}
+
+impl ErrorClass {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Retry => "retry",
+            Self::Fatal => "fatal",
+            Self::Poison => "poison",
+        }
+    }
+}
+
+pub fn classify(err: &KafkaError) -> ErrorClass {
+    match err.rdkafka_error_code() {
+        Some(code) => classify_code(code),
+        // Errors without a broker code are client-side: bad config, missing topic names, …
+        None => ErrorClass::Fatal,
+    }
+}
+
+pub fn classify_code(code: RDKafkaErrorCode) -> ErrorClass {
+    use RDKafkaErrorCode as C;
+    match code {
+        C::QueueFull
+        | C::MessageTimedOut
+        | C::RequestTimedOut
+        | C::OperationTimedOut
+        | C::NetworkException
+        | C::BrokerTransportFailure
+        | C::AllBrokersDown
+        | C::BrokerNotAvailable
+        | C::LeaderNotAvailable
+        | C::NotLeaderForPartition
+        | C::NotEnoughReplicas
+        | C::NotEnoughReplicasAfterAppend
+        | C::NotCoordinator
+        | C::CoordinatorNotAvailable
+        | C::CoordinatorLoadInProgress
+        | C::RebalanceInProgress
+        | C::KafkaStorageError
+        | C::PreferredLeaderNotAvailable
+        | C::FetchSessionIdNotFound
+        | C::OutOfOrderSequenceNumber
+        | C::Resolve
+        | C::ThrottlingQuotaExceeded
+        | C::PartitionEOF => ErrorClass::Retry,
+        C::MessageSizeTooLarge
+        | C::InvalidMessageSize
+        | C::InvalidMessage
+        | C::InvalidRecord
+        | C::InvalidTimestamp
+        | C::BadCompression
+        | C::UnsupportedCompressionType => ErrorClass::Poison,
+        _ => ErrorClass::Fatal,
+    }
+}
+
+fn base(cluster: &ClusterConfig, client_id: &str) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", &cluster.bootstrap_servers);
+    c.set("client.id", client_id);
+    for (k, v) in cluster.kafka_properties() {
+        c.set(k, v);
+    }
+    c
+}
+
+/// Properties the bridge needs whatever the user wrote.
+const PRODUCER_FIXED: &[(&str, &str)] = &[
+    // Ordered, duplicate-free writes per partition, also across internal retries.
+    ("enable.idempotence", "true"),
+    ("acks", "all"),
+];
+
+pub fn producer_config(cluster: &ClusterConfig, name: &str, config: &Config) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    // Defaults first, so the user's [*.kafka] table can override them.
+    c.set("linger.ms", "5");
+    c.set("message.timeout.ms", "120000");
+    let max_services = config.routes.iter().map(|r| r.services.len()).max().unwrap_or(1);
+    // The in-flight bound decides memory; the producer queue must never be the tighter bound.
+    let queue = (config.bridge.max_in_flight * max_services + 1000).min(10_000_000);
+    c.set("queue.buffering.max.messages", queue.to_string());
+    let user = base(cluster, &format!("tenancy-bridge-{name}"));
+    for (k, v) in user.config_map() {
+        c.set(k, v);
+    }
+    for (k, v) in PRODUCER_FIXED {
+        c.set(*k, *v);
+    }
+    c
+}
+
+pub fn consumer_config(config: &Config) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    // A new group starts at the beginning: an event produced before the bridge first ran is
+    // still an input event that must reach its outputs.
+    c.set("auto.offset.reset", "earliest");
+    // Bound what librdkafka prefetches; the relay's own bound is bridge.max_in_flight.
+    c.set("queued.max.messages.kbytes", "32768");
+    let user = base(&config.prod, "tenancy-bridge-consumer");
+    for (k, v) in user.config_map() {
+        c.set(k, v);
+    }
+    c.set("group.id", &config.bridge.group_id);
+    // Offsets are committed only after every output is acknowledged, by the relay itself.
+    c.set("enable.auto.commit", "false");
+    c.set("enable.auto.offset.store", "false");
+    c.set("enable.partition.eof", "false");
+    c
+}
+
+pub fn admin_config(cluster: &ClusterConfig, name: &str) -> ClientConfig {
+    base(cluster, &format!("tenancy-bridge-admin-{name}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classification() {
+        assert_eq!(classify_code(RDKafkaErrorCode::QueueFull), ErrorClass::Retry);
+        assert_eq!(classify_code(RDKafkaErrorCode::MessageSizeTooLarge), ErrorClass::Poison);
+        assert_eq!(classify_code(RDKafkaErrorCode::TopicAuthorizationFailed), ErrorClass::Fatal);
+        assert_eq!(classify_code(RDKafkaErrorCode::InvalidProducerEpoch), ErrorClass::Fatal);
+        assert_eq!(classify(&KafkaError::ClientCreation("x".into())), ErrorClass::Fatal);
+    }
+}

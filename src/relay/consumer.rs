@@ -1,0 +1,88 @@
+//! The input consumer: one group over every route topic on prod, commits driven by the tracker.
+//!
+//! librdkafka runs rebalance callbacks on the thread that polls, synchronously, which is why the
+//! poll loop lives on its own thread rather than on an async runtime.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
+use rdkafka::error::KafkaResult;
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+
+use super::offsets::{PartitionKey, Tracker};
+use super::producer::Producers;
+
+pub struct RebalanceContext {
+    pub tracker: Arc<Tracker>,
+    pub producers: Arc<Producers>,
+    pub route_topics: Vec<String>,
+    pub drain_timeout: Duration,
+}
+
+impl ClientContext for RebalanceContext {}
+
+impl RebalanceContext {
+    fn keys(&self, tpl: &TopicPartitionList) -> Vec<PartitionKey> {
+        tpl.elements()
+            .iter()
+            .filter_map(|e| self.route_topics.iter().position(|t| t == e.topic()).map(|r| (r, e.partition())))
+            .collect()
+    }
+
+    /// Commits what is fully acknowledged for `keys` (all when `None`).
+    pub fn commit(&self, consumer: &BaseConsumer<Self>, keys: Option<&[PartitionKey]>, mode: CommitMode) -> KafkaResult<usize> {
+        let offsets = self.tracker.take_committable(keys);
+        if offsets.is_empty() {
+            return Ok(0);
+        }
+        let mut tpl = TopicPartitionList::with_capacity(offsets.len());
+        for ((route, partition), next) in &offsets {
+            tpl.add_partition_offset(&self.route_topics[*route], *partition, Offset::Offset(*next))?;
+        }
+        match consumer.commit(&tpl, mode) {
+            Ok(()) => Ok(offsets.len()),
+            Err(e) => {
+                self.tracker.uncommit(&offsets);
+                Err(e)
+            }
+        }
+    }
+}
+
+impl ConsumerContext for RebalanceContext {
+    fn commit_callback(&self, result: KafkaResult<()>, offsets: &TopicPartitionList) {
+        if let Err(e) = result {
+            tracing::warn!(error = %e, "offset commit failed; offering the offsets again");
+            let failed: Vec<(PartitionKey, i64)> = offsets
+                .elements()
+                .iter()
+                .filter_map(|e| {
+                    let route = self.route_topics.iter().position(|t| t == e.topic())?;
+                    Some(((route, e.partition()), e.offset().to_raw()?))
+                })
+                .collect();
+            self.tracker.uncommit(&failed);
+        }
+    }
+
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        match rebalance {
+            Rebalance::Revoke(tpl) => {
+                let keys = self.keys(tpl);
+                // Everything read from these partitions must be written and committed before
+                // another instance starts on them, or it would write those records again.
+                if let Err(e) = self.producers.flush(self.drain_timeout) {
+                    tracing::warn!(error = %e, "producers not drained within drain_timeout on revoke; the next owner replays the rest");
+                }
+                match self.commit(consumer, Some(&keys), CommitMode::Sync) {
+                    Ok(n) => tracing::info!(partitions = keys.len(), committed = n, "partitions revoked"),
+                    Err(e) => tracing::warn!(error = %e, "commit on revoke failed; the next owner replays from the last commit"),
+                }
+                self.tracker.remove(&keys);
+            }
+            Rebalance::Assign(tpl) => tracing::info!(partitions = tpl.count(), "partitions assigned"),
+            Rebalance::Error(e) => tracing::error!(error = %e, "rebalance error"),
+        }
+    }
+}

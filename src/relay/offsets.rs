@@ -1,0 +1,290 @@
+//! Ordered offset tracking: an input offset becomes committable only when every output of that
+//! record, and of every earlier record of its partition, is acknowledged.
+//!
+//! The consumer thread calls [`Tracker::begin`] before producing a record's outputs; producer
+//! delivery callbacks call [`Tracker::ack`]. Each in-flight record is identified to librdkafka
+//! by a `usize` opaque (partition slot and offset), so a delivery costs no allocation.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Condvar, Mutex, MutexGuard};
+use std::time::Duration;
+
+const OFFSET_BITS: u32 = 48;
+const OFFSET_MASK: usize = (1 << OFFSET_BITS) - 1;
+/// Slots are recycled modulo this; a stale ack is also checked against the pending offsets.
+const SLOTS: u32 = 1 << (usize::BITS - OFFSET_BITS);
+
+/// An input partition: index of its route and its partition number.
+pub type PartitionKey = (usize, i32);
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failure {
+    pub key: PartitionKey,
+    pub offset: i64,
+    pub reason: String,
+}
+
+#[derive(Debug, Default)]
+struct Track {
+    slot: u32,
+    /// (offset, outputs not yet acknowledged), in offset order.
+    pending: VecDeque<(i64, u32)>,
+    /// Next offset to commit (Kafka's convention: last done + 1); `None` until one is done.
+    done_up_to: Option<i64>,
+    committed: Option<i64>,
+    failed: bool,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    tracks: HashMap<PartitionKey, Track>,
+    by_slot: HashMap<u32, PartitionKey>,
+    next_slot: u32,
+    in_flight: usize,
+    failure: Option<Failure>,
+}
+
+#[derive(Debug, Default)]
+pub struct Tracker {
+    inner: Mutex<Inner>,
+    progressed: Condvar,
+}
+
+pub fn opaque(slot: u32, offset: i64) -> usize {
+    ((slot as usize) << OFFSET_BITS) | (offset as usize & OFFSET_MASK)
+}
+
+fn split(opaque: usize) -> (u32, i64) {
+    ((opaque >> OFFSET_BITS) as u32, (opaque & OFFSET_MASK) as i64)
+}
+
+impl Tracker {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // A poisoned lock means a thread panicked mid-update; the counts are still the best
+        // information there is, and refusing them would stop commits (not lose data).
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Registers `offset` of `key` with `outputs` outputs to wait for; returns its opaque.
+    /// Offsets of one partition must be begun in increasing order.
+    pub fn begin(&self, key: PartitionKey, offset: i64, outputs: u32) -> usize {
+        let mut g = self.lock();
+        let inner = &mut *g;
+        let track = match inner.tracks.get_mut(&key) {
+            Some(t) => t,
+            None => {
+                let slot = inner.next_slot;
+                inner.next_slot = (inner.next_slot + 1) % SLOTS;
+                inner.by_slot.insert(slot, key);
+                inner.tracks.entry(key).or_insert(Track { slot, ..Track::default() })
+            }
+        };
+        let slot = track.slot;
+        if outputs == 0 {
+            if track.pending.is_empty() {
+                track.done_up_to = Some(offset + 1);
+            } else {
+                track.pending.push_back((offset, 0));
+                inner.in_flight += 1;
+            }
+        } else {
+            track.pending.push_back((offset, outputs));
+            inner.in_flight += 1;
+        }
+        opaque(slot, offset)
+    }
+
+    /// One output of the record behind `opaque` is acknowledged.
+    pub fn ack(&self, opaque: usize) {
+        let (slot, offset) = split(opaque);
+        let mut g = self.lock();
+        let inner = &mut *g;
+        let Some(key) = inner.by_slot.get(&slot) else { return };
+        let Some(track) = inner.tracks.get_mut(key) else { return };
+        let Ok(i) = track.pending.binary_search_by_key(&offset, |(o, _)| *o & OFFSET_MASK as i64) else {
+            return;
+        };
+        let remaining = &mut track.pending[i].1;
+        *remaining = remaining.saturating_sub(1);
+        let mut released = 0;
+        while let Some(&(o, 0)) = track.pending.front() {
+            track.pending.pop_front();
+            if !track.failed {
+                track.done_up_to = Some(o + 1);
+            }
+            released += 1;
+        }
+        if released > 0 {
+            inner.in_flight -= released;
+            self.progressed.notify_all();
+        }
+    }
+
+    /// An output of the record behind `opaque` failed for good: nothing at or after it in that
+    /// partition may be committed, and the relay must stop.
+    pub fn fail(&self, opaque: usize, reason: String) {
+        let (slot, offset) = split(opaque);
+        let mut g = self.lock();
+        let inner = &mut *g;
+        if let Some(key) = inner.by_slot.get(&slot).copied() {
+            if let Some(track) = inner.tracks.get_mut(&key) {
+                // The failed record is still pending, so `done_up_to` is already before it;
+                // freezing keeps it there.
+                track.failed = true;
+            }
+            if inner.failure.is_none() {
+                inner.failure = Some(Failure { key, offset, reason });
+            }
+        }
+        self.progressed.notify_all();
+    }
+
+    pub fn failure(&self) -> Option<Failure> {
+        self.lock().failure.clone()
+    }
+
+    pub fn in_flight(&self) -> usize {
+        self.lock().in_flight
+    }
+
+    /// Waits until fewer than `limit` records are in flight, a failure is recorded, or `timeout`.
+    pub fn wait_below(&self, limit: usize, timeout: Duration) -> usize {
+        let g = self.lock();
+        let (g, _) = self
+            .progressed
+            .wait_timeout_while(g, timeout, |i| i.in_flight >= limit && i.failure.is_none())
+            .unwrap_or_else(|p| p.into_inner());
+        g.in_flight
+    }
+
+    /// Offsets that are done but not yet committed, for `keys` (all partitions when `None`).
+    /// They are marked committed; call [`Tracker::uncommit`] if the commit fails.
+    pub fn take_committable(&self, keys: Option<&[PartitionKey]>) -> Vec<(PartitionKey, i64)> {
+        let mut g = self.lock();
+        let mut out = Vec::new();
+        for (key, t) in g.tracks.iter_mut() {
+            if keys.is_some_and(|ks| !ks.contains(key)) {
+                continue;
+            }
+            if let Some(next) = t.done_up_to {
+                if t.committed != Some(next) {
+                    t.committed = Some(next);
+                    out.push((*key, next));
+                }
+            }
+        }
+        out.sort_unstable();
+        out
+    }
+
+    /// A commit of these offsets failed: offer them again next time.
+    pub fn uncommit(&self, offsets: &[(PartitionKey, i64)]) {
+        let mut g = self.lock();
+        for (key, off) in offsets {
+            if let Some(t) = g.tracks.get_mut(key) {
+                if t.committed == Some(*off) {
+                    t.committed = None;
+                }
+            }
+        }
+    }
+
+    /// Records of `key` still waiting for outputs.
+    pub fn pending(&self, key: PartitionKey) -> usize {
+        self.lock().tracks.get(&key).map_or(0, |t| t.pending.len())
+    }
+
+    /// Forgets partitions this instance no longer owns (after a revoke). Their pending
+    /// records no longer count against the in-flight bound.
+    pub fn remove(&self, keys: &[PartitionKey]) {
+        let mut g = self.lock();
+        for key in keys {
+            if let Some(t) = g.tracks.remove(key) {
+                g.by_slot.remove(&t.slot);
+                g.in_flight -= t.pending.len();
+            }
+        }
+        self.progressed.notify_all();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const P: PartitionKey = (0, 3);
+
+    #[test]
+    fn commits_only_contiguous_fully_acked_prefix() {
+        let t = Tracker::new();
+        let a = t.begin(P, 10, 2);
+        let b = t.begin(P, 11, 1);
+        let c = t.begin(P, 15, 2);
+        assert_eq!(t.in_flight(), 3);
+        t.ack(b);
+        t.ack(c);
+        t.ack(c);
+        assert!(t.take_committable(None).is_empty(), "10 still has an output outstanding");
+        t.ack(a);
+        assert!(t.take_committable(None).is_empty(), "10 has two outputs");
+        t.ack(a);
+        assert_eq!(t.take_committable(None), vec![(P, 16)]);
+        assert_eq!(t.in_flight(), 0);
+        assert!(t.take_committable(None).is_empty(), "already committed");
+    }
+
+    #[test]
+    fn failure_freezes_the_partition() {
+        let t = Tracker::new();
+        let a = t.begin(P, 1, 1);
+        let b = t.begin(P, 2, 1);
+        let c = t.begin(P, 3, 1);
+        t.ack(a);
+        t.fail(b, "boom".into());
+        t.ack(b);
+        t.ack(c);
+        assert_eq!(t.take_committable(None), vec![(P, 2)]);
+        assert_eq!(t.failure().unwrap().offset, 2);
+    }
+
+    #[test]
+    fn partitions_are_independent_and_removable() {
+        let t = Tracker::new();
+        let q: PartitionKey = (1, 0);
+        let a = t.begin(P, 5, 1);
+        let _b = t.begin(q, 7, 1);
+        t.ack(a);
+        assert_eq!(t.take_committable(Some(&[P])), vec![(P, 6)]);
+        t.remove(&[q]);
+        assert_eq!(t.in_flight(), 0);
+        assert_eq!(t.pending(q), 0);
+    }
+
+    #[test]
+    fn uncommit_offers_again_and_stale_acks_are_ignored() {
+        let t = Tracker::new();
+        let a = t.begin(P, 1, 1);
+        t.ack(a);
+        let taken = t.take_committable(None);
+        t.uncommit(&taken);
+        assert_eq!(t.take_committable(None), taken);
+        t.ack(a);
+        t.ack(opaque(999, 1));
+        assert_eq!(t.in_flight(), 0);
+    }
+
+    #[test]
+    fn wait_below_wakes_on_ack() {
+        let t = std::sync::Arc::new(Tracker::new());
+        let a = t.begin(P, 1, 1);
+        let t2 = t.clone();
+        let h = std::thread::spawn(move || t2.wait_below(1, Duration::from_secs(10)));
+        std::thread::sleep(Duration::from_millis(20));
+        t.ack(a);
+        assert_eq!(h.join().unwrap(), 0);
+    }
+}

@@ -1,0 +1,162 @@
+//! Where a record is decided and fanned out: one input record → one output per service of its
+//! route, each on the cluster its decision names.
+
+use std::sync::Arc;
+
+use rdkafka::error::KafkaError;
+use rdkafka::message::{BorrowedHeaders, BorrowedMessage, Header, Headers as _, Message, OwnedHeaders};
+
+use super::offsets::Tracker;
+use super::producer::{Output, Producers, send};
+use super::stats::Stats;
+use crate::config::{Config, Route};
+use crate::extract::{Headers, RecordView};
+use crate::kafka::ErrorClass;
+use crate::tenancy::{self, Cluster, Reason};
+use crate::whitelist::Snapshot;
+
+/// A record the bridge cannot write out; the relay stops before committing past it.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot produce {input_topic}[{partition}]@{offset} to {cluster} {output_topic}: {source} ({} error)", class.as_str())]
+pub struct ProduceError {
+    pub input_topic: String,
+    pub partition: i32,
+    pub offset: i64,
+    pub cluster: &'static str,
+    pub output_topic: String,
+    pub class: ErrorClass,
+    pub source: KafkaError,
+}
+
+/// The rdkafka headers of an input record, seen through the core's [`Headers`] trait.
+struct InputHeaders<'a>(Option<&'a BorrowedHeaders>);
+
+impl Headers for InputHeaders<'_> {
+    fn last(&self, name: &str) -> Option<&[u8]> {
+        let h = self.0?;
+        (0..h.count()).rev().map(|i| h.get(i)).find(|h| h.key == name).and_then(|h| h.value)
+    }
+}
+
+pub struct Pipeline {
+    routes: Vec<Route>,
+    tenancy_key: String,
+    producers: Arc<Producers>,
+    tracker: Arc<Tracker>,
+    stats: Arc<Stats>,
+    /// Reused across records so stamping allocates only for the payload copy librdkafka takes.
+    stamp: String,
+    payload: Vec<u8>,
+}
+
+impl Pipeline {
+    pub fn new(config: &Config, producers: Arc<Producers>, tracker: Arc<Tracker>, stats: Arc<Stats>) -> Self {
+        Self {
+            routes: config.routes.clone(),
+            tenancy_key: config.bridge.tenancy_header.clone(),
+            producers,
+            tracker,
+            stats,
+            stamp: String::new(),
+            payload: Vec::new(),
+        }
+    }
+
+    pub fn route_index(&self, topic: &str) -> Option<usize> {
+        self.routes.iter().position(|r| r.topic == topic)
+    }
+
+    pub fn route_topic(&self, index: usize) -> Option<&str> {
+        self.routes.get(index).map(|r| r.topic.as_str())
+    }
+
+    /// Decides `msg` once and enqueues each of its outputs. On error the record stays pending in
+    /// the tracker, so its offset is never committed.
+    pub fn process(&mut self, msg: &BorrowedMessage<'_>, snapshot: &Snapshot, now_ms: i64) -> Result<(), ProduceError> {
+        let Some(ri) = self.route_index(msg.topic()) else {
+            // Subscribed topics are exactly the route inputs; anything else is not ours to route.
+            tracing::warn!(topic = msg.topic(), "record from a topic without a route; skipped");
+            return Ok(());
+        };
+        let route = &self.routes[ri];
+        let input_headers = msg.headers();
+        let headers = InputHeaders(input_headers);
+        let view = RecordView { key: msg.key(), payload: msg.payload(), headers: &headers };
+        let decision = tenancy::decide(route, &view, snapshot, now_ms, &self.tenancy_key);
+        self.stats.records_in.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        match decision.reason {
+            Reason::Passthrough(p) => self.stats.passthrough(p),
+            Reason::Upstream => {
+                self.stats.upstream_honoured.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+            Reason::Whitelist => {}
+        }
+
+        let opaque = self.tracker.begin((ri, msg.partition()), msg.offset(), route.services.len() as u32);
+        for (i, service) in route.services.iter().enumerate() {
+            let cluster = decision.cluster(i);
+            let (payload, headers) = match cluster {
+                Cluster::Prod => (msg.payload(), input_headers.map(copy_headers)),
+                Cluster::Rush => {
+                    let user = decision.user.as_deref().unwrap_or_default();
+                    tenancy::tenancy_value(user, &service.name, &mut self.stamp);
+                    let payload = match (decision.splice, msg.payload()) {
+                        (Some(splice), Some(p)) => {
+                            tenancy::stamp_payload(p, splice, &self.tenancy_key, &self.stamp, &mut self.payload);
+                            Some(self.payload.as_slice())
+                        }
+                        (_, p) => p,
+                    };
+                    let stamp = route.stamp.header().then_some(self.stamp.as_str());
+                    (payload, Some(rush_headers(input_headers, &self.tenancy_key, stamp)))
+                }
+            };
+            let out = Output {
+                topic: &service.output_topic,
+                partition: msg.partition(),
+                key: msg.key(),
+                payload,
+                headers,
+                timestamp: msg.timestamp(),
+                opaque,
+            };
+            send(self.producers.get(cluster), out).map_err(|(source, class)| {
+                self.stats.produce_error(class);
+                ProduceError {
+                    input_topic: route.topic.clone(),
+                    partition: msg.partition(),
+                    offset: msg.offset(),
+                    cluster: cluster.as_str(),
+                    output_topic: service.output_topic.clone(),
+                    class,
+                    source,
+                }
+            })?;
+            self.stats.output(cluster);
+        }
+        Ok(())
+    }
+}
+
+fn copy_headers(h: &BorrowedHeaders) -> OwnedHeaders {
+    let mut out = OwnedHeaders::new_with_capacity(h.count());
+    for x in h.iter() {
+        out = out.insert(Header { key: x.key, value: x.value });
+    }
+    out
+}
+
+/// Input headers without any earlier tenancy stamp, plus ours when the route stamps headers.
+fn rush_headers(input: Option<&BorrowedHeaders>, key: &str, stamp: Option<&str>) -> OwnedHeaders {
+    let n = input.map_or(0, |h| h.count()) + 1;
+    let mut out = OwnedHeaders::new_with_capacity(n);
+    if let Some(h) = input {
+        for x in h.iter().filter(|x| x.key != key) {
+            out = out.insert(Header { key: x.key, value: x.value });
+        }
+    }
+    if let Some(s) = stamp {
+        out = out.insert(Header { key, value: Some(s) });
+    }
+    out
+}

@@ -1,0 +1,135 @@
+//! The two output producers (prod and Rush) and their delivery reports.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Message, OwnedHeaders};
+use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::{ClientContext, Timestamp};
+
+use super::offsets::Tracker;
+use super::stats::Stats;
+use crate::kafka::{ErrorClass, classify};
+use crate::tenancy::Cluster;
+
+pub struct DeliveryContext {
+    cluster: Cluster,
+    tracker: Arc<Tracker>,
+    stats: Arc<Stats>,
+}
+
+impl ClientContext for DeliveryContext {
+    fn error(&self, error: KafkaError, reason: &str) {
+        // librdkafka reports an idempotence failure (lost sequence) as a fatal global error;
+        // every later delivery then fails, which stops the relay through the tracker.
+        tracing::error!(cluster = self.cluster.as_str(), %error, reason, "producer error");
+    }
+}
+
+impl ProducerContext for DeliveryContext {
+    type DeliveryOpaque = usize;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, opaque: usize) {
+        match result {
+            Ok(_) => {
+                self.stats.acked(self.cluster);
+                self.tracker.ack(opaque);
+            }
+            Err((err, msg)) => {
+                let class = classify(err);
+                self.stats.produce_error(class);
+                let reason = format!(
+                    "{} cluster, {}[{}]: {err} ({} error)",
+                    self.cluster.as_str(),
+                    msg.topic(),
+                    msg.partition(),
+                    class.as_str()
+                );
+                tracing::error!(%reason, "output not delivered; the relay stops and will not commit past it");
+                self.tracker.fail(opaque, reason);
+            }
+        }
+    }
+}
+
+pub type OutputProducer = ThreadedProducer<DeliveryContext>;
+
+pub struct Producers {
+    pub prod: OutputProducer,
+    pub rush: OutputProducer,
+}
+
+impl Producers {
+    pub fn create(
+        prod: &rdkafka::ClientConfig,
+        rush: &rdkafka::ClientConfig,
+        tracker: &Arc<Tracker>,
+        stats: &Arc<Stats>,
+    ) -> Result<Self, KafkaError> {
+        let ctx = |cluster| DeliveryContext { cluster, tracker: tracker.clone(), stats: stats.clone() };
+        Ok(Self {
+            prod: prod.create_with_context(ctx(Cluster::Prod))?,
+            rush: rush.create_with_context(ctx(Cluster::Rush))?,
+        })
+    }
+
+    pub fn get(&self, cluster: Cluster) -> &OutputProducer {
+        match cluster {
+            Cluster::Prod => &self.prod,
+            Cluster::Rush => &self.rush,
+        }
+    }
+
+    /// Waits up to `timeout` for both producers to deliver everything queued.
+    pub fn flush(&self, timeout: Duration) -> Result<(), KafkaError> {
+        let started = std::time::Instant::now();
+        self.prod.flush(timeout)?;
+        self.rush.flush(timeout.saturating_sub(started.elapsed()))
+    }
+}
+
+/// One output record, borrowed from the input where it is unchanged.
+pub struct Output<'a> {
+    pub topic: &'a str,
+    pub partition: i32,
+    pub key: Option<&'a [u8]>,
+    pub payload: Option<&'a [u8]>,
+    pub headers: Option<OwnedHeaders>,
+    pub timestamp: Timestamp,
+    pub opaque: usize,
+}
+
+/// How long to wait for queue space before trying again. The in-flight bound normally keeps
+/// the queue from filling; this covers a burst of large fan-outs.
+const QUEUE_FULL_BACKOFF: Duration = Duration::from_millis(2);
+
+/// Enqueues `out`, waiting while the producer queue is full. Returns other errors classified.
+pub fn send(producer: &OutputProducer, out: Output<'_>) -> Result<(), (KafkaError, ErrorClass)> {
+    let mut record = BaseRecord::with_opaque_to(out.topic, out.opaque).partition(out.partition);
+    if let Some(k) = out.key {
+        record = record.key(k);
+    }
+    if let Some(p) = out.payload {
+        record = record.payload(p);
+    }
+    if let Some(h) = out.headers {
+        record = record.headers(h);
+    }
+    if let Some(ms) = out.timestamp.to_millis() {
+        record = record.timestamp(ms);
+    }
+    loop {
+        match producer.send(record) {
+            Ok(()) => return Ok(()),
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                record = back;
+                std::thread::sleep(QUEUE_FULL_BACKOFF);
+            }
+            Err((e, _)) => {
+                let class = classify(&e);
+                return Err((e, class));
+            }
+        }
+    }
+}

@@ -1,0 +1,64 @@
+//! Human-readable views of a validated config, for `validate`.
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use rdkafka::consumer::BaseConsumer;
+use rdkafka::producer::BaseProducer;
+
+use crate::config::Config;
+use crate::extract::UserLocator;
+use crate::kafka;
+
+#[derive(Debug, thiserror::Error)]
+#[error("{cluster}.kafka: librdkafka rejects the {client} configuration: {source}")]
+pub struct PropertyError {
+    cluster: &'static str,
+    client: &'static str,
+    source: rdkafka::error::KafkaError,
+}
+
+/// Lets librdkafka check the pass-through properties by building (not connecting) each client.
+pub fn check_kafka_properties(config: &Config) -> Result<(), PropertyError> {
+    for (cluster, c) in [("prod", &config.prod), ("rush", &config.rush)] {
+        kafka::producer_config(c, cluster, config)
+            .create::<BaseProducer>()
+            .map_err(|source| PropertyError { cluster, client: "producer", source })?;
+    }
+    kafka::consumer_config(config)
+        .create::<BaseConsumer>()
+        .map_err(|source| PropertyError { cluster: "prod", client: "consumer", source })?;
+    Ok(())
+}
+
+pub fn describe(config: &Config, path: &Path) -> String {
+    let mut s = String::new();
+    let _ = writeln!(s, "{}: valid", path.display());
+    let _ = writeln!(s, "prod cluster: {}", config.prod.bootstrap_servers);
+    let _ = writeln!(s, "rush cluster: {}", config.rush.bootstrap_servers);
+    let source = match (&config.whitelist.file, &config.whitelist.url) {
+        (Some(f), _) => format!("file {}", f.display()),
+        (_, Some(u)) => format!("{u} ({:?} mode)", config.whitelist.mode).to_lowercase(),
+        _ => "none".into(),
+    };
+    let _ = writeln!(s, "whitelist: {source}, refresh {}", humantime::format_duration(config.whitelist.refresh));
+    let _ = writeln!(s, "consumer group: {}", config.bridge.group_id);
+    for r in &config.routes {
+        let user = match &r.user {
+            UserLocator::Header(h) => format!("header {h}"),
+            UserLocator::Key => "message key".into(),
+            UserLocator::Json(p) => format!("json {p}"),
+        };
+        let _ = writeln!(
+            s,
+            "route {}: user from {user}; stamp {:?}; return path {}",
+            r.topic,
+            r.stamp,
+            if r.return_path { "on" } else { "off" }
+        );
+        for svc in &r.services {
+            let _ = writeln!(s, "  {:<16} prod:{}  rush:{}", svc.name, svc.output_topic, svc.output_topic);
+        }
+    }
+    s
+}

@@ -1,0 +1,267 @@
+//! The decision: for one event and each service of its route, Rush or production.
+//! And the stamp that marks a Rush copy: `event_tenancy = {user}_{service}`.
+//!
+//! Pure. A decision is made once per event from one snapshot; every output of that event is
+//! built from the same [`Decision`], which is what keeps "exactly one of prod/Rush" true.
+
+use std::borrow::Cow;
+
+use serde::Deserialize;
+
+use crate::config::Route;
+use crate::extract::{self, Headers, Passthrough, RecordView, UserLocator};
+use crate::whitelist::Snapshot;
+
+/// Where the Rush copy carries its tenancy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum StampMode {
+    #[default]
+    Header,
+    Payload,
+    Both,
+}
+
+impl StampMode {
+    pub fn header(self) -> bool {
+        matches!(self, Self::Header | Self::Both)
+    }
+    pub fn payload(self) -> bool {
+        matches!(self, Self::Payload | Self::Both)
+    }
+}
+
+/// A set of a route's services, by index into `Route::services` (at most 64 per route).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ServiceSet(u64);
+
+impl ServiceSet {
+    pub const EMPTY: Self = Self(0);
+
+    pub fn contains(self, i: usize) -> bool {
+        i < 64 && self.0 & (1 << i) != 0
+    }
+    pub fn insert(&mut self, i: usize) {
+        if i < 64 {
+            self.0 |= 1 << i;
+        }
+    }
+    pub fn is_empty(self) -> bool {
+        self.0 == 0
+    }
+    pub fn len(self) -> usize {
+        self.0.count_ones() as usize
+    }
+}
+
+/// Why the decision came out as it did; the relay counts each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reason {
+    /// The user was found and looked up (whitelisted for some, all or none of the services).
+    Whitelist,
+    /// The event already carried a tenancy stamp, which is honoured over the whitelist.
+    Upstream,
+    /// The event is production traffic without a lookup.
+    Passthrough(Passthrough),
+}
+
+/// Where a payload stamp goes, computed once per event and reused for each Rush copy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Splice {
+    /// Insert `"key":"value"` at `at` (just after the object's `{`), with a comma after it
+    /// unless the object is empty.
+    Insert { at: usize, comma: bool },
+    /// Replace the bytes `start..end` (the existing value of the key) with the new value.
+    Replace { start: usize, end: usize },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decision<'a> {
+    /// Services whose copy goes to the Rush cluster; every other service's copy goes to prod.
+    pub rush: ServiceSet,
+    /// The user the Rush copies are stamped for (present whenever `rush` is not empty).
+    pub user: Option<Cow<'a, str>>,
+    pub reason: Reason,
+    /// Present when the route stamps payloads and `rush` is not empty.
+    pub splice: Option<Splice>,
+}
+
+/// The cluster one output of an event goes to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Cluster {
+    Prod,
+    Rush,
+}
+
+impl Cluster {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Prod => "prod",
+            Self::Rush => "rush",
+        }
+    }
+}
+
+impl Decision<'_> {
+    fn prod(reason: Reason) -> Self {
+        Self { rush: ServiceSet::EMPTY, user: None, reason, splice: None }
+    }
+
+    /// The one cluster that receives service `i`'s copy: the whole invariant in one place.
+    pub fn cluster(&self, i: usize) -> Cluster {
+        if self.rush.contains(i) { Cluster::Rush } else { Cluster::Prod }
+    }
+}
+
+/// Decides `record` of `route` against `snapshot` at `now_ms`.
+///
+/// `tenancy_key` is the header name (and JSON key) of the tenancy stamp.
+pub fn decide<'a, H: Headers + ?Sized>(
+    route: &Route,
+    record: &RecordView<'a, H>,
+    snapshot: &Snapshot,
+    now_ms: i64,
+    tenancy_key: &str,
+) -> Decision<'a> {
+    let json_route = route.stamp.payload() || matches!(route.user, UserLocator::Json(_));
+    let payload_key = json_route.then_some(tenancy_key);
+    let (rush, user, reason) = match extract::upstream_tenancy(record, tenancy_key, payload_key) {
+        Some(stamp) => {
+            let (rush, user) = upstream_services(route, &stamp);
+            (rush, user.map(|u| Cow::Owned(u.to_owned())), Reason::Upstream)
+        }
+        None => {
+            let user = match extract::user(&route.user, record) {
+                Ok(u) => u,
+                Err(p) => return Decision::prod(Reason::Passthrough(p)),
+            };
+            let mut rush = ServiceSet::EMPTY;
+            if let Some(listed) = snapshot.services_for(&user, now_ms) {
+                for (i, s) in route.services.iter().enumerate() {
+                    if listed.iter().any(|l| **l == *s.name) {
+                        rush.insert(i);
+                    }
+                }
+            }
+            (rush, Some(user), Reason::Whitelist)
+        }
+    };
+    if rush.is_empty() {
+        return Decision { rush, user, reason, splice: None };
+    }
+    let splice = if route.stamp.payload() {
+        match plan_splice(record.payload, tenancy_key) {
+            Ok(s) => Some(s),
+            // A Rush copy we cannot stamp would reach Rush unmarked; keep the event in prod.
+            Err(p) => return Decision::prod(Reason::Passthrough(p)),
+        }
+    } else {
+        None
+    };
+    Decision { rush, user, reason, splice }
+}
+
+/// Reads an upstream stamp: one or more comma-separated `{user}_{service}` values.
+/// Returns the route's services it names and the user they name.
+fn upstream_services<'s>(route: &Route, stamp: &'s str) -> (ServiceSet, Option<&'s str>) {
+    let mut rush = ServiceSet::EMPTY;
+    let mut user = None;
+    for item in stamp.split(',').map(str::trim) {
+        for (i, s) in route.services.iter().enumerate() {
+            let Some(u) = item.strip_suffix(s.name.as_str()).and_then(|p| p.strip_suffix('_')) else {
+                continue;
+            };
+            if u.is_empty() || user.is_some_and(|prev| prev != u) {
+                continue;
+            }
+            user = Some(u);
+            rush.insert(i);
+        }
+    }
+    (rush, user)
+}
+
+/// Finds where `"key": "..."` goes in a JSON object payload without re-serialising it.
+pub fn plan_splice(payload: Option<&[u8]>, key: &str) -> Result<Splice, Passthrough> {
+    let payload = payload.ok_or(Passthrough::NotJson)?;
+    let open = payload
+        .iter()
+        .position(|b| !b.is_ascii_whitespace())
+        .ok_or(Passthrough::NotJson)?;
+    match payload[open] {
+        b'{' => {}
+        b'[' | b'"' | b't' | b'f' | b'n' | b'-' | b'0'..=b'9' => return Err(Passthrough::NotObject),
+        _ => return Err(Passthrough::NotJson),
+    }
+    match sonic_rs::get_from_slice(payload, [key]) {
+        Ok(v) => {
+            let raw = v.as_raw_cow();
+            let Cow::Borrowed(raw) = raw else { return Err(Passthrough::NotJson) };
+            // The raw value is a sub-slice of `payload`; its address gives its position.
+            let start = (raw.as_ptr() as usize).wrapping_sub(payload.as_ptr() as usize);
+            let end = start + raw.len();
+            if end > payload.len() {
+                return Err(Passthrough::NotJson);
+            }
+            Ok(Splice::Replace { start, end })
+        }
+        Err(e) if e.is_not_found() => {
+            let at = open + 1;
+            let next = payload[at..].iter().find(|b| !b.is_ascii_whitespace());
+            match next {
+                Some(b'}') => Ok(Splice::Insert { at, comma: false }),
+                Some(b'"') => Ok(Splice::Insert { at, comma: true }),
+                _ => Err(Passthrough::NotJson),
+            }
+        }
+        Err(_) => Err(Passthrough::NotJson),
+    }
+}
+
+/// `{user}_{service}`, the blog's `U1_S1`.
+pub fn tenancy_value(user: &str, service: &str, out: &mut String) {
+    out.clear();
+    out.reserve(user.len() + 1 + service.len());
+    out.push_str(user);
+    out.push('_');
+    out.push_str(service);
+}
+
+/// Writes `payload` with the stamp spliced in to `out` (cleared first).
+pub fn stamp_payload(payload: &[u8], splice: Splice, key: &str, value: &str, out: &mut Vec<u8>) {
+    out.clear();
+    out.reserve(payload.len() + key.len() + value.len() + 8);
+    match splice {
+        Splice::Insert { at, comma } => {
+            out.extend_from_slice(&payload[..at]);
+            push_json_string(out, key);
+            out.push(b':');
+            push_json_string(out, value);
+            if comma {
+                out.push(b',');
+            }
+            out.extend_from_slice(&payload[at..]);
+        }
+        Splice::Replace { start, end } => {
+            out.extend_from_slice(&payload[..start]);
+            push_json_string(out, value);
+            out.extend_from_slice(&payload[end..]);
+        }
+    }
+}
+
+fn push_json_string(out: &mut Vec<u8>, s: &str) {
+    let plain = s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\');
+    if plain {
+        out.push(b'"');
+        out.extend_from_slice(s.as_bytes());
+        out.push(b'"');
+    } else {
+        // Writing a str into a Vec cannot fail.
+        let _ = serde_json::to_writer(&mut *out, s);
+    }
+}
+
+#[cfg(test)]
+#[path = "tenancy_tests.rs"]
+mod tests;

@@ -1,0 +1,21 @@
+//! Where whitelist snapshots come from and how the relay reads them.
+//!
+//! The relay holds a [`SharedSnapshot`] and loads it once per batch; sources swap a whole new
+//! [`Snapshot`] in. A change therefore affects only events decided after the swap.
+
+mod file;
+mod snapshot;
+
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+
+pub use file::{FileSource, WatchError, load as load_file};
+pub use snapshot::{Entry, Snapshot, SnapshotError, now_ms, parse_rfc3339_ms};
+
+/// The current whitelist, swapped atomically by a source, read lock-free by the relay.
+pub type SharedSnapshot = Arc<ArcSwap<Snapshot>>;
+
+pub fn shared(initial: Snapshot) -> SharedSnapshot {
+    Arc::new(ArcSwap::from_pointee(initial))
+}
