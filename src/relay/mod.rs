@@ -90,7 +90,7 @@ pub fn run_with(
     tracing::info!(routes = topics.len(), group = %config.bridge.group_id, "relay started");
 
     let mut pipeline = Pipeline::new(config, producers.clone(), tracker.clone(), stats.clone());
-    let result = poll_loop(config, &consumer, &mut pipeline, &tracker, &whitelist, shutdown);
+    let result = poll_loop(config, &consumer, &mut pipeline, &tracker, &stats, &whitelist, shutdown);
 
     // Drain: whatever was enqueued gets its chance to be acknowledged, then everything done is
     // committed. A failure above still commits the safe prefix before it.
@@ -126,6 +126,7 @@ fn poll_loop(
     consumer: &BaseConsumer<RebalanceContext>,
     pipeline: &mut Pipeline,
     tracker: &Tracker,
+    stats: &Stats,
     whitelist: &SharedSnapshot,
     shutdown: &AtomicBool,
 ) -> Result<(), RelayError> {
@@ -138,9 +139,10 @@ fn poll_loop(
             return Ok(());
         }
         // Backpressure: a slow cluster must not grow memory. Pausing keeps the group
-        // membership alive (poll still runs) while no new records are fetched.
+        // membership alive (poll still runs, serving rebalances) while nothing new is fetched.
         let in_flight = tracker.in_flight();
-        if in_flight >= max_in_flight {
+        let budget = max_in_flight.saturating_sub(in_flight).min(BATCH);
+        if budget == 0 {
             if !paused {
                 set_paused(consumer, true);
                 paused = true;
@@ -153,7 +155,9 @@ fn poll_loop(
 
         let snapshot = whitelist.load();
         let now = now_ms();
-        for n in 0..BATCH {
+        // While paused, one zero-timeout poll serves callbacks; a record still returned was
+        // fetched before the pause and is handled in order.
+        for n in 0..budget.max(1) {
             let timeout = if n == 0 && !paused { POLL_TIMEOUT } else { Duration::ZERO };
             match consumer.poll(timeout) {
                 None => break,
@@ -167,6 +171,7 @@ fn poll_loop(
                 },
             }
         }
+        stats.in_flight_peak.fetch_max(tracker.in_flight(), Ordering::Relaxed);
 
         if last_commit.elapsed() >= config.bridge.commit_interval {
             last_commit = Instant::now();

@@ -1,7 +1,7 @@
 //! Counters of the relay, shared by the consumer thread and the delivery callbacks.
 //! Cheap atomics; the metrics endpoint and the exit summary read them.
 
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 
 use crate::extract::Passthrough;
 use crate::kafka::ErrorClass;
@@ -15,6 +15,8 @@ pub struct Stats {
     pub acked_prod: AtomicU64,
     pub acked_rush: AtomicU64,
     pub upstream_honoured: AtomicU64,
+    /// Highest number of input records seen in flight (read, not fully acknowledged).
+    pub in_flight_peak: AtomicUsize,
     passthrough: [AtomicU64; Passthrough::ALL.len()],
     produce_errors: [AtomicU64; 3],
 }

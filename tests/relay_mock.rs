@@ -1,0 +1,332 @@
+//! The relay against two librdkafka mock clusters (prod and Rush), in process.
+
+mod common;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use common::invariant::{self, StampCheck, TID};
+use common::{ConfigOpts, Input, Read};
+use rdkafka::mocking::MockCluster;
+use rdkafka::producer::DefaultProducerContext;
+use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
+use tenancy_bridge::config::Config;
+use tenancy_bridge::relay::{self, RelayError, Stats, Summary};
+use tenancy_bridge::whitelist::{self, FileSource, Snapshot};
+
+const PARTITIONS: i32 = 3;
+
+struct Clusters {
+    prod: MockCluster<'static, DefaultProducerContext>,
+    rush: MockCluster<'static, DefaultProducerContext>,
+    dir: tempfile::TempDir,
+}
+
+impl Clusters {
+    fn new() -> Self {
+        let prod = MockCluster::new(1).unwrap();
+        let rush = MockCluster::new(1).unwrap();
+        prod.create_topic("orders", PARTITIONS, 1).unwrap();
+        Self { prod, rush, dir: tempfile::tempdir().unwrap() }
+    }
+
+    /// The mock cluster has no CreateTopics support, so output topics are made here; creation
+    /// by the bridge is covered by the tansu end-to-end test.
+    fn with_outputs(self, services: &[&str]) -> Self {
+        for s in services {
+            for cluster in [&self.prod, &self.rush] {
+                cluster.create_topic(&format!("orders.{s}"), PARTITIONS, 1).unwrap();
+            }
+        }
+        self
+    }
+
+    fn config(&self, routes: &str, extra_bridge: &str) -> Config {
+        let text = common::config_text(&ConfigOpts {
+            prod: &self.prod.bootstrap_servers(),
+            rush: &self.rush.bootstrap_servers(),
+            whitelist: &self.wl_path(),
+            group: "bridge-test",
+            routes,
+            extra_bridge,
+            kafka: "",
+        });
+        Config::parse(&text, std::iter::empty()).unwrap()
+    }
+
+    fn wl_path(&self) -> std::path::PathBuf {
+        self.dir.path().join("whitelist.json")
+    }
+
+    fn set_whitelist(&self, version: u64, entries: &[(&str, &[&str])]) {
+        common::write_atomic(&self.wl_path(), &common::whitelist_json(version, entries));
+    }
+}
+
+const HEADER_ROUTE: &str = r#"
+[[routes]]
+topic = "orders"
+services = ["payment", "shipping"]
+user = { header = "x-user-id" }
+"#;
+
+/// A running relay in a thread.
+struct Running {
+    shutdown: Arc<AtomicBool>,
+    stats: Arc<Stats>,
+    thread: std::thread::JoinHandle<Result<Summary, RelayError>>,
+    _source: FileSource,
+}
+
+fn start(c: &Clusters, config: Config) -> Running {
+    let snapshot = whitelist::shared(Snapshot::empty());
+    let source = FileSource::start(c.wl_path(), Duration::from_millis(50), snapshot.clone()).unwrap();
+    let shutdown = Arc::new(AtomicBool::new(false));
+    let stats = Arc::new(Stats::default());
+    let (s, st) = (shutdown.clone(), stats.clone());
+    let thread = std::thread::spawn(move || relay::run_with(&config, snapshot, &s, st));
+    Running { shutdown, stats, thread, _source: source }
+}
+
+impl Running {
+    fn wait_acked(&self, outputs: u64, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let n = self.stats.acked_prod.load(Ordering::Relaxed) + self.stats.acked_rush.load(Ordering::Relaxed);
+            if n >= outputs {
+                return;
+            }
+            assert!(!self.thread.is_finished(), "relay stopped early");
+            assert!(Instant::now() < deadline, "only {n} of {outputs} outputs acknowledged");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn stop(self) -> Result<Summary, RelayError> {
+        self.shutdown.store(true, Ordering::Relaxed);
+        self.thread.join().unwrap()
+    }
+}
+
+fn event(i: usize, user: Option<&str>, payload: Vec<u8>) -> Input {
+    let mut headers = vec![(TID.to_string(), Some(i.to_string().into_bytes()))];
+    if let Some(u) = user {
+        headers.push(("x-user-id".to_string(), Some(u.as_bytes().to_vec())));
+    }
+    Input {
+        partition: (i % PARTITIONS as usize) as i32,
+        key: user.map(|u| u.as_bytes().to_vec()),
+        payload: Some(payload),
+        headers,
+        timestamp: 1_700_000_000_000 + i as i64,
+    }
+}
+
+fn read_outputs(bootstrap: &str, services: &[&str], expected: usize) -> HashMap<String, Vec<Read>> {
+    services
+        .iter()
+        .map(|s| {
+            let topic = format!("orders.{s}");
+            (s.to_string(), common::read_all(bootstrap, &topic, expected, Duration::from_millis(300), Duration::from_secs(20)))
+        })
+        .collect()
+}
+
+fn counts_by(outputs: &HashMap<String, Vec<Read>>) -> usize {
+    outputs.values().map(Vec::len).sum()
+}
+
+#[test]
+fn routes_whitelisted_users_to_rush_and_everyone_else_to_prod() {
+    let c = Clusters::new().with_outputs(&["payment", "shipping"]);
+    c.set_whitelist(1, &[("U1", &["payment"]), ("U2", &["payment", "shipping"])]);
+    let mut inputs = Vec::new();
+    for i in 0..600 {
+        let user = match i % 7 {
+            6 => None,
+            n => Some(format!("U{n}")),
+        };
+        let mut e = event(i, user.as_deref(), format!(r#"{{"n":{i}}}"#).into_bytes());
+        if i % 50 == 0 {
+            // Stamped upstream by a producer library: honoured, whatever the whitelist says.
+            e.headers.push(("event_tenancy".into(), Some(b"U9_shipping".to_vec())));
+        }
+        inputs.push(e);
+    }
+    common::produce(&c.prod.bootstrap_servers(), "orders", &inputs);
+    let run = start(&c, c.config(HEADER_ROUTE, ""));
+    run.wait_acked(1200, Duration::from_secs(60));
+    let summary = run.stop().unwrap();
+    assert_eq!(summary.records_in, 600);
+
+    let services = ["payment", "shipping"];
+    let read_in = common::read_all(&c.prod.bootstrap_servers(), "orders", 600, Duration::ZERO, Duration::from_secs(20));
+    let prod = read_outputs(&c.prod.bootstrap_servers(), &services, 0);
+    let rush = read_outputs(&c.rush.bootstrap_servers(), &services, 0);
+    let expected = |r: &Read, svc: &str| -> Option<String> {
+        if r.header("event_tenancy") == Some(b"U9_shipping") {
+            return (svc == "shipping").then(|| "U9".to_string());
+        }
+        let user = std::str::from_utf8(r.header("x-user-id")?).ok()?;
+        let listed = match user {
+            "U1" => &["payment"][..],
+            "U2" => &["payment", "shipping"][..],
+            _ => &[][..],
+        };
+        listed.contains(&svc).then(|| user.to_string())
+    };
+    let report = invariant::check(&read_in, &services, &prod, &rush, expected, StampCheck::Header);
+    report.assert_clean();
+    assert_eq!(report.prod + report.rush, 1200);
+    assert!(report.rush > 200, "rush got {}", report.rush);
+    let no_user = summary.passthrough.iter().find(|(r, _)| *r == "no_user").unwrap().1;
+    assert_eq!(no_user, (0..600).filter(|i| i % 7 == 6 && i % 50 != 0).count() as u64);
+    assert_eq!(summary.upstream_honoured, 12);
+
+    // Everything was acknowledged, so everything is committed.
+    let committed = common::committed(&c.prod.bootstrap_servers(), "bridge-test", "orders", PARTITIONS);
+    assert_eq!(committed.values().sum::<i64>(), 600, "{committed:?}");
+}
+
+const JSON_ROUTE: &str = r#"
+[[routes]]
+topic = "orders"
+services = ["payment"]
+user = { json = "/data/user_id" }
+stamp = "both"
+"#;
+
+#[test]
+fn payload_stamping_and_unclassifiable_records_pass_through() {
+    let c = Clusters::new().with_outputs(&["payment"]);
+    c.set_whitelist(1, &[("U1", &["payment"])]);
+    let payloads: Vec<&[u8]> = vec![
+        br#"{"database":"shop","table":"orders","type":"insert","data":{"id":1,"user_id":"U1"}}"#,
+        br#"{"data":{"user_id":"U2"}}"#,
+        br#"{"data":{"id":3}}"#,
+        b"\x00\x00\x00\x00\x07avro-bytes",
+        br#"  {"event_tenancy":"stale","data":{"user_id":"U1"},"z":[1, 2]}"#,
+    ];
+    let inputs: Vec<Input> = (0..100).map(|i| event(i, None, payloads[i % payloads.len()].to_vec())).collect();
+    common::produce(&c.prod.bootstrap_servers(), "orders", &inputs);
+    let run = start(&c, c.config(JSON_ROUTE, ""));
+    run.wait_acked(100, Duration::from_secs(60));
+    let summary = run.stop().unwrap();
+
+    let read_in = common::read_all(&c.prod.bootstrap_servers(), "orders", 100, Duration::ZERO, Duration::from_secs(20));
+    let prod = read_outputs(&c.prod.bootstrap_servers(), &["payment"], 0);
+    let rush = read_outputs(&c.rush.bootstrap_servers(), &["payment"], 0);
+    let expected = |r: &Read, _svc: &str| -> Option<String> {
+        let tid: usize = std::str::from_utf8(r.header(TID)?).ok()?.parse().ok()?;
+        // Index 4 carries a stale upstream stamp in the payload, which is honoured as a stamp
+        // for no service of this route: production.
+        (tid % payloads.len() == 0).then(|| "U1".to_string())
+    };
+    let report = invariant::check(&read_in, &["payment"], &prod, &rush, expected, StampCheck::Both);
+    report.assert_clean();
+    assert_eq!(report.rush, 20);
+    let get = |reason: &str| summary.passthrough.iter().find(|(r, _)| *r == reason).unwrap().1;
+    assert_eq!(get("no_user"), 20);
+    assert_eq!(get("not_json"), 20);
+    assert_eq!(summary.upstream_honoured, 20);
+}
+
+#[test]
+fn whitelist_change_affects_only_later_events() {
+    let c = Clusters::new().with_outputs(&["payment", "shipping"]);
+    c.set_whitelist(1, &[]);
+    let run = start(&c, c.config(HEADER_ROUTE, ""));
+    let first: Vec<Input> = (0..90).map(|i| event(i, Some("U3"), b"{}".to_vec())).collect();
+    common::produce(&c.prod.bootstrap_servers(), "orders", &first);
+    run.wait_acked(180, Duration::from_secs(60));
+    c.set_whitelist(2, &[("U3", &["shipping"])]);
+    std::thread::sleep(Duration::from_millis(500));
+    let second: Vec<Input> = (90..180).map(|i| event(i, Some("U3"), b"{}".to_vec())).collect();
+    common::produce(&c.prod.bootstrap_servers(), "orders", &second);
+    run.wait_acked(360, Duration::from_secs(60));
+    run.stop().unwrap();
+
+    let read_in = common::read_all(&c.prod.bootstrap_servers(), "orders", 180, Duration::ZERO, Duration::from_secs(20));
+    let services = ["payment", "shipping"];
+    let prod = read_outputs(&c.prod.bootstrap_servers(), &services, 0);
+    let rush = read_outputs(&c.rush.bootstrap_servers(), &services, 0);
+    let expected = |r: &Read, svc: &str| -> Option<String> {
+        let tid: usize = std::str::from_utf8(r.header(TID)?).ok()?.parse().ok()?;
+        (tid >= 90 && svc == "shipping").then(|| "U3".to_string())
+    };
+    invariant::check(&read_in, &services, &prod, &rush, expected, StampCheck::Header).assert_clean();
+    assert_eq!(counts_by(&rush), 90);
+}
+
+#[test]
+fn slow_rush_cluster_is_bounded_by_max_in_flight() {
+    let c = Clusters::new().with_outputs(&["payment", "shipping"]);
+    c.set_whitelist(1, &[("U1", &["payment", "shipping"])]);
+    c.rush.broker_round_trip_time(1, Duration::from_millis(40)).unwrap();
+    let inputs: Vec<Input> = (0..400).map(|i| event(i, Some(if i % 2 == 0 { "U1" } else { "U2" }), b"{}".to_vec())).collect();
+    common::produce(&c.prod.bootstrap_servers(), "orders", &inputs);
+    let run = start(&c, c.config(HEADER_ROUTE, "max_in_flight = 25"));
+    run.wait_acked(800, Duration::from_secs(90));
+    let peak = run.stats.in_flight_peak.load(Ordering::Relaxed);
+    run.stop().unwrap();
+    assert!(peak <= 25 + 1, "in-flight peak {peak} exceeds the bound");
+    assert!(peak >= 10, "the bound was never approached ({peak}); the test does not test it");
+    let read_in = common::read_all(&c.prod.bootstrap_servers(), "orders", 400, Duration::ZERO, Duration::from_secs(20));
+    let services = ["payment", "shipping"];
+    let prod = read_outputs(&c.prod.bootstrap_servers(), &services, 0);
+    let rush = read_outputs(&c.rush.bootstrap_servers(), &services, 0);
+    let expected = |r: &Read, _: &str| (r.header("x-user-id") == Some(b"U1")).then(|| "U1".to_string());
+    invariant::check(&read_in, &services, &prod, &rush, expected, StampCheck::Header).assert_clean();
+}
+
+#[test]
+fn output_topic_with_other_partition_count_is_a_startup_error() {
+    let c = Clusters::new().with_outputs(&["payment"]);
+    c.set_whitelist(1, &[]);
+    c.prod.create_topic("orders.shipping", PARTITIONS, 1).unwrap();
+    c.rush.create_topic("orders.shipping", 1, 1).unwrap();
+    let run = start(&c, c.config(HEADER_ROUTE, ""));
+    let err = run.thread.join().unwrap().unwrap_err().to_string();
+    assert!(err.contains("orders.shipping") && err.contains("1 partitions") && err.contains("has 3"), "{err}");
+}
+
+#[test]
+fn missing_input_topic_is_a_startup_error() {
+    let c = Clusters::new().with_outputs(&["payment", "shipping"]);
+    c.set_whitelist(1, &[]);
+    let routes = HEADER_ROUTE.replace("topic = \"orders\"", "topic = \"nope\"");
+    let err = relay::run(&c.config(&routes, ""), whitelist::shared(Snapshot::empty()), &AtomicBool::new(false))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("\"nope\"") && err.contains("routes[0].topic"), "{err}");
+}
+
+#[test]
+fn permanent_produce_failure_stops_without_committing_past_it() {
+    let c = Clusters::new().with_outputs(&["payment", "shipping"]);
+    c.set_whitelist(1, &[("U1", &["payment"])]);
+    let first: Vec<Input> = (0..30).map(|i| event(i, Some("U2"), b"{}".to_vec())).collect();
+    common::produce(&c.prod.bootstrap_servers(), "orders", &first);
+    let run = start(&c, c.config(HEADER_ROUTE, ""));
+    run.wait_acked(60, Duration::from_secs(60));
+    // Let the periodic commit catch up with the first batch.
+    std::thread::sleep(Duration::from_millis(600));
+    // Rush now refuses every write: the next Rush copy fails for good.
+    c.rush.request_errors(RDKafkaApiKey::Produce, &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED; 64]);
+    let second: Vec<Input> = (30..60).map(|i| event(i, Some("U1"), b"{}".to_vec())).collect();
+    common::produce(&c.prod.bootstrap_servers(), "orders", &second);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !run.thread.is_finished() {
+        assert!(Instant::now() < deadline, "relay did not stop on a fatal produce error");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let err = run.thread.join().unwrap().unwrap_err().to_string();
+    assert!(err.contains("rush") && err.contains("orders"), "{err}");
+    let committed = common::committed(&c.prod.bootstrap_servers(), "bridge-test", "orders", PARTITIONS);
+    // Each partition holds 10 first-batch records, then the refused ones.
+    for p in 0..PARTITIONS {
+        assert_eq!(committed.get(&p), Some(&10), "partition {p}: {committed:?}");
+    }
+}
