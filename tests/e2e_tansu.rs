@@ -1,0 +1,212 @@
+//! End to end: two real tansu broker processes over TCP, the `tenancy-bridge run` binary, a
+//! standard Kafka client producing the input, and consumers checking every output.
+
+mod common;
+
+use std::collections::HashMap;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::invariant::{self, StampCheck, TID};
+use common::{ConfigOpts, Input, Read, Tansu};
+
+const ORDERS: usize = 10_000;
+const CDC: usize = 1_000;
+const PARTITIONS: i32 = 4;
+
+fn users_for(service: &str) -> std::ops::Range<usize> {
+    match service {
+        "payment" => 1..11,
+        "shipping" => 5..16,
+        "ledger" => 20..25,
+        _ => 0..0,
+    }
+}
+
+fn whitelisted(user: &str, service: &str) -> bool {
+    user.strip_prefix('U').and_then(|n| n.parse::<usize>().ok()).is_some_and(|n| users_for(service).contains(&n))
+}
+
+fn user_of(i: usize) -> String {
+    format!("U{}", (i * 7919) % 100)
+}
+
+fn orders_input(i: usize) -> Input {
+    let user = user_of(i);
+    let payload = format!(r#"{{"order_id":{i},"user_id":"{user}","amount":{},"items":["a","b"]}}"#, i % 997);
+    Input {
+        partition: (i % PARTITIONS as usize) as i32,
+        key: Some(user.clone().into_bytes()),
+        payload: Some(payload.into_bytes()),
+        headers: vec![
+            (TID.into(), Some(format!("o{i}").into_bytes())),
+            ("x-user-id".into(), Some(user.into_bytes())),
+            ("traceparent".into(), Some(b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".to_vec())),
+        ],
+        timestamp: 1_760_000_000_000 + i as i64,
+    }
+}
+
+fn cdc_input(i: usize) -> Input {
+    let user = user_of(i);
+    let payload = if i % 10 == 9 {
+        b"not json at all".to_vec()
+    } else {
+        format!(r#"{{"database":"shop","table":"accounts","type":"update","ts":{i},"data":{{"id":{i},"user_id":"{user}"}}}}"#)
+            .into_bytes()
+    };
+    Input {
+        partition: (i % 2) as i32,
+        key: None,
+        payload: Some(payload),
+        headers: vec![(TID.into(), Some(format!("c{i}").into_bytes()))],
+        timestamp: 1_760_000_000_000 + i as i64,
+    }
+}
+
+fn read_services(bootstrap: &str, topic: &str, services: &[&str], expected_total: usize) -> HashMap<String, Vec<Read>> {
+    services
+        .iter()
+        .map(|s| {
+            let t = format!("{topic}.{s}");
+            (s.to_string(), common::read_all(bootstrap, &t, expected_total, Duration::from_millis(500), Duration::from_secs(60)))
+        })
+        .collect()
+}
+
+fn total(m: &HashMap<String, Vec<Read>>) -> usize {
+    m.values().map(Vec::len).sum()
+}
+
+#[test]
+fn ten_thousand_events_reach_exactly_one_cluster_per_service() {
+    let prod = Tansu::start();
+    let rush = Tansu::start();
+    common::create_topic(&prod.bootstrap, "orders", PARTITIONS);
+    common::create_topic(&prod.bootstrap, "accounts-cdc", 2);
+
+    let dir = tempfile::tempdir().unwrap();
+    let wl = dir.path().join("whitelist.json");
+    let mut entries: Vec<(String, Vec<&str>)> = Vec::new();
+    for n in 0..100 {
+        let u = format!("U{n}");
+        let s: Vec<&str> = ["payment", "shipping", "ledger"].into_iter().filter(|s| whitelisted(&u, s)).collect();
+        if !s.is_empty() {
+            entries.push((u, s));
+        }
+    }
+    let entry_refs: Vec<(&str, &[&str])> = entries.iter().map(|(u, s)| (u.as_str(), s.as_slice())).collect();
+    common::write_atomic(&wl, &common::whitelist_json(1, &entry_refs));
+    let routes = r#"
+[[routes]]
+topic = "orders"
+services = ["payment", "shipping", "ledger"]
+user = { header = "x-user-id" }
+
+[[routes]]
+topic = "accounts-cdc"
+services = ["payment", "ledger"]
+user = { json = "/data/user_id" }
+stamp = "payload"
+"#;
+    let config = dir.path().join("bridge.toml");
+    std::fs::write(
+        &config,
+        common::config_text(&ConfigOpts {
+            prod: &prod.bootstrap,
+            rush: &rush.bootstrap,
+            whitelist: &wl,
+            group: "e2e-bridge",
+            routes,
+            extra_bridge: "",
+            kafka: "\"max.poll.interval.ms\" = 10000\n\"session.timeout.ms\" = 6000",
+        }),
+    )
+    .unwrap();
+
+    let orders: Vec<Input> = (0..ORDERS).map(orders_input).collect();
+    let cdc: Vec<Input> = (0..CDC).map(cdc_input).collect();
+    // Half before the bridge starts, half while it runs.
+    common::produce(&prod.bootstrap, "orders", &orders[..ORDERS / 2]);
+    common::produce(&prod.bootstrap, "accounts-cdc", &cdc);
+
+    let started = Instant::now();
+    let mut bridge = Command::new(env!("CARGO_BIN_EXE_tenancy-bridge"))
+        .args(["run", "--config"])
+        .arg(&config)
+        .env("RUST_LOG", "info,librdkafka=warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    common::produce(&prod.bootstrap, "orders", &orders[ORDERS / 2..]);
+
+    let order_services = ["payment", "shipping", "ledger"];
+    let mut wait_for = |topic: &str, services: &[&str], n: usize| {
+        let deadline = Instant::now() + Duration::from_secs(180);
+        loop {
+            if let Some(status) = bridge.try_wait().unwrap() {
+                panic!("bridge exited early: {status}");
+            }
+            let p = read_services(&prod.bootstrap, topic, services, 0);
+            let r = read_services(&rush.bootstrap, topic, services, 0);
+            let got = total(&p) + total(&r);
+            if got >= n * services.len() || Instant::now() > deadline {
+                return (p, r);
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    };
+    let (op, or) = wait_for("orders", &order_services, ORDERS);
+    let elapsed = started.elapsed();
+    let (cp, cr) = wait_for("accounts-cdc", &["payment", "ledger"], CDC);
+
+    // A graceful stop: drain, commit, exit 0.
+    let pid = bridge.id().to_string();
+    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    let stop_deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(s) = bridge.try_wait().unwrap() {
+            break s;
+        }
+        assert!(Instant::now() < stop_deadline, "bridge did not exit within 30 s of SIGTERM");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut summary = String::new();
+    std::io::Read::read_to_string(bridge.stdout.as_mut().unwrap(), &mut summary).unwrap();
+    assert!(status.success(), "bridge exit {status}");
+
+    let in_orders = common::read_all(&prod.bootstrap, "orders", ORDERS, Duration::ZERO, Duration::from_secs(60));
+    let in_cdc = common::read_all(&prod.bootstrap, "accounts-cdc", CDC, Duration::ZERO, Duration::from_secs(60));
+    assert_eq!((in_orders.len(), in_cdc.len()), (ORDERS, CDC));
+
+    let expect_orders = |r: &Read, svc: &str| {
+        let u = std::str::from_utf8(r.header("x-user-id")?).ok()?;
+        whitelisted(u, svc).then(|| u.to_string())
+    };
+    let report = invariant::check(&in_orders, &order_services, &op, &or, expect_orders, StampCheck::Header);
+    eprintln!(
+        "orders: {} inputs -> prod {} + rush {} outputs across {} services in {elapsed:.1?}",
+        ORDERS,
+        report.prod,
+        report.rush,
+        order_services.len()
+    );
+    report.assert_clean();
+    assert_eq!(report.prod + report.rush, ORDERS * order_services.len());
+    assert!(report.rush > 1000, "too few Rush copies to mean anything: {}", report.rush);
+
+    let expect_cdc = |r: &Read, svc: &str| {
+        let p: serde_json::Value = serde_json::from_slice(r.payload.as_deref()?).ok()?;
+        let u = p.pointer("/data/user_id")?.as_str()?;
+        whitelisted(u, svc).then(|| u.to_string())
+    };
+    let report = invariant::check(&in_cdc, &["payment", "ledger"], &cp, &cr, expect_cdc, StampCheck::Payload);
+    eprintln!("accounts-cdc: {CDC} inputs -> prod {} + rush {}", report.prod, report.rush);
+    report.assert_clean();
+    assert!(report.rush > 0);
+    assert!(summary.contains("not_json=100"), "summary: {summary}");
+
+    let committed = common::committed(&prod.bootstrap, "e2e-bridge", "orders", PARTITIONS);
+    assert_eq!(committed.values().sum::<i64>(), ORDERS as i64, "{committed:?}");
+}
