@@ -354,6 +354,9 @@ impl Config {
                     ));
                 }
             };
+            if r.return_path {
+                return Err(invalid(at("return_path"), "the return path is not available in this version yet; set it to false"));
+            }
             routes.push(Route { topic: r.topic, services, user, stamp: r.stamp, return_path: r.return_path });
         }
 

@@ -106,3 +106,9 @@ fn environment_overrides_keys() {
     let bad = [("TENANCY_BRIDGE__BRIDGE__NOPE", "1")].map(|(k, v)| (k.to_string(), v.to_string()));
     assert!(Config::parse(BASE, bad).unwrap_err().to_string().contains("NOPE".to_lowercase().as_str()));
 }
+
+#[test]
+fn return_path_is_refused_until_it_exists() {
+    let e = err(&BASE.replace("user = { header", "return_path = true\nuser = { header"));
+    assert!(e.contains("routes[0].return_path"), "{e}");
+}

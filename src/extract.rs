@@ -4,6 +4,8 @@
 
 use std::borrow::Cow;
 
+use crate::json_scan::{self, Found, Step};
+
 /// Read access to a record's headers, so the core does not depend on a Kafka client.
 pub trait Headers {
     /// The value of the last header called `name` (Kafka allows repeats; the last one wins,
@@ -29,10 +31,7 @@ pub struct RecordView<'a, H: Headers + ?Sized> {
 pub struct JsonPointer {
     text: String,
     tokens: Vec<String>,
-    /// The same tokens, numeric ones as array indexes. RFC 6901 lets "1" be either an array
-    /// index or an object key; the document decides, so lookups try indexes, then keys.
-    nodes: Vec<sonic_rs::PointerNode>,
-    has_index: bool,
+    steps: Vec<Step>,
 }
 
 impl JsonPointer {
@@ -60,15 +59,8 @@ impl JsonPointer {
             }
             tokens.push(t);
         }
-        let nodes: Vec<sonic_rs::PointerNode> = tokens
-            .iter()
-            .map(|t| match t.parse::<usize>() {
-                Ok(i) if t == "0" || !t.starts_with('0') => sonic_rs::PointerNode::Index(i),
-                _ => sonic_rs::PointerNode::Key(t.clone().into()),
-            })
-            .collect();
-        let has_index = nodes.iter().any(|n| matches!(n, sonic_rs::PointerNode::Index(_)));
-        Ok(Self { text: text.to_owned(), tokens, nodes, has_index })
+        let steps = tokens.iter().map(|t| Step::new(t)).collect();
+        Ok(Self { text: text.to_owned(), tokens, steps })
     }
 
     pub fn as_str(&self) -> &str {
@@ -144,35 +136,34 @@ fn text(bytes: Option<&[u8]>) -> Result<Cow<'_, str>, Passthrough> {
 
 fn json_user<'a>(payload: Option<&'a [u8]>, pointer: &JsonPointer) -> Result<Cow<'a, str>, Passthrough> {
     let payload = payload.ok_or(Passthrough::NotJson)?;
-    let mut found = sonic_rs::get_from_slice(payload, &pointer.nodes);
-    if pointer.has_index && found.is_err() {
-        found = sonic_rs::get_from_slice(payload, pointer.tokens());
+    json_text_at(payload, &pointer.steps)
+}
+
+fn json_text_at<'a>(payload: &'a [u8], steps: &[Step]) -> Result<Cow<'a, str>, Passthrough> {
+    match json_scan::lookup(payload, steps) {
+        Found::Value { start, end } => {
+            let raw = std::str::from_utf8(&payload[start..end]).map_err(|_| Passthrough::BadUser)?;
+            json_scalar_text(raw)
+        }
+        Found::NotFound => Err(Passthrough::NoUser),
+        Found::Invalid => Err(Passthrough::NotJson),
     }
-    let value = match found {
-        Ok(v) => v,
-        Err(e) if e.is_not_found() => return Err(Passthrough::NoUser),
-        Err(_) => return Err(Passthrough::NotJson),
-    };
-    json_scalar_text(value.as_raw_cow())
 }
 
 /// A JSON string or number as user text; `raw` is the value's source text.
-fn json_scalar_text(raw: Cow<'_, str>) -> Result<Cow<'_, str>, Passthrough> {
+fn json_scalar_text(raw: &str) -> Result<Cow<'_, str>, Passthrough> {
     let bytes = raw.as_bytes();
     let first = *bytes.first().ok_or(Passthrough::NotJson)?;
     let user = match first {
         b'"' => {
             let inner = raw.get(1..raw.len().saturating_sub(1)).ok_or(Passthrough::NotJson)?;
             if !inner.contains('\\') {
-                match raw {
-                    Cow::Borrowed(b) => Cow::Borrowed(&b[1..b.len() - 1]),
-                    Cow::Owned(o) => Cow::Owned(o[1..o.len() - 1].to_owned()),
-                }
+                Cow::Borrowed(inner)
             } else {
-                Cow::Owned(serde_json::from_str::<String>(&raw).map_err(|_| Passthrough::NotJson)?)
+                Cow::Owned(serde_json::from_str::<String>(raw).map_err(|_| Passthrough::NotJson)?)
             }
         }
-        b'-' | b'0'..=b'9' => raw,
+        b'-' | b'0'..=b'9' => Cow::Borrowed(raw),
         b'n' => return Err(Passthrough::NoUser),
         _ => return Err(Passthrough::BadUser),
     };
@@ -185,20 +176,60 @@ fn json_scalar_text(raw: Cow<'_, str>) -> Result<Cow<'_, str>, Passthrough> {
     }
 }
 
+/// The name of the tenancy stamp: a header name and a JSON member name.
+///
+/// Knowing a member is absent from a JSON object takes a scan of the whole object; a SIMD
+/// substring search for `"name"` rules most payloads out first at a fraction of that cost.
+/// (A member name spelled with `\u` escapes is therefore not recognised.)
+#[derive(Debug, Clone)]
+pub struct TenancyKey {
+    name: String,
+    step: [Step; 1],
+    quoted: memchr::memmem::Finder<'static>,
+}
+
+impl TenancyKey {
+    pub fn new(name: &str) -> Self {
+        let quoted = format!("\"{name}\"").into_bytes();
+        Self {
+            name: name.to_owned(),
+            step: [Step::new(name)],
+            quoted: memchr::memmem::Finder::new(&quoted).into_owned(),
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.name
+    }
+
+    /// False when `payload` cannot hold a member of this name.
+    pub fn may_be_in(&self, payload: &[u8]) -> bool {
+        self.quoted.find(payload).is_some()
+    }
+
+    /// The span of this member's value at the top level of a JSON document.
+    pub fn find_in(&self, payload: &[u8]) -> Found {
+        if !self.may_be_in(payload) {
+            return Found::NotFound;
+        }
+        json_scan::lookup(payload, &self.step)
+    }
+}
+
 /// The upstream tenancy stamp of an event, if a producer library or gateway already set one:
-/// the tenancy header, else a top-level `"event_tenancy"` string when `payload_key` names one.
+/// the tenancy header, else the payload's top-level member found by [`TenancyKey::find_in`]
+/// (`member`; pass [`Found::NotFound`] on routes that do not read JSON).
 pub fn upstream_tenancy<'a, H: Headers + ?Sized>(
     record: &RecordView<'a, H>,
-    header: &str,
-    payload_key: Option<&str>,
+    key: &TenancyKey,
+    member: Found,
 ) -> Option<Cow<'a, str>> {
-    if let Some(v) = record.headers.last(header) {
+    if let Some(v) = record.headers.last(key.as_str()) {
         return std::str::from_utf8(v).ok().filter(|s| !s.is_empty()).map(Cow::Borrowed);
     }
-    let key = payload_key?;
-    let payload = record.payload?;
-    let value = sonic_rs::get_from_slice(payload, [key]).ok()?;
-    json_scalar_text(value.as_raw_cow()).ok()
+    let (Found::Value { start, end }, Some(payload)) = (member, record.payload) else { return None };
+    let raw = std::str::from_utf8(payload.get(start..end)?).ok()?;
+    json_scalar_text(raw).ok()
 }
 
 #[cfg(test)]
@@ -291,11 +322,15 @@ mod tests {
     fn upstream_from_header_then_payload() {
         let h: &[(&str, Option<&[u8]>)] = &[("event_tenancy", Some(b"U1_payment"))];
         let p = br#"{"event_tenancy":"U2_shipping"}"#;
+        let key = TenancyKey::new("event_tenancy");
         let r = view(None, Some(p), h);
-        assert_eq!(upstream_tenancy(&r, "event_tenancy", Some("event_tenancy")).unwrap(), "U1_payment");
+        assert_eq!(upstream_tenancy(&r, &key, key.find_in(p)).unwrap(), "U1_payment");
         let none: &[(&str, Option<&[u8]>)] = &[];
         let r = view(None, Some(p), none);
-        assert_eq!(upstream_tenancy(&r, "event_tenancy", Some("event_tenancy")).unwrap(), "U2_shipping");
-        assert_eq!(upstream_tenancy(&r, "event_tenancy", None), None);
+        assert_eq!(upstream_tenancy(&r, &key, key.find_in(p)).unwrap(), "U2_shipping");
+        assert_eq!(upstream_tenancy(&r, &key, Found::NotFound), None);
+        // Present only inside a nested object or a string: not a top-level stamp.
+        let nested = br#"{"a":{"event_tenancy":"U3_x"},"b":"\"event_tenancy\""}"#;
+        assert_eq!(key.find_in(nested), Found::NotFound);
     }
 }

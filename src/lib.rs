@@ -5,7 +5,8 @@
 //!
 //! The pure core knows no I/O, no async and no Kafka client:
 //! - [`config`]: the TOML file, typed and validated, every output topic resolved.
-//! - [`extract`]: finding the user of an event (header, key, JSON pointer).
+//! - [`extract`]: finding the user of an event (header, key, JSON pointer), with
+//!   [`json_scan`], a lazy pointer lookup that reads only the path to the value.
 //! - [`tenancy`]: the decision per event and service, and the stamp on Rush copies.
 //! - [`whitelist::Snapshot`]: the immutable whitelist a decision reads.
 //!
@@ -17,6 +18,7 @@
 
 pub mod config;
 pub mod extract;
+pub mod json_scan;
 pub mod kafka;
 pub mod relay;
 pub mod report;

@@ -41,6 +41,10 @@ fn dispatch(command: cli::Command) -> anyhow::Result<()> {
             let c = Config::load(&config)?;
             report::check_kafka_properties(&c)?;
             print!("{}", report::describe(&c, &config));
+            if let Some(path) = &c.whitelist.file {
+                let s = whitelist::load_file(path)?;
+                println!("whitelist file: version {}, {} users", s.version(), s.len());
+            }
             Ok(())
         }
         cli::Command::Run { config } => {

@@ -51,9 +51,9 @@ pub fn describe(config: &Config, path: &Path) -> String {
         };
         let _ = writeln!(
             s,
-            "route {}: user from {user}; stamp {:?}; return path {}",
+            "route {}: user from {user}; stamp {}; return path {}",
             r.topic,
-            r.stamp,
+            format!("{:?}", r.stamp).to_lowercase(),
             if r.return_path { "on" } else { "off" }
         );
         for svc in &r.services {

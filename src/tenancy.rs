@@ -9,7 +9,8 @@ use std::borrow::Cow;
 use serde::Deserialize;
 
 use crate::config::Route;
-use crate::extract::{self, Headers, Passthrough, RecordView, UserLocator};
+use crate::extract::{self, Headers, Passthrough, RecordView, TenancyKey, UserLocator};
+use crate::json_scan::Found;
 use crate::whitelist::Snapshot;
 
 /// Where the Rush copy carries its tenancy.
@@ -115,17 +116,21 @@ impl Decision<'_> {
 
 /// Decides `record` of `route` against `snapshot` at `now_ms`.
 ///
-/// `tenancy_key` is the header name (and JSON key) of the tenancy stamp.
+/// `key` names the tenancy stamp (header and JSON member).
 pub fn decide<'a, H: Headers + ?Sized>(
     route: &Route,
     record: &RecordView<'a, H>,
     snapshot: &Snapshot,
     now_ms: i64,
-    tenancy_key: &str,
+    key: &TenancyKey,
 ) -> Decision<'a> {
     let json_route = route.stamp.payload() || matches!(route.user, UserLocator::Json(_));
-    let payload_key = json_route.then_some(tenancy_key);
-    let (rush, user, reason) = match extract::upstream_tenancy(record, tenancy_key, payload_key) {
+    // One search for the stamp member serves both the upstream check and the splice plan.
+    let member = match record.payload {
+        Some(p) if json_route => key.find_in(p),
+        _ => Found::NotFound,
+    };
+    let (rush, user, reason) = match extract::upstream_tenancy(record, key, member) {
         Some(stamp) => {
             let (rush, user) = upstream_services(route, &stamp);
             (rush, user.map(|u| Cow::Owned(u.to_owned())), Reason::Upstream)
@@ -150,7 +155,7 @@ pub fn decide<'a, H: Headers + ?Sized>(
         return Decision { rush, user, reason, splice: None };
     }
     let splice = if route.stamp.payload() {
-        match plan_splice(record.payload, tenancy_key) {
+        match splice_for(record.payload, member) {
             Ok(s) => Some(s),
             // A Rush copy we cannot stamp would reach Rush unmarked; keep the event in prod.
             Err(p) => return Decision::prod(Reason::Passthrough(p)),
@@ -182,7 +187,13 @@ fn upstream_services<'s>(route: &Route, stamp: &'s str) -> (ServiceSet, Option<&
 }
 
 /// Finds where `"key": "..."` goes in a JSON object payload without re-serialising it.
-pub fn plan_splice(payload: Option<&[u8]>, key: &str) -> Result<Splice, Passthrough> {
+pub fn plan_splice(payload: Option<&[u8]>, key: &TenancyKey) -> Result<Splice, Passthrough> {
+    let member = payload.map_or(Found::Invalid, |p| key.find_in(p));
+    splice_for(payload, member)
+}
+
+/// [`plan_splice`] with the member already looked up.
+fn splice_for(payload: Option<&[u8]>, member: Found) -> Result<Splice, Passthrough> {
     let payload = payload.ok_or(Passthrough::NotJson)?;
     let open = payload
         .iter()
@@ -193,28 +204,20 @@ pub fn plan_splice(payload: Option<&[u8]>, key: &str) -> Result<Splice, Passthro
         b'[' | b'"' | b't' | b'f' | b'n' | b'-' | b'0'..=b'9' => return Err(Passthrough::NotObject),
         _ => return Err(Passthrough::NotJson),
     }
-    match sonic_rs::get_from_slice(payload, [key]) {
-        Ok(v) => {
-            let raw = v.as_raw_cow();
-            let Cow::Borrowed(raw) = raw else { return Err(Passthrough::NotJson) };
-            // The raw value is a sub-slice of `payload`; its address gives its position.
-            let start = (raw.as_ptr() as usize).wrapping_sub(payload.as_ptr() as usize);
-            let end = start + raw.len();
-            if end > payload.len() {
-                return Err(Passthrough::NotJson);
-            }
-            Ok(Splice::Replace { start, end })
-        }
-        Err(e) if e.is_not_found() => {
-            let at = open + 1;
-            let next = payload[at..].iter().find(|b| !b.is_ascii_whitespace());
-            match next {
-                Some(b'}') => Ok(Splice::Insert { at, comma: false }),
-                Some(b'"') => Ok(Splice::Insert { at, comma: true }),
-                _ => Err(Passthrough::NotJson),
-            }
-        }
-        Err(_) => Err(Passthrough::NotJson),
+    match member {
+        Found::Value { start, end } => Ok(Splice::Replace { start, end }),
+        Found::NotFound => insert_at(payload, open),
+        Found::Invalid => Err(Passthrough::NotJson),
+    }
+}
+
+/// A new first member, just after the object's opening brace at `open`.
+fn insert_at(payload: &[u8], open: usize) -> Result<Splice, Passthrough> {
+    let at = open + 1;
+    match payload[at..].iter().find(|b| !b.is_ascii_whitespace()) {
+        Some(b'}') => Ok(Splice::Insert { at, comma: false }),
+        Some(b'"') => Ok(Splice::Insert { at, comma: true }),
+        _ => Err(Passthrough::NotJson),
     }
 }
 

@@ -5,6 +5,10 @@ use crate::whitelist::Entry;
 use proptest::prelude::*;
 
 const KEY: &str = "event_tenancy";
+
+fn key() -> TenancyKey {
+    TenancyKey::new(KEY)
+}
 type H<'a> = [(&'a str, Option<&'a [u8]>)];
 
 fn route(services: &[&str], user: UserLocator, stamp: StampMode) -> Route {
@@ -38,7 +42,7 @@ fn whitelisted_user_goes_to_rush_for_listed_services_only() {
     let r = route(&["payment", "shipping"], UserLocator::Header("x-user-id".into()), StampMode::Header);
     let s = snap(&[("U1", &["payment"], i64::MAX)]);
     let h: &H = &[("x-user-id", Some(b"U1"))];
-    let d = decide(&r, &RecordView { key: None, payload: None, headers: h }, &s, 0, KEY);
+    let d = decide(&r, &RecordView { key: None, payload: None, headers: h }, &s, 0, &key());
     assert_eq!(d.cluster(0), Cluster::Rush);
     assert_eq!(d.cluster(1), Cluster::Prod);
     assert_eq!(d.user.as_deref(), Some("U1"));
@@ -46,7 +50,7 @@ fn whitelisted_user_goes_to_rush_for_listed_services_only() {
     assert_eq!(d.splice, None);
 
     let h: &H = &[("x-user-id", Some(b"U2"))];
-    let d = decide(&r, &RecordView { key: None, payload: None, headers: h }, &s, 0, KEY);
+    let d = decide(&r, &RecordView { key: None, payload: None, headers: h }, &s, 0, &key());
     assert!(d.rush.is_empty());
 }
 
@@ -56,8 +60,8 @@ fn expired_entry_is_production() {
     let s = snap(&[("U1", &["payment"], 1_000)]);
     let h: &H = &[];
     let rec = RecordView { key: Some(b"U1"), payload: None, headers: h };
-    assert_eq!(decide(&r, &rec, &s, 999, KEY).cluster(0), Cluster::Rush);
-    assert_eq!(decide(&r, &rec, &s, 1_000, KEY).cluster(0), Cluster::Prod);
+    assert_eq!(decide(&r, &rec, &s, 999, &key()).cluster(0), Cluster::Rush);
+    assert_eq!(decide(&r, &rec, &s, 1_000, &key()).cluster(0), Cluster::Prod);
 }
 
 #[test]
@@ -65,9 +69,9 @@ fn missing_user_and_non_json_pass_through_with_reason() {
     let r = json_route(StampMode::Header);
     let s = snap(&[("U1", &["payment"], i64::MAX)]);
     let h: &H = &[];
-    let d = decide(&r, &RecordView { key: None, payload: Some(b"{\"a\":1}"), headers: h }, &s, 0, KEY);
+    let d = decide(&r, &RecordView { key: None, payload: Some(b"{\"a\":1}"), headers: h }, &s, 0, &key());
     assert_eq!(d.reason, Reason::Passthrough(Passthrough::NoUser));
-    let d = decide(&r, &RecordView { key: None, payload: Some(b"\x00avro"), headers: h }, &s, 0, KEY);
+    let d = decide(&r, &RecordView { key: None, payload: Some(b"\x00avro"), headers: h }, &s, 0, &key());
     assert_eq!(d.reason, Reason::Passthrough(Passthrough::NotJson));
     assert!(d.rush.is_empty());
 }
@@ -77,20 +81,20 @@ fn upstream_stamp_is_honoured_over_the_whitelist() {
     let r = route(&["payment", "shipping"], UserLocator::Header("x-user-id".into()), StampMode::Header);
     let s = snap(&[]);
     let h: &H = &[("x-user-id", Some(b"U9")), (KEY, Some(b"U_1_shipping"))];
-    let d = decide(&r, &RecordView { key: None, payload: None, headers: h }, &s, 0, KEY);
+    let d = decide(&r, &RecordView { key: None, payload: None, headers: h }, &s, 0, &key());
     assert_eq!(d.reason, Reason::Upstream);
     assert_eq!(d.cluster(0), Cluster::Prod);
     assert_eq!(d.cluster(1), Cluster::Rush);
     assert_eq!(d.user.as_deref(), Some("U_1"), "users may contain '_'");
 
     let h: &H = &[(KEY, Some(b"U1_payment, U1_shipping"))];
-    let d = decide(&r, &RecordView { key: None, payload: None, headers: h }, &s, 0, KEY);
+    let d = decide(&r, &RecordView { key: None, payload: None, headers: h }, &s, 0, &key());
     assert_eq!(d.rush.len(), 2);
 
     // A stamp for another service only: honoured, so production for this route.
     let h: &H = &[("x-user-id", Some(b"U1")), (KEY, Some(b"U1_billing"))];
     let s = snap(&[("U1", &["payment"], i64::MAX)]);
-    let d = decide(&r, &RecordView { key: None, payload: None, headers: h }, &s, 0, KEY);
+    let d = decide(&r, &RecordView { key: None, payload: None, headers: h }, &s, 0, &key());
     assert_eq!(d.reason, Reason::Upstream);
     assert!(d.rush.is_empty());
 }
@@ -100,7 +104,7 @@ fn upstream_stamp_in_payload_is_honoured_on_json_routes() {
     let r = json_route(StampMode::Payload);
     let h: &H = &[];
     let p = br#"{"event_tenancy":"U3_payment","user_id":"U4"}"#;
-    let d = decide(&r, &RecordView { key: None, payload: Some(p), headers: h }, &snap(&[]), 0, KEY);
+    let d = decide(&r, &RecordView { key: None, payload: Some(p), headers: h }, &snap(&[]), 0, &key());
     assert_eq!(d.reason, Reason::Upstream);
     assert_eq!(d.cluster(0), Cluster::Rush);
     assert!(matches!(d.splice, Some(Splice::Replace { .. })));
@@ -110,28 +114,28 @@ fn upstream_stamp_in_payload_is_honoured_on_json_routes() {
 fn payload_stamp_insert_and_replace_keep_other_bytes() {
     let mut out = Vec::new();
     let p = br#"  { "b" : 2, "a":[1, 2 ,3]}"#;
-    let sp = plan_splice(Some(p), KEY).unwrap();
+    let sp = plan_splice(Some(p), &key()).unwrap();
     stamp_payload(p, sp, KEY, "U1_payment", &mut out);
     assert_eq!(out, br#"  {"event_tenancy":"U1_payment", "b" : 2, "a":[1, 2 ,3]}"#);
 
     let p = br#"{"x":1,"event_tenancy" :  "old" ,"y":2}"#;
-    let sp = plan_splice(Some(p), KEY).unwrap();
+    let sp = plan_splice(Some(p), &key()).unwrap();
     stamp_payload(p, sp, KEY, "U1_payment", &mut out);
     assert_eq!(out, br#"{"x":1,"event_tenancy" :  "U1_payment" ,"y":2}"#);
 
     let p = b"{ }";
-    stamp_payload(p, plan_splice(Some(p), KEY).unwrap(), KEY, "U\"1_p", &mut out);
+    stamp_payload(p, plan_splice(Some(p), &key()).unwrap(), KEY, "U\"1_p", &mut out);
     assert_eq!(out, br#"{"event_tenancy":"U\"1_p" }"#);
 }
 
 #[test]
 fn payload_stamp_refuses_non_objects() {
-    assert_eq!(plan_splice(Some(b"[1,2]"), KEY), Err(Passthrough::NotObject));
-    assert_eq!(plan_splice(Some(b"\"s\""), KEY), Err(Passthrough::NotObject));
-    assert_eq!(plan_splice(Some(b"<xml/>"), KEY), Err(Passthrough::NotJson));
-    assert_eq!(plan_splice(Some(b""), KEY), Err(Passthrough::NotJson));
-    assert_eq!(plan_splice(None, KEY), Err(Passthrough::NotJson));
-    assert_eq!(plan_splice(Some(b"{,}"), KEY), Err(Passthrough::NotJson));
+    assert_eq!(plan_splice(Some(b"[1,2]"), &key()), Err(Passthrough::NotObject));
+    assert_eq!(plan_splice(Some(b"\"s\""), &key()), Err(Passthrough::NotObject));
+    assert_eq!(plan_splice(Some(b"<xml/>"), &key()), Err(Passthrough::NotJson));
+    assert_eq!(plan_splice(Some(b""), &key()), Err(Passthrough::NotJson));
+    assert_eq!(plan_splice(None, &key()), Err(Passthrough::NotJson));
+    assert_eq!(plan_splice(Some(b"{,}"), &key()), Err(Passthrough::NotJson));
 }
 
 #[test]
@@ -139,7 +143,7 @@ fn unstampable_payload_keeps_the_whole_event_in_prod() {
     // User in a header, stamp in the payload, payload is an array: no Rush copy may go out unmarked.
     let r = route(&["payment"], UserLocator::Header("u".into()), StampMode::Both);
     let h: &H = &[("u", Some(b"U1"))];
-    let d = decide(&r, &RecordView { key: None, payload: Some(b"[1]"), headers: h }, &snap(&[("U1", &["payment"], i64::MAX)]), 0, KEY);
+    let d = decide(&r, &RecordView { key: None, payload: Some(b"[1]"), headers: h }, &snap(&[("U1", &["payment"], i64::MAX)]), 0, &key());
     assert_eq!(d.reason, Reason::Passthrough(Passthrough::NotObject));
     assert!(d.rush.is_empty());
 }
@@ -181,7 +185,7 @@ proptest! {
         }));
         let r = route(&services, UserLocator::Key, StampMode::Header);
         let h: &H = &[];
-        let d = decide(&r, &RecordView { key: Some(event_user.as_bytes()), payload: None, headers: h }, &snapshot, 50, KEY);
+        let d = decide(&r, &RecordView { key: Some(event_user.as_bytes()), payload: None, headers: h }, &snapshot, 50, &key());
         let live_entry = snapshot.services_for(&event_user, 50);
         for (i, s) in r.services.iter().enumerate() {
             let expected = live_entry.is_some_and(|l| l.iter().any(|x| **x == *s.name));
@@ -196,7 +200,7 @@ proptest! {
     #[test]
     fn payload_splice_keeps_the_document(obj in arb_json_object(), pretty in any::<bool>(), value in "[A-Za-z0-9_\"]{1,12}") {
         let text = if pretty { serde_json::to_vec_pretty(&obj) } else { serde_json::to_vec(&obj) }.unwrap();
-        let splice = plan_splice(Some(&text), KEY).unwrap();
+        let splice = plan_splice(Some(&text), &key()).unwrap();
         let mut out = Vec::new();
         stamp_payload(&text, splice, KEY, &value, &mut out);
         let parsed: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(&out).unwrap();

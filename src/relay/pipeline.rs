@@ -10,7 +10,7 @@ use super::offsets::Tracker;
 use super::producer::{Output, Producers, send};
 use super::stats::Stats;
 use crate::config::{Config, Route};
-use crate::extract::{Headers, RecordView};
+use crate::extract::{Headers, RecordView, TenancyKey};
 use crate::kafka::ErrorClass;
 use crate::tenancy::{self, Cluster, Reason};
 use crate::whitelist::Snapshot;
@@ -40,7 +40,7 @@ impl Headers for InputHeaders<'_> {
 
 pub struct Pipeline {
     routes: Vec<Route>,
-    tenancy_key: String,
+    tenancy_key: TenancyKey,
     producers: Arc<Producers>,
     tracker: Arc<Tracker>,
     stats: Arc<Stats>,
@@ -53,7 +53,7 @@ impl Pipeline {
     pub fn new(config: &Config, producers: Arc<Producers>, tracker: Arc<Tracker>, stats: Arc<Stats>) -> Self {
         Self {
             routes: config.routes.clone(),
-            tenancy_key: config.bridge.tenancy_header.clone(),
+            tenancy_key: TenancyKey::new(&config.bridge.tenancy_header),
             producers,
             tracker,
             stats,
@@ -102,13 +102,13 @@ impl Pipeline {
                     tenancy::tenancy_value(user, &service.name, &mut self.stamp);
                     let payload = match (decision.splice, msg.payload()) {
                         (Some(splice), Some(p)) => {
-                            tenancy::stamp_payload(p, splice, &self.tenancy_key, &self.stamp, &mut self.payload);
+                            tenancy::stamp_payload(p, splice, self.tenancy_key.as_str(), &self.stamp, &mut self.payload);
                             Some(self.payload.as_slice())
                         }
                         (_, p) => p,
                     };
                     let stamp = route.stamp.header().then_some(self.stamp.as_str());
-                    (payload, Some(rush_headers(input_headers, &self.tenancy_key, stamp)))
+                    (payload, Some(rush_headers(input_headers, self.tenancy_key.as_str(), stamp)))
                 }
             };
             let out = Output {

@@ -38,10 +38,14 @@ pub struct Entry {
     pub expires_at_ms: i64,
 }
 
+/// Keys come from the trusted whitelist; event-controlled input only looks up. A fast seeded
+/// hash is therefore safe here, and it is most of a decision's cost.
+type Users = HashMap<Box<str>, Entry, foldhash::fast::RandomState>;
+
 #[derive(Debug, Clone, Default)]
 pub struct Snapshot {
     version: u64,
-    entries: HashMap<Box<str>, Entry>,
+    entries: Users,
 }
 
 impl Snapshot {
@@ -56,7 +60,7 @@ impl Snapshot {
 
     pub fn from_json(bytes: &[u8]) -> Result<Self, SnapshotError> {
         let wire: WireSnapshot = serde_json::from_slice(bytes)?;
-        let mut entries = HashMap::with_capacity(wire.entries.len());
+        let mut entries = Users::with_capacity_and_hasher(wire.entries.len(), Default::default());
         for (index, e) in wire.entries.into_iter().enumerate() {
             let fail = |reason: String| SnapshotError::Entry { index, user: e.user.clone(), reason };
             if e.user.is_empty() {
