@@ -3,7 +3,6 @@
 
 mod common;
 
-use std::collections::HashMap;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -62,20 +61,6 @@ fn cdc_input(i: usize) -> Input {
         headers: vec![(TID.into(), Some(format!("c{i}").into_bytes()))],
         timestamp: 1_760_000_000_000 + i as i64,
     }
-}
-
-fn read_services(bootstrap: &str, topic: &str, services: &[&str], expected_total: usize) -> HashMap<String, Vec<Read>> {
-    services
-        .iter()
-        .map(|s| {
-            let t = format!("{topic}.{s}");
-            (s.to_string(), common::read_all(bootstrap, &t, expected_total, Duration::from_millis(500), Duration::from_secs(60)))
-        })
-        .collect()
-}
-
-fn total(m: &HashMap<String, Vec<Read>>) -> usize {
-    m.values().map(Vec::len).sum()
 }
 
 #[test]
@@ -142,24 +127,15 @@ stamp = "payload"
     common::produce(&prod.bootstrap, "orders", &orders[ORDERS / 2..]);
 
     let order_services = ["payment", "shipping", "ledger"];
-    let mut wait_for = |topic: &str, services: &[&str], n: usize| {
-        let deadline = Instant::now() + Duration::from_secs(180);
-        loop {
-            if let Some(status) = bridge.try_wait().unwrap() {
-                panic!("bridge exited early: {status}");
-            }
-            let p = read_services(&prod.bootstrap, topic, services, 0);
-            let r = read_services(&rush.bootstrap, topic, services, 0);
-            let got = total(&p) + total(&r);
-            if got >= n * services.len() || Instant::now() > deadline {
-                return (p, r);
-            }
-            std::thread::sleep(Duration::from_millis(500));
-        }
+    let read = |topic: &str, services: &[&str], n: usize| {
+        common::read_services(&prod.bootstrap, &rush.bootstrap, topic, services, n, Duration::from_secs(180))
     };
-    let (op, or) = wait_for("orders", &order_services, ORDERS);
+    let (op, or) = read("orders", &order_services, ORDERS);
     let elapsed = started.elapsed();
-    let (cp, cr) = wait_for("accounts-cdc", &["payment", "ledger"], CDC);
+    let (cp, cr) = read("accounts-cdc", &["payment", "ledger"], CDC);
+    if let Some(status) = bridge.try_wait().unwrap() {
+        panic!("bridge exited early: {status}");
+    }
 
     // A graceful stop: drain, commit, exit 0.
     let pid = bridge.id().to_string();
@@ -176,8 +152,8 @@ stamp = "payload"
     std::io::Read::read_to_string(bridge.stdout.as_mut().unwrap(), &mut summary).unwrap();
     assert!(status.success(), "bridge exit {status}");
 
-    let in_orders = common::read_all(&prod.bootstrap, "orders", ORDERS, Duration::ZERO, Duration::from_secs(60));
-    let in_cdc = common::read_all(&prod.bootstrap, "accounts-cdc", CDC, Duration::ZERO, Duration::from_secs(60));
+    let in_orders = common::read_all(&prod.bootstrap, "orders", ORDERS, Duration::from_secs(60));
+    let in_cdc = common::read_all(&prod.bootstrap, "accounts-cdc", CDC, Duration::from_secs(60));
     assert_eq!((in_orders.len(), in_cdc.len()), (ORDERS, CDC));
 
     let expect_orders = |r: &Read, svc: &str| {

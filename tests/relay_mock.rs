@@ -2,7 +2,6 @@
 
 mod common;
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -54,6 +53,11 @@ impl Clusters {
             kafka: "",
         });
         Config::parse(&text, std::iter::empty()).unwrap()
+    }
+
+    fn outputs(&self, services: &[&str], inputs: usize) -> (common::ByService, common::ByService) {
+        let (p, r) = (self.prod.bootstrap_servers(), self.rush.bootstrap_servers());
+        common::read_services(&p, &r, "orders", services, inputs, Duration::from_secs(30))
     }
 
     fn wl_path(&self) -> std::path::PathBuf {
@@ -124,17 +128,7 @@ fn event(i: usize, user: Option<&str>, payload: Vec<u8>) -> Input {
     }
 }
 
-fn read_outputs(bootstrap: &str, services: &[&str], expected: usize) -> HashMap<String, Vec<Read>> {
-    services
-        .iter()
-        .map(|s| {
-            let topic = format!("orders.{s}");
-            (s.to_string(), common::read_all(bootstrap, &topic, expected, Duration::from_millis(300), Duration::from_secs(20)))
-        })
-        .collect()
-}
-
-fn counts_by(outputs: &HashMap<String, Vec<Read>>) -> usize {
+fn counts_by(outputs: &common::ByService) -> usize {
     outputs.values().map(Vec::len).sum()
 }
 
@@ -162,9 +156,8 @@ fn routes_whitelisted_users_to_rush_and_everyone_else_to_prod() {
     assert_eq!(summary.records_in, 600);
 
     let services = ["payment", "shipping"];
-    let read_in = common::read_all(&c.prod.bootstrap_servers(), "orders", 600, Duration::ZERO, Duration::from_secs(20));
-    let prod = read_outputs(&c.prod.bootstrap_servers(), &services, 0);
-    let rush = read_outputs(&c.rush.bootstrap_servers(), &services, 0);
+    let read_in = common::read_all(&c.prod.bootstrap_servers(), "orders", 600, Duration::from_secs(20));
+    let (prod, rush) = c.outputs(&services, 600);
     let expected = |r: &Read, svc: &str| -> Option<String> {
         if r.header("event_tenancy") == Some(b"U9_shipping") {
             return (svc == "shipping").then(|| "U9".to_string());
@@ -215,9 +208,8 @@ fn payload_stamping_and_unclassifiable_records_pass_through() {
     run.wait_acked(100, Duration::from_secs(60));
     let summary = run.stop().unwrap();
 
-    let read_in = common::read_all(&c.prod.bootstrap_servers(), "orders", 100, Duration::ZERO, Duration::from_secs(20));
-    let prod = read_outputs(&c.prod.bootstrap_servers(), &["payment"], 0);
-    let rush = read_outputs(&c.rush.bootstrap_servers(), &["payment"], 0);
+    let read_in = common::read_all(&c.prod.bootstrap_servers(), "orders", 100, Duration::from_secs(20));
+    let (prod, rush) = c.outputs(&["payment"], 100);
     let expected = |r: &Read, _svc: &str| -> Option<String> {
         let tid: usize = std::str::from_utf8(r.header(TID)?).ok()?.parse().ok()?;
         // Index 4 carries a stale upstream stamp in the payload, which is honoured as a stamp
@@ -248,10 +240,9 @@ fn whitelist_change_affects_only_later_events() {
     run.wait_acked(360, Duration::from_secs(60));
     run.stop().unwrap();
 
-    let read_in = common::read_all(&c.prod.bootstrap_servers(), "orders", 180, Duration::ZERO, Duration::from_secs(20));
+    let read_in = common::read_all(&c.prod.bootstrap_servers(), "orders", 180, Duration::from_secs(20));
     let services = ["payment", "shipping"];
-    let prod = read_outputs(&c.prod.bootstrap_servers(), &services, 0);
-    let rush = read_outputs(&c.rush.bootstrap_servers(), &services, 0);
+    let (prod, rush) = c.outputs(&services, 180);
     let expected = |r: &Read, svc: &str| -> Option<String> {
         let tid: usize = std::str::from_utf8(r.header(TID)?).ok()?.parse().ok()?;
         (tid >= 90 && svc == "shipping").then(|| "U3".to_string())
@@ -273,10 +264,9 @@ fn slow_rush_cluster_is_bounded_by_max_in_flight() {
     run.stop().unwrap();
     assert!(peak <= 25 + 1, "in-flight peak {peak} exceeds the bound");
     assert!(peak >= 10, "the bound was never approached ({peak}); the test does not test it");
-    let read_in = common::read_all(&c.prod.bootstrap_servers(), "orders", 400, Duration::ZERO, Duration::from_secs(20));
+    let read_in = common::read_all(&c.prod.bootstrap_servers(), "orders", 400, Duration::from_secs(20));
     let services = ["payment", "shipping"];
-    let prod = read_outputs(&c.prod.bootstrap_servers(), &services, 0);
-    let rush = read_outputs(&c.rush.bootstrap_servers(), &services, 0);
+    let (prod, rush) = c.outputs(&services, 400);
     let expected = |r: &Read, _: &str| (r.header("x-user-id") == Some(b"U1")).then(|| "U1".to_string());
     invariant::check(&read_in, &services, &prod, &rush, expected, StampCheck::Header).assert_clean();
 }

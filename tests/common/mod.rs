@@ -150,36 +150,36 @@ impl Read {
     }
 }
 
-/// Reads every partition of `topic` from the beginning until `expected` records arrived and
-/// nothing more came for `idle` (or `timeout` passed). No group: nothing is committed.
-pub fn read_all(bootstrap: &str, topic: &str, expected: usize, idle: Duration, timeout: Duration) -> Vec<Read> {
-    let c: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .set("group.id", "test-reader")
-        .set("enable.auto.commit", "false")
-        .create()
-        .unwrap();
-    let md = c.fetch_metadata(Some(topic), Duration::from_secs(10)).unwrap();
-    let parts = md.topics().first().map(|t| t.partitions().len()).unwrap_or(0);
-    if parts == 0 {
-        return Vec::new();
-    }
-    let mut tpl = TopicPartitionList::new();
-    for p in 0..parts as i32 {
-        tpl.add_partition_offset(topic, p, Offset::Beginning).unwrap();
-    }
-    c.assign(&tpl).unwrap();
-    let mut out = Vec::new();
-    let started = Instant::now();
-    let mut last = Instant::now();
-    while started.elapsed() < timeout {
-        if out.len() >= expected && last.elapsed() >= idle {
-            break;
+/// Reads every partition of one topic from the beginning, without a group (nothing committed).
+pub struct Reader {
+    consumer: BaseConsumer,
+    pub topic: String,
+    pub records: Vec<Read>,
+}
+
+impl Reader {
+    pub fn new(bootstrap: &str, topic: &str) -> Self {
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", bootstrap)
+            .set("group.id", "test-reader")
+            .set("enable.auto.commit", "false")
+            .create()
+            .unwrap();
+        let md = consumer.fetch_metadata(Some(topic), Duration::from_secs(10)).unwrap();
+        let parts = md.topics().first().map_or(0, |t| t.partitions().len()) as i32;
+        let mut tpl = TopicPartitionList::new();
+        for p in 0..parts {
+            tpl.add_partition_offset(topic, p, Offset::Beginning).unwrap();
         }
-        match c.poll(Duration::from_millis(100)) {
+        consumer.assign(&tpl).unwrap();
+        Self { consumer, topic: topic.to_owned(), records: Vec::new() }
+    }
+
+    /// Polls once; true if a record arrived.
+    pub fn poll(&mut self, timeout: Duration) -> bool {
+        match self.consumer.poll(timeout) {
             Some(Ok(m)) => {
-                last = Instant::now();
-                out.push(Read {
+                self.records.push(Read {
                     partition: m.partition(),
                     offset: m.offset(),
                     key: m.key().map(<[u8]>::to_vec),
@@ -190,12 +190,60 @@ pub fn read_all(bootstrap: &str, topic: &str, expected: usize, idle: Duration, t
                         .unwrap_or_default(),
                     timestamp: m.timestamp().to_millis(),
                 });
+                true
             }
-            Some(Err(e)) => panic!("reading {topic}: {e}"),
-            None => {}
+            Some(Err(e)) => panic!("reading {}: {e}", self.topic),
+            None => false,
         }
     }
-    out
+}
+
+/// How long to keep reading after the expected count, to catch duplicates.
+const LINGER: Duration = Duration::from_millis(500);
+
+/// Reads `topics` (on their own clusters) until together they hold at least `expected` records
+/// and nothing more arrives for a moment, or `timeout` passes. High watermarks are not used:
+/// tansu reports them per batch, not per record.
+pub fn read_until(topics: &[(&str, &str)], expected: usize, timeout: Duration) -> Vec<Vec<Read>> {
+    let mut readers: Vec<Reader> = topics.iter().map(|(b, t)| Reader::new(b, t)).collect();
+    let started = Instant::now();
+    let mut quiet_since = Instant::now();
+    loop {
+        let total: usize = readers.iter().map(|r| r.records.len()).sum();
+        if (total >= expected && quiet_since.elapsed() >= LINGER) || started.elapsed() >= timeout {
+            break;
+        }
+        let mut any = false;
+        for r in &mut readers {
+            while r.poll(Duration::from_millis(10)) {
+                any = true;
+            }
+        }
+        if any {
+            quiet_since = Instant::now();
+        }
+    }
+    readers.into_iter().map(|r| r.records).collect()
+}
+
+/// All `expected` records of one topic.
+pub fn read_all(bootstrap: &str, topic: &str, expected: usize, timeout: Duration) -> Vec<Read> {
+    read_until(&[(bootstrap, topic)], expected, timeout).pop().unwrap_or_default()
+}
+
+/// Outputs by service, prod and Rush: `{topic}.{service}` on each cluster, read until every one
+/// of the `inputs` events has shown up once per service (or `timeout`).
+pub type ByService = std::collections::HashMap<String, Vec<Read>>;
+
+pub fn read_services(prod: &str, rush: &str, topic: &str, services: &[&str], inputs: usize, timeout: Duration) -> (ByService, ByService) {
+    let (mut p, mut r) = (ByService::new(), ByService::new());
+    for s in services {
+        let t = format!("{topic}.{s}");
+        let mut both = read_until(&[(prod, &t), (rush, &t)], inputs, timeout);
+        r.insert(s.to_string(), both.pop().unwrap_or_default());
+        p.insert(s.to_string(), both.pop().unwrap_or_default());
+    }
+    (p, r)
 }
 
 /// Committed offsets of `group` on `topic`, by partition.
