@@ -37,15 +37,37 @@ fn invalid(field: impl Into<String>, reason: impl Into<String>) -> ConfigError {
 #[serde(deny_unknown_fields)]
 pub struct ClusterConfig {
     pub bootstrap_servers: String,
-    /// librdkafka properties passed through unchanged; librdkafka checks them at validate time.
+    /// librdkafka properties for every client of this cluster, passed through unchanged;
+    /// librdkafka checks them at validate time.
     #[serde(default)]
     pub kafka: BTreeMap<String, toml::Value>,
+    /// Properties for this cluster's consumers only (`session.timeout.ms`, `fetch.*`, …), applied
+    /// after `kafka`, so librdkafka does not warn about consumer properties on producers.
+    #[serde(default)]
+    pub consumer: BTreeMap<String, toml::Value>,
+    /// Properties for this cluster's producers only (`linger.ms`, `compression.type`, …).
+    #[serde(default)]
+    pub producer: BTreeMap<String, toml::Value>,
+}
+
+/// Which of a cluster's property tables apply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientRole {
+    Consumer,
+    Producer,
+    Admin,
 }
 
 impl ClusterConfig {
-    /// librdkafka wants every property as a string; TOML lets users write numbers and booleans.
-    pub fn kafka_properties(&self) -> impl Iterator<Item = (&str, String)> {
-        self.kafka.iter().map(|(k, v)| {
+    /// The properties for a client in `role`: the shared table, then the role's own (which wins).
+    /// librdkafka wants every value as a string; TOML lets users write numbers and booleans.
+    pub fn kafka_properties(&self, role: ClientRole) -> impl Iterator<Item = (&str, String)> {
+        let own = match role {
+            ClientRole::Consumer => Some(&self.consumer),
+            ClientRole::Producer => Some(&self.producer),
+            ClientRole::Admin => None,
+        };
+        self.kafka.iter().chain(own.into_iter().flatten()).map(|(k, v)| {
             let v = match v {
                 toml::Value::String(s) => s.clone(),
                 other => other.to_string(),
@@ -251,12 +273,14 @@ impl Config {
             if c.bootstrap_servers.trim().is_empty() {
                 return Err(invalid(format!("{name}.bootstrap_servers"), "must not be empty"));
             }
-            for key in ["bootstrap.servers", "group.id", "enable.auto.commit", "transactional.id"] {
-                if c.kafka.contains_key(key) {
-                    return Err(invalid(
-                        format!("{name}.kafka.\"{key}\""),
-                        "is set by the bridge itself; use the dedicated key",
-                    ));
+            for (table, props) in [("kafka", &c.kafka), ("consumer", &c.consumer), ("producer", &c.producer)] {
+                for key in ["bootstrap.servers", "group.id", "enable.auto.commit", "enable.auto.offset.store", "transactional.id"] {
+                    if props.contains_key(key) {
+                        return Err(invalid(
+                            format!("{name}.{table}.\"{key}\""),
+                            "is set by the bridge itself; use the dedicated key",
+                        ));
+                    }
                 }
             }
         }

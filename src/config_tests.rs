@@ -34,7 +34,7 @@ fn defaults_and_outputs() {
     assert_eq!(r.stamp, StampMode::Header);
     assert!(!r.return_path);
     assert_eq!(r.services[1], Service { name: "shipping".into(), output_topic: "orders.shipping".into() });
-    assert_eq!(c.prod.kafka_properties().collect::<Vec<_>>(), vec![("linger.ms", "5".to_string())]);
+    assert_eq!(c.prod.kafka_properties(ClientRole::Admin).collect::<Vec<_>>(), vec![("linger.ms", "5".to_string())]);
 }
 
 #[test]
@@ -101,7 +101,7 @@ fn environment_overrides_keys() {
     assert_eq!(c.prod.bootstrap_servers, "kafka-prod:9092");
     assert_eq!(c.bridge.group_id, "g2");
     assert_eq!(c.bridge.max_in_flight, 7);
-    assert_eq!(c.rush.kafka_properties().next(), Some(("security.protocol", "SSL".to_string())));
+    assert_eq!(c.rush.kafka_properties(ClientRole::Producer).next(), Some(("security.protocol", "SSL".to_string())));
 
     let bad = [("TENANCY_BRIDGE__BRIDGE__NOPE", "1")].map(|(k, v)| (k.to_string(), v.to_string()));
     assert!(Config::parse(BASE, bad).unwrap_err().to_string().contains("NOPE".to_lowercase().as_str()));
@@ -111,4 +111,19 @@ fn environment_overrides_keys() {
 fn return_path_is_refused_until_it_exists() {
     let e = err(&BASE.replace("user = { header", "return_path = true\nuser = { header"));
     assert!(e.contains("routes[0].return_path"), "{e}");
+}
+
+#[test]
+fn role_tables_apply_only_to_their_clients_and_win() {
+    let text = BASE.replace(
+        "[rush]",
+        "[prod.consumer]\n\"session.timeout.ms\" = 6000\n[prod.producer]\n\"linger.ms\" = 20\n[rush]",
+    );
+    let c = parse(&text).unwrap();
+    let get = |role| c.prod.kafka_properties(role).collect::<Vec<_>>();
+    assert_eq!(get(ClientRole::Consumer), vec![("linger.ms", "5".into()), ("session.timeout.ms", "6000".into())]);
+    assert_eq!(get(ClientRole::Producer), vec![("linger.ms", "5".into()), ("linger.ms", "20".into())]);
+    assert_eq!(get(ClientRole::Admin), vec![("linger.ms", "5".into())]);
+    let e = err(&BASE.replace("[rush]", "[prod.consumer]\n\"group.id\" = \"x\"\n[rush]"));
+    assert!(e.contains("prod.consumer.\"group.id\""), "{e}");
 }

@@ -3,7 +3,7 @@
 use rdkafka::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 
-use crate::config::{ClusterConfig, Config};
+use crate::config::{ClientRole, ClusterConfig, Config};
 
 /// What the bridge does about a Kafka error.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -71,11 +71,11 @@ pub fn classify_code(code: RDKafkaErrorCode) -> ErrorClass {
     }
 }
 
-fn base(cluster: &ClusterConfig, client_id: &str) -> ClientConfig {
+fn base(cluster: &ClusterConfig, role: ClientRole, client_id: &str) -> ClientConfig {
     let mut c = ClientConfig::new();
     c.set("bootstrap.servers", &cluster.bootstrap_servers);
     c.set("client.id", client_id);
-    for (k, v) in cluster.kafka_properties() {
+    for (k, v) in cluster.kafka_properties(role) {
         c.set(k, v);
     }
     c
@@ -97,7 +97,7 @@ pub fn producer_config(cluster: &ClusterConfig, name: &str, config: &Config) -> 
     // The in-flight bound decides memory; the producer queue must never be the tighter bound.
     let queue = (config.bridge.max_in_flight * max_services + 1000).min(10_000_000);
     c.set("queue.buffering.max.messages", queue.to_string());
-    let user = base(cluster, &format!("tenancy-bridge-{name}"));
+    let user = base(cluster, ClientRole::Producer, &format!("tenancy-bridge-{name}"));
     for (k, v) in user.config_map() {
         c.set(k, v);
     }
@@ -114,7 +114,7 @@ pub fn consumer_config(config: &Config) -> ClientConfig {
     c.set("auto.offset.reset", "earliest");
     // Bound what librdkafka prefetches; the relay's own bound is bridge.max_in_flight.
     c.set("queued.max.messages.kbytes", "32768");
-    let user = base(&config.prod, "tenancy-bridge-consumer");
+    let user = base(&config.prod, ClientRole::Consumer, "tenancy-bridge-consumer");
     for (k, v) in user.config_map() {
         c.set(k, v);
     }
@@ -127,7 +127,7 @@ pub fn consumer_config(config: &Config) -> ClientConfig {
 }
 
 pub fn admin_config(cluster: &ClusterConfig, name: &str) -> ClientConfig {
-    base(cluster, &format!("tenancy-bridge-admin-{name}"))
+    base(cluster, ClientRole::Admin, &format!("tenancy-bridge-admin-{name}"))
 }
 
 #[cfg(test)]

@@ -11,7 +11,7 @@ use crate::extract::UserLocator;
 use crate::kafka;
 
 #[derive(Debug, thiserror::Error)]
-#[error("{cluster}.kafka: librdkafka rejects the {client} configuration: {source}")]
+#[error("{cluster}.kafka / {cluster}.{client}: librdkafka rejects the {client} configuration: {source}")]
 pub struct PropertyError {
     cluster: &'static str,
     client: &'static str,

@@ -30,9 +30,10 @@ impl RebalanceContext {
             .collect()
     }
 
-    /// Commits what is fully acknowledged for `keys` (all when `None`).
+    /// Commits what is fully acknowledged for `keys` (all when `None`). A synchronous commit
+    /// (hand-over, shutdown) also repeats offsets an asynchronous one may not have landed.
     pub fn commit(&self, consumer: &BaseConsumer<Self>, keys: Option<&[PartitionKey]>, mode: CommitMode) -> KafkaResult<usize> {
-        let offsets = self.tracker.take_committable(keys);
+        let offsets = self.tracker.take_committable(keys, matches!(mode, CommitMode::Sync));
         if offsets.is_empty() {
             return Ok(0);
         }

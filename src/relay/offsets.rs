@@ -162,8 +162,10 @@ impl Tracker {
     }
 
     /// Offsets that are done but not yet committed, for `keys` (all partitions when `None`).
-    /// They are marked committed; call [`Tracker::uncommit`] if the commit fails.
-    pub fn take_committable(&self, keys: Option<&[PartitionKey]>) -> Vec<(PartitionKey, i64)> {
+    /// They are marked committed; call [`Tracker::uncommit`] if the commit fails. With `again`,
+    /// offsets already marked are included too: an asynchronous commit may still be in flight
+    /// or have failed unseen, and a hand-over must not rely on it.
+    pub fn take_committable(&self, keys: Option<&[PartitionKey]>, again: bool) -> Vec<(PartitionKey, i64)> {
         let mut g = self.lock();
         let mut out = Vec::new();
         for (key, t) in g.tracks.iter_mut() {
@@ -171,7 +173,7 @@ impl Tracker {
                 continue;
             }
             if let Some(next) = t.done_up_to {
-                if t.committed != Some(next) {
+                if again || t.committed != Some(next) {
                     t.committed = Some(next);
                     out.push((*key, next));
                 }
@@ -228,13 +230,13 @@ mod tests {
         t.ack(b);
         t.ack(c);
         t.ack(c);
-        assert!(t.take_committable(None).is_empty(), "10 still has an output outstanding");
+        assert!(t.take_committable(None, false).is_empty(), "10 still has an output outstanding");
         t.ack(a);
-        assert!(t.take_committable(None).is_empty(), "10 has two outputs");
+        assert!(t.take_committable(None, false).is_empty(), "10 has two outputs");
         t.ack(a);
-        assert_eq!(t.take_committable(None), vec![(P, 16)]);
+        assert_eq!(t.take_committable(None, false), vec![(P, 16)]);
         assert_eq!(t.in_flight(), 0);
-        assert!(t.take_committable(None).is_empty(), "already committed");
+        assert!(t.take_committable(None, false).is_empty(), "already committed");
     }
 
     #[test]
@@ -247,7 +249,7 @@ mod tests {
         t.fail(b, "boom".into());
         t.ack(b);
         t.ack(c);
-        assert_eq!(t.take_committable(None), vec![(P, 2)]);
+        assert_eq!(t.take_committable(None, false), vec![(P, 2)]);
         assert_eq!(t.failure().unwrap().offset, 2);
     }
 
@@ -258,7 +260,7 @@ mod tests {
         let a = t.begin(P, 5, 1);
         let _b = t.begin(q, 7, 1);
         t.ack(a);
-        assert_eq!(t.take_committable(Some(&[P])), vec![(P, 6)]);
+        assert_eq!(t.take_committable(Some(&[P]), false), vec![(P, 6)]);
         t.remove(&[q]);
         assert_eq!(t.in_flight(), 0);
         assert_eq!(t.pending(q), 0);
@@ -269,9 +271,11 @@ mod tests {
         let t = Tracker::new();
         let a = t.begin(P, 1, 1);
         t.ack(a);
-        let taken = t.take_committable(None);
+        let taken = t.take_committable(None, false);
         t.uncommit(&taken);
-        assert_eq!(t.take_committable(None), taken);
+        assert_eq!(t.take_committable(None, false), taken);
+        assert!(t.take_committable(None, false).is_empty());
+        assert_eq!(t.take_committable(None, true), taken, "a hand-over commits again");
         t.ack(a);
         t.ack(opaque(999, 1));
         assert_eq!(t.in_flight(), 0);

@@ -287,7 +287,7 @@ pub struct ConfigOpts<'a> {
     pub group: &'a str,
     pub routes: &'a str,
     pub extra_bridge: &'a str,
-    /// Extra librdkafka properties for both clusters, TOML lines.
+    /// Extra librdkafka properties for the prod consumer, TOML lines.
     pub kafka: &'a str,
 }
 
@@ -296,12 +296,10 @@ pub fn config_text(o: &ConfigOpts<'_>) -> String {
         r#"
 [prod]
 bootstrap_servers = "{prod}"
-[prod.kafka]
+[prod.consumer]
 {kafka}
 [rush]
 bootstrap_servers = "{rush}"
-[rush.kafka]
-{kafka}
 [whitelist]
 file = "{wl}"
 refresh = "100ms"
