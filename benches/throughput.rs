@@ -4,7 +4,8 @@
 //!
 //!   TANSU_BIN=$(scripts/install-tansu.sh) cargo bench --bench throughput
 //!
-//! Environment: RECORDS (default 200000), PAYLOAD_BYTES (1024), ROUNDS (1).
+//! Environment: RECORDS (default 200000), PAYLOAD_BYTES (1024), ROUNDS (1), RELAY_BIN (another
+//! build of the binary, e.g. `--no-default-features` for the system allocator).
 //! "Steady" is the window between 10 % and 90 % of the input records committed by each one's
 //! consumer group (both commit every 200 ms), which leaves out start-up, group join and the
 //! tail. Committed offsets, not output high watermarks: tansu counts the latter per batch.
@@ -70,7 +71,8 @@ fn main() {
 
         let group = format!("bridge-{round}");
         let config = bridge_config(&dir, &prod.bootstrap, &rush.bootstrap, &group);
-        let child = Command::new(env!("CARGO_BIN_EXE_tenancy-bridge"))
+        let bin = std::env::var("RELAY_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_tenancy-bridge").to_string());
+        let child = Command::new(bin)
             .args(["run", "--config"])
             .arg(&config)
             .env("RUST_LOG", "warn")

@@ -10,6 +10,7 @@ use tenancy_bridge::{relay, report};
 
 mod cli;
 
+#[cfg(feature = "mimalloc")]
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

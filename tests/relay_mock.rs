@@ -350,7 +350,11 @@ fn instances_share_partitions_and_hand_over_on_rebalance() {
     wait(&[&a], 600);
     // A second instance joins: the partitions are split between the two.
     let b = start(&c, config.clone());
-    std::thread::sleep(Duration::from_secs(2));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while b.stats.assigned_partitions.load(Ordering::Relaxed) == 0 || a.stats.assigned_partitions.load(Ordering::Relaxed) == PARTITIONS as usize {
+        assert!(Instant::now() < deadline, "the second instance was never given partitions");
+        std::thread::sleep(Duration::from_millis(20));
+    }
     common::produce(&c.prod.bootstrap_servers(), "orders", &batch(300..600));
     wait(&[&a, &b], 1200);
     let b_share = b.stats.records_in.load(Ordering::Relaxed);

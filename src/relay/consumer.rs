@@ -4,6 +4,7 @@
 //! poll loop lives on its own thread rather than on an async runtime.
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
@@ -12,12 +13,14 @@ use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
 use super::offsets::{PartitionKey, Tracker};
 use super::producer::Producers;
+use super::stats::Stats;
 
 pub struct RebalanceContext {
     pub tracker: Arc<Tracker>,
     pub producers: Arc<Producers>,
     pub route_topics: Vec<String>,
     pub drain_timeout: Duration,
+    pub stats: Arc<Stats>,
 }
 
 impl ClientContext for RebalanceContext {}
@@ -81,8 +84,12 @@ impl ConsumerContext for RebalanceContext {
                     Err(e) => tracing::warn!(error = %e, "commit on revoke failed; the next owner replays from the last commit"),
                 }
                 self.tracker.remove(&keys);
+                let _ = self.stats.assigned_partitions.fetch_update(Relaxed, Relaxed, |n| Some(n.saturating_sub(tpl.count())));
             }
-            Rebalance::Assign(tpl) => tracing::info!(partitions = tpl.count(), "partitions assigned"),
+            Rebalance::Assign(tpl) => {
+                self.stats.assigned_partitions.fetch_add(tpl.count(), Relaxed);
+                tracing::info!(partitions = tpl.count(), "partitions assigned");
+            }
             Rebalance::Error(e) => tracing::error!(error = %e, "rebalance error"),
         }
     }

@@ -79,6 +79,7 @@ pub fn run_with(
         producers: producers.clone(),
         route_topics: route_topics.clone(),
         drain_timeout: config.bridge.drain_timeout,
+        stats: stats.clone(),
     };
     let consumer: BaseConsumer<RebalanceContext> = kafka::consumer_config(config)
         .create_with_context(context)

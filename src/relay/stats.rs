@@ -17,6 +17,8 @@ pub struct Stats {
     pub upstream_honoured: AtomicU64,
     /// Highest number of input records seen in flight (read, not fully acknowledged).
     pub in_flight_peak: AtomicUsize,
+    /// Input partitions this instance owns now.
+    pub assigned_partitions: AtomicUsize,
     passthrough: [AtomicU64; Passthrough::ALL.len()],
     produce_errors: [AtomicU64; 3],
 }
