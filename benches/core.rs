@@ -1,3 +1,4 @@
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 //! The pure core per event: finding the user, deciding, stamping.
 //! JSON lookups: the bridge's own lazy scan (`json_scan`) against sonic-rs (lazy `get`),
 //! simd-json (tape parse of a copy) and serde_json (full `Value`).
@@ -48,9 +49,7 @@ fn route(user: UserLocator, stamp: StampMode) -> Route {
 fn snapshot(users: usize) -> Snapshot {
     Snapshot::new(
         1,
-        (0..users).map(|i| {
-            (format!("U{i}"), Entry { services: vec!["payment".into()], expires_at_ms: i64::MAX })
-        }),
+        (0..users).map(|i| (format!("U{i}"), Entry { services: vec!["payment".into()], expires_at_ms: i64::MAX })),
     )
 }
 

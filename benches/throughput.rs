@@ -1,3 +1,4 @@
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 //! End-to-end throughput harness (not a test): on two tansu brokers and one pre-filled input,
 //! runs a plain rdkafka consume→produce copy loop and then the relay binary, one after the
 //! other, and prints each one's steady records/s and CPU µs per record of its process.
@@ -11,7 +12,6 @@
 //! tail. Committed offsets, not output high watermarks: tansu counts the latter per batch.
 
 #[path = "../tests/common/mod.rs"]
-#[allow(dead_code)]
 mod common;
 
 use std::process::{Child, Command, Stdio};
@@ -84,7 +84,9 @@ fn main() {
     }
 
     println!();
-    println!("{records} records of {size} B, {PARTITIONS} partitions, 1 output per record (relay: 10 % of users to Rush)");
+    println!(
+        "{records} records of {size} B, {PARTITIONS} partitions, 1 output per record (relay: 10 % of users to Rush)"
+    );
     println!("{:<10} {:>14} {:>16} {:>12}", "run", "records/s", "CPU µs/record", "wall s");
     for m in &results {
         println!("{:<10} {:>14.0} {:>16.2} {:>12.1}", m.name, m.rate, m.cpu_us, m.wall);

@@ -5,4 +5,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export TANSU_BIN="${TANSU_BIN:-$(scripts/install-tansu.sh)}"
 echo "tansu: $TANSU_BIN"
+cargo fmt --check
+cargo clippy --release --locked --all-targets -- -D warnings
 cargo test --release --locked "$@"

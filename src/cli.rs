@@ -5,7 +5,11 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand, ValueEnum};
 
 #[derive(Debug, Parser)]
-#[command(name = "tenancy-bridge", version, about = "Routes production Kafka events of whitelisted users to Rush test environments")]
+#[command(
+    name = "tenancy-bridge",
+    version,
+    about = "Routes production Kafka events of whitelisted users to Rush test environments"
+)]
 pub struct Cli {
     /// Log line format.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "TENANCY_BRIDGE_LOG_FORMAT")]

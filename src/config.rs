@@ -182,8 +182,7 @@ mod humantime_serde_compat {
     use std::time::Duration;
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
         let s = String::deserialize(d)?;
-        humantime::parse_duration(&s)
-            .map_err(|e| serde::de::Error::custom(format!("invalid duration {s:?}: {e}")))
+        humantime::parse_duration(&s).map_err(|e| serde::de::Error::custom(format!("invalid duration {s:?}: {e}")))
     }
 }
 
@@ -250,21 +249,17 @@ pub const MAX_SERVICES_PER_ROUTE: usize = 64;
 
 impl Config {
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        let text =
+            std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
         Self::parse(&text, std::env::vars())
     }
 
     /// Parses `text`, applies `TENANCY_BRIDGE__*` overrides found in `env`, and validates.
-    pub fn parse(
-        text: &str,
-        env: impl IntoIterator<Item = (String, String)>,
-    ) -> Result<Self, ConfigError> {
-        let mut table: toml::Table =
-            text.parse().map_err(|e: toml::de::Error| ConfigError::Parse(e.to_string()))?;
+    pub fn parse(text: &str, env: impl IntoIterator<Item = (String, String)>) -> Result<Self, ConfigError> {
+        let mut table: toml::Table = text.parse().map_err(|e: toml::de::Error| ConfigError::Parse(e.to_string()))?;
         apply_env_overrides(&mut table, env)?;
-        let raw: RawConfig = RawConfig::deserialize(toml::Value::Table(table))
-            .map_err(|e| ConfigError::Parse(e.to_string()))?;
+        let raw: RawConfig =
+            RawConfig::deserialize(toml::Value::Table(table)).map_err(|e| ConfigError::Parse(e.to_string()))?;
         Self::validate(raw)
     }
 
@@ -274,7 +269,13 @@ impl Config {
                 return Err(invalid(format!("{name}.bootstrap_servers"), "must not be empty"));
             }
             for (table, props) in [("kafka", &c.kafka), ("consumer", &c.consumer), ("producer", &c.producer)] {
-                for key in ["bootstrap.servers", "group.id", "enable.auto.commit", "enable.auto.offset.store", "transactional.id"] {
+                for key in [
+                    "bootstrap.servers",
+                    "group.id",
+                    "enable.auto.commit",
+                    "enable.auto.offset.store",
+                    "transactional.id",
+                ] {
                     if props.contains_key(key) {
                         return Err(invalid(
                             format!("{name}.{table}.\"{key}\""),
@@ -295,10 +296,7 @@ impl Config {
             ));
         }
         if !b.output_topic.contains("{topic}") {
-            return Err(invalid(
-                "bridge.output_topic",
-                "must contain {topic}, or routes would share output topics",
-            ));
+            return Err(invalid("bridge.output_topic", "must contain {topic}, or routes would share output topics"));
         }
         if !valid_header_name(&b.tenancy_header) {
             return Err(invalid("bridge.tenancy_header", "must be a non-empty printable ASCII name"));
@@ -355,8 +353,7 @@ impl Config {
                 if services.iter().any(|s| &s.name == name) {
                     return Err(invalid(format!("routes[{i}].services[{j}]"), format!("{name:?} is listed twice")));
                 }
-                let output_topic =
-                    b.output_topic.replace("{topic}", &r.topic).replace("{service}", name);
+                let output_topic = b.output_topic.replace("{topic}", &r.topic).replace("{service}", name);
                 if !valid_topic_name(&output_topic) {
                     return Err(invalid(
                         "bridge.output_topic",
@@ -367,9 +364,9 @@ impl Config {
             }
             let user = match (r.user.header, r.user.json, r.user.key) {
                 (Some(h), None, None | Some(false)) if !h.is_empty() => UserLocator::Header(h),
-                (None, Some(p), None | Some(false)) => UserLocator::Json(
-                    JsonPointer::parse(&p).map_err(|reason| invalid(at("user.json"), reason))?,
-                ),
+                (None, Some(p), None | Some(false)) => {
+                    UserLocator::Json(JsonPointer::parse(&p).map_err(|reason| invalid(at("user.json"), reason))?)
+                }
                 (None, None, Some(true)) => UserLocator::Key,
                 _ => {
                     return Err(invalid(
@@ -379,7 +376,10 @@ impl Config {
                 }
             };
             if r.return_path {
-                return Err(invalid(at("return_path"), "the return path is not available in this version yet; set it to false"));
+                return Err(invalid(
+                    at("return_path"),
+                    "the return path is not available in this version yet; set it to false",
+                ));
             }
             routes.push(Route { topic: r.topic, services, user, stamp: r.stamp, return_path: r.return_path });
         }
@@ -403,13 +403,7 @@ impl Config {
             }
         }
 
-        Ok(Config {
-            prod: raw.prod,
-            rush: raw.rush,
-            whitelist: raw.whitelist,
-            bridge: raw.bridge,
-            routes,
-        })
+        Ok(Config { prod: raw.prod, rush: raw.rush, whitelist: raw.whitelist, bridge: raw.bridge, routes })
     }
 }
 
@@ -446,10 +440,8 @@ fn apply_env_overrides(
             .ok()
             .and_then(|mut t| t.remove("v"))
             .unwrap_or(toml::Value::String(value));
-        let (last, parents) = keys.split_last().ok_or_else(|| ConfigError::Env {
-            var: var.clone(),
-            reason: "names no key".into(),
-        })?;
+        let (last, parents) =
+            keys.split_last().ok_or_else(|| ConfigError::Env { var: var.clone(), reason: "names no key".into() })?;
         let mut cur = &mut *table;
         for k in parents {
             let entry = cur.entry(k.clone()).or_insert_with(|| toml::Value::Table(Default::default()));

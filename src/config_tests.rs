@@ -57,7 +57,8 @@ fn user_source_must_be_exactly_one() {
 
 #[test]
 fn loops_and_collisions_are_rejected() {
-    let looped = format!("{BASE}\n[[routes]]\ntopic = \"orders.payment\"\nservices = [\"x\"]\nuser = {{ key = true }}\n");
+    let looped =
+        format!("{BASE}\n[[routes]]\ntopic = \"orders.payment\"\nservices = [\"x\"]\nuser = {{ key = true }}\n");
     let e = err(&looped);
     assert!(e.contains("loop") && e.contains("orders.payment"), "{e}");
     let e = err(&format!("{BASE}\n[bridge]\noutput_topic = \"{{topic}}-copy\"\n"));
@@ -71,7 +72,9 @@ fn loops_and_collisions_are_rejected() {
 #[test]
 fn bad_values_name_the_field() {
     assert!(err(&BASE.replace("\"127.0.0.1:9192\"", "\"\"")).contains("rush.bootstrap_servers"));
-    assert!(err(&BASE.replace("services = [\"payment\", \"shipping\"]", "services = []")).contains("routes[0].services"));
+    assert!(
+        err(&BASE.replace("services = [\"payment\", \"shipping\"]", "services = []")).contains("routes[0].services")
+    );
     assert!(err(&BASE.replace("topic = \"orders\"", "topic = \"or ders\"")).contains("routes[0].topic"));
     let e = err(&format!("{BASE}\n[bridge]\nmax_in_flight = 0\n"));
     assert!(e.contains("bridge.max_in_flight"), "{e}");

@@ -236,11 +236,13 @@ pub fn upstream_tenancy<'a, H: Headers + ?Sized>(
 mod tests {
     use super::*;
 
+    type TestHeaders<'a> = [(&'a str, Option<&'a [u8]>)];
+
     fn view<'a>(
         key: Option<&'a [u8]>,
         payload: Option<&'a [u8]>,
-        headers: &'a [(&'a str, Option<&'a [u8]>)],
-    ) -> RecordView<'a, [(&'a str, Option<&'a [u8]>)]> {
+        headers: &'a TestHeaders<'a>,
+    ) -> RecordView<'a, TestHeaders<'a>> {
         RecordView { key, payload, headers }
     }
 

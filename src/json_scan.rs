@@ -26,7 +26,10 @@ impl Step {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Found {
     /// The value's bytes, `start..end` in the document.
-    Value { start: usize, end: usize },
+    Value {
+        start: usize,
+        end: usize,
+    },
     NotFound,
     /// The walk met bytes that are not JSON.
     Invalid,
@@ -240,7 +243,18 @@ mod tests {
 
     #[test]
     fn broken_documents_are_invalid() {
-        for d in ["", "x", "not json at all", "nul", "{", r#"{"a" 1}"#, r#"{"a":tru}"#, r#"{"a":"open}"#, r#"{"a":[1,2}"#, "{\"a\":1 \"b\":2}"] {
+        for d in [
+            "",
+            "x",
+            "not json at all",
+            "nul",
+            "{",
+            r#"{"a" 1}"#,
+            r#"{"a":tru}"#,
+            r#"{"a":"open}"#,
+            r#"{"a":[1,2}"#,
+            "{\"a\":1 \"b\":2}",
+        ] {
             assert_eq!(lookup(d.as_bytes(), &path(&["b"])), Found::Invalid, "{d:?}");
         }
     }

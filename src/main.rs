@@ -59,7 +59,9 @@ fn dispatch(command: cli::Command) -> anyhow::Result<()> {
             let snapshot = whitelist::shared(Snapshot::empty());
             let _source = match (&c.whitelist.file, &c.whitelist.url) {
                 (Some(path), _) => FileSource::start(path.clone(), c.whitelist.refresh, snapshot.clone())?,
-                _ => anyhow::bail!("whitelist.url: the Config Mapper client is not in this build yet; use whitelist.file"),
+                _ => anyhow::bail!(
+                    "whitelist.url: the Config Mapper client is not in this build yet; use whitelist.file"
+                ),
             };
             let summary = relay::run(&c, snapshot, &shutdown).context("relay stopped")?;
             println!("{summary}");

@@ -21,13 +21,17 @@ pub struct PropertyError {
 /// Lets librdkafka check the pass-through properties by building (not connecting) each client.
 pub fn check_kafka_properties(config: &Config) -> Result<(), PropertyError> {
     for (cluster, c) in [("prod", &config.prod), ("rush", &config.rush)] {
-        kafka::producer_config(c, cluster, config)
-            .create::<BaseProducer>()
-            .map_err(|source| PropertyError { cluster, client: "producer", source })?;
+        kafka::producer_config(c, cluster, config).create::<BaseProducer>().map_err(|source| PropertyError {
+            cluster,
+            client: "producer",
+            source,
+        })?;
     }
-    kafka::consumer_config(config)
-        .create::<BaseConsumer>()
-        .map_err(|source| PropertyError { cluster: "prod", client: "consumer", source })?;
+    kafka::consumer_config(config).create::<BaseConsumer>().map_err(|source| PropertyError {
+        cluster: "prod",
+        client: "consumer",
+        source,
+    })?;
     Ok(())
 }
 

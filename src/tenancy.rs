@@ -195,10 +195,7 @@ pub fn plan_splice(payload: Option<&[u8]>, key: &TenancyKey) -> Result<Splice, P
 /// [`plan_splice`] with the member already looked up.
 fn splice_for(payload: Option<&[u8]>, member: Found) -> Result<Splice, Passthrough> {
     let payload = payload.ok_or(Passthrough::NotJson)?;
-    let open = payload
-        .iter()
-        .position(|b| !b.is_ascii_whitespace())
-        .ok_or(Passthrough::NotJson)?;
+    let open = payload.iter().position(|b| !b.is_ascii_whitespace()).ok_or(Passthrough::NotJson)?;
     match payload[open] {
         b'{' => {}
         b'[' | b'"' | b't' | b'f' | b'n' | b'-' | b'0'..=b'9' => return Err(Passthrough::NotObject),

@@ -14,10 +14,7 @@ type H<'a> = [(&'a str, Option<&'a [u8]>)];
 fn route(services: &[&str], user: UserLocator, stamp: StampMode) -> Route {
     Route {
         topic: "orders".into(),
-        services: services
-            .iter()
-            .map(|s| Service { name: (*s).into(), output_topic: format!("orders.{s}") })
-            .collect(),
+        services: services.iter().map(|s| Service { name: (*s).into(), output_topic: format!("orders.{s}") }).collect(),
         user,
         stamp,
         return_path: false,
@@ -143,7 +140,13 @@ fn unstampable_payload_keeps_the_whole_event_in_prod() {
     // User in a header, stamp in the payload, payload is an array: no Rush copy may go out unmarked.
     let r = route(&["payment"], UserLocator::Header("u".into()), StampMode::Both);
     let h: &H = &[("u", Some(b"U1"))];
-    let d = decide(&r, &RecordView { key: None, payload: Some(b"[1]"), headers: h }, &snap(&[("U1", &["payment"], i64::MAX)]), 0, &key());
+    let d = decide(
+        &r,
+        &RecordView { key: None, payload: Some(b"[1]"), headers: h },
+        &snap(&[("U1", &["payment"], i64::MAX)]),
+        0,
+        &key(),
+    );
     assert_eq!(d.reason, Reason::Passthrough(Passthrough::NotObject));
     assert!(d.rush.is_empty());
 }

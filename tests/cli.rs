@@ -1,3 +1,4 @@
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 //! The binary's `validate` command: resolved outputs on success, field-named errors otherwise.
 
 use std::process::Command;
@@ -5,10 +6,15 @@ use std::process::Command;
 fn validate(config: &str) -> (bool, String) {
     let dir = tempfile::tempdir().unwrap();
     let wl = dir.path().join("wl.json");
-    std::fs::write(&wl, r#"{"version":3,"entries":[{"user":"U1","services":["payment"],"expires_at":"2099-01-01T00:00:00Z"}]}"#).unwrap();
+    std::fs::write(
+        &wl,
+        r#"{"version":3,"entries":[{"user":"U1","services":["payment"],"expires_at":"2099-01-01T00:00:00Z"}]}"#,
+    )
+    .unwrap();
     let path = dir.path().join("c.toml");
     std::fs::write(&path, config.replace("WL", &wl.display().to_string())).unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_tenancy-bridge")).args(["validate", "--config"]).arg(&path).output().unwrap();
+    let out =
+        Command::new(env!("CARGO_BIN_EXE_tenancy-bridge")).args(["validate", "--config"]).arg(&path).output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
     (out.status.success(), text)
 }
@@ -42,7 +48,8 @@ fn validate_names_the_bad_field_and_fails() {
     let (ok, out) = validate(&GOOD.replace("[rush]\n", "[rush]\nkafka = { \"no.such.property\" = 1 }\n"));
     assert!(!ok);
     assert!(out.contains("rush.kafka") && out.contains("no.such.property"), "{out}");
-    let looped = format!("{GOOD}\n[[routes]]\ntopic = \"orders.payment\"\nservices = [\"x\"]\nuser = {{ key = true }}\n");
+    let looped =
+        format!("{GOOD}\n[[routes]]\ntopic = \"orders.payment\"\nservices = [\"x\"]\nuser = {{ key = true }}\n");
     let (ok, out) = validate(&looped);
     assert!(!ok && out.contains("loop"), "{out}");
 }

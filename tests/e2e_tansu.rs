@@ -1,3 +1,4 @@
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 //! End to end: two real tansu broker processes over TCP, the `tenancy-bridge run` binary, a
 //! standard Kafka client producing the input, and consumers checking every output.
 

@@ -1,3 +1,4 @@
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 //! The relay against two librdkafka mock clusters (prod and Rush), in process.
 
 mod common;
@@ -260,7 +261,8 @@ fn slow_rush_cluster_is_bounded_by_max_in_flight() {
     let c = Clusters::new().with_outputs(&["payment", "shipping"]);
     c.set_whitelist(1, &[("U1", &["payment", "shipping"])]);
     c.rush.broker_round_trip_time(1, Duration::from_millis(40)).unwrap();
-    let inputs: Vec<Input> = (0..400).map(|i| event(i, Some(if i % 2 == 0 { "U1" } else { "U2" }), b"{}".to_vec())).collect();
+    let inputs: Vec<Input> =
+        (0..400).map(|i| event(i, Some(if i % 2 == 0 { "U1" } else { "U2" }), b"{}".to_vec())).collect();
     common::produce(&c.prod.bootstrap_servers(), "orders", &inputs);
     let run = start(&c, c.config(HEADER_ROUTE, "max_in_flight = 25"));
     run.wait_acked(800, Duration::from_secs(90));
@@ -331,11 +333,12 @@ fn instances_share_partitions_and_hand_over_on_rebalance() {
     c.set_whitelist(1, &[("U1", &["payment"]), ("U2", &["shipping"])]);
     let config = c.config(HEADER_ROUTE, "");
     let users = ["U1", "U2", "U3"];
-    let batch = |r: std::ops::Range<usize>| -> Vec<Input> {
-        r.map(|i| event(i, Some(users[i % 3]), b"{}".to_vec())).collect()
-    };
+    let batch =
+        |r: std::ops::Range<usize>| -> Vec<Input> { r.map(|i| event(i, Some(users[i % 3]), b"{}".to_vec())).collect() };
     let acked = |runs: &[&Running]| -> u64 {
-        runs.iter().map(|r| r.stats.acked_prod.load(Ordering::Relaxed) + r.stats.acked_rush.load(Ordering::Relaxed)).sum()
+        runs.iter()
+            .map(|r| r.stats.acked_prod.load(Ordering::Relaxed) + r.stats.acked_rush.load(Ordering::Relaxed))
+            .sum()
     };
     let wait = |runs: &[&Running], n: u64| {
         let deadline = Instant::now() + Duration::from_secs(60);
@@ -351,7 +354,9 @@ fn instances_share_partitions_and_hand_over_on_rebalance() {
     // A second instance joins: the partitions are split between the two.
     let b = start(&c, config.clone());
     let deadline = Instant::now() + Duration::from_secs(60);
-    while b.stats.assigned_partitions.load(Ordering::Relaxed) == 0 || a.stats.assigned_partitions.load(Ordering::Relaxed) == PARTITIONS as usize {
+    while b.stats.assigned_partitions.load(Ordering::Relaxed) == 0
+        || a.stats.assigned_partitions.load(Ordering::Relaxed) == PARTITIONS as usize
+    {
         assert!(Instant::now() < deadline, "the second instance was never given partitions");
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -377,7 +382,8 @@ fn instances_share_partitions_and_hand_over_on_rebalance() {
     // the rebalance; librdkafka's mock coordinator refuses it (REBALANCE_IN_PROGRESS), so here a
     // hand-over may replay from the previous periodic commit: at least once, never lost, never
     // on both clusters, first deliveries in order.
-    let report = invariant::check_with(&read_in, &services, &prod, &rush, expected, StampCheck::Header, Delivery::AtLeastOnce);
+    let report =
+        invariant::check_with(&read_in, &services, &prod, &rush, expected, StampCheck::Header, Delivery::AtLeastOnce);
     eprintln!("rebalance: {} prod + {} rush outputs, {} replayed", report.prod, report.rush, report.replayed);
     report.assert_clean();
     let committed = common::committed(&c.prod.bootstrap_servers(), "bridge-test", "orders", PARTITIONS);

@@ -35,7 +35,12 @@ impl RebalanceContext {
 
     /// Commits what is fully acknowledged for `keys` (all when `None`). A synchronous commit
     /// (hand-over, shutdown) also repeats offsets an asynchronous one may not have landed.
-    pub fn commit(&self, consumer: &BaseConsumer<Self>, keys: Option<&[PartitionKey]>, mode: CommitMode) -> KafkaResult<usize> {
+    pub fn commit(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        keys: Option<&[PartitionKey]>,
+        mode: CommitMode,
+    ) -> KafkaResult<usize> {
         let offsets = self.tracker.take_committable(keys, matches!(mode, CommitMode::Sync));
         if offsets.is_empty() {
             return Ok(0);
@@ -81,10 +86,15 @@ impl ConsumerContext for RebalanceContext {
                 }
                 match self.commit(consumer, Some(&keys), CommitMode::Sync) {
                     Ok(n) => tracing::info!(partitions = keys.len(), committed = n, "partitions revoked"),
-                    Err(e) => tracing::warn!(error = %e, "commit on revoke failed; the next owner replays from the last commit"),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "commit on revoke failed; the next owner replays from the last commit")
+                    }
                 }
                 self.tracker.remove(&keys);
-                let _ = self.stats.assigned_partitions.fetch_update(Relaxed, Relaxed, |n| Some(n.saturating_sub(tpl.count())));
+                let _ = self
+                    .stats
+                    .assigned_partitions
+                    .fetch_update(Relaxed, Relaxed, |n| Some(n.saturating_sub(tpl.count())));
             }
             Rebalance::Assign(tpl) => {
                 self.stats.assigned_partitions.fetch_add(tpl.count(), Relaxed);

@@ -39,7 +39,7 @@ pub enum RelayError {
     #[error("consumer: {source} ({} error)", class.as_str())]
     Consume { class: ErrorClass, source: KafkaError },
     #[error(transparent)]
-    Produce(#[from] ProduceError),
+    Produce(#[from] Box<ProduceError>),
     #[error("output of {topic}[{partition}]@{offset} failed: {reason}; offsets from there on were not committed")]
     Delivery { topic: String, partition: i32, offset: i64, reason: String },
     #[error("{pending} records still unacknowledged after the drain timeout; they will be replayed on restart")]
@@ -85,9 +85,7 @@ pub fn run_with(
         .create_with_context(context)
         .map_err(|source| RelayError::Client { what: "consumer", source })?;
     let topics: Vec<&str> = route_topics.iter().map(String::as_str).collect();
-    consumer
-        .subscribe(&topics)
-        .map_err(|source| RelayError::Client { what: "subscription", source })?;
+    consumer.subscribe(&topics).map_err(|source| RelayError::Client { what: "subscription", source })?;
     tracing::info!(routes = topics.len(), group = %config.bridge.group_id, "relay started");
 
     let mut pipeline = Pipeline::new(config, producers.clone(), tracker.clone(), stats.clone());

@@ -72,7 +72,12 @@ impl Pipeline {
 
     /// Decides `msg` once and enqueues each of its outputs. On error the record stays pending in
     /// the tracker, so its offset is never committed.
-    pub fn process(&mut self, msg: &BorrowedMessage<'_>, snapshot: &Snapshot, now_ms: i64) -> Result<(), ProduceError> {
+    pub fn process(
+        &mut self,
+        msg: &BorrowedMessage<'_>,
+        snapshot: &Snapshot,
+        now_ms: i64,
+    ) -> Result<(), Box<ProduceError>> {
         let Some(ri) = self.route_index(msg.topic()) else {
             // Subscribed topics are exactly the route inputs; anything else is not ours to route.
             tracing::warn!(topic = msg.topic(), "record from a topic without a route; skipped");
@@ -102,7 +107,13 @@ impl Pipeline {
                     tenancy::tenancy_value(user, &service.name, &mut self.stamp);
                     let payload = match (decision.splice, msg.payload()) {
                         (Some(splice), Some(p)) => {
-                            tenancy::stamp_payload(p, splice, self.tenancy_key.as_str(), &self.stamp, &mut self.payload);
+                            tenancy::stamp_payload(
+                                p,
+                                splice,
+                                self.tenancy_key.as_str(),
+                                &self.stamp,
+                                &mut self.payload,
+                            );
                             Some(self.payload.as_slice())
                         }
                         (_, p) => p,
@@ -122,7 +133,7 @@ impl Pipeline {
             };
             send(self.producers.get(cluster), out).map_err(|(source, class)| {
                 self.stats.produce_error(class);
-                ProduceError {
+                Box::new(ProduceError {
                     input_topic: route.topic.clone(),
                     partition: msg.partition(),
                     offset: msg.offset(),
@@ -130,7 +141,7 @@ impl Pipeline {
                     output_topic: service.output_topic.clone(),
                     class,
                     source,
-                }
+                })
             })?;
             self.stats.output(cluster);
         }

@@ -53,10 +53,9 @@ pub fn ensure_outputs(config: &Config) -> Result<BTreeMap<String, usize>, TopicE
         let n = *prod.get(&r.topic).ok_or_else(|| TopicError::MissingInput { route: i, topic: r.topic.clone() })?;
         inputs.insert(r.topic.clone(), n);
     }
-    for (name, cluster, existing) in [
-        ("prod", &config.prod, prod.clone()),
-        ("rush", &config.rush, partition_counts(&config.rush, "rush")?),
-    ] {
+    for (name, cluster, existing) in
+        [("prod", &config.prod, prod.clone()), ("rush", &config.rush, partition_counts(&config.rush, "rush")?)]
+    {
         let mut missing = Vec::new();
         for r in &config.routes {
             let expected = inputs[&r.topic];
@@ -91,12 +90,11 @@ fn create(cluster: &ClusterConfig, name: &'static str, topics: &[(&str, usize)],
     let fail = |topic: &str, reason: String| TopicError::Create { cluster: name, topic: topic.to_owned(), reason };
     let admin: AdminClient<DefaultClientContext> =
         admin_config(cluster, name).create().map_err(|e| fail(topics[0].0, e.to_string()))?;
-    let new: Vec<NewTopic<'_>> = topics
-        .iter()
-        .map(|(t, n)| NewTopic::new(t, *n as i32, TopicReplication::Fixed(rf)))
-        .collect();
+    let new: Vec<NewTopic<'_>> =
+        topics.iter().map(|(t, n)| NewTopic::new(t, *n as i32, TopicReplication::Fixed(rf))).collect();
     let opts = AdminOptions::new().operation_timeout(Some(METADATA_TIMEOUT));
-    let results = futures_executor::block_on(admin.create_topics(&new, &opts)).map_err(|e| fail(topics[0].0, e.to_string()))?;
+    let results =
+        futures_executor::block_on(admin.create_topics(&new, &opts)).map_err(|e| fail(topics[0].0, e.to_string()))?;
     for r in results {
         match r {
             Ok(t) => tracing::info!(cluster = name, topic = %t, "created output topic"),

@@ -70,7 +70,9 @@ impl FileSource {
                             tracing::info!(version = s.version(), users = s.len(), "whitelist reloaded");
                             target.store(Arc::new(s));
                         }
-                        Err(e) => tracing::error!(error = %e, "whitelist reload failed; keeping the last good snapshot"),
+                        Err(e) => {
+                            tracing::error!(error = %e, "whitelist reload failed; keeping the last good snapshot")
+                        }
                     }
                 }
             })

@@ -66,8 +66,8 @@ impl Snapshot {
             if e.user.is_empty() {
                 return Err(fail("user is empty".into()));
             }
-            let expires_at_ms = parse_rfc3339_ms(&e.expires_at)
-                .map_err(|err| fail(format!("expires_at {:?}: {err}", e.expires_at)))?;
+            let expires_at_ms =
+                parse_rfc3339_ms(&e.expires_at).map_err(|err| fail(format!("expires_at {:?}: {err}", e.expires_at)))?;
             let services = e.services.iter().map(|s| s.as_str().into()).collect();
             // A user listed twice keeps the union of services and the later expiry: the safest
             // reading of a mapper that returned duplicates is the most inclusive one it stated.
@@ -116,10 +116,7 @@ pub fn parse_rfc3339_ms(s: &str) -> Result<i64, String> {
 
 /// Wall-clock Unix milliseconds; read once per batch by the relay, never per record.
 pub fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }
 
 #[cfg(test)]

@@ -65,8 +65,7 @@ pub fn check_with(
     delivery: Delivery,
 ) -> Report {
     let mut r = Report::default();
-    let by_tid: HashMap<&[u8], &Read> =
-        inputs.iter().map(|i| (i.header(TID).expect("input without tid"), i)).collect();
+    let by_tid: HashMap<&[u8], &Read> = inputs.iter().map(|i| (i.header(TID).expect("input without tid"), i)).collect();
     assert_eq!(by_tid.len(), inputs.len(), "duplicate tids in the input");
     for svc in services {
         let empty = Vec::new();
@@ -87,7 +86,11 @@ pub fn check_with(
                     continue;
                 };
                 let e = seen.entry(tid).or_default();
-                if cluster == "prod" { e.0 += 1 } else { e.1 += 1 }
+                if cluster == "prod" {
+                    e.0 += 1
+                } else {
+                    e.1 += 1
+                }
                 let again = if cluster == "prod" { e.0 > 1 } else { e.1 > 1 };
                 if again && delivery == Delivery::AtLeastOnce {
                     // A replay: order is judged on first deliveries.
@@ -96,7 +99,10 @@ pub fn check_with(
                 }
                 let tid_s = String::from_utf8_lossy(tid);
                 if o.partition != input.partition {
-                    r.violations.push(format!("{cluster}:{svc}: tid {tid_s} moved partition {} -> {}", input.partition, o.partition));
+                    r.violations.push(format!(
+                        "{cluster}:{svc}: tid {tid_s} moved partition {} -> {}",
+                        input.partition, o.partition
+                    ));
                 }
                 if let Some(prev) = last_offset.insert(o.partition, input.offset) {
                     if prev >= input.offset {
@@ -129,7 +135,10 @@ pub fn check_with(
             let (np, nr) = seen.get(tid).copied().unwrap_or_default();
             let tid_s = String::from_utf8_lossy(tid);
             if np + nr == 0 {
-                r.violations.push(format!("{svc}: tid {tid_s} missing on both clusters (input {}@{})", input.partition, input.offset));
+                r.violations.push(format!(
+                    "{svc}: tid {tid_s} missing on both clusters (input {}@{})",
+                    input.partition, input.offset
+                ));
             } else if np > 0 && nr > 0 {
                 r.violations.push(format!("{svc}: tid {tid_s} on both clusters"));
             } else if (np > 1 || nr > 1) && delivery == Delivery::ExactlyOnce {

@@ -235,7 +235,14 @@ pub fn read_all(bootstrap: &str, topic: &str, expected: usize, timeout: Duration
 /// of the `inputs` events has shown up once per service (or `timeout`).
 pub type ByService = std::collections::HashMap<String, Vec<Read>>;
 
-pub fn read_services(prod: &str, rush: &str, topic: &str, services: &[&str], inputs: usize, timeout: Duration) -> (ByService, ByService) {
+pub fn read_services(
+    prod: &str,
+    rush: &str,
+    topic: &str,
+    services: &[&str],
+    inputs: usize,
+    timeout: Duration,
+) -> (ByService, ByService) {
     let (mut p, mut r) = (ByService::new(), ByService::new());
     for s in services {
         let t = format!("{topic}.{s}");
@@ -248,20 +255,14 @@ pub fn read_services(prod: &str, rush: &str, topic: &str, services: &[&str], inp
 
 /// Committed offsets of `group` on `topic`, by partition.
 pub fn committed(bootstrap: &str, group: &str, topic: &str, partitions: i32) -> BTreeMap<i32, i64> {
-    let c: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .set("group.id", group)
-        .create()
-        .unwrap();
+    let c: BaseConsumer =
+        ClientConfig::new().set("bootstrap.servers", bootstrap).set("group.id", group).create().unwrap();
     let mut tpl = TopicPartitionList::new();
     for p in 0..partitions {
         tpl.add_partition(topic, p);
     }
     let r = c.committed_offsets(tpl, Duration::from_secs(10)).unwrap();
-    r.elements()
-        .iter()
-        .filter_map(|e| e.offset().to_raw().filter(|o| *o >= 0).map(|o| (e.partition(), o)))
-        .collect()
+    r.elements().iter().filter_map(|e| e.offset().to_raw().filter(|o| *o >= 0).map(|o| (e.partition(), o))).collect()
 }
 
 /// A whitelist file in the Config Mapper's snapshot format.
