@@ -10,6 +10,7 @@
 //! "Steady" is the window between 10 % and 90 % of the input records committed by each one's
 //! consumer group (both commit every 200 ms), which leaves out start-up, group join and the
 //! tail. Committed offsets, not output high watermarks: tansu counts the latter per batch.
+//! Every run gets freshly started brokers and input; rounds alternate which one runs first.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -42,45 +43,52 @@ fn main() {
     let records = env_usize("RECORDS", 200_000);
     let size = env_usize("PAYLOAD_BYTES", 1024);
     let rounds = env_usize("ROUNDS", 1);
-    let prod = common::Tansu::start();
-    let rush = common::Tansu::start();
-    common::create_topic(&prod.bootstrap, INPUT, PARTITIONS);
-    eprintln!("filling {INPUT} with {records} records of {size} B …");
-    let fill = Instant::now();
     let inputs: Vec<common::Input> = (0..records).map(|i| input(i, size)).collect();
-    common::produce(&prod.bootstrap, INPUT, &inputs);
-    drop(inputs);
-    eprintln!("filled in {:.1?}", fill.elapsed());
-
     let dir = tempfile::tempdir().unwrap();
     let mut results = Vec::new();
     for round in 0..rounds {
-        let out = format!("copy.out.{round}");
-        common::create_topic(&prod.bootstrap, &out, PARTITIONS);
-        let child = Command::new(std::env::current_exe().unwrap())
-            .env("COPY_LOOP_BOOTSTRAP", &prod.bootstrap)
-            .env("COPY_LOOP_OUTPUT", &out)
-            .env("COPY_LOOP_GROUP", format!("copy-{round}"))
-            .env("COPY_LOOP_RECORDS", records.to_string())
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap();
-        let group = format!("copy-{round}");
-        let m = measure("copy loop", child, records, || committed(&prod.bootstrap, &group));
-        results.push(m);
-
-        let group = format!("bridge-{round}");
-        let config = bridge_config(&dir, &prod.bootstrap, &rush.bootstrap, &group);
-        let bin = std::env::var("RELAY_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_tenancy-bridge").to_string());
-        let child = Command::new(bin)
-            .args(["run", "--config"])
-            .arg(&config)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap();
-        let m = measure("relay", child, records, || committed(&prod.bootstrap, &group));
-        results.push(m);
+        // Fresh brokers for every run, so neither inherits the other's stored data; the order
+        // alternates between rounds.
+        let mut pair = Vec::new();
+        let order =
+            if round % 2 == 0 { [Contestant::Copy, Contestant::Relay] } else { [Contestant::Relay, Contestant::Copy] };
+        for who in order {
+            let prod = common::Tansu::start();
+            let rush = common::Tansu::start();
+            common::create_topic(&prod.bootstrap, INPUT, PARTITIONS);
+            let fill = Instant::now();
+            common::produce(&prod.bootstrap, INPUT, &inputs);
+            eprintln!("round {round}: filled {records} records of {size} B in {:.1?}", fill.elapsed());
+            let group = format!("{who:?}-{round}");
+            let child = match who {
+                Contestant::Copy => {
+                    common::create_topic(&prod.bootstrap, "copy.out", PARTITIONS);
+                    Command::new(std::env::current_exe().unwrap())
+                        .env("COPY_LOOP_BOOTSTRAP", &prod.bootstrap)
+                        .env("COPY_LOOP_OUTPUT", "copy.out")
+                        .env("COPY_LOOP_GROUP", &group)
+                        .stdout(Stdio::null())
+                        .spawn()
+                        .unwrap()
+                }
+                Contestant::Relay => {
+                    let config = bridge_config(&dir, &prod.bootstrap, &rush.bootstrap, &group);
+                    let bin =
+                        std::env::var("RELAY_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_tenancy-bridge").to_string());
+                    Command::new(bin)
+                        .args(["run", "--config"])
+                        .arg(&config)
+                        .env("RUST_LOG", "warn")
+                        .stdout(Stdio::null())
+                        .spawn()
+                        .unwrap()
+                }
+            };
+            let offsets = common::OffsetWatcher::new(&prod.bootstrap, &group);
+            pair.push((who, measure(who.name(), child, records, || offsets.committed(INPUT, PARTITIONS))));
+        }
+        pair.sort_by_key(|(who, _)| *who as u8);
+        results.extend(pair.into_iter().map(|(_, m)| m));
     }
 
     println!();
@@ -196,8 +204,19 @@ fn measure(name: &'static str, mut child: Child, records: usize, progress: impl 
     m
 }
 
-fn committed(bootstrap: &str, group: &str) -> i64 {
-    common::committed(bootstrap, group, INPUT, PARTITIONS).values().sum()
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Contestant {
+    Copy = 0,
+    Relay = 1,
+}
+
+impl Contestant {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Copy => "copy loop",
+            Self::Relay => "relay",
+        }
+    }
 }
 
 /// The baseline: consume, produce the same record to the same partition of another topic,

@@ -255,14 +255,33 @@ pub fn read_services(
 
 /// Committed offsets of `group` on `topic`, by partition.
 pub fn committed(bootstrap: &str, group: &str, topic: &str, partitions: i32) -> BTreeMap<i32, i64> {
-    let c: BaseConsumer =
-        ClientConfig::new().set("bootstrap.servers", bootstrap).set("group.id", group).create().unwrap();
-    let mut tpl = TopicPartitionList::new();
-    for p in 0..partitions {
-        tpl.add_partition(topic, p);
+    OffsetWatcher::new(bootstrap, group).by_partition(topic, partitions)
+}
+
+/// Reads a group's committed offsets repeatedly through one client.
+pub struct OffsetWatcher(BaseConsumer);
+
+impl OffsetWatcher {
+    pub fn new(bootstrap: &str, group: &str) -> Self {
+        Self(ClientConfig::new().set("bootstrap.servers", bootstrap).set("group.id", group).create().unwrap())
     }
-    let r = c.committed_offsets(tpl, Duration::from_secs(10)).unwrap();
-    r.elements().iter().filter_map(|e| e.offset().to_raw().filter(|o| *o >= 0).map(|o| (e.partition(), o))).collect()
+
+    /// Sum over partitions: how many input records the group has committed.
+    pub fn committed(&self, topic: &str, partitions: i32) -> i64 {
+        self.by_partition(topic, partitions).values().sum()
+    }
+
+    pub fn by_partition(&self, topic: &str, partitions: i32) -> BTreeMap<i32, i64> {
+        let mut tpl = TopicPartitionList::new();
+        for p in 0..partitions {
+            tpl.add_partition(topic, p);
+        }
+        let r = self.0.committed_offsets(tpl, Duration::from_secs(10)).unwrap();
+        r.elements()
+            .iter()
+            .filter_map(|e| e.offset().to_raw().filter(|o| *o >= 0).map(|o| (e.partition(), o)))
+            .collect()
+    }
 }
 
 /// A whitelist file in the Config Mapper's snapshot format.
