@@ -36,4 +36,63 @@ pub enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Run the reference Config Mapper (the whitelist service) until SIGTERM or Ctrl-C.
+    ConfigMapper {
+        /// Address to listen on; port 0 picks a free one (the bound address is printed).
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: String,
+        /// SQLite database file (created if missing).
+        #[arg(long)]
+        db: PathBuf,
+        /// Write tokens, one per line (`name:token` or `token`); else $TENANCY_BRIDGE_TOKEN;
+        /// without either the whitelist is read-only.
+        #[arg(long)]
+        token_file: Option<PathBuf>,
+        /// Longest TTL a whitelist entry may ask for.
+        #[arg(long, default_value = "7d", value_parser = humantime::parse_duration)]
+        max_ttl: std::time::Duration,
+    },
+    /// Read or change the whitelist on a Config Mapper.
+    Whitelist {
+        #[command(subcommand)]
+        action: WhitelistAction,
+        /// Config Mapper base URL.
+        #[arg(long, global = true, env = "TENANCY_BRIDGE_URL", default_value = "http://127.0.0.1:8080")]
+        url: String,
+        /// File holding the write token (first token in it); else $TENANCY_BRIDGE_TOKEN.
+        #[arg(long, global = true)]
+        token_file: Option<PathBuf>,
+        /// Print JSON instead of a table.
+        #[arg(long, global = true)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum WhitelistAction {
+    /// Whitelist a user for services, for a limited time.
+    Add {
+        #[arg(long)]
+        user: String,
+        /// Comma-separated service names.
+        #[arg(long, value_delimiter = ',', required = true)]
+        services: Vec<String>,
+        /// How long the entry lives (e.g. 30m, 4h, 2d); required, capped by the server.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        ttl: std::time::Duration,
+        /// Why, for the audit log.
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// Remove a user, or only some of their services.
+    Rm {
+        #[arg(long)]
+        user: String,
+        #[arg(long, value_delimiter = ',')]
+        services: Vec<String>,
+    },
+    /// List the live whitelist.
+    Ls,
+    /// Show the audit log.
+    Audit,
 }

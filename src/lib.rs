@@ -15,8 +15,10 @@
 //!   decided in [`relay::pipeline`].
 //! - [`whitelist`]: where snapshots come from (a local file for now) and how they are swapped.
 //! - [`kafka`]: client configuration and the retry / fatal / poison classification of errors.
+//! - [`config_mapper`]: the reference whitelist service (HTTP, SQLite, tokens, audit).
 
 pub mod config;
+pub mod config_mapper;
 pub mod extract;
 pub mod json_scan;
 pub mod kafka;
@@ -24,3 +26,4 @@ pub mod relay;
 pub mod report;
 pub mod tenancy;
 pub mod whitelist;
+pub mod whitelist_cli;

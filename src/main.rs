@@ -5,8 +5,10 @@ use std::sync::atomic::AtomicBool;
 use anyhow::Context as _;
 use clap::Parser as _;
 use tenancy_bridge::config::Config;
-use tenancy_bridge::whitelist::{self, FileSource, Snapshot};
-use tenancy_bridge::{relay, report};
+use tenancy_bridge::config::WhitelistMode;
+use tenancy_bridge::whitelist::client::MapperClient;
+use tenancy_bridge::whitelist::{self, FileSource, Snapshot, SnapshotPoller};
+use tenancy_bridge::{config_mapper, relay, report, whitelist_cli};
 
 mod cli;
 
@@ -57,15 +59,37 @@ fn dispatch(command: cli::Command) -> anyhow::Result<()> {
                 signal_hook::flag::register(sig, shutdown.clone())?;
             }
             let snapshot = whitelist::shared(Snapshot::empty());
-            let _source = match (&c.whitelist.file, &c.whitelist.url) {
-                (Some(path), _) => FileSource::start(path.clone(), c.whitelist.refresh, snapshot.clone())?,
-                _ => anyhow::bail!(
-                    "whitelist.url: the Config Mapper client is not in this build yet; use whitelist.file"
-                ),
+            // Held for the run: dropping a source stops it.
+            let _source: Box<dyn std::any::Any> = match (&c.whitelist.file, &c.whitelist.url, c.whitelist.mode) {
+                (Some(path), _, _) => Box::new(FileSource::start(path.clone(), c.whitelist.refresh, snapshot.clone())?),
+                (None, Some(url), WhitelistMode::Snapshot) => {
+                    let client = MapperClient::new(url, None, WHITELIST_TIMEOUT);
+                    Box::new(SnapshotPoller::start(client, c.whitelist.refresh, snapshot.clone())?)
+                }
+                _ => anyhow::bail!("whitelist.mode = \"lookup\" is not available in this build yet; use \"snapshot\""),
             };
             let summary = relay::run(&c, snapshot, &shutdown).context("relay stopped")?;
             println!("{summary}");
             Ok(())
         }
+        cli::Command::ConfigMapper { listen, db, token_file, max_ttl } => {
+            config_mapper::run(&listen, config_mapper::Options { db, token_file, max_ttl })?;
+            Ok(())
+        }
+        cli::Command::Whitelist { action, url, token_file, json } => {
+            let action = match action {
+                cli::WhitelistAction::Add { user, services, ttl, reason } => {
+                    whitelist_cli::Action::Add { user, services, ttl, reason }
+                }
+                cli::WhitelistAction::Rm { user, services } => whitelist_cli::Action::Rm { user, services },
+                cli::WhitelistAction::Ls => whitelist_cli::Action::Ls,
+                cli::WhitelistAction::Audit => whitelist_cli::Action::Audit,
+            };
+            print!("{}", whitelist_cli::run(&url, token_file.as_deref(), json, action)?);
+            Ok(())
+        }
     }
 }
+
+/// Per request to the Config Mapper; a hung one must not hold the refresh loop for long.
+const WHITELIST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);

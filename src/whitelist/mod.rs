@@ -3,7 +3,9 @@
 //! The relay holds a [`SharedSnapshot`] and loads it once per batch; sources swap a whole new
 //! [`Snapshot`] in. A change therefore affects only events decided after the swap.
 
+pub mod client;
 mod file;
+mod poller;
 mod snapshot;
 
 use std::sync::Arc;
@@ -11,6 +13,7 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 
 pub use file::{FileSource, WatchError, load as load_file};
+pub use poller::{SnapshotPoller, SourceStatus};
 pub use snapshot::{Entry, Snapshot, SnapshotError, now_ms, parse_rfc3339_ms};
 
 /// The current whitelist, swapped atomically by a source, read lock-free by the relay.

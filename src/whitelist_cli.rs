@@ -1,0 +1,117 @@
+//! The `whitelist` command: add, remove and list entries on a Config Mapper.
+
+use std::fmt::Write as _;
+use std::path::Path;
+use std::time::Duration;
+
+use crate::config_mapper::{TOKEN_ENV, Tokens};
+use crate::whitelist::client::{AuditView, ClientError, EntryView, MapperClient};
+use crate::whitelist::parse_rfc3339_ms;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    #[error(transparent)]
+    Client(#[from] ClientError),
+    #[error(transparent)]
+    Token(#[from] crate::config_mapper::TokenError),
+    #[error("no write token: pass --token-file or set {TOKEN_ENV}")]
+    NoToken,
+    #[error("--services: {0}")]
+    Services(String),
+}
+
+const TIMEOUT: Duration = Duration::from_secs(10);
+
+pub enum Action {
+    Add { user: String, services: Vec<String>, ttl: Duration, reason: Option<String> },
+    Rm { user: String, services: Vec<String> },
+    Ls,
+    Audit,
+}
+
+fn token(token_file: Option<&Path>) -> Result<String, CliError> {
+    let tokens = match token_file {
+        Some(p) => Tokens::load(p)?,
+        None => match std::env::var(TOKEN_ENV) {
+            Ok(t) => Tokens::parse(&t).map_err(|_| CliError::NoToken)?,
+            Err(_) => return Err(CliError::NoToken),
+        },
+    };
+    tokens.first().map(str::to_owned).ok_or(CliError::NoToken)
+}
+
+/// Runs `action` and returns what to print.
+pub fn run(url: &str, token_file: Option<&Path>, json: bool, action: Action) -> Result<String, CliError> {
+    match action {
+        Action::Add { user, services, ttl, reason } => {
+            if services.iter().any(String::is_empty) {
+                return Err(CliError::Services("empty service name".into()));
+            }
+            let client = MapperClient::new(url, Some(token(token_file)?), TIMEOUT);
+            let e = client.add(&user, &services, ttl, reason.as_deref())?;
+            Ok(if json { to_json(&e) } else { format!("whitelisted {} for {} until {}\n", e.user, e.services.join(","), e.expires_at) })
+        }
+        Action::Rm { user, services } => {
+            let client = MapperClient::new(url, Some(token(token_file)?), TIMEOUT);
+            let mut out = String::new();
+            if services.is_empty() {
+                let removed = client.remove(&user, None)?;
+                let _ = writeln!(out, "{}", if removed { format!("removed {user}") } else { format!("{user} was not whitelisted") });
+            }
+            for s in &services {
+                let removed = client.remove(&user, Some(s))?;
+                let _ = writeln!(
+                    out,
+                    "{}",
+                    if removed { format!("removed {s} from {user}") } else { format!("{user} was not whitelisted for {s}") }
+                );
+            }
+            Ok(out)
+        }
+        Action::Ls => {
+            let entries = MapperClient::new(url, None, TIMEOUT).list()?;
+            Ok(if json { to_json(&entries) } else { table(&entries) })
+        }
+        Action::Audit => {
+            let records = MapperClient::new(url, None, TIMEOUT).audit()?;
+            Ok(if json { to_json(&records) } else { audit_table(&records) })
+        }
+    }
+}
+
+fn to_json<T: serde::Serialize>(v: &T) -> String {
+    serde_json::to_string_pretty(v).map(|s| s + "\n").unwrap_or_default()
+}
+
+fn table(entries: &[EntryView]) -> String {
+    if entries.is_empty() {
+        return "no whitelisted users\n".into();
+    }
+    let now = crate::whitelist::now_ms();
+    let w = entries.iter().map(|e| e.user.len()).max().unwrap_or(4).max(4);
+    let mut out = format!("{:<w$}  {:<30}  {:<20}  LEFT\n", "USER", "SERVICES", "EXPIRES");
+    for e in entries {
+        let left = parse_rfc3339_ms(&e.expires_at)
+            .map(|t| humantime::format_duration(Duration::from_secs(((t - now).max(0) / 1000) as u64)).to_string())
+            .unwrap_or_default();
+        let _ = writeln!(out, "{:<w$}  {:<30}  {:<20}  {left}", e.user, e.services.join(","), e.expires_at);
+    }
+    out
+}
+
+fn audit_table(records: &[AuditView]) -> String {
+    let mut out = format!("{:<20}  {:<10}  {:<7}  {:<16}  {:<24}  REASON\n", "WHEN", "WHO", "ACTION", "USER", "SERVICES");
+    for r in records {
+        let _ = writeln!(
+            out,
+            "{:<20}  {:<10}  {:<7}  {:<16}  {:<24}  {}",
+            r.at,
+            r.who,
+            r.action,
+            r.user,
+            r.services.join(","),
+            r.reason.as_deref().unwrap_or("")
+        );
+    }
+    out
+}
