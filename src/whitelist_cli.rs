@@ -49,21 +49,33 @@ pub fn run(url: &str, token_file: Option<&Path>, json: bool, action: Action) -> 
             }
             let client = MapperClient::new(url, Some(token(token_file)?), TIMEOUT);
             let e = client.add(&user, &services, ttl, reason.as_deref())?;
-            Ok(if json { to_json(&e) } else { format!("whitelisted {} for {} until {}\n", e.user, e.services.join(","), e.expires_at) })
+            Ok(if json {
+                to_json(&e)
+            } else {
+                format!("whitelisted {} for {} until {}\n", e.user, e.services.join(","), e.expires_at)
+            })
         }
         Action::Rm { user, services } => {
             let client = MapperClient::new(url, Some(token(token_file)?), TIMEOUT);
             let mut out = String::new();
             if services.is_empty() {
                 let removed = client.remove(&user, None)?;
-                let _ = writeln!(out, "{}", if removed { format!("removed {user}") } else { format!("{user} was not whitelisted") });
+                let _ = writeln!(
+                    out,
+                    "{}",
+                    if removed { format!("removed {user}") } else { format!("{user} was not whitelisted") }
+                );
             }
             for s in &services {
                 let removed = client.remove(&user, Some(s))?;
                 let _ = writeln!(
                     out,
                     "{}",
-                    if removed { format!("removed {s} from {user}") } else { format!("{user} was not whitelisted for {s}") }
+                    if removed {
+                        format!("removed {s} from {user}")
+                    } else {
+                        format!("{user} was not whitelisted for {s}")
+                    }
                 );
             }
             Ok(out)
@@ -100,7 +112,8 @@ fn table(entries: &[EntryView]) -> String {
 }
 
 fn audit_table(records: &[AuditView]) -> String {
-    let mut out = format!("{:<20}  {:<10}  {:<7}  {:<16}  {:<24}  REASON\n", "WHEN", "WHO", "ACTION", "USER", "SERVICES");
+    let mut out =
+        format!("{:<20}  {:<10}  {:<7}  {:<16}  {:<24}  REASON\n", "WHEN", "WHO", "ACTION", "USER", "SERVICES");
     for r in records {
         let _ = writeln!(
             out,

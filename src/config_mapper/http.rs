@@ -102,7 +102,11 @@ async fn snapshot(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Api
     if matches {
         return Ok((StatusCode::NOT_MODIFIED, [(header::ETAG, etag_value)]).into_response());
     }
-    Ok((StatusCode::OK, [(header::ETAG, etag_value), (header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], body)
+    Ok((
+        StatusCode::OK,
+        [(header::ETAG, etag_value), (header::CONTENT_TYPE, HeaderValue::from_static("application/json"))],
+        body,
+    )
         .into_response())
 }
 
@@ -146,7 +150,8 @@ async fn put_user(
 ) -> ApiResult<Response> {
     let who = authorize(&state, &headers)?;
     check_user(&user)?;
-    let body = body.map_err(|e| ApiError::new(e.status(), format!("body: {} (limit {MAX_BODY} bytes)", e.body_text())))?;
+    let body =
+        body.map_err(|e| ApiError::new(e.status(), format!("body: {} (limit {MAX_BODY} bytes)", e.body_text())))?;
     let body: PutBody = serde_json::from_slice(&body).map_err(|e| ApiError::bad(format!("body: {e}")))?;
     if body.services.is_empty() {
         return Err(ApiError::bad("services: must list at least one service"));
@@ -156,7 +161,9 @@ async fn put_user(
     }
     for s in &body.services {
         if !valid_name(s) {
-            return Err(ApiError::bad(format!("services: {s:?} is not a service name (letters, digits, '.', '-', '_')")));
+            return Err(ApiError::bad(format!(
+                "services: {s:?} is not a service name (letters, digits, '.', '-', '_')"
+            )));
         }
     }
     let ttl = body.ttl_seconds.ok_or_else(|| ApiError::bad("ttl_seconds: required (entries always expire)"))?;

@@ -103,9 +103,8 @@ impl Store {
     pub fn snapshot(&self, now: i64) -> Result<(u64, Vec<StoredEntry>), StoreError> {
         let conn = self.lock();
         let version: i64 = conn.query_row("SELECT value FROM meta WHERE key = 'version'", [], |r| r.get(0))?;
-        let mut stmt = conn.prepare(
-            "SELECT user, services, expires_at_ms FROM entries WHERE expires_at_ms > ?1 ORDER BY user",
-        )?;
+        let mut stmt =
+            conn.prepare("SELECT user, services, expires_at_ms FROM entries WHERE expires_at_ms > ?1 ORDER BY user")?;
         let rows = stmt.query_map(params![now], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get(2)?)))?;
         let mut out = Vec::new();
         for row in rows {
@@ -163,11 +162,9 @@ impl Store {
         let mut conn = self.lock();
         let tx = conn.transaction()?;
         let current = tx
-            .query_row(
-                "SELECT services FROM entries WHERE user = ?1 AND expires_at_ms > ?2",
-                params![user, now],
-                |r| r.get::<_, String>(0),
-            )
+            .query_row("SELECT services FROM entries WHERE user = ?1 AND expires_at_ms > ?2", params![user, now], |r| {
+                r.get::<_, String>(0)
+            })
             .optional()?;
         let Some(current) = current else { return Ok(Removed::Nothing) };
         let current = entry(user.to_owned(), &current, 0)?.services;
@@ -210,8 +207,8 @@ impl Store {
         let mut out = Vec::new();
         for row in rows {
             let (id, at, who, action, user, services, ttl_seconds, reason) = row?;
-            let services = serde_json::from_str(&services)
-                .map_err(|source| StoreError::Corrupt { user: user.clone(), source })?;
+            let services =
+                serde_json::from_str(&services).map_err(|source| StoreError::Corrupt { user: user.clone(), source })?;
             out.push(AuditRecord { id, at: rfc3339(at), who, action, user, services, ttl_seconds, reason });
         }
         out.reverse();

@@ -159,19 +159,30 @@ impl MapperClient {
     /// `GET /v1/whitelist/{user}`: `None` when the user is not whitelisted.
     pub fn lookup(&self, user: &str) -> Result<Option<EntryView>, ClientError> {
         let what = format!("GET /v1/whitelist/{user}");
-        let mut resp =
-            self.agent.get(self.url(&format!("/v1/whitelist/{}", encode(user)))).call().map_err(|e| self.unreachable(e))?;
+        let mut resp = self
+            .agent
+            .get(self.url(&format!("/v1/whitelist/{}", encode(user))))
+            .call()
+            .map_err(|e| self.unreachable(e))?;
         match resp.status().as_u16() {
             404 => Ok(None),
             200 => {
                 let body = self.read(&what, &mut resp)?;
-                serde_json::from_slice(&body).map(Some).map_err(|e| ClientError::Garbled { what, reason: e.to_string() })
+                serde_json::from_slice(&body)
+                    .map(Some)
+                    .map_err(|e| ClientError::Garbled { what, reason: e.to_string() })
             }
             _ => Err(self.refused(&what, &mut resp)),
         }
     }
 
-    pub fn add(&self, user: &str, services: &[String], ttl: Duration, reason: Option<&str>) -> Result<EntryView, ClientError> {
+    pub fn add(
+        &self,
+        user: &str,
+        services: &[String],
+        ttl: Duration,
+        reason: Option<&str>,
+    ) -> Result<EntryView, ClientError> {
         let what = format!("PUT /v1/whitelist/{user}");
         let body = serde_json::json!({"services": services, "ttl_seconds": ttl.as_secs(), "reason": reason});
         let mut req = self.agent.put(self.url(&format!("/v1/whitelist/{}", encode(user))));

@@ -57,7 +57,11 @@ impl Poll {
         match self.client.snapshot(self.etag.as_deref()) {
             Ok(SnapshotAnswer::Changed { snapshot, etag }) => {
                 if snapshot.version() != self.status.version.load(Relaxed) || !self.status.loaded() {
-                    tracing::info!(version = snapshot.version(), users = snapshot.len(), "whitelist snapshot swapped in");
+                    tracing::info!(
+                        version = snapshot.version(),
+                        users = snapshot.len(),
+                        "whitelist snapshot swapped in"
+                    );
                 }
                 self.status.version.store(snapshot.version(), Relaxed);
                 self.status.users.store(snapshot.len(), Relaxed);
@@ -74,8 +78,12 @@ impl Poll {
                 // without flooding the log at every refresh.
                 if first || (now_ms() - since) % 60_000 < 1_000 {
                     match self.status.staleness_seconds() {
-                        Some(s) => tracing::warn!(error = %e, stale_seconds = s, "whitelist refresh failed; keeping the last good snapshot"),
-                        None => tracing::error!(error = %e, "whitelist never loaded; every event is production until the Config Mapper answers"),
+                        Some(s) => {
+                            tracing::warn!(error = %e, stale_seconds = s, "whitelist refresh failed; keeping the last good snapshot")
+                        }
+                        None => {
+                            tracing::error!(error = %e, "whitelist never loaded; every event is production until the Config Mapper answers")
+                        }
                     }
                 }
             }

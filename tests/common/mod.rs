@@ -64,6 +64,59 @@ impl Drop for Tansu {
     }
 }
 
+/// A `tenancy-bridge config-mapper` process on 127.0.0.1:0, killed on drop.
+pub struct Mapper {
+    pub url: String,
+    pub dir: tempfile::TempDir,
+    child: Child,
+}
+
+impl Mapper {
+    /// With a fresh database; `tokens` is the token file's text.
+    pub fn start(tokens: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let (url, child) = Self::spawn(dir.path(), tokens);
+        Self { url, dir, child }
+    }
+
+    /// With the database in `db_dir` (kept by the caller, so a restart finds it).
+    pub fn start_in(db_dir: &std::path::Path, tokens: &str) -> Self {
+        let (url, child) = Self::spawn(db_dir, tokens);
+        Self { url, dir: tempfile::tempdir().unwrap(), child }
+    }
+
+    fn spawn(db_dir: &std::path::Path, tokens: &str) -> (String, Child) {
+        use std::io::BufRead;
+        let token_file = db_dir.join("tokens");
+        std::fs::write(&token_file, tokens).unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_tenancy-bridge"))
+            .args(["config-mapper", "--listen", "127.0.0.1:0", "--max-ttl", "7d", "--db"])
+            .arg(db_dir.join("whitelist.db"))
+            .arg("--token-file")
+            .arg(&token_file)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        let url =
+            line.trim().strip_prefix("listening on ").unwrap_or_else(|| panic!("unexpected: {line:?}")).to_owned();
+        (url, child)
+    }
+
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Mapper {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
 pub fn create_topic(bootstrap: &str, name: &str, partitions: i32) {
     let admin: AdminClient<DefaultClientContext> =
         ClientConfig::new().set("bootstrap.servers", bootstrap).create().unwrap();

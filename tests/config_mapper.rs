@@ -1,0 +1,192 @@
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+//! The reference Config Mapper as a real process on 127.0.0.1:0 with a temporary database,
+//! driven over HTTP and through the `whitelist` CLI.
+
+mod common;
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::Mapper;
+use tenancy_bridge::whitelist::client::{ClientError, MapperClient, SnapshotAnswer};
+
+const TOKEN: &str = "qa-team:0123456789abcdef-secret";
+
+fn raw(mapper: &Mapper, method: &str, path: &str, auth: Option<&str>, body: &str) -> (u16, serde_json::Value) {
+    let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
+    let url = format!("{}{path}", mapper.url);
+    let mut resp = match method {
+        "PUT" => {
+            let mut r = agent.put(&url).header("content-type", "application/json");
+            if let Some(a) = auth {
+                r = r.header("Authorization", a);
+            }
+            r.send(body).unwrap()
+        }
+        "DELETE" => {
+            let mut r = agent.delete(&url);
+            if let Some(a) = auth {
+                r = r.header("Authorization", a);
+            }
+            r.call().unwrap()
+        }
+        _ => agent.get(&url).call().unwrap(),
+    };
+    let status = resp.status().as_u16();
+    let text = resp.body_mut().read_to_string().unwrap_or_default();
+    (status, serde_json::from_str(&text).unwrap_or(serde_json::Value::Null))
+}
+
+fn client(mapper: &Mapper) -> MapperClient {
+    MapperClient::new(&mapper.url, Some("0123456789abcdef-secret".into()), Duration::from_secs(5))
+}
+
+#[test]
+fn writes_need_the_token() {
+    let m = Mapper::start(TOKEN);
+    let body = r#"{"services":["payment"],"ttl_seconds":60}"#;
+    assert_eq!(raw(&m, "PUT", "/v1/whitelist/U1", None, body).0, 401);
+    assert_eq!(raw(&m, "PUT", "/v1/whitelist/U1", Some("Bearer wrong-token-0000000"), body).0, 403);
+    assert_eq!(raw(&m, "DELETE", "/v1/whitelist/U1", None, "").0, 401);
+    let (status, e) = raw(&m, "PUT", "/v1/whitelist/U1", Some("Bearer 0123456789abcdef-secret"), body);
+    assert_eq!(status, 200, "{e}");
+    assert_eq!(e["services"], serde_json::json!(["payment"]));
+}
+
+#[test]
+fn bad_requests_name_the_problem() {
+    let m = Mapper::start(TOKEN);
+    let auth = Some("Bearer 0123456789abcdef-secret");
+    let cases = [
+        ("/v1/whitelist/U1", r#"{"services":[],"ttl_seconds":60}"#, 400, "services"),
+        ("/v1/whitelist/U1", r#"{"services":["a"],"ttl_seconds":60,"colour":"red"}"#, 400, "colour"),
+        ("/v1/whitelist/U1", r#"{"services":["a"]}"#, 400, "ttl_seconds"),
+        ("/v1/whitelist/U1", r#"{"services":["a"],"ttl_seconds":0}"#, 400, "ttl_seconds"),
+        ("/v1/whitelist/U1", r#"{"services":["a"],"ttl_seconds":-5}"#, 400, "ttl_seconds"),
+        ("/v1/whitelist/U1", r#"{"services":["a"],"ttl_seconds":999999999}"#, 400, "maximum"),
+        ("/v1/whitelist/U%20X", r#"{"services":["a"],"ttl_seconds":60}"#, 400, "user"),
+        ("/v1/whitelist/U1", r#"{"services":["no/slash"],"ttl_seconds":60}"#, 400, "services"),
+        ("/v1/whitelist/U1", "not json", 400, "body"),
+    ];
+    for (path, body, want, word) in cases {
+        let (status, e) = raw(&m, "PUT", path, auth, body);
+        assert_eq!(status, want, "{body}: {e}");
+        assert!(e["error"].as_str().unwrap_or_default().contains(word), "{body}: {e}");
+    }
+    let big = format!(r#"{{"services":["a"],"ttl_seconds":60,"reason":"{}"}}"#, "x".repeat(20_000));
+    let (status, e) = raw(&m, "PUT", "/v1/whitelist/U1", auth, &big);
+    assert_eq!(status, 413, "{e}");
+    assert!(e["error"].as_str().unwrap_or_default().contains("limit"), "{e}");
+    assert_eq!(raw(&m, "GET", "/v1/whitelist/U1", None, "").0, 404);
+}
+
+#[test]
+fn entries_expire_without_a_restart_and_etags_follow() {
+    let m = Mapper::start(TOKEN);
+    let c = client(&m);
+    c.add("U1", &["payment".into()], Duration::from_secs(1), Some("short")).unwrap();
+    c.add("U2", &["payment".into()], Duration::from_secs(3600), None).unwrap();
+    let SnapshotAnswer::Changed { snapshot, etag } = c.snapshot(None).unwrap() else { panic!("expected a body") };
+    assert_eq!(snapshot.len(), 2);
+    assert!(matches!(c.snapshot(etag.as_deref()).unwrap(), SnapshotAnswer::NotModified));
+    assert!(c.lookup("U1").unwrap().is_some());
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while c.lookup("U1").unwrap().is_some() {
+        assert!(Instant::now() < deadline, "U1 did not expire");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // The expiry changes the answer, so the old ETag no longer matches.
+    let SnapshotAnswer::Changed { snapshot, .. } = c.snapshot(etag.as_deref()).unwrap() else {
+        panic!("an expired entry must change the snapshot")
+    };
+    assert_eq!(snapshot.len(), 1);
+    assert_eq!(c.list().unwrap().iter().map(|e| e.user.as_str()).collect::<Vec<_>>(), ["U2"]);
+}
+
+#[test]
+fn restart_keeps_entries_and_the_audit_is_complete() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = Mapper::start_in(dir.path(), TOKEN);
+    let c = client(&m);
+    c.add("U1", &["payment".into(), "shipping".into()], Duration::from_secs(3600), Some("release 7 QA")).unwrap();
+    c.add("U2", &["ledger".into()], Duration::from_secs(3600), None).unwrap();
+    assert!(c.remove("U1", Some("shipping")).unwrap());
+    assert!(c.remove("U2", None).unwrap());
+    assert!(!c.remove("U2", None).unwrap(), "removing twice finds nothing");
+    drop(m);
+
+    let m = Mapper::start_in(dir.path(), TOKEN);
+    let c = client(&m);
+    let entries = c.list().unwrap();
+    assert_eq!(entries.len(), 1);
+    assert_eq!(entries[0].services, ["payment"]);
+    let audit = c.audit().unwrap();
+    let summary: Vec<(String, String, String, Vec<String>)> =
+        audit.iter().map(|a| (a.who.clone(), a.action.clone(), a.user.clone(), a.services.clone())).collect();
+    let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+    assert_eq!(
+        summary,
+        vec![
+            ("qa-team".into(), "put".into(), "U1".into(), s(&["payment", "shipping"])),
+            ("qa-team".into(), "put".into(), "U2".into(), s(&["ledger"])),
+            ("qa-team".into(), "remove".into(), "U1".into(), s(&["shipping"])),
+            ("qa-team".into(), "remove".into(), "U2".into(), s(&["ledger"])),
+        ]
+    );
+    assert_eq!(audit[0].reason.as_deref(), Some("release 7 QA"));
+    assert_eq!(audit[0].ttl_seconds, Some(3600));
+    assert!(audit.iter().all(|a| a.at.ends_with('Z')));
+}
+
+fn cli(m: &Mapper, token_file: &std::path::Path, args: &[&str]) -> (bool, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_tenancy-bridge"))
+        .arg("whitelist")
+        .args(args)
+        .args(["--url", &m.url, "--token-file"])
+        .arg(token_file)
+        .output()
+        .unwrap();
+    (out.status.success(), String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr))
+}
+
+#[test]
+fn whitelist_cli_adds_lists_and_removes() {
+    let m = Mapper::start(TOKEN);
+    let tf = m.dir.path().join("cli-token");
+    std::fs::write(&tf, TOKEN).unwrap();
+    let (ok, out) =
+        cli(&m, &tf, &["add", "--user", "U5", "--services", "payment,shipping", "--ttl", "4h", "--reason", "smoke"]);
+    assert!(ok && out.contains("whitelisted U5 for payment,shipping"), "{out}");
+    let (ok, out) = cli(&m, &tf, &["ls"]);
+    assert!(ok && out.contains("USER") && out.contains("U5") && out.contains("payment,shipping"), "{out}");
+    let (ok, out) = cli(&m, &tf, &["ls", "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert!(ok && v[0]["user"] == "U5", "{out}");
+    let (ok, out) = cli(&m, &tf, &["rm", "--user", "U5", "--services", "shipping"]);
+    assert!(ok && out.contains("removed shipping from U5"), "{out}");
+    let (ok, out) = cli(&m, &tf, &["add", "--user", "U6", "--services", "payment", "--ttl", "30d"]);
+    assert!(!ok && out.contains("maximum"), "{out}");
+    let (ok, out) = cli(&m, &tf, &["audit"]);
+    assert!(ok && out.contains("smoke") && out.contains("qa-team"), "{out}");
+
+    let bad = m.dir.path().join("bad-token");
+    std::fs::write(&bad, "wrong-token-0123456789").unwrap();
+    let (ok, out) = cli(&m, &bad, &["rm", "--user", "U5"]);
+    assert!(!ok && out.contains("403"), "{out}");
+    let url = m.url.clone();
+    drop(m);
+    let out =
+        Command::new(env!("CARGO_BIN_EXE_tenancy-bridge")).args(["whitelist", "ls", "--url", &url]).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && text.contains("unreachable"), "{text}");
+}
+
+#[test]
+fn client_reports_a_refusal_with_the_servers_message() {
+    let m = Mapper::start(TOKEN);
+    let c = MapperClient::new(&m.url, Some("not-the-token-0000000".into()), Duration::from_secs(5));
+    match c.add("U1", &["a".into()], Duration::from_secs(60), None) {
+        Err(ClientError::Refused { status: 403, message, .. }) => assert!(message.contains("token"), "{message}"),
+        other => panic!("expected a 403 refusal, got {other:?}"),
+    }
+}
