@@ -160,30 +160,29 @@ pub fn producer(bootstrap: &str) -> ThreadedProducer<DefaultProducerContext> {
 pub fn produce(bootstrap: &str, topic: &str, inputs: &[Input]) {
     let p = producer(bootstrap);
     for i in inputs {
-        let mut h = OwnedHeaders::new();
-        for (k, v) in &i.headers {
-            h = h.insert(Header { key: k, value: v.as_deref() });
-        }
-        let mut r: BaseRecord<'_, [u8], [u8]> =
-            BaseRecord::to(topic).partition(i.partition).timestamp(i.timestamp).headers(h);
-        if let Some(k) = &i.key {
-            r = r.key(k);
-        }
-        if let Some(v) = &i.payload {
-            r = r.payload(v);
-        }
-        let mut r = r;
-        loop {
-            match p.send(r) {
-                Ok(()) => break,
-                Err((_, back)) => {
-                    r = back;
-                    std::thread::sleep(Duration::from_millis(5));
-                }
-            }
-        }
+        send(&p, topic, i);
     }
     p.flush(Duration::from_secs(60)).unwrap();
+}
+
+/// Enqueues one input, waiting while the producer queue is full.
+pub fn send(p: &ThreadedProducer<DefaultProducerContext>, topic: &str, i: &Input) {
+    let mut h = OwnedHeaders::new();
+    for (k, v) in &i.headers {
+        h = h.insert(Header { key: k, value: v.as_deref() });
+    }
+    let mut r: BaseRecord<'_, [u8], [u8]> =
+        BaseRecord::to(topic).partition(i.partition).timestamp(i.timestamp).headers(h);
+    if let Some(k) = &i.key {
+        r = r.key(k);
+    }
+    if let Some(v) = &i.payload {
+        r = r.payload(v);
+    }
+    while let Err((_, back)) = p.send(r) {
+        r = back;
+        std::thread::sleep(Duration::from_millis(5));
+    }
 }
 
 /// A record read back from a topic.
