@@ -96,11 +96,36 @@ pub struct WhitelistConfig {
     pub mode: WhitelistMode,
     #[serde(default = "defaults::refresh", with = "humantime_serde_compat")]
     pub refresh: Duration,
+    /// Lookup mode: how long a listed user's answer is reused (a change takes this long).
+    #[serde(default = "defaults::cache_ttl", with = "humantime_serde_compat")]
+    pub cache_ttl: Duration,
+    /// Lookup mode: how long "not whitelisted" is reused.
+    #[serde(default = "defaults::negative_ttl", with = "humantime_serde_compat")]
+    pub negative_ttl: Duration,
+    /// Lookup mode: most users cached.
+    #[serde(default = "defaults::cache_size")]
+    pub cache_size: u64,
+    /// Lookup mode: concurrent lookups.
+    #[serde(default = "defaults::lookup_workers")]
+    pub lookup_workers: usize,
+    /// Timeout of one request to the Config Mapper.
+    #[serde(default = "defaults::request_timeout", with = "humantime_serde_compat")]
+    pub request_timeout: Duration,
 }
 
 impl Default for WhitelistConfig {
     fn default() -> Self {
-        Self { url: None, file: None, mode: WhitelistMode::Snapshot, refresh: defaults::refresh() }
+        Self {
+            url: None,
+            file: None,
+            mode: WhitelistMode::Snapshot,
+            refresh: defaults::refresh(),
+            cache_ttl: defaults::cache_ttl(),
+            negative_ttl: defaults::negative_ttl(),
+            cache_size: defaults::cache_size(),
+            lookup_workers: defaults::lookup_workers(),
+            request_timeout: defaults::request_timeout(),
+        }
     }
 }
 
@@ -149,6 +174,21 @@ mod defaults {
     use std::time::Duration;
     pub fn refresh() -> Duration {
         Duration::from_secs(1)
+    }
+    pub fn cache_ttl() -> Duration {
+        Duration::from_secs(10)
+    }
+    pub fn negative_ttl() -> Duration {
+        Duration::from_secs(5)
+    }
+    pub fn cache_size() -> u64 {
+        100_000
+    }
+    pub fn lookup_workers() -> usize {
+        8
+    }
+    pub fn request_timeout() -> Duration {
+        Duration::from_secs(2)
     }
     pub fn group_id() -> String {
         "tenancy-bridge".into()
@@ -321,6 +361,24 @@ impl Config {
         }
         if w.refresh.is_zero() {
             return Err(invalid("whitelist.refresh", "must be greater than zero"));
+        }
+        if w.mode == WhitelistMode::Lookup && w.url.is_none() {
+            return Err(invalid("whitelist.mode", "\"lookup\" asks a Config Mapper per user: set whitelist.url"));
+        }
+        for (field, d) in [
+            ("whitelist.cache_ttl", w.cache_ttl),
+            ("whitelist.negative_ttl", w.negative_ttl),
+            ("whitelist.request_timeout", w.request_timeout),
+        ] {
+            if d.is_zero() {
+                return Err(invalid(field, "must be greater than zero"));
+            }
+        }
+        if w.cache_size == 0 {
+            return Err(invalid("whitelist.cache_size", "must be at least 1"));
+        }
+        if w.lookup_workers == 0 || w.lookup_workers > 256 {
+            return Err(invalid("whitelist.lookup_workers", "must be between 1 and 256"));
         }
         if raw.routes.is_empty() {
             return Err(invalid("routes", "at least one [[routes]] entry is required"));

@@ -7,6 +7,7 @@ use clap::Parser as _;
 use tenancy_bridge::config::Config;
 use tenancy_bridge::config::WhitelistMode;
 use tenancy_bridge::whitelist::client::MapperClient;
+use tenancy_bridge::whitelist::lookup::{LookupCache, LookupSettings};
 use tenancy_bridge::whitelist::{self, FileSource, Snapshot, SnapshotPoller};
 use tenancy_bridge::{config_mapper, relay, report, whitelist_cli};
 
@@ -59,16 +60,29 @@ fn dispatch(command: cli::Command) -> anyhow::Result<()> {
                 signal_hook::flag::register(sig, shutdown.clone())?;
             }
             let snapshot = whitelist::shared(Snapshot::empty());
+            let w = &c.whitelist;
             // Held for the run: dropping a source stops it.
-            let _source: Box<dyn std::any::Any> = match (&c.whitelist.file, &c.whitelist.url, c.whitelist.mode) {
-                (Some(path), _, _) => Box::new(FileSource::start(path.clone(), c.whitelist.refresh, snapshot.clone())?),
-                (None, Some(url), WhitelistMode::Snapshot) => {
-                    let client = MapperClient::new(url, None, WHITELIST_TIMEOUT);
-                    Box::new(SnapshotPoller::start(client, c.whitelist.refresh, snapshot.clone())?)
+            let (_source, source): (Box<dyn std::any::Any>, relay::WhitelistSource) = match (&w.file, &w.url, w.mode) {
+                (Some(path), _, _) => {
+                    (Box::new(FileSource::start(path.clone(), w.refresh, snapshot.clone())?), snapshot.into())
                 }
-                _ => anyhow::bail!("whitelist.mode = \"lookup\" is not available in this build yet; use \"snapshot\""),
+                (None, Some(url), WhitelistMode::Snapshot) => {
+                    let client = MapperClient::new(url, None, w.request_timeout);
+                    (Box::new(SnapshotPoller::start(client, w.refresh, snapshot.clone())?), snapshot.into())
+                }
+                (None, Some(url), WhitelistMode::Lookup) => {
+                    let settings = LookupSettings {
+                        cache_ttl: w.cache_ttl,
+                        negative_ttl: w.negative_ttl,
+                        failure_backoff: w.negative_ttl.min(std::time::Duration::from_secs(1)),
+                        capacity: w.cache_size,
+                    };
+                    let cache = Arc::new(LookupCache::http(settings, MapperClient::new(url, None, w.request_timeout)));
+                    (Box::new(()), relay::WhitelistSource::Lookup { cache, workers: w.lookup_workers })
+                }
+                (None, None, _) => anyhow::bail!("whitelist: set `url` or `file`"),
             };
-            let summary = relay::run(&c, snapshot, &shutdown).context("relay stopped")?;
+            let summary = relay::run(&c, source, &shutdown).context("relay stopped")?;
             println!("{summary}");
             Ok(())
         }
@@ -90,6 +104,3 @@ fn dispatch(command: cli::Command) -> anyhow::Result<()> {
         }
     }
 }
-
-/// Per request to the Config Mapper; a hung one must not hold the refresh loop for long.
-const WHITELIST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);

@@ -11,7 +11,7 @@ use serde::Deserialize;
 use crate::config::Route;
 use crate::extract::{self, Headers, Passthrough, RecordView, TenancyKey, UserLocator};
 use crate::json_scan::Found;
-use crate::whitelist::Snapshot;
+use crate::whitelist::Whitelist;
 
 /// Where the Rush copy carries its tenancy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
@@ -114,13 +114,13 @@ impl Decision<'_> {
     }
 }
 
-/// Decides `record` of `route` against `snapshot` at `now_ms`.
+/// Decides `record` of `route` against `whitelist` at `now_ms`.
 ///
 /// `key` names the tenancy stamp (header and JSON member).
-pub fn decide<'a, H: Headers + ?Sized>(
+pub fn decide<'a, H: Headers + ?Sized, W: Whitelist + ?Sized>(
     route: &Route,
     record: &RecordView<'a, H>,
-    snapshot: &Snapshot,
+    whitelist: &W,
     now_ms: i64,
     key: &TenancyKey,
 ) -> Decision<'a> {
@@ -141,7 +141,7 @@ pub fn decide<'a, H: Headers + ?Sized>(
                 Err(p) => return Decision::prod(Reason::Passthrough(p)),
             };
             let mut rush = ServiceSet::EMPTY;
-            if let Some(listed) = snapshot.services_for(&user, now_ms) {
+            if let Some(listed) = whitelist.services_for(&user, now_ms) {
                 for (i, s) in route.services.iter().enumerate() {
                     if listed.iter().any(|l| **l == *s.name) {
                         rush.insert(i);
@@ -164,6 +164,24 @@ pub fn decide<'a, H: Headers + ?Sized>(
         None
     };
     Decision { rush, user, reason, splice }
+}
+
+/// The user `decide` would look up in the whitelist for `record`, or `None` when the decision
+/// does not consult the whitelist (an upstream stamp is honoured, or there is no usable user).
+pub fn lookup_user<'a, H: Headers + ?Sized>(
+    route: &Route,
+    record: &RecordView<'a, H>,
+    key: &TenancyKey,
+) -> Option<Cow<'a, str>> {
+    let json_route = route.stamp.payload() || matches!(route.user, UserLocator::Json(_));
+    let member = match record.payload {
+        Some(p) if json_route => key.find_in(p),
+        _ => Found::NotFound,
+    };
+    if extract::upstream_tenancy(record, key, member).is_some() {
+        return None;
+    }
+    extract::user(&route.user, record).ok()
 }
 
 /// Reads an upstream stamp: one or more comma-separated `{user}_{service}` values.

@@ -1,7 +1,7 @@
 use super::*;
 use crate::config::Service;
 use crate::extract::JsonPointer;
-use crate::whitelist::Entry;
+use crate::whitelist::{Entry, Snapshot};
 use proptest::prelude::*;
 
 const KEY: &str = "event_tenancy";

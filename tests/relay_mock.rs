@@ -3,6 +3,7 @@
 
 mod common;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -13,7 +14,9 @@ use rdkafka::mocking::MockCluster;
 use rdkafka::producer::DefaultProducerContext;
 use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
 use tenancy_bridge::config::Config;
-use tenancy_bridge::relay::{self, RelayError, Stats, Summary};
+use tenancy_bridge::relay::{self, RelayError, Stats, Summary, WhitelistSource};
+use tenancy_bridge::whitelist::client::MapperClient;
+use tenancy_bridge::whitelist::lookup::{LookupCache, LookupSettings};
 use tenancy_bridge::whitelist::{self, FileSource, Snapshot};
 
 const PARTITIONS: i32 = 3;
@@ -82,20 +85,24 @@ struct Running {
     shutdown: Arc<AtomicBool>,
     stats: Arc<Stats>,
     thread: std::thread::JoinHandle<Result<Summary, RelayError>>,
-    _source: FileSource,
+    _source: Option<FileSource>,
 }
 
 fn start(c: &Clusters, config: Config) -> Running {
+    let snapshot = whitelist::shared(Snapshot::empty());
+    let source = FileSource::start(c.wl_path(), Duration::from_millis(50), snapshot.clone()).unwrap();
+    start_with(config, snapshot.into(), Some(source))
+}
+
+fn start_with(config: Config, whitelist: WhitelistSource, source: Option<FileSource>) -> Running {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
         .with_test_writer()
         .try_init();
-    let snapshot = whitelist::shared(Snapshot::empty());
-    let source = FileSource::start(c.wl_path(), Duration::from_millis(50), snapshot.clone()).unwrap();
     let shutdown = Arc::new(AtomicBool::new(false));
     let stats = Arc::new(Stats::default());
     let (s, st) = (shutdown.clone(), stats.clone());
-    let thread = std::thread::spawn(move || relay::run_with(&config, snapshot, &s, st));
+    let thread = std::thread::spawn(move || relay::run_with(&config, whitelist, &s, st));
     Running { shutdown, stats, thread, _source: source }
 }
 
@@ -388,4 +395,139 @@ fn instances_share_partitions_and_hand_over_on_rebalance() {
     report.assert_clean();
     let committed = common::committed(&c.prod.bootstrap_servers(), "bridge-test", "orders", PARTITIONS);
     assert_eq!(committed.values().sum::<i64>(), 900, "{committed:?}");
+}
+
+/// A stand-in for a company's own Config Mapper that answers only per user: counts requests
+/// per user and answers users named `SLOW*` after a delay.
+struct PerUserMapper {
+    url: String,
+    requests: Arc<std::sync::Mutex<HashMap<String, usize>>>,
+    slow_answers: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl PerUserMapper {
+    fn start(listed: &'static [(&'static str, &'static [&'static str])], slow: Duration) -> Self {
+        use std::io::{BufRead, BufReader, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let requests: Arc<std::sync::Mutex<HashMap<String, usize>>> = Arc::default();
+        let counts = requests.clone();
+        let slow_answers: Arc<std::sync::atomic::AtomicUsize> = Arc::default();
+        let answered = slow_answers.clone();
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(mut conn) = conn else { return };
+                let (counts, answered) = (counts.clone(), answered.clone());
+                std::thread::spawn(move || {
+                    let mut reader = BufReader::new(conn.try_clone().unwrap());
+                    let mut line = String::new();
+                    reader.read_line(&mut line).unwrap();
+                    let mut header = String::new();
+                    while reader.read_line(&mut header).is_ok_and(|n| n > 2) {
+                        header.clear();
+                    }
+                    let user =
+                        line.split_whitespace().nth(1).unwrap_or("").trim_start_matches("/v1/whitelist/").to_string();
+                    *counts.lock().unwrap().entry(user.clone()).or_default() += 1;
+                    if user.starts_with("SLOW") {
+                        std::thread::sleep(slow);
+                        answered.fetch_add(1, Ordering::SeqCst);
+                    }
+                    let (status, body) = match listed.iter().find(|(u, _)| *u == user) {
+                        Some((u, s)) => (
+                            "200 OK",
+                            serde_json::json!({"user": u, "services": s, "expires_at": "2099-01-01T00:00:00Z"})
+                                .to_string(),
+                        ),
+                        None => ("404 Not Found", r#"{"error":"not whitelisted"}"#.to_string()),
+                    };
+                    let _ = write!(
+                        conn,
+                        "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                        body.len()
+                    );
+                });
+            }
+        });
+        Self { url, requests, slow_answers }
+    }
+
+    fn count(&self, user: &str) -> usize {
+        self.requests.lock().unwrap().get(user).copied().unwrap_or(0)
+    }
+
+    fn source(&self) -> WhitelistSource {
+        let settings = LookupSettings {
+            cache_ttl: Duration::from_secs(60),
+            negative_ttl: Duration::from_secs(60),
+            failure_backoff: Duration::from_secs(1),
+            capacity: 10_000,
+        };
+        let client = MapperClient::new(&self.url, None, Duration::from_secs(10));
+        WhitelistSource::Lookup { cache: Arc::new(LookupCache::http(settings, client)), workers: 4 }
+    }
+}
+
+#[test]
+fn lookup_mode_concurrent_misses_for_one_user_make_one_request() {
+    let c = Clusters::new().with_outputs(&["payment", "shipping"]);
+    c.set_whitelist(1, &[]);
+    let mapper = PerUserMapper::start(&[("U1", &["payment"])], Duration::ZERO);
+    // Every partition starts with U1: three concurrent misses for one user.
+    let inputs: Vec<Input> =
+        (0..300).map(|i| event(i, Some(if i < 150 { "U1" } else { "U2" }), b"{}".to_vec())).collect();
+    common::produce(&c.prod.bootstrap_servers(), "orders", &inputs);
+    let run = start_with(c.config(HEADER_ROUTE, ""), mapper.source(), None);
+    run.wait_acked(600, Duration::from_secs(60));
+    run.stop().unwrap();
+    assert_eq!(mapper.count("U1"), 1, "one request for U1");
+    assert_eq!(mapper.count("U2"), 1, "one request for U2");
+
+    let read_in = common::read_all(&c.prod.bootstrap_servers(), "orders", 300, Duration::from_secs(20));
+    let services = ["payment", "shipping"];
+    let (prod, rush) = c.outputs(&services, 300);
+    let expected =
+        |r: &Read, svc: &str| (r.header("x-user-id") == Some(b"U1") && svc == "payment").then(|| "U1".to_string());
+    invariant::check(&read_in, &services, &prod, &rush, expected, StampCheck::Header).assert_clean();
+}
+
+#[test]
+fn lookup_mode_slow_lookup_holds_only_its_partition_and_keeps_its_order() {
+    let c = Clusters::new().with_outputs(&["payment"]);
+    c.set_whitelist(1, &[]);
+    let mapper = PerUserMapper::start(&[("SLOW1", &["payment"]), ("U1", &["payment"])], Duration::from_secs(3));
+    // Partition 0 starts with the slow user; the others never see it.
+    let inputs: Vec<Input> = (0..300)
+        .map(|i| {
+            let user = match i {
+                0 => "SLOW1",
+                i if i % 3 == 0 && i % 2 == 0 => "SLOW1",
+                i if i % 5 == 0 => "U1",
+                _ => "U2",
+            };
+            event(i, Some(user), b"{}".to_vec())
+        })
+        .collect();
+    common::produce(&c.prod.bootstrap_servers(), "orders", &inputs);
+    let routes = HEADER_ROUTE.replace(r#"["payment", "shipping"]"#, r#"["payment"]"#);
+    let run = start_with(c.config(&routes, ""), mapper.source(), None);
+    // Partitions 1 and 2 (200 records) are done before the slow answer (3 s) comes…
+    run.wait_acked(200, Duration::from_secs(60));
+    let slow_answered_then = mapper.slow_answers.load(Ordering::SeqCst);
+    let records_then = run.stats.records_in.load(Ordering::Relaxed);
+    run.wait_acked(300, Duration::from_secs(60));
+    run.stop().unwrap();
+    assert_eq!(slow_answered_then, 0, "the other partitions waited for the slow lookup");
+    // …and partition 0 waited for its first record's answer before deciding anything after it.
+    assert_eq!(records_then, 200, "partition 0 must not go past a record whose lookup is pending");
+    assert_eq!(mapper.count("SLOW1"), 1);
+
+    let read_in = common::read_all(&c.prod.bootstrap_servers(), "orders", 300, Duration::from_secs(20));
+    let (prod, rush) = c.outputs(&["payment"], 300);
+    let expected = |r: &Read, _: &str| match r.header("x-user-id") {
+        Some(b"SLOW1") => Some("SLOW1".to_string()),
+        Some(b"U1") => Some("U1".to_string()),
+        _ => None,
+    };
+    invariant::check(&read_in, &["payment"], &prod, &rush, expected, StampCheck::Header).assert_clean();
 }

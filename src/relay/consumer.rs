@@ -21,6 +21,8 @@ pub struct RebalanceContext {
     pub route_topics: Vec<String>,
     pub drain_timeout: Duration,
     pub stats: Arc<Stats>,
+    /// Lookup mode: revoked partitions, so parked records of them are dropped.
+    pub revoked: Option<Arc<std::sync::Mutex<Vec<PartitionKey>>>>,
 }
 
 impl ClientContext for RebalanceContext {}
@@ -91,6 +93,11 @@ impl ConsumerContext for RebalanceContext {
                     }
                 }
                 self.tracker.remove(&keys);
+                if let Some(r) = &self.revoked {
+                    if let Ok(mut r) = r.lock() {
+                        r.extend_from_slice(&keys);
+                    }
+                }
                 let _ = self
                     .stats
                     .assigned_partitions

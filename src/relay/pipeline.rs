@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use rdkafka::error::KafkaError;
-use rdkafka::message::{BorrowedHeaders, BorrowedMessage, Header, Headers as _, Message, OwnedHeaders};
+use rdkafka::message::{Header, Headers as KafkaHeaders, Message, OwnedHeaders};
 
 use super::offsets::Tracker;
 use super::producer::{Output, Producers, send};
@@ -13,7 +13,7 @@ use crate::config::{Config, Route};
 use crate::extract::{Headers, RecordView, TenancyKey};
 use crate::kafka::ErrorClass;
 use crate::tenancy::{self, Cluster, Reason};
-use crate::whitelist::Snapshot;
+use crate::whitelist::Whitelist;
 
 /// A record the bridge cannot write out; the relay stops before committing past it.
 #[derive(Debug, thiserror::Error)]
@@ -29,9 +29,9 @@ pub struct ProduceError {
 }
 
 /// The rdkafka headers of an input record, seen through the core's [`Headers`] trait.
-struct InputHeaders<'a>(Option<&'a BorrowedHeaders>);
+struct InputHeaders<'a, H>(Option<&'a H>);
 
-impl Headers for InputHeaders<'_> {
+impl<H: KafkaHeaders> Headers for InputHeaders<'_, H> {
     fn last(&self, name: &str) -> Option<&[u8]> {
         let h = self.0?;
         (0..h.count()).rev().map(|i| h.get(i)).find(|h| h.key == name).and_then(|h| h.value)
@@ -72,10 +72,19 @@ impl Pipeline {
 
     /// Decides `msg` once and enqueues each of its outputs. On error the record stays pending in
     /// the tracker, so its offset is never committed.
-    pub fn process(
+    /// The user whose whitelist entry `msg`'s decision needs, if any (lookup mode asks for it
+    /// before deciding). `None`: no lookup needed (no user, upstream stamp, no route).
+    pub fn user_to_look_up<M: Message>(&self, msg: &M) -> Option<Box<str>> {
+        let route = &self.routes[self.route_index(msg.topic())?];
+        let headers = InputHeaders(msg.headers());
+        let view = RecordView { key: msg.key(), payload: msg.payload(), headers: &headers };
+        tenancy::lookup_user(route, &view, &self.tenancy_key).map(|u| u.into_owned().into_boxed_str())
+    }
+
+    pub fn process<M: Message, W: Whitelist + ?Sized>(
         &mut self,
-        msg: &BorrowedMessage<'_>,
-        snapshot: &Snapshot,
+        msg: &M,
+        whitelist: &W,
         now_ms: i64,
     ) -> Result<(), Box<ProduceError>> {
         let Some(ri) = self.route_index(msg.topic()) else {
@@ -87,7 +96,7 @@ impl Pipeline {
         let input_headers = msg.headers();
         let headers = InputHeaders(input_headers);
         let view = RecordView { key: msg.key(), payload: msg.payload(), headers: &headers };
-        let decision = tenancy::decide(route, &view, snapshot, now_ms, &self.tenancy_key);
+        let decision = tenancy::decide(route, &view, whitelist, now_ms, &self.tenancy_key);
         self.stats.records_in.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         match decision.reason {
             Reason::Passthrough(p) => self.stats.passthrough(p),
@@ -149,7 +158,7 @@ impl Pipeline {
     }
 }
 
-fn copy_headers(h: &BorrowedHeaders) -> OwnedHeaders {
+fn copy_headers<H: KafkaHeaders>(h: &H) -> OwnedHeaders {
     let mut out = OwnedHeaders::new_with_capacity(h.count());
     for x in h.iter() {
         out = out.insert(Header { key: x.key, value: x.value });
@@ -158,7 +167,7 @@ fn copy_headers(h: &BorrowedHeaders) -> OwnedHeaders {
 }
 
 /// Input headers without any earlier tenancy stamp, plus ours when the route stamps headers.
-fn rush_headers(input: Option<&BorrowedHeaders>, key: &str, stamp: Option<&str>) -> OwnedHeaders {
+fn rush_headers<H: KafkaHeaders>(input: Option<&H>, key: &str, stamp: Option<&str>) -> OwnedHeaders {
     let n = input.map_or(0, |h| h.count()) + 1;
     let mut out = OwnedHeaders::new_with_capacity(n);
     if let Some(h) = input {

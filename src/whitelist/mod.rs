@@ -5,6 +5,7 @@
 
 pub mod client;
 mod file;
+pub mod lookup;
 mod poller;
 mod snapshot;
 
@@ -14,7 +15,7 @@ use arc_swap::ArcSwap;
 
 pub use file::{FileSource, WatchError, load as load_file};
 pub use poller::{SnapshotPoller, SourceStatus};
-pub use snapshot::{Entry, Snapshot, SnapshotError, now_ms, parse_rfc3339_ms};
+pub use snapshot::{Entry, OneUser, Snapshot, SnapshotError, Whitelist, now_ms, parse_rfc3339_ms};
 
 /// The current whitelist, swapped atomically by a source, read lock-free by the relay.
 pub type SharedSnapshot = Arc<ArcSwap<Snapshot>>;

@@ -100,8 +100,37 @@ impl Snapshot {
 
     /// The services `user` is under test for at `now_ms`; `None` if not whitelisted or expired.
     pub fn services_for(&self, user: &str, now_ms: i64) -> Option<&[Box<str>]> {
-        let e = self.entries.get(user)?;
-        (e.expires_at_ms > now_ms).then_some(e.services.as_slice())
+        self.entries.get(user)?.live_services(now_ms)
+    }
+}
+
+impl Entry {
+    pub fn live_services(&self, now_ms: i64) -> Option<&[Box<str>]> {
+        (self.expires_at_ms > now_ms).then_some(self.services.as_slice())
+    }
+}
+
+/// What a decision reads: the services a user is under test for. A whole [`Snapshot`] in
+/// snapshot mode, one looked-up user ([`OneUser`]) in lookup mode.
+pub trait Whitelist {
+    fn services_for(&self, user: &str, now_ms: i64) -> Option<&[Box<str>]>;
+}
+
+impl Whitelist for Snapshot {
+    fn services_for(&self, user: &str, now_ms: i64) -> Option<&[Box<str>]> {
+        Snapshot::services_for(self, user, now_ms)
+    }
+}
+
+/// The answer of a per-user lookup, for the one user it was asked about.
+pub struct OneUser<'a> {
+    pub user: &'a str,
+    pub entry: Option<&'a Entry>,
+}
+
+impl Whitelist for OneUser<'_> {
+    fn services_for(&self, user: &str, now_ms: i64) -> Option<&[Box<str>]> {
+        if user == self.user { self.entry?.live_services(now_ms) } else { None }
     }
 }
 
