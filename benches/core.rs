@@ -172,5 +172,49 @@ fn decide_and_stamp_benches(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, extract_benches, decide_and_stamp_benches);
+/// Per-event whitelist cost: a snapshot read (snapshot mode) against a cache hit (lookup mode).
+fn whitelist_benches(c: &mut Criterion) {
+    use std::sync::Arc;
+    use std::time::Duration;
+    use tenancy_bridge::whitelist::OneUser;
+    use tenancy_bridge::whitelist::lookup::{LookupCache, LookupSettings};
+
+    let snap = snapshot(10_000);
+    let settings = LookupSettings {
+        cache_ttl: Duration::from_secs(3600),
+        negative_ttl: Duration::from_secs(3600),
+        failure_backoff: Duration::from_secs(1),
+        capacity: 100_000,
+    };
+    let cache = Arc::new(LookupCache::new(
+        settings,
+        Box::new(|_| Ok(Some(Entry { services: vec!["payment".into()], expires_at_ms: i64::MAX }))),
+    ));
+    for i in 0..10_000 {
+        cache.get(&format!("U{i}"));
+    }
+    let key = TenancyKey::new("event_tenancy");
+    let r = route(UserLocator::Header("x-user-id".into()), StampMode::Header);
+    let headers: &H = &[("x-user-id", Some(b"U4242"))];
+    let mut g = c.benchmark_group("whitelist");
+    g.bench_function("snapshot/lookup", |b| b.iter(|| snap.services_for(black_box("U4242"), 0).map(<[_]>::len)));
+    g.bench_function("lookup-cache/hit", |b| b.iter(|| cache.cached(black_box("U4242")).is_some()));
+    g.bench_function("snapshot/decide", |b| {
+        let v = RecordView { key: None, payload: None, headers };
+        b.iter(|| tenancy::decide(&r, black_box(&v), &snap, 0, &key).rush)
+    });
+    g.bench_function("lookup-cache/decide", |b| {
+        let v = RecordView { key: None, payload: None, headers };
+        b.iter(|| {
+            // What the relay does in lookup mode: the user (allocated), a cache hit, a decision.
+            let user: Box<str> =
+                tenancy::lookup_user(&r, black_box(&v), &key).map(|u| u.into_owned().into_boxed_str())?;
+            let answer = cache.cached(&user)?;
+            Some(tenancy::decide(&r, &v, &OneUser { user: &user, entry: answer.entry() }, 0, &key).rush)
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, extract_benches, decide_and_stamp_benches, whitelist_benches);
 criterion_main!(benches);

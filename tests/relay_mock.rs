@@ -17,7 +17,7 @@ use tenancy_bridge::config::Config;
 use tenancy_bridge::relay::{self, RelayError, Stats, Summary, WhitelistSource};
 use tenancy_bridge::whitelist::client::MapperClient;
 use tenancy_bridge::whitelist::lookup::{LookupCache, LookupSettings};
-use tenancy_bridge::whitelist::{self, FileSource, Snapshot};
+use tenancy_bridge::whitelist::{self, FileSource, Snapshot, SnapshotPoller};
 
 const PARTITIONS: i32 = 3;
 
@@ -530,4 +530,30 @@ fn lookup_mode_slow_lookup_holds_only_its_partition_and_keeps_its_order() {
         _ => None,
     };
     invariant::check(&read_in, &["payment"], &prod, &rush, expected, StampCheck::Header).assert_clean();
+}
+
+#[test]
+fn config_mapper_down_at_start_means_everyone_is_production() {
+    let c = Clusters::new().with_outputs(&["payment", "shipping"]);
+    let dead = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        format!("http://{}", l.local_addr().unwrap())
+    };
+    let snapshot = whitelist::shared(Snapshot::empty());
+    let client = MapperClient::new(&dead, None, Duration::from_secs(1));
+    let poller = SnapshotPoller::start(client, Duration::from_millis(100), snapshot.clone()).unwrap();
+    assert!(!poller.status.loaded());
+    let inputs: Vec<Input> = (0..60).map(|i| event(i, Some("U1"), b"{}".to_vec())).collect();
+    common::produce(&c.prod.bootstrap_servers(), "orders", &inputs);
+    let run = start_with(c.config(HEADER_ROUTE, ""), snapshot.into(), None);
+    run.wait_acked(120, Duration::from_secs(60));
+    run.stop().unwrap();
+    assert!(poller.status.refresh_errors.load(Ordering::Relaxed) > 0);
+    assert!(poller.status.staleness_seconds().is_none(), "never loaded");
+
+    let read_in = common::read_all(&c.prod.bootstrap_servers(), "orders", 60, Duration::from_secs(20));
+    let services = ["payment", "shipping"];
+    let (prod, rush) = c.outputs(&services, 60);
+    invariant::check(&read_in, &services, &prod, &rush, |_, _| None, StampCheck::Header).assert_clean();
+    assert_eq!(counts_by(&prod), 120);
 }
