@@ -17,6 +17,12 @@ mod cli;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// Prints to stdout; a closed pipe (`| head`) ends the output quietly instead of panicking.
+fn emit(text: &str) {
+    use std::io::Write as _;
+    let _ = std::io::stdout().lock().write_all(text.as_bytes());
+}
+
 fn main() -> ExitCode {
     let cli = cli::Cli::parse();
     init_logging(cli.log_format);
@@ -44,10 +50,10 @@ fn dispatch(command: cli::Command) -> anyhow::Result<()> {
         cli::Command::Validate { config } => {
             let c = Config::load(&config)?;
             report::check_kafka_properties(&c)?;
-            print!("{}", report::describe(&c, &config));
+            emit(&report::describe(&c, &config));
             if let Some(path) = &c.whitelist.file {
                 let s = whitelist::load_file(path)?;
-                println!("whitelist file: version {}, {} users", s.version(), s.len());
+                emit(&format!("whitelist file: version {}, {} users\n", s.version(), s.len()));
             }
             Ok(())
         }
@@ -83,7 +89,7 @@ fn dispatch(command: cli::Command) -> anyhow::Result<()> {
                 (None, None, _) => anyhow::bail!("whitelist: set `url` or `file`"),
             };
             let summary = relay::run(&c, source, &shutdown).context("relay stopped")?;
-            println!("{summary}");
+            emit(&format!("{summary}\n"));
             Ok(())
         }
         cli::Command::ConfigMapper { listen, db, token_file, max_ttl } => {
@@ -99,7 +105,7 @@ fn dispatch(command: cli::Command) -> anyhow::Result<()> {
                 cli::WhitelistAction::Ls => whitelist_cli::Action::Ls,
                 cli::WhitelistAction::Audit => whitelist_cli::Action::Audit,
             };
-            print!("{}", whitelist_cli::run(&url, token_file.as_deref(), json, action)?);
+            emit(&whitelist_cli::run(&url, token_file.as_deref(), json, action)?);
             Ok(())
         }
     }

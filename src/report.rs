@@ -3,8 +3,11 @@
 use std::fmt::Write as _;
 use std::path::Path;
 
-use rdkafka::consumer::BaseConsumer;
-use rdkafka::producer::BaseProducer;
+use rdkafka::ClientContext;
+use rdkafka::config::RDKafkaLogLevel;
+use rdkafka::consumer::{BaseConsumer, ConsumerContext};
+use rdkafka::error::KafkaError;
+use rdkafka::producer::{BaseProducer, ProducerContext};
 
 use crate::config::Config;
 use crate::extract::UserLocator;
@@ -18,20 +21,32 @@ pub struct PropertyError {
     source: rdkafka::error::KafkaError,
 }
 
-/// Lets librdkafka check the pass-through properties by building (not connecting) each client.
+/// A client context that keeps quiet: `validate` builds clients only so librdkafka checks
+/// their properties, and their connection attempts are not the user's concern.
+struct Quiet;
+
+impl ClientContext for Quiet {
+    fn log(&self, _: RDKafkaLogLevel, _: &str, _: &str) {}
+    fn error(&self, _: KafkaError, _: &str) {}
+}
+
+impl ProducerContext for Quiet {
+    type DeliveryOpaque = ();
+    fn delivery(&self, _: &rdkafka::producer::DeliveryResult<'_>, _: ()) {}
+}
+
+impl ConsumerContext for Quiet {}
+
+/// Lets librdkafka check the pass-through properties by building each client (then dropping it).
 pub fn check_kafka_properties(config: &Config) -> Result<(), PropertyError> {
     for (cluster, c) in [("prod", &config.prod), ("rush", &config.rush)] {
-        kafka::producer_config(c, cluster, config).create::<BaseProducer>().map_err(|source| PropertyError {
-            cluster,
-            client: "producer",
-            source,
-        })?;
+        kafka::producer_config(c, cluster, config)
+            .create_with_context::<_, BaseProducer<Quiet>>(Quiet)
+            .map_err(|source| PropertyError { cluster, client: "producer", source })?;
     }
-    kafka::consumer_config(config).create::<BaseConsumer>().map_err(|source| PropertyError {
-        cluster: "prod",
-        client: "consumer",
-        source,
-    })?;
+    kafka::consumer_config(config)
+        .create_with_context::<_, BaseConsumer<Quiet>>(Quiet)
+        .map_err(|source| PropertyError { cluster: "prod", client: "consumer", source })?;
     Ok(())
 }
 
