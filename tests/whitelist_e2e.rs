@@ -137,3 +137,58 @@ fn new_entry_takes_effect_within_a_refresh_and_an_outage_blocks_nothing() {
     assert!(latency <= 2_500, "a whitelist change took {latency} ms to take effect");
     assert!(after_kill > 300, "too little traffic during the outage to mean anything: {after_kill}");
 }
+
+#[test]
+fn lookup_mode_through_the_binary() {
+    let prod = Tansu::start();
+    let rush = Tansu::start();
+    common::create_topic(&prod.bootstrap, "orders", 2);
+    let mapper = Mapper::start(TOKEN);
+    let client = MapperClient::new(&mapper.url, Some("0123456789abcdef-e2e-token".into()), Duration::from_secs(5));
+    client.add("U1", &["payment".into()], Duration::from_secs(3600), None).unwrap();
+
+    let config = mapper.dir.path().join("bridge.toml");
+    let text = common::config_text(&common::ConfigOpts {
+        prod: &prod.bootstrap,
+        rush: &rush.bootstrap,
+        whitelist: std::path::Path::new("unused"),
+        group: "lookup-e2e",
+        routes: "[[routes]]\ntopic = \"orders\"\nservices = [\"payment\"]\nuser = { key = true }\n",
+        extra_bridge: "",
+        kafka: "\"max.poll.interval.ms\" = 10000\n\"session.timeout.ms\" = 6000",
+    })
+    .replace(
+        "file = \"unused\"\nrefresh = \"100ms\"",
+        &format!("url = \"{}\"\nmode = \"lookup\"\ncache_ttl = \"30s\"\nnegative_ttl = \"30s\"", mapper.url),
+    );
+    std::fs::write(&config, text).unwrap();
+    let users = ["U1", "U2", "U3"];
+    let inputs: Vec<Input> = (0..600)
+        .map(|i| {
+            let u = users[i % 3];
+            Input {
+                partition: (i % 2) as i32,
+                key: Some(u.as_bytes().to_vec()),
+                payload: Some(format!(r#"{{"n":{i}}}"#).into_bytes()),
+                headers: vec![(TID.into(), Some(format!("l{i}").into_bytes()))],
+                timestamp: 1_760_000_000_000 + i as i64,
+            }
+        })
+        .collect();
+    common::produce(&prod.bootstrap, "orders", &inputs);
+    let mut bridge = Command::new(env!("CARGO_BIN_EXE_tenancy-bridge"))
+        .args(["run", "--config"])
+        .arg(&config)
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let read_in = common::read_all(&prod.bootstrap, "orders", 600, Duration::from_secs(60));
+    let (p, r) =
+        common::read_services(&prod.bootstrap, &rush.bootstrap, "orders", &["payment"], 600, Duration::from_secs(120));
+    assert!(Command::new("kill").args(["-TERM", &bridge.id().to_string()]).status().unwrap().success());
+    assert!(bridge.wait().unwrap().success());
+    let expected = |i: &Read, _: &str| (i.key.as_deref() == Some(b"U1")).then(|| "U1".to_string());
+    let report = invariant::check(&read_in, &["payment"], &p, &r, expected, StampCheck::Header);
+    report.assert_clean();
+    assert_eq!((report.prod, report.rush), (400, 200));
+}

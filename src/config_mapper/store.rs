@@ -285,6 +285,19 @@ mod tests {
     }
 
     #[test]
+    fn a_change_whose_audit_fails_does_not_happen() {
+        let (_d, s) = store();
+        s.lock()
+            .execute_batch(
+                "CREATE TRIGGER break_audit BEFORE INSERT ON audit BEGIN SELECT RAISE(ABORT, 'disk full'); END;",
+            )
+            .unwrap();
+        assert!(s.put("U1", &["payment".into()], 60, "qa", None).is_err());
+        assert!(s.get("U1", now_ms()).unwrap().is_none());
+        assert_eq!(s.snapshot(now_ms()).unwrap().0, 0, "version unchanged");
+    }
+
+    #[test]
     fn audit_is_append_only() {
         let (_d, s) = store();
         s.put("U1", &["a".into()], 60, "qa", None).unwrap();
