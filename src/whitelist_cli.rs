@@ -4,8 +4,9 @@ use std::fmt::Write as _;
 use std::path::Path;
 use std::time::Duration;
 
+use crate::config_mapper::AuditRecord;
 use crate::config_mapper::{TOKEN_ENV, Tokens};
-use crate::whitelist::client::{AuditView, ClientError, EntryView, MapperClient};
+use crate::whitelist::client::{ClientError, EntryView, MapperClient};
 use crate::whitelist::parse_rfc3339_ms;
 
 #[derive(Debug, thiserror::Error)]
@@ -111,7 +112,7 @@ fn table(entries: &[EntryView]) -> String {
     out
 }
 
-fn audit_table(records: &[AuditView]) -> String {
+fn audit_table(records: &[AuditRecord]) -> String {
     let mut out =
         format!("{:<20}  {:<10}  {:<7}  {:<16}  {:<24}  REASON\n", "WHEN", "WHO", "ACTION", "USER", "SERVICES");
     for r in records {

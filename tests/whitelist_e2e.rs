@@ -31,6 +31,30 @@ fn event(seq: usize, user: &str) -> Input {
     }
 }
 
+/// A bridge config on these brokers, reading the whitelist from `mapper` with `whitelist` keys.
+fn bridge_config(
+    prod: &Tansu,
+    rush: &Tansu,
+    mapper: &Mapper,
+    group: &str,
+    routes: &str,
+    whitelist: &str,
+) -> std::path::PathBuf {
+    let config = mapper.dir.path().join(format!("{group}.toml"));
+    let text = common::config_text(&common::ConfigOpts {
+        prod: &prod.bootstrap,
+        rush: &rush.bootstrap,
+        whitelist: std::path::Path::new("unused"),
+        group,
+        routes,
+        extra_bridge: "",
+        kafka: "\"max.poll.interval.ms\" = 10000\n\"session.timeout.ms\" = 6000",
+    })
+    .replace("file = \"unused\"\nrefresh = \"100ms\"", &format!("url = \"{}\"\n{whitelist}", mapper.url));
+    std::fs::write(&config, text).unwrap();
+    config
+}
+
 fn sent_ms(r: &Read) -> i64 {
     let v: serde_json::Value = serde_json::from_slice(r.payload.as_deref().unwrap()).unwrap();
     v["sent_ms"].as_i64().unwrap()
@@ -45,18 +69,8 @@ fn new_entry_takes_effect_within_a_refresh_and_an_outage_blocks_nothing() {
     let client = MapperClient::new(&mapper.url, Some("0123456789abcdef-e2e-token".into()), Duration::from_secs(5));
     client.add("U1", &["payment".into()], Duration::from_secs(3600), Some("e2e baseline")).unwrap();
 
-    let config = mapper.dir.path().join("bridge.toml");
-    let text = common::config_text(&common::ConfigOpts {
-        prod: &prod.bootstrap,
-        rush: &rush.bootstrap,
-        whitelist: std::path::Path::new("unused"),
-        group: "wl-e2e",
-        routes: "[[routes]]\ntopic = \"orders\"\nservices = [\"payment\"]\nuser = { header = \"x-user-id\" }\n",
-        extra_bridge: "",
-        kafka: "\"max.poll.interval.ms\" = 10000\n\"session.timeout.ms\" = 6000",
-    })
-    .replace("file = \"unused\"\nrefresh = \"100ms\"", &format!("url = \"{}\"\nrefresh = \"1s\"", mapper.url));
-    std::fs::write(&config, text).unwrap();
+    let routes = "[[routes]]\ntopic = \"orders\"\nservices = [\"payment\"]\nuser = { header = \"x-user-id\" }\n";
+    let config = bridge_config(&prod, &rush, &mapper, "wl-e2e", routes, "refresh = \"1s\"");
     let mut bridge = Command::new(env!("CARGO_BIN_EXE_tenancy-bridge"))
         .args(["run", "--config"])
         .arg(&config)
@@ -147,21 +161,9 @@ fn lookup_mode_through_the_binary() {
     let client = MapperClient::new(&mapper.url, Some("0123456789abcdef-e2e-token".into()), Duration::from_secs(5));
     client.add("U1", &["payment".into()], Duration::from_secs(3600), None).unwrap();
 
-    let config = mapper.dir.path().join("bridge.toml");
-    let text = common::config_text(&common::ConfigOpts {
-        prod: &prod.bootstrap,
-        rush: &rush.bootstrap,
-        whitelist: std::path::Path::new("unused"),
-        group: "lookup-e2e",
-        routes: "[[routes]]\ntopic = \"orders\"\nservices = [\"payment\"]\nuser = { key = true }\n",
-        extra_bridge: "",
-        kafka: "\"max.poll.interval.ms\" = 10000\n\"session.timeout.ms\" = 6000",
-    })
-    .replace(
-        "file = \"unused\"\nrefresh = \"100ms\"",
-        &format!("url = \"{}\"\nmode = \"lookup\"\ncache_ttl = \"30s\"\nnegative_ttl = \"30s\"", mapper.url),
-    );
-    std::fs::write(&config, text).unwrap();
+    let routes = "[[routes]]\ntopic = \"orders\"\nservices = [\"payment\"]\nuser = { key = true }\n";
+    let lookup = "mode = \"lookup\"\ncache_ttl = \"30s\"\nnegative_ttl = \"30s\"";
+    let config = bridge_config(&prod, &rush, &mapper, "lookup-e2e", routes, lookup);
     let users = ["U1", "U2", "U3"];
     let inputs: Vec<Input> = (0..600)
         .map(|i| {

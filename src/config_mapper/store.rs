@@ -8,7 +8,7 @@ use std::path::Path;
 use std::sync::Mutex;
 
 use rusqlite::{Connection, OptionalExtension, params};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::whitelist::now_ms;
 
@@ -32,7 +32,8 @@ pub struct StoredEntry {
     pub expires_at: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+/// One audited change, as stored and as `GET /v1/audit` returns it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AuditRecord {
     pub id: i64,
     pub at: String,

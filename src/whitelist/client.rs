@@ -6,6 +6,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::{Snapshot, SnapshotError};
+use crate::config_mapper::AuditRecord;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -41,18 +42,6 @@ pub struct EntryView {
     pub expires_at: String,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub struct AuditView {
-    pub id: i64,
-    pub at: String,
-    pub who: String,
-    pub action: String,
-    pub user: String,
-    pub services: Vec<String>,
-    pub ttl_seconds: Option<i64>,
-    pub reason: Option<String>,
-}
-
 #[derive(Deserialize)]
 struct ErrorBody {
     error: String,
@@ -65,7 +54,7 @@ struct SnapshotBody {
 
 #[derive(Deserialize)]
 struct AuditBody {
-    records: Vec<AuditView>,
+    records: Vec<AuditRecord>,
 }
 
 fn encode(segment: &str) -> String {
@@ -144,16 +133,19 @@ impl MapperClient {
         }
     }
 
-    pub fn list(&self) -> Result<Vec<EntryView>, ClientError> {
-        let what = "GET /v1/whitelist";
-        let mut resp = self.agent.get(self.url("/v1/whitelist")).call().map_err(|e| self.unreachable(e))?;
+    /// `GET path`, expecting 200 and a JSON body of type `T`.
+    fn get_json<T: serde::de::DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
+        let what = format!("GET {path}");
+        let mut resp = self.agent.get(self.url(path)).call().map_err(|e| self.unreachable(e))?;
         if resp.status() != 200 {
-            return Err(self.refused(what, &mut resp));
+            return Err(self.refused(&what, &mut resp));
         }
-        let body = self.read(what, &mut resp)?;
-        let parsed: SnapshotBody = serde_json::from_slice(&body)
-            .map_err(|e| ClientError::Garbled { what: what.into(), reason: e.to_string() })?;
-        Ok(parsed.entries)
+        let body = self.read(&what, &mut resp)?;
+        serde_json::from_slice(&body).map_err(|e| ClientError::Garbled { what, reason: e.to_string() })
+    }
+
+    pub fn list(&self) -> Result<Vec<EntryView>, ClientError> {
+        Ok(self.get_json::<SnapshotBody>("/v1/whitelist")?.entries)
     }
 
     /// `GET /v1/whitelist/{user}`: `None` when the user is not whitelisted.
@@ -216,15 +208,7 @@ impl MapperClient {
         }
     }
 
-    pub fn audit(&self) -> Result<Vec<AuditView>, ClientError> {
-        let what = "GET /v1/audit";
-        let mut resp = self.agent.get(self.url("/v1/audit")).call().map_err(|e| self.unreachable(e))?;
-        if resp.status() != 200 {
-            return Err(self.refused(what, &mut resp));
-        }
-        let body = self.read(what, &mut resp)?;
-        let parsed: AuditBody = serde_json::from_slice(&body)
-            .map_err(|e| ClientError::Garbled { what: what.into(), reason: e.to_string() })?;
-        Ok(parsed.records)
+    pub fn audit(&self) -> Result<Vec<AuditRecord>, ClientError> {
+        Ok(self.get_json::<AuditBody>("/v1/audit")?.records)
     }
 }
