@@ -66,6 +66,9 @@ impl Parking {
         consumer: &BaseConsumer<RebalanceContext>,
         now: i64,
     ) -> Result<(), Box<ProduceError>> {
+        // A revoke and a new assignment of the same partition can happen inside one poll: the
+        // old queue must be gone before a record of the new assignment could join it.
+        self.apply_revocations();
         let Some(route) = pipeline.route_index(msg.topic()) else { return pipeline.process(msg, &Nobody, now) };
         let key = (route, msg.partition());
         if let Some(queue) = self.parked.get_mut(&key) {
@@ -113,10 +116,7 @@ impl Parking {
         for user in self.done.try_iter() {
             self.asked.remove(&user);
         }
-        let revoked: Vec<PartitionKey> = self.revoked.lock().map(|mut r| std::mem::take(&mut *r)).unwrap_or_default();
-        for key in revoked {
-            self.parked.remove(&key);
-        }
+        self.apply_revocations();
         let keys: Vec<PartitionKey> = self.parked.keys().copied().collect();
         for key in keys {
             let Some(mut queue) = self.parked.remove(&key) else { continue };
@@ -140,6 +140,16 @@ impl Parking {
             }
         }
         Ok(())
+    }
+
+    fn apply_revocations(&mut self) {
+        let revoked: Vec<PartitionKey> = match self.revoked.lock() {
+            Ok(mut r) if !r.is_empty() => std::mem::take(&mut *r),
+            _ => return,
+        };
+        for key in revoked {
+            self.parked.remove(&key);
+        }
     }
 
     /// Parked partitions, which a backpressure resume must leave paused.
