@@ -63,6 +63,8 @@ impl Stats {
             outputs_rush: self.acked_rush.load(Relaxed),
             upstream_honoured: self.upstream_honoured.load(Relaxed),
             passthrough: Passthrough::ALL.map(|p| (p.as_str(), self.passthrough_count(p))),
+            produce_errors: [ErrorClass::Retry, ErrorClass::Fatal, ErrorClass::Poison]
+                .map(|c| (c.as_str(), self.produce_error_count(c))),
         }
     }
 }
@@ -75,6 +77,7 @@ pub struct Summary {
     pub outputs_rush: u64,
     pub upstream_honoured: u64,
     pub passthrough: [(&'static str, u64); Passthrough::ALL.len()],
+    pub produce_errors: [(&'static str, u64); 3],
 }
 
 impl std::fmt::Display for Summary {
@@ -86,6 +89,10 @@ impl std::fmt::Display for Summary {
         )?;
         for (reason, n) in self.passthrough {
             write!(f, " {reason}={n}")?;
+        }
+        write!(f, "; produce errors")?;
+        for (class, n) in self.produce_errors {
+            write!(f, " {class}={n}")?;
         }
         Ok(())
     }

@@ -82,10 +82,6 @@ impl MapperClient {
         Self { base: base.trim_end_matches('/').to_owned(), agent, token }
     }
 
-    pub fn base(&self) -> &str {
-        &self.base
-    }
-
     fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
     }
