@@ -1,7 +1,7 @@
 //! The configuration file: TOML, typed and validated once at start.
 //!
 //! Parsing goes raw TOML → environment overrides → typed structs (`deny_unknown_fields`, so
-//! a typo is an error naming the key) → [`Config::validate`], which checks what types cannot
+//! a typo is an error naming the key) → `Config::validate`, which checks what types cannot
 //! (loops, duplicate outputs, one user source per route) and resolves every output topic.
 
 use std::collections::{BTreeMap, BTreeSet};

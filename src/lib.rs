@@ -13,9 +13,12 @@
 //! The I/O shell around it:
 //! - [`relay`]: consumer, producers, ordered offset tracking, the pipeline. A record is
 //!   decided in [`relay::pipeline`].
-//! - [`whitelist`]: where snapshots come from (a local file for now) and how they are swapped.
+//! - [`whitelist`]: where snapshots come from (a local file, a Config Mapper polled in snapshot
+//!   mode) and the per-user lookup cache of lookup mode.
 //! - [`kafka`]: client configuration and the retry / fatal / poison classification of errors.
-//! - [`config_mapper`]: the reference whitelist service (HTTP, SQLite, tokens, audit).
+//! - [`config_mapper`]: the reference whitelist service (HTTP, SQLite, tokens, audit), and
+//!   [`whitelist_cli`], the `whitelist` command that talks to one.
+//! - [`report`]: what `validate` prints.
 
 pub mod config;
 pub mod config_mapper;
