@@ -4,11 +4,10 @@
 
 mod common;
 
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::invariant::{self, StampCheck, TID};
-use common::{ConfigOpts, Input, Read, Tansu};
+use common::{Bridge, ConfigOpts, Input, Read, Tansu};
 
 const ORDERS: usize = 10_000;
 const CDC: usize = 1_000;
@@ -117,14 +116,7 @@ stamp = "payload"
     common::produce(&prod.bootstrap, "accounts-cdc", &cdc);
 
     let started = Instant::now();
-    let mut bridge = Command::new(env!("CARGO_BIN_EXE_tenancy-bridge"))
-        .args(["run", "--config"])
-        .arg(&config)
-        .env("RUST_LOG", "info,librdkafka=warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
+    let mut bridge = Bridge::start(&config);
     common::produce(&prod.bootstrap, "orders", &orders[ORDERS / 2..]);
 
     let order_services = ["payment", "shipping", "ledger"];
@@ -134,24 +126,10 @@ stamp = "payload"
     let (op, or) = read("orders", &order_services, ORDERS);
     let elapsed = started.elapsed();
     let (cp, cr) = read("accounts-cdc", &["payment", "ledger"], CDC);
-    if let Some(status) = bridge.try_wait().unwrap() {
-        panic!("bridge exited early: {status}");
-    }
+    bridge.assert_running();
 
     // A graceful stop: drain, commit, exit 0.
-    let pid = bridge.id().to_string();
-    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
-    let stop_deadline = Instant::now() + Duration::from_secs(30);
-    let status = loop {
-        if let Some(s) = bridge.try_wait().unwrap() {
-            break s;
-        }
-        assert!(Instant::now() < stop_deadline, "bridge did not exit within 30 s of SIGTERM");
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    let mut summary = String::new();
-    std::io::Read::read_to_string(bridge.stdout.as_mut().unwrap(), &mut summary).unwrap();
-    assert!(status.success(), "bridge exit {status}");
+    let summary = bridge.stop(Duration::from_secs(30));
 
     let in_orders = common::read_all(&prod.bootstrap, "orders", ORDERS, Duration::from_secs(60));
     let in_cdc = common::read_all(&prod.bootstrap, "accounts-cdc", CDC, Duration::from_secs(60));

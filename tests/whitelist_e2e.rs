@@ -4,13 +4,12 @@
 
 mod common;
 
-use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use common::invariant::{self, StampCheck, TID};
-use common::{Input, Mapper, Read, Tansu};
+use common::{Bridge, Input, Mapper, Read, Tansu};
 use tenancy_bridge::whitelist::client::MapperClient;
 use tenancy_bridge::whitelist::now_ms;
 
@@ -71,12 +70,7 @@ fn new_entry_takes_effect_within_a_refresh_and_an_outage_blocks_nothing() {
 
     let routes = "[[routes]]\ntopic = \"orders\"\nservices = [\"payment\"]\nuser = { header = \"x-user-id\" }\n";
     let config = bridge_config(&prod, &rush, &mapper, "wl-e2e", routes, "refresh = \"1s\"");
-    let mut bridge = Command::new(env!("CARGO_BIN_EXE_tenancy-bridge"))
-        .args(["run", "--config"])
-        .arg(&config)
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut bridge = Bridge::start(&config);
 
     // A steady stream for two users, 100 events/s each, from a standard producer.
     let stop = Arc::new(AtomicBool::new(false));
@@ -101,7 +95,7 @@ fn new_entry_takes_effect_within_a_refresh_and_an_outage_blocks_nothing() {
     let deadline = Instant::now() + Duration::from_secs(60);
     while common::read_until(&[(rush.bootstrap.as_str(), "orders.payment")], 1, Duration::from_secs(2))[0].is_empty() {
         assert!(Instant::now() < deadline, "the bridge never routed U1 to Rush");
-        assert!(bridge.try_wait().unwrap().is_none(), "bridge exited");
+        bridge.assert_running();
     }
     std::thread::sleep(Duration::from_millis(500));
     let added_at = now_ms();
@@ -113,7 +107,7 @@ fn new_entry_takes_effect_within_a_refresh_and_an_outage_blocks_nothing() {
     std::thread::sleep(Duration::from_secs(3));
     stop.store(true, Ordering::Relaxed);
     let produced = producer.join().unwrap();
-    assert!(bridge.try_wait().unwrap().is_none(), "bridge exited during the outage");
+    bridge.assert_running();
 
     let inputs = common::read_all(&prod.bootstrap, "orders", produced, Duration::from_secs(60));
     assert_eq!(inputs.len(), produced);
@@ -125,8 +119,7 @@ fn new_entry_takes_effect_within_a_refresh_and_an_outage_blocks_nothing() {
         produced,
         Duration::from_secs(60),
     );
-    assert!(Command::new("kill").args(["-TERM", &bridge.id().to_string()]).status().unwrap().success());
-    assert!(bridge.wait().unwrap().success());
+    bridge.stop(Duration::from_secs(30));
 
     // Where U7 switched: the first of its events that reached Rush.
     let first_rush = r["payment"]
@@ -178,17 +171,11 @@ fn lookup_mode_through_the_binary() {
         })
         .collect();
     common::produce(&prod.bootstrap, "orders", &inputs);
-    let mut bridge = Command::new(env!("CARGO_BIN_EXE_tenancy-bridge"))
-        .args(["run", "--config"])
-        .arg(&config)
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
+    let bridge = Bridge::start(&config);
     let read_in = common::read_all(&prod.bootstrap, "orders", 600, Duration::from_secs(60));
     let (p, r) =
         common::read_services(&prod.bootstrap, &rush.bootstrap, "orders", &["payment"], 600, Duration::from_secs(120));
-    assert!(Command::new("kill").args(["-TERM", &bridge.id().to_string()]).status().unwrap().success());
-    assert!(bridge.wait().unwrap().success());
+    bridge.stop(Duration::from_secs(30));
     let expected = |i: &Read, _: &str| (i.key.as_deref() == Some(b"U1")).then(|| "U1".to_string());
     let report = invariant::check(&read_in, &["payment"], &p, &r, expected, StampCheck::Header);
     report.assert_clean();

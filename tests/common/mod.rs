@@ -117,6 +117,55 @@ impl Drop for Mapper {
     }
 }
 
+/// A `tenancy-bridge run --config FILE` process; its stdout (the exit summary) is captured.
+pub struct Bridge(Child);
+
+impl Bridge {
+    pub fn start(config: &std::path::Path) -> Self {
+        let child = Command::new(env!("CARGO_BIN_EXE_tenancy-bridge"))
+            .args(["run", "--config"])
+            .arg(config)
+            .env("RUST_LOG", "info,librdkafka=warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        Self(child)
+    }
+
+    pub fn assert_running(&mut self) {
+        if let Some(status) = self.0.try_wait().unwrap() {
+            panic!("bridge exited early: {status}");
+        }
+    }
+
+    /// SIGTERM, then waits up to `within` for a clean exit; returns what it printed.
+    pub fn stop(mut self, within: Duration) -> String {
+        assert!(Command::new("kill").args(["-TERM", &self.0.id().to_string()]).status().unwrap().success());
+        let deadline = Instant::now() + within;
+        let status = loop {
+            if let Some(s) = self.0.try_wait().unwrap() {
+                break s;
+            }
+            assert!(Instant::now() < deadline, "bridge did not exit within {within:?} of SIGTERM");
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let mut out = String::new();
+        if let Some(stdout) = self.0.stdout.as_mut() {
+            std::io::Read::read_to_string(stdout, &mut out).unwrap();
+        }
+        assert!(status.success(), "bridge exit {status}");
+        out
+    }
+}
+
+impl Drop for Bridge {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 pub fn create_topic(bootstrap: &str, name: &str, partitions: i32) {
     let admin: AdminClient<DefaultClientContext> =
         ClientConfig::new().set("bootstrap.servers", bootstrap).create().unwrap();
