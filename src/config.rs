@@ -138,6 +138,10 @@ pub struct BridgeConfig {
     pub output_topic: String,
     #[serde(default = "defaults::tenancy_header")]
     pub tenancy_header: String,
+    /// Header the return path adds to what it forwards from Rush to prod (value `rush`); the
+    /// raw topic's name goes in the same header name plus `-topic`.
+    #[serde(default = "defaults::origin_header")]
+    pub origin_header: String,
     /// Input records read but not yet acknowledged on every output; the consumer pauses above it.
     #[serde(default = "defaults::max_in_flight")]
     pub max_in_flight: usize,
@@ -161,6 +165,7 @@ impl Default for BridgeConfig {
             group_id: defaults::group_id(),
             output_topic: defaults::output_topic(),
             tenancy_header: defaults::tenancy_header(),
+            origin_header: defaults::origin_header(),
             max_in_flight: defaults::max_in_flight(),
             drain_timeout: defaults::drain_timeout(),
             create_topics: defaults::create_topics(),
@@ -198,6 +203,9 @@ mod defaults {
     }
     pub fn tenancy_header() -> String {
         "event_tenancy".into()
+    }
+    pub fn origin_header() -> String {
+        "tenancy-origin".into()
     }
     pub fn max_in_flight() -> usize {
         20_000
@@ -325,6 +333,12 @@ impl Config {
                 }
             }
         }
+        if same_servers(&raw.prod.bootstrap_servers, &raw.rush.bootstrap_servers) {
+            return Err(invalid(
+                "rush.bootstrap_servers",
+                "names the prod cluster: outputs would collide and the return path would loop",
+            ));
+        }
         let b = &raw.bridge;
         if b.group_id.trim().is_empty() {
             return Err(invalid("bridge.group_id", "must not be empty"));
@@ -340,6 +354,9 @@ impl Config {
         }
         if !valid_header_name(&b.tenancy_header) {
             return Err(invalid("bridge.tenancy_header", "must be a non-empty printable ASCII name"));
+        }
+        if !valid_header_name(&b.origin_header) || b.origin_header == b.tenancy_header {
+            return Err(invalid("bridge.origin_header", "must be a printable ASCII name other than tenancy_header"));
         }
         if b.max_in_flight == 0 {
             return Err(invalid("bridge.max_in_flight", "must be at least 1"));
@@ -433,12 +450,6 @@ impl Config {
                     ));
                 }
             };
-            if r.return_path {
-                return Err(invalid(
-                    at("return_path"),
-                    "the return path is not available in this version yet; set it to false",
-                ));
-            }
             routes.push(Route { topic: r.topic, services, user, stamp: r.stamp, return_path: r.return_path });
         }
 
@@ -463,6 +474,17 @@ impl Config {
 
         Ok(Config { prod: raw.prod, rush: raw.rush, whitelist: raw.whitelist, bridge: raw.bridge, routes })
     }
+}
+
+/// Same broker list, ignoring order, case and spaces.
+fn same_servers(a: &str, b: &str) -> bool {
+    let norm = |s: &str| {
+        let mut v: Vec<String> =
+            s.split(',').map(|x| x.trim().to_ascii_lowercase()).filter(|x| !x.is_empty()).collect();
+        v.sort();
+        v
+    };
+    norm(a) == norm(b)
 }
 
 fn valid_topic_name(t: &str) -> bool {

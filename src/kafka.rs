@@ -107,18 +107,19 @@ pub fn producer_config(cluster: &ClusterConfig, name: &str, config: &Config) -> 
     c
 }
 
-pub fn consumer_config(config: &Config) -> ClientConfig {
+/// The relay's consumer on `cluster` (prod for the routes, Rush for the return path).
+pub fn consumer_config(cluster: &ClusterConfig, name: &str, group_id: &str) -> ClientConfig {
     let mut c = ClientConfig::new();
     // A new group starts at the beginning: an event produced before the bridge first ran is
     // still an input event that must reach its outputs.
     c.set("auto.offset.reset", "earliest");
     // Bound what librdkafka prefetches; the relay's own bound is bridge.max_in_flight.
     c.set("queued.max.messages.kbytes", "32768");
-    let user = base(&config.prod, ClientRole::Consumer, "tenancy-bridge-consumer");
+    let user = base(cluster, ClientRole::Consumer, &format!("tenancy-bridge-consumer-{name}"));
     for (k, v) in user.config_map() {
         c.set(k, v);
     }
-    c.set("group.id", &config.bridge.group_id);
+    c.set("group.id", group_id);
     // Offsets are committed only after every output is acknowledged, by the relay itself.
     c.set("enable.auto.commit", "false");
     c.set("enable.auto.offset.store", "false");

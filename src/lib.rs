@@ -28,5 +28,6 @@ pub mod kafka;
 pub mod relay;
 pub mod report;
 pub mod tenancy;
+pub mod verify;
 pub mod whitelist;
 pub mod whitelist_cli;

@@ -44,9 +44,11 @@ pub fn check_kafka_properties(config: &Config) -> Result<(), PropertyError> {
             .create_with_context::<_, BaseProducer<Quiet>>(Quiet)
             .map_err(|source| PropertyError { cluster, client: "producer", source })?;
     }
-    kafka::consumer_config(config)
-        .create_with_context::<_, BaseConsumer<Quiet>>(Quiet)
-        .map_err(|source| PropertyError { cluster: "prod", client: "consumer", source })?;
+    for (cluster, c) in [("prod", &config.prod), ("rush", &config.rush)] {
+        kafka::consumer_config(c, cluster, &config.bridge.group_id)
+            .create_with_context::<_, BaseConsumer<Quiet>>(Quiet)
+            .map_err(|source| PropertyError { cluster, client: "consumer", source })?;
+    }
     Ok(())
 }
 

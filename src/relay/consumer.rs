@@ -12,15 +12,17 @@ use rdkafka::error::KafkaResult;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
 use super::offsets::{PartitionKey, Tracker};
-use super::producer::Producers;
+use super::producer::Flush;
 use super::stats::Stats;
 
 pub struct RebalanceContext {
     pub tracker: Arc<Tracker>,
-    pub producers: Arc<Producers>,
+    pub producers: Arc<dyn Flush>,
     pub route_topics: Vec<String>,
     pub drain_timeout: Duration,
     pub stats: Arc<Stats>,
+    /// Which of the stats' gauges counts this consumer's partitions.
+    pub assigned: fn(&Stats) -> &std::sync::atomic::AtomicUsize,
     /// Lookup mode: revoked partitions, so parked records of them are dropped.
     pub revoked: Option<Arc<std::sync::Mutex<Vec<PartitionKey>>>>,
 }
@@ -83,7 +85,7 @@ impl ConsumerContext for RebalanceContext {
                 let keys = self.keys(tpl);
                 // Everything read from these partitions must be written and committed before
                 // another instance starts on them, or it would write those records again.
-                if let Err(e) = self.producers.flush(self.drain_timeout) {
+                if let Err(e) = self.producers.drain(self.drain_timeout) {
                     tracing::warn!(error = %e, "producers not drained within drain_timeout on revoke; the next owner replays the rest");
                 }
                 match self.commit(consumer, Some(&keys), CommitMode::Sync) {
@@ -98,13 +100,11 @@ impl ConsumerContext for RebalanceContext {
                         r.extend_from_slice(&keys);
                     }
                 }
-                let _ = self
-                    .stats
-                    .assigned_partitions
+                let _ = (self.assigned)(&self.stats)
                     .fetch_update(Relaxed, Relaxed, |n| Some(n.saturating_sub(tpl.count())));
             }
             Rebalance::Assign(tpl) => {
-                self.stats.assigned_partitions.fetch_add(tpl.count(), Relaxed);
+                (self.assigned)(&self.stats).fetch_add(tpl.count(), Relaxed);
                 tracing::info!(partitions = tpl.count(), "partitions assigned");
             }
             Rebalance::Error(e) => tracing::error!(error = %e, "rebalance error"),

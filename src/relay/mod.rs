@@ -2,35 +2,42 @@
 //! service to prod or Rush, commit an input offset only when all its outputs (and those of
 //! every earlier record of its partition) are acknowledged.
 //!
-//! Threads: the caller's thread polls the consumer (rebalance callbacks run there too); each
-//! producer has its own poll thread for delivery reports. Nothing here is async.
+//! With `return_path` routes, a second loop consumes their raw topics on Rush and forwards
+//! them to prod ([`return_path`]).
+//!
+//! Threads: the caller's thread polls the prod consumer (rebalance callbacks run there too), a
+//! second thread the Rush one; each producer has its own poll thread for delivery reports.
+//! Nothing here is async.
 
 mod consumer;
+mod forward;
 pub mod offsets;
 mod parking;
 pub mod pipeline;
+mod poll;
 mod producer;
+pub mod return_path;
 mod stats;
 pub mod topics;
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
-
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::error::KafkaError;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 pub use offsets::Tracker;
 pub use pipeline::ProduceError;
 pub use stats::{Stats, Summary};
 
 use crate::config::Config;
-use crate::kafka::{self, ErrorClass, classify};
+use crate::kafka::{self, ErrorClass};
+use crate::whitelist::SharedSnapshot;
 use crate::whitelist::lookup::LookupCache;
-use crate::whitelist::{SharedSnapshot, now_ms};
 use consumer::RebalanceContext;
+use forward::{Forward, Source};
 use pipeline::Pipeline;
 use producer::Producers;
+use return_path::ReturnPath;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RelayError {
@@ -62,11 +69,6 @@ impl From<SharedSnapshot> for WhitelistSource {
     }
 }
 
-/// How many records are handled per whitelist snapshot load and clock read.
-const BATCH: usize = 512;
-const POLL_TIMEOUT: Duration = Duration::from_millis(100);
-const LOOKUP_POLL_TIMEOUT: Duration = Duration::from_millis(5);
-
 /// Runs until `shutdown` is set or an error stops it; then drains, commits, and returns what it did.
 pub fn run(
     config: &Config,
@@ -76,7 +78,8 @@ pub fn run(
     run_with(config, whitelist, shutdown, Arc::new(Stats::default()))
 }
 
-/// [`run`] with counters the caller can read while it runs.
+/// [`run`] with counters the caller can read while it runs. The forward direction runs on the
+/// caller's thread, the return path (if any route has one) on another; either failing stops both.
 pub fn run_with(
     config: &Config,
     whitelist: impl Into<WhitelistSource>,
@@ -85,6 +88,50 @@ pub fn run_with(
 ) -> Result<Summary, RelayError> {
     let whitelist = whitelist.into();
     topics::ensure_outputs(config)?;
+    let failed = AtomicBool::new(false);
+    let stop = || shutdown.load(Ordering::Relaxed) || failed.load(Ordering::Relaxed);
+    let (forward, back) = std::thread::scope(|scope| {
+        let back = config.routes.iter().any(|r| r.return_path).then(|| {
+            let stats = stats.clone();
+            let (stop, failed) = (&stop, &failed);
+            std::thread::Builder::new().name("return-path".into()).spawn_scoped(scope, move || {
+                let r = run_return_path(config, stop, stats);
+                if r.is_err() {
+                    failed.store(true, Ordering::Relaxed);
+                }
+                r
+            })
+        });
+        let forward = run_forward(config, whitelist, &stop, stats.clone());
+        if forward.is_err() {
+            failed.store(true, Ordering::Relaxed);
+        }
+        let back = match back {
+            None => Ok(()),
+            Some(Err(e)) => Err(RelayError::Client {
+                what: "return path thread",
+                source: KafkaError::ClientCreation(e.to_string()),
+            }),
+            Some(Ok(handle)) => handle
+                .join()
+                .unwrap_or_else(|_| Err(RelayError::Client { what: "return path", source: KafkaError::Canceled })),
+        };
+        (forward, back)
+    });
+    let summary = stats.summary();
+    tracing::info!(%summary, "relay stopped");
+    forward?;
+    back?;
+    Ok(summary)
+}
+
+/// The forward direction: prod route topics → per-service outputs on prod or Rush.
+fn run_forward(
+    config: &Config,
+    whitelist: WhitelistSource,
+    stop: &dyn Fn() -> bool,
+    stats: Arc<Stats>,
+) -> Result<(), RelayError> {
     let tracker = Arc::new(Tracker::new());
     let producers = Arc::new(
         Producers::create(
@@ -106,17 +153,15 @@ pub fn run_with(
         route_topics: route_topics.clone(),
         drain_timeout: config.bridge.drain_timeout,
         stats: stats.clone(),
+        assigned: |s| &s.assigned_partitions,
         revoked: revoked.clone(),
     };
-    let consumer: BaseConsumer<RebalanceContext> = kafka::consumer_config(config)
-        .create_with_context(context)
-        .map_err(|source| RelayError::Client { what: "consumer", source })?;
-    let topics: Vec<&str> = route_topics.iter().map(String::as_str).collect();
-    consumer.subscribe(&topics).map_err(|source| RelayError::Client { what: "subscription", source })?;
-    tracing::info!(routes = topics.len(), group = %config.bridge.group_id, "relay started");
+    let consumer =
+        subscribe(kafka::consumer_config(&config.prod, "prod", &config.bridge.group_id), context, &route_topics)?;
+    tracing::info!(routes = route_topics.len(), group = %config.bridge.group_id, "relay started");
 
-    let mut pipeline = Pipeline::new(config, producers.clone(), tracker.clone(), stats.clone());
-    let mut source = match whitelist {
+    let pipeline = Pipeline::new(config, producers.clone(), tracker.clone(), stats.clone());
+    let source = match whitelist {
         WhitelistSource::Snapshot(s) => Source::Snapshot(s),
         WhitelistSource::Lookup { cache, workers } => {
             Source::Lookup(parking::Parking::new(cache, workers, revoked.unwrap_or_default()).map_err(|e| {
@@ -124,26 +169,81 @@ pub fn run_with(
             })?)
         }
     };
-    let result = poll_loop(config, &consumer, &mut pipeline, &tracker, &stats, &mut source, shutdown);
+    let mut handler = Forward::new(pipeline, source);
+    let limits = poll::Limits {
+        max_in_flight: config.bridge.max_in_flight,
+        commit_interval: config.bridge.commit_interval,
+        in_flight_peak: &stats.in_flight_peak,
+    };
+    let result = poll::run(&consumer, &tracker, &limits, &mut handler, stop);
+    finish(config, &consumer, &*producers, &tracker, &route_topics, result)
+}
 
-    // Drain: whatever was enqueued gets its chance to be acknowledged, then everything done is
-    // committed. A failure above still commits the safe prefix before it.
-    let drained = producers.flush(config.bridge.drain_timeout);
-    if let Err(e) = consumer.context().commit(&consumer, None, CommitMode::Sync) {
+/// The return path: Rush raw topics of return routes → the same topics on prod.
+fn run_return_path(config: &Config, stop: &dyn Fn() -> bool, stats: Arc<Stats>) -> Result<(), RelayError> {
+    let topics: Vec<String> = config.routes.iter().filter(|r| r.return_path).map(|r| r.topic.clone()).collect();
+    let tracker = Arc::new(Tracker::new());
+    let producer = Arc::new(
+        producer::return_producer(&kafka::producer_config(&config.prod, "prod-return", config), &tracker, &stats)
+            .map_err(|source| RelayError::Client { what: "return path producer", source })?,
+    );
+    let context = RebalanceContext {
+        tracker: tracker.clone(),
+        producers: producer.clone(),
+        route_topics: topics.clone(),
+        drain_timeout: config.bridge.drain_timeout,
+        stats: stats.clone(),
+        assigned: |s| &s.return_assigned_partitions,
+        revoked: None,
+    };
+    let consumer = subscribe(kafka::consumer_config(&config.rush, "rush", &config.bridge.group_id), context, &topics)?;
+    tracing::info!(topics = ?topics, group = %config.bridge.group_id, "return path started");
+    let mut handler = ReturnPath::new(topics.clone(), config, producer.clone(), tracker.clone(), stats.clone());
+    let limits = poll::Limits {
+        max_in_flight: config.bridge.max_in_flight,
+        commit_interval: config.bridge.commit_interval,
+        in_flight_peak: &stats.in_flight_peak,
+    };
+    let result = poll::run(&consumer, &tracker, &limits, &mut handler, stop);
+    finish(config, &consumer, &*producer, &tracker, &topics, result)
+}
+
+fn subscribe(
+    client: rdkafka::ClientConfig,
+    context: RebalanceContext,
+    topics: &[String],
+) -> Result<BaseConsumer<RebalanceContext>, RelayError> {
+    let consumer: BaseConsumer<RebalanceContext> =
+        client.create_with_context(context).map_err(|source| RelayError::Client { what: "consumer", source })?;
+    let names: Vec<&str> = topics.iter().map(String::as_str).collect();
+    consumer.subscribe(&names).map_err(|source| RelayError::Client { what: "subscription", source })?;
+    Ok(consumer)
+}
+
+/// Drain: whatever was enqueued gets its chance to be acknowledged, then everything done is
+/// committed. A failure in the loop still commits the safe prefix before it.
+fn finish(
+    config: &Config,
+    consumer: &BaseConsumer<RebalanceContext>,
+    producers: &dyn producer::Flush,
+    tracker: &Tracker,
+    topics: &[String],
+    result: Result<(), RelayError>,
+) -> Result<(), RelayError> {
+    let drained = producers.drain(config.bridge.drain_timeout);
+    if let Err(e) = consumer.context().commit(consumer, None, CommitMode::Sync) {
         tracing::error!(error = %e, "final commit failed; uncommitted records will be replayed on restart");
     }
     let pending = tracker.in_flight();
     consumer.unsubscribe();
-    let summary = stats.summary();
-    tracing::info!(%summary, "relay stopped");
     result?;
     if let Some(f) = tracker.failure() {
-        return Err(delivery_error(&route_topics, f));
+        return Err(delivery_error(topics, f));
     }
     if drained.is_err() && pending > 0 {
         return Err(RelayError::DrainTimeout { pending });
     }
-    Ok(summary)
+    Ok(())
 }
 
 fn delivery_error(route_topics: &[String], f: offsets::Failure) -> RelayError {
@@ -152,112 +252,5 @@ fn delivery_error(route_topics: &[String], f: offsets::Failure) -> RelayError {
         partition: f.key.1,
         offset: f.offset,
         reason: f.reason,
-    }
-}
-
-enum Source {
-    Snapshot(SharedSnapshot),
-    Lookup(parking::Parking),
-}
-
-fn poll_loop(
-    config: &Config,
-    consumer: &BaseConsumer<RebalanceContext>,
-    pipeline: &mut Pipeline,
-    tracker: &Tracker,
-    stats: &Stats,
-    source: &mut Source,
-    shutdown: &AtomicBool,
-) -> Result<(), RelayError> {
-    let max_in_flight = config.bridge.max_in_flight;
-    let mut last_commit = Instant::now();
-    let mut paused = false;
-    while !shutdown.load(Ordering::Relaxed) {
-        if tracker.failure().is_some() {
-            // Reported by the caller after the drain.
-            return Ok(());
-        }
-        // Backpressure: a slow cluster must not grow memory. Pausing keeps the group
-        // membership alive (poll still runs, serving rebalances) while nothing new is fetched.
-        let in_flight = tracker.in_flight();
-        let budget = max_in_flight.saturating_sub(in_flight).min(BATCH);
-        if budget == 0 {
-            if !paused {
-                set_paused(consumer, true, pipeline, source);
-                paused = true;
-            }
-            tracker.wait_below(max_in_flight, POLL_TIMEOUT);
-        } else if paused && in_flight <= max_in_flight / 2 {
-            set_paused(consumer, false, pipeline, source);
-            paused = false;
-        }
-
-        let snapshot = match &*source {
-            Source::Snapshot(s) => Some(s.load_full()),
-            Source::Lookup(_) => None,
-        };
-        let now = now_ms();
-        // Parked records wait for lookups: poll briefly so their answers are picked up soon.
-        let first_timeout = match &*source {
-            Source::Lookup(p) if p.has_parked() => LOOKUP_POLL_TIMEOUT,
-            _ => POLL_TIMEOUT,
-        };
-        // While paused, one zero-timeout poll serves callbacks; a record still returned was
-        // fetched before the pause and is handled in order.
-        for n in 0..budget.max(1) {
-            let timeout = if n == 0 && !paused { first_timeout } else { Duration::ZERO };
-            match consumer.poll(timeout) {
-                None => break,
-                Some(Ok(msg)) => match (&mut *source, &snapshot) {
-                    (Source::Lookup(p), _) => p.offer(&msg, pipeline, consumer, now)?,
-                    (Source::Snapshot(_), Some(s)) => pipeline.process(&msg, &**s, now)?,
-                    (Source::Snapshot(_), None) => {}
-                },
-                Some(Err(e)) => match classify(&e) {
-                    ErrorClass::Retry => {
-                        tracing::warn!(error = %e, "consumer error, retrying");
-                        break;
-                    }
-                    class => return Err(RelayError::Consume { class, source: e }),
-                },
-            }
-        }
-        if let Source::Lookup(p) = &mut *source {
-            p.drain(pipeline, consumer, now)?;
-        }
-        stats.in_flight_peak.fetch_max(tracker.in_flight(), Ordering::Relaxed);
-
-        if last_commit.elapsed() >= config.bridge.commit_interval {
-            last_commit = Instant::now();
-            if let Err(e) = consumer.context().commit(consumer, None, CommitMode::Async) {
-                tracing::warn!(error = %e, "commit failed; will retry");
-            }
-        }
-    }
-    Ok(())
-}
-
-/// Pauses or resumes the whole assignment; a resume leaves partitions parked for a lookup paused.
-fn set_paused(consumer: &BaseConsumer<RebalanceContext>, pause: bool, pipeline: &Pipeline, source: &Source) {
-    let result = consumer.assignment().and_then(|a| {
-        if pause {
-            return consumer.pause(&a);
-        }
-        let parked: Vec<(usize, i32)> = match source {
-            Source::Lookup(p) => p.parked_partitions().collect(),
-            Source::Snapshot(_) => Vec::new(),
-        };
-        let mut tpl = rdkafka::TopicPartitionList::new();
-        for e in a.elements() {
-            let is_parked = pipeline.route_index(e.topic()).is_some_and(|r| parked.contains(&(r, e.partition())));
-            if !is_parked {
-                tpl.add_partition(e.topic(), e.partition());
-            }
-        }
-        consumer.resume(&tpl)
-    });
-    match result {
-        Ok(()) => tracing::debug!(pause, "backpressure"),
-        Err(e) => tracing::warn!(error = %e, pause, "cannot change pause state"),
     }
 }

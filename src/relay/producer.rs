@@ -15,6 +15,8 @@ use crate::tenancy::Cluster;
 
 pub struct DeliveryContext {
     cluster: Cluster,
+    /// The return path's prod producer counts its acknowledgements apart from fan-out outputs.
+    return_path: bool,
     tracker: Arc<Tracker>,
     stats: Arc<Stats>,
 }
@@ -33,7 +35,11 @@ impl ProducerContext for DeliveryContext {
     fn delivery(&self, result: &DeliveryResult<'_>, opaque: usize) {
         match result {
             Ok(_) => {
-                self.stats.acked(self.cluster);
+                if self.return_path {
+                    self.stats.return_forwarded.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                } else {
+                    self.stats.acked(self.cluster);
+                }
                 self.tracker.ack(opaque);
             }
             Err((err, msg)) => {
@@ -67,7 +73,8 @@ impl Producers {
         tracker: &Arc<Tracker>,
         stats: &Arc<Stats>,
     ) -> Result<Self, KafkaError> {
-        let ctx = |cluster| DeliveryContext { cluster, tracker: tracker.clone(), stats: stats.clone() };
+        let ctx =
+            |cluster| DeliveryContext { cluster, return_path: false, tracker: tracker.clone(), stats: stats.clone() };
         Ok(Self {
             prod: prod.create_with_context(ctx(Cluster::Prod))?,
             rush: rush.create_with_context(ctx(Cluster::Rush))?,
@@ -80,12 +87,39 @@ impl Producers {
             Cluster::Rush => &self.rush,
         }
     }
+}
 
-    /// Waits up to `timeout` for both producers to deliver everything queued.
-    pub fn flush(&self, timeout: Duration) -> Result<(), KafkaError> {
+/// The return path's producer: writes to prod, acknowledgements counted as returned records.
+pub fn return_producer(
+    prod: &rdkafka::ClientConfig,
+    tracker: &Arc<Tracker>,
+    stats: &Arc<Stats>,
+) -> Result<OutputProducer, KafkaError> {
+    prod.create_with_context(DeliveryContext {
+        cluster: Cluster::Prod,
+        return_path: true,
+        tracker: tracker.clone(),
+        stats: stats.clone(),
+    })
+}
+
+/// What a consumer must drain before it gives partitions away or stops.
+pub trait Flush: Send + Sync {
+    /// Waits up to `timeout` for everything queued to be delivered.
+    fn drain(&self, timeout: Duration) -> Result<(), KafkaError>;
+}
+
+impl Flush for Producers {
+    fn drain(&self, timeout: Duration) -> Result<(), KafkaError> {
         let started = std::time::Instant::now();
         self.prod.flush(timeout)?;
         self.rush.flush(timeout.saturating_sub(started.elapsed()))
+    }
+}
+
+impl Flush for OutputProducer {
+    fn drain(&self, timeout: Duration) -> Result<(), KafkaError> {
+        Producer::flush(self, timeout)
     }
 }
 

@@ -19,6 +19,12 @@ pub struct Stats {
     pub in_flight_peak: AtomicUsize,
     /// Input partitions this instance owns now.
     pub assigned_partitions: AtomicUsize,
+    /// Return path: records read on Rush, acknowledged on prod, dropped as loops; Rush raw
+    /// partitions owned.
+    pub return_in: AtomicU64,
+    pub return_forwarded: AtomicU64,
+    pub return_looped: AtomicU64,
+    pub return_assigned_partitions: AtomicUsize,
     passthrough: [AtomicU64; Passthrough::ALL.len()],
     produce_errors: [AtomicU64; 3],
 }
@@ -62,6 +68,8 @@ impl Stats {
             outputs_prod: self.acked_prod.load(Relaxed),
             outputs_rush: self.acked_rush.load(Relaxed),
             upstream_honoured: self.upstream_honoured.load(Relaxed),
+            return_forwarded: self.return_forwarded.load(Relaxed),
+            return_looped: self.return_looped.load(Relaxed),
             passthrough: Passthrough::ALL.map(|p| (p.as_str(), self.passthrough_count(p))),
             produce_errors: [ErrorClass::Retry, ErrorClass::Fatal, ErrorClass::Poison]
                 .map(|c| (c.as_str(), self.produce_error_count(c))),
@@ -76,6 +84,8 @@ pub struct Summary {
     pub outputs_prod: u64,
     pub outputs_rush: u64,
     pub upstream_honoured: u64,
+    pub return_forwarded: u64,
+    pub return_looped: u64,
     pub passthrough: [(&'static str, u64); Passthrough::ALL.len()],
     pub produce_errors: [(&'static str, u64); 3],
 }
@@ -90,6 +100,7 @@ impl std::fmt::Display for Summary {
         for (reason, n) in self.passthrough {
             write!(f, " {reason}={n}")?;
         }
+        write!(f, "; return path forwarded {}, loops dropped {}", self.return_forwarded, self.return_looped)?;
         write!(f, "; produce errors")?;
         for (class, n) in self.produce_errors {
             write!(f, " {class}={n}")?;

@@ -1,5 +1,6 @@
 //! Output topics: same name on both clusters, same partition count as their input, so a record
-//! keeps its partition number and with it its order and key locality.
+//! keeps its partition number and with it its order and key locality. The same holds for a
+//! return route's raw topic on Rush.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -21,7 +22,7 @@ pub enum TopicError {
     #[error("input topic {topic:?} does not exist on the prod cluster (routes[{route}].topic)")]
     MissingInput { route: usize, topic: String },
     #[error(
-        "{cluster} cluster: output topic {topic:?} has {actual} partitions but its input {input:?} has {expected}; \
+        "{cluster} cluster: topic {topic:?} has {actual} partitions but prod input {input:?} has {expected}; \
          records must keep their partition, so delete or repartition it"
     )]
     PartitionMismatch { cluster: &'static str, topic: String, input: String, expected: usize, actual: usize },
@@ -59,19 +60,22 @@ pub fn ensure_outputs(config: &Config) -> Result<BTreeMap<String, usize>, TopicE
         let mut missing = Vec::new();
         for r in &config.routes {
             let expected = inputs[&r.topic];
-            for s in &r.services {
-                match existing.get(&s.output_topic) {
+            // On Rush, a return route's raw topic is where Rush instances produce; it mirrors
+            // prod's partitioning so a record can keep its partition on the way back.
+            let raw = (name == "rush" && r.return_path).then_some(&r.topic);
+            for topic in r.services.iter().map(|s| &s.output_topic).chain(raw) {
+                match existing.get(topic) {
                     Some(&actual) if actual != expected => {
                         return Err(TopicError::PartitionMismatch {
                             cluster: name,
-                            topic: s.output_topic.clone(),
+                            topic: topic.clone(),
                             input: r.topic.clone(),
                             expected,
                             actual,
                         });
                     }
                     Some(_) => {}
-                    None => missing.push((s.output_topic.as_str(), expected)),
+                    None => missing.push((topic.as_str(), expected)),
                 }
             }
         }

@@ -421,6 +421,8 @@ bootstrap_servers = "{prod}"
 {kafka}
 [rush]
 bootstrap_servers = "{rush}"
+[rush.consumer]
+{kafka}
 [whitelist]
 file = "{wl}"
 refresh = "100ms"

@@ -1,0 +1,84 @@
+//! The forward direction's record handling: decide each prod record from the whitelist (a
+//! snapshot per batch, or per-user lookups with parking) and fan it out.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rdkafka::consumer::BaseConsumer;
+use rdkafka::message::BorrowedMessage;
+
+use super::RelayError;
+use super::consumer::RebalanceContext;
+use super::parking::Parking;
+use super::pipeline::Pipeline;
+use super::poll::{Handler, POLL_TIMEOUT};
+use crate::whitelist::{SharedSnapshot, Snapshot, now_ms};
+
+/// Parked records wait for lookups: poll briefly so their answers are picked up soon.
+const LOOKUP_POLL_TIMEOUT: Duration = Duration::from_millis(5);
+
+pub enum Source {
+    Snapshot(SharedSnapshot),
+    Lookup(Parking),
+}
+
+pub struct Forward {
+    pub pipeline: Pipeline,
+    pub source: Source,
+    batch_snapshot: Option<Arc<Snapshot>>,
+    now: i64,
+}
+
+impl Forward {
+    pub fn new(pipeline: Pipeline, source: Source) -> Self {
+        Self { pipeline, source, batch_snapshot: None, now: 0 }
+    }
+}
+
+impl Handler for Forward {
+    fn begin_batch(&mut self) {
+        // One snapshot and one clock reading per batch: every record of the batch is decided
+        // from the same whitelist.
+        self.batch_snapshot = match &self.source {
+            Source::Snapshot(s) => Some(s.load_full()),
+            Source::Lookup(_) => None,
+        };
+        self.now = now_ms();
+    }
+
+    fn poll_timeout(&self) -> Duration {
+        match &self.source {
+            Source::Lookup(p) if p.has_parked() => LOOKUP_POLL_TIMEOUT,
+            _ => POLL_TIMEOUT,
+        }
+    }
+
+    fn handle(
+        &mut self,
+        msg: &BorrowedMessage<'_>,
+        consumer: &BaseConsumer<RebalanceContext>,
+    ) -> Result<(), RelayError> {
+        match (&mut self.source, &self.batch_snapshot) {
+            (Source::Lookup(p), _) => p.offer(msg, &mut self.pipeline, consumer, self.now)?,
+            (Source::Snapshot(_), Some(s)) => self.pipeline.process(msg, &**s, self.now)?,
+            (Source::Snapshot(_), None) => {}
+        }
+        Ok(())
+    }
+
+    fn end_batch(&mut self, consumer: &BaseConsumer<RebalanceContext>) -> Result<(), RelayError> {
+        if let Source::Lookup(p) = &mut self.source {
+            p.drain(&mut self.pipeline, consumer, self.now)?;
+        }
+        Ok(())
+    }
+
+    fn held(&self, topic: &str, partition: i32) -> bool {
+        match &self.source {
+            Source::Lookup(p) => {
+                self.pipeline.route_index(topic).is_some_and(|r| p.parked_partitions().any(|k| k == (r, partition)))
+            }
+            Source::Snapshot(_) => false,
+        }
+    }
+}

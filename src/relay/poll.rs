@@ -1,0 +1,126 @@
+//! The poll loop both directions share: bounded in flight (pause above the bound, resume below
+//! half), one batch per whitelist load, periodic commits of what is fully acknowledged.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::message::BorrowedMessage;
+
+use super::RelayError;
+use super::consumer::RebalanceContext;
+use super::offsets::Tracker;
+use crate::kafka::{ErrorClass, classify};
+
+/// How many records are handled per batch (one whitelist snapshot load and clock read).
+pub const BATCH: usize = 512;
+pub const POLL_TIMEOUT: Duration = Duration::from_millis(100);
+
+/// What a direction does with the records the loop polls.
+pub trait Handler {
+    /// Once per batch, before its records.
+    fn begin_batch(&mut self) {}
+    /// How long the first poll of a batch may wait.
+    fn poll_timeout(&self) -> Duration {
+        POLL_TIMEOUT
+    }
+    fn handle(
+        &mut self,
+        msg: &BorrowedMessage<'_>,
+        consumer: &BaseConsumer<RebalanceContext>,
+    ) -> Result<(), RelayError>;
+    /// Once per batch, after its records.
+    fn end_batch(&mut self, _consumer: &BaseConsumer<RebalanceContext>) -> Result<(), RelayError> {
+        Ok(())
+    }
+    /// A partition a backpressure resume must leave paused (it waits for something else).
+    fn held(&self, _topic: &str, _partition: i32) -> bool {
+        false
+    }
+}
+
+pub struct Limits<'a> {
+    pub max_in_flight: usize,
+    pub commit_interval: Duration,
+    pub in_flight_peak: &'a AtomicUsize,
+}
+
+/// Runs until `stop` says so or a record cannot be handled. A delivery failure ends the loop
+/// quietly: the caller reports it after the drain.
+pub fn run<H: Handler>(
+    consumer: &BaseConsumer<RebalanceContext>,
+    tracker: &Tracker,
+    limits: &Limits<'_>,
+    handler: &mut H,
+    stop: &dyn Fn() -> bool,
+) -> Result<(), RelayError> {
+    let max_in_flight = limits.max_in_flight;
+    let mut last_commit = Instant::now();
+    let mut paused = false;
+    while !stop() {
+        if tracker.failure().is_some() {
+            return Ok(());
+        }
+        // Backpressure: a slow cluster must not grow memory. Pausing keeps the group
+        // membership alive (poll still runs, serving rebalances) while nothing new is fetched.
+        let in_flight = tracker.in_flight();
+        let budget = max_in_flight.saturating_sub(in_flight).min(BATCH);
+        if budget == 0 {
+            if !paused {
+                set_paused(consumer, true, handler);
+                paused = true;
+            }
+            tracker.wait_below(max_in_flight, POLL_TIMEOUT);
+        } else if paused && in_flight <= max_in_flight / 2 {
+            set_paused(consumer, false, handler);
+            paused = false;
+        }
+
+        handler.begin_batch();
+        let first_timeout = handler.poll_timeout();
+        // While paused, one zero-timeout poll serves callbacks; a record still returned was
+        // fetched before the pause and is handled in order.
+        for n in 0..budget.max(1) {
+            let timeout = if n == 0 && !paused { first_timeout } else { Duration::ZERO };
+            match consumer.poll(timeout) {
+                None => break,
+                Some(Ok(msg)) => handler.handle(&msg, consumer)?,
+                Some(Err(e)) => match classify(&e) {
+                    ErrorClass::Retry => {
+                        tracing::warn!(error = %e, "consumer error, retrying");
+                        break;
+                    }
+                    class => return Err(RelayError::Consume { class, source: e }),
+                },
+            }
+        }
+        handler.end_batch(consumer)?;
+        limits.in_flight_peak.fetch_max(tracker.in_flight(), Ordering::Relaxed);
+
+        if last_commit.elapsed() >= limits.commit_interval {
+            last_commit = Instant::now();
+            if let Err(e) = consumer.context().commit(consumer, None, CommitMode::Async) {
+                tracing::warn!(error = %e, "commit failed; will retry");
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Pauses or resumes the whole assignment; a resume leaves held partitions paused.
+fn set_paused<H: Handler>(consumer: &BaseConsumer<RebalanceContext>, pause: bool, handler: &H) {
+    let result = consumer.assignment().and_then(|a| {
+        if pause {
+            return consumer.pause(&a);
+        }
+        let mut tpl = rdkafka::TopicPartitionList::new();
+        for e in a.elements().iter().filter(|e| !handler.held(e.topic(), e.partition())) {
+            tpl.add_partition(e.topic(), e.partition());
+        }
+        consumer.resume(&tpl)
+    });
+    match result {
+        Ok(()) => tracing::debug!(pause, "backpressure"),
+        Err(e) => tracing::warn!(error = %e, pause, "cannot change pause state"),
+    }
+}

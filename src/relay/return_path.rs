@@ -1,0 +1,128 @@
+//! The return path: what Rush instances produce on a route's raw topic on the Rush cluster is
+//! forwarded into the same topic on prod, same partition, key, headers and timestamp, plus a
+//! provenance header. The forward direction then fans it out like any production event.
+//!
+//! The bridge writes only `{topic}.{service}` topics on Rush and configuration refuses an
+//! output that is also an input, so the bridge never reads its own writes back. A record that
+//! arrives on Rush `T` already carrying the provenance of `T` has been through this path once
+//! and was copied back by someone else; forwarding it again would loop, so it is dropped and
+//! counted (its offset is still committed).
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+
+use rdkafka::consumer::BaseConsumer;
+use rdkafka::message::{BorrowedMessage, Header, Message, OwnedHeaders};
+
+use super::RelayError;
+use super::consumer::RebalanceContext;
+use super::offsets::Tracker;
+use super::pipeline::ProduceError;
+use super::poll::Handler;
+use super::producer::{Output, OutputProducer, send};
+use super::stats::Stats;
+use crate::config::Config;
+
+/// Value of the provenance header on forwarded records.
+pub const ORIGIN_RUSH: &str = "rush";
+
+/// Names of the two provenance headers: origin (`rush`) and the raw topic it came through.
+#[derive(Debug, Clone)]
+pub struct Provenance {
+    pub origin: String,
+    pub topic: String,
+}
+
+impl Provenance {
+    pub fn new(config: &Config) -> Self {
+        let origin = config.bridge.origin_header.clone();
+        Self { topic: format!("{origin}-topic"), origin }
+    }
+
+    /// True when `headers` say the record already came through the return path of `topic`.
+    pub fn came_through<H: rdkafka::message::Headers>(&self, headers: Option<&H>, topic: &str) -> bool {
+        let Some(h) = headers else { return false };
+        let last = |name: &str| h.iter().filter(|x| x.key == name).last().and_then(|x| x.value);
+        last(&self.origin) == Some(ORIGIN_RUSH.as_bytes()) && last(&self.topic) == Some(topic.as_bytes())
+    }
+
+    /// The input headers, earlier provenance replaced by this hop's.
+    fn stamp<H: rdkafka::message::Headers>(&self, headers: Option<&H>, topic: &str) -> OwnedHeaders {
+        let n = headers.map_or(0, |h| h.count()) + 2;
+        let mut out = OwnedHeaders::new_with_capacity(n);
+        if let Some(h) = headers {
+            for x in h.iter().filter(|x| x.key != self.origin && x.key != self.topic) {
+                out = out.insert(Header { key: x.key, value: x.value });
+            }
+        }
+        out.insert(Header { key: &self.origin, value: Some(ORIGIN_RUSH) })
+            .insert(Header { key: &self.topic, value: Some(topic) })
+    }
+}
+
+pub struct ReturnPath {
+    topics: Vec<String>,
+    provenance: Provenance,
+    producer: Arc<OutputProducer>,
+    tracker: Arc<Tracker>,
+    stats: Arc<Stats>,
+}
+
+impl ReturnPath {
+    pub fn new(
+        topics: Vec<String>,
+        config: &Config,
+        producer: Arc<OutputProducer>,
+        tracker: Arc<Tracker>,
+        stats: Arc<Stats>,
+    ) -> Self {
+        Self { topics, provenance: Provenance::new(config), producer, tracker, stats }
+    }
+}
+
+impl Handler for ReturnPath {
+    fn handle(&mut self, msg: &BorrowedMessage<'_>, _: &BaseConsumer<RebalanceContext>) -> Result<(), RelayError> {
+        let Some(ri) = self.topics.iter().position(|t| t == msg.topic()) else {
+            tracing::warn!(topic = msg.topic(), "return path: record from a topic without a return route; skipped");
+            return Ok(());
+        };
+        let key = (ri, msg.partition());
+        self.stats.return_in.fetch_add(1, Relaxed);
+        let topic = &self.topics[ri];
+        if self.provenance.came_through(msg.headers(), topic) {
+            let n = self.stats.return_looped.fetch_add(1, Relaxed) + 1;
+            // Every occurrence is counted; the log says so at 1, 2, 4, 8, … to stay readable.
+            if n.is_power_of_two() {
+                tracing::warn!(
+                    topic = %topic, partition = msg.partition(), offset = msg.offset(), dropped = n,
+                    "return path: record already came through this topic's return path; dropped, not looped"
+                );
+            }
+            self.tracker.begin(key, msg.offset(), 0);
+            return Ok(());
+        }
+        let opaque = self.tracker.begin(key, msg.offset(), 1);
+        let out = Output {
+            topic,
+            partition: msg.partition(),
+            key: msg.key(),
+            payload: msg.payload(),
+            headers: Some(self.provenance.stamp(msg.headers(), topic)),
+            timestamp: msg.timestamp(),
+            opaque,
+        };
+        send(&self.producer, out).map_err(|(source, class)| {
+            self.stats.produce_error(class);
+            Box::new(ProduceError {
+                input_topic: format!("rush:{topic}"),
+                partition: msg.partition(),
+                offset: msg.offset(),
+                cluster: "prod",
+                output_topic: topic.clone(),
+                class,
+                source,
+            })
+        })?;
+        Ok(())
+    }
+}

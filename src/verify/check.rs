@@ -1,0 +1,441 @@
+//! The invariant, checked on records read back (pure: no Kafka client here).
+//!
+//! Inputs carry no id, so an output is matched to its input by identity: partition, key,
+//! timestamp, headers and payload, ignoring what the bridge may change on a Rush copy (the
+//! tenancy stamp, trace context, return-path provenance). Within one partition an output stream
+//! is matched greedily in order, so a record seen again is a duplicate and a record seen after a
+//! later one is out of order.
+
+use std::collections::{BTreeMap, HashMap};
+use std::hash::{BuildHasher, Hasher};
+
+use crate::config::Route;
+use crate::extract::{Headers, RecordView, TenancyKey};
+use crate::json_scan::Found;
+use crate::tenancy::{self, Cluster, Reason};
+use crate::whitelist::Whitelist;
+
+/// One record as read from a topic.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record {
+    pub partition: i32,
+    pub offset: i64,
+    pub key: Option<Vec<u8>>,
+    pub payload: Option<Vec<u8>>,
+    pub headers: Vec<(String, Option<Vec<u8>>)>,
+    pub timestamp: Option<i64>,
+}
+
+impl Headers for Record {
+    fn last(&self, name: &str) -> Option<&[u8]> {
+        self.headers.iter().rev().find(|(k, _)| k == name).and_then(|(_, v)| v.as_deref())
+    }
+}
+
+/// Where an input record is, for messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct At {
+    pub partition: i32,
+    pub offset: i64,
+}
+
+impl std::fmt::Display for At {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "[{}]@{}", self.partition, self.offset)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Violation {
+    /// On neither cluster, and the bridge's group has committed past it.
+    Missing {
+        input: At,
+    },
+    Duplicated {
+        input: At,
+        cluster: Cluster,
+        copies: usize,
+    },
+    OnBoth {
+        input: At,
+    },
+    /// Delivered after an output of a later input of its partition.
+    OutOfOrder {
+        input: At,
+        cluster: Cluster,
+        output_offset: i64,
+    },
+    /// On Rush although its decision cannot name Rush (no user, not JSON, upstream stamp for
+    /// other services), or on prod although an upstream stamp names this service.
+    WrongCluster {
+        input: At,
+        cluster: Cluster,
+        why: String,
+    },
+    Stamp {
+        input: At,
+        output_offset: i64,
+        want: String,
+        found: String,
+    },
+    /// An output that matches no input of its partition.
+    Unknown {
+        cluster: Cluster,
+        partition: i32,
+        output_offset: i64,
+    },
+}
+
+impl std::fmt::Display for Violation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Missing { input } => write!(f, "input {input}: missing on both clusters"),
+            Self::Duplicated { input, cluster, copies } => {
+                write!(f, "input {input}: duplicated, {copies} copies on {}", cluster.as_str())
+            }
+            Self::OnBoth { input } => write!(f, "input {input}: on both clusters"),
+            Self::OutOfOrder { input, cluster, output_offset } => {
+                write!(
+                    f,
+                    "input {input}: out of partition order on {} (output offset {output_offset})",
+                    cluster.as_str()
+                )
+            }
+            Self::WrongCluster { input, cluster, why } => {
+                write!(f, "input {input}: on {}, but {why}", cluster.as_str())
+            }
+            Self::Stamp { input, output_offset, want, found } => {
+                write!(f, "input {input}: Rush copy @{output_offset} stamped {found}, want {want:?}")
+            }
+            Self::Unknown { cluster, partition, output_offset } => write!(
+                f,
+                "{} output [{partition}]@{output_offset} matches no input record of its partition",
+                cluster.as_str()
+            ),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ServiceReport {
+    pub service: String,
+    /// Input records judged.
+    pub inputs: usize,
+    /// Inputs delivered to prod / Rush (first copies).
+    pub prod: usize,
+    pub rush: usize,
+    /// Inputs not delivered yet that the bridge has not committed: in flight, not violations.
+    pub pending: usize,
+    pub violations: Vec<Violation>,
+}
+
+/// What a check ignores and may rely on.
+pub struct Rules<'a> {
+    pub tenancy: &'a TenancyKey,
+    /// Headers the bridge may add or rewrite on a copy (trace context, provenance).
+    pub volatile_headers: &'a [&'a str],
+}
+
+/// Everyone listed for every service: the decision verify can reproduce without history.
+struct Everyone(Vec<Box<str>>);
+
+impl Whitelist for Everyone {
+    fn services_for(&self, _: &str, _: i64) -> Option<&[Box<str>]> {
+        Some(&self.0)
+    }
+}
+
+/// What an input's decision must be for one service, as far as it can be known afterwards.
+enum Expect {
+    /// Must be on prod (no usable user, or an upstream stamp not naming this service).
+    Prod(String),
+    /// Must be on Rush, stamped so (an upstream stamp names this service).
+    Rush(String),
+    /// The whitelist at the time decided; if on Rush, stamped so.
+    Either(String),
+}
+
+fn expect(route: &Route, everyone: &Everyone, service: usize, input: &Record, rules: &Rules<'_>) -> Expect {
+    let view = RecordView { key: input.key.as_deref(), payload: input.payload.as_deref(), headers: input };
+    let d = tenancy::decide(route, &view, everyone, 0, rules.tenancy);
+    let mut stamp = String::new();
+    if let Some(u) = &d.user {
+        tenancy::tenancy_value(u, &route.services[service].name, &mut stamp);
+    }
+    match d.reason {
+        Reason::Passthrough(p) => Expect::Prod(format!("it is production traffic ({})", p.as_str())),
+        Reason::Upstream if d.cluster(service) == Cluster::Rush => Expect::Rush(stamp),
+        Reason::Upstream => Expect::Prod("its upstream stamp does not name this service".into()),
+        Reason::Whitelist if d.cluster(service) == Cluster::Rush => Expect::Either(stamp),
+        // A payload-stamped route keeps an event it cannot stamp on prod.
+        Reason::Whitelist => Expect::Prod("its payload cannot carry a stamp".into()),
+    }
+}
+
+/// Identity of a record for matching: everything but what the bridge may change on a copy.
+fn identity(r: &Record, rules: &Rules<'_>, strip_payload_stamp: bool) -> u64 {
+    let mut h = foldhash::quality::FixedState::with_seed(0x7e4a).build_hasher();
+    h.write_i32(r.partition);
+    write_opt(&mut h, r.key.as_deref());
+    h.write_i64(r.timestamp.unwrap_or(i64::MIN));
+    for (k, v) in &r.headers {
+        if k == rules.tenancy.as_str() || rules.volatile_headers.contains(&k.as_str()) {
+            continue;
+        }
+        h.write(k.as_bytes());
+        h.write_u8(0xff);
+        write_opt(&mut h, v.as_deref());
+    }
+    h.write_u8(0xfe);
+    match (&r.payload, strip_payload_stamp) {
+        (Some(p), true) => write_opt(&mut h, Some(&without_member(p, rules.tenancy))),
+        (p, _) => write_opt(&mut h, p.as_deref()),
+    }
+    h.finish()
+}
+
+fn write_opt(h: &mut impl Hasher, b: Option<&[u8]>) {
+    match b {
+        None => h.write_u8(0),
+        Some(b) => {
+            h.write_u8(1);
+            h.write_usize(b.len());
+            h.write(b);
+        }
+    }
+}
+
+/// The payload without its top-level tenancy member (and one adjacent comma), so an input and
+/// its payload-stamped copy compare equal however the stamp was spliced in.
+pub fn without_member(payload: &[u8], key: &TenancyKey) -> Vec<u8> {
+    let Found::Value { start, end } = key.find_in(payload) else { return payload.to_vec() };
+    let quoted = format!("\"{}\"", key.as_str());
+    let mut k = start;
+    while k > 0 && payload[k - 1].is_ascii_whitespace() {
+        k -= 1;
+    }
+    if k == 0 || payload[k - 1] != b':' {
+        return payload.to_vec();
+    }
+    k -= 1;
+    while k > 0 && payload[k - 1].is_ascii_whitespace() {
+        k -= 1;
+    }
+    let Some(key_start) = k.checked_sub(quoted.len()) else { return payload.to_vec() };
+    if &payload[key_start..k] != quoted.as_bytes() {
+        return payload.to_vec();
+    }
+    let after = payload[end..].iter().position(|b| !b.is_ascii_whitespace()).map(|i| end + i);
+    let (cut_from, cut_to) = match after {
+        Some(i) if payload[i] == b',' => (key_start, i + 1),
+        _ => {
+            let before = payload[..key_start].iter().rposition(|b| !b.is_ascii_whitespace());
+            match before {
+                Some(i) if payload[i] == b',' => (i, end),
+                _ => (key_start, end),
+            }
+        }
+    };
+    let mut out = Vec::with_capacity(payload.len());
+    out.extend_from_slice(&payload[..cut_from]);
+    out.extend_from_slice(&payload[cut_to..]);
+    out
+}
+
+/// Inputs of one partition by identity, in offset order.
+type Index = HashMap<(i32, u64), Vec<usize>>;
+
+/// Matches one output stream to the inputs, in order per partition. Returns, per matched output,
+/// the input index; unmatched outputs are reported.
+fn match_stream(
+    index: &Index,
+    inputs: &[Record],
+    outputs: &[Record],
+    ids: impl Fn(&Record) -> u64,
+    cluster: Cluster,
+    copies: &mut [usize],
+    violations: &mut Vec<Violation>,
+) -> Vec<(usize, usize)> {
+    let mut last: HashMap<i32, usize> = HashMap::new();
+    let mut matched = Vec::new();
+    for (oi, o) in outputs.iter().enumerate() {
+        let Some(candidates) = index.get(&(o.partition, ids(o))) else {
+            violations.push(Violation::Unknown { cluster, partition: o.partition, output_offset: o.offset });
+            continue;
+        };
+        let floor = last.get(&o.partition).copied();
+        let next = candidates.iter().copied().find(|&i| floor.is_none_or(|f| i > f) && copies[i] == 0);
+        match next {
+            Some(i) => {
+                last.insert(o.partition, i);
+                copies[i] += 1;
+                matched.push((i, oi));
+            }
+            None => {
+                // Seen before on this cluster: a duplicate; never seen: it came too late.
+                let i = candidates.iter().copied().find(|&i| copies[i] == 0).unwrap_or(candidates[0]);
+                if copies[i] == 0 {
+                    let at = At { partition: inputs[i].partition, offset: inputs[i].offset };
+                    violations.push(Violation::OutOfOrder { input: at, cluster, output_offset: o.offset });
+                }
+                copies[i] += 1;
+            }
+        }
+    }
+    matched
+}
+
+/// The input side of a check: `judged` records, `later` ones (read after the window, they only
+/// explain outputs) and the bridge group's committed next offset per partition.
+pub struct Inputs<'a> {
+    pub judged: &'a [Record],
+    pub later: &'a [Record],
+    pub committed: &'a BTreeMap<i32, i64>,
+}
+
+/// Checks one service of `route` against its prod and Rush output topics.
+pub fn check_service(
+    route: &Route,
+    service: usize,
+    inputs: &Inputs<'_>,
+    prod: &[Record],
+    rush: &[Record],
+    rules: &Rules<'_>,
+) -> ServiceReport {
+    let stamp_payload = route.stamp.payload();
+    let (committed, later, inputs) = (inputs.committed, inputs.later, inputs.judged);
+    let owned: Vec<Record> = inputs.iter().chain(later).cloned().collect();
+    let mut index: Index = HashMap::new();
+    for (i, r) in owned.iter().enumerate() {
+        index.entry((r.partition, identity(r, rules, stamp_payload))).or_default().push(i);
+    }
+    let mut report =
+        ServiceReport { service: route.services[service].name.clone(), inputs: inputs.len(), ..Default::default() };
+    let mut on_prod = vec![0; owned.len()];
+    let mut on_rush = vec![0; owned.len()];
+    let v = &mut report.violations;
+    match_stream(&index, &owned, prod, |r| identity(r, rules, stamp_payload), Cluster::Prod, &mut on_prod, v);
+    let rush_matched =
+        match_stream(&index, &owned, rush, |r| identity(r, rules, stamp_payload), Cluster::Rush, &mut on_rush, v);
+
+    let everyone = Everyone(route.services.iter().map(|s| s.name.as_str().into()).collect());
+    let mut rush_copy: HashMap<usize, &Record> = HashMap::new();
+    for (i, oi) in rush_matched {
+        rush_copy.insert(i, &rush[oi]);
+    }
+    for (i, input) in inputs.iter().enumerate() {
+        let at = At { partition: input.partition, offset: input.offset };
+        let (np, nr) = (on_prod[i], on_rush[i]);
+        report.prod += usize::from(np > 0);
+        report.rush += usize::from(nr > 0);
+        match (np, nr) {
+            (0, 0) => {
+                if committed.get(&input.partition).is_some_and(|&c| input.offset < c) {
+                    report.violations.push(Violation::Missing { input: at });
+                } else {
+                    report.pending += 1;
+                }
+                continue;
+            }
+            (p, r) if p > 0 && r > 0 => report.violations.push(Violation::OnBoth { input: at }),
+            (p, _) if p > 1 => {
+                report.violations.push(Violation::Duplicated { input: at, cluster: Cluster::Prod, copies: p })
+            }
+            (_, r) if r > 1 => {
+                report.violations.push(Violation::Duplicated { input: at, cluster: Cluster::Rush, copies: r })
+            }
+            _ => {}
+        }
+        let cluster = if nr > 0 { Cluster::Rush } else { Cluster::Prod };
+        match (expect(route, &everyone, service, input, rules), cluster) {
+            (Expect::Prod(why), Cluster::Rush) => {
+                report.violations.push(Violation::WrongCluster { input: at, cluster, why })
+            }
+            (Expect::Rush(_), Cluster::Prod) => report.violations.push(Violation::WrongCluster {
+                input: at,
+                cluster,
+                why: "its upstream stamp names this service".into(),
+            }),
+            (Expect::Rush(want) | Expect::Either(want), Cluster::Rush) => {
+                if let Some(copy) = rush_copy.get(&i) {
+                    if let Some(found) = stamp_problem(route, copy, &want, rules) {
+                        let output_offset = copy.offset;
+                        report.violations.push(Violation::Stamp { input: at, output_offset, want, found });
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    report
+}
+
+/// `None` when `copy` carries `want` wherever the route stamps; else what it carries.
+fn stamp_problem(route: &Route, copy: &Record, want: &str, rules: &Rules<'_>) -> Option<String> {
+    let header = copy.last(rules.tenancy.as_str());
+    let member = copy.payload.as_deref().and_then(|p| match rules.tenancy.find_in(p) {
+        Found::Value { start, end } => serde_json::from_slice::<String>(&p[start..end]).ok(),
+        _ => None,
+    });
+    let header_ok = !route.stamp.header() || header == Some(want.as_bytes());
+    let payload_ok = !route.stamp.payload() || member.as_deref() == Some(want);
+    if header_ok && payload_ok {
+        return None;
+    }
+    Some(format!(
+        "header {:?}, payload {:?}",
+        header.map(String::from_utf8_lossy).unwrap_or_default(),
+        member.unwrap_or_default()
+    ))
+}
+
+/// The return path of one topic: every Rush record exactly once on prod, in partition order.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReturnReport {
+    pub topic: String,
+    pub rush_records: usize,
+    pub forwarded: usize,
+    pub pending: usize,
+    pub violations: Vec<Violation>,
+}
+
+/// `rush` are the Rush raw records, `prod` the prod raw topic's records carrying the
+/// provenance of `topic` (the caller leaves the others out).
+pub fn check_return(topic: &str, rush: &Inputs<'_>, prod: &[Record], rules: &Rules<'_>) -> ReturnReport {
+    let (committed, later, rush) = (rush.committed, rush.later, rush.judged);
+    let owned: Vec<Record> = rush.iter().chain(later).cloned().collect();
+    let mut index: Index = HashMap::new();
+    for (i, r) in owned.iter().enumerate() {
+        index.entry((r.partition, identity(r, rules, false))).or_default().push(i);
+    }
+    let mut report = ReturnReport { topic: topic.to_owned(), rush_records: rush.len(), ..Default::default() };
+    let mut copies = vec![0; owned.len()];
+    match_stream(
+        &index,
+        &owned,
+        prod,
+        |r| identity(r, rules, false),
+        Cluster::Prod,
+        &mut copies,
+        &mut report.violations,
+    );
+    for (i, r) in rush.iter().enumerate() {
+        let input = At { partition: r.partition, offset: r.offset };
+        match copies[i] {
+            0 if committed.get(&r.partition).is_some_and(|&c| r.offset < c) => {
+                report.violations.push(Violation::Missing { input })
+            }
+            0 => report.pending += 1,
+            1 => report.forwarded += 1,
+            n => {
+                report.forwarded += 1;
+                report.violations.push(Violation::Duplicated { input, cluster: Cluster::Prod, copies: n });
+            }
+        }
+    }
+    report
+}
+
+#[cfg(test)]
+#[path = "check_tests.rs"]
+mod tests;

@@ -1,0 +1,165 @@
+use super::*;
+use crate::config::Service;
+use crate::extract::{JsonPointer, UserLocator};
+use crate::tenancy::StampMode;
+
+fn route(stamp: StampMode, user: UserLocator) -> Route {
+    Route {
+        topic: "orders".into(),
+        services: ["payment", "shipping"]
+            .map(|s| Service { name: s.into(), output_topic: format!("orders.{s}") })
+            .to_vec(),
+        user,
+        stamp,
+        return_path: false,
+    }
+}
+
+fn header_route() -> Route {
+    route(StampMode::Header, UserLocator::Header("x-user-id".into()))
+}
+
+fn rec(partition: i32, offset: i64, user: Option<&str>, payload: &str) -> Record {
+    let mut headers = vec![("trace".to_string(), Some(b"t".to_vec()))];
+    if let Some(u) = user {
+        headers.push(("x-user-id".into(), Some(u.as_bytes().to_vec())));
+    }
+    Record {
+        partition,
+        offset,
+        key: Some(b"k".to_vec()),
+        payload: Some(payload.as_bytes().to_vec()),
+        headers,
+        timestamp: Some(1_000 + offset),
+    }
+}
+
+/// The copy of `r` at `offset`, stamped in the header for `stamp` when given.
+fn copy(r: &Record, offset: i64, stamp: Option<&str>) -> Record {
+    let mut c = r.clone();
+    c.offset = offset;
+    if let Some(s) = stamp {
+        c.headers.push(("event_tenancy".into(), Some(s.as_bytes().to_vec())));
+    }
+    c
+}
+
+fn run(route: &Route, inputs: &[Record], prod: &[Record], rush: &[Record], committed: i64) -> ServiceReport {
+    let key = TenancyKey::new("event_tenancy");
+    let rules = Rules { tenancy: &key, volatile_headers: &["traceparent"] };
+    let committed = (0..3).map(|p| (p, committed)).collect();
+    check_service(route, 0, &Inputs { judged: inputs, later: &[], committed: &committed }, prod, rush, &rules)
+}
+
+#[test]
+fn a_clean_split_has_no_violations() {
+    let r = header_route();
+    let inputs: Vec<Record> = (0..4).map(|i| rec(0, i, Some(if i == 1 { "U1" } else { "U2" }), "{}")).collect();
+    let prod = [copy(&inputs[0], 0, None), copy(&inputs[2], 1, None), copy(&inputs[3], 2, None)];
+    let mut rush_copy = copy(&inputs[1], 0, Some("U1_payment"));
+    rush_copy.headers.push(("traceparent".into(), Some(b"new".to_vec())));
+    let rep = run(&r, &inputs, &prod, &[rush_copy], 4);
+    assert_eq!(rep.violations, vec![]);
+    assert_eq!((rep.inputs, rep.prod, rep.rush, rep.pending), (4, 3, 1, 0));
+}
+
+#[test]
+fn missing_is_a_violation_only_once_the_bridge_committed_past_it() {
+    let r = header_route();
+    let inputs: Vec<Record> = (0..3).map(|i| rec(0, i, Some("U2"), "{}")).collect();
+    let prod = [copy(&inputs[0], 0, None)];
+    let rep = run(&r, &inputs, &prod, &[], 2);
+    assert_eq!(rep.violations, vec![Violation::Missing { input: At { partition: 0, offset: 1 } }]);
+    assert_eq!(rep.pending, 1);
+}
+
+#[test]
+fn duplicates_both_clusters_and_order_are_caught() {
+    let r = header_route();
+    let inputs: Vec<Record> = (0..3).map(|i| rec(0, i, Some("U1"), "{}")).collect();
+    let prod =
+        [copy(&inputs[0], 0, None), copy(&inputs[2], 1, None), copy(&inputs[1], 2, None), copy(&inputs[0], 3, None)];
+    let rush = [copy(&inputs[2], 0, Some("U1_payment"))];
+    let rep = run(&r, &inputs, &prod, &rush, 3);
+    let at = |offset| At { partition: 0, offset };
+    assert!(rep.violations.contains(&Violation::OutOfOrder { input: at(1), cluster: Cluster::Prod, output_offset: 2 }));
+    assert!(rep.violations.contains(&Violation::Duplicated { input: at(0), cluster: Cluster::Prod, copies: 2 }));
+    assert!(rep.violations.contains(&Violation::OnBoth { input: at(2) }));
+    assert_eq!(rep.violations.len(), 3, "{:#?}", rep.violations);
+}
+
+#[test]
+fn stamps_and_impossible_clusters_are_caught() {
+    let r = header_route();
+    let inputs = [rec(0, 0, Some("U1"), "{}"), rec(0, 1, None, "{}"), rec(0, 2, Some("U3"), "{}")];
+    let rush =
+        [copy(&inputs[0], 0, Some("U1_shipping")), copy(&inputs[1], 1, Some("_payment")), copy(&inputs[2], 2, None)];
+    let rep = run(&r, &inputs, &[], &rush, 3);
+    assert_eq!(rep.violations.len(), 3, "{:#?}", rep.violations);
+    assert!(matches!(&rep.violations[0], Violation::Stamp { want, .. } if want == "U1_payment"));
+    assert!(matches!(&rep.violations[1], Violation::WrongCluster { why, .. } if why.contains("no_user")));
+    assert!(matches!(&rep.violations[2], Violation::Stamp { found, .. } if found.contains("header \"\"")));
+}
+
+#[test]
+fn an_upstream_stamp_decides_where_the_event_must_be() {
+    let r = header_route();
+    let mut input = rec(0, 0, Some("U9"), "{}");
+    input.headers.push(("event_tenancy".into(), Some(b"U9_payment".to_vec())));
+    let rep = run(&r, std::slice::from_ref(&input), &[copy(&input, 0, None)], &[], 1);
+    assert!(matches!(&rep.violations[..], [Violation::WrongCluster { cluster: Cluster::Prod, .. }]), "{rep:?}");
+}
+
+#[test]
+fn outputs_matching_nothing_are_reported() {
+    let r = header_route();
+    let inputs = [rec(0, 0, Some("U2"), "{}")];
+    let mut changed = copy(&inputs[0], 0, None);
+    changed.payload = Some(b"{\"x\":1}".to_vec());
+    let rep = run(&r, &inputs, &[changed], &[], 0);
+    assert_eq!(rep.violations, vec![Violation::Unknown { cluster: Cluster::Prod, partition: 0, output_offset: 0 }]);
+    assert_eq!(rep.pending, 1);
+}
+
+#[test]
+fn payload_stamps_are_matched_however_they_were_spliced() {
+    let key = TenancyKey::new("event_tenancy");
+    for (input, stamped) in [
+        (r#"{"a":1}"#, r#"{"event_tenancy":"U1_payment","a":1}"#),
+        (r#"{ "a": 1 }"#, r#"{"event_tenancy":"U1_payment", "a": 1 }"#),
+        ("{}", r#"{"event_tenancy":"U1_payment"}"#),
+        (r#"{"a":1, "event_tenancy" : "x", "b":2}"#, r#"{"a":1, "event_tenancy" : "U1_payment", "b":2}"#),
+        (r#"{"a":1,"event_tenancy":"x"}"#, r#"{"a":1,"event_tenancy":"U1_payment"}"#),
+    ] {
+        assert_eq!(without_member(input.as_bytes(), &key), without_member(stamped.as_bytes(), &key), "{input}");
+    }
+    assert_eq!(without_member(br#"{"a":1}"#, &key), br#"{"a":1}"#);
+
+    let r = route(StampMode::Payload, UserLocator::Json(JsonPointer::parse("/user_id").unwrap()));
+    let inputs = [rec(1, 0, None, r#"{"user_id":"U1","n":1}"#), rec(1, 1, None, r#"{"user_id":"U2","n":2}"#)];
+    let mut rush = copy(&inputs[0], 0, None);
+    rush.payload = Some(br#"{"event_tenancy":"U1_payment","user_id":"U1","n":1}"#.to_vec());
+    let rep = run(&r, &inputs, &[copy(&inputs[1], 0, None)], &[rush], 2);
+    assert_eq!(rep.violations, vec![]);
+    assert_eq!((rep.prod, rep.rush), (1, 1));
+}
+
+#[test]
+fn the_return_path_is_checked_for_loss_and_duplicates() {
+    let key = TenancyKey::new("event_tenancy");
+    let rules = Rules { tenancy: &key, volatile_headers: &["tenancy-origin", "tenancy-origin-topic"] };
+    let rush: Vec<Record> = (0..3).map(|i| rec(2, i, Some("U1"), "{}")).collect();
+    let mut fwd = copy(&rush[0], 10, None);
+    fwd.headers.push(("tenancy-origin".into(), Some(b"rush".to_vec())));
+    let prod = [fwd.clone(), copy(&fwd, 11, None), copy(&rush[2], 12, None)];
+    let committed = [(2, 3)].into_iter().collect();
+    let rep = check_return("orders", &Inputs { judged: &rush, later: &[], committed: &committed }, &prod, &rules);
+    assert_eq!(rep.forwarded, 2);
+    assert_eq!(
+        rep.violations,
+        vec![
+            Violation::Duplicated { input: At { partition: 2, offset: 0 }, cluster: Cluster::Prod, copies: 2 },
+            Violation::Missing { input: At { partition: 2, offset: 1 } },
+        ]
+    );
+}
