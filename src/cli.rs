@@ -36,6 +36,25 @@ pub enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Check the invariant on real topics: per route and service, where every input record went,
+    /// and every record missing, duplicated, on both clusters, out of order or wrongly stamped.
+    /// Exits 1 on any violation.
+    Verify {
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Judge only records at most this old (by record timestamp), e.g. 15m; default: all.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        since: Option<std::time::Duration>,
+        /// The bridge's consumer group, for what it has committed (default: bridge.group_id).
+        #[arg(long)]
+        group: Option<String>,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+        /// How many violations to list per service.
+        #[arg(long, default_value_t = 20)]
+        max_listed: usize,
+    },
     /// Run the reference Config Mapper (the whitelist service) until SIGTERM or Ctrl-C.
     ConfigMapper {
         /// Address to listen on; port 0 picks a free one (the bound address is printed).

@@ -9,7 +9,7 @@ use tenancy_bridge::config::WhitelistMode;
 use tenancy_bridge::whitelist::client::MapperClient;
 use tenancy_bridge::whitelist::lookup::{LookupCache, LookupSettings};
 use tenancy_bridge::whitelist::{self, FileSource, Snapshot, SnapshotPoller};
-use tenancy_bridge::{config_mapper, relay, report, whitelist_cli};
+use tenancy_bridge::{config_mapper, relay, report, verify, whitelist_cli};
 
 mod cli;
 
@@ -91,6 +91,20 @@ fn dispatch(command: cli::Command) -> anyhow::Result<()> {
             let summary = relay::run(&c, source, &shutdown).context("relay stopped")?;
             emit(&format!("{summary}\n"));
             Ok(())
+        }
+        cli::Command::Verify { config, since, group, json, max_listed } => {
+            let c = Config::load(&config)?;
+            let opts = verify::Options { since, group, ..verify::Options::default() };
+            let report = verify::run(&c, &opts)?;
+            if json {
+                emit(&format!("{:#}\n", report.to_json()));
+            } else {
+                emit(&report.render(max_listed));
+            }
+            match report.violations() {
+                0 => Ok(()),
+                n => anyhow::bail!("{n} violations of the invariant"),
+            }
         }
         cli::Command::ConfigMapper { listen, db, token_file, max_ttl } => {
             config_mapper::run(&listen, config_mapper::Options { db, token_file, max_ttl })?;

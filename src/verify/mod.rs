@@ -1,4 +1,193 @@
 //! `tenancy-bridge verify`: reads route inputs and both clusters' outputs and reports every
-//! violation of the invariant. [`check`] judges; this module reads.
+//! violation of the invariant, per route and service. [`check`] judges; this module reads.
+//!
+//! Order of reads: the inputs first (those are judged), then the outputs, then the inputs
+//! again; records found only by the second read explain outputs of events that arrived
+//! meanwhile and are not judged. (High watermarks are not trusted to end a read: some
+//! Kafka-compatible brokers report them per batch.) An input not delivered yet is "pending", not missing, unless the
+//! bridge's group already committed past it.
 
 pub mod check;
+mod read;
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use check::{Inputs, Record, ReturnReport, Rules, ServiceReport};
+use read::ClusterReader;
+pub use read::ReadError;
+
+use crate::config::Config;
+use crate::extract::{Headers as _, TenancyKey};
+use crate::relay::return_path::{ORIGIN_RUSH, Provenance};
+
+pub struct Options {
+    /// Judge only records whose timestamp is at most this old.
+    pub since: Option<Duration>,
+    /// The bridge's group (default `bridge.group_id`), for committed offsets.
+    pub group: Option<String>,
+    /// A read with no high watermark to go by ends after this much quiet.
+    pub idle: Duration,
+    /// Longest time spent reading one topic.
+    pub timeout: Duration,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self { since: None, group: None, idle: Duration::from_secs(2), timeout: Duration::from_secs(300) }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct RouteReport {
+    pub topic: String,
+    pub services: Vec<ServiceReport>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Report {
+    pub routes: Vec<RouteReport>,
+    /// Per return route, and how many Rush records carried its own provenance (dropped by design).
+    pub returns: Vec<(ReturnReport, usize)>,
+}
+
+impl Report {
+    pub fn violations(&self) -> usize {
+        let fwd: usize = self.routes.iter().flat_map(|r| &r.services).map(|s| s.violations.len()).sum();
+        fwd + self.returns.iter().map(|(r, _)| r.violations.len()).sum::<usize>()
+    }
+
+    /// A table per route, then every violation (the first `max_listed` per service).
+    pub fn render(&self, max_listed: usize) -> String {
+        let mut s = String::new();
+        for r in &self.routes {
+            let inputs = r.services.first().map_or(0, |x| x.inputs);
+            let _ = writeln!(s, "route {} ({inputs} input records)", r.topic);
+            let _ =
+                writeln!(s, "  {:<20} {:>9} {:>9} {:>9} {:>11}", "service", "prod", "rush", "pending", "violations");
+            for x in &r.services {
+                let _ = writeln!(
+                    s,
+                    "  {:<20} {:>9} {:>9} {:>9} {:>11}",
+                    x.service,
+                    x.prod,
+                    x.rush,
+                    x.pending,
+                    x.violations.len()
+                );
+            }
+        }
+        for (r, looped) in &self.returns {
+            let _ = writeln!(
+                s,
+                "return path {}: {} Rush records, {} on prod, {} pending, {looped} dropped as loops, {} violations",
+                r.topic,
+                r.rush_records,
+                r.forwarded,
+                r.pending,
+                r.violations.len()
+            );
+        }
+        let lists = self
+            .routes
+            .iter()
+            .flat_map(|r| r.services.iter().map(move |x| (format!("{} -> {}", r.topic, x.service), &x.violations)))
+            .chain(self.returns.iter().map(|(r, _)| (format!("return path {}", r.topic), &r.violations)));
+        for (what, violations) in lists {
+            for v in violations.iter().take(max_listed) {
+                let _ = writeln!(s, "VIOLATION {what}: {v}");
+            }
+            if violations.len() > max_listed {
+                let _ = writeln!(s, "VIOLATION {what}: … and {} more", violations.len() - max_listed);
+            }
+        }
+        match self.violations() {
+            0 => s.push_str("invariant held\n"),
+            n => {
+                let _ = writeln!(s, "invariant VIOLATED: {n} violations");
+            }
+        }
+        s
+    }
+
+    pub fn to_json(&self) -> serde_json::Value {
+        let violations = |v: &[check::Violation]| v.iter().map(ToString::to_string).collect::<Vec<_>>();
+        serde_json::json!({
+            "violations": self.violations(),
+            "routes": self.routes.iter().map(|r| serde_json::json!({
+                "topic": r.topic,
+                "services": r.services.iter().map(|x| serde_json::json!({
+                    "service": x.service, "inputs": x.inputs, "prod": x.prod, "rush": x.rush,
+                    "pending": x.pending, "violations": violations(&x.violations),
+                })).collect::<Vec<_>>(),
+            })).collect::<Vec<_>>(),
+            "return_paths": self.returns.iter().map(|(r, looped)| serde_json::json!({
+                "topic": r.topic, "rush_records": r.rush_records, "forwarded": r.forwarded,
+                "pending": r.pending, "dropped_as_loops": looped, "violations": violations(&r.violations),
+            })).collect::<Vec<_>>(),
+        })
+    }
+}
+
+/// Headers the bridge may add or rewrite on a copy; they do not make an output another record.
+const TRACE_HEADERS: [&str; 2] = ["traceparent", "tracestate"];
+
+pub fn run(config: &Config, opts: &Options) -> Result<Report, ReadError> {
+    let prod = ClusterReader::new(&config.prod, "prod", opts.idle, opts.timeout)?;
+    let rush = ClusterReader::new(&config.rush, "rush", opts.idle, opts.timeout)?;
+    let group = opts.group.as_deref().unwrap_or(&config.bridge.group_id);
+    let since_ms = opts.since.map(|d| crate::whitelist::now_ms() - d.as_millis() as i64);
+    let key = TenancyKey::new(&config.bridge.tenancy_header);
+    let provenance = Provenance::new(config);
+    let volatile = [TRACE_HEADERS[0], TRACE_HEADERS[1], provenance.origin.as_str(), provenance.topic.as_str()];
+    let rules = Rules { tenancy: &key, volatile_headers: &volatile };
+
+    let mut report = Report { routes: Vec::new(), returns: Vec::new() };
+    for route in &config.routes {
+        let judged = prod.read(&route.topic, since_ms)?;
+        let raw = if route.return_path { Some(rush.read(&route.topic, since_ms)?) } else { None };
+        let mut outputs = Vec::new();
+        for s in &route.services {
+            outputs.push((prod.read(&s.output_topic, since_ms)?, rush.read(&s.output_topic, since_ms)?));
+        }
+        let later = read_after(&prod, &route.topic, &judged, since_ms)?;
+        let committed = prod.committed(&config.prod, group, &route.topic)?;
+        let inputs = Inputs { judged: &judged, later: &later, committed: &committed };
+        let services = (0..route.services.len())
+            .map(|i| check::check_service(route, i, &inputs, &outputs[i].0, &outputs[i].1, &rules))
+            .collect();
+        report.routes.push(RouteReport { topic: route.topic.clone(), services });
+
+        if let Some(raw) = raw {
+            let came_back = |r: &Record| {
+                r.last(&provenance.origin) == Some(ORIGIN_RUSH.as_bytes())
+                    && r.last(&provenance.topic) == Some(route.topic.as_bytes())
+            };
+            let forwarded: Vec<Record> = judged.iter().chain(&later).filter(|r| came_back(r)).cloned().collect();
+            let raw_later = read_after(&rush, &route.topic, &raw, since_ms)?;
+            // Records already carrying this topic's provenance are dropped by design (loops).
+            let (looped, raw): (Vec<Record>, Vec<Record>) = raw.into_iter().partition(came_back);
+            let committed = rush.committed(&config.rush, group, &route.topic)?;
+            let inputs = Inputs { judged: &raw, later: &raw_later, committed: &committed };
+            report.returns.push((check::check_return(&route.topic, &inputs, &forwarded, &rules), looped.len()));
+        }
+    }
+    Ok(report)
+}
+
+/// Records of `topic` written after those already `read` (a second read, for outputs of events
+/// that arrived while the outputs were read).
+fn read_after(
+    reader: &ClusterReader,
+    topic: &str,
+    read: &[Record],
+    since_ms: Option<i64>,
+) -> Result<Vec<Record>, ReadError> {
+    let mut last: BTreeMap<i32, i64> = BTreeMap::new();
+    for r in read {
+        last.insert(r.partition, r.offset);
+    }
+    let again = reader.read(topic, since_ms)?;
+    Ok(again.into_iter().filter(|r| last.get(&r.partition).is_none_or(|o| r.offset > *o)).collect())
+}

@@ -187,6 +187,13 @@ pub fn create_topic(bootstrap: &str, name: &str, partitions: i32) {
     }
 }
 
+/// Whether `name` exists on the cluster (listing all topics, so nothing gets auto-created).
+pub fn topic_exists(bootstrap: &str, name: &str) -> bool {
+    let c: BaseConsumer = ClientConfig::new().set("bootstrap.servers", bootstrap).create().unwrap();
+    let md = c.fetch_metadata(None, Duration::from_secs(5)).unwrap();
+    md.topics().iter().any(|t| t.name() == name && !t.partitions().is_empty())
+}
+
 /// One test input record.
 #[derive(Debug, Clone)]
 pub struct Input {

@@ -1,0 +1,153 @@
+//! Reading whole topics (or a time window of them) without joining any consumer group.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::{Headers as _, Message};
+use rdkafka::{Offset, TopicPartitionList};
+
+use super::check::Record;
+use crate::config::ClusterConfig;
+use crate::kafka::admin_config;
+
+const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
+/// Once every partition reached its high watermark, this much quiet ends a read.
+const SETTLE: Duration = Duration::from_millis(200);
+
+#[derive(Debug, thiserror::Error)]
+#[error("{cluster} cluster, topic {topic:?}: {what}: {source}")]
+pub struct ReadError {
+    pub cluster: &'static str,
+    pub topic: String,
+    pub what: &'static str,
+    pub source: KafkaError,
+}
+
+/// One cluster, read through one client.
+pub struct ClusterReader {
+    name: &'static str,
+    consumer: BaseConsumer,
+    /// Without a high watermark to go by, this much quiet ends a read.
+    pub idle: Duration,
+    pub timeout: Duration,
+}
+
+impl ClusterReader {
+    pub fn new(
+        cluster: &ClusterConfig,
+        name: &'static str,
+        idle: Duration,
+        timeout: Duration,
+    ) -> Result<Self, ReadError> {
+        let mut c = admin_config(cluster, name);
+        c.set("group.id", "tenancy-bridge-verify")
+            .set("enable.auto.commit", "false")
+            .set("enable.partition.eof", "false");
+        let consumer =
+            c.create().map_err(|source| ReadError { cluster: name, topic: String::new(), what: "client", source })?;
+        Ok(Self { name, consumer, idle, timeout })
+    }
+
+    fn err(&self, topic: &str, what: &'static str) -> impl Fn(KafkaError) -> ReadError + '_ {
+        let topic = topic.to_owned();
+        move |source| ReadError { cluster: self.name, topic: topic.clone(), what, source }
+    }
+
+    pub fn partitions(&self, topic: &str) -> Result<i32, ReadError> {
+        let md = self.consumer.fetch_metadata(Some(topic), METADATA_TIMEOUT).map_err(self.err(topic, "metadata"))?;
+        Ok(md.topics().first().map_or(0, |t| t.partitions().len()) as i32)
+    }
+
+    /// The next offset to be written, per partition.
+    fn ends(&self, topic: &str) -> Result<BTreeMap<i32, i64>, ReadError> {
+        let mut ends = BTreeMap::new();
+        for p in 0..self.partitions(topic)? {
+            let (_, high) =
+                self.consumer.fetch_watermarks(topic, p, METADATA_TIMEOUT).map_err(self.err(topic, "watermarks"))?;
+            ends.insert(p, high);
+        }
+        Ok(ends)
+    }
+
+    /// Next offset committed by `group`, per partition (no group join: a plain offset fetch).
+    pub fn committed(
+        &self,
+        cluster: &ClusterConfig,
+        group: &str,
+        topic: &str,
+    ) -> Result<BTreeMap<i32, i64>, ReadError> {
+        let mut c = admin_config(cluster, self.name);
+        c.set("group.id", group).set("enable.auto.commit", "false");
+        let client: BaseConsumer = c.create().map_err(self.err(topic, "client"))?;
+        let mut tpl = TopicPartitionList::new();
+        for p in 0..self.partitions(topic)? {
+            tpl.add_partition(topic, p);
+        }
+        let got = client.committed_offsets(tpl, METADATA_TIMEOUT).map_err(self.err(topic, "committed offsets"))?;
+        Ok(got
+            .elements()
+            .iter()
+            .filter_map(|e| Some((e.partition(), e.offset().to_raw().filter(|o| *o >= 0)?)))
+            .collect())
+    }
+
+    /// Every record of `topic` from `since_ms` (record timestamp; `None`: the beginning).
+    pub fn read(&self, topic: &str, since_ms: Option<i64>) -> Result<Vec<Record>, ReadError> {
+        let ends = self.ends(topic)?;
+        let mut tpl = TopicPartitionList::new();
+        for &p in ends.keys() {
+            let start = since_ms.map_or(Offset::Beginning, Offset::Offset);
+            tpl.add_partition_offset(topic, p, start).map_err(self.err(topic, "assignment"))?;
+        }
+        if since_ms.is_some() {
+            tpl =
+                self.consumer.offsets_for_times(tpl, METADATA_TIMEOUT).map_err(self.err(topic, "offsets for times"))?;
+        }
+        self.consumer.assign(&tpl).map_err(self.err(topic, "assignment"))?;
+        let mut records = Vec::new();
+        let mut reached: BTreeMap<i32, bool> = BTreeMap::new();
+        for e in tpl.elements() {
+            let high = ends.get(&e.partition()).copied().unwrap_or(0);
+            let done = match e.offset() {
+                Offset::End => true,
+                Offset::Offset(o) => o >= high,
+                _ => high <= 0,
+            };
+            reached.insert(e.partition(), done);
+        }
+        let (started, mut quiet_since) = (Instant::now(), Instant::now());
+        loop {
+            let all_reached = reached.values().all(|r| *r);
+            let quiet = quiet_since.elapsed();
+            if (all_reached && quiet >= SETTLE) || quiet >= self.idle || started.elapsed() >= self.timeout {
+                break;
+            }
+            match self.consumer.poll(Duration::from_millis(50)) {
+                Some(Ok(m)) => {
+                    quiet_since = Instant::now();
+                    if ends.get(&m.partition()).is_some_and(|h| m.offset() + 1 >= *h) {
+                        reached.insert(m.partition(), true);
+                    }
+                    records.push(Record {
+                        partition: m.partition(),
+                        offset: m.offset(),
+                        key: m.key().map(<[u8]>::to_vec),
+                        payload: m.payload().map(<[u8]>::to_vec),
+                        headers: m
+                            .headers()
+                            .map(|h| h.iter().map(|x| (x.key.to_owned(), x.value.map(<[u8]>::to_vec))).collect())
+                            .unwrap_or_default(),
+                        timestamp: m.timestamp().to_millis(),
+                    });
+                }
+                Some(Err(e)) => return Err(self.err(topic, "fetch")(e)),
+                None => {}
+            }
+        }
+        self.consumer.unassign().map_err(self.err(topic, "assignment"))?;
+        records.sort_by_key(|r| (r.partition, r.offset));
+        Ok(records)
+    }
+}
