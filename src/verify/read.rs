@@ -22,7 +22,7 @@ pub struct ReadError {
     pub cluster: &'static str,
     pub topic: String,
     pub what: &'static str,
-    pub source: KafkaError,
+    pub source: Box<KafkaError>,
 }
 
 /// One cluster, read through one client.
@@ -45,14 +45,18 @@ impl ClusterReader {
         c.set("group.id", "tenancy-bridge-verify")
             .set("enable.auto.commit", "false")
             .set("enable.partition.eof", "false");
-        let consumer =
-            c.create().map_err(|source| ReadError { cluster: name, topic: String::new(), what: "client", source })?;
+        let consumer = c.create().map_err(|source| ReadError {
+            cluster: name,
+            topic: String::new(),
+            what: "client",
+            source: Box::new(source),
+        })?;
         Ok(Self { name, consumer, idle, timeout })
     }
 
     fn err(&self, topic: &str, what: &'static str) -> impl Fn(KafkaError) -> ReadError + '_ {
         let topic = topic.to_owned();
-        move |source| ReadError { cluster: self.name, topic: topic.clone(), what, source }
+        move |source| ReadError { cluster: self.name, topic: topic.clone(), what, source: Box::new(source) }
     }
 
     pub fn partitions(&self, topic: &str) -> Result<i32, ReadError> {
