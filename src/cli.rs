@@ -55,6 +55,26 @@ pub enum Command {
         #[arg(long, default_value_t = 20)]
         max_listed: usize,
     },
+    /// End a Rush session for a service: remove it from every whitelist entry and, when asked,
+    /// delete its per-service topics and consumer groups on the Rush cluster (never on prod).
+    Cleanup {
+        #[arg(long, short)]
+        config: PathBuf,
+        #[arg(long)]
+        service: String,
+        /// Also delete the service's `{topic}.{service}` topics and the groups reading them on Rush.
+        #[arg(long)]
+        delete_topics: bool,
+        /// Print what would be done; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// A Rush consumer group to delete besides those found reading the service's topics.
+        #[arg(long = "group")]
+        groups: Vec<String>,
+        /// File holding the Config Mapper write token; else $TENANCY_BRIDGE_TOKEN.
+        #[arg(long)]
+        token_file: Option<PathBuf>,
+    },
     /// Run the reference Config Mapper (the whitelist service) until SIGTERM or Ctrl-C.
     ConfigMapper {
         /// Address to listen on; port 0 picks a free one (the bound address is printed).

@@ -20,6 +20,7 @@
 //!   [`whitelist_cli`], the `whitelist` command that talks to one.
 //! - [`report`]: what `validate` prints.
 
+pub mod cleanup;
 pub mod config;
 pub mod config_mapper;
 pub mod extract;

@@ -9,7 +9,7 @@ use tenancy_bridge::config::WhitelistMode;
 use tenancy_bridge::whitelist::client::MapperClient;
 use tenancy_bridge::whitelist::lookup::{LookupCache, LookupSettings};
 use tenancy_bridge::whitelist::{self, FileSource, Snapshot, SnapshotPoller};
-use tenancy_bridge::{config_mapper, relay, report, verify, whitelist_cli};
+use tenancy_bridge::{cleanup, config_mapper, relay, report, verify, whitelist_cli};
 
 mod cli;
 
@@ -104,6 +104,26 @@ fn dispatch(command: cli::Command) -> anyhow::Result<()> {
             match report.violations() {
                 0 => Ok(()),
                 n => anyhow::bail!("{n} violations of the invariant"),
+            }
+        }
+        cli::Command::Cleanup { config, service, delete_topics, dry_run, groups, token_file } => {
+            let c = Config::load(&config)?;
+            let opts = cleanup::Options {
+                service: &service,
+                delete_topics,
+                dry_run,
+                groups: &groups,
+                token_file: token_file.as_deref(),
+            };
+            match cleanup::run(&c, &opts) {
+                Ok(text) => {
+                    emit(&text);
+                    Ok(())
+                }
+                Err((text, e)) => {
+                    emit(&text);
+                    Err(e.into())
+                }
             }
         }
         cli::Command::ConfigMapper { listen, db, token_file, max_ttl } => {

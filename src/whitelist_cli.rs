@@ -30,7 +30,7 @@ pub enum Action {
     Audit,
 }
 
-fn token(token_file: Option<&Path>) -> Result<String, CliError> {
+pub(crate) fn token(token_file: Option<&Path>) -> Result<String, CliError> {
     let tokens = match token_file {
         Some(p) => Tokens::load(p)?,
         None => match std::env::var(TOKEN_ENV) {

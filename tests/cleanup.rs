@@ -1,0 +1,133 @@
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+//! `tenancy-bridge cleanup` against a Config Mapper process and two tansu brokers: the service
+//! leaves every whitelist entry, its Rush topics and groups go, prod is untouched, a dry run
+//! changes nothing, a second run finds nothing to do.
+
+mod common;
+
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use common::{Input, Mapper, Tansu};
+use rdkafka::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use tenancy_bridge::whitelist::client::MapperClient;
+
+const TOKEN: &str = "qa:cleanup-test-token-0123456789";
+
+fn cleanup(config: &std::path::Path, extra: &[&str]) -> (Output, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_tenancy-bridge"))
+        .args(["cleanup", "--service", "payment", "--config"])
+        .arg(config)
+        .args(extra)
+        .env("TENANCY_BRIDGE_TOKEN", TOKEN)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    eprintln!("cleanup {extra:?}:\n{text}{}", String::from_utf8_lossy(&out.stderr));
+    (out, text)
+}
+
+/// A Rush instance of `service` that read its topic, committed and stopped (an empty group).
+fn consume_and_commit(bootstrap: &str, group: &str, topic: &str) {
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", group)
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .set("max.poll.interval.ms", "10000")
+        .set("session.timeout.ms", "6000")
+        .create()
+        .unwrap();
+    c.subscribe(&[topic]).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        assert!(std::time::Instant::now() < deadline, "{group} read nothing from {topic}");
+        if let Some(r) = c.poll(Duration::from_millis(100)) {
+            r.unwrap();
+            c.commit_consumer_state(CommitMode::Sync).unwrap();
+            break;
+        }
+    }
+    c.unsubscribe();
+}
+
+fn groups(bootstrap: &str) -> Vec<String> {
+    let c: BaseConsumer = ClientConfig::new().set("bootstrap.servers", bootstrap).create().unwrap();
+    c.fetch_group_list(None, Duration::from_secs(10)).unwrap().groups().iter().map(|g| g.name().to_owned()).collect()
+}
+
+#[test]
+fn cleanup_ends_a_rush_session_for_one_service() {
+    let (prod, rush) = (Tansu::start(), Tansu::start());
+    let mapper = Mapper::start(&format!("{TOKEN}\n"));
+    for t in ["orders", "orders.payment", "orders.shipping"] {
+        common::create_topic(&prod.bootstrap, t, 2);
+    }
+    for t in ["orders.payment", "orders.shipping"] {
+        common::create_topic(&rush.bootstrap, t, 2);
+        let one = Input { partition: 0, key: None, payload: Some(b"{}".to_vec()), headers: vec![], timestamp: 1 };
+        common::produce(&rush.bootstrap, t, &[one]);
+    }
+    consume_and_commit(&rush.bootstrap, "payment-rush", "orders.payment");
+    consume_and_commit(&rush.bootstrap, "shipping-rush", "orders.shipping");
+    let admin =
+        MapperClient::new(&mapper.url, Some(TOKEN.split_once(':').unwrap().1.to_owned()), Duration::from_secs(5));
+    let day = Duration::from_secs(86_400);
+    admin.add("U1", &["payment".into(), "shipping".into()], day, Some("qa")).unwrap();
+    admin.add("U2", &["payment".into()], day, Some("qa")).unwrap();
+    admin.add("U3", &["shipping".into()], day, Some("qa")).unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("bridge.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[prod]\nbootstrap_servers = \"{}\"\n[rush]\nbootstrap_servers = \"{}\"\n[whitelist]\nurl = \"{}\"\n\
+             [[routes]]\ntopic = \"orders\"\nservices = [\"payment\", \"shipping\"]\nuser = {{ header = \"u\" }}\n",
+            prod.bootstrap, rush.bootstrap, mapper.url
+        ),
+    )
+    .unwrap();
+
+    // Dry run: the plan, and nothing changes.
+    let (out, text) = cleanup(&config, &["--delete-topics", "--dry-run"]);
+    assert!(out.status.success());
+    assert!(text.contains("whitelist: U1: would remove payment (keeps shipping)"), "{text}");
+    assert!(text.contains("whitelist: U2: would remove payment (no services left)"), "{text}");
+    assert!(text.contains("rush group payment-rush: would delete"), "{text}");
+    assert!(text.contains("rush topic orders.payment: would delete"), "{text}");
+    assert!(!text.contains("shipping-rush"), "{text}");
+    assert_eq!(admin.list().unwrap().len(), 3);
+    assert!(common::topic_exists(&rush.bootstrap, "orders.payment"));
+
+    let (out, text) = cleanup(&config, &["--delete-topics"]);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("whitelist: U1: removed payment (keeps shipping)"), "{text}");
+    assert!(text.contains("rush group payment-rush: deleted"), "{text}");
+    assert!(text.contains("rush topic orders.payment: deleted"), "{text}");
+    let left: Vec<(String, Vec<String>)> = admin.list().unwrap().into_iter().map(|e| (e.user, e.services)).collect();
+    assert_eq!(left, vec![("U1".into(), vec!["shipping".into()]), ("U3".into(), vec!["shipping".into()])]);
+    assert!(!common::topic_exists(&rush.bootstrap, "orders.payment"));
+    assert!(common::topic_exists(&rush.bootstrap, "orders.shipping"));
+    assert!(common::topic_exists(&prod.bootstrap, "orders.payment"), "prod must never be touched");
+    let g = groups(&rush.bootstrap);
+    assert!(!g.contains(&"payment-rush".to_string()) && g.contains(&"shipping-rush".to_string()), "{g:?}");
+    let audit = admin.audit().unwrap();
+    assert!(audit.iter().any(|a| a.user == "U2" && a.action == "remove"), "{audit:?}");
+
+    // Idempotent.
+    let (out, text) = cleanup(&config, &["--delete-topics"]);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("nobody is whitelisted for payment"), "{text}");
+    assert!(text.contains("rush topic orders.payment: already gone"), "{text}");
+
+    let (out, _) = Command::new(env!("CARGO_BIN_EXE_tenancy-bridge"))
+        .args(["cleanup", "--service", "nope", "--config"])
+        .arg(&config)
+        .output()
+        .map(|o| (o.clone(), ()))
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("\"nope\" is not listed on any route"));
+}
