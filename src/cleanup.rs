@@ -47,15 +47,22 @@ pub struct Options<'a> {
     pub token_file: Option<&'a Path>,
 }
 
-/// Runs the cleanup and returns what it did (or, dry, would do). Failing steps are reported
-/// in the text and make the result [`CleanupError::Incomplete`] after the rest has run.
-pub fn run(config: &Config, o: &Options<'_>) -> Result<String, (String, CleanupError)> {
-    let mut out = String::new();
-    match steps(config, o, &mut out) {
-        Ok(true) => Ok(out),
-        Ok(false) => Err((out, CleanupError::Incomplete)),
-        Err(e) => Err((out, e)),
-    }
+/// What a cleanup did (or, dry, would do), and why it stopped early or is incomplete.
+pub struct Outcome {
+    pub text: String,
+    pub error: Option<CleanupError>,
+}
+
+/// Runs the cleanup. A failing deletion is reported in the text and makes the outcome
+/// [`CleanupError::Incomplete`] after the other steps have run.
+pub fn run(config: &Config, o: &Options<'_>) -> Outcome {
+    let mut text = String::new();
+    let error = match steps(config, o, &mut text) {
+        Ok(true) => None,
+        Ok(false) => Some(CleanupError::Incomplete),
+        Err(e) => Some(e),
+    };
+    Outcome { text, error }
 }
 
 fn steps(config: &Config, o: &Options<'_>, out: &mut String) -> Result<bool, CleanupError> {

@@ -115,15 +115,11 @@ fn dispatch(command: cli::Command) -> anyhow::Result<()> {
                 groups: &groups,
                 token_file: token_file.as_deref(),
             };
-            match cleanup::run(&c, &opts) {
-                Ok(text) => {
-                    emit(&text);
-                    Ok(())
-                }
-                Err((text, e)) => {
-                    emit(&text);
-                    Err(e.into())
-                }
+            let outcome = cleanup::run(&c, &opts);
+            emit(&outcome.text);
+            match outcome.error {
+                None => Ok(()),
+                Some(e) => Err(e.into()),
             }
         }
         cli::Command::ConfigMapper { listen, db, token_file, max_ttl } => {
