@@ -36,6 +36,16 @@ pub enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// The whole system in one process, no setup: two in-process Kafka clusters, a Config
+    /// Mapper, the bridge with its return path, the four producer/consumer scenarios, verify.
+    Demo {
+        /// Events the old (prod) producer writes; every tenth belongs to the whitelisted user.
+        #[arg(long, default_value_t = 10_000)]
+        events: usize,
+        /// Events the new (Rush) producer writes.
+        #[arg(long, default_value_t = 1_000)]
+        rush_events: usize,
+    },
     /// Check the invariant on real topics: per route and service, where every input record went,
     /// and every record missing, duplicated, on both clusters, out of order or wrongly stamped.
     /// Exits 1 on any violation.

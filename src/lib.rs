@@ -23,6 +23,7 @@
 pub mod cleanup;
 pub mod config;
 pub mod config_mapper;
+pub mod demo;
 pub mod extract;
 pub mod json_scan;
 pub mod kafka;

@@ -5,11 +5,8 @@ use std::sync::atomic::AtomicBool;
 use anyhow::Context as _;
 use clap::Parser as _;
 use tenancy_bridge::config::Config;
-use tenancy_bridge::config::WhitelistMode;
-use tenancy_bridge::whitelist::client::MapperClient;
-use tenancy_bridge::whitelist::lookup::{LookupCache, LookupSettings};
-use tenancy_bridge::whitelist::{self, FileSource, Snapshot, SnapshotPoller};
-use tenancy_bridge::{cleanup, config_mapper, relay, report, verify, whitelist_cli};
+use tenancy_bridge::whitelist;
+use tenancy_bridge::{cleanup, config_mapper, demo, relay, report, verify, whitelist_cli};
 
 mod cli;
 
@@ -25,7 +22,10 @@ fn emit(text: &str) {
 
 fn main() -> ExitCode {
     let cli = cli::Cli::parse();
-    init_logging(cli.log_format);
+    // The demo prints its own report; only trouble should interrupt it.
+    let default_filter =
+        if matches!(cli.command, cli::Command::Demo { .. }) { "warn,librdkafka=error" } else { "info,librdkafka=warn" };
+    init_logging(cli.log_format, default_filter);
     match dispatch(cli.command) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -35,9 +35,9 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_logging(format: cli::LogFormat) {
+fn init_logging(format: cli::LogFormat, default_filter: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,librdkafka=warn"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter));
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     match format {
         cli::LogFormat::Text => builder.init(),
@@ -65,31 +65,16 @@ fn dispatch(command: cli::Command) -> anyhow::Result<()> {
                 signal_hook::flag::register_conditional_shutdown(sig, 130, shutdown.clone())?;
                 signal_hook::flag::register(sig, shutdown.clone())?;
             }
-            let snapshot = whitelist::shared(Snapshot::empty());
-            let w = &c.whitelist;
             // Held for the run: dropping a source stops it.
-            let (_source, source): (Box<dyn std::any::Any>, relay::WhitelistSource) = match (&w.file, &w.url, w.mode) {
-                (Some(path), _, _) => {
-                    (Box::new(FileSource::start(path.clone(), w.refresh, snapshot.clone())?), snapshot.into())
-                }
-                (None, Some(url), WhitelistMode::Snapshot) => {
-                    let client = MapperClient::new(url, None, w.request_timeout);
-                    (Box::new(SnapshotPoller::start(client, w.refresh, snapshot.clone())?), snapshot.into())
-                }
-                (None, Some(url), WhitelistMode::Lookup) => {
-                    let settings = LookupSettings {
-                        cache_ttl: w.cache_ttl,
-                        negative_ttl: w.negative_ttl,
-                        failure_backoff: w.negative_ttl.min(std::time::Duration::from_secs(1)),
-                        capacity: w.cache_size,
-                    };
-                    let cache = Arc::new(LookupCache::http(settings, MapperClient::new(url, None, w.request_timeout)));
-                    (Box::new(()), relay::WhitelistSource::Lookup { cache, workers: w.lookup_workers })
-                }
-                (None, None, _) => anyhow::bail!("whitelist: set `url` or `file`"),
-            };
+            let (_running, source) = whitelist::source::start(&c.whitelist)?;
             let summary = relay::run(&c, source, &shutdown).context("relay stopped")?;
             emit(&format!("{summary}\n"));
+            Ok(())
+        }
+        cli::Command::Demo { events, rush_events } => {
+            let opts = demo::Options { prod_events: events, rush_events, ..demo::Options::default() };
+            let ok = demo::run(&opts, &mut std::io::stdout().lock())?;
+            anyhow::ensure!(ok, "the demo found a problem (report above)");
             Ok(())
         }
         cli::Command::Verify { config, since, group, json, max_listed } => {

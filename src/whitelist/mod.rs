@@ -8,6 +8,7 @@ mod file;
 pub mod lookup;
 mod poller;
 mod snapshot;
+pub mod source;
 
 use std::sync::Arc;
 

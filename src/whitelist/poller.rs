@@ -115,6 +115,10 @@ impl SnapshotPoller {
         })?;
         Ok(Self { stop, thread: Some(thread), status })
     }
+
+    pub fn status(&self) -> Arc<SourceStatus> {
+        self.status.clone()
+    }
 }
 
 impl Drop for SnapshotPoller {

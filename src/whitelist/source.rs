@@ -1,0 +1,66 @@
+//! Starting the whitelist source a config names: a file, a Config Mapper polled for snapshots,
+//! or per-user lookups.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::client::MapperClient;
+use super::lookup::{LookupCache, LookupSettings};
+use super::{FileSource, SharedSnapshot, Snapshot, SnapshotPoller, SourceStatus, WatchError, shared};
+use crate::config::{WhitelistConfig, WhitelistMode};
+use crate::relay::WhitelistSource;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    File(#[from] WatchError),
+    #[error("cannot start the whitelist poller thread: {0}")]
+    Spawn(std::io::Error),
+    #[error("whitelist: set `url` or `file`")]
+    NoSource,
+}
+
+/// A running source; dropping it stops it.
+pub enum Running {
+    File(FileSource),
+    Poller(SnapshotPoller),
+    /// Lookup mode: the relay's workers ask the Config Mapper themselves.
+    Lookup,
+}
+
+impl Running {
+    /// Refresh status of a polled Config Mapper (none for a file or lookup mode).
+    pub fn status(&self) -> Option<Arc<SourceStatus>> {
+        match self {
+            Self::Poller(p) => Some(p.status()),
+            _ => None,
+        }
+    }
+}
+
+/// Starts the source `w` names and returns it with what the relay reads decisions from.
+pub fn start(w: &WhitelistConfig) -> Result<(Running, WhitelistSource), StartError> {
+    let snapshot: SharedSnapshot = shared(Snapshot::empty());
+    match (&w.file, &w.url, w.mode) {
+        (Some(path), _, _) => {
+            let source = FileSource::start(path.clone(), w.refresh, snapshot.clone())?;
+            Ok((Running::File(source), snapshot.into()))
+        }
+        (None, Some(url), WhitelistMode::Snapshot) => {
+            let client = MapperClient::new(url, None, w.request_timeout);
+            let poller = SnapshotPoller::start(client, w.refresh, snapshot.clone()).map_err(StartError::Spawn)?;
+            Ok((Running::Poller(poller), snapshot.into()))
+        }
+        (None, Some(url), WhitelistMode::Lookup) => {
+            let settings = LookupSettings {
+                cache_ttl: w.cache_ttl,
+                negative_ttl: w.negative_ttl,
+                failure_backoff: w.negative_ttl.min(Duration::from_secs(1)),
+                capacity: w.cache_size,
+            };
+            let cache = Arc::new(LookupCache::http(settings, MapperClient::new(url, None, w.request_timeout)));
+            Ok((Running::Lookup, WhitelistSource::Lookup { cache, workers: w.lookup_workers }))
+        }
+        (None, None, _) => Err(StartError::NoSource),
+    }
+}
