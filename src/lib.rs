@@ -11,8 +11,10 @@
 //! - [`whitelist::Snapshot`]: the immutable whitelist a decision reads.
 //!
 //! The I/O shell around it:
-//! - [`relay`]: consumer, producers, ordered offset tracking, the pipeline. A record is
-//!   decided in [`relay::pipeline`].
+//! - [`relay`]: consumer, producers, ordered offset tracking, the pipeline, and the return
+//!   path from Rush to prod. A record is decided in [`relay::pipeline`].
+//! - [`verify`]: the invariant checked on real topics ([`verify::check`] is pure).
+//! - [`demo`]: the embedded end-to-end demo; [`cleanup`]: ending a Rush session.
 //! - [`whitelist`]: where snapshots come from (a local file, a Config Mapper polled in snapshot
 //!   mode) and the per-user lookup cache of lookup mode.
 //! - [`kafka`]: client configuration and the retry / fatal / poison classification of errors.

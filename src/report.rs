@@ -80,6 +80,13 @@ pub fn describe(config: &Config, path: &Path) -> String {
         for svc in &r.services {
             let _ = writeln!(s, "  {:<16} prod:{}  rush:{}", svc.name, svc.output_topic, svc.output_topic);
         }
+        if r.return_path {
+            let _ = writeln!(
+                s,
+                "  return path      rush:{0} -> prod:{0} (header {1}: rush)",
+                r.topic, config.bridge.origin_header
+            );
+        }
     }
     s
 }
