@@ -85,6 +85,33 @@ pub enum WhitelistMode {
     Lookup,
 }
 
+/// The daemon's admin HTTP endpoint: `/metrics`, `/livez`, `/readyz`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    /// Address to listen on; empty turns the endpoint off.
+    #[serde(default = "defaults::admin_listen")]
+    pub listen: String,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        Self { listen: defaults::admin_listen() }
+    }
+}
+
+/// Traces of the bridge hop for Rush-stamped and return-path records.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TelemetryConfig {
+    /// OTLP/HTTP endpoint (e.g. `http://tempo:4318`); else `OTEL_EXPORTER_OTLP_ENDPOINT`; unset: no export.
+    pub otlp_endpoint: Option<String>,
+    /// `http/protobuf` (default) or `http/json`; else `OTEL_EXPORTER_OTLP_PROTOCOL`.
+    pub otlp_protocol: Option<String>,
+    /// The `service.name` resource attribute (default `tenancy-bridge`).
+    pub service_name: Option<String>,
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct WhitelistConfig {
@@ -204,6 +231,9 @@ mod defaults {
     pub fn tenancy_header() -> String {
         "event_tenancy".into()
     }
+    pub fn admin_listen() -> String {
+        "127.0.0.1:9464".into()
+    }
     pub fn origin_header() -> String {
         "tenancy-origin".into()
     }
@@ -263,6 +293,10 @@ struct RawConfig {
     whitelist: WhitelistConfig,
     #[serde(default)]
     bridge: BridgeConfig,
+    #[serde(default)]
+    admin: AdminConfig,
+    #[serde(default)]
+    telemetry: TelemetryConfig,
     routes: Vec<RawRoute>,
 }
 
@@ -289,6 +323,8 @@ pub struct Config {
     pub rush: ClusterConfig,
     pub whitelist: WhitelistConfig,
     pub bridge: BridgeConfig,
+    pub admin: AdminConfig,
+    pub telemetry: TelemetryConfig,
     pub routes: Vec<Route>,
 }
 
@@ -472,7 +508,23 @@ impl Config {
             }
         }
 
-        Ok(Config { prod: raw.prod, rush: raw.rush, whitelist: raw.whitelist, bridge: raw.bridge, routes })
+        if !raw.admin.listen.is_empty() && raw.admin.listen.parse::<std::net::SocketAddr>().is_err() {
+            return Err(invalid("admin.listen", "must be host:port with an IP address (e.g. 0.0.0.0:9464), or empty"));
+        }
+        if let Some(p) = &raw.telemetry.otlp_protocol {
+            if p != "http/protobuf" && p != "http/json" {
+                return Err(invalid("telemetry.otlp_protocol", "must be \"http/protobuf\" or \"http/json\""));
+            }
+        }
+        Ok(Config {
+            prod: raw.prod,
+            rush: raw.rush,
+            whitelist: raw.whitelist,
+            bridge: raw.bridge,
+            admin: raw.admin,
+            telemetry: raw.telemetry,
+            routes,
+        })
     }
 }
 

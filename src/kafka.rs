@@ -75,6 +75,8 @@ fn base(cluster: &ClusterConfig, role: ClientRole, client_id: &str) -> ClientCon
     let mut c = ClientConfig::new();
     c.set("bootstrap.servers", &cluster.bootstrap_servers);
     c.set("client.id", client_id);
+    // Lag, queue depth and broker round trips for /metrics; a user setting wins.
+    c.set("statistics.interval.ms", "5000");
     for (k, v) in cluster.kafka_properties(role) {
         c.set(k, v);
     }

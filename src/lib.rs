@@ -22,13 +22,16 @@
 //!   [`whitelist_cli`], the `whitelist` command that talks to one.
 //! - [`report`]: what `validate` prints.
 
+pub mod admin;
 pub mod cleanup;
 pub mod config;
 pub mod config_mapper;
+pub mod daemon;
 pub mod demo;
 pub mod extract;
 pub mod json_scan;
 pub mod kafka;
+pub mod metrics;
 pub mod relay;
 pub mod report;
 pub mod tenancy;

@@ -2,11 +2,10 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 
-use anyhow::Context as _;
 use clap::Parser as _;
 use tenancy_bridge::config::Config;
 use tenancy_bridge::whitelist;
-use tenancy_bridge::{cleanup, config_mapper, demo, relay, report, verify, whitelist_cli};
+use tenancy_bridge::{cleanup, config_mapper, daemon, demo, report, verify, whitelist_cli};
 
 mod cli;
 
@@ -65,9 +64,7 @@ fn dispatch(command: cli::Command) -> anyhow::Result<()> {
                 signal_hook::flag::register_conditional_shutdown(sig, 130, shutdown.clone())?;
                 signal_hook::flag::register(sig, shutdown.clone())?;
             }
-            // Held for the run: dropping a source stops it.
-            let (_running, source) = whitelist::source::start(&c.whitelist)?;
-            let summary = relay::run(&c, source, &shutdown).context("relay stopped")?;
+            let summary = daemon::run(&c, shutdown)?;
             emit(&format!("{summary}\n"));
             Ok(())
         }

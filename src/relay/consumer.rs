@@ -23,11 +23,27 @@ pub struct RebalanceContext {
     pub stats: Arc<Stats>,
     /// Which of the stats' gauges counts this consumer's partitions.
     pub assigned: fn(&Stats) -> &std::sync::atomic::AtomicUsize,
+    pub metrics: Arc<crate::metrics::Metrics>,
+    /// `forward` (prod routes) or `return` (Rush raw topics), for metric labels.
+    pub direction: &'static str,
+    pub cluster: &'static str,
     /// Lookup mode: revoked partitions, so parked records of them are dropped.
     pub revoked: Option<Arc<std::sync::Mutex<Vec<PartitionKey>>>>,
 }
 
-impl ClientContext for RebalanceContext {}
+impl ClientContext for RebalanceContext {
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        let client = if self.direction == "forward" { "consumer-prod" } else { "consumer-rush" };
+        crate::metrics::kafka_statistics(&self.metrics, client, self.cluster, &statistics);
+    }
+}
+
+impl RebalanceContext {
+    fn export_assigned(&self) {
+        let n = (self.assigned)(&self.stats).load(Relaxed);
+        self.metrics.assigned_partitions.with_label_values(&[self.direction]).set(n as i64);
+    }
+}
 
 impl RebalanceContext {
     fn keys(&self, tpl: &TopicPartitionList) -> Vec<PartitionKey> {
@@ -102,9 +118,11 @@ impl ConsumerContext for RebalanceContext {
                 }
                 let _ = (self.assigned)(&self.stats)
                     .fetch_update(Relaxed, Relaxed, |n| Some(n.saturating_sub(tpl.count())));
+                self.export_assigned();
             }
             Rebalance::Assign(tpl) => {
                 (self.assigned)(&self.stats).fetch_add(tpl.count(), Relaxed);
+                self.export_assigned();
                 tracing::info!(partitions = tpl.count(), "partitions assigned");
             }
             Rebalance::Error(e) => tracing::error!(error = %e, "rebalance error"),

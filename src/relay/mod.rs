@@ -31,6 +31,7 @@ pub use stats::{Stats, Summary};
 
 use crate::config::Config;
 use crate::kafka::{self, ErrorClass};
+use crate::metrics::Metrics;
 use crate::whitelist::SharedSnapshot;
 use crate::whitelist::lookup::LookupCache;
 use consumer::RebalanceContext;
@@ -51,6 +52,8 @@ pub enum RelayError {
     Produce(#[from] Box<ProduceError>),
     #[error("output of {topic}[{partition}]@{offset} failed: {reason}; offsets from there on were not committed")]
     Delivery { topic: String, partition: i32, offset: i64, reason: String },
+    #[error(transparent)]
+    Metrics(#[from] crate::metrics::MetricsError),
     #[error("{pending} records still unacknowledged after the drain timeout; they will be replayed on restart")]
     DrainTimeout { pending: usize },
 }
@@ -78,15 +81,28 @@ pub fn run(
     run_with(config, whitelist, shutdown, Arc::new(Stats::default()))
 }
 
-/// [`run`] with counters the caller can read while it runs. The forward direction runs on the
-/// caller's thread, the return path (if any route has one) on another; either failing stops both.
+/// [`run`] with counters the caller can read while it runs.
 pub fn run_with(
     config: &Config,
     whitelist: impl Into<WhitelistSource>,
     shutdown: &AtomicBool,
     stats: Arc<Stats>,
 ) -> Result<Summary, RelayError> {
+    let metrics = Arc::new(Metrics::new()?);
+    run_observed(config, whitelist, shutdown, stats, metrics)
+}
+
+/// [`run_with`] exporting to `metrics`. The forward direction runs on the caller's thread, the
+/// return path (if any route has one) on another; either failing stops both.
+pub fn run_observed(
+    config: &Config,
+    whitelist: impl Into<WhitelistSource>,
+    shutdown: &AtomicBool,
+    stats: Arc<Stats>,
+    metrics: Arc<Metrics>,
+) -> Result<Summary, RelayError> {
     let whitelist = whitelist.into();
+    let metrics = &metrics;
     topics::ensure_outputs(config)?;
     let failed = AtomicBool::new(false);
     let stop = || shutdown.load(Ordering::Relaxed) || failed.load(Ordering::Relaxed);
@@ -95,14 +111,14 @@ pub fn run_with(
             let stats = stats.clone();
             let (stop, failed) = (&stop, &failed);
             std::thread::Builder::new().name("return-path".into()).spawn_scoped(scope, move || {
-                let r = run_return_path(config, stop, stats);
+                let r = run_return_path(config, stop, stats, metrics);
                 if r.is_err() {
                     failed.store(true, Ordering::Relaxed);
                 }
                 r
             })
         });
-        let forward = run_forward(config, whitelist, &stop, stats.clone());
+        let forward = run_forward(config, whitelist, &stop, stats.clone(), metrics);
         if forward.is_err() {
             failed.store(true, Ordering::Relaxed);
         }
@@ -131,16 +147,12 @@ fn run_forward(
     whitelist: WhitelistSource,
     stop: &dyn Fn() -> bool,
     stats: Arc<Stats>,
+    metrics: &Arc<Metrics>,
 ) -> Result<(), RelayError> {
     let tracker = Arc::new(Tracker::new());
     let producers = Arc::new(
-        Producers::create(
-            &kafka::producer_config(&config.prod, "prod", config),
-            &kafka::producer_config(&config.rush, "rush", config),
-            &tracker,
-            &stats,
-        )
-        .map_err(|source| RelayError::Client { what: "producers", source })?,
+        Producers::create(config, &tracker, &stats, metrics)
+            .map_err(|source| RelayError::Client { what: "producers", source })?,
     );
     let route_topics: Vec<String> = config.routes.iter().map(|r| r.topic.clone()).collect();
     let revoked = match whitelist {
@@ -154,13 +166,16 @@ fn run_forward(
         drain_timeout: config.bridge.drain_timeout,
         stats: stats.clone(),
         assigned: |s| &s.assigned_partitions,
+        metrics: metrics.clone(),
+        direction: "forward",
+        cluster: "prod",
         revoked: revoked.clone(),
     };
     let consumer =
         subscribe(kafka::consumer_config(&config.prod, "prod", &config.bridge.group_id), context, &route_topics)?;
     tracing::info!(routes = route_topics.len(), group = %config.bridge.group_id, "relay started");
 
-    let pipeline = Pipeline::new(config, producers.clone(), tracker.clone(), stats.clone());
+    let pipeline = Pipeline::new(config, producers.clone(), tracker.clone(), stats.clone(), metrics);
     let source = match whitelist {
         WhitelistSource::Snapshot(s) => Source::Snapshot(s),
         WhitelistSource::Lookup { cache, workers } => {
@@ -174,17 +189,23 @@ fn run_forward(
         max_in_flight: config.bridge.max_in_flight,
         commit_interval: config.bridge.commit_interval,
         in_flight_peak: &stats.in_flight_peak,
+        uncommitted: metrics.uncommitted.with_label_values(&["forward"]),
     };
     let result = poll::run(&consumer, &tracker, &limits, &mut handler, stop);
     finish(config, &consumer, &*producers, &tracker, &route_topics, result)
 }
 
 /// The return path: Rush raw topics of return routes → the same topics on prod.
-fn run_return_path(config: &Config, stop: &dyn Fn() -> bool, stats: Arc<Stats>) -> Result<(), RelayError> {
+fn run_return_path(
+    config: &Config,
+    stop: &dyn Fn() -> bool,
+    stats: Arc<Stats>,
+    metrics: &Arc<Metrics>,
+) -> Result<(), RelayError> {
     let topics: Vec<String> = config.routes.iter().filter(|r| r.return_path).map(|r| r.topic.clone()).collect();
     let tracker = Arc::new(Tracker::new());
     let producer = Arc::new(
-        producer::return_producer(&kafka::producer_config(&config.prod, "prod-return", config), &tracker, &stats)
+        producer::return_producer(config, &tracker, &stats, metrics)
             .map_err(|source| RelayError::Client { what: "return path producer", source })?,
     );
     let context = RebalanceContext {
@@ -194,15 +215,19 @@ fn run_return_path(config: &Config, stop: &dyn Fn() -> bool, stats: Arc<Stats>) 
         drain_timeout: config.bridge.drain_timeout,
         stats: stats.clone(),
         assigned: |s| &s.return_assigned_partitions,
+        metrics: metrics.clone(),
+        direction: "return",
+        cluster: "rush",
         revoked: None,
     };
     let consumer = subscribe(kafka::consumer_config(&config.rush, "rush", &config.bridge.group_id), context, &topics)?;
     tracing::info!(topics = ?topics, group = %config.bridge.group_id, "return path started");
-    let mut handler = ReturnPath::new(topics.clone(), config, producer.clone(), tracker.clone(), stats.clone());
+    let mut handler = ReturnPath::new(config, producer.clone(), tracker.clone(), stats.clone(), metrics);
     let limits = poll::Limits {
         max_in_flight: config.bridge.max_in_flight,
         commit_interval: config.bridge.commit_interval,
         in_flight_peak: &stats.in_flight_peak,
+        uncommitted: metrics.uncommitted.with_label_values(&["return"]),
     };
     let result = poll::run(&consumer, &tracker, &limits, &mut handler, stop);
     finish(config, &consumer, &*producer, &tracker, &topics, result)

@@ -43,6 +43,7 @@ pub struct Limits<'a> {
     pub max_in_flight: usize,
     pub commit_interval: Duration,
     pub in_flight_peak: &'a AtomicUsize,
+    pub uncommitted: prometheus::IntGauge,
 }
 
 /// Runs until `stop` says so or a record cannot be handled. A delivery failure ends the loop
@@ -95,7 +96,9 @@ pub fn run<H: Handler>(
             }
         }
         handler.end_batch(consumer)?;
-        limits.in_flight_peak.fetch_max(tracker.in_flight(), Ordering::Relaxed);
+        let in_flight = tracker.in_flight();
+        limits.in_flight_peak.fetch_max(in_flight, Ordering::Relaxed);
+        limits.uncommitted.set(in_flight as i64);
 
         if last_commit.elapsed() >= limits.commit_interval {
             last_commit = Instant::now();

@@ -11,10 +11,14 @@ use rdkafka::{ClientContext, Timestamp};
 use super::offsets::Tracker;
 use super::stats::Stats;
 use crate::kafka::{ErrorClass, classify};
+use crate::metrics::{self, Metrics, OutputMetrics};
 use crate::tenancy::Cluster;
 
 pub struct DeliveryContext {
     cluster: Cluster,
+    client: &'static str,
+    outputs: OutputMetrics,
+    metrics: Arc<Metrics>,
     /// The return path's prod producer counts its acknowledgements apart from fan-out outputs.
     return_path: bool,
     tracker: Arc<Tracker>,
@@ -25,7 +29,14 @@ impl ClientContext for DeliveryContext {
     fn error(&self, error: KafkaError, reason: &str) {
         // librdkafka reports an idempotence failure (lost sequence) as a fatal global error;
         // every later delivery then fails, which stops the relay through the tracker.
+        if error.rdkafka_error_code() == Some(RDKafkaErrorCode::Fatal) {
+            self.stats.producer_fatal.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
         tracing::error!(cluster = self.cluster.as_str(), %error, reason, "producer error");
+    }
+
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        metrics::kafka_statistics(&self.metrics, self.client, self.cluster.as_str(), &statistics);
     }
 }
 
@@ -34,7 +45,12 @@ impl ProducerContext for DeliveryContext {
 
     fn delivery(&self, result: &DeliveryResult<'_>, opaque: usize) {
         match result {
-            Ok(_) => {
+            Ok(msg) => {
+                self.outputs.acked(msg.topic());
+                if let Some(ts) = msg.timestamp().to_millis() {
+                    let age_ms = crate::whitelist::now_ms().saturating_sub(ts).max(0);
+                    self.outputs.age.observe(age_ms as f64 / 1000.0);
+                }
                 if self.return_path {
                     self.stats.return_forwarded.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 } else {
@@ -45,6 +61,7 @@ impl ProducerContext for DeliveryContext {
             Err((err, msg)) => {
                 let class = classify(err);
                 self.stats.produce_error(class);
+                self.outputs.error(class);
                 let reason = format!(
                     "{} cluster, {}[{}]: {err} ({} error)",
                     self.cluster.as_str(),
@@ -68,16 +85,25 @@ pub struct Producers {
 
 impl Producers {
     pub fn create(
-        prod: &rdkafka::ClientConfig,
-        rush: &rdkafka::ClientConfig,
+        config: &crate::config::Config,
         tracker: &Arc<Tracker>,
         stats: &Arc<Stats>,
+        metrics: &Arc<Metrics>,
     ) -> Result<Self, KafkaError> {
-        let ctx =
-            |cluster| DeliveryContext { cluster, return_path: false, tracker: tracker.clone(), stats: stats.clone() };
+        let ctx = |cluster, client| DeliveryContext {
+            cluster,
+            client,
+            outputs: metrics.outputs(config, cluster, false),
+            metrics: metrics.clone(),
+            return_path: false,
+            tracker: tracker.clone(),
+            stats: stats.clone(),
+        };
+        let prod = crate::kafka::producer_config(&config.prod, "prod", config);
+        let rush = crate::kafka::producer_config(&config.rush, "rush", config);
         Ok(Self {
-            prod: prod.create_with_context(ctx(Cluster::Prod))?,
-            rush: rush.create_with_context(ctx(Cluster::Rush))?,
+            prod: prod.create_with_context(ctx(Cluster::Prod, "producer-prod"))?,
+            rush: rush.create_with_context(ctx(Cluster::Rush, "producer-rush"))?,
         })
     }
 
@@ -91,12 +117,17 @@ impl Producers {
 
 /// The return path's producer: writes to prod, acknowledgements counted as returned records.
 pub fn return_producer(
-    prod: &rdkafka::ClientConfig,
+    config: &crate::config::Config,
     tracker: &Arc<Tracker>,
     stats: &Arc<Stats>,
+    metrics: &Arc<Metrics>,
 ) -> Result<OutputProducer, KafkaError> {
+    let prod = crate::kafka::producer_config(&config.prod, "prod-return", config);
     prod.create_with_context(DeliveryContext {
         cluster: Cluster::Prod,
+        client: "producer-return",
+        outputs: metrics.outputs(config, Cluster::Prod, true),
+        metrics: metrics.clone(),
         return_path: true,
         tracker: tracker.clone(),
         stats: stats.clone(),

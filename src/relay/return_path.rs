@@ -22,6 +22,7 @@ use super::poll::Handler;
 use super::producer::{Output, OutputProducer, send};
 use super::stats::Stats;
 use crate::config::Config;
+use crate::metrics::{Metrics, RouteMetrics};
 
 /// Value of the provenance header on forwarded records.
 pub const ORIGIN_RUSH: &str = "rush";
@@ -66,17 +67,27 @@ pub struct ReturnPath {
     producer: Arc<OutputProducer>,
     tracker: Arc<Tracker>,
     stats: Arc<Stats>,
+    metrics: Vec<RouteMetrics>,
 }
 
 impl ReturnPath {
+    /// For the raw topics of `config`'s return routes, in route order.
     pub fn new(
-        topics: Vec<String>,
         config: &Config,
         producer: Arc<OutputProducer>,
         tracker: Arc<Tracker>,
         stats: Arc<Stats>,
+        metrics: &Metrics,
     ) -> Self {
-        Self { topics, provenance: Provenance::new(config), producer, tracker, stats }
+        let routes: Vec<usize> = (0..config.routes.len()).filter(|&i| config.routes[i].return_path).collect();
+        Self {
+            topics: routes.iter().map(|&i| config.routes[i].topic.clone()).collect(),
+            metrics: routes.iter().map(|&i| metrics.route(config, i)).collect(),
+            provenance: Provenance::new(config),
+            producer,
+            tracker,
+            stats,
+        }
     }
 }
 
@@ -88,9 +99,11 @@ impl Handler for ReturnPath {
         };
         let key = (ri, msg.partition());
         self.stats.return_in.fetch_add(1, Relaxed);
+        self.metrics[ri].return_in.inc();
         let topic = &self.topics[ri];
         if self.provenance.came_through(msg.headers(), topic) {
             let n = self.stats.return_looped.fetch_add(1, Relaxed) + 1;
+            self.metrics[ri].return_looped.inc();
             // Every occurrence is counted; the log says so at 1, 2, 4, 8, … to stay readable.
             if n.is_power_of_two() {
                 tracing::warn!(

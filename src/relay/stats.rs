@@ -25,6 +25,8 @@ pub struct Stats {
     pub return_forwarded: AtomicU64,
     pub return_looped: AtomicU64,
     pub return_assigned_partitions: AtomicUsize,
+    /// A producer reported a fatal error (e.g. lost idempotence): not ready any more.
+    pub producer_fatal: std::sync::atomic::AtomicBool,
     passthrough: [AtomicU64; Passthrough::ALL.len()],
     produce_errors: [AtomicU64; 3],
 }

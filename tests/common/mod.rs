@@ -433,6 +433,8 @@ bootstrap_servers = "{rush}"
 [whitelist]
 file = "{wl}"
 refresh = "100ms"
+[admin]
+listen = "127.0.0.1:0"
 [bridge]
 group_id = "{group}"
 drain_timeout = "20s"

@@ -1,0 +1,131 @@
+//! The daemon's admin endpoint: `/metrics` (Prometheus text), `/livez`, `/readyz`.
+//!
+//! Ready means: input partitions assigned, no producer in a fatal state, the whitelist loaded
+//! (or its first load failed and the bridge is explicitly failing safe to production), and no
+//! shutdown under way: `/readyz` turns 503 the moment a stop signal arrives, before the drain.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::get;
+
+use crate::metrics::Metrics;
+use crate::relay::Stats;
+use crate::whitelist::{SharedSnapshot, SourceStatus};
+
+/// What the endpoint reads.
+pub struct AdminState {
+    pub metrics: Arc<Metrics>,
+    pub stats: Arc<Stats>,
+    pub shutdown: Arc<AtomicBool>,
+    /// The snapshot in use (snapshot mode) and, when polled from a Config Mapper, its status.
+    pub snapshot: Option<SharedSnapshot>,
+    pub source: Option<Arc<SourceStatus>>,
+}
+
+impl AdminState {
+    /// Why the bridge is not ready; empty when it is.
+    pub fn not_ready(&self) -> Vec<&'static str> {
+        let mut why = Vec::new();
+        if self.shutdown.load(Relaxed) {
+            why.push("shutting down");
+        }
+        if self.stats.assigned_partitions.load(Relaxed) == 0 {
+            why.push("no input partitions assigned");
+        }
+        if self.stats.producer_fatal.load(Relaxed) {
+            why.push("a producer is in a fatal state");
+        }
+        if let Some(s) = &self.source {
+            // The first refresh runs before the relay starts: success, or a counted failure
+            // after which every event is production (failing safe) — either is a decision.
+            if s.last_ok_ms.load(Relaxed) == 0 && s.refresh_errors.load(Relaxed) == 0 {
+                why.push("whitelist not loaded yet");
+            }
+        }
+        why
+    }
+
+    /// Brings the scrape-time gauges up to date.
+    fn refresh_gauges(&self) {
+        let m = &self.metrics;
+        if let Some(s) = &self.snapshot {
+            let snap = s.load();
+            m.whitelist_version.set(snap.version() as i64);
+            m.whitelist_entries.set(snap.len() as i64);
+        }
+        if let Some(s) = &self.source {
+            m.whitelist_staleness.set(s.staleness_seconds().unwrap_or(f64::INFINITY));
+            let errors = s.refresh_errors.load(Relaxed);
+            let exported = m.whitelist_refresh_errors.get();
+            if errors > exported {
+                m.whitelist_refresh_errors.inc_by(errors - exported);
+            }
+        }
+        m.ready.set(i64::from(self.not_ready().is_empty()));
+    }
+}
+
+pub fn router(state: Arc<AdminState>) -> axum::Router {
+    axum::Router::new()
+        .route("/metrics", get(metrics))
+        .route("/livez", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .with_state(state)
+}
+
+async fn metrics(State(s): State<Arc<AdminState>>) -> impl IntoResponse {
+    s.refresh_gauges();
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], crate::metrics::encode(&s.metrics.registry))
+}
+
+async fn readyz(State(s): State<Arc<AdminState>>) -> impl IntoResponse {
+    let why = s.not_ready();
+    if why.is_empty() {
+        (StatusCode::OK, "ready\n".to_owned())
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {}\n", why.join("; ")))
+    }
+}
+
+/// The endpoint on its own thread and runtime; stops when dropped.
+pub struct Admin {
+    pub addr: SocketAddr,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Admin {
+    /// Binds `listen` now (a bad address or a port in use is a start-up error) and serves.
+    pub fn start(listen: &str, state: Arc<AdminState>) -> std::io::Result<Self> {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        let listener = rt.block_on(tokio::net::TcpListener::bind(listen))?;
+        let addr = listener.local_addr()?;
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::Builder::new().name("admin-http".into()).spawn(move || {
+            let serve = axum::serve(listener, router(state)).with_graceful_shutdown(async {
+                let _ = stopped.await;
+            });
+            if let Err(e) = rt.block_on(std::future::IntoFuture::into_future(serve)) {
+                tracing::error!(error = %e, "admin endpoint stopped");
+            }
+        })?;
+        tracing::info!(%addr, "admin endpoint: /metrics /livez /readyz");
+        Ok(Self { addr, stop: Some(stop), thread: Some(thread) })
+    }
+}
+
+impl Drop for Admin {
+    fn drop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}

@@ -1,0 +1,270 @@
+//! Every Prometheus metric of the bridge, defined once. Labels are routes, services, clusters,
+//! reasons and partitions, never users. The hot path holds handles resolved at start
+//! ([`RouteMetrics`], [`OutputMetrics`]), so counting a record is an atomic add.
+
+use std::collections::HashMap;
+
+use prometheus::{
+    Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry,
+};
+
+use crate::config::Config;
+use crate::extract::Passthrough;
+use crate::kafka::ErrorClass;
+use crate::tenancy::Cluster;
+
+pub const PREFIX: &str = "tenancy_bridge";
+
+/// Seconds from an event's timestamp to its output's acknowledgement.
+const AGE_BUCKETS: &[f64] = &[0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0];
+/// Seconds to decide one record (extract, whitelist, plan the stamp); sampled.
+const DECISION_BUCKETS: &[f64] = &[1e-7, 2.5e-7, 5e-7, 1e-6, 2.5e-6, 5e-6, 1e-5, 5e-5, 1e-4, 1e-3];
+
+#[derive(Debug, thiserror::Error)]
+#[error("metric registry: {0}")]
+pub struct MetricsError(#[from] prometheus::Error);
+
+pub struct Metrics {
+    pub registry: Registry,
+    pub records_in: IntCounterVec,
+    pub records_out: IntCounterVec,
+    pub rush_stamped: IntCounterVec,
+    pub passthrough: IntCounterVec,
+    pub upstream_honoured: IntCounterVec,
+    pub produce_errors: IntCounterVec,
+    pub uncommitted: IntGaugeVec,
+    pub assigned_partitions: IntGaugeVec,
+    pub record_age: HistogramVec,
+    pub decision_seconds: Histogram,
+    pub return_records: IntCounterVec,
+    pub consumer_lag: IntGaugeVec,
+    pub kafka_queue_messages: IntGaugeVec,
+    pub kafka_broker_rtt: GaugeVec,
+    pub kafka_broker_errors: IntGaugeVec,
+    pub whitelist_version: IntGauge,
+    pub whitelist_entries: IntGauge,
+    pub whitelist_staleness: Gauge,
+    pub whitelist_refresh_errors: IntCounter,
+    pub ready: IntGauge,
+}
+
+fn name(n: &str) -> String {
+    format!("{PREFIX}_{n}")
+}
+
+impl Metrics {
+    pub fn new() -> Result<Self, MetricsError> {
+        let registry = Registry::new();
+        let counter = |n: &str, help: &str, labels: &[&str]| -> Result<IntCounterVec, MetricsError> {
+            let m = IntCounterVec::new(Opts::new(name(n), help), labels)?;
+            registry.register(Box::new(m.clone()))?;
+            Ok(m)
+        };
+        let gauge = |n: &str, help: &str, labels: &[&str]| -> Result<IntGaugeVec, MetricsError> {
+            let m = IntGaugeVec::new(Opts::new(name(n), help), labels)?;
+            registry.register(Box::new(m.clone()))?;
+            Ok(m)
+        };
+        let m = Self {
+            records_in: counter("records_in_total", "Input records read from a route topic on prod.", &["route"])?,
+            records_out: counter(
+                "records_out_total",
+                "Outputs acknowledged, by route, service and destination cluster.",
+                &["route", "service", "cluster"],
+            )?,
+            rush_stamped: counter(
+                "rush_stamped_total",
+                "Rush copies stamped with event_tenancy, by route and service.",
+                &["route", "service"],
+            )?,
+            passthrough: counter(
+                "passthrough_total",
+                "Records sent to production unchanged without a whitelist lookup, by reason.",
+                &["route", "reason"],
+            )?,
+            upstream_honoured: counter(
+                "upstream_honoured_total",
+                "Records whose existing event_tenancy stamp was honoured.",
+                &["route"],
+            )?,
+            produce_errors: counter(
+                "produce_errors_total",
+                "Failed writes by cluster and class (retry, fatal, poison).",
+                &["cluster", "class"],
+            )?,
+            uncommitted: gauge(
+                "uncommitted_records",
+                "Records read but not yet committed (outputs pending), by direction.",
+                &["direction"],
+            )?,
+            assigned_partitions: gauge(
+                "assigned_partitions",
+                "Partitions this instance owns, by direction (forward: prod routes, return: Rush raw topics).",
+                &["direction"],
+            )?,
+            record_age: HistogramVec::new(
+                HistogramOpts::new(name("record_age_seconds"), "Event timestamp to output acknowledgement.")
+                    .buckets(AGE_BUCKETS.to_vec()),
+                &["cluster"],
+            )?,
+            decision_seconds: Histogram::with_opts(
+                HistogramOpts::new(name("decision_seconds"), "Time to decide one record (1 in 64 sampled).")
+                    .buckets(DECISION_BUCKETS.to_vec()),
+            )?,
+            return_records: counter(
+                "return_records_total",
+                "Return path records: read on Rush, forwarded (acknowledged on prod), dropped as loops.",
+                &["route", "outcome"],
+            )?,
+            consumer_lag: gauge(
+                "consumer_lag",
+                "Records behind the partition's high watermark (librdkafka statistics).",
+                &["cluster", "topic", "partition"],
+            )?,
+            kafka_queue_messages: gauge(
+                "kafka_queue_messages",
+                "Messages in a client's librdkafka queues (librdkafka statistics).",
+                &["client"],
+            )?,
+            kafka_broker_rtt: {
+                let m = GaugeVec::new(
+                    Opts::new(name("kafka_broker_rtt_seconds"), "Average broker round trip (librdkafka statistics)."),
+                    &["client", "broker"],
+                )?;
+                registry.register(Box::new(m.clone()))?;
+                m
+            },
+            kafka_broker_errors: gauge(
+                "kafka_broker_errors",
+                "Transmit and receive errors a client saw on its brokers since start (librdkafka statistics).",
+                &["client"],
+            )?,
+            whitelist_version: IntGauge::new(name("whitelist_version"), "Version of the whitelist snapshot in use.")?,
+            whitelist_entries: IntGauge::new(name("whitelist_entries"), "Users in the whitelist snapshot in use.")?,
+            whitelist_staleness: Gauge::new(
+                name("whitelist_staleness_seconds"),
+                "Seconds since the whitelist was last refreshed from the Config Mapper.",
+            )?,
+            whitelist_refresh_errors: IntCounter::new(
+                name("whitelist_refresh_errors_total"),
+                "Failed whitelist refreshes.",
+            )?,
+            ready: IntGauge::new(name("ready"), "1 when /readyz answers 200.")?,
+            registry,
+        };
+        for c in [&m.whitelist_version, &m.whitelist_entries, &m.ready] {
+            m.registry.register(Box::new(c.clone()))?;
+        }
+        m.registry.register(Box::new(m.whitelist_staleness.clone()))?;
+        m.registry.register(Box::new(m.whitelist_refresh_errors.clone()))?;
+        m.registry.register(Box::new(m.record_age.clone()))?;
+        m.registry.register(Box::new(m.decision_seconds.clone()))?;
+        Ok(m)
+    }
+
+    /// Handles for one route's hot path.
+    pub fn route(&self, config: &Config, route: usize) -> RouteMetrics {
+        let r = &config.routes[route];
+        let t = r.topic.as_str();
+        RouteMetrics {
+            records_in: self.records_in.with_label_values(&[t]),
+            upstream: self.upstream_honoured.with_label_values(&[t]),
+            passthrough: Passthrough::ALL.map(|p| self.passthrough.with_label_values(&[t, p.as_str()])),
+            stamped: r.services.iter().map(|s| self.rush_stamped.with_label_values(&[t, &s.name])).collect(),
+            return_in: self.return_records.with_label_values(&[t, "read"]),
+            return_looped: self.return_records.with_label_values(&[t, "looped"]),
+            return_forwarded: self.return_records.with_label_values(&[t, "forwarded"]),
+        }
+    }
+
+    /// Handles for one producer's delivery reports, by output topic.
+    pub fn outputs(&self, config: &Config, cluster: Cluster, return_path: bool) -> OutputMetrics {
+        let c = cluster.as_str();
+        let mut by_topic = HashMap::new();
+        for r in &config.routes {
+            if return_path {
+                if r.return_path {
+                    by_topic.insert(r.topic.clone(), self.return_records.with_label_values(&[&r.topic, "forwarded"]));
+                }
+                continue;
+            }
+            for s in &r.services {
+                by_topic.insert(s.output_topic.clone(), self.records_out.with_label_values(&[&r.topic, &s.name, c]));
+            }
+        }
+        OutputMetrics {
+            by_topic,
+            age: self.record_age.with_label_values(&[c]),
+            errors: [ErrorClass::Retry, ErrorClass::Fatal, ErrorClass::Poison]
+                .map(|class| self.produce_errors.with_label_values(&[c, class.as_str()])),
+        }
+    }
+}
+
+pub struct RouteMetrics {
+    pub records_in: IntCounter,
+    pub upstream: IntCounter,
+    pub passthrough: [IntCounter; Passthrough::ALL.len()],
+    /// Per service of the route, in route order.
+    pub stamped: Vec<IntCounter>,
+    pub return_in: IntCounter,
+    pub return_looped: IntCounter,
+    pub return_forwarded: IntCounter,
+}
+
+impl RouteMetrics {
+    pub fn passthrough(&self, p: Passthrough) -> &IntCounter {
+        let i = Passthrough::ALL.iter().position(|x| *x == p).unwrap_or(0);
+        &self.passthrough[i]
+    }
+}
+
+pub struct OutputMetrics {
+    by_topic: HashMap<String, IntCounter>,
+    pub age: Histogram,
+    errors: [IntCounter; 3],
+}
+
+impl OutputMetrics {
+    pub fn acked(&self, topic: &str) {
+        if let Some(c) = self.by_topic.get(topic) {
+            c.inc();
+        }
+    }
+
+    pub fn error(&self, class: ErrorClass) {
+        self.errors[class as usize].inc();
+    }
+}
+
+/// Exports the statistics librdkafka emits every `statistics.interval.ms` for client `client`.
+pub fn kafka_statistics(m: &Metrics, client: &str, cluster: &str, s: &rdkafka::Statistics) {
+    m.kafka_queue_messages.with_label_values(&[client]).set(s.msg_cnt as i64);
+    let mut errors = 0;
+    for b in s.brokers.values() {
+        errors += b.txerrs + b.rxerrs;
+        if let Some(rtt) = &b.rtt {
+            m.kafka_broker_rtt.with_label_values(&[client, &b.name]).set(rtt.avg as f64 / 1e6);
+        }
+    }
+    m.kafka_broker_errors.with_label_values(&[client]).set(errors as i64);
+    for (topic, t) in &s.topics {
+        for (p, part) in &t.partitions {
+            // -1 is librdkafka's internal "unassigned" partition; a lag of -1 means unknown.
+            if *p < 0 || part.consumer_lag < 0 {
+                continue;
+            }
+            m.consumer_lag.with_label_values(&[cluster, topic, &p.to_string()]).set(part.consumer_lag);
+        }
+    }
+}
+
+/// The registry in Prometheus' text format.
+pub fn encode(registry: &Registry) -> String {
+    let mut out = String::new();
+    if let Err(e) = prometheus::TextEncoder::new().encode_utf8(&registry.gather(), &mut out) {
+        tracing::warn!(error = %e, "cannot encode metrics");
+    }
+    out
+}
