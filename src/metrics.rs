@@ -238,6 +238,30 @@ impl OutputMetrics {
     }
 }
 
+/// The Config Mapper's own metrics, served on its `/metrics`.
+pub struct MapperMetrics {
+    pub registry: Registry,
+    pub requests: IntCounterVec,
+    pub whitelist_version: IntGauge,
+    pub whitelist_entries: IntGauge,
+}
+
+impl MapperMetrics {
+    pub fn new() -> Result<Self, MetricsError> {
+        let registry = Registry::new();
+        let requests = IntCounterVec::new(
+            Opts::new(name("mapper_requests_total"), "Config Mapper HTTP requests by route, method and status."),
+            &["route", "method", "status"],
+        )?;
+        let whitelist_version = IntGauge::new(name("mapper_whitelist_version"), "Whitelist version served.")?;
+        let whitelist_entries = IntGauge::new(name("mapper_whitelist_entries"), "Live whitelist entries served.")?;
+        registry.register(Box::new(requests.clone()))?;
+        registry.register(Box::new(whitelist_version.clone()))?;
+        registry.register(Box::new(whitelist_entries.clone()))?;
+        Ok(Self { registry, requests, whitelist_version, whitelist_entries })
+    }
+}
+
 /// Exports the statistics librdkafka emits every `statistics.interval.ms` for client `client`.
 pub fn kafka_statistics(m: &Metrics, client: &str, cluster: &str, s: &rdkafka::Statistics) {
     m.kafka_queue_messages.with_label_values(&[client]).set(s.msg_cnt as i64);

@@ -23,6 +23,7 @@ pub struct AppState {
     pub store: Store,
     pub tokens: Tokens,
     pub max_ttl_seconds: i64,
+    pub metrics: crate::metrics::MapperMetrics,
 }
 
 pub fn router(state: Arc<AppState>) -> Router {
@@ -32,8 +33,32 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/whitelist/{user}", get(get_user).put(put_user).delete(delete_user))
         .route("/v1/whitelist/{user}/{service}", axum::routing::delete(delete_service))
         .route("/v1/audit", get(audit))
+        .route("/metrics", get(metrics))
         .layer(DefaultBodyLimit::max(MAX_BODY))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), count_request))
         .with_state(state)
+}
+
+/// Counts every request by its route template (never the user in the path) and status.
+async fn count_request(
+    State(state): State<Arc<AppState>>,
+    path: Option<axum::extract::MatchedPath>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let route = path.as_ref().map_or("unmatched", |p| p.as_str()).to_owned();
+    let method = req.method().as_str().to_owned();
+    let resp = next.run(req).await;
+    state.metrics.requests.with_label_values(&[&route, &method, resp.status().as_str()]).inc();
+    resp
+}
+
+async fn metrics(State(state): State<Arc<AppState>>) -> ApiResult<impl IntoResponse> {
+    let (version, entries) = blocking(&state, |s| s.snapshot(now_ms())).await?;
+    state.metrics.whitelist_version.set(version as i64);
+    state.metrics.whitelist_entries.set(entries.len() as i64);
+    let text = crate::metrics::encode(&state.metrics.registry);
+    Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text))
 }
 
 pub struct ApiError {

@@ -63,6 +63,7 @@ pub async fn serve(
         store: Store::open(&opts.db)?,
         tokens,
         max_ttl_seconds: opts.max_ttl.as_secs() as i64,
+        metrics: crate::metrics::MapperMetrics::new().map_err(|e| MapperError::Serve(std::io::Error::other(e)))?,
     });
     axum::serve(listener, router(state)).with_graceful_shutdown(shutdown).await.map_err(MapperError::Serve)
 }

@@ -32,7 +32,7 @@ fn tansu_bin() -> PathBuf {
     default
 }
 
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
@@ -185,6 +185,19 @@ pub fn create_topic(bootstrap: &str, name: &str, partitions: i32) {
         assert!(Instant::now() < deadline, "topic {name} not visible");
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// A plain HTTP/1.1 GET: status and body.
+pub fn http_get(addr: &str, path: &str) -> (u16, String) {
+    use std::io::{Read as _, Write as _};
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").unwrap();
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).unwrap();
+    let status = raw.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let body = raw.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    (status, body)
 }
 
 /// Whether `name` exists on the cluster (listing all topics, so nothing gets auto-created).
