@@ -6,7 +6,8 @@ use std::sync::atomic::AtomicBool;
 use crate::admin::{Admin, AdminState};
 use crate::config::Config;
 use crate::metrics::{Metrics, MetricsError};
-use crate::relay::{self, RelayError, Stats, Summary, WhitelistSource};
+use crate::relay::{self, Observers, RelayError, Stats, Summary, WhitelistSource};
+use crate::telemetry::{HopTracer, TelemetryError};
 use crate::whitelist::source::{self, StartError};
 
 #[derive(Debug, thiserror::Error)]
@@ -17,6 +18,8 @@ pub enum DaemonError {
     Metrics(#[from] MetricsError),
     #[error("admin.listen {addr}: {source}")]
     Admin { addr: String, source: std::io::Error },
+    #[error(transparent)]
+    Telemetry(#[from] TelemetryError),
     #[error("relay stopped: {0}")]
     Relay(#[from] RelayError),
 }
@@ -27,6 +30,7 @@ pub fn run(config: &Config, shutdown: Arc<AtomicBool>) -> Result<Summary, Daemon
     let (running, whitelist) = source::start(&config.whitelist)?;
     let metrics = Arc::new(Metrics::new()?);
     let stats = Arc::new(Stats::default());
+    let tracer = Arc::new(HopTracer::new(&config.telemetry)?);
     let snapshot = match &whitelist {
         WhitelistSource::Snapshot(s) => Some(s.clone()),
         WhitelistSource::Lookup { .. } => None,
@@ -44,7 +48,9 @@ pub fn run(config: &Config, shutdown: Arc<AtomicBool>) -> Result<Summary, Daemon
             Some(Admin::start(listen, state).map_err(|source| DaemonError::Admin { addr: listen.to_owned(), source })?)
         }
     };
-    let summary = relay::run_observed(config, whitelist, &shutdown, stats, metrics)?;
+    let observers = Observers { stats, metrics, tracer };
+    let summary = relay::run_observed(config, whitelist, &shutdown, &observers);
+    observers.tracer.shutdown();
     drop(running);
-    Ok(summary)
+    Ok(summary?)
 }

@@ -34,6 +34,7 @@ pub mod kafka;
 pub mod metrics;
 pub mod relay;
 pub mod report;
+pub mod telemetry;
 pub mod tenancy;
 pub mod verify;
 pub mod whitelist;

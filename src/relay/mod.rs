@@ -32,6 +32,7 @@ pub use stats::{Stats, Summary};
 use crate::config::Config;
 use crate::kafka::{self, ErrorClass};
 use crate::metrics::Metrics;
+use crate::telemetry::HopTracer;
 use crate::whitelist::SharedSnapshot;
 use crate::whitelist::lookup::LookupCache;
 use consumer::RebalanceContext;
@@ -54,6 +55,8 @@ pub enum RelayError {
     Delivery { topic: String, partition: i32, offset: i64, reason: String },
     #[error(transparent)]
     Metrics(#[from] crate::metrics::MetricsError),
+    #[error(transparent)]
+    Telemetry(#[from] crate::telemetry::TelemetryError),
     #[error("{pending} records still unacknowledged after the drain timeout; they will be replayed on restart")]
     DrainTimeout { pending: usize },
 }
@@ -88,8 +91,18 @@ pub fn run_with(
     shutdown: &AtomicBool,
     stats: Arc<Stats>,
 ) -> Result<Summary, RelayError> {
-    let metrics = Arc::new(Metrics::new()?);
-    run_observed(config, whitelist, shutdown, stats, metrics)
+    let observers =
+        Observers { stats, metrics: Arc::new(Metrics::new()?), tracer: Arc::new(HopTracer::new(&config.telemetry)?) };
+    let summary = run_observed(config, whitelist, shutdown, &observers);
+    observers.tracer.shutdown();
+    summary
+}
+
+/// Where a run reports: counters, Prometheus metrics, bridge-hop traces.
+pub struct Observers {
+    pub stats: Arc<Stats>,
+    pub metrics: Arc<Metrics>,
+    pub tracer: Arc<HopTracer>,
 }
 
 /// [`run_with`] exporting to `metrics`. The forward direction runs on the caller's thread, the
@@ -98,11 +111,10 @@ pub fn run_observed(
     config: &Config,
     whitelist: impl Into<WhitelistSource>,
     shutdown: &AtomicBool,
-    stats: Arc<Stats>,
-    metrics: Arc<Metrics>,
+    observers: &Observers,
 ) -> Result<Summary, RelayError> {
     let whitelist = whitelist.into();
-    let metrics = &metrics;
+    let (stats, metrics, tracer) = (&observers.stats, &observers.metrics, &observers.tracer);
     topics::ensure_outputs(config)?;
     let failed = AtomicBool::new(false);
     let stop = || shutdown.load(Ordering::Relaxed) || failed.load(Ordering::Relaxed);
@@ -111,14 +123,14 @@ pub fn run_observed(
             let stats = stats.clone();
             let (stop, failed) = (&stop, &failed);
             std::thread::Builder::new().name("return-path".into()).spawn_scoped(scope, move || {
-                let r = run_return_path(config, stop, stats, metrics);
+                let r = run_return_path(config, stop, stats, metrics, tracer.clone());
                 if r.is_err() {
                     failed.store(true, Ordering::Relaxed);
                 }
                 r
             })
         });
-        let forward = run_forward(config, whitelist, &stop, stats.clone(), metrics);
+        let forward = run_forward(config, whitelist, &stop, stats.clone(), metrics, tracer.clone());
         if forward.is_err() {
             failed.store(true, Ordering::Relaxed);
         }
@@ -148,6 +160,7 @@ fn run_forward(
     stop: &dyn Fn() -> bool,
     stats: Arc<Stats>,
     metrics: &Arc<Metrics>,
+    tracer: Arc<HopTracer>,
 ) -> Result<(), RelayError> {
     let tracker = Arc::new(Tracker::new());
     let producers = Arc::new(
@@ -175,7 +188,7 @@ fn run_forward(
         subscribe(kafka::consumer_config(&config.prod, "prod", &config.bridge.group_id), context, &route_topics)?;
     tracing::info!(routes = route_topics.len(), group = %config.bridge.group_id, "relay started");
 
-    let pipeline = Pipeline::new(config, producers.clone(), tracker.clone(), stats.clone(), metrics);
+    let pipeline = Pipeline::new(config, producers.clone(), tracker.clone(), stats.clone(), metrics, tracer);
     let source = match whitelist {
         WhitelistSource::Snapshot(s) => Source::Snapshot(s),
         WhitelistSource::Lookup { cache, workers } => {
@@ -201,6 +214,7 @@ fn run_return_path(
     stop: &dyn Fn() -> bool,
     stats: Arc<Stats>,
     metrics: &Arc<Metrics>,
+    tracer: Arc<HopTracer>,
 ) -> Result<(), RelayError> {
     let topics: Vec<String> = config.routes.iter().filter(|r| r.return_path).map(|r| r.topic.clone()).collect();
     let tracker = Arc::new(Tracker::new());
@@ -222,7 +236,7 @@ fn run_return_path(
     };
     let consumer = subscribe(kafka::consumer_config(&config.rush, "rush", &config.bridge.group_id), context, &topics)?;
     tracing::info!(topics = ?topics, group = %config.bridge.group_id, "return path started");
-    let mut handler = ReturnPath::new(config, producer.clone(), tracker.clone(), stats.clone(), metrics);
+    let mut handler = ReturnPath::new(config, producer.clone(), tracker.clone(), stats.clone(), metrics, tracer);
     let limits = poll::Limits {
         max_in_flight: config.bridge.max_in_flight,
         commit_interval: config.bridge.commit_interval,

@@ -13,6 +13,7 @@ use crate::config::{Config, Route};
 use crate::extract::{Headers, RecordView, TenancyKey};
 use crate::kafka::ErrorClass;
 use crate::metrics::{Metrics, RouteMetrics};
+use crate::telemetry::{Hop, HopTracer, Propagated, TRACEPARENT, TRACESTATE};
 use crate::tenancy::{self, Cluster, Reason};
 use crate::whitelist::Whitelist;
 
@@ -48,6 +49,7 @@ pub struct Pipeline {
     tracker: Arc<Tracker>,
     stats: Arc<Stats>,
     metrics: Vec<RouteMetrics>,
+    tracer: Arc<HopTracer>,
     decision_time: prometheus::Histogram,
     /// Decisions are timed 1 in [`TIME_EVERY`]; two clock reads would cost a third of one.
     untimed: u32,
@@ -63,8 +65,10 @@ impl Pipeline {
         tracker: Arc<Tracker>,
         stats: Arc<Stats>,
         metrics: &Metrics,
+        tracer: Arc<HopTracer>,
     ) -> Self {
         Self {
+            tracer,
             metrics: (0..config.routes.len()).map(|i| metrics.route(config, i)).collect(),
             decision_time: metrics.decision_seconds.clone(),
             untimed: 0,
@@ -157,7 +161,15 @@ impl Pipeline {
                         (_, p) => p,
                     };
                     let stamp = route.stamp.header().then_some(self.stamp.as_str());
-                    (payload, Some(rush_headers(input_headers, self.tenancy_key.as_str(), stamp)))
+                    let hop = Hop {
+                        route: &route.topic,
+                        service: Some(&service.name),
+                        cluster: "rush",
+                        direction: "forward",
+                        output_topic: &service.output_topic,
+                    };
+                    let trace = self.tracer.hop(|k| headers.last(k), &hop);
+                    (payload, Some(rush_headers(input_headers, self.tenancy_key.as_str(), stamp, &trace)))
                 }
             };
             let out = Output {
@@ -195,17 +207,35 @@ fn copy_headers<H: KafkaHeaders>(h: &H) -> OwnedHeaders {
     out
 }
 
-/// Input headers without any earlier tenancy stamp, plus ours when the route stamps headers.
-fn rush_headers<H: KafkaHeaders>(input: Option<&H>, key: &str, stamp: Option<&str>) -> OwnedHeaders {
-    let n = input.map_or(0, |h| h.count()) + 1;
+/// Input headers without any earlier tenancy stamp or trace context, plus ours: the stamp when
+/// the route stamps headers, and the bridge hop's trace context.
+fn rush_headers<H: KafkaHeaders>(
+    input: Option<&H>,
+    key: &str,
+    stamp: Option<&str>,
+    trace: &Propagated,
+) -> OwnedHeaders {
+    let mut out = with_trace(input, &[key], trace);
+    if let Some(s) = stamp {
+        out = out.insert(Header { key, value: Some(s) });
+    }
+    out
+}
+
+/// `input` without the headers named in `drop` and any trace context, then `trace`'s context.
+pub(super) fn with_trace<H: KafkaHeaders>(input: Option<&H>, drop: &[&str], trace: &Propagated) -> OwnedHeaders {
+    let n = input.map_or(0, |h| h.count()) + 3;
     let mut out = OwnedHeaders::new_with_capacity(n);
     if let Some(h) = input {
-        for x in h.iter().filter(|x| x.key != key) {
+        for x in h.iter().filter(|x| x.key != TRACEPARENT && x.key != TRACESTATE && !drop.contains(&x.key)) {
             out = out.insert(Header { key: x.key, value: x.value });
         }
     }
-    if let Some(s) = stamp {
-        out = out.insert(Header { key, value: Some(s) });
+    if let Some(tp) = &trace.traceparent {
+        out = out.insert(Header { key: TRACEPARENT, value: Some(tp) });
+    }
+    if let Some(ts) = &trace.tracestate {
+        out = out.insert(Header { key: TRACESTATE, value: Some(ts) });
     }
     out
 }

@@ -12,17 +12,18 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 
 use rdkafka::consumer::BaseConsumer;
-use rdkafka::message::{BorrowedMessage, Header, Message, OwnedHeaders};
+use rdkafka::message::{BorrowedMessage, Header, Headers as _, Message, OwnedHeaders};
 
 use super::RelayError;
 use super::consumer::RebalanceContext;
 use super::offsets::Tracker;
-use super::pipeline::ProduceError;
+use super::pipeline::{ProduceError, with_trace};
 use super::poll::Handler;
 use super::producer::{Output, OutputProducer, send};
 use super::stats::Stats;
 use crate::config::Config;
 use crate::metrics::{Metrics, RouteMetrics};
+use crate::telemetry::{Hop, HopTracer, Propagated};
 
 /// Value of the provenance header on forwarded records.
 pub const ORIGIN_RUSH: &str = "rush";
@@ -47,16 +48,15 @@ impl Provenance {
         last(&self.origin) == Some(ORIGIN_RUSH.as_bytes()) && last(&self.topic) == Some(topic.as_bytes())
     }
 
-    /// The input headers, earlier provenance replaced by this hop's.
-    fn stamp<H: rdkafka::message::Headers>(&self, headers: Option<&H>, topic: &str) -> OwnedHeaders {
-        let n = headers.map_or(0, |h| h.count()) + 2;
-        let mut out = OwnedHeaders::new_with_capacity(n);
-        if let Some(h) = headers {
-            for x in h.iter().filter(|x| x.key != self.origin && x.key != self.topic) {
-                out = out.insert(Header { key: x.key, value: x.value });
-            }
-        }
-        out.insert(Header { key: &self.origin, value: Some(ORIGIN_RUSH) })
+    /// The input headers, earlier provenance and trace context replaced by this hop's.
+    fn stamp<H: rdkafka::message::Headers>(
+        &self,
+        headers: Option<&H>,
+        topic: &str,
+        trace: &Propagated,
+    ) -> OwnedHeaders {
+        with_trace(headers, &[&self.origin, &self.topic], trace)
+            .insert(Header { key: &self.origin, value: Some(ORIGIN_RUSH) })
             .insert(Header { key: &self.topic, value: Some(topic) })
     }
 }
@@ -68,6 +68,7 @@ pub struct ReturnPath {
     tracker: Arc<Tracker>,
     stats: Arc<Stats>,
     metrics: Vec<RouteMetrics>,
+    tracer: Arc<HopTracer>,
 }
 
 impl ReturnPath {
@@ -78,12 +79,14 @@ impl ReturnPath {
         tracker: Arc<Tracker>,
         stats: Arc<Stats>,
         metrics: &Metrics,
+        tracer: Arc<HopTracer>,
     ) -> Self {
         let routes: Vec<usize> = (0..config.routes.len()).filter(|&i| config.routes[i].return_path).collect();
         Self {
             topics: routes.iter().map(|&i| config.routes[i].topic.clone()).collect(),
             metrics: routes.iter().map(|&i| metrics.route(config, i)).collect(),
             provenance: Provenance::new(config),
+            tracer,
             producer,
             tracker,
             stats,
@@ -115,12 +118,16 @@ impl Handler for ReturnPath {
             return Ok(());
         }
         let opaque = self.tracker.begin(key, msg.offset(), 1);
+        let hop = Hop { route: topic, service: None, cluster: "prod", direction: "return", output_topic: topic };
+        let input = msg.headers();
+        let last = |name: &str| input.and_then(|h| h.iter().filter(|x| x.key == name).last()).and_then(|x| x.value);
+        let trace = self.tracer.hop(last, &hop);
         let out = Output {
             topic,
             partition: msg.partition(),
             key: msg.key(),
             payload: msg.payload(),
-            headers: Some(self.provenance.stamp(msg.headers(), topic)),
+            headers: Some(self.provenance.stamp(msg.headers(), topic, &trace)),
             timestamp: msg.timestamp(),
             opaque,
         };
