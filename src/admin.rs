@@ -13,6 +13,7 @@ use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
 
+use crate::background::Background;
 use crate::metrics::Metrics;
 use crate::relay::Stats;
 use crate::whitelist::{SharedSnapshot, SourceStatus};
@@ -95,8 +96,7 @@ async fn readyz(State(s): State<Arc<AdminState>>) -> impl IntoResponse {
 /// The endpoint on its own thread and runtime; stops when dropped.
 pub struct Admin {
     pub addr: SocketAddr,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    _server: Background,
 }
 
 impl Admin {
@@ -105,27 +105,12 @@ impl Admin {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
         let listener = rt.block_on(tokio::net::TcpListener::bind(listen))?;
         let addr = listener.local_addr()?;
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let thread = std::thread::Builder::new().name("admin-http".into()).spawn(move || {
-            let serve = axum::serve(listener, router(state)).with_graceful_shutdown(async {
-                let _ = stopped.await;
-            });
-            if let Err(e) = rt.block_on(std::future::IntoFuture::into_future(serve)) {
+        let server = Background::spawn("admin-http", rt, move |shutdown| async move {
+            if let Err(e) = axum::serve(listener, router(state)).with_graceful_shutdown(shutdown).await {
                 tracing::error!(error = %e, "admin endpoint stopped");
             }
         })?;
         tracing::info!(%addr, "admin endpoint: /metrics /livez /readyz");
-        Ok(Self { addr, stop: Some(stop), thread: Some(thread) })
-    }
-}
-
-impl Drop for Admin {
-    fn drop(&mut self) {
-        if let Some(s) = self.stop.take() {
-            let _ = s.send(());
-        }
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
+        Ok(Self { addr, _server: server })
     }
 }

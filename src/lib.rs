@@ -23,6 +23,7 @@
 //! - [`report`]: what `validate` prints.
 
 pub mod admin;
+pub mod background;
 pub mod cleanup;
 pub mod config;
 pub mod config_mapper;

@@ -16,6 +16,7 @@ use rdkafka::error::KafkaError;
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::DefaultProducerContext;
 
+use crate::background::Background;
 use crate::config::Config;
 use crate::config_mapper;
 use crate::relay::{self, Stats};
@@ -319,8 +320,7 @@ struct DemoMapper {
     url: String,
     token: String,
     dir: std::path::PathBuf,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    server: Option<Background>,
 }
 
 impl DemoMapper {
@@ -339,27 +339,19 @@ impl DemoMapper {
         let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
         let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))?;
         let url = format!("http://{}", listener.local_addr()?);
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let thread = std::thread::Builder::new().name("demo-config-mapper".into()).spawn(move || {
-            let shutdown = async {
-                let _ = stopped.await;
-            };
-            if let Err(e) = rt.block_on(config_mapper::serve(listener, opts, shutdown)) {
+        let server = Background::spawn("demo-config-mapper", rt, move |shutdown| async move {
+            if let Err(e) = config_mapper::serve(listener, opts, shutdown).await {
                 tracing::error!(error = %e, "demo config mapper stopped");
             }
         })?;
-        Ok(Self { url, token, dir: dir.to_owned(), stop: Some(stop), thread: Some(thread) })
+        Ok(Self { url, token, dir: dir.to_owned(), server: Some(server) })
     }
 }
 
 impl Drop for DemoMapper {
     fn drop(&mut self) {
-        if let Some(s) = self.stop.take() {
-            let _ = s.send(());
-        }
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
+        // Stop the server before its database goes.
+        drop(self.server.take());
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }

@@ -26,9 +26,16 @@ pub struct Record {
     pub timestamp: Option<i64>,
 }
 
+impl Record {
+    /// The last value of header `name`.
+    pub fn header(&self, name: &str) -> Option<&[u8]> {
+        self.headers.iter().rev().find(|(k, _)| k == name).and_then(|(_, v)| v.as_deref())
+    }
+}
+
 impl Headers for Record {
     fn last(&self, name: &str) -> Option<&[u8]> {
-        self.headers.iter().rev().find(|(k, _)| k == name).and_then(|(_, v)| v.as_deref())
+        self.header(name)
     }
 }
 

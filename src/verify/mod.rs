@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use check::{Inputs, Record, ReturnReport, Rules, ServiceReport};
 use read::ClusterReader;
-pub use read::ReadError;
+pub use read::{ReadError, record_of};
 
 use crate::config::Config;
 use crate::extract::{Headers as _, TenancyKey};

@@ -25,6 +25,21 @@ pub struct ReadError {
     pub source: Box<KafkaError>,
 }
 
+/// A copy of a consumed record.
+pub fn record_of<M: Message>(m: &M) -> Record {
+    Record {
+        partition: m.partition(),
+        offset: m.offset(),
+        key: m.key().map(<[u8]>::to_vec),
+        payload: m.payload().map(<[u8]>::to_vec),
+        headers: m
+            .headers()
+            .map(|h| h.iter().map(|x| (x.key.to_owned(), x.value.map(<[u8]>::to_vec))).collect())
+            .unwrap_or_default(),
+        timestamp: m.timestamp().to_millis(),
+    }
+}
+
 /// One cluster, read through one client.
 pub struct ClusterReader {
     name: &'static str,
@@ -134,17 +149,7 @@ impl ClusterReader {
                     if ends.get(&m.partition()).is_some_and(|h| m.offset() + 1 >= *h) {
                         reached.insert(m.partition(), true);
                     }
-                    records.push(Record {
-                        partition: m.partition(),
-                        offset: m.offset(),
-                        key: m.key().map(<[u8]>::to_vec),
-                        payload: m.payload().map(<[u8]>::to_vec),
-                        headers: m
-                            .headers()
-                            .map(|h| h.iter().map(|x| (x.key.to_owned(), x.value.map(<[u8]>::to_vec))).collect())
-                            .unwrap_or_default(),
-                        timestamp: m.timestamp().to_millis(),
-                    });
+                    records.push(record_of(&m));
                 }
                 Some(Err(e)) => return Err(self.err(topic, "fetch")(e)),
                 None => {}

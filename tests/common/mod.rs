@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
+use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
@@ -254,22 +254,8 @@ pub fn send(p: &ThreadedProducer<DefaultProducerContext>, topic: &str, i: &Input
     }
 }
 
-/// A record read back from a topic.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Read {
-    pub partition: i32,
-    pub offset: i64,
-    pub key: Option<Vec<u8>>,
-    pub payload: Option<Vec<u8>>,
-    pub headers: Vec<(String, Option<Vec<u8>>)>,
-    pub timestamp: Option<i64>,
-}
-
-impl Read {
-    pub fn header(&self, name: &str) -> Option<&[u8]> {
-        self.headers.iter().rev().find(|(k, _)| k == name).and_then(|(_, v)| v.as_deref())
-    }
-}
+/// A record read back from a topic: the same type `verify` judges.
+pub use tenancy_bridge::verify::check::Record as Read;
 
 /// Reads every partition of one topic from the beginning, without a group (nothing committed).
 pub struct Reader {
@@ -300,17 +286,7 @@ impl Reader {
     pub fn poll(&mut self, timeout: Duration) -> bool {
         match self.consumer.poll(timeout) {
             Some(Ok(m)) => {
-                self.records.push(Read {
-                    partition: m.partition(),
-                    offset: m.offset(),
-                    key: m.key().map(<[u8]>::to_vec),
-                    payload: m.payload().map(<[u8]>::to_vec),
-                    headers: m
-                        .headers()
-                        .map(|h| h.iter().map(|x| (x.key.to_owned(), x.value.map(<[u8]>::to_vec))).collect())
-                        .unwrap_or_default(),
-                    timestamp: m.timestamp().to_millis(),
-                });
+                self.records.push(tenancy_bridge::verify::record_of(&m));
                 true
             }
             Some(Err(e)) => panic!("reading {}: {e}", self.topic),
