@@ -1,0 +1,99 @@
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+//! The return path on two librdkafka mock clusters: Rush-side offsets are committed only once
+//! the prod write is acknowledged, so a prod cluster that refuses the writes stops the bridge
+//! with nothing committed past them; when it accepts, everything is committed after it lands.
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use common::invariant::TID;
+use common::{ConfigOpts, Input};
+use rdkafka::mocking::MockCluster;
+use rdkafka::producer::DefaultProducerContext;
+use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
+use tenancy_bridge::config::Config;
+use tenancy_bridge::relay::{self, Stats};
+use tenancy_bridge::whitelist::{self, Snapshot};
+
+const GROUP: &str = "bridge-return";
+
+fn clusters() -> (MockCluster<'static, DefaultProducerContext>, MockCluster<'static, DefaultProducerContext>) {
+    let (prod, rush) = (MockCluster::new(1).unwrap(), MockCluster::new(1).unwrap());
+    // The mock cluster has no CreateTopics; the bridge would create these.
+    for t in ["orders", "orders.payment"] {
+        prod.create_topic(t, 2, 1).unwrap();
+        rush.create_topic(t, 2, 1).unwrap();
+    }
+    (prod, rush)
+}
+
+fn config(prod: &str, rush: &str, dir: &std::path::Path) -> Config {
+    let text = common::config_text(&ConfigOpts {
+        prod,
+        rush,
+        whitelist: &dir.join("unused.json"),
+        group: GROUP,
+        routes: "[[routes]]\ntopic = \"orders\"\nservices = [\"payment\"]\nuser = { header = \"u\" }\nreturn_path = true\n",
+        extra_bridge: "",
+        kafka: "\"session.timeout.ms\" = 6000",
+    });
+    Config::parse(&text, std::iter::empty()).unwrap()
+}
+
+fn rush_records(n: usize) -> Vec<Input> {
+    (0..n)
+        .map(|i| Input {
+            partition: (i % 2) as i32,
+            key: None,
+            payload: Some(b"{}".to_vec()),
+            headers: vec![(TID.into(), Some(i.to_string().into_bytes()))],
+            timestamp: 1_700_000_000_000 + i as i64,
+        })
+        .collect()
+}
+
+#[test]
+fn rush_offsets_wait_for_the_prod_write() {
+    let (prod, rush) = clusters();
+    let dir = tempfile::tempdir().unwrap();
+    let config = config(&prod.bootstrap_servers(), &rush.bootstrap_servers(), dir.path());
+    common::produce(&rush.bootstrap_servers(), "orders", &rush_records(10));
+    // Prod refuses every write for good: the return path cannot deliver anything.
+    prod.request_errors(RDKafkaApiKey::Produce, &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED; 64]);
+    let shutdown = AtomicBool::new(false);
+    let stats = Arc::new(Stats::default());
+    let started = Instant::now();
+    let err = relay::run_with(&config, whitelist::shared(Snapshot::empty()), &shutdown, stats.clone()).unwrap_err();
+    let err = err.to_string();
+    assert!(err.contains("orders") && err.contains("prod cluster"), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(60));
+    assert_eq!(stats.return_forwarded.load(Ordering::Relaxed), 0);
+    let committed = common::committed(&rush.bootstrap_servers(), GROUP, "orders", 2);
+    assert!(committed.values().all(|o| *o == 0), "committed past unacknowledged writes: {committed:?}");
+
+    // Prod accepts again: a restart forwards all 10 and commits them once they landed.
+    prod.clear_request_errors(RDKafkaApiKey::Produce);
+    let shutdown = Arc::new(AtomicBool::new(false));
+    let stats = Arc::new(Stats::default());
+    let run = {
+        let (config, shutdown, stats) = (config.clone(), shutdown.clone(), stats.clone());
+        std::thread::spawn(move || relay::run_with(&config, whitelist::shared(Snapshot::empty()), &shutdown, stats))
+    };
+    let forwarded = common::read_all(&prod.bootstrap_servers(), "orders", 10, Duration::from_secs(60));
+    assert_eq!(forwarded.len(), 10);
+    for r in &forwarded {
+        assert_eq!(r.header("tenancy-origin"), Some(b"rush".as_slice()));
+        assert_eq!(r.header("tenancy-origin-topic"), Some(b"orders".as_slice()));
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while common::committed(&rush.bootstrap_servers(), GROUP, "orders", 2).values().sum::<i64>() < 10 {
+        assert!(Instant::now() < deadline, "rush offsets never committed");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    shutdown.store(true, Ordering::Relaxed);
+    let summary = run.join().unwrap().unwrap();
+    assert_eq!(summary.return_forwarded, 10);
+}
