@@ -34,6 +34,8 @@ pub struct Metrics {
     pub upstream_honoured: IntCounterVec,
     pub produce_errors: IntCounterVec,
     pub uncommitted: IntGaugeVec,
+    pub consumer_errors: IntCounterVec,
+    pub commit_failures: IntCounterVec,
     pub assigned_partitions: IntGaugeVec,
     pub record_age: HistogramVec,
     pub decision_seconds: Histogram,
@@ -96,6 +98,16 @@ impl Metrics {
             uncommitted: gauge(
                 "uncommitted_records",
                 "Records read but not yet committed (outputs pending), by direction.",
+                &["direction"],
+            )?,
+            consumer_errors: counter(
+                "consumer_errors_total",
+                "Consumer errors that were retried (a fatal one stops the bridge), by direction.",
+                &["direction"],
+            )?,
+            commit_failures: counter(
+                "commit_failures_total",
+                "Offset commits the broker refused (offered again; a crash replays from the last good one).",
                 &["direction"],
             )?,
             assigned_partitions: gauge(

@@ -82,6 +82,7 @@ impl RebalanceContext {
 impl ConsumerContext for RebalanceContext {
     fn commit_callback(&self, result: KafkaResult<()>, offsets: &TopicPartitionList) {
         if let Err(e) = result {
+            self.metrics.commit_failures.with_label_values(&[self.direction]).inc();
             tracing::warn!(error = %e, "offset commit failed; offering the offsets again");
             let failed: Vec<(PartitionKey, i64)> = offsets
                 .elements()

@@ -203,6 +203,8 @@ fn run_forward(
         commit_interval: config.bridge.commit_interval,
         in_flight_peak: &stats.in_flight_peak,
         uncommitted: metrics.uncommitted.with_label_values(&["forward"]),
+        consumer_errors: metrics.consumer_errors.with_label_values(&["forward"]),
+        commit_failures: metrics.commit_failures.with_label_values(&["forward"]),
     };
     let result = poll::run(&consumer, &tracker, &limits, &mut handler, stop);
     finish(config, &consumer, &*producers, &tracker, &route_topics, result)
@@ -242,6 +244,8 @@ fn run_return_path(
         commit_interval: config.bridge.commit_interval,
         in_flight_peak: &stats.in_flight_peak,
         uncommitted: metrics.uncommitted.with_label_values(&["return"]),
+        consumer_errors: metrics.consumer_errors.with_label_values(&["return"]),
+        commit_failures: metrics.commit_failures.with_label_values(&["return"]),
     };
     let result = poll::run(&consumer, &tracker, &limits, &mut handler, stop);
     finish(config, &consumer, &*producer, &tracker, &topics, result)

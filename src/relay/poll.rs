@@ -44,6 +44,8 @@ pub struct Limits<'a> {
     pub commit_interval: Duration,
     pub in_flight_peak: &'a AtomicUsize,
     pub uncommitted: prometheus::IntGauge,
+    pub consumer_errors: prometheus::IntCounter,
+    pub commit_failures: prometheus::IntCounter,
 }
 
 /// Runs until `stop` says so or a record cannot be handled. A delivery failure ends the loop
@@ -88,6 +90,7 @@ pub fn run<H: Handler>(
                 Some(Ok(msg)) => handler.handle(&msg, consumer)?,
                 Some(Err(e)) => match classify(&e) {
                     ErrorClass::Retry => {
+                        limits.consumer_errors.inc();
                         tracing::warn!(error = %e, "consumer error, retrying");
                         break;
                     }
@@ -103,6 +106,7 @@ pub fn run<H: Handler>(
         if last_commit.elapsed() >= limits.commit_interval {
             last_commit = Instant::now();
             if let Err(e) = consumer.context().commit(consumer, None, CommitMode::Async) {
+                limits.commit_failures.inc();
                 tracing::warn!(error = %e, "commit failed; will retry");
             }
         }
