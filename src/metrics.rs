@@ -193,7 +193,7 @@ impl Metrics {
     /// Handles for one producer's delivery reports, by output topic.
     pub fn outputs(&self, config: &Config, cluster: Cluster, return_path: bool) -> OutputMetrics {
         let c = cluster.as_str();
-        let mut by_topic = HashMap::new();
+        let mut by_topic = HashMap::default();
         for r in &config.routes {
             if return_path {
                 if r.return_path {
@@ -233,7 +233,8 @@ impl RouteMetrics {
 }
 
 pub struct OutputMetrics {
-    by_topic: HashMap<String, IntCounter>,
+    /// Looked up once per delivery report, hence the fast hasher.
+    by_topic: HashMap<String, IntCounter, foldhash::fast::RandomState>,
     pub age: Histogram,
     errors: [IntCounter; 3],
 }
