@@ -60,3 +60,14 @@ fn validate_reports_a_broken_whitelist_file() {
     assert!(!ok);
     assert!(out.contains("/nonexistent/wl.json"), "{out}");
 }
+
+#[test]
+fn shipped_configs_validate() {
+    for path in ["config/tenancy-bridge.example.toml", "config/compose/tenancy-bridge.toml"] {
+        let out =
+            Command::new(env!("CARGO_BIN_EXE_tenancy-bridge")).args(["validate", "--config", path]).output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{path}: {text}{}", String::from_utf8_lossy(&out.stderr));
+        assert!(text.contains("return path      rush:orders -> prod:orders"), "{path}: {text}");
+    }
+}
