@@ -1,6 +1,8 @@
 //! The daemon's admin endpoint: `/metrics` (Prometheus text), `/livez`, `/readyz`.
 //!
-//! Ready means: input partitions assigned, no producer in a fatal state, the whitelist loaded
+//! Ready means: an assignment from the consumer group received (an idle member with no
+//! partitions is ready), no producer in a fatal state or without a broker up
+//! (librdkafka statistics, every `statistics.interval.ms`), the whitelist loaded
 //! (or its first load failed and the bridge is explicitly failing safe to production), and no
 //! shutdown under way: `/readyz` turns 503 the moment a stop signal arrives, before the drain.
 
@@ -35,11 +37,18 @@ impl AdminState {
         if self.shutdown.load(Relaxed) {
             why.push("shutting down");
         }
-        if self.stats.assigned_partitions.load(Relaxed) == 0 {
-            why.push("no input partitions assigned");
+        if !self.stats.joined.load(Relaxed) {
+            why.push("not yet assigned input partitions by the consumer group");
         }
         if self.stats.producer_fatal.load(Relaxed) {
             why.push("a producer is in a fatal state");
+        }
+        let names =
+            ["prod producer: no broker up", "rush producer: no broker up", "return-path producer: no broker up"];
+        for (down, name) in self.stats.producer_unreachable.iter().zip(names) {
+            if down.load(Relaxed) {
+                why.push(name);
+            }
         }
         if let Some(s) = &self.source {
             // The first refresh runs before the relay starts: success, or a counted failure

@@ -134,6 +134,13 @@ fn steps(config: &Config, o: &Options<'_>, out: &mut String) -> Result<bool, Cle
     for t in topics.iter().filter(|t| !existing.contains_key(**t)) {
         let _ = writeln!(out, "rush topic {t}: already gone");
     }
+    if !ok {
+        // Deleting topics under running Rush instances would break them mid-session.
+        for t in &present {
+            let _ = writeln!(out, "rush topic {t}: kept while its readers are still running");
+        }
+        return Ok(false);
+    }
     if o.dry_run || present.is_empty() {
         for t in &present {
             let _ = writeln!(out, "rush topic {t}: would delete");

@@ -64,6 +64,10 @@ pub enum Command {
         /// How many violations to list per service.
         #[arg(long, default_value_t = 20)]
         max_listed: usize,
+        /// A topic read stops after this long without a record; a partition not read to its
+        /// end by then is an error.
+        #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+        idle: std::time::Duration,
     },
     /// End a Rush session for a service: remove it from every whitelist entry and, when asked,
     /// delete its per-service topics and consumer groups on the Rush cluster (never on prod).

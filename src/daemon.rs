@@ -20,7 +20,7 @@ pub enum DaemonError {
     Admin { addr: String, source: std::io::Error },
     #[error(transparent)]
     Telemetry(#[from] TelemetryError),
-    #[error("relay stopped: {0}")]
+    #[error("relay stopped")]
     Relay(#[from] RelayError),
 }
 

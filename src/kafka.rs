@@ -88,6 +88,9 @@ const PRODUCER_FIXED: &[(&str, &str)] = &[
     // Ordered, duplicate-free writes per partition, also across internal retries.
     ("enable.idempotence", "true"),
     ("acks", "all"),
+    // An output topic is created by the bridge with its input's partition count, never by a
+    // broker's auto-create (which would use num.partitions and break partition mapping).
+    ("allow.auto.create.topics", "false"),
 ];
 
 pub fn producer_config(cluster: &ClusterConfig, name: &str, config: &Config) -> ClientConfig {

@@ -74,9 +74,9 @@ fn dispatch(command: cli::Command) -> anyhow::Result<()> {
             anyhow::ensure!(ok, "the demo found a problem (report above)");
             Ok(())
         }
-        cli::Command::Verify { config, since, group, json, max_listed } => {
+        cli::Command::Verify { config, since, group, json, max_listed, idle } => {
             let c = Config::load(&config)?;
-            let opts = verify::Options { since, group, ..verify::Options::default() };
+            let opts = verify::Options { since, group, idle, ..verify::Options::default() };
             let report = verify::run(&c, &opts)?;
             if json {
                 emit(&format!("{:#}\n", report.to_json()));

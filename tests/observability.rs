@@ -168,8 +168,8 @@ fn readyz_follows_assignment_and_turns_503_when_shutdown_begins() {
     let admin = Admin::start("127.0.0.1:0", state).unwrap();
     let addr = admin.addr.to_string();
     let (status, body) = http_get(&addr, "/readyz");
-    assert_eq!((status, body.trim()), (503, "not ready: no input partitions assigned"));
-    stats.assigned_partitions.store(3, Ordering::Relaxed);
+    assert_eq!((status, body.trim()), (503, "not ready: not yet assigned input partitions by the consumer group"));
+    stats.joined.store(true, Ordering::Relaxed);
     assert_eq!(http_get(&addr, "/readyz").0, 200);
     assert!(http_get(&addr, "/metrics").1.contains("tenancy_bridge_ready 1"));
     shutdown.store(true, Ordering::Relaxed);
@@ -177,5 +177,7 @@ fn readyz_follows_assignment_and_turns_503_when_shutdown_begins() {
     assert_eq!((status, body.trim()), (503, "not ready: shutting down"));
     stats.producer_fatal.store(true, Ordering::Relaxed);
     assert!(http_get(&addr, "/readyz").1.contains("a producer is in a fatal state"));
+    stats.producer_unreachable[1].store(true, Ordering::Relaxed);
+    assert!(http_get(&addr, "/readyz").1.contains("rush producer: no broker up"));
     assert_eq!(http_get(&addr, "/livez").0, 200);
 }

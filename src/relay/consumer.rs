@@ -120,9 +120,17 @@ impl ConsumerContext for RebalanceContext {
                 let _ = (self.assigned)(&self.stats)
                     .fetch_update(Relaxed, Relaxed, |n| Some(n.saturating_sub(tpl.count())));
                 self.export_assigned();
+                // A revoked partition's lag is the next owner's to report.
+                for e in tpl.elements() {
+                    let p = e.partition().to_string();
+                    let _ = self.metrics.consumer_lag.remove_label_values(&[self.cluster, e.topic(), &p]);
+                }
             }
             Rebalance::Assign(tpl) => {
                 (self.assigned)(&self.stats).fetch_add(tpl.count(), Relaxed);
+                if self.direction == "forward" {
+                    self.stats.joined.store(true, Relaxed);
+                }
                 self.export_assigned();
                 tracing::info!(partitions = tpl.count(), "partitions assigned");
             }

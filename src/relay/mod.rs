@@ -130,7 +130,12 @@ pub fn run_observed(
                 r
             })
         });
-        let forward = run_forward(config, whitelist, &stop, stats.clone(), metrics, tracer.clone());
+        // A return path that cannot even start must not leave the bridge running without it.
+        let forward = if matches!(back, Some(Err(_))) {
+            Ok(())
+        } else {
+            run_forward(config, whitelist, &stop, stats.clone(), metrics, tracer.clone())
+        };
         if forward.is_err() {
             failed.store(true, Ordering::Relaxed);
         }

@@ -77,6 +77,14 @@ impl Tracker {
         let track = match inner.tracks.get_mut(&key) {
             Some(t) => t,
             None => {
+                // Skip slots still owned by a live partition (long-lived assignments under
+                // cooperative rebalancing can outlast a full turn of the counter).
+                for _ in 0..SLOTS {
+                    if !inner.by_slot.contains_key(&inner.next_slot) {
+                        break;
+                    }
+                    inner.next_slot = (inner.next_slot + 1) % SLOTS;
+                }
                 let slot = inner.next_slot;
                 inner.next_slot = (inner.next_slot + 1) % SLOTS;
                 inner.by_slot.insert(slot, key);

@@ -50,6 +50,9 @@ pub struct Pipeline {
     stats: Arc<Stats>,
     metrics: Vec<RouteMetrics>,
     tracer: Arc<HopTracer>,
+    /// Return-path provenance headers, which a Rush copy must not carry: a Rush service that
+    /// passes headers on would otherwise make its own new events look like loops.
+    provenance: super::return_path::Provenance,
     decision_time: prometheus::Histogram,
     /// Decisions are timed 1 in [`TIME_EVERY`]; two clock reads would cost a third of one.
     untimed: u32,
@@ -69,6 +72,7 @@ impl Pipeline {
     ) -> Self {
         Self {
             tracer,
+            provenance: super::return_path::Provenance::new(config),
             metrics: (0..config.routes.len()).map(|i| metrics.route(config, i)).collect(),
             decision_time: metrics.decision_seconds.clone(),
             untimed: 0,
@@ -169,7 +173,8 @@ impl Pipeline {
                         output_topic: &service.output_topic,
                     };
                     let trace = self.tracer.hop(|k| headers.last(k), &hop);
-                    (payload, Some(rush_headers(input_headers, self.tenancy_key.as_str(), stamp, &trace)))
+                    let drop = [self.tenancy_key.as_str(), &self.provenance.origin, &self.provenance.topic];
+                    (payload, Some(rush_headers(input_headers, &drop, stamp, &trace)))
                 }
             };
             let out = Output {
@@ -207,16 +212,16 @@ fn copy_headers<H: KafkaHeaders>(h: &H) -> OwnedHeaders {
     out
 }
 
-/// Input headers without any earlier tenancy stamp or trace context, plus ours: the stamp when
-/// the route stamps headers, and the bridge hop's trace context.
+/// Input headers without `drop` (the tenancy key first, then provenance) and trace context,
+/// plus ours: the stamp when the route stamps headers, and the bridge hop's trace context.
 fn rush_headers<H: KafkaHeaders>(
     input: Option<&H>,
-    key: &str,
+    drop: &[&str],
     stamp: Option<&str>,
     trace: &Propagated,
 ) -> OwnedHeaders {
-    let mut out = with_trace(input, &[key], trace);
-    if let Some(s) = stamp {
+    let mut out = with_trace(input, drop, trace);
+    if let (Some(s), Some(key)) = (stamp, drop.first()) {
         out = out.insert(Header { key, value: Some(s) });
     }
     out

@@ -77,6 +77,9 @@ pub fn run<H: Handler>(
         } else if paused && in_flight <= max_in_flight / 2 {
             set_paused(consumer, false, handler);
             paused = false;
+        } else if paused {
+            // Still draining towards the resume mark: wait for acknowledgements, do not spin.
+            tracker.wait_below(max_in_flight / 2 + 1, POLL_TIMEOUT);
         }
 
         handler.begin_batch();

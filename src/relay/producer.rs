@@ -37,6 +37,14 @@ impl ClientContext for DeliveryContext {
 
     fn stats(&self, statistics: rdkafka::Statistics) {
         metrics::kafka_statistics(&self.metrics, self.client, self.cluster.as_str(), &statistics);
+        // Learned brokers have a node id; the bootstrap entries (-1) do not count.
+        let up = statistics.brokers.values().any(|b| b.nodeid >= 0 && b.state == "UP");
+        let i = match (self.return_path, self.cluster) {
+            (true, _) => 2,
+            (false, Cluster::Prod) => 0,
+            (false, Cluster::Rush) => 1,
+        };
+        self.stats.producer_unreachable[i].store(!up, std::sync::atomic::Ordering::Relaxed);
     }
 }
 

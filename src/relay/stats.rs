@@ -27,6 +27,11 @@ pub struct Stats {
     pub return_assigned_partitions: AtomicUsize,
     /// A producer reported a fatal error (e.g. lost idempotence): not ready any more.
     pub producer_fatal: std::sync::atomic::AtomicBool,
+    /// The input consumer has received an assignment (possibly empty: more instances than
+    /// partitions is a healthy, idle member).
+    pub joined: std::sync::atomic::AtomicBool,
+    /// Per producer (prod, Rush, return path): no broker up at the last statistics report.
+    pub producer_unreachable: [std::sync::atomic::AtomicBool; 3],
     passthrough: [AtomicU64; Passthrough::ALL.len()],
     produce_errors: [AtomicU64; 3],
 }

@@ -255,19 +255,24 @@ type Index = HashMap<(i32, u64), Vec<usize>>;
 /// Matches one output stream to the inputs, in order per partition. Returns, per matched output,
 /// the input index; unmatched outputs are reported.
 fn match_stream(
+    all: &Inputs<'_>,
     index: &Index,
-    inputs: &[Record],
     outputs: &[Record],
     ids: impl Fn(&Record) -> u64,
     cluster: Cluster,
     copies: &mut [usize],
     violations: &mut Vec<Violation>,
 ) -> Vec<(usize, usize)> {
+    let (inputs, window_start) = (all.records, all.window_start);
     let mut last: HashMap<i32, usize> = HashMap::new();
     let mut matched = Vec::new();
     for (oi, o) in outputs.iter().enumerate() {
         let Some(candidates) = index.get(&(o.partition, ids(o))) else {
-            violations.push(Violation::Unknown { cluster, partition: o.partition, output_offset: o.offset });
+            // Older than the window: its input was not read, so it proves nothing.
+            let outside = window_start.is_some_and(|w| o.timestamp.is_some_and(|t| t < w));
+            if !outside {
+                violations.push(Violation::Unknown { cluster, partition: o.partition, output_offset: o.offset });
+            }
             continue;
         };
         let floor = last.get(&o.partition).copied();
@@ -292,12 +297,35 @@ fn match_stream(
     matched
 }
 
-/// The input side of a check: `judged` records, `later` ones (read after the window, they only
-/// explain outputs) and the bridge group's committed next offset per partition.
+/// The input side of a check.
 pub struct Inputs<'a> {
-    pub judged: &'a [Record],
-    pub later: &'a [Record],
+    /// Every input record read, in (partition, offset) order.
+    pub records: &'a [Record],
+    /// Which records are judged; the others (outside the time window, or written after the
+    /// outputs were read) only explain outputs.
+    pub judged: &'a [bool],
+    /// The bridge group's committed next offset per partition, read before any output.
     pub committed: &'a BTreeMap<i32, i64>,
+    /// Start of the time window, if any.
+    pub window_start: Option<i64>,
+}
+
+impl Inputs<'_> {
+    fn index(&self, rules: &Rules<'_>, strip_payload_stamp: bool) -> Index {
+        let mut index: Index = HashMap::new();
+        for (i, r) in self.records.iter().enumerate() {
+            index.entry((r.partition, identity(r, rules, strip_payload_stamp))).or_default().push(i);
+        }
+        index
+    }
+
+    fn judged(&self) -> impl Iterator<Item = (usize, &Record)> {
+        self.records.iter().enumerate().filter(|(i, _)| self.judged.get(*i).copied().unwrap_or(false))
+    }
+
+    fn missing(&self, r: &Record) -> bool {
+        self.committed.get(&r.partition).is_some_and(|&c| r.offset < c)
+    }
 }
 
 /// Checks one service of `route` against its prod and Rush output topics.
@@ -310,34 +338,33 @@ pub fn check_service(
     rules: &Rules<'_>,
 ) -> ServiceReport {
     let stamp_payload = route.stamp.payload();
-    let (committed, later, inputs) = (inputs.committed, inputs.later, inputs.judged);
-    let owned: Vec<Record> = inputs.iter().chain(later).cloned().collect();
-    let mut index: Index = HashMap::new();
-    for (i, r) in owned.iter().enumerate() {
-        index.entry((r.partition, identity(r, rules, stamp_payload))).or_default().push(i);
-    }
-    let mut report =
-        ServiceReport { service: route.services[service].name.clone(), inputs: inputs.len(), ..Default::default() };
-    let mut on_prod = vec![0; owned.len()];
-    let mut on_rush = vec![0; owned.len()];
+    let index = inputs.index(rules, stamp_payload);
+    let all = inputs.records;
+    let mut report = ServiceReport {
+        service: route.services[service].name.clone(),
+        inputs: inputs.judged().count(),
+        ..Default::default()
+    };
+    let mut on_prod = vec![0; all.len()];
+    let mut on_rush = vec![0; all.len()];
     let v = &mut report.violations;
-    match_stream(&index, &owned, prod, |r| identity(r, rules, stamp_payload), Cluster::Prod, &mut on_prod, v);
-    let rush_matched =
-        match_stream(&index, &owned, rush, |r| identity(r, rules, stamp_payload), Cluster::Rush, &mut on_rush, v);
+    let id = |r: &Record| identity(r, rules, stamp_payload);
+    match_stream(inputs, &index, prod, id, Cluster::Prod, &mut on_prod, v);
+    let rush_matched = match_stream(inputs, &index, rush, id, Cluster::Rush, &mut on_rush, v);
 
     let everyone = Everyone(route.services.iter().map(|s| s.name.as_str().into()).collect());
     let mut rush_copy: HashMap<usize, &Record> = HashMap::new();
     for (i, oi) in rush_matched {
         rush_copy.insert(i, &rush[oi]);
     }
-    for (i, input) in inputs.iter().enumerate() {
+    for (i, input) in inputs.judged() {
         let at = At { partition: input.partition, offset: input.offset };
         let (np, nr) = (on_prod[i], on_rush[i]);
         report.prod += usize::from(np > 0);
         report.rush += usize::from(nr > 0);
         match (np, nr) {
             (0, 0) => {
-                if committed.get(&input.partition).is_some_and(|&c| input.offset < c) {
+                if inputs.missing(input) {
                     report.violations.push(Violation::Missing { input: at });
                 } else {
                     report.pending += 1;
@@ -409,29 +436,17 @@ pub struct ReturnReport {
 /// `rush` are the Rush raw records, `prod` the prod raw topic's records carrying the
 /// provenance of `topic` (the caller leaves the others out).
 pub fn check_return(topic: &str, rush: &Inputs<'_>, prod: &[Record], rules: &Rules<'_>) -> ReturnReport {
-    let (committed, later, rush) = (rush.committed, rush.later, rush.judged);
-    let owned: Vec<Record> = rush.iter().chain(later).cloned().collect();
-    let mut index: Index = HashMap::new();
-    for (i, r) in owned.iter().enumerate() {
-        index.entry((r.partition, identity(r, rules, false))).or_default().push(i);
-    }
-    let mut report = ReturnReport { topic: topic.to_owned(), rush_records: rush.len(), ..Default::default() };
-    let mut copies = vec![0; owned.len()];
-    match_stream(
-        &index,
-        &owned,
-        prod,
-        |r| identity(r, rules, false),
-        Cluster::Prod,
-        &mut copies,
-        &mut report.violations,
-    );
-    for (i, r) in rush.iter().enumerate() {
+    let index = rush.index(rules, false);
+    let mut report =
+        ReturnReport { topic: topic.to_owned(), rush_records: rush.judged().count(), ..Default::default() };
+    let mut copies = vec![0; rush.records.len()];
+    let id = |r: &Record| identity(r, rules, false);
+    let v = &mut report.violations;
+    match_stream(rush, &index, prod, id, Cluster::Prod, &mut copies, v);
+    for (i, r) in rush.judged() {
         let input = At { partition: r.partition, offset: r.offset };
         match copies[i] {
-            0 if committed.get(&r.partition).is_some_and(|&c| r.offset < c) => {
-                report.violations.push(Violation::Missing { input })
-            }
+            0 if rush.missing(r) => report.violations.push(Violation::Missing { input }),
             0 => report.pending += 1,
             1 => report.forwarded += 1,
             n => {

@@ -48,7 +48,9 @@ fn run(route: &Route, inputs: &[Record], prod: &[Record], rush: &[Record], commi
     let key = TenancyKey::new("event_tenancy");
     let rules = Rules { tenancy: &key, volatile_headers: &["traceparent"] };
     let committed = (0..3).map(|p| (p, committed)).collect();
-    check_service(route, 0, &Inputs { judged: inputs, later: &[], committed: &committed }, prod, rush, &rules)
+    let judged = vec![true; inputs.len()];
+    let inputs = Inputs { records: inputs, judged: &judged, committed: &committed, window_start: None };
+    check_service(route, 0, &inputs, prod, rush, &rules)
 }
 
 #[test]
@@ -153,7 +155,9 @@ fn the_return_path_is_checked_for_loss_and_duplicates() {
     fwd.headers.push(("tenancy-origin".into(), Some(b"rush".to_vec())));
     let prod = [fwd.clone(), copy(&fwd, 11, None), copy(&rush[2], 12, None)];
     let committed = [(2, 3)].into_iter().collect();
-    let rep = check_return("orders", &Inputs { judged: &rush, later: &[], committed: &committed }, &prod, &rules);
+    let judged = [true; 3];
+    let inputs = Inputs { records: &rush, judged: &judged, committed: &committed, window_start: None };
+    let rep = check_return("orders", &inputs, &prod, &rules);
     assert_eq!(rep.forwarded, 2);
     assert_eq!(
         rep.violations,
@@ -162,4 +166,25 @@ fn the_return_path_is_checked_for_loss_and_duplicates() {
             Violation::Missing { input: At { partition: 2, offset: 1 } },
         ]
     );
+}
+
+#[test]
+fn a_time_window_judges_only_its_inputs_and_ignores_older_unmatched_outputs() {
+    let key = TenancyKey::new("event_tenancy");
+    let rules = Rules { tenancy: &key, volatile_headers: &[] };
+    let r = header_route();
+    // Offsets 0..4 (timestamps 1000..1003), the third one late: 900. The window starts at 1001.
+    let mut inputs: Vec<Record> = (0..4).map(|i| rec(0, i, Some("U2"), "{}")).collect();
+    inputs[2].timestamp = Some(900);
+    let judged: Vec<bool> = inputs.iter().map(|r| r.timestamp.is_some_and(|t| t >= 1001)).collect();
+    let committed = [(0, 4)].into_iter().collect();
+    let window = Inputs { records: &inputs, judged: &judged, committed: &committed, window_start: Some(1001) };
+    // Outputs in input order, plus one old output whose input was never read.
+    let mut stray = rec(0, 99, Some("U2"), "{\"old\":1}");
+    stray.timestamp = Some(500);
+    let prod: Vec<Record> =
+        [stray].into_iter().chain(inputs.iter().enumerate().map(|(i, x)| copy(x, i as i64 + 1, None))).collect();
+    let rep = check_service(&r, 1, &window, &prod, &[], &rules);
+    assert_eq!(rep.violations, vec![], "{:#?}", rep.violations);
+    assert_eq!((rep.inputs, rep.prod), (2, 2));
 }

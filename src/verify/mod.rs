@@ -1,10 +1,10 @@
 //! `tenancy-bridge verify`: reads route inputs and both clusters' outputs and reports every
 //! violation of the invariant, per route and service. [`check`] judges; this module reads.
 //!
-//! Order of reads: the inputs first (those are judged), then the outputs, then the inputs
-//! again; records found only by the second read explain outputs of events that arrived
-//! meanwhile and are not judged. (High watermarks are not trusted to end a read: some
-//! Kafka-compatible brokers report them per batch.) An input not delivered yet is "pending", not missing, unless the
+//! Order of reads: the bridge group's committed offsets, then the inputs (those are judged),
+//! then the outputs, then the inputs again; records found only by the second read explain
+//! outputs of events that arrived meanwhile and are not judged. A read that cannot reach a
+//! partition's end is an error, never a silently shorter report. An input not delivered yet is "pending", not missing, unless the
 //! bridge's group already committed past it.
 
 pub mod check;
@@ -133,11 +133,16 @@ impl Report {
 /// Headers the bridge may add or rewrite on a copy; they do not make an output another record.
 const TRACE_HEADERS: [&str; 2] = ["traceparent", "tracestate"];
 
+/// With `--since`, inputs and outputs are read from this much earlier, so records whose
+/// timestamps are out of order around the window start are still found.
+const SINCE_SLACK_MS: i64 = 5 * 60 * 1000;
+
 pub fn run(config: &Config, opts: &Options) -> Result<Report, ReadError> {
     let prod = ClusterReader::new(&config.prod, "prod", opts.idle, opts.timeout)?;
     let rush = ClusterReader::new(&config.rush, "rush", opts.idle, opts.timeout)?;
     let group = opts.group.as_deref().unwrap_or(&config.bridge.group_id);
     let since_ms = opts.since.map(|d| crate::whitelist::now_ms() - d.as_millis() as i64);
+    let read_from = since_ms.map(|s| s - SINCE_SLACK_MS);
     let key = TenancyKey::new(&config.bridge.tenancy_header);
     let provenance = Provenance::new(config);
     let volatile = [TRACE_HEADERS[0], TRACE_HEADERS[1], provenance.origin.as_str(), provenance.topic.as_str()];
@@ -145,49 +150,60 @@ pub fn run(config: &Config, opts: &Options) -> Result<Report, ReadError> {
 
     let mut report = Report { routes: Vec::new(), returns: Vec::new() };
     for route in &config.routes {
-        let judged = prod.read(&route.topic, since_ms)?;
-        let raw = if route.return_path { Some(rush.read(&route.topic, since_ms)?) } else { None };
+        // Committed offsets first: anything the bridge commits later was written before the
+        // outputs are read, so "committed and on neither cluster" is never a race.
+        let committed = prod.committed(&config.prod, group, &route.topic)?;
+        let rush_committed =
+            if route.return_path { Some(rush.committed(&config.rush, group, &route.topic)?) } else { None };
+        let first = prod.read(&route.topic, read_from, true)?;
+        let raw_first = if route.return_path { Some(rush.read(&route.topic, read_from, false)?) } else { None };
         let mut outputs = Vec::new();
         for s in &route.services {
-            outputs.push((prod.read(&s.output_topic, since_ms)?, rush.read(&s.output_topic, since_ms)?));
+            outputs
+                .push((prod.read(&s.output_topic, read_from, false)?, rush.read(&s.output_topic, read_from, false)?));
         }
-        let later = read_after(&prod, &route.topic, &judged, since_ms)?;
-        let committed = prod.committed(&config.prod, group, &route.topic)?;
-        let inputs = Inputs { judged: &judged, later: &later, committed: &committed };
+        let (records, judged) = with_later(&prod, &route.topic, first, read_from, since_ms, |_| true)?;
+        let inputs = Inputs { records: &records, judged: &judged, committed: &committed, window_start: since_ms };
         let services = (0..route.services.len())
             .map(|i| check::check_service(route, i, &inputs, &outputs[i].0, &outputs[i].1, &rules))
             .collect();
         report.routes.push(RouteReport { topic: route.topic.clone(), services });
 
-        if let Some(raw) = raw {
+        if let (Some(raw_first), Some(committed)) = (raw_first, rush_committed) {
             let came_back = |r: &Record| {
                 r.last(&provenance.origin) == Some(ORIGIN_RUSH.as_bytes())
                     && r.last(&provenance.topic) == Some(route.topic.as_bytes())
             };
-            let forwarded: Vec<Record> = judged.iter().chain(&later).filter(|r| came_back(r)).cloned().collect();
-            let raw_later = read_after(&rush, &route.topic, &raw, since_ms)?;
+            let forwarded: Vec<Record> = records.iter().filter(|r| came_back(r)).cloned().collect();
             // Records already carrying this topic's provenance are dropped by design (loops).
-            let (looped, raw): (Vec<Record>, Vec<Record>) = raw.into_iter().partition(came_back);
-            let committed = rush.committed(&config.rush, group, &route.topic)?;
-            let inputs = Inputs { judged: &raw, later: &raw_later, committed: &committed };
-            report.returns.push((check::check_return(&route.topic, &inputs, &forwarded, &rules), looped.len()));
+            let (raw, judged) = with_later(&rush, &route.topic, raw_first, read_from, since_ms, |r| !came_back(r))?;
+            let looped = raw.iter().zip(&judged).filter(|(r, _)| came_back(r)).count();
+            let inputs = Inputs { records: &raw, judged: &judged, committed: &committed, window_start: since_ms };
+            report.returns.push((check::check_return(&route.topic, &inputs, &forwarded, &rules), looped));
         }
     }
     Ok(report)
 }
 
-/// Records of `topic` written after those already `read` (a second read, for outputs of events
-/// that arrived while the outputs were read).
-fn read_after(
+/// `first` plus the records of `topic` written since it was read (a second read, for outputs
+/// of events that arrived while the outputs were read), in (partition, offset) order, and which
+/// are judged: those of the first read inside the window that `judge` accepts.
+fn with_later(
     reader: &ClusterReader,
     topic: &str,
-    read: &[Record],
+    first: Vec<Record>,
+    read_from: Option<i64>,
     since_ms: Option<i64>,
-) -> Result<Vec<Record>, ReadError> {
+    judge: impl Fn(&Record) -> bool,
+) -> Result<(Vec<Record>, Vec<bool>), ReadError> {
     let mut last: BTreeMap<i32, i64> = BTreeMap::new();
-    for r in read {
+    for r in &first {
         last.insert(r.partition, r.offset);
     }
-    let again = reader.read(topic, since_ms)?;
-    Ok(again.into_iter().filter(|r| last.get(&r.partition).is_none_or(|o| r.offset > *o)).collect())
+    let in_window = |r: &Record| since_ms.is_none_or(|s| r.timestamp.is_some_and(|t| t >= s));
+    let mut all: Vec<(Record, bool)> = first.into_iter().map(|r| (r.clone(), in_window(&r) && judge(&r))).collect();
+    let again = reader.read(topic, read_from, false)?;
+    all.extend(again.into_iter().filter(|r| last.get(&r.partition).is_none_or(|o| r.offset > *o)).map(|r| (r, false)));
+    all.sort_by_key(|(r, _)| (r.partition, r.offset));
+    Ok(all.into_iter().unzip())
 }

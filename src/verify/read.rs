@@ -17,12 +17,16 @@ const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
 const SETTLE: Duration = Duration::from_millis(200);
 
 #[derive(Debug, thiserror::Error)]
-#[error("{cluster} cluster, topic {topic:?}: {what}: {source}")]
-pub struct ReadError {
-    pub cluster: &'static str,
-    pub topic: String,
-    pub what: &'static str,
-    pub source: Box<KafkaError>,
+pub enum ReadError {
+    #[error("{cluster} cluster, topic {topic:?}: {what}: {source}")]
+    Kafka { cluster: &'static str, topic: String, what: &'static str, source: Box<KafkaError> },
+    #[error("{cluster} cluster: input topic {topic:?} does not exist (is this the right config?)")]
+    Missing { cluster: &'static str, topic: String },
+    #[error(
+        "{cluster} cluster, topic {topic:?}: partition {partition} not read to its end ({end}) within the \
+         read limits; the report would be incomplete"
+    )]
+    Incomplete { cluster: &'static str, topic: String, partition: i32, end: i64 },
 }
 
 /// A copy of a consumed record.
@@ -60,7 +64,7 @@ impl ClusterReader {
         c.set("group.id", "tenancy-bridge-verify")
             .set("enable.auto.commit", "false")
             .set("enable.partition.eof", "false");
-        let consumer = c.create().map_err(|source| ReadError {
+        let consumer = c.create().map_err(|source| ReadError::Kafka {
             cluster: name,
             topic: String::new(),
             what: "client",
@@ -71,7 +75,7 @@ impl ClusterReader {
 
     fn err(&self, topic: &str, what: &'static str) -> impl Fn(KafkaError) -> ReadError + '_ {
         let topic = topic.to_owned();
-        move |source| ReadError { cluster: self.name, topic: topic.clone(), what, source: Box::new(source) }
+        move |source| ReadError::Kafka { cluster: self.name, topic: topic.clone(), what, source: Box::new(source) }
     }
 
     pub fn partitions(&self, topic: &str) -> Result<i32, ReadError> {
@@ -112,9 +116,13 @@ impl ClusterReader {
             .collect())
     }
 
-    /// Every record of `topic` from `since_ms` (record timestamp; `None`: the beginning).
-    pub fn read(&self, topic: &str, since_ms: Option<i64>) -> Result<Vec<Record>, ReadError> {
+    /// Every record of `topic` from `since_ms` (record timestamp; `None`: the beginning). A
+    /// missing topic reads as empty unless `required`.
+    pub fn read(&self, topic: &str, since_ms: Option<i64>, required: bool) -> Result<Vec<Record>, ReadError> {
         let ends = self.ends(topic)?;
+        if required && ends.is_empty() {
+            return Err(ReadError::Missing { cluster: self.name, topic: topic.to_owned() });
+        }
         let mut tpl = TopicPartitionList::new();
         for &p in ends.keys() {
             let start = since_ms.map_or(Offset::Beginning, Offset::Offset);
@@ -151,9 +159,16 @@ impl ClusterReader {
                     }
                     records.push(record_of(&m));
                 }
+                Some(Err(KafkaError::PartitionEOF(p))) => {
+                    reached.insert(p, true);
+                }
                 Some(Err(e)) => return Err(self.err(topic, "fetch")(e)),
                 None => {}
             }
+        }
+        if let Some((&partition, _)) = reached.iter().find(|(_, done)| !**done) {
+            let end = ends.get(&partition).copied().unwrap_or(0);
+            return Err(ReadError::Incomplete { cluster: self.name, topic: topic.to_owned(), partition, end });
         }
         self.consumer.unassign().map_err(self.err(topic, "assignment"))?;
         records.sort_by_key(|r| (r.partition, r.offset));
