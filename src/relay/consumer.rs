@@ -108,6 +108,7 @@ impl ConsumerContext for RebalanceContext {
                 match self.commit(consumer, Some(&keys), CommitMode::Sync) {
                     Ok(n) => tracing::info!(partitions = keys.len(), committed = n, "partitions revoked"),
                     Err(e) => {
+                        self.metrics.commit_failures.with_label_values(&[self.direction]).inc();
                         tracing::warn!(error = %e, "commit on revoke failed; the next owner replays from the last commit")
                     }
                 }
