@@ -60,11 +60,13 @@ fn sigterm_under_load_loses_nothing_and_exits_within_the_drain_deadline() {
         let (bootstrap, produced, stop) = (prod.bootstrap.clone(), produced.clone(), stop_producing.clone());
         std::thread::spawn(move || {
             let p = common::producer(&bootstrap);
+            // Paced (~5,000/s) until the first run is stopped, so SIGTERM lands while records
+            // are still arriving; then as fast as possible.
             for i in 0..EVENTS {
                 common::send(&p, "orders", &input(i));
                 produced.store(i + 1, Ordering::Relaxed);
-                if stop.load(Ordering::Relaxed) && i % 1000 == 999 {
-                    std::thread::sleep(Duration::from_millis(1));
+                if !stop.load(Ordering::Relaxed) && i % 50 == 49 {
+                    std::thread::sleep(Duration::from_millis(10));
                 }
             }
             rdkafka::producer::Producer::flush(&p, Duration::from_secs(60)).unwrap();
@@ -89,6 +91,7 @@ fn sigterm_under_load_loses_nothing_and_exits_within_the_drain_deadline() {
     );
     assert_eq!(committed, first, "everything read before SIGTERM is written and committed, nothing more");
     assert!((first as usize) < EVENTS, "the test needs the stop to land mid-stream");
+    assert!(at_stop < EVENTS, "the producer was still producing when SIGTERM arrived");
 
     stop_producing.store(true, Ordering::Relaxed);
     producer.join().unwrap();
