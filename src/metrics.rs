@@ -55,19 +55,20 @@ fn name(n: &str) -> String {
     format!("{PREFIX}_{n}")
 }
 
+/// Registers `m` and hands it back, so each metric is defined and registered in one place.
+fn reg<M: prometheus::core::Collector + Clone + 'static>(registry: &Registry, m: M) -> Result<M, MetricsError> {
+    registry.register(Box::new(m.clone()))?;
+    Ok(m)
+}
+
 impl Metrics {
     pub fn new() -> Result<Self, MetricsError> {
         let registry = Registry::new();
-        let counter = |n: &str, help: &str, labels: &[&str]| -> Result<IntCounterVec, MetricsError> {
-            let m = IntCounterVec::new(Opts::new(name(n), help), labels)?;
-            registry.register(Box::new(m.clone()))?;
-            Ok(m)
+        let counter = |n: &str, help: &str, labels: &[&str]| {
+            reg(&registry, IntCounterVec::new(Opts::new(name(n), help), labels)?)
         };
-        let gauge = |n: &str, help: &str, labels: &[&str]| -> Result<IntGaugeVec, MetricsError> {
-            let m = IntGaugeVec::new(Opts::new(name(n), help), labels)?;
-            registry.register(Box::new(m.clone()))?;
-            Ok(m)
-        };
+        let gauge =
+            |n: &str, help: &str, labels: &[&str]| reg(&registry, IntGaugeVec::new(Opts::new(name(n), help), labels)?);
         let m = Self {
             records_in: counter("records_in_total", "Input records read from a route topic on prod.", &["route"])?,
             records_out: counter(
@@ -115,14 +116,20 @@ impl Metrics {
                 "Partitions this instance owns, by direction (forward: prod routes, return: Rush raw topics).",
                 &["direction"],
             )?,
-            record_age: HistogramVec::new(
-                HistogramOpts::new(name("record_age_seconds"), "Event timestamp to output acknowledgement.")
-                    .buckets(AGE_BUCKETS.to_vec()),
-                &["cluster"],
+            record_age: reg(
+                &registry,
+                HistogramVec::new(
+                    HistogramOpts::new(name("record_age_seconds"), "Event timestamp to output acknowledgement.")
+                        .buckets(AGE_BUCKETS.to_vec()),
+                    &["cluster"],
+                )?,
             )?,
-            decision_seconds: Histogram::with_opts(
-                HistogramOpts::new(name("decision_seconds"), "Time to decide one record (1 in 64 sampled).")
-                    .buckets(DECISION_BUCKETS.to_vec()),
+            decision_seconds: reg(
+                &registry,
+                Histogram::with_opts(
+                    HistogramOpts::new(name("decision_seconds"), "Time to decide one record (1 in 64 sampled).")
+                        .buckets(DECISION_BUCKETS.to_vec()),
+                )?,
             )?,
             return_records: counter(
                 "return_records_total",
@@ -139,39 +146,40 @@ impl Metrics {
                 "Messages in a client's librdkafka queues (librdkafka statistics).",
                 &["client"],
             )?,
-            kafka_broker_rtt: {
-                let m = GaugeVec::new(
+            kafka_broker_rtt: reg(
+                &registry,
+                GaugeVec::new(
                     Opts::new(name("kafka_broker_rtt_seconds"), "Average broker round trip (librdkafka statistics)."),
                     &["client", "broker"],
-                )?;
-                registry.register(Box::new(m.clone()))?;
-                m
-            },
+                )?,
+            )?,
             kafka_broker_errors: gauge(
                 "kafka_broker_errors",
                 "Transmit and receive errors a client saw on its brokers since start (librdkafka statistics).",
                 &["client"],
             )?,
-            whitelist_version: IntGauge::new(name("whitelist_version"), "Version of the whitelist snapshot in use.")?,
-            whitelist_entries: IntGauge::new(name("whitelist_entries"), "Users in the whitelist snapshot in use.")?,
-            whitelist_staleness: Gauge::new(
-                name("whitelist_staleness_seconds"),
-                "Seconds since the whitelist was last refreshed from the Config Mapper.",
+            whitelist_version: reg(
+                &registry,
+                IntGauge::new(name("whitelist_version"), "Version of the whitelist snapshot in use.")?,
             )?,
-            whitelist_refresh_errors: IntCounter::new(
-                name("whitelist_refresh_errors_total"),
-                "Failed whitelist refreshes.",
+            whitelist_entries: reg(
+                &registry,
+                IntGauge::new(name("whitelist_entries"), "Users in the whitelist snapshot in use.")?,
             )?,
-            ready: IntGauge::new(name("ready"), "1 when /readyz answers 200.")?,
+            whitelist_staleness: reg(
+                &registry,
+                Gauge::new(
+                    name("whitelist_staleness_seconds"),
+                    "Seconds since the whitelist was last refreshed from the Config Mapper.",
+                )?,
+            )?,
+            whitelist_refresh_errors: reg(
+                &registry,
+                IntCounter::new(name("whitelist_refresh_errors_total"), "Failed whitelist refreshes.")?,
+            )?,
+            ready: reg(&registry, IntGauge::new(name("ready"), "1 when /readyz answers 200.")?)?,
             registry,
         };
-        for c in [&m.whitelist_version, &m.whitelist_entries, &m.ready] {
-            m.registry.register(Box::new(c.clone()))?;
-        }
-        m.registry.register(Box::new(m.whitelist_staleness.clone()))?;
-        m.registry.register(Box::new(m.whitelist_refresh_errors.clone()))?;
-        m.registry.register(Box::new(m.record_age.clone()))?;
-        m.registry.register(Box::new(m.decision_seconds.clone()))?;
         Ok(m)
     }
 
@@ -262,15 +270,17 @@ pub struct MapperMetrics {
 impl MapperMetrics {
     pub fn new() -> Result<Self, MetricsError> {
         let registry = Registry::new();
-        let requests = IntCounterVec::new(
-            Opts::new(name("mapper_requests_total"), "Config Mapper HTTP requests by route, method and status."),
-            &["route", "method", "status"],
+        let requests = reg(
+            &registry,
+            IntCounterVec::new(
+                Opts::new(name("mapper_requests_total"), "Config Mapper HTTP requests by route, method and status."),
+                &["route", "method", "status"],
+            )?,
         )?;
-        let whitelist_version = IntGauge::new(name("mapper_whitelist_version"), "Whitelist version served.")?;
-        let whitelist_entries = IntGauge::new(name("mapper_whitelist_entries"), "Live whitelist entries served.")?;
-        registry.register(Box::new(requests.clone()))?;
-        registry.register(Box::new(whitelist_version.clone()))?;
-        registry.register(Box::new(whitelist_entries.clone()))?;
+        let whitelist_version =
+            reg(&registry, IntGauge::new(name("mapper_whitelist_version"), "Whitelist version served.")?)?;
+        let whitelist_entries =
+            reg(&registry, IntGauge::new(name("mapper_whitelist_entries"), "Live whitelist entries served.")?)?;
         Ok(Self { registry, requests, whitelist_version, whitelist_entries })
     }
 }

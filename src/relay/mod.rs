@@ -47,6 +47,8 @@ pub enum RelayError {
     Topics(#[from] topics::TopicError),
     #[error("cannot create the {what}: {source}")]
     Client { what: &'static str, source: KafkaError },
+    #[error("cannot start the {what} thread: {source}")]
+    Thread { what: &'static str, source: std::io::Error },
     #[error("consumer: {source} ({} error)", class.as_str())]
     Consume { class: ErrorClass, source: KafkaError },
     #[error(transparent)]
@@ -141,10 +143,7 @@ pub fn run_observed(
         }
         let back = match back {
             None => Ok(()),
-            Some(Err(e)) => Err(RelayError::Client {
-                what: "return path thread",
-                source: KafkaError::ClientCreation(e.to_string()),
-            }),
+            Some(Err(source)) => Err(RelayError::Thread { what: "return path", source }),
             Some(Ok(handle)) => handle
                 .join()
                 .unwrap_or_else(|_| Err(RelayError::Client { what: "return path", source: KafkaError::Canceled })),
@@ -196,21 +195,13 @@ fn run_forward(
     let pipeline = Pipeline::new(config, producers.clone(), tracker.clone(), stats.clone(), metrics, tracer);
     let source = match whitelist {
         WhitelistSource::Snapshot(s) => Source::Snapshot(s),
-        WhitelistSource::Lookup { cache, workers } => {
-            Source::Lookup(parking::Parking::new(cache, workers, revoked.unwrap_or_default()).map_err(|e| {
-                RelayError::Client { what: "lookup workers", source: KafkaError::ClientCreation(e.to_string()) }
-            })?)
-        }
+        WhitelistSource::Lookup { cache, workers } => Source::Lookup(
+            parking::Parking::new(cache, workers, revoked.unwrap_or_default())
+                .map_err(|source| RelayError::Thread { what: "lookup workers", source })?,
+        ),
     };
     let mut handler = Forward::new(pipeline, source);
-    let limits = poll::Limits {
-        max_in_flight: config.bridge.max_in_flight,
-        commit_interval: config.bridge.commit_interval,
-        in_flight_peak: &stats.in_flight_peak,
-        uncommitted: metrics.uncommitted.with_label_values(&["forward"]),
-        consumer_errors: metrics.consumer_errors.with_label_values(&["forward"]),
-        commit_failures: metrics.commit_failures.with_label_values(&["forward"]),
-    };
+    let limits = poll::Limits::new(config, &stats, metrics, "forward");
     let result = poll::run(&consumer, &tracker, &limits, &mut handler, stop);
     finish(config, &consumer, &*producers, &tracker, &route_topics, result)
 }
@@ -244,14 +235,7 @@ fn run_return_path(
     let consumer = subscribe(kafka::consumer_config(&config.rush, "rush", &config.bridge.group_id), context, &topics)?;
     tracing::info!(topics = ?topics, group = %config.bridge.group_id, "return path started");
     let mut handler = ReturnPath::new(config, producer.clone(), tracker.clone(), stats.clone(), metrics, tracer);
-    let limits = poll::Limits {
-        max_in_flight: config.bridge.max_in_flight,
-        commit_interval: config.bridge.commit_interval,
-        in_flight_peak: &stats.in_flight_peak,
-        uncommitted: metrics.uncommitted.with_label_values(&["return"]),
-        consumer_errors: metrics.consumer_errors.with_label_values(&["return"]),
-        commit_failures: metrics.commit_failures.with_label_values(&["return"]),
-    };
+    let limits = poll::Limits::new(config, &stats, metrics, "return");
     let result = poll::run(&consumer, &tracker, &limits, &mut handler, stop);
     finish(config, &consumer, &*producer, &tracker, &topics, result)
 }

@@ -31,7 +31,7 @@ pub struct ProduceError {
 }
 
 /// The rdkafka headers of an input record, seen through the core's [`Headers`] trait.
-struct InputHeaders<'a, H>(Option<&'a H>);
+pub(super) struct InputHeaders<'a, H>(pub Option<&'a H>);
 
 impl<H: KafkaHeaders> Headers for InputHeaders<'_, H> {
     fn last(&self, name: &str) -> Option<&[u8]> {
@@ -173,8 +173,13 @@ impl Pipeline {
                         output_topic: &service.output_topic,
                     };
                     let trace = self.tracer.hop(|k| headers.last(k), &hop);
-                    let drop = [self.tenancy_key.as_str(), &self.provenance.origin, &self.provenance.topic];
-                    (payload, Some(rush_headers(input_headers, &drop, stamp, &trace)))
+                    let key = self.tenancy_key.as_str();
+                    let drop = [key, &self.provenance.origin, &self.provenance.topic];
+                    let mut out = with_trace(input_headers, &drop, &trace);
+                    if let Some(s) = stamp {
+                        out = out.insert(Header { key, value: Some(s) });
+                    }
+                    (payload, Some(out))
                 }
             };
             let out = Output {
@@ -212,22 +217,8 @@ fn copy_headers<H: KafkaHeaders>(h: &H) -> OwnedHeaders {
     out
 }
 
-/// Input headers without `drop` (the tenancy key first, then provenance) and trace context,
-/// plus ours: the stamp when the route stamps headers, and the bridge hop's trace context.
-fn rush_headers<H: KafkaHeaders>(
-    input: Option<&H>,
-    drop: &[&str],
-    stamp: Option<&str>,
-    trace: &Propagated,
-) -> OwnedHeaders {
-    let mut out = with_trace(input, drop, trace);
-    if let (Some(s), Some(key)) = (stamp, drop.first()) {
-        out = out.insert(Header { key, value: Some(s) });
-    }
-    out
-}
-
-/// `input` without the headers named in `drop` and any trace context, then `trace`'s context.
+/// `input` without the headers named in `drop` (on a Rush copy: the tenancy stamp and the
+/// return-path provenance) and any trace context, then `trace`'s context.
 pub(super) fn with_trace<H: KafkaHeaders>(input: Option<&H>, drop: &[&str], trace: &Propagated) -> OwnedHeaders {
     let n = input.map_or(0, |h| h.count()) + 3;
     let mut out = OwnedHeaders::new_with_capacity(n);

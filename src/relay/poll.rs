@@ -48,6 +48,25 @@ pub struct Limits<'a> {
     pub commit_failures: prometheus::IntCounter,
 }
 
+impl<'a> Limits<'a> {
+    /// The bounds of `config` and the metric handles of one direction (`forward`, `return`).
+    pub fn new(
+        config: &crate::config::Config,
+        stats: &'a super::Stats,
+        metrics: &crate::metrics::Metrics,
+        direction: &str,
+    ) -> Self {
+        Self {
+            max_in_flight: config.bridge.max_in_flight,
+            commit_interval: config.bridge.commit_interval,
+            in_flight_peak: &stats.in_flight_peak,
+            uncommitted: metrics.uncommitted.with_label_values(&[direction]),
+            consumer_errors: metrics.consumer_errors.with_label_values(&[direction]),
+            commit_failures: metrics.commit_failures.with_label_values(&[direction]),
+        }
+    }
+}
+
 /// Runs until `stop` says so or a record cannot be handled. A delivery failure ends the loop
 /// quietly: the caller reports it after the drain.
 pub fn run<H: Handler>(

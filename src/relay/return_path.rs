@@ -12,16 +12,17 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 
 use rdkafka::consumer::BaseConsumer;
-use rdkafka::message::{BorrowedMessage, Header, Headers as _, Message, OwnedHeaders};
+use rdkafka::message::{BorrowedMessage, Header, Message, OwnedHeaders};
 
 use super::RelayError;
 use super::consumer::RebalanceContext;
 use super::offsets::Tracker;
-use super::pipeline::{ProduceError, with_trace};
+use super::pipeline::{InputHeaders, ProduceError, with_trace};
 use super::poll::Handler;
 use super::producer::{Output, OutputProducer, send};
 use super::stats::Stats;
 use crate::config::Config;
+use crate::extract::Headers;
 use crate::metrics::{Metrics, RouteMetrics};
 use crate::telemetry::{Hop, HopTracer, Propagated};
 
@@ -42,10 +43,9 @@ impl Provenance {
     }
 
     /// True when `headers` say the record already came through the return path of `topic`.
-    pub fn came_through<H: rdkafka::message::Headers>(&self, headers: Option<&H>, topic: &str) -> bool {
-        let Some(h) = headers else { return false };
-        let last = |name: &str| h.iter().filter(|x| x.key == name).last().and_then(|x| x.value);
-        last(&self.origin) == Some(ORIGIN_RUSH.as_bytes()) && last(&self.topic) == Some(topic.as_bytes())
+    pub fn came_through<H: Headers + ?Sized>(&self, headers: &H, topic: &str) -> bool {
+        headers.last(&self.origin) == Some(ORIGIN_RUSH.as_bytes())
+            && headers.last(&self.topic) == Some(topic.as_bytes())
     }
 
     /// The input headers, earlier provenance and trace context replaced by this hop's.
@@ -104,7 +104,8 @@ impl Handler for ReturnPath {
         self.stats.return_in.fetch_add(1, Relaxed);
         self.metrics[ri].return_in.inc();
         let topic = &self.topics[ri];
-        if self.provenance.came_through(msg.headers(), topic) {
+        let input = InputHeaders(msg.headers());
+        if self.provenance.came_through(&input, topic) {
             let n = self.stats.return_looped.fetch_add(1, Relaxed) + 1;
             self.metrics[ri].return_looped.inc();
             // Every occurrence is counted; the log says so at 1, 2, 4, 8, … to stay readable.
@@ -119,9 +120,7 @@ impl Handler for ReturnPath {
         }
         let opaque = self.tracker.begin(key, msg.offset(), 1);
         let hop = Hop { route: topic, service: None, cluster: "prod", direction: "return", output_topic: topic };
-        let input = msg.headers();
-        let last = |name: &str| input.and_then(|h| h.iter().filter(|x| x.key == name).last()).and_then(|x| x.value);
-        let trace = self.tracer.hop(last, &hop);
+        let trace = self.tracer.hop(|name| input.last(name), &hop);
         let out = Output {
             topic,
             partition: msg.partition(),

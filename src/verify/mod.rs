@@ -19,8 +19,8 @@ use read::ClusterReader;
 pub use read::{ReadError, record_of};
 
 use crate::config::Config;
-use crate::extract::{Headers as _, TenancyKey};
-use crate::relay::return_path::{ORIGIN_RUSH, Provenance};
+use crate::extract::TenancyKey;
+use crate::relay::return_path::Provenance;
 
 pub struct Options {
     /// Judge only records whose timestamp is at most this old.
@@ -170,10 +170,7 @@ pub fn run(config: &Config, opts: &Options) -> Result<Report, ReadError> {
         report.routes.push(RouteReport { topic: route.topic.clone(), services });
 
         if let (Some(raw_first), Some(committed)) = (raw_first, rush_committed) {
-            let came_back = |r: &Record| {
-                r.last(&provenance.origin) == Some(ORIGIN_RUSH.as_bytes())
-                    && r.last(&provenance.topic) == Some(route.topic.as_bytes())
-            };
+            let came_back = |r: &Record| provenance.came_through(r, &route.topic);
             let forwarded: Vec<Record> = records.iter().filter(|r| came_back(r)).cloned().collect();
             // Records already carrying this topic's provenance are dropped by design (loops).
             let (raw, judged) = with_later(&rush, &route.topic, raw_first, read_from, since_ms, |r| !came_back(r))?;
@@ -201,7 +198,13 @@ fn with_later(
         last.insert(r.partition, r.offset);
     }
     let in_window = |r: &Record| since_ms.is_none_or(|s| r.timestamp.is_some_and(|t| t >= s));
-    let mut all: Vec<(Record, bool)> = first.into_iter().map(|r| (r.clone(), in_window(&r) && judge(&r))).collect();
+    let mut all: Vec<(Record, bool)> = first
+        .into_iter()
+        .map(|r| {
+            let judged = in_window(&r) && judge(&r);
+            (r, judged)
+        })
+        .collect();
     let again = reader.read(topic, read_from, false)?;
     all.extend(again.into_iter().filter(|r| last.get(&r.partition).is_none_or(|o| r.offset > *o)).map(|r| (r, false)));
     all.sort_by_key(|(r, _)| (r.partition, r.offset));
