@@ -176,7 +176,7 @@ fn decide_and_stamp_benches(c: &mut Criterion) {
 fn whitelist_benches(c: &mut Criterion) {
     use std::sync::Arc;
     use std::time::Duration;
-    use tenancy_bridge::whitelist::OneUser;
+    use tenancy_bridge::whitelist::Answered;
     use tenancy_bridge::whitelist::lookup::{LookupCache, LookupSettings};
 
     let snap = snapshot(10_000);
@@ -185,6 +185,7 @@ fn whitelist_benches(c: &mut Criterion) {
         negative_ttl: Duration::from_secs(3600),
         failure_backoff: Duration::from_secs(1),
         capacity: 100_000,
+        wait: Duration::from_millis(200),
     };
     let cache = Arc::new(LookupCache::new(
         settings,
@@ -198,7 +199,7 @@ fn whitelist_benches(c: &mut Criterion) {
     let headers: &H = &[("x-user-id", Some(b"U4242"))];
     let mut g = c.benchmark_group("whitelist");
     g.bench_function("snapshot/lookup", |b| b.iter(|| snap.services_for(black_box("U4242"), 0).map(<[_]>::len)));
-    g.bench_function("lookup-cache/hit", |b| b.iter(|| cache.cached(black_box("U4242")).is_some()));
+    g.bench_function("lookup-cache/hit", |b| b.iter(|| cache.peek(black_box("U4242")).is_some()));
     g.bench_function("snapshot/decide", |b| {
         let v = RecordView { key: None, payload: None, headers };
         b.iter(|| tenancy::decide(&r, black_box(&v), &snap, 0, &key).rush)
@@ -206,11 +207,11 @@ fn whitelist_benches(c: &mut Criterion) {
     g.bench_function("lookup-cache/decide", |b| {
         let v = RecordView { key: None, payload: None, headers };
         b.iter(|| {
-            // What the relay does in lookup mode: the user (allocated), a cache hit, a decision.
-            let user: Box<str> =
-                tenancy::lookup_user(&r, black_box(&v), &key).map(|u| u.into_owned().into_boxed_str())?;
-            let answer = cache.cached(&user)?;
-            Some(tenancy::decide(&r, &v, &OneUser { user: &user, entry: answer.entry() }, 0, &key).rush)
+            // What the relay does in lookup mode: the subject (user found once), a cache hit,
+            // a decision.
+            let subject = tenancy::subject(&r, black_box(&v), &key);
+            let hit = cache.peek(subject.user()?)?;
+            Some(tenancy::decide_subject(&r, v.payload, subject, &Answered(hit.answer.into_entry()), 0).rush)
         })
     });
     g.finish();

@@ -17,44 +17,45 @@ use axum::routing::get;
 
 use crate::background::Background;
 use crate::metrics::Metrics;
-use crate::relay::Stats;
+use crate::relay::{Health, ProducerRole};
+use crate::whitelist::lookup::LookupCache;
 use crate::whitelist::{SharedSnapshot, SourceStatus};
 
 /// What the endpoint reads.
 pub struct AdminState {
     pub metrics: Arc<Metrics>,
-    pub stats: Arc<Stats>,
+    pub health: Arc<Health>,
     pub shutdown: Arc<AtomicBool>,
     /// The snapshot in use (snapshot mode) and, when polled from a Config Mapper, its status.
     pub snapshot: Option<SharedSnapshot>,
     pub source: Option<Arc<SourceStatus>>,
+    /// Lookup mode's cache, whose request count and state are exported at scrape time.
+    pub lookup: Option<Arc<LookupCache>>,
 }
 
 impl AdminState {
     /// Why the bridge is not ready; empty when it is.
-    pub fn not_ready(&self) -> Vec<&'static str> {
-        let mut why = Vec::new();
+    pub fn not_ready(&self) -> Vec<String> {
+        let mut why: Vec<String> = Vec::new();
         if self.shutdown.load(Relaxed) {
-            why.push("shutting down");
+            why.push("shutting down".into());
         }
-        if !self.stats.joined.load(Relaxed) {
-            why.push("not yet assigned input partitions by the consumer group");
+        if !self.health.joined.load(Relaxed) {
+            why.push("not yet assigned input partitions by the consumer group".into());
         }
-        if self.stats.producer_fatal.load(Relaxed) {
-            why.push("a producer is in a fatal state");
+        if self.health.producer_fatal.load(Relaxed) {
+            why.push("a producer is in a fatal state".into());
         }
-        let names =
-            ["prod producer: no broker up", "rush producer: no broker up", "return-path producer: no broker up"];
-        for (down, name) in self.stats.producer_unreachable.iter().zip(names) {
-            if down.load(Relaxed) {
-                why.push(name);
+        for p in ProducerRole::ALL {
+            if self.health.unreachable(p) {
+                why.push(format!("{}: no broker up", p.name()));
             }
         }
         if let Some(s) = &self.source {
             // The first refresh runs before the relay starts: success, or a counted failure
             // after which every event is production (failing safe) — either is a decision.
             if s.last_ok_ms.load(Relaxed) == 0 && s.refresh_errors.load(Relaxed) == 0 {
-                why.push("whitelist not loaded yet");
+                why.push("whitelist not loaded yet".into());
             }
         }
         why
@@ -70,13 +71,22 @@ impl AdminState {
         }
         if let Some(s) = &self.source {
             m.whitelist_staleness.set(s.staleness_seconds().unwrap_or(f64::INFINITY));
-            let errors = s.refresh_errors.load(Relaxed);
-            let exported = m.whitelist_refresh_errors.get();
-            if errors > exported {
-                m.whitelist_refresh_errors.inc_by(errors - exported);
-            }
+            catch_up(&m.whitelist_refresh_errors, s.refresh_errors.load(Relaxed));
+        }
+        if let Some(c) = &self.lookup {
+            catch_up(&m.lookup_requests, c.requests.load(Relaxed));
+            catch_up(&m.whitelist_refresh_errors, c.status.refresh_errors.load(Relaxed));
+            m.lookup_degraded.set(i64::from(c.degraded()));
         }
         m.ready.set(i64::from(self.not_ready().is_empty()));
+    }
+}
+
+/// Brings a counter exported from another component's own count up to it.
+fn catch_up(counter: &prometheus::IntCounter, total: u64) {
+    let exported = counter.get();
+    if total > exported {
+        counter.inc_by(total - exported);
     }
 }
 

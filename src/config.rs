@@ -135,6 +135,10 @@ pub struct WhitelistConfig {
     /// Lookup mode: concurrent lookups.
     #[serde(default = "defaults::lookup_workers")]
     pub lookup_workers: usize,
+    /// Lookup mode: longest a record waits for its user's first answer; after it, and while the
+    /// Config Mapper fails or answers slower than this, users not cached are production.
+    #[serde(default = "defaults::lookup_wait", with = "humantime_serde_compat")]
+    pub lookup_wait: Duration,
     /// Timeout of one request to the Config Mapper.
     #[serde(default = "defaults::request_timeout", with = "humantime_serde_compat")]
     pub request_timeout: Duration,
@@ -151,6 +155,7 @@ impl Default for WhitelistConfig {
             negative_ttl: defaults::negative_ttl(),
             cache_size: defaults::cache_size(),
             lookup_workers: defaults::lookup_workers(),
+            lookup_wait: defaults::lookup_wait(),
             request_timeout: defaults::request_timeout(),
         }
     }
@@ -172,6 +177,10 @@ pub struct BridgeConfig {
     /// Input records read but not yet acknowledged on every output; the consumer pauses above it.
     #[serde(default = "defaults::max_in_flight")]
     pub max_in_flight: usize,
+    /// The same bound in bytes (keys and payloads of input records in flight), so a burst of
+    /// large records cannot fill the producers' queues before the record bound is reached.
+    #[serde(default = "defaults::max_in_flight_bytes")]
+    pub max_in_flight_bytes: usize,
     /// On SIGTERM, how long to wait for outstanding outputs before exiting without committing them.
     #[serde(default = "defaults::drain_timeout", with = "humantime_serde_compat")]
     pub drain_timeout: Duration,
@@ -194,6 +203,7 @@ impl Default for BridgeConfig {
             tenancy_header: defaults::tenancy_header(),
             origin_header: defaults::origin_header(),
             max_in_flight: defaults::max_in_flight(),
+            max_in_flight_bytes: defaults::max_in_flight_bytes(),
             drain_timeout: defaults::drain_timeout(),
             create_topics: defaults::create_topics(),
             replication_factor: defaults::replication_factor(),
@@ -218,6 +228,12 @@ mod defaults {
     }
     pub fn lookup_workers() -> usize {
         8
+    }
+    pub fn lookup_wait() -> Duration {
+        Duration::from_millis(200)
+    }
+    pub fn max_in_flight_bytes() -> usize {
+        64 << 20
     }
     pub fn request_timeout() -> Duration {
         Duration::from_secs(2)
@@ -397,6 +413,9 @@ impl Config {
         if b.max_in_flight == 0 {
             return Err(invalid("bridge.max_in_flight", "must be at least 1"));
         }
+        if b.max_in_flight_bytes < 1 << 20 {
+            return Err(invalid("bridge.max_in_flight_bytes", "must be at least 1048576 (1 MiB)"));
+        }
         if b.replication_factor == 0 || b.replication_factor < -1 {
             return Err(invalid("bridge.replication_factor", "must be -1 (broker default) or ≥ 1"));
         }
@@ -422,6 +441,7 @@ impl Config {
             ("whitelist.cache_ttl", w.cache_ttl),
             ("whitelist.negative_ttl", w.negative_ttl),
             ("whitelist.request_timeout", w.request_timeout),
+            ("whitelist.lookup_wait", w.lookup_wait),
         ] {
             if d.is_zero() {
                 return Err(invalid(field, "must be greater than zero"));

@@ -5,21 +5,15 @@ use std::sync::atomic::AtomicBool;
 
 use crate::admin::{Admin, AdminState};
 use crate::config::Config;
-use crate::metrics::{Metrics, MetricsError};
-use crate::relay::{self, Observers, RelayError, Stats, Summary, WhitelistSource};
-use crate::telemetry::{HopTracer, TelemetryError};
+use crate::relay::{self, Observers, RelayError, Summary, WhitelistSource};
 use crate::whitelist::source::{self, StartError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
     #[error(transparent)]
     Whitelist(#[from] StartError),
-    #[error(transparent)]
-    Metrics(#[from] MetricsError),
     #[error("admin.listen {addr}: {source}")]
     Admin { addr: String, source: std::io::Error },
-    #[error(transparent)]
-    Telemetry(#[from] TelemetryError),
     #[error("relay stopped")]
     Relay(#[from] RelayError),
 }
@@ -28,19 +22,18 @@ pub enum DaemonError {
 pub fn run(config: &Config, shutdown: Arc<AtomicBool>) -> Result<Summary, DaemonError> {
     // Held for the run: dropping a source stops it.
     let (running, whitelist) = source::start(&config.whitelist)?;
-    let metrics = Arc::new(Metrics::new()?);
-    let stats = Arc::new(Stats::default());
-    let tracer = Arc::new(HopTracer::new(&config.telemetry)?);
-    let snapshot = match &whitelist {
-        WhitelistSource::Snapshot(s) => Some(s.clone()),
-        WhitelistSource::Lookup { .. } => None,
+    let observers = Observers::new(config)?;
+    let (snapshot, lookup) = match &whitelist {
+        WhitelistSource::Snapshot(s) => (Some(s.clone()), None),
+        WhitelistSource::Lookup { cache, .. } => (None, Some(cache.clone())),
     };
     let state = Arc::new(AdminState {
-        metrics: metrics.clone(),
-        stats: stats.clone(),
+        metrics: observers.metrics.clone(),
+        health: observers.health.clone(),
         shutdown: shutdown.clone(),
         snapshot,
         source: running.status(),
+        lookup,
     });
     let _admin = match config.admin.listen.as_str() {
         "" => None,
@@ -48,7 +41,6 @@ pub fn run(config: &Config, shutdown: Arc<AtomicBool>) -> Result<Summary, Daemon
             Some(Admin::start(listen, state).map_err(|source| DaemonError::Admin { addr: listen.to_owned(), source })?)
         }
     };
-    let observers = Observers { stats, metrics, tracer };
     let summary = relay::run_observed(config, whitelist, &shutdown, &observers);
     observers.tracer.shutdown();
     drop(running);

@@ -102,6 +102,9 @@ pub fn producer_config(cluster: &ClusterConfig, name: &str, config: &Config) -> 
     // The in-flight bound decides memory; the producer queue must never be the tighter bound.
     let queue = (config.bridge.max_in_flight * max_services + 1000).min(10_000_000);
     c.set("queue.buffering.max.messages", queue.to_string());
+    // Likewise in bytes: every output of the bytes in flight, with room for headers and stamps.
+    let kbytes = (config.bridge.max_in_flight_bytes / 1024 * max_services * 2 + 65_536).clamp(1 << 20, 2_097_151);
+    c.set("queue.buffering.max.kbytes", kbytes.to_string());
     let user = base(cluster, ClientRole::Producer, &format!("tenancy-bridge-{name}"));
     for (k, v) in user.config_map() {
         c.set(k, v);

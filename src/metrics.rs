@@ -48,6 +48,10 @@ pub struct Metrics {
     pub whitelist_entries: IntGauge,
     pub whitelist_staleness: Gauge,
     pub whitelist_refresh_errors: IntCounter,
+    pub lookup_requests: IntCounter,
+    pub lookup_unanswered: IntCounter,
+    pub lookup_held: IntGauge,
+    pub lookup_degraded: IntGauge,
     pub ready: IntGauge,
 }
 
@@ -177,10 +181,56 @@ impl Metrics {
                 &registry,
                 IntCounter::new(name("whitelist_refresh_errors_total"), "Failed whitelist refreshes.")?,
             )?,
+            lookup_requests: reg(
+                &registry,
+                IntCounter::new(
+                    name("whitelist_lookup_requests_total"),
+                    "Lookup mode: requests to the Config Mapper.",
+                )?,
+            )?,
+            lookup_unanswered: reg(
+                &registry,
+                IntCounter::new(
+                    name("whitelist_lookup_unanswered_total"),
+                    "Lookup mode: records decided as production because the Config Mapper had not answered \
+                     within lookup_wait or was degraded.",
+                )?,
+            )?,
+            lookup_held: reg(
+                &registry,
+                IntGauge::new(name("whitelist_lookup_held_records"), "Lookup mode: records waiting for a lookup.")?,
+            )?,
+            lookup_degraded: reg(
+                &registry,
+                IntGauge::new(
+                    name("whitelist_lookup_degraded"),
+                    "Lookup mode: 1 while the Config Mapper fails or answers slower than lookup_wait.",
+                )?,
+            )?,
             ready: reg(&registry, IntGauge::new(name("ready"), "1 when /readyz answers 200.")?)?,
             registry,
         };
         Ok(m)
+    }
+
+    /// The total of `vec`'s series whose labels include every pair of `labels`.
+    pub fn sum(&self, vec: &IntCounterVec, labels: &[(&str, &str)]) -> u64 {
+        use prometheus::core::Collector;
+        let mut total = 0.0;
+        for family in vec.collect() {
+            for metric in family.get_metric() {
+                let pairs = metric.get_label();
+                if labels.iter().all(|(k, v)| pairs.iter().any(|p| p.name() == *k && p.value() == *v)) {
+                    total += metric.get_counter().get_value();
+                }
+            }
+        }
+        total as u64
+    }
+
+    /// A write the producer refused before it was queued.
+    pub fn produce_error(&self, cluster: Cluster, class: ErrorClass) {
+        self.produce_errors.with_label_values(&[cluster.as_str(), class.as_str()]).inc();
     }
 
     /// Handles for one route's hot path.

@@ -114,6 +114,67 @@ impl Decision<'_> {
     }
 }
 
+/// What an event's decision depends on besides the whitelist, found once per event: the user
+/// to look up, or a decision that needs no whitelist (an upstream stamp, production traffic).
+/// Lookup mode finds it before asking the Config Mapper and decides with it afterwards, so a
+/// record's user is extracted once.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Subject<'a> {
+    kind: SubjectKind<'a>,
+    /// Where the stamp member is in the payload (payload and JSON routes only).
+    member: Found,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum SubjectKind<'a> {
+    User(Cow<'a, str>),
+    Upstream(ServiceSet, Option<Cow<'a, str>>),
+    Passthrough(Passthrough),
+}
+
+impl Subject<'_> {
+    /// The user whose whitelist entry decides; `None` when the whitelist is not consulted.
+    pub fn user(&self) -> Option<&str> {
+        match &self.kind {
+            SubjectKind::User(u) => Some(u),
+            _ => None,
+        }
+    }
+
+    /// Detached from the record it was found in (for a record that waits for a lookup).
+    pub fn into_owned(self) -> Subject<'static> {
+        let own = |c: Cow<'_, str>| Cow::Owned(c.into_owned());
+        let kind = match self.kind {
+            SubjectKind::User(u) => SubjectKind::User(own(u)),
+            SubjectKind::Upstream(s, u) => SubjectKind::Upstream(s, u.map(own)),
+            SubjectKind::Passthrough(p) => SubjectKind::Passthrough(p),
+        };
+        Subject { kind, member: self.member }
+    }
+}
+
+/// Finds the [`Subject`] of `record` of `route`. `key` names the tenancy stamp (header and
+/// JSON member).
+pub fn subject<'a, H: Headers + ?Sized>(route: &Route, record: &RecordView<'a, H>, key: &TenancyKey) -> Subject<'a> {
+    let json_route = route.stamp.payload() || matches!(route.user, UserLocator::Json(_));
+    // One search for the stamp member serves both the upstream check and the splice plan.
+    let member = match record.payload {
+        Some(p) if json_route => key.find_in(p),
+        _ => Found::NotFound,
+    };
+    let kind = match extract::upstream_tenancy(record, key, member) {
+        Some(stamp) => {
+            let (rush, user) = upstream_services(route, &stamp);
+            SubjectKind::Upstream(rush, user.map(|u| Cow::Owned(u.to_owned())))
+        }
+        None => match extract::user(&route.user, record) {
+            Ok(u) => SubjectKind::User(u),
+            Err(p) => SubjectKind::Passthrough(p),
+        },
+    };
+    Subject { kind, member }
+}
+
 /// Decides `record` of `route` against `whitelist` at `now_ms`.
 ///
 /// `key` names the tenancy stamp (header and JSON member).
@@ -124,22 +185,21 @@ pub fn decide<'a, H: Headers + ?Sized, W: Whitelist + ?Sized>(
     now_ms: i64,
     key: &TenancyKey,
 ) -> Decision<'a> {
-    let json_route = route.stamp.payload() || matches!(route.user, UserLocator::Json(_));
-    // One search for the stamp member serves both the upstream check and the splice plan.
-    let member = match record.payload {
-        Some(p) if json_route => key.find_in(p),
-        _ => Found::NotFound,
-    };
-    let (rush, user, reason) = match extract::upstream_tenancy(record, key, member) {
-        Some(stamp) => {
-            let (rush, user) = upstream_services(route, &stamp);
-            (rush, user.map(|u| Cow::Owned(u.to_owned())), Reason::Upstream)
-        }
-        None => {
-            let user = match extract::user(&route.user, record) {
-                Ok(u) => u,
-                Err(p) => return Decision::prod(Reason::Passthrough(p)),
-            };
+    decide_subject(route, record.payload, subject(route, record, key), whitelist, now_ms)
+}
+
+/// Decides an event whose [`Subject`] is known; `payload` is the event's (for the splice).
+pub fn decide_subject<'a, W: Whitelist + ?Sized>(
+    route: &Route,
+    payload: Option<&[u8]>,
+    subject: Subject<'a>,
+    whitelist: &W,
+    now_ms: i64,
+) -> Decision<'a> {
+    let (rush, user, reason) = match subject.kind {
+        SubjectKind::Upstream(rush, user) => (rush, user, Reason::Upstream),
+        SubjectKind::Passthrough(p) => return Decision::prod(Reason::Passthrough(p)),
+        SubjectKind::User(user) => {
             let mut rush = ServiceSet::EMPTY;
             if let Some(listed) = whitelist.services_for(&user, now_ms) {
                 for (i, s) in route.services.iter().enumerate() {
@@ -155,7 +215,7 @@ pub fn decide<'a, H: Headers + ?Sized, W: Whitelist + ?Sized>(
         return Decision { rush, user, reason, splice: None };
     }
     let splice = if route.stamp.payload() {
-        match splice_for(record.payload, member) {
+        match splice_for(payload, subject.member) {
             Ok(s) => Some(s),
             // A Rush copy we cannot stamp would reach Rush unmarked; keep the event in prod.
             Err(p) => return Decision::prod(Reason::Passthrough(p)),
@@ -164,24 +224,6 @@ pub fn decide<'a, H: Headers + ?Sized, W: Whitelist + ?Sized>(
         None
     };
     Decision { rush, user, reason, splice }
-}
-
-/// The user `decide` would look up in the whitelist for `record`, or `None` when the decision
-/// does not consult the whitelist (an upstream stamp is honoured, or there is no usable user).
-pub fn lookup_user<'a, H: Headers + ?Sized>(
-    route: &Route,
-    record: &RecordView<'a, H>,
-    key: &TenancyKey,
-) -> Option<Cow<'a, str>> {
-    let json_route = route.stamp.payload() || matches!(route.user, UserLocator::Json(_));
-    let member = match record.payload {
-        Some(p) if json_route => key.find_in(p),
-        _ => Found::NotFound,
-    };
-    if extract::upstream_tenancy(record, key, member).is_some() {
-        return None;
-    }
-    extract::user(&route.user, record).ok()
 }
 
 /// Reads an upstream stamp: one or more comma-separated `{user}_{service}` values.

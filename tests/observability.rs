@@ -14,7 +14,7 @@ use common::invariant::TID;
 use common::{Bridge, ConfigOpts, Input, Mapper, Tansu, http_get};
 use tenancy_bridge::admin::{Admin, AdminState};
 use tenancy_bridge::metrics::Metrics;
-use tenancy_bridge::relay::Stats;
+use tenancy_bridge::relay::{Health, ProducerRole};
 
 /// Every `tenancy_bridge_*` metric name an expression in `text` uses.
 fn metric_names(text: &str) -> BTreeSet<String> {
@@ -156,28 +156,29 @@ fn metrics_cover_the_dashboard_and_the_alert_rules() {
 
 #[test]
 fn readyz_follows_assignment_and_turns_503_when_shutdown_begins() {
-    let stats = Arc::new(Stats::default());
+    let health = Arc::new(Health::default());
     let shutdown = Arc::new(AtomicBool::new(false));
     let state = Arc::new(AdminState {
         metrics: Arc::new(Metrics::new().unwrap()),
-        stats: stats.clone(),
+        health: health.clone(),
         shutdown: shutdown.clone(),
         snapshot: None,
         source: None,
+        lookup: None,
     });
     let admin = Admin::start("127.0.0.1:0", state).unwrap();
     let addr = admin.addr.to_string();
     let (status, body) = http_get(&addr, "/readyz");
     assert_eq!((status, body.trim()), (503, "not ready: not yet assigned input partitions by the consumer group"));
-    stats.joined.store(true, Ordering::Relaxed);
+    health.joined.store(true, Ordering::Relaxed);
     assert_eq!(http_get(&addr, "/readyz").0, 200);
     assert!(http_get(&addr, "/metrics").1.contains("tenancy_bridge_ready 1"));
     shutdown.store(true, Ordering::Relaxed);
     let (status, body) = http_get(&addr, "/readyz");
     assert_eq!((status, body.trim()), (503, "not ready: shutting down"));
-    stats.producer_fatal.store(true, Ordering::Relaxed);
+    health.producer_fatal.store(true, Ordering::Relaxed);
     assert!(http_get(&addr, "/readyz").1.contains("a producer is in a fatal state"));
-    stats.producer_unreachable[1].store(true, Ordering::Relaxed);
+    health.set_unreachable(ProducerRole::Rush, true);
     assert!(http_get(&addr, "/readyz").1.contains("rush producer: no broker up"));
     assert_eq!(http_get(&addr, "/livez").0, 200);
 }

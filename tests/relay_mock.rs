@@ -14,10 +14,10 @@ use rdkafka::mocking::MockCluster;
 use rdkafka::producer::DefaultProducerContext;
 use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
 use tenancy_bridge::config::Config;
-use tenancy_bridge::relay::{self, RelayError, Stats, Summary, WhitelistSource};
+use tenancy_bridge::relay::{self, Observers, RelayError, Summary, WhitelistSource};
 use tenancy_bridge::whitelist::client::MapperClient;
 use tenancy_bridge::whitelist::lookup::{LookupCache, LookupSettings};
-use tenancy_bridge::whitelist::{self, FileSource, Snapshot, SnapshotPoller};
+use tenancy_bridge::whitelist::{self, FileSource, SharedSnapshot, Snapshot, SnapshotPoller};
 
 const PARTITIONS: i32 = 3;
 
@@ -83,15 +83,18 @@ user = { header = "x-user-id" }
 /// A running relay in a thread.
 struct Running {
     shutdown: Arc<AtomicBool>,
-    stats: Arc<Stats>,
+    observers: Arc<Observers>,
     thread: std::thread::JoinHandle<Result<Summary, RelayError>>,
     _source: Option<FileSource>,
+    snapshot: Option<SharedSnapshot>,
 }
 
 fn start(c: &Clusters, config: Config) -> Running {
     let snapshot = whitelist::shared(Snapshot::empty());
     let source = FileSource::start(c.wl_path(), Duration::from_millis(50), snapshot.clone()).unwrap();
-    start_with(config, snapshot.into(), Some(source))
+    let mut run = start_with(config, snapshot.clone().into(), Some(source));
+    run.snapshot = Some(snapshot);
+    run
 }
 
 fn start_with(config: Config, whitelist: WhitelistSource, source: Option<FileSource>) -> Running {
@@ -100,17 +103,26 @@ fn start_with(config: Config, whitelist: WhitelistSource, source: Option<FileSou
         .with_test_writer()
         .try_init();
     let shutdown = Arc::new(AtomicBool::new(false));
-    let stats = Arc::new(Stats::default());
-    let (s, st) = (shutdown.clone(), stats.clone());
-    let thread = std::thread::spawn(move || relay::run_with(&config, whitelist, &s, st));
-    Running { shutdown, stats, thread, _source: source }
+    let observers = Arc::new(Observers::new(&config).unwrap());
+    let (s, o) = (shutdown.clone(), observers.clone());
+    let thread = std::thread::spawn(move || relay::run_observed(&config, whitelist, &s, &o));
+    Running { shutdown, observers, thread, _source: source, snapshot: None }
 }
 
 impl Running {
+    fn acked(&self) -> u64 {
+        let m = &self.observers.metrics;
+        m.sum(&m.records_out, &[])
+    }
+
+    fn assigned(&self) -> usize {
+        self.observers.health.assigned(relay::Direction::Forward).load(Ordering::Relaxed)
+    }
+
     fn wait_acked(&self, outputs: u64, timeout: Duration) {
         let deadline = Instant::now() + timeout;
         loop {
-            let n = self.stats.acked_prod.load(Ordering::Relaxed) + self.stats.acked_rush.load(Ordering::Relaxed);
+            let n = self.acked();
             if n >= outputs {
                 return;
             }
@@ -118,6 +130,21 @@ impl Running {
             assert!(Instant::now() < deadline, "only {n} of {outputs} outputs acknowledged");
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// Waits until the relay decides from whitelist `version`.
+    fn wait_whitelist(&self, version: u64, timeout: Duration) {
+        let snapshot = self.snapshot.as_ref().expect("a file-backed whitelist");
+        let deadline = Instant::now() + timeout;
+        while snapshot.load().version() != version {
+            assert!(Instant::now() < deadline, "whitelist version {version} never loaded");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    fn records_in(&self) -> u64 {
+        let m = &self.observers.metrics;
+        m.sum(&m.records_in, &[])
     }
 
     fn stop(self) -> Result<Summary, RelayError> {
@@ -246,7 +273,7 @@ fn whitelist_change_affects_only_later_events() {
     common::produce(&c.prod.bootstrap_servers(), "orders", &first);
     run.wait_acked(180, Duration::from_secs(60));
     c.set_whitelist(2, &[("U3", &["shipping"])]);
-    std::thread::sleep(Duration::from_millis(500));
+    run.wait_whitelist(2, Duration::from_secs(20));
     let second: Vec<Input> = (90..180).map(|i| event(i, Some("U3"), b"{}".to_vec())).collect();
     common::produce(&c.prod.bootstrap_servers(), "orders", &second);
     run.wait_acked(360, Duration::from_secs(60));
@@ -273,7 +300,7 @@ fn slow_rush_cluster_is_bounded_by_max_in_flight() {
     common::produce(&c.prod.bootstrap_servers(), "orders", &inputs);
     let run = start(&c, c.config(HEADER_ROUTE, "max_in_flight = 25"));
     run.wait_acked(800, Duration::from_secs(90));
-    let peak = run.stats.in_flight_peak.load(Ordering::Relaxed);
+    let peak = run.observers.health.in_flight_peak.load(Ordering::Relaxed);
     run.stop().unwrap();
     assert!(peak <= 25 + 1, "in-flight peak {peak} exceeds the bound");
     assert!(peak >= 10, "the bound was never approached ({peak}); the test does not test it");
@@ -314,8 +341,13 @@ fn permanent_produce_failure_stops_without_committing_past_it() {
     common::produce(&c.prod.bootstrap_servers(), "orders", &first);
     let run = start(&c, c.config(HEADER_ROUTE, ""));
     run.wait_acked(60, Duration::from_secs(60));
-    // Let the periodic commit catch up with the first batch.
-    std::thread::sleep(Duration::from_millis(600));
+    // The periodic commit catches up with the first batch before the fault starts.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while common::committed(&c.prod.bootstrap_servers(), "bridge-test", "orders", PARTITIONS).values().sum::<i64>() < 30
+    {
+        assert!(Instant::now() < deadline, "the first batch was never committed");
+        std::thread::sleep(Duration::from_millis(50));
+    }
     // Rush now refuses every write: the next Rush copy fails for good.
     c.rush.request_errors(RDKafkaApiKey::Produce, &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED; 64]);
     let second: Vec<Input> = (30..60).map(|i| event(i, Some("U1"), b"{}".to_vec())).collect();
@@ -342,11 +374,7 @@ fn instances_share_partitions_and_hand_over_on_rebalance() {
     let users = ["U1", "U2", "U3"];
     let batch =
         |r: std::ops::Range<usize>| -> Vec<Input> { r.map(|i| event(i, Some(users[i % 3]), b"{}".to_vec())).collect() };
-    let acked = |runs: &[&Running]| -> u64 {
-        runs.iter()
-            .map(|r| r.stats.acked_prod.load(Ordering::Relaxed) + r.stats.acked_rush.load(Ordering::Relaxed))
-            .sum()
-    };
+    let acked = |runs: &[&Running]| -> u64 { runs.iter().map(|r| r.acked()).sum() };
     let wait = |runs: &[&Running], n: u64| {
         let deadline = Instant::now() + Duration::from_secs(60);
         while acked(runs) < n {
@@ -361,19 +389,17 @@ fn instances_share_partitions_and_hand_over_on_rebalance() {
     // A second instance joins: the partitions are split between the two.
     let b = start(&c, config.clone());
     let deadline = Instant::now() + Duration::from_secs(60);
-    while b.stats.assigned_partitions.load(Ordering::Relaxed) == 0
-        || a.stats.assigned_partitions.load(Ordering::Relaxed) == PARTITIONS as usize
-    {
+    while b.assigned() == 0 || a.assigned() == PARTITIONS as usize {
         assert!(Instant::now() < deadline, "the second instance was never given partitions");
         std::thread::sleep(Duration::from_millis(20));
     }
     common::produce(&c.prod.bootstrap_servers(), "orders", &batch(300..600));
     wait(&[&a, &b], 1200);
-    let b_share = b.stats.records_in.load(Ordering::Relaxed);
+    let b_share = b.records_in();
     // The first one leaves: the second takes every partition over from its commits.
     a.stop().unwrap();
     common::produce(&c.prod.bootstrap_servers(), "orders", &batch(600..900));
-    wait(&[&b], b.stats.acked_prod.load(Ordering::Relaxed) + b.stats.acked_rush.load(Ordering::Relaxed) + 600);
+    wait(&[&b], b.acked() + 600);
     b.stop().unwrap();
     assert!(b_share > 0, "the second instance got no partitions");
 
@@ -456,12 +482,14 @@ impl PerUserMapper {
         self.requests.lock().unwrap().get(user).copied().unwrap_or(0)
     }
 
-    fn source(&self) -> WhitelistSource {
+    /// Lookup mode against this mapper; records wait up to `wait` for an answer.
+    fn source(&self, wait: Duration) -> WhitelistSource {
         let settings = LookupSettings {
             cache_ttl: Duration::from_secs(60),
             negative_ttl: Duration::from_secs(60),
             failure_backoff: Duration::from_secs(1),
             capacity: 10_000,
+            wait,
         };
         let client = MapperClient::new(&self.url, None, Duration::from_secs(10));
         WhitelistSource::Lookup { cache: Arc::new(LookupCache::http(settings, client)), workers: 4 }
@@ -477,7 +505,7 @@ fn lookup_mode_concurrent_misses_for_one_user_make_one_request() {
     let inputs: Vec<Input> =
         (0..300).map(|i| event(i, Some(if i < 150 { "U1" } else { "U2" }), b"{}".to_vec())).collect();
     common::produce(&c.prod.bootstrap_servers(), "orders", &inputs);
-    let run = start_with(c.config(HEADER_ROUTE, ""), mapper.source(), None);
+    let run = start_with(c.config(HEADER_ROUTE, ""), mapper.source(Duration::from_secs(10)), None);
     run.wait_acked(600, Duration::from_secs(60));
     run.stop().unwrap();
     assert_eq!(mapper.count("U1"), 1, "one request for U1");
@@ -510,11 +538,11 @@ fn lookup_mode_slow_lookup_holds_only_its_partition_and_keeps_its_order() {
         .collect();
     common::produce(&c.prod.bootstrap_servers(), "orders", &inputs);
     let routes = HEADER_ROUTE.replace(r#"["payment", "shipping"]"#, r#"["payment"]"#);
-    let run = start_with(c.config(&routes, ""), mapper.source(), None);
+    let run = start_with(c.config(&routes, ""), mapper.source(Duration::from_secs(10)), None);
     // Partitions 1 and 2 (200 records) are done before the slow answer (3 s) comes…
     run.wait_acked(200, Duration::from_secs(60));
     let slow_answered_then = mapper.slow_answers.load(Ordering::SeqCst);
-    let records_then = run.stats.records_in.load(Ordering::Relaxed);
+    let records_then = run.records_in();
     run.wait_acked(300, Duration::from_secs(60));
     run.stop().unwrap();
     assert_eq!(slow_answered_then, 0, "the other partitions waited for the slow lookup");
@@ -530,6 +558,31 @@ fn lookup_mode_slow_lookup_holds_only_its_partition_and_keeps_its_order() {
         _ => None,
     };
     invariant::check(&read_in, &["payment"], &prod, &rush, expected, StampCheck::Header).assert_clean();
+}
+
+#[test]
+fn lookup_mode_slow_config_mapper_holds_nothing_past_lookup_wait() {
+    let c = Clusters::new().with_outputs(&["payment"]);
+    c.set_whitelist(1, &[]);
+    let mapper = PerUserMapper::start(&[("SLOW1", &["payment"])], Duration::from_secs(3));
+    let inputs: Vec<Input> =
+        (0..300).map(|i| event(i, Some(if i % 4 == 0 { "SLOW1" } else { "U2" }), b"{}".to_vec())).collect();
+    common::produce(&c.prod.bootstrap_servers(), "orders", &inputs);
+    let routes = HEADER_ROUTE.replace(r#"["payment", "shipping"]"#, r#"["payment"]"#);
+    let run = start_with(c.config(&routes, ""), mapper.source(Duration::from_millis(100)), None);
+    run.wait_acked(300, Duration::from_secs(60));
+    // Everything was decided before the first (3 s) answer came back: nobody waited for it.
+    let slow_answered = mapper.slow_answers.load(Ordering::SeqCst);
+    let unanswered = run.observers.metrics.lookup_unanswered.get();
+    let summary = run.stop().unwrap();
+    assert_eq!(slow_answered, 0, "records waited for a lookup slower than lookup_wait");
+    assert!(unanswered >= 1, "unanswered records are counted");
+    assert!(summary.to_string().contains("production for want of a whitelist answer"), "{summary}");
+
+    let read_in = common::read_all(&c.prod.bootstrap_servers(), "orders", 300, Duration::from_secs(20));
+    let (prod, rush) = c.outputs(&["payment"], 300);
+    // SLOW1 is whitelisted, but no answer was to be had in time: production (failing safe).
+    invariant::check(&read_in, &["payment"], &prod, &rush, |_, _| None, StampCheck::Header).assert_clean();
 }
 
 #[test]

@@ -15,7 +15,7 @@ use rdkafka::mocking::MockCluster;
 use rdkafka::producer::DefaultProducerContext;
 use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
 use tenancy_bridge::config::Config;
-use tenancy_bridge::relay::{self, Stats};
+use tenancy_bridge::relay::{self, Observers};
 use tenancy_bridge::whitelist::{self, Snapshot};
 
 const GROUP: &str = "bridge-return";
@@ -64,23 +64,23 @@ fn rush_offsets_wait_for_the_prod_write() {
     // Prod refuses every write for good: the return path cannot deliver anything.
     prod.request_errors(RDKafkaApiKey::Produce, &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED; 64]);
     let shutdown = AtomicBool::new(false);
-    let stats = Arc::new(Stats::default());
+    let observers = Observers::new(&config).unwrap();
     let started = Instant::now();
-    let err = relay::run_with(&config, whitelist::shared(Snapshot::empty()), &shutdown, stats.clone()).unwrap_err();
+    let err = relay::run_observed(&config, whitelist::shared(Snapshot::empty()), &shutdown, &observers).unwrap_err();
     let err = err.to_string();
     assert!(err.contains("orders") && err.contains("prod cluster"), "{err}");
     assert!(started.elapsed() < Duration::from_secs(60));
-    assert_eq!(stats.return_forwarded.load(Ordering::Relaxed), 0);
+    let m = &observers.metrics;
+    assert_eq!(m.sum(&m.return_records, &[("outcome", "forwarded")]), 0);
     let committed = common::committed(&rush.bootstrap_servers(), GROUP, "orders", 2);
     assert!(committed.values().all(|o| *o == 0), "committed past unacknowledged writes: {committed:?}");
 
     // Prod accepts again: a restart forwards all 10 and commits them once they landed.
     prod.clear_request_errors(RDKafkaApiKey::Produce);
     let shutdown = Arc::new(AtomicBool::new(false));
-    let stats = Arc::new(Stats::default());
     let run = {
-        let (config, shutdown, stats) = (config.clone(), shutdown.clone(), stats.clone());
-        std::thread::spawn(move || relay::run_with(&config, whitelist::shared(Snapshot::empty()), &shutdown, stats))
+        let (config, shutdown) = (config.clone(), shutdown.clone());
+        std::thread::spawn(move || relay::run(&config, whitelist::shared(Snapshot::empty()), &shutdown))
     };
     let forwarded = common::read_all(&prod.bootstrap_servers(), "orders", 10, Duration::from_secs(60));
     assert_eq!(forwarded.len(), 10);

@@ -19,7 +19,7 @@ use rdkafka::producer::DefaultProducerContext;
 use crate::background::Background;
 use crate::config::Config;
 use crate::config_mapper;
-use crate::relay::{self, Stats};
+use crate::relay::{self, Direction};
 use crate::verify;
 use crate::whitelist::client::MapperClient;
 use services::{Event, Instance};
@@ -120,12 +120,12 @@ pub fn run(opts: &Options, out: &mut dyn Write) -> Result<bool, DemoError> {
     let config = Config::parse(&config_text(&prod_bs, &rush_bs, &mapper.url), std::iter::empty())?;
     let (_source, whitelist) = crate::whitelist::source::start(&config.whitelist)?;
     let shutdown = Arc::new(AtomicBool::new(false));
-    let stats = Arc::new(Stats::default());
+    let observers = Arc::new(relay::Observers::new(&config)?);
     let relay = {
-        let (config, shutdown, stats) = (config.clone(), shutdown.clone(), stats.clone());
+        let (config, shutdown, observers) = (config.clone(), shutdown.clone(), observers.clone());
         std::thread::Builder::new()
             .name("demo-relay".into())
-            .spawn(move || relay::run_with(&config, whitelist, &shutdown, stats))?
+            .spawn(move || relay::run_observed(&config, whitelist, &shutdown, &observers))?
     };
 
     let mut instances = Vec::new();
@@ -136,8 +136,9 @@ pub fn run(opts: &Options, out: &mut dyn Write) -> Result<bool, DemoError> {
     writeln!(out, "  waiting for the bridge and the four service instances to join their groups…")?;
     let deadline = Instant::now() + opts.timeout;
     loop {
-        let mut ready = stats.assigned_partitions.load(Ordering::Relaxed) > 0
-            && stats.return_assigned_partitions.load(Ordering::Relaxed) > 0;
+        let health = &observers.health;
+        let mut ready = health.assigned(Direction::Forward).load(Ordering::Relaxed) > 0
+            && health.assigned(Direction::Return).load(Ordering::Relaxed) > 0;
         for i in &mut instances {
             ready &= i.assigned(&config.bridge.tenancy_header);
         }

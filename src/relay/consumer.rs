@@ -11,37 +11,33 @@ use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Reb
 use rdkafka::error::KafkaResult;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
+use super::health::{Direction, Health};
 use super::offsets::{PartitionKey, Tracker};
 use super::producer::Flush;
-use super::stats::Stats;
 
 pub struct RebalanceContext {
     pub tracker: Arc<Tracker>,
     pub producers: Arc<dyn Flush>,
     pub route_topics: Vec<String>,
     pub drain_timeout: Duration,
-    pub stats: Arc<Stats>,
-    /// Which of the stats' gauges counts this consumer's partitions.
-    pub assigned: fn(&Stats) -> &std::sync::atomic::AtomicUsize,
+    pub health: Arc<Health>,
     pub metrics: Arc<crate::metrics::Metrics>,
-    /// `forward` (prod routes) or `return` (Rush raw topics), for metric labels.
-    pub direction: &'static str,
-    pub cluster: &'static str,
+    pub direction: Direction,
     /// Lookup mode: revoked partitions, so parked records of them are dropped.
     pub revoked: Option<Arc<std::sync::Mutex<Vec<PartitionKey>>>>,
 }
 
 impl ClientContext for RebalanceContext {
     fn stats(&self, statistics: rdkafka::Statistics) {
-        let client = if self.direction == "forward" { "consumer-prod" } else { "consumer-rush" };
-        crate::metrics::kafka_statistics(&self.metrics, client, self.cluster, &statistics);
+        let d = self.direction;
+        crate::metrics::kafka_statistics(&self.metrics, d.client(), d.source().as_str(), &statistics);
     }
 }
 
 impl RebalanceContext {
     fn export_assigned(&self) {
-        let n = (self.assigned)(&self.stats).load(Relaxed);
-        self.metrics.assigned_partitions.with_label_values(&[self.direction]).set(n as i64);
+        let n = self.health.assigned(self.direction).load(Relaxed);
+        self.metrics.assigned_partitions.with_label_values(&[self.direction.as_str()]).set(n as i64);
     }
 }
 
@@ -82,7 +78,7 @@ impl RebalanceContext {
 impl ConsumerContext for RebalanceContext {
     fn commit_callback(&self, result: KafkaResult<()>, offsets: &TopicPartitionList) {
         if let Err(e) = result {
-            self.metrics.commit_failures.with_label_values(&[self.direction]).inc();
+            self.metrics.commit_failures.with_label_values(&[self.direction.as_str()]).inc();
             tracing::warn!(error = %e, "offset commit failed; offering the offsets again");
             let failed: Vec<(PartitionKey, i64)> = offsets
                 .elements()
@@ -108,7 +104,7 @@ impl ConsumerContext for RebalanceContext {
                 match self.commit(consumer, Some(&keys), CommitMode::Sync) {
                     Ok(n) => tracing::info!(partitions = keys.len(), committed = n, "partitions revoked"),
                     Err(e) => {
-                        self.metrics.commit_failures.with_label_values(&[self.direction]).inc();
+                        self.metrics.commit_failures.with_label_values(&[self.direction.as_str()]).inc();
                         tracing::warn!(error = %e, "commit on revoke failed; the next owner replays from the last commit")
                     }
                 }
@@ -118,19 +114,22 @@ impl ConsumerContext for RebalanceContext {
                         r.extend_from_slice(&keys);
                     }
                 }
-                let _ = (self.assigned)(&self.stats)
+                let _ = self
+                    .health
+                    .assigned(self.direction)
                     .fetch_update(Relaxed, Relaxed, |n| Some(n.saturating_sub(tpl.count())));
                 self.export_assigned();
                 // A revoked partition's lag is the next owner's to report.
                 for e in tpl.elements() {
                     let p = e.partition().to_string();
-                    let _ = self.metrics.consumer_lag.remove_label_values(&[self.cluster, e.topic(), &p]);
+                    let cluster = self.direction.source().as_str();
+                    let _ = self.metrics.consumer_lag.remove_label_values(&[cluster, e.topic(), &p]);
                 }
             }
             Rebalance::Assign(tpl) => {
-                (self.assigned)(&self.stats).fetch_add(tpl.count(), Relaxed);
-                if self.direction == "forward" {
-                    self.stats.joined.store(true, Relaxed);
+                self.health.assigned(self.direction).fetch_add(tpl.count(), Relaxed);
+                if self.direction == Direction::Forward {
+                    self.health.joined.store(true, Relaxed);
                 }
                 self.export_assigned();
                 tracing::info!(partitions = tpl.count(), "partitions assigned");

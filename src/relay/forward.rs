@@ -18,20 +18,27 @@ use crate::whitelist::{SharedSnapshot, Snapshot, now_ms};
 const LOOKUP_POLL_TIMEOUT: Duration = Duration::from_millis(5);
 
 pub enum Source {
-    Snapshot(SharedSnapshot),
-    Lookup(Parking),
+    /// The shared snapshot, and the one loaded for the current batch.
+    Snapshot(SharedSnapshot, Arc<Snapshot>),
+    Lookup(Box<Parking>),
+}
+
+impl Source {
+    pub fn snapshot(shared: SharedSnapshot) -> Self {
+        let current = shared.load_full();
+        Self::Snapshot(shared, current)
+    }
 }
 
 pub struct Forward {
     pub pipeline: Pipeline,
     pub source: Source,
-    batch_snapshot: Option<Arc<Snapshot>>,
     now: i64,
 }
 
 impl Forward {
     pub fn new(pipeline: Pipeline, source: Source) -> Self {
-        Self { pipeline, source, batch_snapshot: None, now: 0 }
+        Self { pipeline, source, now: 0 }
     }
 }
 
@@ -39,10 +46,9 @@ impl Handler for Forward {
     fn begin_batch(&mut self) {
         // One snapshot and one clock reading per batch: every record of the batch is decided
         // from the same whitelist.
-        self.batch_snapshot = match &self.source {
-            Source::Snapshot(s) => Some(s.load_full()),
-            Source::Lookup(_) => None,
-        };
+        if let Source::Snapshot(shared, current) = &mut self.source {
+            *current = shared.load_full();
+        }
         self.now = now_ms();
     }
 
@@ -58,10 +64,9 @@ impl Handler for Forward {
         msg: &BorrowedMessage<'_>,
         consumer: &BaseConsumer<RebalanceContext>,
     ) -> Result<(), RelayError> {
-        match (&mut self.source, &self.batch_snapshot) {
-            (Source::Lookup(p), _) => p.offer(msg, &mut self.pipeline, consumer, self.now)?,
-            (Source::Snapshot(_), Some(s)) => self.pipeline.process(msg, &**s, self.now)?,
-            (Source::Snapshot(_), None) => {}
+        match &mut self.source {
+            Source::Lookup(p) => p.offer(msg, &mut self.pipeline, consumer, self.now)?,
+            Source::Snapshot(_, current) => self.pipeline.process(msg, &**current, self.now)?,
         }
         Ok(())
     }
@@ -75,10 +80,8 @@ impl Handler for Forward {
 
     fn held(&self, topic: &str, partition: i32) -> bool {
         match &self.source {
-            Source::Lookup(p) => {
-                self.pipeline.route_index(topic).is_some_and(|r| p.parked_partitions().any(|k| k == (r, partition)))
-            }
-            Source::Snapshot(_) => false,
+            Source::Lookup(p) => self.pipeline.route_index(topic).is_some_and(|r| p.is_paused((r, partition))),
+            Source::Snapshot(..) => false,
         }
     }
 }

@@ -11,13 +11,13 @@
 
 mod consumer;
 mod forward;
+mod health;
 pub mod offsets;
 mod parking;
 pub mod pipeline;
 mod poll;
 mod producer;
 pub mod return_path;
-mod stats;
 pub mod topics;
 
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
@@ -25,16 +25,15 @@ use rdkafka::error::KafkaError;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+pub use health::{Direction, Health, ProducerRole, Summary};
 pub use offsets::Tracker;
 pub use pipeline::ProduceError;
-pub use stats::{Stats, Summary};
 
 use crate::config::Config;
 use crate::kafka::{self, ErrorClass};
 use crate::metrics::Metrics;
 use crate::telemetry::HopTracer;
-use crate::whitelist::SharedSnapshot;
-use crate::whitelist::lookup::LookupCache;
+pub use crate::whitelist::WhitelistSource;
 use consumer::RebalanceContext;
 use forward::{Forward, Source};
 use pipeline::Pipeline;
@@ -61,20 +60,8 @@ pub enum RelayError {
     Telemetry(#[from] crate::telemetry::TelemetryError),
     #[error("{pending} records still unacknowledged after the drain timeout; they will be replayed on restart")]
     DrainTimeout { pending: usize },
-}
-
-/// Where decisions read the whitelist from.
-pub enum WhitelistSource {
-    /// A whole snapshot, swapped atomically by a source (file or Config Mapper poller).
-    Snapshot(SharedSnapshot),
-    /// Per-user lookups through a cache, answered by `workers` threads.
-    Lookup { cache: Arc<LookupCache>, workers: usize },
-}
-
-impl From<SharedSnapshot> for WhitelistSource {
-    fn from(s: SharedSnapshot) -> Self {
-        Self::Snapshot(s)
-    }
+    #[error("the {what} thread panicked: {message}; offsets from there on were not committed")]
+    Panicked { what: &'static str, message: String },
 }
 
 /// Runs until `shutdown` is set or an error stops it; then drains, commits, and returns what it did.
@@ -83,28 +70,27 @@ pub fn run(
     whitelist: impl Into<WhitelistSource>,
     shutdown: &AtomicBool,
 ) -> Result<Summary, RelayError> {
-    run_with(config, whitelist, shutdown, Arc::new(Stats::default()))
-}
-
-/// [`run`] with counters the caller can read while it runs.
-pub fn run_with(
-    config: &Config,
-    whitelist: impl Into<WhitelistSource>,
-    shutdown: &AtomicBool,
-    stats: Arc<Stats>,
-) -> Result<Summary, RelayError> {
-    let observers =
-        Observers { stats, metrics: Arc::new(Metrics::new()?), tracer: Arc::new(HopTracer::new(&config.telemetry)?) };
+    let observers = Observers::new(config)?;
     let summary = run_observed(config, whitelist, shutdown, &observers);
     observers.tracer.shutdown();
     summary
 }
 
-/// Where a run reports: counters, Prometheus metrics, bridge-hop traces.
+/// Where a run reports: state, Prometheus metrics (every count), bridge-hop traces.
 pub struct Observers {
-    pub stats: Arc<Stats>,
+    pub health: Arc<Health>,
     pub metrics: Arc<Metrics>,
     pub tracer: Arc<HopTracer>,
+}
+
+impl Observers {
+    pub fn new(config: &Config) -> Result<Self, RelayError> {
+        Ok(Self {
+            health: Arc::new(Health::default()),
+            metrics: Arc::new(Metrics::new()?),
+            tracer: Arc::new(HopTracer::new(&config.telemetry)?),
+        })
+    }
 }
 
 /// [`run_with`] exporting to `metrics`. The forward direction runs on the caller's thread, the
@@ -116,16 +102,16 @@ pub fn run_observed(
     observers: &Observers,
 ) -> Result<Summary, RelayError> {
     let whitelist = whitelist.into();
-    let (stats, metrics, tracer) = (&observers.stats, &observers.metrics, &observers.tracer);
+    let (health, metrics, tracer) = (&observers.health, &observers.metrics, &observers.tracer);
     topics::ensure_outputs(config)?;
     let failed = AtomicBool::new(false);
     let stop = || shutdown.load(Ordering::Relaxed) || failed.load(Ordering::Relaxed);
     let (forward, back) = std::thread::scope(|scope| {
         let back = config.routes.iter().any(|r| r.return_path).then(|| {
-            let stats = stats.clone();
+            let health = health.clone();
             let (stop, failed) = (&stop, &failed);
             std::thread::Builder::new().name("return-path".into()).spawn_scoped(scope, move || {
-                let r = run_return_path(config, stop, stats, metrics, tracer.clone());
+                let r = run_return_path(config, stop, health, metrics, tracer.clone());
                 if r.is_err() {
                     failed.store(true, Ordering::Relaxed);
                 }
@@ -136,7 +122,7 @@ pub fn run_observed(
         let forward = if matches!(back, Some(Err(_))) {
             Ok(())
         } else {
-            run_forward(config, whitelist, &stop, stats.clone(), metrics, tracer.clone())
+            run_forward(config, whitelist, &stop, health.clone(), metrics, tracer.clone())
         };
         if forward.is_err() {
             failed.store(true, Ordering::Relaxed);
@@ -144,13 +130,14 @@ pub fn run_observed(
         let back = match back {
             None => Ok(()),
             Some(Err(source)) => Err(RelayError::Thread { what: "return path", source }),
-            Some(Ok(handle)) => handle
-                .join()
-                .unwrap_or_else(|_| Err(RelayError::Client { what: "return path", source: KafkaError::Canceled })),
+            Some(Ok(handle)) => handle.join().unwrap_or_else(|panic| {
+                failed.store(true, Ordering::Relaxed);
+                Err(RelayError::Panicked { what: "return path", message: panic_message(panic.as_ref()) })
+            }),
         };
         (forward, back)
     });
-    let summary = stats.summary();
+    let summary = Summary::read(metrics);
     tracing::info!(%summary, "relay stopped");
     forward?;
     back?;
@@ -162,13 +149,13 @@ fn run_forward(
     config: &Config,
     whitelist: WhitelistSource,
     stop: &dyn Fn() -> bool,
-    stats: Arc<Stats>,
+    health: Arc<Health>,
     metrics: &Arc<Metrics>,
     tracer: Arc<HopTracer>,
 ) -> Result<(), RelayError> {
     let tracker = Arc::new(Tracker::new());
     let producers = Arc::new(
-        Producers::create(config, &tracker, &stats, metrics)
+        Producers::create(config, &tracker, &health, metrics)
             .map_err(|source| RelayError::Client { what: "producers", source })?,
     );
     let route_topics: Vec<String> = config.routes.iter().map(|r| r.topic.clone()).collect();
@@ -181,27 +168,31 @@ fn run_forward(
         producers: producers.clone(),
         route_topics: route_topics.clone(),
         drain_timeout: config.bridge.drain_timeout,
-        stats: stats.clone(),
-        assigned: |s| &s.assigned_partitions,
+        health: health.clone(),
         metrics: metrics.clone(),
-        direction: "forward",
-        cluster: "prod",
+        direction: Direction::Forward,
         revoked: revoked.clone(),
     };
     let consumer =
         subscribe(kafka::consumer_config(&config.prod, "prod", &config.bridge.group_id), context, &route_topics)?;
     tracing::info!(routes = route_topics.len(), group = %config.bridge.group_id, "relay started");
 
-    let pipeline = Pipeline::new(config, producers.clone(), tracker.clone(), stats.clone(), metrics, tracer);
+    let pipeline = Pipeline::new(config, producers.clone(), tracker.clone(), metrics, tracer);
     let source = match whitelist {
-        WhitelistSource::Snapshot(s) => Source::Snapshot(s),
-        WhitelistSource::Lookup { cache, workers } => Source::Lookup(
-            parking::Parking::new(cache, workers, revoked.unwrap_or_default())
-                .map_err(|source| RelayError::Thread { what: "lookup workers", source })?,
-        ),
+        WhitelistSource::Snapshot(s) => Source::snapshot(s),
+        WhitelistSource::Lookup { cache, workers } => Source::Lookup(Box::new(
+            parking::Parking::new(
+                cache,
+                workers,
+                parking::HoldLimits { records: config.bridge.max_in_flight, bytes: config.bridge.max_in_flight_bytes },
+                metrics,
+                revoked.unwrap_or_default(),
+            )
+            .map_err(|source| RelayError::Thread { what: "lookup workers", source })?,
+        )),
     };
     let mut handler = Forward::new(pipeline, source);
-    let limits = poll::Limits::new(config, &stats, metrics, "forward");
+    let limits = poll::Limits::new(config, &health, metrics, Direction::Forward);
     let result = poll::run(&consumer, &tracker, &limits, &mut handler, stop);
     finish(config, &consumer, &*producers, &tracker, &route_topics, result)
 }
@@ -210,14 +201,14 @@ fn run_forward(
 fn run_return_path(
     config: &Config,
     stop: &dyn Fn() -> bool,
-    stats: Arc<Stats>,
+    health: Arc<Health>,
     metrics: &Arc<Metrics>,
     tracer: Arc<HopTracer>,
 ) -> Result<(), RelayError> {
     let topics: Vec<String> = config.routes.iter().filter(|r| r.return_path).map(|r| r.topic.clone()).collect();
     let tracker = Arc::new(Tracker::new());
     let producer = Arc::new(
-        producer::return_producer(config, &tracker, &stats, metrics)
+        producer::return_producer(config, &tracker, &health, metrics)
             .map_err(|source| RelayError::Client { what: "return path producer", source })?,
     );
     let context = RebalanceContext {
@@ -225,17 +216,15 @@ fn run_return_path(
         producers: producer.clone(),
         route_topics: topics.clone(),
         drain_timeout: config.bridge.drain_timeout,
-        stats: stats.clone(),
-        assigned: |s| &s.return_assigned_partitions,
+        health: health.clone(),
         metrics: metrics.clone(),
-        direction: "return",
-        cluster: "rush",
+        direction: Direction::Return,
         revoked: None,
     };
     let consumer = subscribe(kafka::consumer_config(&config.rush, "rush", &config.bridge.group_id), context, &topics)?;
     tracing::info!(topics = ?topics, group = %config.bridge.group_id, "return path started");
-    let mut handler = ReturnPath::new(config, producer.clone(), tracker.clone(), stats.clone(), metrics, tracer);
-    let limits = poll::Limits::new(config, &stats, metrics, "return");
+    let mut handler = ReturnPath::new(config, producer.clone(), tracker.clone(), metrics, tracer);
+    let limits = poll::Limits::new(config, &health, metrics, Direction::Return);
     let result = poll::run(&consumer, &tracker, &limits, &mut handler, stop);
     finish(config, &consumer, &*producer, &tracker, &topics, result)
 }
@@ -276,6 +265,14 @@ fn finish(
         return Err(RelayError::DrainTimeout { pending });
     }
     Ok(())
+}
+
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "no message".into())
 }
 
 fn delivery_error(route_topics: &[String], f: offsets::Failure) -> RelayError {

@@ -27,8 +27,8 @@ pub struct Failure {
 #[derive(Debug, Default)]
 struct Track {
     slot: u32,
-    /// (offset, outputs not yet acknowledged), in offset order.
-    pending: VecDeque<(i64, u32)>,
+    /// (offset, outputs not yet acknowledged, input bytes), in offset order.
+    pending: VecDeque<(i64, u32, u32)>,
     /// Next offset to commit (Kafka's convention: last done + 1); `None` until one is done.
     done_up_to: Option<i64>,
     committed: Option<i64>,
@@ -41,7 +41,15 @@ struct Inner {
     by_slot: HashMap<u32, PartitionKey>,
     next_slot: u32,
     in_flight: usize,
+    in_flight_bytes: usize,
     failure: Option<Failure>,
+}
+
+/// What is in flight: input records read and not fully acknowledged, and their bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Load {
+    pub records: usize,
+    pub bytes: usize,
 }
 
 #[derive(Debug, Default)]
@@ -69,9 +77,9 @@ impl Tracker {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Registers `offset` of `key` with `outputs` outputs to wait for; returns its opaque.
-    /// Offsets of one partition must be begun in increasing order.
-    pub fn begin(&self, key: PartitionKey, offset: i64, outputs: u32) -> usize {
+    /// Registers `offset` of `key` (`bytes` of input) with `outputs` outputs to wait for;
+    /// returns its opaque. Offsets of one partition must be begun in increasing order.
+    pub fn begin(&self, key: PartitionKey, offset: i64, outputs: u32, bytes: usize) -> usize {
         let mut g = self.lock();
         let inner = &mut *g;
         let track = match inner.tracks.get_mut(&key) {
@@ -91,17 +99,20 @@ impl Tracker {
                 inner.tracks.entry(key).or_insert(Track { slot, ..Track::default() })
             }
         };
+        debug_assert!(
+            track.pending.back().is_none_or(|p| p.0 < offset) && track.done_up_to.is_none_or(|d| d <= offset),
+            "offsets of {key:?} begun out of order: {offset} after {:?} / done up to {:?}",
+            track.pending.back(),
+            track.done_up_to
+        );
         let slot = track.slot;
-        if outputs == 0 {
-            if track.pending.is_empty() {
-                track.done_up_to = Some(offset + 1);
-            } else {
-                track.pending.push_back((offset, 0));
-                inner.in_flight += 1;
-            }
+        let bytes = u32::try_from(bytes).unwrap_or(u32::MAX);
+        if outputs == 0 && track.pending.is_empty() {
+            track.done_up_to = Some(offset + 1);
         } else {
-            track.pending.push_back((offset, outputs));
+            track.pending.push_back((offset, outputs, bytes));
             inner.in_flight += 1;
+            inner.in_flight_bytes += bytes as usize;
         }
         opaque(slot, offset)
     }
@@ -113,21 +124,23 @@ impl Tracker {
         let inner = &mut *g;
         let Some(key) = inner.by_slot.get(&slot) else { return };
         let Some(track) = inner.tracks.get_mut(key) else { return };
-        let Ok(i) = track.pending.binary_search_by_key(&offset, |(o, _)| *o & OFFSET_MASK as i64) else {
+        let Ok(i) = track.pending.binary_search_by_key(&offset, |p| p.0 & OFFSET_MASK as i64) else {
             return;
         };
         let remaining = &mut track.pending[i].1;
         *remaining = remaining.saturating_sub(1);
-        let mut released = 0;
-        while let Some(&(o, 0)) = track.pending.front() {
+        let (mut released, mut bytes) = (0, 0);
+        while let Some(&(o, 0, b)) = track.pending.front() {
             track.pending.pop_front();
             if !track.failed {
                 track.done_up_to = Some(o + 1);
             }
             released += 1;
+            bytes += b as usize;
         }
         if released > 0 {
             inner.in_flight -= released;
+            inner.in_flight_bytes -= bytes;
             self.progressed.notify_all();
         }
     }
@@ -159,14 +172,23 @@ impl Tracker {
         self.lock().in_flight
     }
 
-    /// Waits until fewer than `limit` records are in flight, a failure is recorded, or `timeout`.
-    pub fn wait_below(&self, limit: usize, timeout: Duration) -> usize {
+    /// Records and input bytes in flight.
+    pub fn load(&self) -> Load {
+        let g = self.lock();
+        Load { records: g.in_flight, bytes: g.in_flight_bytes }
+    }
+
+    /// Waits until the load is below `limit` in records and in bytes, a failure is recorded,
+    /// or `timeout`.
+    pub fn wait_below(&self, limit: Load, timeout: Duration) -> Load {
         let g = self.lock();
         let (g, _) = self
             .progressed
-            .wait_timeout_while(g, timeout, |i| i.in_flight >= limit && i.failure.is_none())
+            .wait_timeout_while(g, timeout, |i| {
+                (i.in_flight >= limit.records || i.in_flight_bytes >= limit.bytes) && i.failure.is_none()
+            })
             .unwrap_or_else(|p| p.into_inner());
-        g.in_flight
+        Load { records: g.in_flight, bytes: g.in_flight_bytes }
     }
 
     /// Offsets that are done but not yet committed, for `keys` (all partitions when `None`).
@@ -216,6 +238,7 @@ impl Tracker {
             if let Some(t) = g.tracks.remove(key) {
                 g.by_slot.remove(&t.slot);
                 g.in_flight -= t.pending.len();
+                g.in_flight_bytes -= t.pending.iter().map(|p| p.2 as usize).sum::<usize>();
             }
         }
         self.progressed.notify_all();
@@ -231,9 +254,9 @@ mod tests {
     #[test]
     fn commits_only_contiguous_fully_acked_prefix() {
         let t = Tracker::new();
-        let a = t.begin(P, 10, 2);
-        let b = t.begin(P, 11, 1);
-        let c = t.begin(P, 15, 2);
+        let a = t.begin(P, 10, 2, 0);
+        let b = t.begin(P, 11, 1, 0);
+        let c = t.begin(P, 15, 2, 0);
         assert_eq!(t.in_flight(), 3);
         t.ack(b);
         t.ack(c);
@@ -250,9 +273,9 @@ mod tests {
     #[test]
     fn failure_freezes_the_partition() {
         let t = Tracker::new();
-        let a = t.begin(P, 1, 1);
-        let b = t.begin(P, 2, 1);
-        let c = t.begin(P, 3, 1);
+        let a = t.begin(P, 1, 1, 0);
+        let b = t.begin(P, 2, 1, 0);
+        let c = t.begin(P, 3, 1, 0);
         t.ack(a);
         t.fail(b, "boom".into());
         t.ack(b);
@@ -265,8 +288,8 @@ mod tests {
     fn partitions_are_independent_and_removable() {
         let t = Tracker::new();
         let q: PartitionKey = (1, 0);
-        let a = t.begin(P, 5, 1);
-        let _b = t.begin(q, 7, 1);
+        let a = t.begin(P, 5, 1, 0);
+        let _b = t.begin(q, 7, 1, 0);
         t.ack(a);
         assert_eq!(t.take_committable(Some(&[P]), false), vec![(P, 6)]);
         t.remove(&[q]);
@@ -277,7 +300,7 @@ mod tests {
     #[test]
     fn uncommit_offers_again_and_stale_acks_are_ignored() {
         let t = Tracker::new();
-        let a = t.begin(P, 1, 1);
+        let a = t.begin(P, 1, 1, 0);
         t.ack(a);
         let taken = t.take_committable(None, false);
         t.uncommit(&taken);
@@ -289,14 +312,41 @@ mod tests {
         assert_eq!(t.in_flight(), 0);
     }
 
+    const NO_BYTES_LIMIT: usize = usize::MAX;
+
     #[test]
     fn wait_below_wakes_on_ack() {
         let t = std::sync::Arc::new(Tracker::new());
-        let a = t.begin(P, 1, 1);
+        let a = t.begin(P, 1, 1, 100);
         let t2 = t.clone();
-        let h = std::thread::spawn(move || t2.wait_below(1, Duration::from_secs(10)));
+        let h = std::thread::spawn(move || {
+            let started = std::time::Instant::now();
+            let load = t2.wait_below(Load { records: 1, bytes: NO_BYTES_LIMIT }, Duration::from_secs(10));
+            (load, started.elapsed())
+        });
         std::thread::sleep(Duration::from_millis(20));
         t.ack(a);
-        assert_eq!(h.join().unwrap(), 0);
+        let (load, waited) = h.join().unwrap();
+        assert_eq!(load, Load { records: 0, bytes: 0 });
+        // Without the notify it would return only at its 10 s timeout.
+        assert!(waited < Duration::from_secs(5), "woke after {waited:?}");
+    }
+
+    #[test]
+    fn bytes_in_flight_are_counted_and_released() {
+        let t = Tracker::new();
+        let a = t.begin(P, 1, 2, 1000);
+        let b = t.begin(P, 2, 1, 500);
+        let _c = t.begin((1, 0), 9, 1, 70);
+        assert_eq!(t.load(), Load { records: 3, bytes: 1570 });
+        t.ack(b);
+        assert_eq!(t.load().bytes, 1570, "2 waits behind 1");
+        t.ack(a);
+        t.ack(a);
+        assert_eq!(t.load(), Load { records: 1, bytes: 70 });
+        let limit = Load { records: 100, bytes: 50 };
+        assert_eq!(t.wait_below(limit, Duration::from_millis(1)).bytes, 70, "still above the byte bound");
+        t.remove(&[(1, 0)]);
+        assert_eq!(t.load(), Load { records: 0, bytes: 0 });
     }
 }

@@ -1,11 +1,19 @@
-//! Lookup mode in the relay: a record whose user is not cached waits, with every later record
-//! of its partition, while a worker asks the Config Mapper. Its partition is paused meanwhile;
-//! every other partition goes on. Order holds because a parked partition's records are only
-//! ever taken from the front of its queue.
+//! Lookup mode in the relay. A record whose user is cached is decided at once. A record whose
+//! user is not waits, with every later record of its partition (order), while a worker asks the
+//! Config Mapper; its partition keeps being read, and the users of the records held behind it
+//! are looked up too, so lookups run side by side instead of one per round trip. Other
+//! partitions go on.
+//!
+//! Production never waits for the whitelist beyond `lookup_wait`: a record still unanswered
+//! then is decided as production (its user is unknown), and while the Config Mapper is
+//! degraded (failing, or slower than that) uncached users are production at once. Both are
+//! counted. Held records are bounded in count and bytes; a partition that would grow past the
+//! bound is paused until its queue drains.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::mpsc::Receiver;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{BorrowedMessage, Message, OwnedMessage};
@@ -13,17 +21,34 @@ use rdkafka::{Offset, TopicPartitionList};
 
 use super::consumer::RebalanceContext;
 use super::offsets::PartitionKey;
-use super::pipeline::{Pipeline, ProduceError};
-use crate::whitelist::OneUser;
-use crate::whitelist::lookup::{LookupCache, LookupPool};
+use super::pipeline::{Pipeline, ProduceError, Verdict};
+use crate::tenancy::Subject;
+use crate::whitelist::Answered;
+use crate::whitelist::lookup::{Answer, LookupCache, LookupPool};
 
-/// The whitelist for a record that needs no lookup: nobody is listed.
-struct Nobody;
+/// A record waiting for its user's answer, with what was found in it when it arrived.
+struct Held {
+    msg: OwnedMessage,
+    route: usize,
+    subject: Subject<'static>,
+    since: Instant,
+    bytes: usize,
+}
 
-impl crate::whitelist::Whitelist for Nobody {
-    fn services_for(&self, _: &str, _: i64) -> Option<&[Box<str>]> {
-        None
-    }
+/// What lookup mode can say about a subject now.
+enum Now {
+    /// Decide with this answer (`None`: no whitelist needed, or not whitelisted).
+    Answer(Option<Answer>),
+    /// No answer to be had in time: production, counted.
+    Unanswered,
+    /// Asked; hold the record.
+    Wait,
+}
+
+/// Bounds on what waits for lookups.
+pub struct HoldLimits {
+    pub records: usize,
+    pub bytes: usize,
 }
 
 pub struct Parking {
@@ -32,33 +57,58 @@ pub struct Parking {
     done: Receiver<Box<str>>,
     /// Users handed to a worker and not yet answered.
     asked: HashSet<Box<str>>,
-    parked: HashMap<PartitionKey, VecDeque<OwnedMessage>>,
-    /// Partitions the rebalance callback took away; their parked records are dropped (never
+    parked: HashMap<PartitionKey, VecDeque<Held>>,
+    /// Partitions paused because what is held reached its bound.
+    paused: HashSet<PartitionKey>,
+    held_records: usize,
+    held_bytes: usize,
+    limits: HoldLimits,
+    wait: Duration,
+    probe_every: Duration,
+    last_probe: Option<Instant>,
+    unanswered: prometheus::IntCounter,
+    held_gauge: prometheus::IntGauge,
+    /// Partitions the rebalance callback took away; their held records are dropped (never
     /// begun, so never committed: the next owner reads them again).
     revoked: Arc<Mutex<Vec<PartitionKey>>>,
-}
-
-enum Ready {
-    Decided,
-    Waiting,
 }
 
 impl Parking {
     pub fn new(
         cache: Arc<LookupCache>,
         workers: usize,
+        limits: HoldLimits,
+        metrics: &crate::metrics::Metrics,
         revoked: Arc<Mutex<Vec<PartitionKey>>>,
     ) -> std::io::Result<Self> {
         let (tx, done) = std::sync::mpsc::channel();
         let pool = LookupPool::start(cache.clone(), workers, tx)?;
-        Ok(Self { cache, pool, done, asked: HashSet::new(), parked: HashMap::new(), revoked })
+        let settings = *cache.settings();
+        Ok(Self {
+            cache,
+            pool,
+            done,
+            asked: HashSet::new(),
+            parked: HashMap::new(),
+            paused: HashSet::new(),
+            held_records: 0,
+            held_bytes: 0,
+            limits,
+            wait: settings.wait,
+            probe_every: settings.failure_backoff,
+            last_probe: None,
+            unanswered: metrics.lookup_unanswered.clone(),
+            held_gauge: metrics.lookup_held.clone(),
+            revoked,
+        })
     }
 
     pub fn has_parked(&self) -> bool {
         !self.parked.is_empty()
     }
 
-    /// Decides `msg` now if its whitelist answer is at hand, else parks it (and its partition).
+    /// Decides `msg` now if its whitelist answer is at hand, else holds it (and every later
+    /// record of its partition).
     pub fn offer(
         &mut self,
         msg: &BorrowedMessage<'_>,
@@ -69,44 +119,86 @@ impl Parking {
         // A revoke and a new assignment of the same partition can happen inside one poll: the
         // old queue must be gone before a record of the new assignment could join it.
         self.apply_revocations();
-        let Some(route) = pipeline.route_index(msg.topic()) else { return pipeline.process(msg, &Nobody, now) };
-        let key = (route, msg.partition());
-        if let Some(queue) = self.parked.get_mut(&key) {
-            queue.push_back(msg.detach());
-            return Ok(());
-        }
-        if let Ready::Waiting = self.try_decide(msg, pipeline, now)? {
-            self.parked.entry(key).or_default().push_back(msg.detach());
-            pause(consumer, msg.topic(), msg.partition(), true);
+        let queued =
+            pipeline.route_index(msg.topic()).map(|r| (r, msg.partition())).filter(|k| self.parked.contains_key(k));
+        let held = pipeline.process_looked_up(msg, now, |user| {
+            let Some(user) = user else {
+                return Verdict::Decide(Answered(None));
+            };
+            if queued.is_some() {
+                // Behind a waiting record: order first, but have its answer ready in time.
+                self.prefetch(user);
+                return Verdict::Hold;
+            }
+            match self.now(user) {
+                Now::Answer(a) => Verdict::Decide(Answered(a.and_then(Answer::into_entry))),
+                Now::Unanswered => {
+                    self.unanswered.inc();
+                    Verdict::Decide(Answered(None))
+                }
+                Now::Wait => Verdict::Hold,
+            }
+        })?;
+        if let Some((route, subject)) = held {
+            self.hold(Held { msg: msg.detach(), route, subject, since: Instant::now(), bytes: size(msg) }, consumer);
         }
         Ok(())
     }
 
-    fn try_decide<M: Message>(
-        &mut self,
-        msg: &M,
-        pipeline: &mut Pipeline,
-        now: i64,
-    ) -> Result<Ready, Box<ProduceError>> {
-        let Some(user) = pipeline.user_to_look_up(msg) else {
-            pipeline.process(msg, &Nobody, now)?;
-            return Ok(Ready::Decided);
-        };
-        match self.cache.cached(&user) {
-            Some(answer) => {
-                pipeline.process(msg, &OneUser { user: &user, entry: answer.entry() }, now)?;
-                Ok(Ready::Decided)
+    /// What can be said about `user` now; asks a worker when it cannot.
+    fn now(&mut self, user: &str) -> Now {
+        match self.cache.peek(user) {
+            Some(hit) => {
+                if hit.stale && !self.cache.degraded() {
+                    self.ask(user, true);
+                }
+                Now::Answer(Some(hit.answer))
+            }
+            None if self.cache.degraded() => {
+                // Production at once; an occasional probe finds out when it answers again.
+                if self.last_probe.is_none_or(|t| t.elapsed() >= self.probe_every) && self.ask(user, false) {
+                    self.last_probe = Some(Instant::now());
+                }
+                Now::Unanswered
             }
             None => {
-                if !self.asked.contains(&user) && self.pool.submit(&user) {
-                    self.asked.insert(user);
-                }
-                Ok(Ready::Waiting)
+                self.ask(user, false);
+                Now::Wait
             }
         }
     }
 
-    /// Takes in finished lookups and decides every parked record that can now go, in order.
+    /// Starts a lookup of a held record's user unless it is cached or already asked.
+    fn prefetch(&mut self, user: &str) {
+        if !self.cache.degraded() && !self.asked.contains(user) && self.cache.peek(user).is_none() {
+            self.ask(user, false);
+        }
+    }
+
+    /// Hands `user` to a worker once; `false` when already asked or the queue is full.
+    fn ask(&mut self, user: &str, refresh: bool) -> bool {
+        if self.asked.contains(user) {
+            return false;
+        }
+        let queued = if refresh { self.pool.submit_refresh(user) } else { self.pool.submit(user) };
+        if queued {
+            self.asked.insert(user.into());
+        }
+        queued
+    }
+
+    fn hold(&mut self, held: Held, consumer: &BaseConsumer<RebalanceContext>) {
+        let key = (held.route, held.msg.partition());
+        self.held_records += 1;
+        self.held_bytes += held.bytes;
+        let over = self.held_records > self.limits.records || self.held_bytes > self.limits.bytes;
+        if over && self.paused.insert(key) {
+            pause(consumer, held.msg.topic(), key.1, true);
+        }
+        self.parked.entry(key).or_default().push_back(held);
+    }
+
+    /// Takes in finished lookups and decides every held record that can now go, in order.
     pub fn drain(
         &mut self,
         pipeline: &mut Pipeline,
@@ -120,24 +212,57 @@ impl Parking {
         let keys: Vec<PartitionKey> = self.parked.keys().copied().collect();
         for key in keys {
             let Some(mut queue) = self.parked.remove(&key) else { continue };
-            while let Some(front) = queue.front() {
-                match self.try_decide(front, pipeline, now)? {
-                    Ready::Decided => {
-                        queue.pop_front();
-                    }
-                    Ready::Waiting => break,
-                }
-            }
-            match queue.front() {
-                Some(_) => {
-                    self.parked.insert(key, queue);
-                }
-                None => {
+            let result = self.decide_front(&mut queue, pipeline, now);
+            if queue.is_empty() {
+                if self.paused.remove(&key) {
                     if let Some(topic) = pipeline.route_topic(key.0) {
                         pause(consumer, topic, key.1, false);
                     }
                 }
+            } else {
+                self.parked.insert(key, queue);
             }
+            result?;
+        }
+        if self.held_records <= self.limits.records / 2 && self.held_bytes <= self.limits.bytes / 2 {
+            for key in std::mem::take(&mut self.paused) {
+                if let Some(topic) = pipeline.route_topic(key.0) {
+                    pause(consumer, topic, key.1, false);
+                }
+            }
+        }
+        self.held_gauge.set(self.held_records as i64);
+        Ok(())
+    }
+
+    /// Decides the front of `queue` for as long as answers are at hand.
+    fn decide_front(
+        &mut self,
+        queue: &mut VecDeque<Held>,
+        pipeline: &mut Pipeline,
+        now: i64,
+    ) -> Result<(), Box<ProduceError>> {
+        while let Some(front) = queue.front() {
+            let verdict = match front.subject.user().map(str::to_owned) {
+                None => Now::Answer(None),
+                Some(user) => match self.now(&user) {
+                    Now::Wait if front.since.elapsed() >= self.wait => Now::Unanswered,
+                    v => v,
+                },
+            };
+            let answer = match verdict {
+                Now::Wait => return Ok(()),
+                Now::Unanswered => {
+                    self.unanswered.inc();
+                    None
+                }
+                Now::Answer(a) => a,
+            };
+            let Some(held) = queue.pop_front() else { break };
+            self.held_records -= 1;
+            self.held_bytes -= held.bytes;
+            let whitelist = Answered(answer.and_then(Answer::into_entry));
+            pipeline.process_subject(held.route, &held.msg, held.subject, &whitelist, now)?;
         }
         Ok(())
     }
@@ -148,14 +273,23 @@ impl Parking {
             _ => return,
         };
         for key in revoked {
-            self.parked.remove(&key);
+            self.paused.remove(&key);
+            if let Some(queue) = self.parked.remove(&key) {
+                self.held_records -= queue.len();
+                self.held_bytes -= queue.iter().map(|h| h.bytes).sum::<usize>();
+            }
         }
     }
 
-    /// Parked partitions, which a backpressure resume must leave paused.
-    pub fn parked_partitions(&self) -> impl Iterator<Item = PartitionKey> + '_ {
-        self.parked.keys().copied()
+    /// Partitions paused for holding too much, which a backpressure resume must leave paused.
+    pub fn is_paused(&self, key: PartitionKey) -> bool {
+        self.paused.contains(&key)
     }
+}
+
+fn size(msg: &BorrowedMessage<'_>) -> usize {
+    // The detached copy's bytes plus its bookkeeping.
+    msg.payload().map_or(0, <[u8]>::len) + msg.key().map_or(0, <[u8]>::len) + 64
 }
 
 fn pause(consumer: &BaseConsumer<RebalanceContext>, topic: &str, partition: i32, on: bool) {

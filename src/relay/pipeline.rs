@@ -8,13 +8,12 @@ use rdkafka::message::{Header, Headers as KafkaHeaders, Message, OwnedHeaders};
 
 use super::offsets::Tracker;
 use super::producer::{Output, Producers, send};
-use super::stats::Stats;
 use crate::config::{Config, Route};
 use crate::extract::{Headers, RecordView, TenancyKey};
 use crate::kafka::ErrorClass;
 use crate::metrics::{Metrics, RouteMetrics};
 use crate::telemetry::{Hop, HopTracer, Propagated, TRACEPARENT, TRACESTATE};
-use crate::tenancy::{self, Cluster, Reason};
+use crate::tenancy::{self, Cluster, Decision, Reason, Subject};
 use crate::whitelist::Whitelist;
 
 /// A record the bridge cannot write out; the relay stops before committing past it.
@@ -42,12 +41,19 @@ impl<H: KafkaHeaders> Headers for InputHeaders<'_, H> {
 
 const TIME_EVERY: u32 = 64;
 
+/// What lookup mode says about a record's user: decide now from this whitelist, or hold the
+/// record until the answer is in.
+pub enum Verdict<W> {
+    Decide(W),
+    Hold,
+}
+
 pub struct Pipeline {
     routes: Vec<Route>,
     tenancy_key: TenancyKey,
     producers: Arc<Producers>,
     tracker: Arc<Tracker>,
-    stats: Arc<Stats>,
+    all_metrics: Arc<Metrics>,
     metrics: Vec<RouteMetrics>,
     tracer: Arc<HopTracer>,
     /// Return-path provenance headers, which a Rush copy must not carry: a Rush service that
@@ -66,8 +72,7 @@ impl Pipeline {
         config: &Config,
         producers: Arc<Producers>,
         tracker: Arc<Tracker>,
-        stats: Arc<Stats>,
-        metrics: &Metrics,
+        metrics: &Arc<Metrics>,
         tracer: Arc<HopTracer>,
     ) -> Self {
         Self {
@@ -80,7 +85,7 @@ impl Pipeline {
             tenancy_key: TenancyKey::new(&config.bridge.tenancy_header),
             producers,
             tracker,
-            stats,
+            all_metrics: metrics.clone(),
             stamp: String::new(),
             payload: Vec::new(),
         }
@@ -96,53 +101,74 @@ impl Pipeline {
 
     /// Decides `msg` once and enqueues each of its outputs. On error the record stays pending in
     /// the tracker, so its offset is never committed.
-    /// The user whose whitelist entry `msg`'s decision needs, if any (lookup mode asks for it
-    /// before deciding). `None`: no lookup needed (no user, upstream stamp, no route).
-    pub fn user_to_look_up<M: Message>(&self, msg: &M) -> Option<Box<str>> {
-        let route = &self.routes[self.route_index(msg.topic())?];
-        let headers = InputHeaders(msg.headers());
-        let view = RecordView { key: msg.key(), payload: msg.payload(), headers: &headers };
-        tenancy::lookup_user(route, &view, &self.tenancy_key).map(|u| u.into_owned().into_boxed_str())
-    }
-
     pub fn process<M: Message, W: Whitelist + ?Sized>(
         &mut self,
         msg: &M,
         whitelist: &W,
         now_ms: i64,
     ) -> Result<(), Box<ProduceError>> {
+        self.process_looked_up(msg, now_ms, |_| Verdict::Decide(whitelist)).map(|_| ())
+    }
+
+    /// Lookup mode: finds `msg`'s subject, asks `verdict` about its user (`None`: the decision
+    /// needs no whitelist) and decides now, or hands the subject back for a record that must
+    /// wait for its lookup. The user is extracted once either way.
+    pub fn process_looked_up<M: Message, W: Whitelist>(
+        &mut self,
+        msg: &M,
+        now_ms: i64,
+        verdict: impl FnOnce(Option<&str>) -> Verdict<W>,
+    ) -> Result<Option<(usize, Subject<'static>)>, Box<ProduceError>> {
         let Some(ri) = self.route_index(msg.topic()) else {
             // Subscribed topics are exactly the route inputs; anything else is not ours to route.
             tracing::warn!(topic = msg.topic(), "record from a topic without a route; skipped");
-            return Ok(());
+            return Ok(None);
         };
         let route = &self.routes[ri];
-        let input_headers = msg.headers();
-        let headers = InputHeaders(input_headers);
+        let headers = InputHeaders(msg.headers());
         let view = RecordView { key: msg.key(), payload: msg.payload(), headers: &headers };
         self.untimed += 1;
         let started = (self.untimed >= TIME_EVERY).then(std::time::Instant::now);
-        let decision = tenancy::decide(route, &view, whitelist, now_ms, &self.tenancy_key);
+        let subject = tenancy::subject(route, &view, &self.tenancy_key);
+        let whitelist = match verdict(subject.user()) {
+            Verdict::Decide(w) => w,
+            Verdict::Hold => return Ok(Some((ri, subject.into_owned()))),
+        };
+        let decision = tenancy::decide_subject(route, msg.payload(), subject, &whitelist, now_ms);
         if let Some(t) = started {
             self.untimed = 0;
             self.decision_time.observe(t.elapsed().as_secs_f64());
         }
+        self.fan_out(ri, msg, decision).map(|()| None)
+    }
+
+    /// Decides a record that waited for its lookup, with the subject found when it arrived.
+    pub fn process_subject<M: Message, W: Whitelist + ?Sized>(
+        &mut self,
+        ri: usize,
+        msg: &M,
+        subject: Subject<'_>,
+        whitelist: &W,
+        now_ms: i64,
+    ) -> Result<(), Box<ProduceError>> {
+        let decision = tenancy::decide_subject(&self.routes[ri], msg.payload(), subject, whitelist, now_ms);
+        self.fan_out(ri, msg, decision)
+    }
+
+    fn fan_out<M: Message>(&mut self, ri: usize, msg: &M, decision: Decision<'_>) -> Result<(), Box<ProduceError>> {
+        let route = &self.routes[ri];
+        let input_headers = msg.headers();
+        let headers = InputHeaders(input_headers);
         let m = &self.metrics[ri];
         m.records_in.inc();
-        self.stats.records_in.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         match decision.reason {
-            Reason::Passthrough(p) => {
-                self.stats.passthrough(p);
-                m.passthrough(p).inc();
-            }
-            Reason::Upstream => {
-                self.stats.upstream_honoured.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                m.upstream.inc();
-            }
+            Reason::Passthrough(p) => m.passthrough(p).inc(),
+            Reason::Upstream => m.upstream.inc(),
             Reason::Whitelist => {}
         }
 
-        let opaque = self.tracker.begin((ri, msg.partition()), msg.offset(), route.services.len() as u32);
+        let opaque =
+            self.tracker.begin((ri, msg.partition()), msg.offset(), route.services.len() as u32, input_bytes(msg));
         for (i, service) in route.services.iter().enumerate() {
             let cluster = decision.cluster(i);
             let (payload, headers) = match cluster {
@@ -169,7 +195,7 @@ impl Pipeline {
                         route: &route.topic,
                         service: Some(&service.name),
                         cluster: "rush",
-                        direction: "forward",
+                        direction: super::Direction::Forward.as_str(),
                         output_topic: &service.output_topic,
                     };
                     let trace = self.tracer.hop(|k| headers.last(k), &hop);
@@ -192,7 +218,7 @@ impl Pipeline {
                 opaque,
             };
             send(self.producers.get(cluster), out).map_err(|(source, class)| {
-                self.stats.produce_error(class);
+                self.all_metrics.produce_error(cluster, class);
                 Box::new(ProduceError {
                     input_topic: route.topic.clone(),
                     partition: msg.partition(),
@@ -203,10 +229,14 @@ impl Pipeline {
                     source,
                 })
             })?;
-            self.stats.output(cluster);
         }
         Ok(())
     }
+}
+
+/// What an input record weighs against `bridge.max_in_flight_bytes`.
+pub(super) fn input_bytes<M: Message>(msg: &M) -> usize {
+    msg.payload().map_or(0, <[u8]>::len) + msg.key().map_or(0, <[u8]>::len)
 }
 
 fn copy_headers<H: KafkaHeaders>(h: &H) -> OwnedHeaders {

@@ -9,7 +9,7 @@ use rdkafka::message::BorrowedMessage;
 
 use super::RelayError;
 use super::consumer::RebalanceContext;
-use super::offsets::Tracker;
+use super::offsets::{Load, Tracker};
 use crate::kafka::{ErrorClass, classify};
 
 /// How many records are handled per batch (one whitelist snapshot load and clock read).
@@ -40,7 +40,7 @@ pub trait Handler {
 }
 
 pub struct Limits<'a> {
-    pub max_in_flight: usize,
+    pub max_in_flight: Load,
     pub commit_interval: Duration,
     pub in_flight_peak: &'a AtomicUsize,
     pub uncommitted: prometheus::IntGauge,
@@ -52,14 +52,15 @@ impl<'a> Limits<'a> {
     /// The bounds of `config` and the metric handles of one direction (`forward`, `return`).
     pub fn new(
         config: &crate::config::Config,
-        stats: &'a super::Stats,
+        health: &'a super::Health,
         metrics: &crate::metrics::Metrics,
-        direction: &str,
+        direction: super::Direction,
     ) -> Self {
+        let direction = direction.as_str();
         Self {
-            max_in_flight: config.bridge.max_in_flight,
+            max_in_flight: Load { records: config.bridge.max_in_flight, bytes: config.bridge.max_in_flight_bytes },
             commit_interval: config.bridge.commit_interval,
-            in_flight_peak: &stats.in_flight_peak,
+            in_flight_peak: &health.in_flight_peak,
             uncommitted: metrics.uncommitted.with_label_values(&[direction]),
             consumer_errors: metrics.consumer_errors.with_label_values(&[direction]),
             commit_failures: metrics.commit_failures.with_label_values(&[direction]),
@@ -85,20 +86,25 @@ pub fn run<H: Handler>(
         }
         // Backpressure: a slow cluster must not grow memory. Pausing keeps the group
         // membership alive (poll still runs, serving rebalances) while nothing new is fetched.
-        let in_flight = tracker.in_flight();
-        let budget = max_in_flight.saturating_sub(in_flight).min(BATCH);
+        let load = tracker.load();
+        let budget = if load.bytes >= max_in_flight.bytes {
+            0
+        } else {
+            max_in_flight.records.saturating_sub(load.records).min(BATCH)
+        };
+        let resume_mark = Load { records: max_in_flight.records / 2 + 1, bytes: max_in_flight.bytes / 2 + 1 };
         if budget == 0 {
             if !paused {
                 set_paused(consumer, true, handler);
                 paused = true;
             }
             tracker.wait_below(max_in_flight, POLL_TIMEOUT);
-        } else if paused && in_flight <= max_in_flight / 2 {
+        } else if paused && load.records < resume_mark.records && load.bytes < resume_mark.bytes {
             set_paused(consumer, false, handler);
             paused = false;
         } else if paused {
             // Still draining towards the resume mark: wait for acknowledgements, do not spin.
-            tracker.wait_below(max_in_flight / 2 + 1, POLL_TIMEOUT);
+            tracker.wait_below(resume_mark, POLL_TIMEOUT);
         }
 
         handler.begin_batch();

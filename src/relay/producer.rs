@@ -8,8 +8,8 @@ use rdkafka::message::{Message, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::{ClientContext, Timestamp};
 
+use super::health::{Health, ProducerRole};
 use super::offsets::Tracker;
-use super::stats::Stats;
 use crate::kafka::{ErrorClass, classify};
 use crate::metrics::{self, Metrics, OutputMetrics};
 use crate::tenancy::Cluster;
@@ -17,12 +17,11 @@ use crate::tenancy::Cluster;
 pub struct DeliveryContext {
     cluster: Cluster,
     client: &'static str,
+    role: ProducerRole,
     outputs: OutputMetrics,
     metrics: Arc<Metrics>,
-    /// The return path's prod producer counts its acknowledgements apart from fan-out outputs.
-    return_path: bool,
     tracker: Arc<Tracker>,
-    stats: Arc<Stats>,
+    health: Arc<Health>,
 }
 
 impl ClientContext for DeliveryContext {
@@ -30,7 +29,7 @@ impl ClientContext for DeliveryContext {
         // librdkafka reports an idempotence failure (lost sequence) as a fatal global error;
         // every later delivery then fails, which stops the relay through the tracker.
         if error.rdkafka_error_code() == Some(RDKafkaErrorCode::Fatal) {
-            self.stats.producer_fatal.store(true, std::sync::atomic::Ordering::Relaxed);
+            self.health.producer_fatal.store(true, std::sync::atomic::Ordering::Relaxed);
         }
         tracing::error!(cluster = self.cluster.as_str(), %error, reason, "producer error");
     }
@@ -39,12 +38,7 @@ impl ClientContext for DeliveryContext {
         metrics::kafka_statistics(&self.metrics, self.client, self.cluster.as_str(), &statistics);
         // Learned brokers have a node id; the bootstrap entries (-1) do not count.
         let up = statistics.brokers.values().any(|b| b.nodeid >= 0 && b.state == "UP");
-        let i = match (self.return_path, self.cluster) {
-            (true, _) => 2,
-            (false, Cluster::Prod) => 0,
-            (false, Cluster::Rush) => 1,
-        };
-        self.stats.producer_unreachable[i].store(!up, std::sync::atomic::Ordering::Relaxed);
+        self.health.set_unreachable(self.role, !up);
     }
 }
 
@@ -59,16 +53,10 @@ impl ProducerContext for DeliveryContext {
                     let age_ms = crate::whitelist::now_ms().saturating_sub(ts).max(0);
                     self.outputs.age.observe(age_ms as f64 / 1000.0);
                 }
-                if self.return_path {
-                    self.stats.return_forwarded.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                } else {
-                    self.stats.acked(self.cluster);
-                }
                 self.tracker.ack(opaque);
             }
             Err((err, msg)) => {
                 let class = classify(err);
-                self.stats.produce_error(class);
                 self.outputs.error(class);
                 let reason = format!(
                     "{} cluster, {}[{}]: {err} ({} error)",
@@ -95,23 +83,23 @@ impl Producers {
     pub fn create(
         config: &crate::config::Config,
         tracker: &Arc<Tracker>,
-        stats: &Arc<Stats>,
+        health: &Arc<Health>,
         metrics: &Arc<Metrics>,
     ) -> Result<Self, KafkaError> {
-        let ctx = |cluster, client| DeliveryContext {
+        let ctx = |cluster, client, role| DeliveryContext {
             cluster,
             client,
+            role,
             outputs: metrics.outputs(config, cluster, false),
             metrics: metrics.clone(),
-            return_path: false,
             tracker: tracker.clone(),
-            stats: stats.clone(),
+            health: health.clone(),
         };
         let prod = crate::kafka::producer_config(&config.prod, "prod", config);
         let rush = crate::kafka::producer_config(&config.rush, "rush", config);
         Ok(Self {
-            prod: prod.create_with_context(ctx(Cluster::Prod, "producer-prod"))?,
-            rush: rush.create_with_context(ctx(Cluster::Rush, "producer-rush"))?,
+            prod: prod.create_with_context(ctx(Cluster::Prod, "producer-prod", ProducerRole::Prod))?,
+            rush: rush.create_with_context(ctx(Cluster::Rush, "producer-rush", ProducerRole::Rush))?,
         })
     }
 
@@ -127,18 +115,18 @@ impl Producers {
 pub fn return_producer(
     config: &crate::config::Config,
     tracker: &Arc<Tracker>,
-    stats: &Arc<Stats>,
+    health: &Arc<Health>,
     metrics: &Arc<Metrics>,
 ) -> Result<OutputProducer, KafkaError> {
     let prod = crate::kafka::producer_config(&config.prod, "prod-return", config);
     prod.create_with_context(DeliveryContext {
         cluster: Cluster::Prod,
         client: "producer-return",
+        role: ProducerRole::Return,
         outputs: metrics.outputs(config, Cluster::Prod, true),
         metrics: metrics.clone(),
-        return_path: true,
         tracker: tracker.clone(),
-        stats: stats.clone(),
+        health: health.clone(),
     })
 }
 
@@ -173,11 +161,15 @@ pub struct Output<'a> {
     pub opaque: usize,
 }
 
-/// How long to wait for queue space before trying again. The in-flight bound normally keeps
-/// the queue from filling; this covers a burst of large fan-outs.
+/// How long to wait for queue space before trying again. The in-flight bounds (records and
+/// bytes) size the producer queue so it does not fill; this covers a queue a user made smaller.
 const QUEUE_FULL_BACKOFF: Duration = Duration::from_millis(2);
+/// How long a full queue may hold up the consumer thread (which also serves rebalances)
+/// before the write counts as failed: the relay then stops without committing past it.
+const QUEUE_FULL_LIMIT: Duration = Duration::from_secs(10);
 
-/// Enqueues `out`, waiting while the producer queue is full. Returns other errors classified.
+/// Enqueues `out`, waiting up to [`QUEUE_FULL_LIMIT`] while the producer queue is full.
+/// Returns errors classified.
 pub fn send(producer: &OutputProducer, out: Output<'_>) -> Result<(), (KafkaError, ErrorClass)> {
     let mut record = BaseRecord::with_opaque_to(out.topic, out.opaque).partition(out.partition);
     if let Some(k) = out.key {
@@ -192,12 +184,14 @@ pub fn send(producer: &OutputProducer, out: Output<'_>) -> Result<(), (KafkaErro
     if let Some(ms) = out.timestamp.to_millis() {
         record = record.timestamp(ms);
     }
+    let mut waited = Duration::ZERO;
     loop {
         match producer.send(record) {
             Ok(()) => return Ok(()),
-            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) if waited < QUEUE_FULL_LIMIT => {
                 record = back;
                 std::thread::sleep(QUEUE_FULL_BACKOFF);
+                waited += QUEUE_FULL_BACKOFF;
             }
             Err((e, _)) => {
                 let class = classify(&e);

@@ -9,7 +9,6 @@
 //! counted (its offset is still committed).
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering::Relaxed;
 
 use rdkafka::consumer::BaseConsumer;
 use rdkafka::message::{BorrowedMessage, Header, Message, OwnedHeaders};
@@ -20,11 +19,11 @@ use super::offsets::Tracker;
 use super::pipeline::{InputHeaders, ProduceError, with_trace};
 use super::poll::Handler;
 use super::producer::{Output, OutputProducer, send};
-use super::stats::Stats;
 use crate::config::Config;
 use crate::extract::Headers;
 use crate::metrics::{Metrics, RouteMetrics};
 use crate::telemetry::{Hop, HopTracer, Propagated};
+use crate::tenancy::Cluster;
 
 /// Value of the provenance header on forwarded records.
 pub const ORIGIN_RUSH: &str = "rush";
@@ -66,8 +65,8 @@ pub struct ReturnPath {
     provenance: Provenance,
     producer: Arc<OutputProducer>,
     tracker: Arc<Tracker>,
-    stats: Arc<Stats>,
-    metrics: Vec<RouteMetrics>,
+    metrics: Arc<Metrics>,
+    routes: Vec<RouteMetrics>,
     tracer: Arc<HopTracer>,
 }
 
@@ -77,19 +76,18 @@ impl ReturnPath {
         config: &Config,
         producer: Arc<OutputProducer>,
         tracker: Arc<Tracker>,
-        stats: Arc<Stats>,
-        metrics: &Metrics,
+        metrics: &Arc<Metrics>,
         tracer: Arc<HopTracer>,
     ) -> Self {
         let routes: Vec<usize> = (0..config.routes.len()).filter(|&i| config.routes[i].return_path).collect();
         Self {
             topics: routes.iter().map(|&i| config.routes[i].topic.clone()).collect(),
-            metrics: routes.iter().map(|&i| metrics.route(config, i)).collect(),
+            routes: routes.iter().map(|&i| metrics.route(config, i)).collect(),
+            metrics: metrics.clone(),
             provenance: Provenance::new(config),
             tracer,
             producer,
             tracker,
-            stats,
         }
     }
 }
@@ -101,13 +99,13 @@ impl Handler for ReturnPath {
             return Ok(());
         };
         let key = (ri, msg.partition());
-        self.stats.return_in.fetch_add(1, Relaxed);
-        self.metrics[ri].return_in.inc();
+        self.routes[ri].return_in.inc();
         let topic = &self.topics[ri];
         let input = InputHeaders(msg.headers());
         if self.provenance.came_through(&input, topic) {
-            let n = self.stats.return_looped.fetch_add(1, Relaxed) + 1;
-            self.metrics[ri].return_looped.inc();
+            let looped = &self.routes[ri].return_looped;
+            looped.inc();
+            let n = looped.get();
             // Every occurrence is counted; the log says so at 1, 2, 4, 8, … to stay readable.
             if n.is_power_of_two() {
                 tracing::warn!(
@@ -115,11 +113,17 @@ impl Handler for ReturnPath {
                     "return path: record already came through this topic's return path; dropped, not looped"
                 );
             }
-            self.tracker.begin(key, msg.offset(), 0);
+            self.tracker.begin(key, msg.offset(), 0, 0);
             return Ok(());
         }
-        let opaque = self.tracker.begin(key, msg.offset(), 1);
-        let hop = Hop { route: topic, service: None, cluster: "prod", direction: "return", output_topic: topic };
+        let opaque = self.tracker.begin(key, msg.offset(), 1, super::pipeline::input_bytes(msg));
+        let hop = Hop {
+            route: topic,
+            service: None,
+            cluster: "prod",
+            direction: super::Direction::Return.as_str(),
+            output_topic: topic,
+        };
         let trace = self.tracer.hop(|name| input.last(name), &hop);
         let out = Output {
             topic,
@@ -131,7 +135,7 @@ impl Handler for ReturnPath {
             opaque,
         };
         send(&self.producer, out).map_err(|(source, class)| {
-            self.stats.produce_error(class);
+            self.metrics.produce_error(Cluster::Prod, class);
             Box::new(ProduceError {
                 input_topic: format!("rush:{topic}"),
                 partition: msg.partition(),

@@ -1,13 +1,20 @@
 //! Lookup mode: one `GET /v1/whitelist/{user}` per user, for Config Mappers that only answer
-//! per user. Answers are cached (moka): listed users until `cache_ttl` or their own expiry,
-//! unlisted users for `negative_ttl`, failed lookups for a short back-off during which the user
-//! is production. Concurrent misses for one user make one request (moka's `get_with`).
+//! per user. Answers are cached (moka): listed users for `cache_ttl` (never past their own
+//! expiry), unlisted users for `negative_ttl`, failed lookups for a short back-off during which
+//! the user is production. Concurrent misses for one user make one request (moka's `get_with`).
 //!
-//! The relay never blocks on a lookup: it asks [`LookupCache::cached`] and, on a miss, hands
-//! the user to a [`LookupPool`] worker and parks that partition until the answer is in.
+//! An answer older than its TTL is *stale*: still served (for as long again at most) while a
+//! worker refreshes it, so a busy user never waits for the Config Mapper twice. A whitelist
+//! change therefore reaches an active user within one TTL plus one lookup.
+//!
+//! The relay never blocks on a lookup: it asks [`LookupCache::peek`] and, on a miss, hands the
+//! user to a [`LookupPool`] worker and holds that partition's records until the answer is in,
+//! for at most `lookup_wait`. A Config Mapper that fails or answers slower than that is
+//! *degraded*: misses are then production at once, and only occasional probes go out until
+//! one answers in time.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
 use std::time::{Duration, Instant};
 
@@ -32,6 +39,27 @@ impl Answer {
             _ => None,
         }
     }
+
+    pub fn into_entry(self) -> Option<Arc<Entry>> {
+        match self {
+            Answer::Listed(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+/// What the cache holds for a user: the answer, and when it should be asked again.
+#[derive(Debug, Clone)]
+struct Cached {
+    answer: Answer,
+    refresh_at: Instant,
+}
+
+/// A cache hit; `stale` answers are still right to use, but due for a refresh.
+#[derive(Debug, Clone)]
+pub struct Hit {
+    pub answer: Answer,
+    pub stale: bool,
 }
 
 /// Fetches one user's entry: `Ok(None)` when not whitelisted.
@@ -43,36 +71,70 @@ pub struct LookupSettings {
     pub negative_ttl: Duration,
     pub failure_backoff: Duration,
     pub capacity: u64,
+    /// Longest a record waits for its user's answer; a slower Config Mapper is degraded.
+    pub wait: Duration,
 }
 
-struct AnswerExpiry(LookupSettings);
+impl LookupSettings {
+    /// How long an answer is fresh.
+    fn ttl(&self, answer: &Answer) -> Duration {
+        match answer {
+            Answer::Listed(e) => self.cache_ttl.min(left(e)),
+            Answer::NotListed => self.negative_ttl,
+            Answer::Failed => self.failure_backoff,
+        }
+    }
+}
 
-impl Expiry<Box<str>, Answer> for AnswerExpiry {
-    fn expire_after_create(&self, _: &Box<str>, value: &Answer, _: Instant) -> Option<Duration> {
-        Some(match value {
-            Answer::Listed(e) => {
-                // Never serve an entry past its own expiry.
-                let left = Duration::from_millis((e.expires_at_ms - now_ms()).max(0) as u64);
-                self.0.cache_ttl.min(left)
-            }
-            Answer::NotListed => self.0.negative_ttl,
-            Answer::Failed => self.0.failure_backoff,
+fn left(e: &Entry) -> Duration {
+    Duration::from_millis((e.expires_at_ms - now_ms()).max(0) as u64)
+}
+
+struct AnswerExpiry;
+
+impl Expiry<Box<str>, Cached> for AnswerExpiry {
+    fn expire_after_create(&self, _: &Box<str>, value: &Cached, created: Instant) -> Option<Duration> {
+        let fresh = value.refresh_at.saturating_duration_since(created);
+        Some(match &value.answer {
+            // Stale for as long as it was fresh, never past the entry's own expiry.
+            Answer::Listed(e) => (fresh * 2).min(left(e)),
+            Answer::NotListed => fresh * 2,
+            // A failure is not served stale: it is asked again after its back-off.
+            Answer::Failed => fresh,
         })
+    }
+
+    fn expire_after_update(
+        &self,
+        key: &Box<str>,
+        value: &Cached,
+        updated: Instant,
+        _: Option<Duration>,
+    ) -> Option<Duration> {
+        self.expire_after_create(key, value, updated)
     }
 }
 
 pub struct LookupCache {
-    cache: moka::sync::Cache<Box<str>, Answer>,
+    cache: moka::sync::Cache<Box<str>, Cached>,
     fetch: Fetch,
+    settings: LookupSettings,
     pub requests: AtomicU64,
+    degraded: AtomicBool,
     pub status: Arc<SourceStatus>,
 }
 
 impl LookupCache {
     pub fn new(settings: LookupSettings, fetch: Fetch) -> Self {
-        let cache =
-            moka::sync::Cache::builder().max_capacity(settings.capacity).expire_after(AnswerExpiry(settings)).build();
-        Self { cache, fetch, requests: AtomicU64::new(0), status: Arc::new(SourceStatus::default()) }
+        let cache = moka::sync::Cache::builder().max_capacity(settings.capacity).expire_after(AnswerExpiry).build();
+        Self {
+            cache,
+            fetch,
+            settings,
+            requests: AtomicU64::new(0),
+            degraded: AtomicBool::new(false),
+            status: Arc::new(SourceStatus::default()),
+        }
     }
 
     /// Backed by a Config Mapper's per-user endpoint.
@@ -93,38 +155,81 @@ impl LookupCache {
         )
     }
 
+    pub fn settings(&self) -> &LookupSettings {
+        &self.settings
+    }
+
     /// The cached answer, without asking anyone.
-    pub fn cached(&self, user: &str) -> Option<Answer> {
-        self.cache.get(user)
+    pub fn peek(&self, user: &str) -> Option<Hit> {
+        let c = self.cache.get(user)?;
+        Some(Hit { stale: Instant::now() >= c.refresh_at, answer: c.answer })
+    }
+
+    /// The Config Mapper failed or answered slower than `wait` at its last lookup.
+    pub fn degraded(&self) -> bool {
+        self.degraded.load(Relaxed)
     }
 
     /// The answer, asking the Config Mapper on a miss. Concurrent callers for one user share
     /// one request. Blocks: call from a lookup worker, never from the relay's poll loop.
     pub fn get(&self, user: &str) -> Answer {
-        self.cache.get_with(user.into(), || {
-            self.requests.fetch_add(1, Relaxed);
-            match (self.fetch)(user) {
-                Ok(Some(e)) => {
-                    self.status.last_ok_ms.store(now_ms(), Relaxed);
-                    Answer::Listed(Arc::new(e))
-                }
-                Ok(None) => {
-                    self.status.last_ok_ms.store(now_ms(), Relaxed);
-                    Answer::NotListed
-                }
-                Err(e) => {
-                    self.status.refresh_errors.fetch_add(1, Relaxed);
-                    tracing::warn!(error = %e, "whitelist lookup failed; this user is production for now");
-                    Answer::Failed
-                }
-            }
-        })
+        self.cache.get_with(user.into(), || self.ask(user).unwrap_or_else(|| self.cached(Answer::Failed))).answer
     }
+
+    /// Asks again for a user whose answer is stale. A failure keeps the stale answer (it
+    /// expires on its own) rather than turning a listed user into production early.
+    pub fn refresh(&self, user: &str) {
+        if let Some(fresh) = self.ask(user) {
+            self.cache.insert(user.into(), fresh);
+        }
+    }
+
+    fn cached(&self, answer: Answer) -> Cached {
+        Cached { refresh_at: Instant::now() + self.settings.ttl(&answer), answer }
+    }
+
+    /// One request; `None` when it failed (counted, logged, and the Config Mapper degraded).
+    fn ask(&self, user: &str) -> Option<Cached> {
+        self.requests.fetch_add(1, Relaxed);
+        let started = Instant::now();
+        let result = (self.fetch)(user);
+        let slow = started.elapsed() > self.settings.wait;
+        let answer = match result {
+            Ok(entry) => {
+                self.status.last_ok_ms.store(now_ms(), Relaxed);
+                entry.map_or(Answer::NotListed, |e| Answer::Listed(Arc::new(e)))
+            }
+            Err(e) => {
+                self.status.refresh_errors.fetch_add(1, Relaxed);
+                if !self.degraded.swap(true, Relaxed) {
+                    tracing::warn!(error = %e, "whitelist lookups failing; users not cached are production until the Config Mapper answers again");
+                }
+                return None;
+            }
+        };
+        match (slow, self.degraded.swap(slow, Relaxed)) {
+            (true, false) => tracing::warn!(
+                took_ms = started.elapsed().as_millis() as u64,
+                "whitelist lookups slower than lookup_wait; users not cached are production until they are fast again"
+            ),
+            (false, true) => tracing::info!("whitelist lookups answering in time again"),
+            _ => {}
+        }
+        Some(self.cached(answer))
+    }
+}
+
+/// What a lookup worker is asked to do for a user.
+enum Job {
+    /// Not cached: fetch it (shared with any concurrent miss for the same user).
+    Miss(Box<str>),
+    /// Cached but stale: fetch it again and replace it.
+    Refresh(Box<str>),
 }
 
 /// Lookup workers: a bounded queue of users to look up, answers announced on `done`.
 pub struct LookupPool {
-    queue: Option<SyncSender<Box<str>>>,
+    queue: Option<SyncSender<Job>>,
     threads: Vec<std::thread::JoinHandle<()>>,
 }
 
@@ -135,14 +240,23 @@ impl LookupPool {
         workers: usize,
         done: std::sync::mpsc::Sender<Box<str>>,
     ) -> std::io::Result<Self> {
-        let (queue, rx) = std::sync::mpsc::sync_channel::<Box<str>>(workers * 64);
+        let (queue, rx) = std::sync::mpsc::sync_channel::<Job>(workers * 64);
         let rx = Arc::new(std::sync::Mutex::new(rx));
         let mut threads = Vec::with_capacity(workers);
         for i in 0..workers {
             let (rx, cache, done) = (rx.clone(), cache.clone(), done.clone());
             threads.push(std::thread::Builder::new().name(format!("whitelist-lookup-{i}")).spawn(move || {
-                while let Some(user) = next(&rx) {
-                    cache.get(&user);
+                while let Some(job) = next(&rx) {
+                    let user = match job {
+                        Job::Miss(user) => {
+                            cache.get(&user);
+                            user
+                        }
+                        Job::Refresh(user) => {
+                            cache.refresh(&user);
+                            user
+                        }
+                    };
                     if done.send(user).is_err() {
                         return;
                     }
@@ -152,16 +266,25 @@ impl LookupPool {
         Ok(Self { queue: Some(queue), threads })
     }
 
-    /// Queues a lookup; `false` if the queue is full (the caller tries again later).
+    /// Queues a lookup of a user not cached; `false` if the queue is full (try again later).
     pub fn submit(&self, user: &str) -> bool {
-        match self.queue.as_ref().map(|q| q.try_send(user.into())) {
+        self.send(Job::Miss(user.into()))
+    }
+
+    /// Queues a refresh of a stale answer; `false` if the queue is full.
+    pub fn submit_refresh(&self, user: &str) -> bool {
+        self.send(Job::Refresh(user.into()))
+    }
+
+    fn send(&self, job: Job) -> bool {
+        match self.queue.as_ref().map(|q| q.try_send(job)) {
             Some(Ok(())) => true,
             Some(Err(TrySendError::Full(_))) | Some(Err(TrySendError::Disconnected(_))) | None => false,
         }
     }
 }
 
-fn next(rx: &std::sync::Mutex<Receiver<Box<str>>>) -> Option<Box<str>> {
+fn next(rx: &std::sync::Mutex<Receiver<Job>>) -> Option<Job> {
     rx.lock().ok()?.recv().ok()
 }
 
@@ -185,16 +308,21 @@ mod tests {
             negative_ttl: Duration::from_millis(200),
             failure_backoff: Duration::from_millis(100),
             capacity: 1000,
+            wait: Duration::from_millis(50),
         }
+    }
+
+    fn listed() -> Entry {
+        Entry { services: vec!["payment".into()], expires_at_ms: i64::MAX }
     }
 
     #[test]
     fn concurrent_misses_make_one_request() {
         let cache = Arc::new(LookupCache::new(
-            settings(),
+            LookupSettings { wait: Duration::from_secs(1), ..settings() },
             Box::new(|_| {
                 std::thread::sleep(Duration::from_millis(100));
-                Ok(Some(Entry { services: vec!["payment".into()], expires_at_ms: i64::MAX }))
+                Ok(Some(listed()))
             }),
         ));
         let barrier = Arc::new(Barrier::new(8));
@@ -211,16 +339,60 @@ mod tests {
             assert!(matches!(h.join().unwrap(), Answer::Listed(_)));
         }
         assert_eq!(cache.requests.load(Relaxed), 1);
+        assert!(!cache.degraded());
     }
 
     #[test]
-    fn negative_answers_and_failures_expire() {
+    fn negative_answers_go_stale_then_expire_and_failures_expire() {
         let cache = LookupCache::new(settings(), Box::new(|u| if u == "down" { Err("boom".into()) } else { Ok(None) }));
         assert!(matches!(cache.get("U2"), Answer::NotListed));
-        assert!(matches!(cache.cached("U2"), Some(Answer::NotListed)));
+        assert!(matches!(cache.peek("U2"), Some(Hit { answer: Answer::NotListed, stale: false })));
         assert!(matches!(cache.get("down"), Answer::Failed));
-        std::thread::sleep(Duration::from_millis(300));
-        assert!(cache.cached("U2").is_none() && cache.cached("down").is_none());
+        assert!(cache.degraded(), "a failed lookup degrades the Config Mapper");
+        std::thread::sleep(Duration::from_millis(250));
+        assert!(matches!(cache.peek("U2"), Some(Hit { answer: Answer::NotListed, stale: true })));
+        assert!(cache.peek("down").is_none(), "failures are never served stale");
+        std::thread::sleep(Duration::from_millis(250));
+        assert!(cache.peek("U2").is_none());
+    }
+
+    #[test]
+    fn a_refresh_replaces_a_stale_answer_and_a_failed_one_keeps_it() {
+        let flip = Arc::new(AtomicU64::new(0));
+        let f = flip.clone();
+        let cache = LookupCache::new(
+            LookupSettings { cache_ttl: Duration::from_millis(100), ..settings() },
+            Box::new(move |_| match f.load(Relaxed) {
+                0 => Ok(Some(listed())),
+                1 => Err("down".into()),
+                _ => Ok(None),
+            }),
+        );
+        assert!(matches!(cache.get("U1"), Answer::Listed(_)));
+        std::thread::sleep(Duration::from_millis(120));
+        assert!(cache.peek("U1").unwrap().stale);
+        flip.store(1, Relaxed);
+        cache.refresh("U1");
+        let hit = cache.peek("U1").unwrap();
+        assert!(matches!(hit.answer, Answer::Listed(_)) && hit.stale, "a failed refresh keeps the stale answer");
+        assert!(cache.degraded());
+        flip.store(2, Relaxed);
+        cache.refresh("U1");
+        assert!(matches!(cache.peek("U1").unwrap(), Hit { answer: Answer::NotListed, stale: false }));
+        assert!(!cache.degraded(), "an answer in time ends the degraded state");
+    }
+
+    #[test]
+    fn an_answer_slower_than_the_wait_degrades() {
+        let cache = LookupCache::new(
+            settings(),
+            Box::new(|_| {
+                std::thread::sleep(Duration::from_millis(80));
+                Ok(None)
+            }),
+        );
+        assert!(matches!(cache.get("U1"), Answer::NotListed), "a slow answer is still an answer");
+        assert!(cache.degraded());
     }
 
     #[test]
@@ -230,6 +402,6 @@ mod tests {
             LookupCache::new(settings(), Box::new(move |_| Ok(Some(Entry { services: vec![], expires_at_ms: exp }))));
         assert!(matches!(cache.get("U1"), Answer::Listed(_)));
         std::thread::sleep(Duration::from_millis(300));
-        assert!(cache.cached("U1").is_none());
+        assert!(cache.peek("U1").is_none());
     }
 }

@@ -116,21 +116,25 @@ pub trait Whitelist {
     fn services_for(&self, user: &str, now_ms: i64) -> Option<&[Box<str>]>;
 }
 
+impl<W: Whitelist + ?Sized> Whitelist for &W {
+    fn services_for(&self, user: &str, now_ms: i64) -> Option<&[Box<str>]> {
+        (**self).services_for(user, now_ms)
+    }
+}
+
 impl Whitelist for Snapshot {
     fn services_for(&self, user: &str, now_ms: i64) -> Option<&[Box<str>]> {
         Snapshot::services_for(self, user, now_ms)
     }
 }
 
-/// The answer of a per-user lookup, for the one user it was asked about.
-pub struct OneUser<'a> {
-    pub user: &'a str,
-    pub entry: Option<&'a Entry>,
-}
+/// The answer of a per-user lookup, for the one user whose subject it decides (`None`: not
+/// whitelisted, or no answer to be had).
+pub struct Answered(pub Option<std::sync::Arc<Entry>>);
 
-impl Whitelist for OneUser<'_> {
-    fn services_for(&self, user: &str, now_ms: i64) -> Option<&[Box<str>]> {
-        if user == self.user { self.entry?.live_services(now_ms) } else { None }
+impl Whitelist for Answered {
+    fn services_for(&self, _user: &str, now_ms: i64) -> Option<&[Box<str>]> {
+        self.0.as_deref()?.live_services(now_ms)
     }
 }
 

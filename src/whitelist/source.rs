@@ -8,7 +8,6 @@ use super::client::MapperClient;
 use super::lookup::{LookupCache, LookupSettings};
 use super::{FileSource, SharedSnapshot, Snapshot, SnapshotPoller, SourceStatus, WatchError, shared};
 use crate::config::{WhitelistConfig, WhitelistMode};
-use crate::relay::WhitelistSource;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -18,6 +17,20 @@ pub enum StartError {
     Spawn(std::io::Error),
     #[error("whitelist: set `url` or `file`")]
     NoSource,
+}
+
+/// Where decisions read the whitelist from.
+pub enum WhitelistSource {
+    /// A whole snapshot, swapped atomically by a source (file or Config Mapper poller).
+    Snapshot(SharedSnapshot),
+    /// Per-user lookups through a cache, answered by `workers` threads.
+    Lookup { cache: Arc<LookupCache>, workers: usize },
+}
+
+impl From<SharedSnapshot> for WhitelistSource {
+    fn from(s: SharedSnapshot) -> Self {
+        Self::Snapshot(s)
+    }
 }
 
 /// A running source; dropping it stops it.
@@ -57,6 +70,7 @@ pub fn start(w: &WhitelistConfig) -> Result<(Running, WhitelistSource), StartErr
                 negative_ttl: w.negative_ttl,
                 failure_backoff: w.negative_ttl.min(Duration::from_secs(1)),
                 capacity: w.cache_size,
+                wait: w.lookup_wait,
             };
             let cache = Arc::new(LookupCache::http(settings, MapperClient::new(url, None, w.request_timeout)));
             Ok((Running::Lookup, WhitelistSource::Lookup { cache, workers: w.lookup_workers }))

@@ -1,0 +1,148 @@
+//! The relay's state that is not a count: what readiness and the demo read. Every count lives
+//! in [`crate::metrics::Metrics`] alone; the exit [`Summary`] is read from there.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
+
+use crate::extract::Passthrough;
+use crate::kafka::ErrorClass;
+use crate::metrics::Metrics;
+use crate::tenancy::Cluster;
+
+/// The relay's three producers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProducerRole {
+    /// Prod outputs of the forward direction.
+    Prod,
+    /// Rush copies.
+    Rush,
+    /// The return path's writes to prod.
+    Return,
+}
+
+impl ProducerRole {
+    pub const ALL: [Self; 3] = [Self::Prod, Self::Rush, Self::Return];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Prod => "prod producer",
+            Self::Rush => "rush producer",
+            Self::Return => "return-path producer",
+        }
+    }
+}
+
+/// Which way a consumer reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    /// Prod route topics → per-service outputs.
+    Forward,
+    /// Rush raw topics → the same topics on prod.
+    Return,
+}
+
+impl Direction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Forward => "forward",
+            Self::Return => "return",
+        }
+    }
+
+    /// The cluster this direction consumes from.
+    pub fn source(self) -> Cluster {
+        match self {
+            Self::Forward => Cluster::Prod,
+            Self::Return => Cluster::Rush,
+        }
+    }
+
+    /// The consumer's name in client metrics.
+    pub fn client(self) -> &'static str {
+        match self {
+            Self::Forward => "consumer-prod",
+            Self::Return => "consumer-rush",
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct Health {
+    /// Highest number of input records seen in flight (read, not fully acknowledged).
+    pub in_flight_peak: AtomicUsize,
+    /// Partitions each direction's consumer owns now.
+    assigned: [AtomicUsize; 2],
+    /// A producer reported a fatal error (e.g. lost idempotence): not ready any more.
+    pub producer_fatal: AtomicBool,
+    /// The input consumer has received an assignment (possibly empty: more instances than
+    /// partitions is a healthy, idle member).
+    pub joined: AtomicBool,
+    /// Per producer: no broker up at the last statistics report.
+    unreachable: [AtomicBool; 3],
+}
+
+impl Health {
+    pub fn assigned(&self, d: Direction) -> &AtomicUsize {
+        &self.assigned[d as usize]
+    }
+
+    pub fn set_unreachable(&self, p: ProducerRole, down: bool) {
+        self.unreachable[p as usize].store(down, Relaxed);
+    }
+
+    pub fn unreachable(&self, p: ProducerRole) -> bool {
+        self.unreachable[p as usize].load(Relaxed)
+    }
+}
+
+/// What a run did, printed at exit; read from the metrics.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Summary {
+    pub records_in: u64,
+    pub outputs_prod: u64,
+    pub outputs_rush: u64,
+    pub upstream_honoured: u64,
+    pub return_forwarded: u64,
+    pub return_looped: u64,
+    pub lookup_unanswered: u64,
+    pub passthrough: [(&'static str, u64); Passthrough::ALL.len()],
+    pub produce_errors: [(&'static str, u64); 3],
+}
+
+impl Summary {
+    pub fn read(m: &Metrics) -> Self {
+        Self {
+            records_in: m.sum(&m.records_in, &[]),
+            outputs_prod: m.sum(&m.records_out, &[("cluster", "prod")]),
+            outputs_rush: m.sum(&m.records_out, &[("cluster", "rush")]),
+            upstream_honoured: m.sum(&m.upstream_honoured, &[]),
+            return_forwarded: m.sum(&m.return_records, &[("outcome", "forwarded")]),
+            return_looped: m.sum(&m.return_records, &[("outcome", "looped")]),
+            lookup_unanswered: m.lookup_unanswered.get(),
+            passthrough: Passthrough::ALL.map(|p| (p.as_str(), m.sum(&m.passthrough, &[("reason", p.as_str())]))),
+            produce_errors: [ErrorClass::Retry, ErrorClass::Fatal, ErrorClass::Poison]
+                .map(|c| (c.as_str(), m.sum(&m.produce_errors, &[("class", c.as_str())]))),
+        }
+    }
+}
+
+impl std::fmt::Display for Summary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "records in {}, acknowledged outputs: prod {}, rush {}; upstream stamps honoured {}; passthrough",
+            self.records_in, self.outputs_prod, self.outputs_rush, self.upstream_honoured
+        )?;
+        for (reason, n) in self.passthrough {
+            write!(f, " {reason}={n}")?;
+        }
+        if self.lookup_unanswered > 0 {
+            write!(f, "; production for want of a whitelist answer {}", self.lookup_unanswered)?;
+        }
+        write!(f, "; return path forwarded {}, loops dropped {}", self.return_forwarded, self.return_looped)?;
+        write!(f, "; produce errors")?;
+        for (class, n) in self.produce_errors {
+            write!(f, " {class}={n}")?;
+        }
+        Ok(())
+    }
+}
