@@ -186,6 +186,7 @@ fn whitelist_benches(c: &mut Criterion) {
         failure_backoff: Duration::from_secs(1),
         capacity: 100_000,
         wait: Duration::from_millis(200),
+        request_timeout: Duration::from_secs(2),
     };
     let cache = Arc::new(LookupCache::new(
         settings,

@@ -490,6 +490,7 @@ impl PerUserMapper {
             failure_backoff: Duration::from_secs(1),
             capacity: 10_000,
             wait,
+            request_timeout: Duration::from_secs(10),
         };
         let client = MapperClient::new(&self.url, None, Duration::from_secs(10));
         WhitelistSource::Lookup { cache: Arc::new(LookupCache::http(settings, client)), workers: 4 }

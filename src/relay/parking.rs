@@ -4,10 +4,11 @@
 //! are looked up too, so lookups run side by side instead of one per round trip. Other
 //! partitions go on.
 //!
-//! Production never waits for the whitelist beyond `lookup_wait`: a record still unanswered
-//! then is decided as production (its user is unknown), and while the Config Mapper is
-//! degraded (failing, or slower than that) uncached users are production at once. Both are
-//! counted. Held records are bounded in count and bytes; a partition that would grow past the
+//! Production never waits for a slow whitelist: a record whose lookup has been on the wire
+//! for `lookup_wait` is decided as production (its user is unknown) and the Config Mapper is
+//! marked degraded; while it is (failing, or slower than that), uncached users are production
+//! at once. A lookup queued behind others of a healthy Config Mapper (a cold start) is waited
+//! for, up to `lookup_wait + request_timeout` in all. Every such decision is counted. Held records are bounded in count and bytes; a partition that would grow past the
 //! bound is paused until its queue drains.
 
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -64,6 +65,8 @@ pub struct Parking {
     held_bytes: usize,
     limits: HoldLimits,
     wait: Duration,
+    /// The most a record waits, queued lookups included.
+    max_hold: Duration,
     probe_every: Duration,
     last_probe: Option<Instant>,
     unanswered: prometheus::IntCounter,
@@ -95,6 +98,7 @@ impl Parking {
             held_bytes: 0,
             limits,
             wait: settings.wait,
+            max_hold: settings.wait + settings.request_timeout,
             probe_every: settings.failure_backoff,
             last_probe: None,
             unanswered: metrics.lookup_unanswered.clone(),
@@ -246,7 +250,13 @@ impl Parking {
             let verdict = match front.subject.user().map(str::to_owned) {
                 None => Now::Answer(None),
                 Some(user) => match self.now(&user) {
-                    Now::Wait if front.since.elapsed() >= self.wait => Now::Unanswered,
+                    Now::Wait if self.cache.asking_for(&user).is_some_and(|t| t >= self.wait) => {
+                        self.cache.mark_slow();
+                        Now::Unanswered
+                    }
+                    // Queued behind other lookups of a Config Mapper that answers in time: a
+                    // cold start, worth waiting for, within bounds.
+                    Now::Wait if front.since.elapsed() >= self.max_hold => Now::Unanswered,
                     v => v,
                 },
             };

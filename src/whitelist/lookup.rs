@@ -71,8 +71,12 @@ pub struct LookupSettings {
     pub negative_ttl: Duration,
     pub failure_backoff: Duration,
     pub capacity: u64,
-    /// Longest a record waits for its user's answer; a slower Config Mapper is degraded.
+    /// Longest a record waits for its user's answer once it is asked; a slower Config Mapper
+    /// is degraded.
     pub wait: Duration,
+    /// Timeout of one request; with `wait`, the most a record ever waits (queued lookups
+    /// included).
+    pub request_timeout: Duration,
 }
 
 impl LookupSettings {
@@ -121,6 +125,8 @@ pub struct LookupCache {
     settings: LookupSettings,
     pub requests: AtomicU64,
     degraded: AtomicBool,
+    /// Users whose request is on the wire, and since when.
+    asking: std::sync::Mutex<std::collections::HashMap<Box<str>, Instant>>,
     pub status: Arc<SourceStatus>,
 }
 
@@ -133,6 +139,7 @@ impl LookupCache {
             settings,
             requests: AtomicU64::new(0),
             degraded: AtomicBool::new(false),
+            asking: std::sync::Mutex::default(),
             status: Arc::new(SourceStatus::default()),
         }
     }
@@ -170,6 +177,21 @@ impl LookupCache {
         self.degraded.load(Relaxed)
     }
 
+    /// How long `user`'s request has been on the wire; `None` if it is not (queued, or done).
+    pub fn asking_for(&self, user: &str) -> Option<Duration> {
+        self.asking.lock().ok()?.get(user).map(Instant::elapsed)
+    }
+
+    /// A request has been on the wire longer than `wait`: the Config Mapper is slow now, not
+    /// only when that request ends.
+    pub fn mark_slow(&self) {
+        if !self.degraded.swap(true, Relaxed) {
+            tracing::warn!(
+                "a whitelist lookup is taking longer than lookup_wait; users not cached are production until lookups are fast again"
+            );
+        }
+    }
+
     /// The answer, asking the Config Mapper on a miss. Concurrent callers for one user share
     /// one request. Blocks: call from a lookup worker, never from the relay's poll loop.
     pub fn get(&self, user: &str) -> Answer {
@@ -192,7 +214,13 @@ impl LookupCache {
     fn ask(&self, user: &str) -> Option<Cached> {
         self.requests.fetch_add(1, Relaxed);
         let started = Instant::now();
+        if let Ok(mut a) = self.asking.lock() {
+            a.insert(user.into(), started);
+        }
         let result = (self.fetch)(user);
+        if let Ok(mut a) = self.asking.lock() {
+            a.remove(user);
+        }
         let slow = started.elapsed() > self.settings.wait;
         let answer = match result {
             Ok(entry) => {
@@ -309,6 +337,7 @@ mod tests {
             failure_backoff: Duration::from_millis(100),
             capacity: 1000,
             wait: Duration::from_millis(50),
+            request_timeout: Duration::from_secs(1),
         }
     }
 

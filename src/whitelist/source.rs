@@ -71,6 +71,7 @@ pub fn start(w: &WhitelistConfig) -> Result<(Running, WhitelistSource), StartErr
                 failure_backoff: w.negative_ttl.min(Duration::from_secs(1)),
                 capacity: w.cache_size,
                 wait: w.lookup_wait,
+                request_timeout: w.request_timeout,
             };
             let cache = Arc::new(LookupCache::http(settings, MapperClient::new(url, None, w.request_timeout)));
             Ok((Running::Lookup, WhitelistSource::Lookup { cache, workers: w.lookup_workers }))

@@ -109,6 +109,13 @@ impl Mapper {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+
+    /// Freezes (`STOP`) or thaws (`CONT`) the process: it keeps its port and data but answers
+    /// nothing while frozen, like a hung service.
+    pub fn signal(&self, signal: &str) {
+        let ok = Command::new("kill").args([&format!("-{signal}"), &self.child.id().to_string()]).status().unwrap();
+        assert!(ok.success(), "kill -{signal}");
+    }
 }
 
 impl Drop for Mapper {
@@ -125,7 +132,7 @@ impl Bridge {
         let child = Command::new(env!("CARGO_BIN_EXE_tenancy-bridge"))
             .args(["run", "--config"])
             .arg(config)
-            .env("RUST_LOG", "info,librdkafka=warn")
+            .env("RUST_LOG", std::env::var("BRIDGE_LOG").unwrap_or_else(|_| "info,librdkafka=warn".into()))
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -272,8 +279,18 @@ impl Reader {
             .set("enable.auto.commit", "false")
             .create()
             .unwrap();
-        let md = consumer.fetch_metadata(Some(topic), Duration::from_secs(10)).unwrap();
-        let parts = md.topics().first().map_or(0, |t| t.partitions().len()) as i32;
+        // A topic the bridge has not created yet has no partitions: wait for them, or the
+        // reader would read nothing, forever.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let parts = loop {
+            let md = consumer.fetch_metadata(Some(topic), Duration::from_secs(10)).unwrap();
+            let n = md.topics().first().map_or(0, |t| t.partitions().len()) as i32;
+            if n > 0 {
+                break n;
+            }
+            assert!(Instant::now() < deadline, "topic {topic} never appeared");
+            std::thread::sleep(Duration::from_millis(100));
+        };
         let mut tpl = TopicPartitionList::new();
         for p in 0..parts {
             tpl.add_partition_offset(topic, p, Offset::Beginning).unwrap();
