@@ -1,7 +1,12 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 //! End-to-end throughput harness (not a test): on two tansu brokers and one pre-filled input,
-//! runs a plain rdkafka consume→produce copy loop and then the relay binary, one after the
+//! runs a plain rdkafka consume→produce copy loop, the relay binary in snapshot mode and the
+//! relay binary in lookup mode (a Config Mapper process answering per user), one after the
 //! other, and prints each one's steady records/s and CPU µs per record of its process.
+//!
+//! Lookup mode reads the input twice over (the same users again): the first pass starts with
+//! an empty cache (cold), the second finds every user cached (warm). The harness also prints
+//! how long after its start the cold run's rate (over 1 s) first reached 0.8× snapshot mode's.
 //!
 //!   TANSU_BIN=$(scripts/install-tansu.sh) cargo bench --bench throughput
 //!
@@ -29,7 +34,10 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 const PARTITIONS: i32 = 4;
 const INPUT: &str = "bench.in";
-const USERS: usize = 1000;
+const USERS: usize = 10_000;
+/// One user in this many is whitelisted (for payment).
+const WHITELISTED_EVERY: usize = 100;
+const MAPPER_TOKEN: &str = "bench:0123456789abcdef-throughput";
 
 fn env_usize(name: &str, default: usize) -> usize {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
@@ -50,16 +58,21 @@ fn main() {
         // Fresh brokers for every run, so neither inherits the other's stored data; the order
         // alternates between rounds.
         let mut pair = Vec::new();
-        let order =
-            if round % 2 == 0 { [Contestant::Copy, Contestant::Relay] } else { [Contestant::Relay, Contestant::Copy] };
+        let mut order = vec![Contestant::Copy, Contestant::Relay, Contestant::Lookup];
+        order.rotate_left(round % 3);
         for who in order {
             let prod = common::Tansu::start();
             let rush = common::Tansu::start();
             common::create_topic(&prod.bootstrap, INPUT, PARTITIONS);
             let fill = Instant::now();
             common::produce(&prod.bootstrap, INPUT, &inputs);
-            eprintln!("round {round}: filled {records} records of {size} B in {:.1?}", fill.elapsed());
+            let passes = if who == Contestant::Lookup { 2 } else { 1 };
+            if passes == 2 {
+                common::produce(&prod.bootstrap, INPUT, &inputs);
+            }
+            eprintln!("round {round}: filled {passes} × {records} records of {size} B in {:.1?}", fill.elapsed());
             let group = format!("{who:?}-{round}");
+            let mapper = (who == Contestant::Lookup).then(start_mapper);
             let child = match who {
                 Contestant::Copy => {
                     common::create_topic(&prod.bootstrap, "copy.out", PARTITIONS);
@@ -71,8 +84,9 @@ fn main() {
                         .spawn()
                         .unwrap()
                 }
-                Contestant::Relay => {
-                    let config = bridge_config(&dir, &prod.bootstrap, &rush.bootstrap, &group);
+                Contestant::Relay | Contestant::Lookup => {
+                    let lookup = mapper.as_ref().map(|m| m.url.as_str());
+                    let config = bridge_config(&dir, &prod.bootstrap, &rush.bootstrap, &group, lookup);
                     let bin =
                         std::env::var("RELAY_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_tenancy-bridge").to_string());
                     Command::new(bin)
@@ -85,29 +99,59 @@ fn main() {
                 }
             };
             let offsets = common::OffsetWatcher::new(&prod.bootstrap, &group);
-            pair.push((who, measure(who.name(), child, records, || offsets.committed(INPUT, PARTITIONS))));
+            let run = measure(child, records * passes, || offsets.committed(INPUT, PARTITIONS));
+            pair.push((who, run));
         }
         pair.sort_by_key(|(who, _)| *who as u8);
-        results.extend(pair.into_iter().map(|(_, m)| m));
+        results.push(pair.into_iter().map(|(_, m)| m).collect::<Vec<_>>());
     }
 
     println!();
     println!(
-        "{records} records of {size} B, {PARTITIONS} partitions, 1 output per record (relay: 10 % of users to Rush)"
+        "{records} records of {size} B, {PARTITIONS} partitions, {USERS} users (1 in {WHITELISTED_EVERY} to Rush), \
+         1 output per record"
     );
-    println!("{:<10} {:>14} {:>16} {:>12}", "run", "records/s", "CPU µs/record", "wall s");
-    for m in &results {
-        println!("{:<10} {:>14.0} {:>16.2} {:>12.1}", m.name, m.rate, m.cpu_us, m.wall);
-    }
-    for pair in results.chunks(2) {
-        if let [copy, relay] = pair {
+    println!(
+        "{:<6} {:<22} {:>12} {:>15} {:>10} {:>10}",
+        "round", "run", "records/s", "CPU µs/record", "× copy", "× snapshot"
+    );
+    for (round, r) in results.iter().enumerate() {
+        let [copy, snapshot, lookup] = &r[..] else { continue };
+        let rows = [
+            ("copy loop", copy.window(0.1, 0.9)),
+            ("relay, snapshot", snapshot.window(0.1, 0.9)),
+            ("relay, lookup cold", lookup.window(0.05, 0.45)),
+            ("relay, lookup warm", lookup.window(0.55, 0.95)),
+        ];
+        let (copy_w, snap_w) = (rows[0].1, rows[1].1);
+        for (name, w) in rows {
             println!(
-                "relay / copy loop: throughput {:.2}×, CPU per record {:.2}×",
-                relay.rate / copy.rate,
-                relay.cpu_us / copy.cpu_us
+                "{round:<6} {name:<22} {:>12.0} {:>15.2} {:>9.2}× {:>9.2}×",
+                w.rate,
+                w.cpu_us,
+                w.rate / copy_w.rate,
+                w.rate / snap_w.rate
             );
         }
+        match lookup.first_reaching(0.8 * snap_w.rate) {
+            Some((t, n)) => println!(
+                "{round:<6} lookup cold: rate over 1 s first ≥ 0.8× snapshot {t:.1} s after the bridge started ({n} records in)"
+            ),
+            None => println!("{round:<6} lookup cold: never reached 0.8× snapshot"),
+        }
     }
+}
+
+/// A Config Mapper process with 1 in [`WHITELISTED_EVERY`] users whitelisted for payment.
+fn start_mapper() -> common::Mapper {
+    let mapper = common::Mapper::start(MAPPER_TOKEN);
+    let token = MAPPER_TOKEN.split_once(':').unwrap().1.to_owned();
+    let client =
+        tenancy_bridge::whitelist::client::MapperClient::new(&mapper.url, Some(token), Duration::from_secs(5)).unwrap();
+    for i in (0..USERS).step_by(WHITELISTED_EVERY) {
+        client.add(&format!("U{i}"), &["payment".into()], Duration::from_secs(4 * 3600), Some("bench")).unwrap();
+    }
+    mapper
 }
 
 fn input(i: usize, size: usize) -> common::Input {
@@ -126,9 +170,17 @@ fn input(i: usize, size: usize) -> common::Input {
     }
 }
 
-fn bridge_config(dir: &tempfile::TempDir, prod: &str, rush: &str, group: &str) -> std::path::PathBuf {
+/// Snapshot mode from a file, or lookup mode against the Config Mapper at `lookup`; the same
+/// users whitelisted either way, every other whitelist key at its default.
+fn bridge_config(
+    dir: &tempfile::TempDir,
+    prod: &str,
+    rush: &str,
+    group: &str,
+    lookup: Option<&str>,
+) -> std::path::PathBuf {
     let wl = dir.path().join("wl.json");
-    let users: Vec<String> = (0..USERS / 10).map(|i| format!("U{i}")).collect();
+    let users: Vec<String> = (0..USERS).step_by(WHITELISTED_EVERY).map(|i| format!("U{i}")).collect();
     let entries: Vec<(&str, &[&str])> = users.iter().map(|u| (u.as_str(), &["payment"][..])).collect();
     common::write_atomic(&wl, &common::whitelist_json(1, &entries));
     let path = dir.path().join(format!("{group}.toml"));
@@ -141,15 +193,55 @@ fn bridge_config(dir: &tempfile::TempDir, prod: &str, rush: &str, group: &str) -
         extra_bridge: "",
         kafka: "\"max.poll.interval.ms\" = 10000\n\"session.timeout.ms\" = 6000",
     });
+    let text = match lookup {
+        Some(url) => text.replace(
+            &format!("file = \"{}\"\nrefresh = \"100ms\"", wl.display()),
+            &format!("url = \"{url}\"\nmode = \"lookup\""),
+        ),
+        None => text,
+    };
     std::fs::write(&path, text).unwrap();
     path
 }
 
-struct Measure {
-    name: &'static str,
+/// Progress of one run: (seconds since start, CPU seconds of its process, records committed).
+struct Run {
+    samples: Vec<(f64, f64, i64)>,
+    total: usize,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Window {
     rate: f64,
     cpu_us: f64,
-    wall: f64,
+}
+
+impl Run {
+    /// Rate and CPU per record between `lo` and `hi` (fractions of the input committed).
+    fn window(&self, lo: f64, hi: f64) -> Window {
+        let at = |f: f64| {
+            let n = (self.total as f64 * f) as i64;
+            *self.samples.iter().find(|s| s.2 >= n).unwrap_or_else(|| self.samples.last().unwrap())
+        };
+        let ((t0, c0, n0), (t1, c1, n1)) = (at(lo), at(hi));
+        let n = (n1 - n0).max(1) as f64;
+        Window { rate: n / (t1 - t0).max(1e-3), cpu_us: (c1 - c0) * 1e6 / n }
+    }
+
+    /// When the rate over the preceding second first reached `rate`, and how many were in then.
+    fn first_reaching(&self, rate: f64) -> Option<(f64, i64)> {
+        let mut j = 0;
+        for (i, s) in self.samples.iter().enumerate() {
+            while s.0 - self.samples[j].0 > 1.0 {
+                j += 1;
+            }
+            let (t0, _, n0) = self.samples[j];
+            if i > j && s.0 - t0 >= 0.9 && (s.2 - n0) as f64 / (s.0 - t0) >= rate {
+                return Some((s.0, s.2));
+            }
+        }
+        None
+    }
 }
 
 fn cpu_seconds(pid: u32) -> f64 {
@@ -172,51 +264,34 @@ fn clock_ticks() -> f64 {
         .unwrap_or(100.0)
 }
 
-fn measure(name: &'static str, mut child: Child, records: usize, progress: impl Fn() -> i64) -> Measure {
+/// Samples `progress` until `total` records are committed, then stops the child.
+fn measure(mut child: Child, total: usize, progress: impl Fn() -> i64) -> Run {
     let started = Instant::now();
-    let lo = (records / 10) as i64;
-    let hi = (records * 9 / 10) as i64;
-    let mut at_lo = None;
-    let mut at_hi = None;
-    let deadline = Instant::now() + Duration::from_secs(900);
-    while at_hi.is_none() {
-        assert!(Instant::now() < deadline, "{name}: too slow");
-        assert!(child.try_wait().unwrap().is_none(), "{name} exited early");
+    let deadline = started + Duration::from_secs(900);
+    let mut samples = Vec::new();
+    loop {
+        assert!(Instant::now() < deadline, "too slow: {samples:?}");
+        assert!(child.try_wait().unwrap().is_none(), "exited early");
         let n = progress();
-        if at_lo.is_none() && n >= lo {
-            at_lo = Some((Instant::now(), cpu_seconds(child.id()), n));
-        }
-        if at_lo.is_some() && n >= hi {
-            at_hi = Some((Instant::now(), cpu_seconds(child.id()), n));
+        samples.push((started.elapsed().as_secs_f64(), cpu_seconds(child.id()), n));
+        if n >= total as i64 {
+            break;
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    while progress() < records as i64 && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let wall = started.elapsed().as_secs_f64();
     let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
     let _ = child.wait();
-    let ((t0, c0, n0), (t1, c1, n1)) = (at_lo.unwrap(), at_hi.unwrap());
-    let n = (n1 - n0) as f64;
-    let m = Measure { name, rate: n / (t1 - t0).as_secs_f64(), cpu_us: (c1 - c0) * 1e6 / n, wall };
-    eprintln!("{name}: {:.0} records/s, {:.2} CPU µs/record", m.rate, m.cpu_us);
-    m
+    let run = Run { samples, total };
+    let w = run.window(0.1, 0.9);
+    eprintln!("{:.0} records/s, {:.2} CPU µs/record", w.rate, w.cpu_us);
+    run
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Contestant {
     Copy = 0,
     Relay = 1,
-}
-
-impl Contestant {
-    fn name(self) -> &'static str {
-        match self {
-            Self::Copy => "copy loop",
-            Self::Relay => "relay",
-        }
-    }
+    Lookup = 2,
 }
 
 /// The baseline: consume, produce the same record to the same partition of another topic,

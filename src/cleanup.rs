@@ -177,13 +177,13 @@ fn whitelist(
         return whitelist_file(path, o, out, verb);
     }
     let Some(url) = &config.whitelist.url else { return Ok(true) };
-    let reader = MapperClient::new(url, None, TIMEOUT);
+    let reader = MapperClient::new(url, None, TIMEOUT)?;
     let entries: Vec<_> = reader.list()?.into_iter().filter(|e| e.services.iter().any(|s| s == o.service)).collect();
     if entries.is_empty() {
         let _ = writeln!(out, "whitelist: nobody is whitelisted for {}", o.service);
         return Ok(true);
     }
-    let writer = if o.dry_run { None } else { Some(MapperClient::new(url, Some(token(o.token_file)?), TIMEOUT)) };
+    let writer = if o.dry_run { None } else { Some(MapperClient::new(url, Some(token(o.token_file)?), TIMEOUT)?) };
     for e in entries {
         if let Some(w) = &writer {
             w.remove(&e.user, Some(o.service))?;

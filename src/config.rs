@@ -121,13 +121,13 @@ pub struct WhitelistConfig {
     pub file: Option<PathBuf>,
     #[serde(default)]
     pub mode: WhitelistMode,
-    #[serde(default = "defaults::refresh", with = "humantime_serde_compat")]
+    #[serde(default = "defaults::refresh", with = "humantime_serde")]
     pub refresh: Duration,
     /// Lookup mode: how long a listed user's answer is reused (a change takes this long).
-    #[serde(default = "defaults::cache_ttl", with = "humantime_serde_compat")]
+    #[serde(default = "defaults::cache_ttl", with = "humantime_serde")]
     pub cache_ttl: Duration,
     /// Lookup mode: how long "not whitelisted" is reused.
-    #[serde(default = "defaults::negative_ttl", with = "humantime_serde_compat")]
+    #[serde(default = "defaults::negative_ttl", with = "humantime_serde")]
     pub negative_ttl: Duration,
     /// Lookup mode: most users cached.
     #[serde(default = "defaults::cache_size")]
@@ -137,10 +137,10 @@ pub struct WhitelistConfig {
     pub lookup_workers: usize,
     /// Lookup mode: longest a record waits for its user's first answer; after it, and while the
     /// Config Mapper fails or answers slower than this, users not cached are production.
-    #[serde(default = "defaults::lookup_wait", with = "humantime_serde_compat")]
+    #[serde(default = "defaults::lookup_wait", with = "humantime_serde")]
     pub lookup_wait: Duration,
     /// Timeout of one request to the Config Mapper.
-    #[serde(default = "defaults::request_timeout", with = "humantime_serde_compat")]
+    #[serde(default = "defaults::request_timeout", with = "humantime_serde")]
     pub request_timeout: Duration,
 }
 
@@ -182,7 +182,7 @@ pub struct BridgeConfig {
     #[serde(default = "defaults::max_in_flight_bytes")]
     pub max_in_flight_bytes: usize,
     /// On SIGTERM, how long to wait for outstanding outputs before exiting without committing them.
-    #[serde(default = "defaults::drain_timeout", with = "humantime_serde_compat")]
+    #[serde(default = "defaults::drain_timeout", with = "humantime_serde")]
     pub drain_timeout: Duration,
     /// Create missing output topics with the input's partition count.
     #[serde(default = "defaults::create_topics")]
@@ -191,7 +191,7 @@ pub struct BridgeConfig {
     #[serde(default = "defaults::replication_factor")]
     pub replication_factor: i32,
     /// How often consumed offsets that are fully acknowledged are committed.
-    #[serde(default = "defaults::commit_interval", with = "humantime_serde_compat")]
+    #[serde(default = "defaults::commit_interval", with = "humantime_serde")]
     pub commit_interval: Duration,
 }
 
@@ -267,16 +267,6 @@ mod defaults {
     }
     pub fn commit_interval() -> Duration {
         Duration::from_secs(1)
-    }
-}
-
-/// `"1s"`, `"250ms"`, `"4h"`: durations as humans write them.
-mod humantime_serde_compat {
-    use serde::{Deserialize, Deserializer};
-    use std::time::Duration;
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-        let s = String::deserialize(d)?;
-        humantime::parse_duration(&s).map_err(|e| serde::de::Error::custom(format!("invalid duration {s:?}: {e}")))
     }
 }
 

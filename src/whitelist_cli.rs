@@ -48,7 +48,7 @@ pub fn run(url: &str, token_file: Option<&Path>, json: bool, action: Action) -> 
             if services.iter().any(String::is_empty) {
                 return Err(CliError::Services("empty service name".into()));
             }
-            let client = MapperClient::new(url, Some(token(token_file)?), TIMEOUT);
+            let client = MapperClient::new(url, Some(token(token_file)?), TIMEOUT)?;
             let e = client.add(&user, &services, ttl, reason.as_deref())?;
             Ok(if json {
                 to_json(&e)
@@ -57,7 +57,7 @@ pub fn run(url: &str, token_file: Option<&Path>, json: bool, action: Action) -> 
             })
         }
         Action::Rm { user, services } => {
-            let client = MapperClient::new(url, Some(token(token_file)?), TIMEOUT);
+            let client = MapperClient::new(url, Some(token(token_file)?), TIMEOUT)?;
             let mut out = String::new();
             if services.is_empty() {
                 let removed = client.remove(&user, None)?;
@@ -82,11 +82,11 @@ pub fn run(url: &str, token_file: Option<&Path>, json: bool, action: Action) -> 
             Ok(out)
         }
         Action::Ls => {
-            let entries = MapperClient::new(url, None, TIMEOUT).list()?;
+            let entries = MapperClient::new(url, None, TIMEOUT)?.list()?;
             Ok(if json { to_json(&entries) } else { table(&entries) })
         }
         Action::Audit => {
-            let records = MapperClient::new(url, None, TIMEOUT).audit()?;
+            let records = MapperClient::new(url, None, TIMEOUT)?.audit()?;
             Ok(if json { to_json(&records) } else { audit_table(&records) })
         }
     }

@@ -72,7 +72,8 @@ fn cleanup_ends_a_rush_session_for_one_service() {
     consume_and_commit(&rush.bootstrap, "payment-rush", "orders.payment");
     consume_and_commit(&rush.bootstrap, "shipping-rush", "orders.shipping");
     let admin =
-        MapperClient::new(&mapper.url, Some(TOKEN.split_once(':').unwrap().1.to_owned()), Duration::from_secs(5));
+        MapperClient::new(&mapper.url, Some(TOKEN.split_once(':').unwrap().1.to_owned()), Duration::from_secs(5))
+            .unwrap();
     let day = Duration::from_secs(86_400);
     admin.add("U1", &["payment".into(), "shipping".into()], day, Some("qa")).unwrap();
     admin.add("U2", &["payment".into()], day, Some("qa")).unwrap();

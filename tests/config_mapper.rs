@@ -13,32 +13,24 @@ use tenancy_bridge::whitelist::client::{ClientError, MapperClient, SnapshotAnswe
 const TOKEN: &str = "qa-team:0123456789abcdef-secret";
 
 fn raw(mapper: &Mapper, method: &str, path: &str, auth: Option<&str>, body: &str) -> (u16, serde_json::Value) {
-    let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
+    let http = reqwest::blocking::Client::new();
     let url = format!("{}{path}", mapper.url);
-    let mut resp = match method {
-        "PUT" => {
-            let mut r = agent.put(&url).header("content-type", "application/json");
-            if let Some(a) = auth {
-                r = r.header("Authorization", a);
-            }
-            r.send(body).unwrap()
-        }
-        "DELETE" => {
-            let mut r = agent.delete(&url);
-            if let Some(a) = auth {
-                r = r.header("Authorization", a);
-            }
-            r.call().unwrap()
-        }
-        _ => agent.get(&url).call().unwrap(),
+    let mut req = match method {
+        "PUT" => http.put(&url).header("content-type", "application/json").body(body.to_owned()),
+        "DELETE" => http.delete(&url),
+        _ => http.get(&url),
     };
+    if let Some(a) = auth {
+        req = req.header("Authorization", a);
+    }
+    let resp = req.send().unwrap();
     let status = resp.status().as_u16();
-    let text = resp.body_mut().read_to_string().unwrap_or_default();
+    let text = resp.text().unwrap_or_default();
     (status, serde_json::from_str(&text).unwrap_or(serde_json::Value::Null))
 }
 
 fn client(mapper: &Mapper) -> MapperClient {
-    MapperClient::new(&mapper.url, Some("0123456789abcdef-secret".into()), Duration::from_secs(5))
+    MapperClient::new(&mapper.url, Some("0123456789abcdef-secret".into()), Duration::from_secs(5)).unwrap()
 }
 
 #[test]
@@ -184,7 +176,7 @@ fn whitelist_cli_adds_lists_and_removes() {
 #[test]
 fn client_reports_a_refusal_with_the_servers_message() {
     let m = Mapper::start(TOKEN);
-    let c = MapperClient::new(&m.url, Some("not-the-token-0000000".into()), Duration::from_secs(5));
+    let c = MapperClient::new(&m.url, Some("not-the-token-0000000".into()), Duration::from_secs(5)).unwrap();
     match c.add("U1", &["a".into()], Duration::from_secs(60), None) {
         Err(ClientError::Refused { status: 403, message, .. }) => assert!(message.contains("token"), "{message}"),
         other => panic!("expected a 403 refusal, got {other:?}"),

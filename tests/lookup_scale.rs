@@ -54,7 +54,8 @@ fn lookup_mode_at_production_cardinality_and_through_a_hung_config_mapper() {
     let rush = Tansu::start();
     common::create_topic(&prod.bootstrap, "orders", PARTITIONS);
     let mapper = Mapper::start(TOKEN);
-    let client = MapperClient::new(&mapper.url, Some("0123456789abcdef-lookup-scale".into()), Duration::from_secs(5));
+    let client =
+        MapperClient::new(&mapper.url, Some("0123456789abcdef-lookup-scale".into()), Duration::from_secs(5)).unwrap();
     // 50 users under test for payment, the first 20 of them for shipping too.
     let mut whitelisted: HashSet<(String, &str)> = HashSet::new();
     for i in 0..50 {

@@ -492,7 +492,7 @@ impl PerUserMapper {
             wait,
             request_timeout: Duration::from_secs(10),
         };
-        let client = MapperClient::new(&self.url, None, Duration::from_secs(10));
+        let client = MapperClient::new(&self.url, None, Duration::from_secs(10)).unwrap();
         WhitelistSource::Lookup { cache: Arc::new(LookupCache::http(settings, client)), workers: 4 }
     }
 }
@@ -594,7 +594,7 @@ fn config_mapper_down_at_start_means_everyone_is_production() {
         format!("http://{}", l.local_addr().unwrap())
     };
     let snapshot = whitelist::shared(Snapshot::empty());
-    let client = MapperClient::new(&dead, None, Duration::from_secs(1));
+    let client = MapperClient::new(&dead, None, Duration::from_secs(1)).unwrap();
     let poller = SnapshotPoller::start(client, Duration::from_millis(100), snapshot.clone()).unwrap();
     assert!(!poller.status.loaded());
     let inputs: Vec<Input> = (0..60).map(|i| event(i, Some("U1"), b"{}".to_vec())).collect();

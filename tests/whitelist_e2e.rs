@@ -65,7 +65,8 @@ fn new_entry_takes_effect_within_a_refresh_and_an_outage_blocks_nothing() {
     let rush = Tansu::start();
     common::create_topic(&prod.bootstrap, "orders", 2);
     let mut mapper = Mapper::start(TOKEN);
-    let client = MapperClient::new(&mapper.url, Some("0123456789abcdef-e2e-token".into()), Duration::from_secs(5));
+    let client =
+        MapperClient::new(&mapper.url, Some("0123456789abcdef-e2e-token".into()), Duration::from_secs(5)).unwrap();
     client.add("U1", &["payment".into()], Duration::from_secs(3600), Some("e2e baseline")).unwrap();
 
     let routes = "[[routes]]\ntopic = \"orders\"\nservices = [\"payment\"]\nuser = { header = \"x-user-id\" }\n";
@@ -151,7 +152,8 @@ fn lookup_mode_through_the_binary() {
     let rush = Tansu::start();
     common::create_topic(&prod.bootstrap, "orders", 2);
     let mapper = Mapper::start(TOKEN);
-    let client = MapperClient::new(&mapper.url, Some("0123456789abcdef-e2e-token".into()), Duration::from_secs(5));
+    let client =
+        MapperClient::new(&mapper.url, Some("0123456789abcdef-e2e-token".into()), Duration::from_secs(5)).unwrap();
     client.add("U1", &["payment".into()], Duration::from_secs(3600), None).unwrap();
 
     let routes = "[[routes]]\ntopic = \"orders\"\nservices = [\"payment\"]\nuser = { key = true }\n";

@@ -110,7 +110,8 @@ pub fn run(opts: &Options, out: &mut dyn Write) -> Result<bool, DemoError> {
 
     let dir = tempfile_dir()?;
     let mapper = DemoMapper::start(&dir)?;
-    let client = MapperClient::new(&mapper.url, Some(mapper.token.clone()), Duration::from_secs(5));
+    let client = MapperClient::new(&mapper.url, Some(mapper.token.clone()), Duration::from_secs(5))
+        .map_err(|e| DemoError::Mapper(e.to_string()))?;
     client
         .add(DEMO_USER, &[DEMO_SERVICE.into()], Duration::from_secs(3600), Some("demo"))
         .map_err(|e| DemoError::Mapper(e.to_string()))?;

@@ -5,13 +5,17 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use reqwest::blocking::Response;
+
 use super::{Snapshot, SnapshotError};
 use crate::config_mapper::AuditRecord;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     #[error("Config Mapper at {url} is unreachable: {source}")]
-    Unreachable { url: String, source: ureq::Error },
+    Unreachable { url: String, source: reqwest::Error },
+    #[error("cannot set up the HTTP client: {0}")]
+    Setup(reqwest::Error),
     #[error("Config Mapper refused {what} ({status}): {message}")]
     Refused { what: String, status: u16, message: String },
     #[error("Config Mapper answer to {what} is not understood: {reason}")]
@@ -25,7 +29,7 @@ const MAX_ANSWER: u64 = 64 * 1024 * 1024;
 
 pub struct MapperClient {
     base: String,
-    agent: ureq::Agent,
+    http: reqwest::blocking::Client,
     token: Option<String>,
 }
 
@@ -72,33 +76,41 @@ fn encode(segment: &str) -> String {
 }
 
 impl MapperClient {
-    pub fn new(base: &str, token: Option<String>, timeout: Duration) -> Self {
-        let agent = ureq::Agent::config_builder()
-            .timeout_global(Some(timeout))
-            .http_status_as_error(false)
+    /// A client of the Config Mapper at `base`; every request ends within `timeout`.
+    pub fn new(base: &str, token: Option<String>, timeout: Duration) -> Result<Self, ClientError> {
+        let http = reqwest::blocking::Client::builder()
+            .timeout(timeout)
+            .connect_timeout(timeout)
             .user_agent(concat!("tenancy-bridge/", env!("CARGO_PKG_VERSION")))
             .build()
-            .into();
-        Self { base: base.trim_end_matches('/').to_owned(), agent, token }
+            .map_err(ClientError::Setup)?;
+        Ok(Self { base: base.trim_end_matches('/').to_owned(), http, token })
     }
 
     fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
     }
 
-    fn unreachable(&self, source: ureq::Error) -> ClientError {
-        ClientError::Unreachable { url: self.base.clone(), source }
+    fn unreachable(&self, source: reqwest::Error) -> ClientError {
+        ClientError::Unreachable { url: self.base.clone(), source: source.without_url() }
     }
 
-    fn read(&self, what: &str, resp: &mut ureq::http::Response<ureq::Body>) -> Result<Vec<u8>, ClientError> {
-        resp.body_mut()
-            .with_config()
-            .limit(MAX_ANSWER)
-            .read_to_vec()
-            .map_err(|e| ClientError::Garbled { what: what.to_owned(), reason: e.to_string() })
+    fn call(&self, req: reqwest::blocking::RequestBuilder) -> Result<Response, ClientError> {
+        req.send().map_err(|e| self.unreachable(e))
     }
 
-    fn refused(&self, what: &str, resp: &mut ureq::http::Response<ureq::Body>) -> ClientError {
+    fn read(&self, what: &str, resp: Response) -> Result<Vec<u8>, ClientError> {
+        use std::io::Read;
+        let garbled = |reason: String| ClientError::Garbled { what: what.to_owned(), reason };
+        let mut body = Vec::new();
+        resp.take(MAX_ANSWER + 1).read_to_end(&mut body).map_err(|e| garbled(e.to_string()))?;
+        if body.len() as u64 > MAX_ANSWER {
+            return Err(garbled(format!("larger than {MAX_ANSWER} bytes")));
+        }
+        Ok(body)
+    }
+
+    fn refused(&self, what: &str, resp: Response) -> ClientError {
         let status = resp.status().as_u16();
         let body = self.read(what, resp).unwrap_or_default();
         let message = serde_json::from_slice::<ErrorBody>(&body)
@@ -113,30 +125,30 @@ impl MapperClient {
 
     /// `GET /v1/whitelist`, conditional on `etag`.
     pub fn snapshot(&self, etag: Option<&str>) -> Result<SnapshotAnswer, ClientError> {
-        let mut req = self.agent.get(self.url("/v1/whitelist"));
+        let mut req = self.http.get(self.url("/v1/whitelist"));
         if let Some(e) = etag {
             req = req.header("If-None-Match", e);
         }
-        let mut resp = req.call().map_err(|e| self.unreachable(e))?;
+        let resp = self.call(req)?;
         match resp.status().as_u16() {
             304 => Ok(SnapshotAnswer::NotModified),
             200 => {
                 let etag = resp.headers().get("etag").and_then(|v| v.to_str().ok()).map(str::to_owned);
-                let body = self.read("GET /v1/whitelist", &mut resp)?;
+                let body = self.read("GET /v1/whitelist", resp)?;
                 Ok(SnapshotAnswer::Changed { snapshot: Snapshot::from_json(&body)?, etag })
             }
-            _ => Err(self.refused("GET /v1/whitelist", &mut resp)),
+            _ => Err(self.refused("GET /v1/whitelist", resp)),
         }
     }
 
     /// `GET path`, expecting 200 and a JSON body of type `T`.
     fn get_json<T: serde::de::DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
         let what = format!("GET {path}");
-        let mut resp = self.agent.get(self.url(path)).call().map_err(|e| self.unreachable(e))?;
+        let resp = self.call(self.http.get(self.url(path)))?;
         if resp.status() != 200 {
-            return Err(self.refused(&what, &mut resp));
+            return Err(self.refused(&what, resp));
         }
-        let body = self.read(&what, &mut resp)?;
+        let body = self.read(&what, resp)?;
         serde_json::from_slice(&body).map_err(|e| ClientError::Garbled { what, reason: e.to_string() })
     }
 
@@ -147,20 +159,16 @@ impl MapperClient {
     /// `GET /v1/whitelist/{user}`: `None` when the user is not whitelisted.
     pub fn lookup(&self, user: &str) -> Result<Option<EntryView>, ClientError> {
         let what = format!("GET /v1/whitelist/{user}");
-        let mut resp = self
-            .agent
-            .get(self.url(&format!("/v1/whitelist/{}", encode(user))))
-            .call()
-            .map_err(|e| self.unreachable(e))?;
+        let resp = self.call(self.http.get(self.url(&format!("/v1/whitelist/{}", encode(user)))))?;
         match resp.status().as_u16() {
             404 => Ok(None),
             200 => {
-                let body = self.read(&what, &mut resp)?;
+                let body = self.read(&what, resp)?;
                 serde_json::from_slice(&body)
                     .map(Some)
                     .map_err(|e| ClientError::Garbled { what, reason: e.to_string() })
             }
-            _ => Err(self.refused(&what, &mut resp)),
+            _ => Err(self.refused(&what, resp)),
         }
     }
 
@@ -173,15 +181,19 @@ impl MapperClient {
     ) -> Result<EntryView, ClientError> {
         let what = format!("PUT /v1/whitelist/{user}");
         let body = serde_json::json!({"services": services, "ttl_seconds": ttl.as_secs(), "reason": reason});
-        let mut req = self.agent.put(self.url(&format!("/v1/whitelist/{}", encode(user))));
+        let mut req = self
+            .http
+            .put(self.url(&format!("/v1/whitelist/{}", encode(user))))
+            .header("content-type", "application/json")
+            .body(body.to_string());
         if let Some(a) = self.auth() {
             req = req.header("Authorization", a);
         }
-        let mut resp = req.send_json(&body).map_err(|e| self.unreachable(e))?;
+        let resp = self.call(req)?;
         if resp.status() != 200 {
-            return Err(self.refused(&what, &mut resp));
+            return Err(self.refused(&what, resp));
         }
-        let body = self.read(&what, &mut resp)?;
+        let body = self.read(&what, resp)?;
         serde_json::from_slice(&body).map_err(|e| ClientError::Garbled { what, reason: e.to_string() })
     }
 
@@ -192,15 +204,15 @@ impl MapperClient {
             None => format!("/v1/whitelist/{}", encode(user)),
         };
         let what = format!("DELETE {path}");
-        let mut req = self.agent.delete(self.url(&path));
+        let mut req = self.http.delete(self.url(&path));
         if let Some(a) = self.auth() {
             req = req.header("Authorization", a);
         }
-        let mut resp = req.call().map_err(|e| self.unreachable(e))?;
+        let resp = self.call(req)?;
         match resp.status().as_u16() {
             204 | 200 => Ok(true),
             404 => Ok(false),
-            _ => Err(self.refused(&what, &mut resp)),
+            _ => Err(self.refused(&what, resp)),
         }
     }
 

@@ -17,6 +17,8 @@ pub enum StartError {
     Spawn(std::io::Error),
     #[error("whitelist: set `url` or `file`")]
     NoSource,
+    #[error("whitelist: {0}")]
+    Client(#[from] super::client::ClientError),
 }
 
 /// Where decisions read the whitelist from.
@@ -60,7 +62,7 @@ pub fn start(w: &WhitelistConfig) -> Result<(Running, WhitelistSource), StartErr
             Ok((Running::File(source), snapshot.into()))
         }
         (None, Some(url), WhitelistMode::Snapshot) => {
-            let client = MapperClient::new(url, None, w.request_timeout);
+            let client = MapperClient::new(url, None, w.request_timeout)?;
             let poller = SnapshotPoller::start(client, w.refresh, snapshot.clone()).map_err(StartError::Spawn)?;
             Ok((Running::Poller(poller), snapshot.into()))
         }
@@ -73,7 +75,7 @@ pub fn start(w: &WhitelistConfig) -> Result<(Running, WhitelistSource), StartErr
                 wait: w.lookup_wait,
                 request_timeout: w.request_timeout,
             };
-            let cache = Arc::new(LookupCache::http(settings, MapperClient::new(url, None, w.request_timeout)));
+            let cache = Arc::new(LookupCache::http(settings, MapperClient::new(url, None, w.request_timeout)?));
             Ok((Running::Lookup, WhitelistSource::Lookup { cache, workers: w.lookup_workers }))
         }
         (None, None, _) => Err(StartError::NoSource),
