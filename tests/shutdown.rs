@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use common::invariant::TID;
+use common::invariant::{self, StampCheck, TID};
 use common::{Bridge, ConfigOpts, Input, OffsetWatcher, Tansu};
 
 const EVENTS: usize = 40_000;
@@ -117,4 +117,19 @@ fn sigterm_under_load_loses_nothing_and_exits_within_the_drain_deadline() {
             (cols[1].parse().unwrap(), cols[2].parse().unwrap(), cols[3].parse().unwrap());
         assert_eq!((p + r, pending), (EVENTS, 0), "{line}");
     }
+
+    // `verify` decides with the bridge's own code; the verdict also comes from what this test
+    // knows it produced and whitelisted.
+    let inputs = common::read_all(&prod.bootstrap, "orders", EVENTS, Duration::from_secs(60));
+    let services = ["payment", "shipping"];
+    let (p, r) =
+        common::read_services(&prod.bootstrap, &rush.bootstrap, "orders", &services, EVENTS, Duration::from_secs(60));
+    let expected = |i: &common::Read, svc: &str| match (i.header("x-user-id"), svc) {
+        (Some(b"U3"), "payment") => Some("U3".to_string()),
+        (Some(b"U7"), _) => Some("U7".to_string()),
+        _ => None,
+    };
+    let report = invariant::check(&inputs, &services, &p, &r, expected, StampCheck::Header);
+    report.assert_clean();
+    assert_eq!(report.rush, EVENTS / 50 * 3, "U3 on payment, U7 on both");
 }

@@ -15,6 +15,31 @@ use super::health::{Direction, Health};
 use super::offsets::{PartitionKey, Tracker};
 use super::producer::Flush;
 
+/// Partitions revoked since the poll loop last looked, for state it keeps per partition.
+#[derive(Debug, Default)]
+pub struct Revoked {
+    /// Set with the keys, so the loop checks an atomic per record rather than a lock.
+    any: std::sync::atomic::AtomicBool,
+    keys: std::sync::Mutex<Vec<PartitionKey>>,
+}
+
+impl Revoked {
+    fn add(&self, keys: &[PartitionKey]) {
+        if let Ok(mut k) = self.keys.lock() {
+            k.extend_from_slice(keys);
+            self.any.store(true, Relaxed);
+        }
+    }
+
+    /// The partitions revoked since the last call (usually none, at the cost of one load).
+    pub fn take(&self) -> Vec<PartitionKey> {
+        if !self.any.swap(false, Relaxed) {
+            return Vec::new();
+        }
+        self.keys.lock().map(|mut k| std::mem::take(&mut *k)).unwrap_or_default()
+    }
+}
+
 pub struct RebalanceContext {
     pub tracker: Arc<Tracker>,
     pub producers: Arc<dyn Flush>,
@@ -24,7 +49,7 @@ pub struct RebalanceContext {
     pub metrics: Arc<crate::metrics::Metrics>,
     pub direction: Direction,
     /// Lookup mode: revoked partitions, so parked records of them are dropped.
-    pub revoked: Option<Arc<std::sync::Mutex<Vec<PartitionKey>>>>,
+    pub revoked: Option<Arc<Revoked>>,
 }
 
 impl ClientContext for RebalanceContext {
@@ -110,9 +135,7 @@ impl ConsumerContext for RebalanceContext {
                 }
                 self.tracker.remove(&keys);
                 if let Some(r) = &self.revoked {
-                    if let Ok(mut r) = r.lock() {
-                        r.extend_from_slice(&keys);
-                    }
+                    r.add(&keys);
                 }
                 let _ = self
                     .health

@@ -46,8 +46,9 @@ impl Handler for Forward {
     fn begin_batch(&mut self) {
         // One snapshot and one clock reading per batch: every record of the batch is decided
         // from the same whitelist.
-        if let Source::Snapshot(shared, current) = &mut self.source {
-            *current = shared.load_full();
+        match &mut self.source {
+            Source::Snapshot(shared, current) => *current = shared.load_full(),
+            Source::Lookup(p) => p.begin_batch(),
         }
         self.now = now_ms();
     }

@@ -160,7 +160,7 @@ fn run_forward(
     );
     let route_topics: Vec<String> = config.routes.iter().map(|r| r.topic.clone()).collect();
     let revoked = match whitelist {
-        WhitelistSource::Lookup { .. } => Some(Arc::new(std::sync::Mutex::new(Vec::new()))),
+        WhitelistSource::Lookup { .. } => Some(Arc::new(consumer::Revoked::default())),
         WhitelistSource::Snapshot(_) => None,
     };
     let context = RebalanceContext {

@@ -12,15 +12,15 @@
 //! bound is paused until its queue drains.
 
 use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::Arc;
 use std::sync::mpsc::Receiver;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{BorrowedMessage, Message, OwnedMessage};
 use rdkafka::{Offset, TopicPartitionList};
 
-use super::consumer::RebalanceContext;
+use super::consumer::{RebalanceContext, Revoked};
 use super::offsets::PartitionKey;
 use super::pipeline::{Pipeline, ProduceError, Verdict};
 use crate::tenancy::Subject;
@@ -73,7 +73,9 @@ pub struct Parking {
     held_gauge: prometheus::IntGauge,
     /// Partitions the rebalance callback took away; their held records are dropped (never
     /// begun, so never committed: the next owner reads them again).
-    revoked: Arc<Mutex<Vec<PartitionKey>>>,
+    revoked: Arc<Revoked>,
+    /// Read once per batch: whether an answer is stale needs no clock read per record.
+    batch_now: Instant,
 }
 
 impl Parking {
@@ -82,7 +84,7 @@ impl Parking {
         workers: usize,
         limits: HoldLimits,
         metrics: &crate::metrics::Metrics,
-        revoked: Arc<Mutex<Vec<PartitionKey>>>,
+        revoked: Arc<Revoked>,
     ) -> std::io::Result<Self> {
         let (tx, done) = std::sync::mpsc::channel();
         let pool = LookupPool::start(cache.clone(), workers, tx)?;
@@ -104,7 +106,12 @@ impl Parking {
             unanswered: metrics.lookup_unanswered.clone(),
             held_gauge: metrics.lookup_held.clone(),
             revoked,
+            batch_now: Instant::now(),
         })
+    }
+
+    pub fn begin_batch(&mut self) {
+        self.batch_now = Instant::now();
     }
 
     pub fn has_parked(&self) -> bool {
@@ -123,8 +130,12 @@ impl Parking {
         // A revoke and a new assignment of the same partition can happen inside one poll: the
         // old queue must be gone before a record of the new assignment could join it.
         self.apply_revocations();
-        let queued =
-            pipeline.route_index(msg.topic()).map(|r| (r, msg.partition())).filter(|k| self.parked.contains_key(k));
+        let queued = match self.parked.is_empty() {
+            true => None,
+            false => {
+                pipeline.route_index(msg.topic()).map(|r| (r, msg.partition())).filter(|k| self.parked.contains_key(k))
+            }
+        };
         let held = pipeline.process_looked_up(msg, now, |user| {
             let Some(user) = user else {
                 return Verdict::Decide(Answered(None));
@@ -151,7 +162,7 @@ impl Parking {
 
     /// What can be said about `user` now; asks a worker when it cannot.
     fn now(&mut self, user: &str) -> Now {
-        match self.cache.peek(user) {
+        match self.cache.peek_at(user, self.batch_now) {
             Some(hit) => {
                 if hit.stale && !self.cache.degraded() {
                     self.ask(user, true);
@@ -174,7 +185,7 @@ impl Parking {
 
     /// Starts a lookup of a held record's user unless it is cached or already asked.
     fn prefetch(&mut self, user: &str) {
-        if !self.cache.degraded() && !self.asked.contains(user) && self.cache.peek(user).is_none() {
+        if !self.cache.degraded() && !self.asked.contains(user) && self.cache.peek_at(user, self.batch_now).is_none() {
             self.ask(user, false);
         }
     }
@@ -278,11 +289,7 @@ impl Parking {
     }
 
     fn apply_revocations(&mut self) {
-        let revoked: Vec<PartitionKey> = match self.revoked.lock() {
-            Ok(mut r) if !r.is_empty() => std::mem::take(&mut *r),
-            _ => return,
-        };
-        for key in revoked {
+        for key in self.revoked.take() {
             self.paused.remove(&key);
             if let Some(queue) = self.parked.remove(&key) {
                 self.held_records -= queue.len();

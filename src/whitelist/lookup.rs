@@ -120,7 +120,7 @@ impl Expiry<Box<str>, Cached> for AnswerExpiry {
 }
 
 pub struct LookupCache {
-    cache: moka::sync::Cache<Box<str>, Cached>,
+    cache: moka::sync::Cache<Box<str>, Cached, foldhash::fast::RandomState>,
     fetch: Fetch,
     settings: LookupSettings,
     pub requests: AtomicU64,
@@ -132,7 +132,10 @@ pub struct LookupCache {
 
 impl LookupCache {
     pub fn new(settings: LookupSettings, fetch: Fetch) -> Self {
-        let cache = moka::sync::Cache::builder().max_capacity(settings.capacity).expire_after(AnswerExpiry).build();
+        let cache = moka::sync::Cache::builder()
+            .max_capacity(settings.capacity)
+            .expire_after(AnswerExpiry)
+            .build_with_hasher(foldhash::fast::RandomState::default());
         Self {
             cache,
             fetch,
@@ -168,8 +171,13 @@ impl LookupCache {
 
     /// The cached answer, without asking anyone.
     pub fn peek(&self, user: &str) -> Option<Hit> {
+        self.peek_at(user, Instant::now())
+    }
+
+    /// [`LookupCache::peek`] with the caller's clock reading (the relay reads it once a batch).
+    pub fn peek_at(&self, user: &str, now: Instant) -> Option<Hit> {
         let c = self.cache.get(user)?;
-        Some(Hit { stale: Instant::now() >= c.refresh_at, answer: c.answer })
+        Some(Hit { stale: now >= c.refresh_at, answer: c.answer })
     }
 
     /// The Config Mapper failed or answered slower than `wait` at its last lookup.
