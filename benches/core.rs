@@ -201,6 +201,15 @@ fn whitelist_benches(c: &mut Criterion) {
     let mut g = c.benchmark_group("whitelist");
     g.bench_function("snapshot/lookup", |b| b.iter(|| snap.services_for(black_box("U4242"), 0).map(<[_]>::len)));
     g.bench_function("lookup-cache/hit", |b| b.iter(|| cache.peek(black_box("U4242")).is_some()));
+    // Every user in turn, as a busy topic asks: the cache's bookkeeping at cardinality.
+    let users: Vec<String> = (0..10_000).map(|i| format!("U{}", (i * 7919) % 10_000)).collect();
+    let mut next = 0;
+    g.bench_function("lookup-cache/hit-10k-users", |b| {
+        b.iter(|| {
+            next = (next + 1) % users.len();
+            cache.peek(black_box(&users[next])).is_some()
+        })
+    });
     g.bench_function("snapshot/decide", |b| {
         let v = RecordView { key: None, payload: None, headers };
         b.iter(|| tenancy::decide(&r, black_box(&v), &snap, 0, &key).rush)
