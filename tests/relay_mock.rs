@@ -312,6 +312,34 @@ fn slow_rush_cluster_is_bounded_by_max_in_flight() {
 }
 
 #[test]
+fn large_records_are_bounded_by_max_in_flight_bytes() {
+    let c = Clusters::new().with_outputs(&["payment", "shipping"]);
+    c.set_whitelist(1, &[("U1", &["payment", "shipping"])]);
+    c.rush.broker_round_trip_time(1, Duration::from_millis(40)).unwrap();
+    const RECORD: usize = 64 * 1024;
+    let pad = "x".repeat(RECORD);
+    let inputs: Vec<Input> = (0..120)
+        .map(|i| event(i, Some(if i % 2 == 0 { "U1" } else { "U2" }), format!(r#"{{"pad":"{pad}"}}"#).into_bytes()))
+        .collect();
+    common::produce(&c.prod.bootstrap_servers(), "orders", &inputs);
+    // The record bound (20,000) is far away: only the byte bound (1 MiB, 16 records) can hold.
+    let run = start(&c, c.config(HEADER_ROUTE, "max_in_flight_bytes = 1048576"));
+    run.wait_acked(240, Duration::from_secs(120));
+    let peak = run.observers.health.in_flight_bytes_peak.load(Ordering::Relaxed);
+    let records = run.observers.health.in_flight_peak.load(Ordering::Relaxed);
+    run.stop().unwrap();
+    eprintln!("in-flight peak: {peak} bytes, {records} records");
+    // The record that crosses the bound ends the batch; nothing is read past it.
+    assert!(peak <= (1 << 20) + RECORD + 1024, "in-flight peak {peak} bytes exceeds the bound");
+    assert!(peak >= 1 << 19, "the bound was never approached ({peak} bytes); the test does not test it");
+    let read_in = common::read_all(&c.prod.bootstrap_servers(), "orders", 120, Duration::from_secs(20));
+    let services = ["payment", "shipping"];
+    let (prod, rush) = c.outputs(&services, 120);
+    let expected = |r: &Read, _: &str| (r.header("x-user-id") == Some(b"U1")).then(|| "U1".to_string());
+    invariant::check(&read_in, &services, &prod, &rush, expected, StampCheck::Header).assert_clean();
+}
+
+#[test]
 fn output_topic_with_other_partition_count_is_a_startup_error() {
     let c = Clusters::new().with_outputs(&["payment"]);
     c.set_whitelist(1, &[]);

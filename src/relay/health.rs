@@ -69,6 +69,8 @@ impl Direction {
 pub struct Health {
     /// Highest number of input records seen in flight (read, not fully acknowledged).
     pub in_flight_peak: AtomicUsize,
+    /// The same in bytes of input keys and payloads.
+    pub in_flight_bytes_peak: AtomicUsize,
     /// Partitions each direction's consumer owns now.
     assigned: [AtomicUsize; 2],
     /// A producer reported a fatal error (e.g. lost idempotence): not ready any more.

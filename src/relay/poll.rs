@@ -43,6 +43,7 @@ pub struct Limits<'a> {
     pub max_in_flight: Load,
     pub commit_interval: Duration,
     pub in_flight_peak: &'a AtomicUsize,
+    pub in_flight_bytes_peak: &'a AtomicUsize,
     pub uncommitted: prometheus::IntGauge,
     pub consumer_errors: prometheus::IntCounter,
     pub commit_failures: prometheus::IntCounter,
@@ -61,6 +62,7 @@ impl<'a> Limits<'a> {
             max_in_flight: Load { records: config.bridge.max_in_flight, bytes: config.bridge.max_in_flight_bytes },
             commit_interval: config.bridge.commit_interval,
             in_flight_peak: &health.in_flight_peak,
+            in_flight_bytes_peak: &health.in_flight_bytes_peak,
             uncommitted: metrics.uncommitted.with_label_values(&[direction]),
             consumer_errors: metrics.consumer_errors.with_label_values(&[direction]),
             commit_failures: metrics.commit_failures.with_label_values(&[direction]),
@@ -111,11 +113,19 @@ pub fn run<H: Handler>(
         let first_timeout = handler.poll_timeout();
         // While paused, one zero-timeout poll serves callbacks; a record still returned was
         // fetched before the pause and is handled in order.
+        // The byte bound holds within a batch too: a burst of large records ends it early.
+        let mut bytes = load.bytes;
         for n in 0..budget.max(1) {
             let timeout = if n == 0 && !paused { first_timeout } else { Duration::ZERO };
             match consumer.poll(timeout) {
                 None => break,
-                Some(Ok(msg)) => handler.handle(&msg, consumer)?,
+                Some(Ok(msg)) => {
+                    handler.handle(&msg, consumer)?;
+                    bytes += super::pipeline::input_bytes(&msg);
+                    if bytes >= max_in_flight.bytes {
+                        break;
+                    }
+                }
                 Some(Err(e)) => match classify(&e) {
                     ErrorClass::Retry => {
                         limits.consumer_errors.inc();
@@ -127,9 +137,10 @@ pub fn run<H: Handler>(
             }
         }
         handler.end_batch(consumer)?;
-        let in_flight = tracker.in_flight();
-        limits.in_flight_peak.fetch_max(in_flight, Ordering::Relaxed);
-        limits.uncommitted.set(in_flight as i64);
+        let load = tracker.load();
+        limits.in_flight_peak.fetch_max(load.records, Ordering::Relaxed);
+        limits.in_flight_bytes_peak.fetch_max(load.bytes, Ordering::Relaxed);
+        limits.uncommitted.set(load.records as i64);
 
         if last_commit.elapsed() >= limits.commit_interval {
             last_commit = Instant::now();
