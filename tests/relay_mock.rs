@@ -340,6 +340,30 @@ fn large_records_are_bounded_by_max_in_flight_bytes() {
 }
 
 #[test]
+fn a_write_refused_before_queueing_is_counted_where_every_produce_error_is() {
+    let c = Clusters::new().with_outputs(&["payment", "shipping"]);
+    c.set_whitelist(1, &[]);
+    let mut config = c.config(HEADER_ROUTE, "");
+    // The bridge's prod producers take records of 1,500 bytes at most: a larger one is refused
+    // by librdkafka at send time, before any delivery report.
+    config.prod.producer.insert("message.max.bytes".into(), toml::Value::Integer(1500));
+    let big = format!(r#"{{"pad":"{}"}}"#, "x".repeat(3000)).into_bytes();
+    common::produce(&c.prod.bootstrap_servers(), "orders", &[event(0, Some("U2"), big)]);
+    let run = start(&c, config);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !run.thread.is_finished() {
+        assert!(Instant::now() < deadline, "the relay did not stop on a record it cannot write");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let observers = run.observers.clone();
+    let err = run.thread.join().unwrap().unwrap_err().to_string();
+    assert!(err.contains("orders[0]@0") && err.contains("poison"), "{err}");
+    let m = &observers.metrics;
+    assert_eq!(m.sum(&m.produce_errors, &[("cluster", "prod"), ("class", "poison")]), 1);
+    assert_eq!(tenancy_bridge::relay::Summary::read(m).produce_errors[2], ("poison", 1));
+}
+
+#[test]
 fn output_topic_with_other_partition_count_is_a_startup_error() {
     let c = Clusters::new().with_outputs(&["payment"]);
     c.set_whitelist(1, &[]);
