@@ -111,6 +111,8 @@ pub fn run_observed(
             let health = health.clone();
             let (stop, failed) = (&stop, &failed);
             std::thread::Builder::new().name("return-path".into()).spawn_scoped(scope, move || {
+                // A panic must stop the forward direction too, not only an error.
+                let _stops_both = StopOnPanic(failed);
                 let r = run_return_path(config, stop, health, metrics, tracer.clone());
                 if r.is_err() {
                     failed.store(true, Ordering::Relaxed);
@@ -122,6 +124,8 @@ pub fn run_observed(
         let forward = if matches!(back, Some(Err(_))) {
             Ok(())
         } else {
+            // The scope joins the return path before a panic here unwinds past it: stop it.
+            let _stops_both = StopOnPanic(&failed);
             run_forward(config, whitelist, &stop, health.clone(), metrics, tracer.clone())
         };
         if forward.is_err() {
@@ -265,6 +269,17 @@ fn finish(
         return Err(RelayError::DrainTimeout { pending });
     }
     Ok(())
+}
+
+/// Sets the shared failure flag when the thread holding it unwinds.
+struct StopOnPanic<'a>(&'a AtomicBool);
+
+impl Drop for StopOnPanic<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.0.store(true, Ordering::Relaxed);
+        }
+    }
 }
 
 fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
