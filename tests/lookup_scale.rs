@@ -124,7 +124,8 @@ fn lookup_mode_at_production_cardinality_and_through_a_hung_config_mapper() {
          {phase2:.1?} (produce included; request_timeout 2 s, lookup_wait 200 ms)"
     );
 
-    // Phase 3: it answers again; a user whitelisted now reaches Rush from some point on, in order.
+    // Phase 3: it answers again; a user whitelisted now reaches Rush from one point of each
+    // partition on, never back.
     mapper.signal("CONT");
     client.add("U9999", &["payment".into()], Duration::from_secs(3600), Some("after the outage")).unwrap();
     let p = common::producer(&prod.bootstrap);
@@ -142,23 +143,53 @@ fn lookup_mode_at_production_cardinality_and_through_a_hung_config_mapper() {
         }
         assert!(Instant::now() < deadline, "U9999 never reached Rush after the Config Mapper came back");
     }
+
+    // Phase 4: an active, cached user is removed; the refresh of its answer (cache_ttl, 10 s by
+    // default) moves its events to prod, from one point of each partition on, never back.
+    client.remove("U1", None).unwrap();
+    let removed = Instant::now();
+    let deadline = removed + Duration::from_secs(60);
+    loop {
+        for _ in 0..20 {
+            common::send(&p, "orders", &event(seq, "U1"));
+            seq += 1;
+        }
+        rdkafka::producer::Producer::flush(&p, Duration::from_secs(10)).unwrap();
+        let on_prod = common::read_all(&prod.bootstrap, "orders.payment", 1, Duration::from_millis(500));
+        if on_prod.iter().any(|o| o.header("x-user-id") == Some(b"U1")) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "removing U1 never took effect");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    eprintln!(
+        "phase 4: removing an active user took effect {:.1?} after the DELETE (cache_ttl 10 s)",
+        removed.elapsed()
+    );
+
     let total = seq;
     let read_in = common::read_all(&prod.bootstrap, "orders", total, Duration::from_secs(60));
     let (p3, r3) = read_outputs(&prod, &rush, total);
     bridge.stop(Duration::from_secs(30));
-    // U9999 switches to Rush when the bridge first gets its answer: in each partition at one
-    // point of its order, never back.
-    let mut switch: std::collections::HashMap<i32, i64> = std::collections::HashMap::new();
-    for o in r3["payment"].iter().filter(|o| o.header("x-user-id") == Some(b"U9999")) {
-        let input = read_in.iter().find(|i| i.header(TID) == o.header(TID)).unwrap();
-        let at = switch.entry(input.partition).or_insert(input.offset);
-        *at = (*at).min(input.offset);
-    }
-    assert!(!switch.is_empty());
+    // Where a user's answer changed: per partition, the first input of theirs on `cluster`.
+    let switch_of = |user: &[u8], outputs: &common::ByService| {
+        let mut at: std::collections::HashMap<i32, i64> = std::collections::HashMap::new();
+        for o in outputs["payment"].iter().filter(|o| o.header("x-user-id") == Some(user)) {
+            let input = read_in.iter().find(|i| i.header(TID) == o.header(TID)).unwrap();
+            let first = at.entry(input.partition).or_insert(input.offset);
+            *first = (*first).min(input.offset);
+        }
+        at
+    };
+    let to_rush = switch_of(b"U9999", &r3);
+    let to_prod = switch_of(b"U1", &p3);
+    assert!(!to_rush.is_empty() && !to_prod.is_empty());
     let expected = |i: &Read, svc: &str| {
         let u = user(i);
+        let after = |at: &std::collections::HashMap<i32, i64>| at.get(&i.partition).is_some_and(|s| i.offset >= *s);
         match u.as_str() {
-            "U9999" => (svc == "payment" && switch.get(&i.partition).is_some_and(|s| i.offset >= *s)).then_some(u),
+            "U9999" => (svc == "payment" && after(&to_rush)).then_some(u),
+            "U1" => (!after(&to_prod)).then_some(u),
             _ => whitelisted.contains(&(u.clone(), svc)).then_some(u),
         }
     };

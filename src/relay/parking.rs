@@ -25,7 +25,7 @@ use super::offsets::PartitionKey;
 use super::pipeline::{Pipeline, ProduceError, Verdict};
 use crate::tenancy::Subject;
 use crate::whitelist::Answered;
-use crate::whitelist::lookup::{Answer, LookupCache, LookupPool};
+use crate::whitelist::lookup::{Answer, Hit, LookupCache, LookupPool};
 
 /// A record waiting for its user's answer, with what was found in it when it arrived.
 struct Held {
@@ -57,7 +57,7 @@ pub struct Parking {
     pool: LookupPool,
     done: Receiver<Box<str>>,
     /// Users handed to a worker and not yet answered.
-    asked: HashSet<Box<str>>,
+    asked: HashSet<Box<str>, foldhash::fast::RandomState>,
     parked: HashMap<PartitionKey, VecDeque<Held>>,
     /// Partitions paused because what is held reached its bound.
     paused: HashSet<PartitionKey>,
@@ -76,6 +76,11 @@ pub struct Parking {
     revoked: Arc<Revoked>,
     /// Read once per batch: whether an answer is stale needs no clock read per record.
     batch_now: Instant,
+    /// This thread's copy of the answers it used, in front of the shared cache: one hash and
+    /// no synchronisation per record. A user's copy is dropped whenever a worker answers for
+    /// that user again, and the copy expires when the shared entry does.
+    local: HashMap<Box<str>, Hit, foldhash::fast::RandomState>,
+    local_capacity: usize,
 }
 
 impl Parking {
@@ -93,7 +98,7 @@ impl Parking {
             cache,
             pool,
             done,
-            asked: HashSet::new(),
+            asked: HashSet::default(),
             parked: HashMap::new(),
             paused: HashSet::new(),
             held_records: 0,
@@ -107,6 +112,8 @@ impl Parking {
             held_gauge: metrics.lookup_held.clone(),
             revoked,
             batch_now: Instant::now(),
+            local: HashMap::default(),
+            local_capacity: usize::try_from(settings.capacity).unwrap_or(usize::MAX).max(1),
         })
     }
 
@@ -162,7 +169,7 @@ impl Parking {
 
     /// What can be said about `user` now; asks a worker when it cannot.
     fn now(&mut self, user: &str) -> Now {
-        match self.cache.peek_at(user, self.batch_now) {
+        match self.hit(user) {
             Some(hit) => {
                 if hit.stale && !self.cache.degraded() {
                     self.ask(user, true);
@@ -181,6 +188,21 @@ impl Parking {
                 Now::Wait
             }
         }
+    }
+
+    /// The answer for `user`: this thread's copy, else the shared cache's (then copied).
+    fn hit(&mut self, user: &str) -> Option<Hit> {
+        let now = self.batch_now;
+        if let Some(h) = self.local.get(user).filter(|h| now < h.expires_at) {
+            return Some(Hit { stale: now >= h.refresh_at, ..h.clone() });
+        }
+        let hit = self.cache.peek_at(user, now)?;
+        if self.local.len() >= self.local_capacity {
+            // The shared cache keeps what matters; this copy only saves a lookup in it.
+            self.local.clear();
+        }
+        self.local.insert(user.into(), hit.clone());
+        Some(hit)
     }
 
     /// Starts a lookup of a held record's user unless it is cached or already asked.
@@ -221,6 +243,7 @@ impl Parking {
         now: i64,
     ) -> Result<(), Box<ProduceError>> {
         for user in self.done.try_iter() {
+            self.local.remove(&user);
             self.asked.remove(&user);
         }
         self.apply_revocations();

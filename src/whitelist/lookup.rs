@@ -53,6 +53,8 @@ impl Answer {
 struct Cached {
     answer: Answer,
     refresh_at: Instant,
+    /// When it is no longer served at all.
+    expires_at: Instant,
 }
 
 /// A cache hit; `stale` answers are still right to use, but due for a refresh.
@@ -60,6 +62,9 @@ struct Cached {
 pub struct Hit {
     pub answer: Answer,
     pub stale: bool,
+    /// Past this it is no longer an answer (for callers that keep a copy).
+    pub refresh_at: Instant,
+    pub expires_at: Instant,
 }
 
 /// Fetches one user's entry: `Ok(None)` when not whitelisted.
@@ -98,14 +103,7 @@ struct AnswerExpiry;
 
 impl Expiry<Box<str>, Cached> for AnswerExpiry {
     fn expire_after_create(&self, _: &Box<str>, value: &Cached, created: Instant) -> Option<Duration> {
-        let fresh = value.refresh_at.saturating_duration_since(created);
-        Some(match &value.answer {
-            // Stale for as long as it was fresh, never past the entry's own expiry.
-            Answer::Listed(e) => (fresh * 2).min(left(e)),
-            Answer::NotListed => fresh * 2,
-            // A failure is not served stale: it is asked again after its back-off.
-            Answer::Failed => fresh,
-        })
+        Some(value.expires_at.saturating_duration_since(created))
     }
 
     fn expire_after_update(
@@ -177,7 +175,7 @@ impl LookupCache {
     /// [`LookupCache::peek`] with the caller's clock reading (the relay reads it once a batch).
     pub fn peek_at(&self, user: &str, now: Instant) -> Option<Hit> {
         let c = self.cache.get(user)?;
-        Some(Hit { stale: now >= c.refresh_at, answer: c.answer })
+        Some(Hit { stale: now >= c.refresh_at, answer: c.answer, refresh_at: c.refresh_at, expires_at: c.expires_at })
     }
 
     /// The Config Mapper failed or answered slower than `wait` at its last lookup.
@@ -215,7 +213,16 @@ impl LookupCache {
     }
 
     fn cached(&self, answer: Answer) -> Cached {
-        Cached { refresh_at: Instant::now() + self.settings.ttl(&answer), answer }
+        let now = Instant::now();
+        let fresh = self.settings.ttl(&answer);
+        let served = match &answer {
+            // Stale for as long as it was fresh, never past the entry's own expiry.
+            Answer::Listed(e) => (fresh * 2).min(left(e)),
+            Answer::NotListed => fresh * 2,
+            // A failure is not served stale: it is asked again after its back-off.
+            Answer::Failed => fresh,
+        };
+        Cached { refresh_at: now + fresh, expires_at: now + served, answer }
     }
 
     /// One request; `None` when it failed (counted, logged, and the Config Mapper degraded).
@@ -383,11 +390,11 @@ mod tests {
     fn negative_answers_go_stale_then_expire_and_failures_expire() {
         let cache = LookupCache::new(settings(), Box::new(|u| if u == "down" { Err("boom".into()) } else { Ok(None) }));
         assert!(matches!(cache.get("U2"), Answer::NotListed));
-        assert!(matches!(cache.peek("U2"), Some(Hit { answer: Answer::NotListed, stale: false })));
+        assert!(matches!(cache.peek("U2"), Some(Hit { answer: Answer::NotListed, stale: false, .. })));
         assert!(matches!(cache.get("down"), Answer::Failed));
         assert!(cache.degraded(), "a failed lookup degrades the Config Mapper");
         std::thread::sleep(Duration::from_millis(250));
-        assert!(matches!(cache.peek("U2"), Some(Hit { answer: Answer::NotListed, stale: true })));
+        assert!(matches!(cache.peek("U2"), Some(Hit { answer: Answer::NotListed, stale: true, .. })));
         assert!(cache.peek("down").is_none(), "failures are never served stale");
         std::thread::sleep(Duration::from_millis(250));
         assert!(cache.peek("U2").is_none());
@@ -415,7 +422,7 @@ mod tests {
         assert!(cache.degraded());
         flip.store(2, Relaxed);
         cache.refresh("U1");
-        assert!(matches!(cache.peek("U1").unwrap(), Hit { answer: Answer::NotListed, stale: false }));
+        assert!(matches!(cache.peek("U1").unwrap(), Hit { answer: Answer::NotListed, stale: false, .. }));
         assert!(!cache.degraded(), "an answer in time ends the degraded state");
     }
 
