@@ -144,14 +144,17 @@ impl Parking {
             }
         };
         let held = pipeline.process_looked_up(msg, now, |user| {
+            if queued.is_some() {
+                // Behind a waiting record, even one that needs no lookup: order first, but
+                // have its answer ready in time.
+                if let Some(user) = user {
+                    self.prefetch(user);
+                }
+                return Verdict::Hold;
+            }
             let Some(user) = user else {
                 return Verdict::Decide(Answered(None));
             };
-            if queued.is_some() {
-                // Behind a waiting record: order first, but have its answer ready in time.
-                self.prefetch(user);
-                return Verdict::Hold;
-            }
             match self.now(user) {
                 Now::Answer(a) => Verdict::Decide(Answered(a.and_then(Answer::into_entry))),
                 Now::Unanswered => {
