@@ -10,7 +10,9 @@
 //! Nothing here is async.
 
 mod consumer;
+mod error;
 mod forward;
+mod headers;
 mod health;
 pub mod offsets;
 mod parking;
@@ -21,16 +23,17 @@ pub mod return_path;
 pub mod topics;
 
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
-use rdkafka::error::KafkaError;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+pub use error::RelayError;
+pub use headers::Provenance;
 pub use health::{Direction, Health, ProducerRole, Summary};
 pub use offsets::Tracker;
 pub use pipeline::ProduceError;
 
 use crate::config::Config;
-use crate::kafka::{self, ErrorClass};
+use crate::kafka;
 use crate::metrics::Metrics;
 use crate::telemetry::HopTracer;
 pub use crate::whitelist::WhitelistSource;
@@ -39,30 +42,6 @@ use forward::{Forward, Source};
 use pipeline::Pipeline;
 use producer::Producers;
 use return_path::ReturnPath;
-
-#[derive(Debug, thiserror::Error)]
-pub enum RelayError {
-    #[error(transparent)]
-    Topics(#[from] topics::TopicError),
-    #[error("cannot create the {what}: {source}")]
-    Client { what: &'static str, source: KafkaError },
-    #[error("cannot start the {what} thread: {source}")]
-    Thread { what: &'static str, source: std::io::Error },
-    #[error("consumer: {source} ({} error)", class.as_str())]
-    Consume { class: ErrorClass, source: KafkaError },
-    #[error(transparent)]
-    Produce(#[from] Box<ProduceError>),
-    #[error("output of {topic}[{partition}]@{offset} failed: {reason}; offsets from there on were not committed")]
-    Delivery { topic: String, partition: i32, offset: i64, reason: String },
-    #[error(transparent)]
-    Metrics(#[from] crate::metrics::MetricsError),
-    #[error(transparent)]
-    Telemetry(#[from] crate::telemetry::TelemetryError),
-    #[error("{pending} records still unacknowledged after the drain timeout; they will be replayed on restart")]
-    DrainTimeout { pending: usize },
-    #[error("the {what} thread panicked: {message}; offsets from there on were not committed")]
-    Panicked { what: &'static str, message: String },
-}
 
 /// Runs until `shutdown` is set or an error stops it; then drains, commits, and returns what it did.
 pub fn run(

@@ -4,15 +4,16 @@
 use std::sync::Arc;
 
 use rdkafka::error::KafkaError;
-use rdkafka::message::{Header, Headers as KafkaHeaders, Message, OwnedHeaders};
+use rdkafka::message::{Header, Message};
 
+use super::headers::{InputHeaders, Provenance, copy_headers, with_trace};
 use super::offsets::Tracker;
 use super::producer::{Output, Producers, send};
 use crate::config::{Config, Route};
 use crate::extract::{Headers, RecordView, TenancyKey};
 use crate::kafka::ErrorClass;
 use crate::metrics::{Metrics, RouteMetrics};
-use crate::telemetry::{Hop, HopTracer, Propagated, TRACEPARENT, TRACESTATE};
+use crate::telemetry::{Hop, HopTracer};
 use crate::tenancy::{self, Cluster, Decision, Reason, Subject};
 use crate::whitelist::Whitelist;
 
@@ -27,16 +28,6 @@ pub struct ProduceError {
     pub output_topic: String,
     pub class: ErrorClass,
     pub source: KafkaError,
-}
-
-/// The rdkafka headers of an input record, seen through the core's [`Headers`] trait.
-pub(super) struct InputHeaders<'a, H>(pub Option<&'a H>);
-
-impl<H: KafkaHeaders> Headers for InputHeaders<'_, H> {
-    fn last(&self, name: &str) -> Option<&[u8]> {
-        let h = self.0?;
-        (0..h.count()).rev().map(|i| h.get(i)).find(|h| h.key == name).and_then(|h| h.value)
-    }
 }
 
 const TIME_EVERY: u32 = 64;
@@ -58,7 +49,7 @@ pub struct Pipeline {
     tracer: Arc<HopTracer>,
     /// Return-path provenance headers, which a Rush copy must not carry: a Rush service that
     /// passes headers on would otherwise make its own new events look like loops.
-    provenance: super::return_path::Provenance,
+    provenance: Provenance,
     decision_time: prometheus::Histogram,
     /// Decisions are timed 1 in [`TIME_EVERY`]; two clock reads would cost a third of one.
     untimed: u32,
@@ -77,7 +68,7 @@ impl Pipeline {
     ) -> Self {
         Self {
             tracer,
-            provenance: super::return_path::Provenance::new(config),
+            provenance: Provenance::new(config),
             metrics: (0..config.routes.len()).map(|i| metrics.route(config, i)).collect(),
             decision_time: metrics.decision_seconds.clone(),
             untimed: 0,
@@ -237,31 +228,4 @@ impl Pipeline {
 /// What an input record weighs against `bridge.max_in_flight_bytes`.
 pub(super) fn input_bytes<M: Message>(msg: &M) -> usize {
     msg.payload().map_or(0, <[u8]>::len) + msg.key().map_or(0, <[u8]>::len)
-}
-
-fn copy_headers<H: KafkaHeaders>(h: &H) -> OwnedHeaders {
-    let mut out = OwnedHeaders::new_with_capacity(h.count());
-    for x in h.iter() {
-        out = out.insert(Header { key: x.key, value: x.value });
-    }
-    out
-}
-
-/// `input` without the headers named in `drop` (on a Rush copy: the tenancy stamp and the
-/// return-path provenance) and any trace context, then `trace`'s context.
-pub(super) fn with_trace<H: KafkaHeaders>(input: Option<&H>, drop: &[&str], trace: &Propagated) -> OwnedHeaders {
-    let n = input.map_or(0, |h| h.count()) + 3;
-    let mut out = OwnedHeaders::new_with_capacity(n);
-    if let Some(h) = input {
-        for x in h.iter().filter(|x| x.key != TRACEPARENT && x.key != TRACESTATE && !drop.contains(&x.key)) {
-            out = out.insert(Header { key: x.key, value: x.value });
-        }
-    }
-    if let Some(tp) = &trace.traceparent {
-        out = out.insert(Header { key: TRACEPARENT, value: Some(tp) });
-    }
-    if let Some(ts) = &trace.tracestate {
-        out = out.insert(Header { key: TRACESTATE, value: Some(ts) });
-    }
-    out
 }

@@ -11,54 +11,20 @@
 use std::sync::Arc;
 
 use rdkafka::consumer::BaseConsumer;
-use rdkafka::message::{BorrowedMessage, Header, Message, OwnedHeaders};
+use rdkafka::message::{BorrowedMessage, Message};
 
 use super::RelayError;
 use super::consumer::RebalanceContext;
+use super::headers::{InputHeaders, Provenance};
 use super::offsets::Tracker;
-use super::pipeline::{InputHeaders, ProduceError, with_trace};
+use super::pipeline::ProduceError;
 use super::poll::Handler;
 use super::producer::{Output, OutputProducer, send};
 use crate::config::Config;
 use crate::extract::Headers;
 use crate::metrics::{Metrics, RouteMetrics};
-use crate::telemetry::{Hop, HopTracer, Propagated};
+use crate::telemetry::{Hop, HopTracer};
 use crate::tenancy::Cluster;
-
-/// Value of the provenance header on forwarded records.
-pub const ORIGIN_RUSH: &str = "rush";
-
-/// Names of the two provenance headers: origin (`rush`) and the raw topic it came through.
-#[derive(Debug, Clone)]
-pub struct Provenance {
-    pub origin: String,
-    pub topic: String,
-}
-
-impl Provenance {
-    pub fn new(config: &Config) -> Self {
-        let origin = config.bridge.origin_header.clone();
-        Self { topic: format!("{origin}-topic"), origin }
-    }
-
-    /// True when `headers` say the record already came through the return path of `topic`.
-    pub fn came_through<H: Headers + ?Sized>(&self, headers: &H, topic: &str) -> bool {
-        headers.last(&self.origin) == Some(ORIGIN_RUSH.as_bytes())
-            && headers.last(&self.topic) == Some(topic.as_bytes())
-    }
-
-    /// The input headers, earlier provenance and trace context replaced by this hop's.
-    fn stamp<H: rdkafka::message::Headers>(
-        &self,
-        headers: Option<&H>,
-        topic: &str,
-        trace: &Propagated,
-    ) -> OwnedHeaders {
-        with_trace(headers, &[&self.origin, &self.topic], trace)
-            .insert(Header { key: &self.origin, value: Some(ORIGIN_RUSH) })
-            .insert(Header { key: &self.topic, value: Some(topic) })
-    }
-}
 
 pub struct ReturnPath {
     topics: Vec<String>,

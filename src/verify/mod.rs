@@ -20,7 +20,7 @@ pub use read::{ReadError, record_of};
 
 use crate::config::Config;
 use crate::extract::TenancyKey;
-use crate::relay::return_path::Provenance;
+use crate::relay::Provenance;
 
 pub struct Options {
     /// Judge only records whose timestamp is at most this old.

@@ -1,0 +1,75 @@
+//! Headers as the relay writes them: an input's headers seen through the core's [`Headers`]
+//! trait, the copies each output gets, trace context, and the return path's provenance.
+
+use rdkafka::message::{Header, Headers as KafkaHeaders, OwnedHeaders};
+
+use crate::config::Config;
+use crate::extract::Headers;
+use crate::telemetry::{Propagated, TRACEPARENT, TRACESTATE};
+
+/// The rdkafka headers of an input record, seen through the core's [`Headers`] trait.
+pub(crate) struct InputHeaders<'a, H>(pub Option<&'a H>);
+
+impl<H: KafkaHeaders> Headers for InputHeaders<'_, H> {
+    fn last(&self, name: &str) -> Option<&[u8]> {
+        let h = self.0?;
+        (0..h.count()).rev().map(|i| h.get(i)).find(|h| h.key == name).and_then(|h| h.value)
+    }
+}
+
+pub(super) fn copy_headers<H: KafkaHeaders>(h: &H) -> OwnedHeaders {
+    let mut out = OwnedHeaders::new_with_capacity(h.count());
+    for x in h.iter() {
+        out = out.insert(Header { key: x.key, value: x.value });
+    }
+    out
+}
+
+/// `input` without the headers named in `drop` (on a Rush copy: the tenancy stamp and the
+/// return-path provenance) and any trace context, then `trace`'s context.
+pub(super) fn with_trace<H: KafkaHeaders>(input: Option<&H>, drop: &[&str], trace: &Propagated) -> OwnedHeaders {
+    let n = input.map_or(0, |h| h.count()) + 3;
+    let mut out = OwnedHeaders::new_with_capacity(n);
+    if let Some(h) = input {
+        for x in h.iter().filter(|x| x.key != TRACEPARENT && x.key != TRACESTATE && !drop.contains(&x.key)) {
+            out = out.insert(Header { key: x.key, value: x.value });
+        }
+    }
+    if let Some(tp) = &trace.traceparent {
+        out = out.insert(Header { key: TRACEPARENT, value: Some(tp) });
+    }
+    if let Some(ts) = &trace.tracestate {
+        out = out.insert(Header { key: TRACESTATE, value: Some(ts) });
+    }
+    out
+}
+
+/// Value of the provenance header on forwarded records.
+pub const ORIGIN_RUSH: &str = "rush";
+
+/// Names of the two provenance headers: origin (`rush`) and the raw topic it came through.
+#[derive(Debug, Clone)]
+pub struct Provenance {
+    pub origin: String,
+    pub topic: String,
+}
+
+impl Provenance {
+    pub fn new(config: &Config) -> Self {
+        let origin = config.bridge.origin_header.clone();
+        Self { topic: format!("{origin}-topic"), origin }
+    }
+
+    /// True when `headers` say the record already came through the return path of `topic`.
+    pub fn came_through<H: Headers + ?Sized>(&self, headers: &H, topic: &str) -> bool {
+        headers.last(&self.origin) == Some(ORIGIN_RUSH.as_bytes())
+            && headers.last(&self.topic) == Some(topic.as_bytes())
+    }
+
+    /// The input headers, earlier provenance and trace context replaced by this hop's.
+    pub(super) fn stamp<H: KafkaHeaders>(&self, headers: Option<&H>, topic: &str, trace: &Propagated) -> OwnedHeaders {
+        with_trace(headers, &[&self.origin, &self.topic], trace)
+            .insert(Header { key: &self.origin, value: Some(ORIGIN_RUSH) })
+            .insert(Header { key: &self.topic, value: Some(topic) })
+    }
+}
