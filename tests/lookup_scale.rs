@@ -129,39 +129,14 @@ fn lookup_mode_at_production_cardinality_and_through_a_hung_config_mapper() {
     mapper.signal("CONT");
     client.add("U9999", &["payment".into()], Duration::from_secs(3600), Some("after the outage")).unwrap();
     let p = common::producer(&prod.bootstrap);
-    let deadline = Instant::now() + Duration::from_secs(60);
     let mut seq = EVENTS + 10_000;
-    loop {
-        for _ in 0..20 {
-            common::send(&p, "orders", &event(seq, "U9999"));
-            seq += 1;
-        }
-        rdkafka::producer::Producer::flush(&p, Duration::from_secs(10)).unwrap();
-        let on_rush = common::read_all(&rush.bootstrap, "orders.payment", 1, Duration::from_millis(500));
-        if on_rush.iter().any(|o| o.header("x-user-id") == Some(b"U9999")) {
-            break;
-        }
-        assert!(Instant::now() < deadline, "U9999 never reached Rush after the Config Mapper came back");
-    }
+    produce_until_seen(&p, &mut seq, "U9999", &rush.bootstrap);
 
     // Phase 4: an active, cached user is removed; the refresh of its answer (cache_ttl, 10 s by
     // default) moves its events to prod, from one point of each partition on, never back.
     client.remove("U1", None).unwrap();
     let removed = Instant::now();
-    let deadline = removed + Duration::from_secs(60);
-    loop {
-        for _ in 0..20 {
-            common::send(&p, "orders", &event(seq, "U1"));
-            seq += 1;
-        }
-        rdkafka::producer::Producer::flush(&p, Duration::from_secs(10)).unwrap();
-        let on_prod = common::read_all(&prod.bootstrap, "orders.payment", 1, Duration::from_millis(500));
-        if on_prod.iter().any(|o| o.header("x-user-id") == Some(b"U1")) {
-            break;
-        }
-        assert!(Instant::now() < deadline, "removing U1 never took effect");
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    produce_until_seen(&p, &mut seq, "U1", &prod.bootstrap);
     eprintln!(
         "phase 4: removing an active user took effect {:.1?} after the DELETE (cache_ttl 10 s)",
         removed.elapsed()
@@ -195,6 +170,29 @@ fn lookup_mode_at_production_cardinality_and_through_a_hung_config_mapper() {
     };
     let report = invariant::check(&read_in, &SERVICES, &p3, &r3, expected, StampCheck::Header);
     report.assert_clean();
+}
+
+/// Produces events of `user` (numbered from `seq` on) until one shows up in `orders.payment` on
+/// the cluster at `bootstrap`: until the bridge's answer for that user has changed.
+fn produce_until_seen(
+    p: &rdkafka::producer::ThreadedProducer<rdkafka::producer::DefaultProducerContext>,
+    seq: &mut usize,
+    user: &str,
+    bootstrap: &str,
+) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        for _ in 0..20 {
+            common::send(p, "orders", &event(*seq, user));
+            *seq += 1;
+        }
+        rdkafka::producer::Producer::flush(p, Duration::from_secs(10)).unwrap();
+        let outputs = common::read_all(bootstrap, "orders.payment", 1, Duration::from_millis(500));
+        if outputs.iter().any(|o| o.header("x-user-id") == Some(user.as_bytes())) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{user}'s answer never changed on {bootstrap}");
+    }
 }
 
 /// Per-user lookups the Config Mapper has served, from its own metrics.

@@ -64,6 +64,15 @@ impl Clusters {
         common::read_services(&p, &r, "orders", services, inputs, Duration::from_secs(30))
     }
 
+    /// The invariant over `inputs` events on both services, with U1 whitelisted for both.
+    fn assert_u1_on_rush(&self, inputs: usize) {
+        let read_in = common::read_all(&self.prod.bootstrap_servers(), "orders", inputs, Duration::from_secs(20));
+        let services = ["payment", "shipping"];
+        let (prod, rush) = self.outputs(&services, inputs);
+        let expected = |r: &Read, _: &str| (r.header("x-user-id") == Some(b"U1")).then(|| "U1".to_string());
+        invariant::check(&read_in, &services, &prod, &rush, expected, StampCheck::Header).assert_clean();
+    }
+
     fn wl_path(&self) -> std::path::PathBuf {
         self.dir.path().join("whitelist.json")
     }
@@ -304,11 +313,7 @@ fn slow_rush_cluster_is_bounded_by_max_in_flight() {
     run.stop().unwrap();
     assert!(peak <= 25 + 1, "in-flight peak {peak} exceeds the bound");
     assert!(peak >= 10, "the bound was never approached ({peak}); the test does not test it");
-    let read_in = common::read_all(&c.prod.bootstrap_servers(), "orders", 400, Duration::from_secs(20));
-    let services = ["payment", "shipping"];
-    let (prod, rush) = c.outputs(&services, 400);
-    let expected = |r: &Read, _: &str| (r.header("x-user-id") == Some(b"U1")).then(|| "U1".to_string());
-    invariant::check(&read_in, &services, &prod, &rush, expected, StampCheck::Header).assert_clean();
+    c.assert_u1_on_rush(400);
 }
 
 #[test]
@@ -332,11 +337,7 @@ fn large_records_are_bounded_by_max_in_flight_bytes() {
     // The record that crosses the bound ends the batch; nothing is read past it.
     assert!(peak <= (1 << 20) + RECORD + 1024, "in-flight peak {peak} bytes exceeds the bound");
     assert!(peak >= 1 << 19, "the bound was never approached ({peak} bytes); the test does not test it");
-    let read_in = common::read_all(&c.prod.bootstrap_servers(), "orders", 120, Duration::from_secs(20));
-    let services = ["payment", "shipping"];
-    let (prod, rush) = c.outputs(&services, 120);
-    let expected = |r: &Read, _: &str| (r.header("x-user-id") == Some(b"U1")).then(|| "U1".to_string());
-    invariant::check(&read_in, &services, &prod, &rush, expected, StampCheck::Header).assert_clean();
+    c.assert_u1_on_rush(120);
 }
 
 #[test]

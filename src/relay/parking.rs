@@ -284,10 +284,10 @@ impl Parking {
         now: i64,
     ) -> Result<(), Box<ProduceError>> {
         while let Some(front) = queue.front() {
-            let verdict = match front.subject.user().map(str::to_owned) {
+            let verdict = match front.subject.user() {
                 None => Now::Answer(None),
-                Some(user) => match self.now(&user) {
-                    Now::Wait if self.cache.asking_for(&user).is_some_and(|t| t >= self.wait) => {
+                Some(user) => match self.now(user) {
+                    Now::Wait if self.cache.asking_for(user).is_some_and(|t| t >= self.wait) => {
                         self.cache.mark_slow();
                         Now::Unanswered
                     }

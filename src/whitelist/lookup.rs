@@ -356,6 +356,15 @@ mod tests {
         }
     }
 
+    /// Polls `cond` until it holds; fails after `within` (well under any TTL it must not reach).
+    fn wait_until(what: &str, within: Duration, cond: impl Fn() -> bool) {
+        let deadline = Instant::now() + within;
+        while !cond() {
+            assert!(Instant::now() < deadline, "{what} not within {within:?}");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
     fn listed() -> Entry {
         Entry { services: vec!["payment".into()], expires_at_ms: i64::MAX }
     }
@@ -393,11 +402,11 @@ mod tests {
         assert!(matches!(cache.peek("U2"), Some(Hit { answer: Answer::NotListed, stale: false, .. })));
         assert!(matches!(cache.get("down"), Answer::Failed));
         assert!(cache.degraded(), "a failed lookup degrades the Config Mapper");
-        std::thread::sleep(Duration::from_millis(250));
+        // negative_ttl 200 ms: stale after it, gone after twice it; the failure (100 ms) first.
+        wait_until("U2 stale", Duration::from_secs(2), || cache.peek("U2").is_some_and(|h| h.stale));
         assert!(matches!(cache.peek("U2"), Some(Hit { answer: Answer::NotListed, stale: true, .. })));
         assert!(cache.peek("down").is_none(), "failures are never served stale");
-        std::thread::sleep(Duration::from_millis(250));
-        assert!(cache.peek("U2").is_none());
+        wait_until("U2 gone", Duration::from_secs(2), || cache.peek("U2").is_none());
     }
 
     #[test]
@@ -413,8 +422,7 @@ mod tests {
             }),
         );
         assert!(matches!(cache.get("U1"), Answer::Listed(_)));
-        std::thread::sleep(Duration::from_millis(120));
-        assert!(cache.peek("U1").unwrap().stale);
+        wait_until("U1 stale", Duration::from_secs(2), || cache.peek("U1").is_some_and(|h| h.stale));
         flip.store(1, Relaxed);
         cache.refresh("U1");
         let hit = cache.peek("U1").unwrap();
@@ -430,6 +438,7 @@ mod tests {
     fn an_answer_slower_than_the_wait_degrades() {
         let cache = LookupCache::new(
             settings(),
+            // A Config Mapper that takes 80 ms to answer (lookup_wait is 50 ms).
             Box::new(|_| {
                 std::thread::sleep(Duration::from_millis(80));
                 Ok(None)
@@ -445,7 +454,7 @@ mod tests {
         let cache =
             LookupCache::new(settings(), Box::new(move |_| Ok(Some(Entry { services: vec![], expires_at_ms: exp }))));
         assert!(matches!(cache.get("U1"), Answer::Listed(_)));
-        std::thread::sleep(Duration::from_millis(300));
-        assert!(cache.peek("U1").is_none());
+        // cache_ttl is 60 s: only the entry's own expiry (150 ms) can end it this soon.
+        wait_until("U1 gone", Duration::from_secs(5), || cache.peek("U1").is_none());
     }
 }
