@@ -43,6 +43,7 @@ fn route(user: UserLocator, stamp: StampMode) -> Route {
         user,
         stamp,
         return_path: false,
+        outbox_topic: "tenancy-bridge.rush.orders".into(),
     }
 }
 

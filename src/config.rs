@@ -193,6 +193,22 @@ pub struct BridgeConfig {
     /// How often consumed offsets that are fully acknowledged are committed.
     #[serde(default = "defaults::commit_interval", with = "humantime_serde")]
     pub commit_interval: Duration,
+    /// Prod topic (per route, `{topic}` replaced) where Rush copies wait for the Rush lane, so
+    /// production progress never depends on the Rush cluster.
+    #[serde(default = "defaults::rush_outbox_topic")]
+    pub rush_outbox_topic: String,
+    /// How long the Rush cluster may be away before a Rush copy is lost: the outbox's retention.
+    #[serde(default = "defaults::rush_retention", with = "humantime_serde")]
+    pub rush_retention: Duration,
+    /// Consumer group of the Rush lane (outbox → Rush); default `{group_id}.rush`.
+    #[serde(default)]
+    pub rush_group_id: Option<String>,
+}
+
+impl BridgeConfig {
+    pub fn rush_group_id(&self) -> String {
+        self.rush_group_id.clone().unwrap_or_else(|| format!("{}.rush", self.group_id))
+    }
 }
 
 impl Default for BridgeConfig {
@@ -208,6 +224,9 @@ impl Default for BridgeConfig {
             create_topics: defaults::create_topics(),
             replication_factor: defaults::replication_factor(),
             commit_interval: defaults::commit_interval(),
+            rush_outbox_topic: defaults::rush_outbox_topic(),
+            rush_retention: defaults::rush_retention(),
+            rush_group_id: None,
         }
     }
 }
@@ -268,6 +287,12 @@ mod defaults {
     pub fn commit_interval() -> Duration {
         Duration::from_secs(1)
     }
+    pub fn rush_outbox_topic() -> String {
+        "tenancy-bridge.rush.{topic}".into()
+    }
+    pub fn rush_retention() -> Duration {
+        Duration::from_secs(7 * 24 * 3600)
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -320,6 +345,8 @@ pub struct Route {
     pub user: UserLocator,
     pub stamp: StampMode,
     pub return_path: bool,
+    /// Where this route's Rush copies wait on prod for the Rush lane.
+    pub outbox_topic: String,
 }
 
 /// The validated configuration. Built only through [`Config::parse`], so every instance is valid.
@@ -405,6 +432,15 @@ impl Config {
         }
         if b.max_in_flight_bytes < 1 << 20 {
             return Err(invalid("bridge.max_in_flight_bytes", "must be at least 1048576 (1 MiB)"));
+        }
+        if !b.rush_outbox_topic.contains("{topic}") {
+            return Err(invalid("bridge.rush_outbox_topic", "must contain {topic}, or routes would share an outbox"));
+        }
+        if b.rush_retention < Duration::from_secs(60) {
+            return Err(invalid("bridge.rush_retention", "must be at least 1m"));
+        }
+        if b.rush_group_id.as_ref().is_some_and(|g| g.trim().is_empty() || *g == b.group_id) {
+            return Err(invalid("bridge.rush_group_id", "must be non-empty and differ from bridge.group_id"));
         }
         if b.replication_factor == 0 || b.replication_factor < -1 {
             return Err(invalid("bridge.replication_factor", "must be -1 (broker default) or ≥ 1"));
@@ -496,12 +532,38 @@ impl Config {
                     ));
                 }
             };
-            routes.push(Route { topic: r.topic, services, user, stamp: r.stamp, return_path: r.return_path });
+            let outbox_topic = b.rush_outbox_topic.replace("{topic}", &r.topic);
+            if !valid_topic_name(&outbox_topic) {
+                return Err(invalid(
+                    "bridge.rush_outbox_topic",
+                    format!("gives {outbox_topic:?} for route {:?}, not a valid topic name", r.topic),
+                ));
+            }
+            routes.push(Route {
+                topic: r.topic,
+                services,
+                user,
+                stamp: r.stamp,
+                return_path: r.return_path,
+                outbox_topic,
+            });
         }
 
         // An output that is also an input would feed the bridge its own writes.
         let mut outputs = BTreeMap::new();
         for r in &routes {
+            if inputs.contains(&r.outbox_topic) {
+                return Err(invalid(
+                    "bridge.rush_outbox_topic",
+                    format!("outbox {:?} is also a route input: that is a loop", r.outbox_topic),
+                ));
+            }
+            if let Some(other) = outputs.insert(r.outbox_topic.clone(), r.topic.clone()) {
+                return Err(invalid(
+                    "bridge.rush_outbox_topic",
+                    format!("routes {other:?} and {:?} both write {:?}", r.topic, r.outbox_topic),
+                ));
+            }
             for s in &r.services {
                 if inputs.contains(&s.output_topic) {
                     return Err(invalid(

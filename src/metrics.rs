@@ -52,6 +52,11 @@ pub struct Metrics {
     pub lookup_unanswered: IntCounter,
     pub lookup_held: IntGauge,
     pub lookup_degraded: IntGauge,
+    pub rush_backlog: IntGauge,
+    pub rush_backlog_age: Gauge,
+    pub rush_lane_restarts: IntCounter,
+    pub rush_outbox_invalid: IntCounter,
+    pub rush_copies_lost: IntCounter,
     pub ready: IntGauge,
 }
 
@@ -205,6 +210,43 @@ impl Metrics {
                 IntGauge::new(
                     name("whitelist_lookup_degraded"),
                     "Lookup mode: 1 while the Config Mapper fails or answers slower than lookup_wait.",
+                )?,
+            )?,
+            rush_backlog: reg(
+                &registry,
+                IntGauge::new(
+                    name("rush_backlog_records"),
+                    "Rush copies in the prod outbox not yet written to Rush (the rush group's lag on the outboxes).",
+                )?,
+            )?,
+            rush_backlog_age: reg(
+                &registry,
+                Gauge::new(
+                    name("rush_backlog_age_seconds"),
+                    "Age (by event timestamp) of the oldest Rush copy in the prod outbox not yet written to Rush; \
+                     0 when none waits.",
+                )?,
+            )?,
+            rush_lane_restarts: reg(
+                &registry,
+                IntCounter::new(
+                    name("rush_lane_restarts_total"),
+                    "Times the Rush lane stopped on a Rush-side error and started again (production unaffected).",
+                )?,
+            )?,
+            rush_outbox_invalid: reg(
+                &registry,
+                IntCounter::new(
+                    name("rush_outbox_invalid_total"),
+                    "Outbox records without a valid destination header, skipped (not written by this bridge).",
+                )?,
+            )?,
+            rush_copies_lost: reg(
+                &registry,
+                IntCounter::new(
+                    name("rush_copies_lost_total"),
+                    "Rush copies the outbox's retention (bridge.rush_retention) deleted before the Rush lane \
+                     wrote them.",
                 )?,
             )?,
             ready: reg(&registry, IntGauge::new(name("ready"), "1 when /readyz answers 200.")?)?,

@@ -18,6 +18,7 @@ fn route(services: &[&str], user: UserLocator, stamp: StampMode) -> Route {
         user,
         stamp,
         return_path: false,
+        outbox_topic: "tenancy-bridge.rush.orders".into(),
     }
 }
 

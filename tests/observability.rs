@@ -173,6 +173,13 @@ fn readyz_follows_assignment_and_turns_503_when_shutdown_begins() {
     health.joined.store(true, Ordering::Relaxed);
     assert_eq!(http_get(&addr, "/readyz").0, 200);
     assert!(http_get(&addr, "/metrics").1.contains("tenancy_bridge_ready 1"));
+    // Rush away: still ready (production is fine), and the body says so.
+    health.set_unreachable(ProducerRole::Rush, true);
+    let (status, body) = http_get(&addr, "/readyz");
+    assert_eq!(status, 200, "{body}");
+    assert!(body.starts_with("ready; rush degraded") && body.contains("rush producer: no broker up"), "{body}");
+    health.set_unreachable(ProducerRole::Rush, false);
+    assert_eq!(http_get(&addr, "/readyz").1.trim(), "ready");
     shutdown.store(true, Ordering::Relaxed);
     let (status, body) = http_get(&addr, "/readyz");
     assert_eq!((status, body.trim()), (503, "not ready: shutting down"));

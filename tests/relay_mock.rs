@@ -20,6 +20,7 @@ use tenancy_bridge::whitelist::lookup::{LookupCache, LookupSettings};
 use tenancy_bridge::whitelist::{self, FileSource, SharedSnapshot, Snapshot, SnapshotPoller};
 
 const PARTITIONS: i32 = 3;
+const OUTBOX: &str = "tenancy-bridge.rush.orders";
 
 struct Clusters {
     prod: MockCluster<'static, DefaultProducerContext>,
@@ -35,9 +36,10 @@ impl Clusters {
         Self { prod, rush, dir: tempfile::tempdir().unwrap() }
     }
 
-    /// The mock cluster has no CreateTopics support, so output topics are made here; creation
-    /// by the bridge is covered by the tansu end-to-end test.
+    /// The mock cluster has no CreateTopics support, so output topics (and the Rush outbox) are
+    /// made here; creation by the bridge is covered by the tansu end-to-end test.
     fn with_outputs(self, services: &[&str]) -> Self {
+        self.prod.create_topic(OUTBOX, PARTITIONS, 1).unwrap();
         for s in services {
             for cluster in [&self.prod, &self.rush] {
                 cluster.create_topic(&format!("orders.{s}"), PARTITIONS, 1).unwrap();
@@ -368,11 +370,37 @@ fn a_write_refused_before_queueing_is_counted_where_every_produce_error_is() {
 fn output_topic_with_other_partition_count_is_a_startup_error() {
     let c = Clusters::new().with_outputs(&["payment"]);
     c.set_whitelist(1, &[]);
-    c.prod.create_topic("orders.shipping", PARTITIONS, 1).unwrap();
-    c.rush.create_topic("orders.shipping", 1, 1).unwrap();
+    c.prod.create_topic("orders.shipping", 1, 1).unwrap();
+    c.rush.create_topic("orders.shipping", PARTITIONS, 1).unwrap();
     let run = start(&c, c.config(HEADER_ROUTE, ""));
     let err = run.thread.join().unwrap().unwrap_err().to_string();
     assert!(err.contains("orders.shipping") && err.contains("1 partitions") && err.contains("has 3"), "{err}");
+}
+
+/// The same mistake on the Rush side is Rush's problem: production flows, readiness says why Rush
+/// copies wait.
+#[test]
+fn rush_topic_with_other_partition_count_degrades_only_rush() {
+    let c = Clusters::new().with_outputs(&["payment"]);
+    c.set_whitelist(1, &[("U1", &["payment"])]);
+    c.prod.create_topic("orders.shipping", PARTITIONS, 1).unwrap();
+    c.rush.create_topic("orders.shipping", 1, 1).unwrap();
+    let run = start(&c, c.config(HEADER_ROUTE, ""));
+    let events: Vec<Input> = (0..30).map(|i| event(i, Some("U2"), b"{}".to_vec())).collect();
+    common::produce(&c.prod.bootstrap_servers(), "orders", &events);
+    run.wait_acked(60, Duration::from_secs(60));
+    wait_committed(&c, "bridge-test", "orders", 30);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let why = run.observers.health.rush_degraded().join("; ");
+        if why.contains("orders.shipping") && why.contains("1 partitions") {
+            break;
+        }
+        assert!(!run.thread.is_finished(), "a Rush topic mistake stopped production");
+        assert!(Instant::now() < deadline, "readiness never named the Rush topic: {why:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    run.stop().unwrap();
 }
 
 #[test]
@@ -387,36 +415,105 @@ fn missing_input_topic_is_a_startup_error() {
 }
 
 #[test]
-fn permanent_produce_failure_stops_without_committing_past_it() {
+fn permanent_prod_failure_stops_without_committing_past_it() {
     let c = Clusters::new().with_outputs(&["payment", "shipping"]);
     c.set_whitelist(1, &[("U1", &["payment"])]);
     let first: Vec<Input> = (0..30).map(|i| event(i, Some("U2"), b"{}".to_vec())).collect();
     common::produce(&c.prod.bootstrap_servers(), "orders", &first);
     let run = start(&c, c.config(HEADER_ROUTE, ""));
     run.wait_acked(60, Duration::from_secs(60));
-    // The periodic commit catches up with the first batch before the fault starts.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while common::committed(&c.prod.bootstrap_servers(), "bridge-test", "orders", PARTITIONS).values().sum::<i64>() < 30
-    {
-        assert!(Instant::now() < deadline, "the first batch was never committed");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    // Rush now refuses every write: the next Rush copy fails for good.
-    c.rush.request_errors(RDKafkaApiKey::Produce, &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED; 64]);
-    let second: Vec<Input> = (30..60).map(|i| event(i, Some("U1"), b"{}".to_vec())).collect();
+    wait_committed(&c, "bridge-test", "orders", 30);
+    run.stop().unwrap();
+    let second: Vec<Input> = (30..60).map(|i| event(i, Some("U2"), b"{}".to_vec())).collect();
     common::produce(&c.prod.bootstrap_servers(), "orders", &second);
+    // Prod now refuses every write (this test's producer is done): the next output fails for good.
+    c.prod.request_errors(RDKafkaApiKey::Produce, &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED; 64]);
+    let run = start(&c, c.config(HEADER_ROUTE, ""));
     let deadline = Instant::now() + Duration::from_secs(60);
     while !run.thread.is_finished() {
         assert!(Instant::now() < deadline, "relay did not stop on a fatal produce error");
         std::thread::sleep(Duration::from_millis(50));
     }
     let err = run.thread.join().unwrap().unwrap_err().to_string();
-    assert!(err.contains("rush") && err.contains("orders"), "{err}");
+    assert!(err.contains("prod") && err.contains("orders"), "{err}");
     let committed = common::committed(&c.prod.bootstrap_servers(), "bridge-test", "orders", PARTITIONS);
     // Each partition holds 10 first-batch records, then the refused ones.
     for p in 0..PARTITIONS {
         assert_eq!(committed.get(&p), Some(&10), "partition {p}: {committed:?}");
     }
+}
+
+/// Waits until `group` has committed `total` offsets over every partition of `topic` on prod.
+fn wait_committed(c: &Clusters, group: &str, topic: &str, total: i64) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let n: i64 = common::committed(&c.prod.bootstrap_servers(), group, topic, PARTITIONS).values().sum();
+        if n >= total {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{group} committed {n} of {total} on {topic}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn a_rush_cluster_that_refuses_or_disappears_never_stops_production() {
+    let c = Clusters::new().with_outputs(&["payment", "shipping"]);
+    c.set_whitelist(1, &[("U1", &["payment"])]);
+    // Short Rush timeouts, so the test outlasts every one of them many times over.
+    let mut config = c.config(HEADER_ROUTE, "");
+    for (k, v) in [("message.timeout.ms", 2000), ("request.timeout.ms", 1000)] {
+        config.rush.producer.insert(k.into(), toml::Value::Integer(v));
+    }
+    let run = start(&c, config);
+    let first: Vec<Input> = (0..30).map(|i| event(i, Some("U1"), b"{}".to_vec())).collect();
+    common::produce(&c.prod.bootstrap_servers(), "orders", &first);
+    run.wait_acked(60, Duration::from_secs(60));
+
+    // Rush refuses every write, then is gone altogether.
+    c.rush
+        .request_errors(RDKafkaApiKey::Produce, &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED; 1000]);
+    let second: Vec<Input> = (30..330).map(|i| event(i, Some(["U1", "U2"][i % 2]), b"{}".to_vec())).collect();
+    common::produce(&c.prod.bootstrap_servers(), "orders", &second);
+    wait_committed(&c, "bridge-test", "orders", 330);
+    c.rush.broker_down(1).unwrap();
+    let third: Vec<Input> = (330..630).map(|i| event(i, Some(["U1", "U2"][i % 2]), b"{}".to_vec())).collect();
+    common::produce(&c.prod.bootstrap_servers(), "orders", &third);
+    // Every input is committed on prod while Rush is away, and the Rush lane keeps failing.
+    wait_committed(&c, "bridge-test", "orders", 630);
+    let m = &run.observers.metrics;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while m.rush_lane_restarts.get() < 2 {
+        assert!(!run.thread.is_finished(), "the bridge stopped because Rush did");
+        assert!(Instant::now() < deadline, "the Rush lane never noticed Rush was away");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(!run.observers.health.rush_degraded().is_empty(), "readiness must say Rush is degraded");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while m.rush_backlog.get() == 0 && m.rush_backlog_age.get() == 0.0 {
+        assert!(Instant::now() < deadline, "the Rush backlog was never reported");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // shipping: every event; payment: U2's half of events 30..630.
+    let prod_only = m.sum(&m.records_out, &[("cluster", "prod")]);
+    assert_eq!(prod_only, 630 + 300, "every prod output is written while Rush is away");
+
+    // Rush comes back: every copy arrives, in order, and the bridge never stopped.
+    c.rush.clear_request_errors(RDKafkaApiKey::Produce);
+    c.rush.broker_up(1).unwrap();
+    let read_in = common::read_all(&c.prod.bootstrap_servers(), "orders", 630, Duration::from_secs(20));
+    let services = ["payment", "shipping"];
+    let (p, r) = (c.prod.bootstrap_servers(), c.rush.bootstrap_servers());
+    let (prod, rush) = common::read_services(&p, &r, "orders", &services, 630, Duration::from_secs(120));
+    let expected =
+        |r: &Read, svc: &str| (r.header("x-user-id") == Some(b"U1") && svc == "payment").then(|| "U1".into());
+    // The lane retried the writes Rush refused or never acknowledged: at least once on Rush.
+    let report =
+        invariant::check_with(&read_in, &services, &prod, &rush, expected, StampCheck::Header, Delivery::AtLeastOnce);
+    eprintln!("rush away: {} prod + {} rush outputs, {} replayed", report.prod, report.rush, report.replayed);
+    report.assert_clean();
+    assert!(!run.thread.is_finished(), "the bridge stopped");
+    run.stop().unwrap();
 }
 
 #[test]

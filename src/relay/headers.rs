@@ -25,6 +25,15 @@ pub(super) fn copy_headers<H: KafkaHeaders>(h: &H) -> OwnedHeaders {
     out
 }
 
+/// `h` without the headers named in `drop`, trace context kept.
+pub(super) fn copy_without<H: KafkaHeaders>(h: &H, drop: &[&str]) -> OwnedHeaders {
+    let mut out = OwnedHeaders::new_with_capacity(h.count());
+    for x in h.iter().filter(|x| !drop.contains(&x.key)) {
+        out = out.insert(Header { key: x.key, value: x.value });
+    }
+    out
+}
+
 /// `input` without the headers named in `drop` (on a Rush copy: the tenancy stamp and the
 /// return-path provenance) and any trace context, then `trace`'s context.
 pub(super) fn with_trace<H: KafkaHeaders>(input: Option<&H>, drop: &[&str], trace: &Propagated) -> OwnedHeaders {
@@ -43,6 +52,11 @@ pub(super) fn with_trace<H: KafkaHeaders>(input: Option<&H>, drop: &[&str], trac
     }
     out
 }
+
+/// On an outbox record: the Rush topic its copy goes to.
+pub const OUTBOX_OUTPUT: &str = "tenancy-bridge-output";
+/// On an outbox record: the input offset it was decided from (same partition as the input).
+pub const OUTBOX_INPUT_OFFSET: &str = "tenancy-bridge-input-offset";
 
 /// Value of the provenance header on forwarded records.
 pub const ORIGIN_RUSH: &str = "rush";

@@ -13,7 +13,7 @@ use crate::tenancy::Cluster;
 pub enum ProducerRole {
     /// Prod outputs of the forward direction.
     Prod,
-    /// Rush copies.
+    /// Rush copies, written by the Rush lane from the outbox.
     Rush,
     /// The return path's writes to prod.
     Return,
@@ -38,6 +38,8 @@ pub enum Direction {
     Forward,
     /// Rush raw topics → the same topics on prod.
     Return,
+    /// The prod outbox → Rush copies on Rush.
+    RushLane,
 }
 
 impl Direction {
@@ -45,13 +47,14 @@ impl Direction {
         match self {
             Self::Forward => "forward",
             Self::Return => "return",
+            Self::RushLane => "rush",
         }
     }
 
     /// The cluster this direction consumes from.
     pub fn source(self) -> Cluster {
         match self {
-            Self::Forward => Cluster::Prod,
+            Self::Forward | Self::RushLane => Cluster::Prod,
             Self::Return => Cluster::Rush,
         }
     }
@@ -61,6 +64,7 @@ impl Direction {
         match self {
             Self::Forward => "consumer-prod",
             Self::Return => "consumer-rush",
+            Self::RushLane => "consumer-rush-lane",
         }
     }
 }
@@ -72,7 +76,7 @@ pub struct Health {
     /// The same in bytes of input keys and payloads.
     pub in_flight_bytes_peak: AtomicUsize,
     /// Partitions each direction's consumer owns now.
-    assigned: [AtomicUsize; 2],
+    assigned: [AtomicUsize; 3],
     /// A producer reported a fatal error (e.g. lost idempotence): not ready any more.
     pub producer_fatal: AtomicBool,
     /// The input consumer has received an assignment (possibly empty: more instances than
@@ -80,6 +84,10 @@ pub struct Health {
     pub joined: AtomicBool,
     /// Per producer: no broker up at the last statistics report.
     unreachable: [AtomicBool; 3],
+    /// Why the Rush lane is not writing (it retries on its own); `None` while it is.
+    rush_lane_down: std::sync::Mutex<Option<String>>,
+    /// Every Rush-side topic exists with the right partition count (the return path waits for it).
+    pub rush_topics_ready: AtomicBool,
 }
 
 impl Health {
@@ -93,6 +101,24 @@ impl Health {
 
     pub fn unreachable(&self, p: ProducerRole) -> bool {
         self.unreachable[p as usize].load(Relaxed)
+    }
+
+    pub fn set_rush_lane_down(&self, why: Option<String>) {
+        if let Ok(mut g) = self.rush_lane_down.lock() {
+            *g = why;
+        }
+    }
+
+    /// Why the Rush side is degraded: production is unaffected, Rush copies wait in the outbox.
+    pub fn rush_degraded(&self) -> Vec<String> {
+        let mut why = Vec::new();
+        if self.unreachable(ProducerRole::Rush) {
+            why.push("rush producer: no broker up".to_owned());
+        }
+        if let Some(w) = self.rush_lane_down.lock().ok().and_then(|g| g.clone()) {
+            why.push(format!("rush lane: {w}"));
+        }
+        why
     }
 }
 

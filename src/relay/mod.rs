@@ -1,13 +1,15 @@
 //! The relay: consume route topics on prod, decide each record once, write one output per
-//! service to prod or Rush, commit an input offset only when all its outputs (and those of
-//! every earlier record of its partition) are acknowledged.
+//! service to prod or (through the prod outbox and the Rush lane) to Rush, commit an input
+//! offset only when all its writes on prod (and those of every earlier record of its
+//! partition) are acknowledged. Nothing the forward direction waits for is on Rush.
 //!
-//! With `return_path` routes, a second loop consumes their raw topics on Rush and forwards
-//! them to prod ([`return_path`]).
+//! The Rush lane ([`rush_lane`]) carries outbox records to Rush on its own thread and restarts
+//! itself on Rush-side errors. With `return_path` routes, a third loop consumes their raw topics
+//! on Rush and forwards them to prod ([`return_path`]).
 //!
-//! Threads: the caller's thread polls the prod consumer (rebalance callbacks run there too), a
-//! second thread the Rush one; each producer has its own poll thread for delivery reports.
-//! Nothing here is async.
+//! Threads: the caller's thread polls the prod consumer (rebalance callbacks run there too),
+//! one thread each the Rush lane and the return path; each producer has its own poll thread
+//! for delivery reports. Nothing here is async.
 
 mod consumer;
 mod error;
@@ -20,6 +22,8 @@ pub mod pipeline;
 mod poll;
 mod producer;
 pub mod return_path;
+mod rush_backlog;
+mod rush_lane;
 pub mod topics;
 
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
@@ -36,11 +40,13 @@ use crate::config::Config;
 use crate::kafka;
 use crate::metrics::Metrics;
 use crate::telemetry::HopTracer;
+
+/// How often the Rush backlog is measured (as often as librdkafka reports its statistics).
+const RUSH_BACKLOG_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
 pub use crate::whitelist::WhitelistSource;
 use consumer::RebalanceContext;
 use forward::{Forward, Source};
 use pipeline::Pipeline;
-use producer::Producers;
 use return_path::ReturnPath;
 
 /// Runs until `shutdown` is set or an error stops it; then drains, commits, and returns what it did.
@@ -82,10 +88,28 @@ pub fn run_observed(
 ) -> Result<Summary, RelayError> {
     let whitelist = whitelist.into();
     let (health, metrics, tracer) = (&observers.health, &observers.metrics, &observers.tracer);
-    topics::ensure_outputs(config)?;
+    topics::ensure_prod(config)?;
     let failed = AtomicBool::new(false);
     let stop = || shutdown.load(Ordering::Relaxed) || failed.load(Ordering::Relaxed);
     let (forward, back) = std::thread::scope(|scope| {
+        // The Rush lane never fails the bridge: it restarts itself. Only a panic stops the rest.
+        let lane = {
+            let health = health.clone();
+            let (stop, failed) = (&stop, &failed);
+            std::thread::Builder::new().name("rush-lane".into()).spawn_scoped(scope, move || {
+                let _stops_both = StopOnPanic(failed);
+                rush_lane::run(config, stop, &health, metrics);
+            })
+        };
+        let probe = {
+            let stop = &stop;
+            std::thread::Builder::new().name("rush-backlog".into()).spawn_scoped(scope, move || {
+                rush_backlog::run(config, stop, metrics, RUSH_BACKLOG_INTERVAL);
+            })
+        };
+        if lane.is_err() || probe.is_err() {
+            failed.store(true, Ordering::Relaxed);
+        }
         let back = config.routes.iter().any(|r| r.return_path).then(|| {
             let health = health.clone();
             let (stop, failed) = (&stop, &failed);
@@ -110,6 +134,13 @@ pub fn run_observed(
         if forward.is_err() {
             failed.store(true, Ordering::Relaxed);
         }
+        let lane = match lane {
+            Err(source) => Err(RelayError::Thread { what: "rush lane", source }),
+            Ok(handle) => handle.join().map_err(|panic| {
+                failed.store(true, Ordering::Relaxed);
+                RelayError::Panicked { what: "rush lane", message: panic_message(panic.as_ref()) }
+            }),
+        };
         let back = match back {
             None => Ok(()),
             Some(Err(source)) => Err(RelayError::Thread { what: "return path", source }),
@@ -118,7 +149,7 @@ pub fn run_observed(
                 Err(RelayError::Panicked { what: "return path", message: panic_message(panic.as_ref()) })
             }),
         };
-        (forward, back)
+        (forward, back.and(lane))
     });
     let summary = Summary::read(metrics);
     tracing::info!(%summary, "relay stopped");
@@ -138,8 +169,8 @@ fn run_forward(
 ) -> Result<(), RelayError> {
     let tracker = Arc::new(Tracker::new());
     let producers = Arc::new(
-        Producers::create(config, &tracker, &health, metrics)
-            .map_err(|source| RelayError::Client { what: "producers", source })?,
+        producer::output_producer(config, ProducerRole::Prod, &tracker, &health, metrics)
+            .map_err(|source| RelayError::Client { what: "prod producer", source })?,
     );
     let route_topics: Vec<String> = config.routes.iter().map(|r| r.topic.clone()).collect();
     let revoked = match whitelist {
@@ -189,9 +220,17 @@ fn run_return_path(
     tracer: Arc<HopTracer>,
 ) -> Result<(), RelayError> {
     let topics: Vec<String> = config.routes.iter().filter(|r| r.return_path).map(|r| r.topic.clone()).collect();
+    // The Rush lane creates the raw topics on Rush; subscribing before they exist would leave
+    // the consumer waiting for a metadata refresh (minutes) after they appear.
+    while !health.rush_topics_ready.load(Ordering::Relaxed) {
+        if stop() {
+            return Ok(());
+        }
+        std::thread::sleep(poll::POLL_TIMEOUT);
+    }
     let tracker = Arc::new(Tracker::new());
     let producer = Arc::new(
-        producer::return_producer(config, &tracker, &health, metrics)
+        producer::output_producer(config, ProducerRole::Return, &tracker, &health, metrics)
             .map_err(|source| RelayError::Client { what: "return path producer", source })?,
     );
     let context = RebalanceContext {

@@ -146,11 +146,13 @@ impl Tracker {
     }
 
     /// An output of the record behind `opaque` failed for good: nothing at or after it in that
-    /// partition may be committed, and the relay must stop.
-    pub fn fail(&self, opaque: usize, reason: String) {
+    /// partition may be committed, and the relay must stop. Returns whether this is the first
+    /// failure (the one [`Tracker::failure`] reports), so an outage is logged once, not per record.
+    pub fn fail(&self, opaque: usize, reason: String) -> bool {
         let (slot, offset) = split(opaque);
         let mut g = self.lock();
         let inner = &mut *g;
+        let mut first = false;
         if let Some(key) = inner.by_slot.get(&slot).copied() {
             if let Some(track) = inner.tracks.get_mut(&key) {
                 // The failed record is still pending, so `done_up_to` is already before it;
@@ -159,9 +161,11 @@ impl Tracker {
             }
             if inner.failure.is_none() {
                 inner.failure = Some(Failure { key, offset, reason });
+                first = true;
             }
         }
         self.progressed.notify_all();
+        first
     }
 
     pub fn failure(&self) -> Option<Failure> {
@@ -277,7 +281,7 @@ mod tests {
         let b = t.begin(P, 2, 1, 0);
         let c = t.begin(P, 3, 1, 0);
         t.ack(a);
-        t.fail(b, "boom".into());
+        assert!(t.fail(b, "boom".into()));
         t.ack(b);
         t.ack(c);
         assert_eq!(t.take_committable(None, false), vec![(P, 2)]);

@@ -1,14 +1,17 @@
 //! Where a record is decided and fanned out: one input record → one output per service of its
-//! route, each on the cluster its decision names.
+//! route, each on the cluster its decision names. Every write goes to prod: a Rush copy goes to
+//! the route's outbox there, and the Rush lane ([`super::rush_lane`]) carries it to Rush, so
+//! production's progress never waits for the Rush cluster.
 
+use std::fmt::Write as _;
 use std::sync::Arc;
 
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, Message};
 
-use super::headers::{InputHeaders, Provenance, copy_headers, with_trace};
+use super::headers::{InputHeaders, OUTBOX_INPUT_OFFSET, OUTBOX_OUTPUT, Provenance, copy_headers, with_trace};
 use super::offsets::Tracker;
-use super::producer::{Output, Producers, send};
+use super::producer::{Output, OutputProducer, send};
 use crate::config::{Config, Route};
 use crate::extract::{Headers, RecordView, TenancyKey};
 use crate::kafka::ErrorClass;
@@ -42,7 +45,7 @@ pub enum Verdict<W> {
 pub struct Pipeline {
     routes: Vec<Route>,
     tenancy_key: TenancyKey,
-    producers: Arc<Producers>,
+    producer: Arc<OutputProducer>,
     tracker: Arc<Tracker>,
     all_metrics: Arc<Metrics>,
     metrics: Vec<RouteMetrics>,
@@ -56,12 +59,13 @@ pub struct Pipeline {
     /// Reused across records so stamping allocates only for the payload copy librdkafka takes.
     stamp: String,
     payload: Vec<u8>,
+    offset_text: String,
 }
 
 impl Pipeline {
     pub fn new(
         config: &Config,
-        producers: Arc<Producers>,
+        producer: Arc<OutputProducer>,
         tracker: Arc<Tracker>,
         metrics: &Arc<Metrics>,
         tracer: Arc<HopTracer>,
@@ -74,11 +78,12 @@ impl Pipeline {
             untimed: 0,
             routes: config.routes.clone(),
             tenancy_key: TenancyKey::new(&config.bridge.tenancy_header),
-            producers,
+            producer,
             tracker,
             all_metrics: metrics.clone(),
             stamp: String::new(),
             payload: Vec::new(),
+            offset_text: String::new(),
         }
     }
 
@@ -162,8 +167,8 @@ impl Pipeline {
             self.tracker.begin((ri, msg.partition()), msg.offset(), route.services.len() as u32, input_bytes(msg));
         for (i, service) in route.services.iter().enumerate() {
             let cluster = decision.cluster(i);
-            let (payload, headers) = match cluster {
-                Cluster::Prod => (msg.payload(), input_headers.map(copy_headers)),
+            let (topic, payload, headers) = match cluster {
+                Cluster::Prod => (&service.output_topic, msg.payload(), input_headers.map(copy_headers)),
                 Cluster::Rush => {
                     m.stamped[i].inc();
                     let user = decision.user.as_deref().unwrap_or_default();
@@ -191,16 +196,23 @@ impl Pipeline {
                     };
                     let trace = self.tracer.hop(|k| headers.last(k), &hop);
                     let key = self.tenancy_key.as_str();
-                    let drop = [key, &self.provenance.origin, &self.provenance.topic];
+                    let drop =
+                        [key, &self.provenance.origin, &self.provenance.topic, OUTBOX_OUTPUT, OUTBOX_INPUT_OFFSET];
                     let mut out = with_trace(input_headers, &drop, &trace);
                     if let Some(s) = stamp {
                         out = out.insert(Header { key, value: Some(s) });
                     }
-                    (payload, Some(out))
+                    // Where the Rush lane writes it, and which input it is (verify, explain).
+                    self.offset_text.clear();
+                    let _ = write!(self.offset_text, "{}", msg.offset());
+                    out = out
+                        .insert(Header { key: OUTBOX_OUTPUT, value: Some(service.output_topic.as_str()) })
+                        .insert(Header { key: OUTBOX_INPUT_OFFSET, value: Some(self.offset_text.as_str()) });
+                    (&route.outbox_topic, payload, Some(out))
                 }
             };
             let out = Output {
-                topic: &service.output_topic,
+                topic,
                 partition: msg.partition(),
                 key: msg.key(),
                 payload,
@@ -208,14 +220,14 @@ impl Pipeline {
                 timestamp: msg.timestamp(),
                 opaque,
             };
-            send(self.producers.get(cluster), out).map_err(|(source, class)| {
-                self.all_metrics.produce_error(cluster, class);
+            send(&self.producer, out).map_err(|(source, class)| {
+                self.all_metrics.produce_error(Cluster::Prod, class);
                 Box::new(ProduceError {
                     input_topic: route.topic.clone(),
                     partition: msg.partition(),
                     offset: msg.offset(),
-                    cluster: cluster.as_str(),
-                    output_topic: service.output_topic.clone(),
+                    cluster: "prod",
+                    output_topic: topic.clone(),
                     class,
                     source,
                 })

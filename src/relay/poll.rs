@@ -5,6 +5,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::error::RDKafkaErrorCode;
 use rdkafka::message::BorrowedMessage;
 
 use super::RelayError;
@@ -47,6 +48,8 @@ pub struct Limits<'a> {
     pub uncommitted: prometheus::IntGauge,
     pub consumer_errors: prometheus::IntCounter,
     pub commit_failures: prometheus::IntCounter,
+    /// The return path subscribes to Rush topics a rebuilt Rush cluster may not have yet.
+    pub unknown_topic_is_transient: bool,
 }
 
 impl<'a> Limits<'a> {
@@ -57,15 +60,16 @@ impl<'a> Limits<'a> {
         metrics: &crate::metrics::Metrics,
         direction: super::Direction,
     ) -> Self {
-        let direction = direction.as_str();
+        let label = direction.as_str();
         Self {
             max_in_flight: Load { records: config.bridge.max_in_flight, bytes: config.bridge.max_in_flight_bytes },
             commit_interval: config.bridge.commit_interval,
             in_flight_peak: &health.in_flight_peak,
             in_flight_bytes_peak: &health.in_flight_bytes_peak,
-            uncommitted: metrics.uncommitted.with_label_values(&[direction]),
-            consumer_errors: metrics.consumer_errors.with_label_values(&[direction]),
-            commit_failures: metrics.commit_failures.with_label_values(&[direction]),
+            uncommitted: metrics.uncommitted.with_label_values(&[label]),
+            consumer_errors: metrics.consumer_errors.with_label_values(&[label]),
+            commit_failures: metrics.commit_failures.with_label_values(&[direction.as_str()]),
+            unknown_topic_is_transient: direction == super::Direction::Return,
         }
     }
 }
@@ -127,6 +131,13 @@ pub fn run<H: Handler>(
                     }
                 }
                 Some(Err(e)) => match classify(&e) {
+                    _ if limits.unknown_topic_is_transient
+                        && e.rdkafka_error_code() == Some(RDKafkaErrorCode::UnknownTopicOrPartition) =>
+                    {
+                        limits.consumer_errors.inc();
+                        tracing::warn!(error = %e, "subscribed topic missing on its cluster, retrying");
+                        break;
+                    }
                     ErrorClass::Retry => {
                         limits.consumer_errors.inc();
                         tracing::warn!(error = %e, "consumer error, retrying");

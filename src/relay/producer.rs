@@ -1,4 +1,4 @@
-//! The two output producers (prod and Rush) and their delivery reports.
+//! The output producers and their delivery reports.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -65,8 +65,11 @@ impl ProducerContext for DeliveryContext {
                     msg.partition(),
                     class.as_str()
                 );
-                tracing::error!(%reason, "output not delivered; the relay stops and will not commit past it");
-                self.tracker.fail(opaque, reason);
+                // Later failures of the same outage are counted (above), not logged again.
+                let log = reason.clone();
+                if self.tracker.fail(opaque, reason) {
+                    tracing::error!(reason = %log, "output not delivered; offsets from it on are not committed");
+                }
             }
         }
     }
@@ -74,56 +77,29 @@ impl ProducerContext for DeliveryContext {
 
 pub type OutputProducer = ThreadedProducer<DeliveryContext>;
 
-pub struct Producers {
-    pub prod: OutputProducer,
-    pub rush: OutputProducer,
-}
-
-impl Producers {
-    pub fn create(
-        config: &crate::config::Config,
-        tracker: &Arc<Tracker>,
-        health: &Arc<Health>,
-        metrics: &Arc<Metrics>,
-    ) -> Result<Self, KafkaError> {
-        let ctx = |cluster, client, role| DeliveryContext {
-            cluster,
-            client,
-            role,
-            outputs: metrics.outputs(config, cluster, false),
-            metrics: metrics.clone(),
-            tracker: tracker.clone(),
-            health: health.clone(),
-        };
-        let prod = crate::kafka::producer_config(&config.prod, "prod", config);
-        let rush = crate::kafka::producer_config(&config.rush, "rush", config);
-        Ok(Self {
-            prod: prod.create_with_context(ctx(Cluster::Prod, "producer-prod", ProducerRole::Prod))?,
-            rush: rush.create_with_context(ctx(Cluster::Rush, "producer-rush", ProducerRole::Rush))?,
-        })
-    }
-
-    pub fn get(&self, cluster: Cluster) -> &OutputProducer {
-        match cluster {
-            Cluster::Prod => &self.prod,
-            Cluster::Rush => &self.rush,
-        }
-    }
-}
-
-/// The return path's producer: writes to prod, acknowledgements counted as returned records.
-pub fn return_producer(
+/// A producer of `role` whose delivery reports land in `tracker`: the forward direction's prod
+/// outputs and outbox, the Rush lane's Rush copies, or the return path's prod writes.
+pub fn output_producer(
     config: &crate::config::Config,
+    role: ProducerRole,
     tracker: &Arc<Tracker>,
     health: &Arc<Health>,
     metrics: &Arc<Metrics>,
 ) -> Result<OutputProducer, KafkaError> {
-    let prod = crate::kafka::producer_config(&config.prod, "prod-return", config);
-    prod.create_with_context(DeliveryContext {
-        cluster: Cluster::Prod,
-        client: "producer-return",
-        role: ProducerRole::Return,
-        outputs: metrics.outputs(config, Cluster::Prod, true),
+    let (cluster, name, client, return_path) = match role {
+        ProducerRole::Prod => (Cluster::Prod, "prod", "producer-prod", false),
+        ProducerRole::Rush => (Cluster::Rush, "rush", "producer-rush", false),
+        ProducerRole::Return => (Cluster::Prod, "prod-return", "producer-return", true),
+    };
+    let cluster_config = match cluster {
+        Cluster::Prod => &config.prod,
+        Cluster::Rush => &config.rush,
+    };
+    crate::kafka::producer_config(cluster_config, name, config).create_with_context(DeliveryContext {
+        cluster,
+        client,
+        role,
+        outputs: metrics.outputs(config, cluster, return_path),
         metrics: metrics.clone(),
         tracker: tracker.clone(),
         health: health.clone(),
@@ -134,14 +110,6 @@ pub fn return_producer(
 pub trait Flush: Send + Sync {
     /// Waits up to `timeout` for everything queued to be delivered.
     fn drain(&self, timeout: Duration) -> Result<(), KafkaError>;
-}
-
-impl Flush for Producers {
-    fn drain(&self, timeout: Duration) -> Result<(), KafkaError> {
-        let started = std::time::Instant::now();
-        self.prod.flush(timeout)?;
-        self.rush.flush(timeout.saturating_sub(started.elapsed()))
-    }
 }
 
 impl Flush for OutputProducer {

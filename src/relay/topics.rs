@@ -45,57 +45,114 @@ pub fn partition_counts(cluster: &ClusterConfig, name: &'static str) -> Result<B
         .collect())
 }
 
-/// Checks (and with `bridge.create_topics`, creates) every output topic on both clusters.
-/// Returns the partition count of each input topic.
-pub fn ensure_outputs(config: &Config) -> Result<BTreeMap<String, usize>, TopicError> {
-    let prod = partition_counts(&config.prod, "prod")?;
+/// A topic the bridge writes, and the input whose partition count it must have.
+struct Wanted<'a> {
+    topic: &'a str,
+    input: &'a str,
+    /// `retention.ms` to create it with (the outbox); the broker's default otherwise.
+    retention_ms: Option<String>,
+}
+
+/// Partition count of every route's input topic on prod.
+fn inputs(config: &Config, prod: &BTreeMap<String, usize>) -> Result<BTreeMap<String, usize>, TopicError> {
     let mut inputs = BTreeMap::new();
     for (i, r) in config.routes.iter().enumerate() {
         let n = *prod.get(&r.topic).ok_or_else(|| TopicError::MissingInput { route: i, topic: r.topic.clone() })?;
         inputs.insert(r.topic.clone(), n);
     }
-    for (name, cluster, existing) in
-        [("prod", &config.prod, prod.clone()), ("rush", &config.rush, partition_counts(&config.rush, "rush")?)]
-    {
-        let mut missing = Vec::new();
-        for r in &config.routes {
-            let expected = inputs[&r.topic];
-            // On Rush, a return route's raw topic is where Rush instances produce; it mirrors
-            // prod's partitioning so a record can keep its partition on the way back.
-            let raw = (name == "rush" && r.return_path).then_some(&r.topic);
-            for topic in r.services.iter().map(|s| &s.output_topic).chain(raw) {
-                match existing.get(topic) {
-                    Some(&actual) if actual != expected => {
-                        return Err(TopicError::PartitionMismatch {
-                            cluster: name,
-                            topic: topic.clone(),
-                            input: r.topic.clone(),
-                            expected,
-                            actual,
-                        });
-                    }
-                    Some(_) => {}
-                    None => missing.push((topic.as_str(), expected)),
-                }
-            }
-        }
-        if missing.is_empty() {
-            continue;
-        }
-        if !config.bridge.create_topics {
-            return Err(TopicError::MissingOutput { cluster: name, topic: missing[0].0.to_owned() });
-        }
-        create(cluster, name, &missing, config.bridge.replication_factor)?;
-    }
     Ok(inputs)
 }
 
-fn create(cluster: &ClusterConfig, name: &'static str, topics: &[(&str, usize)], rf: i32) -> Result<(), TopicError> {
+/// Checks (and with `bridge.create_topics`, creates) every topic the bridge writes on prod: the
+/// outputs and the Rush outboxes. Returns the partition count of each input topic.
+pub fn ensure_prod(config: &Config) -> Result<BTreeMap<String, usize>, TopicError> {
+    let prod = partition_counts(&config.prod, "prod")?;
+    let inputs = inputs(config, &prod)?;
+    let retention = config.bridge.rush_retention.as_millis().to_string();
+    let mut wanted = Vec::new();
+    for r in &config.routes {
+        let outbox = Wanted { topic: &r.outbox_topic, input: &r.topic, retention_ms: Some(retention.clone()) };
+        wanted.push(outbox);
+        wanted.extend(r.services.iter().map(|s| Wanted {
+            topic: &s.output_topic,
+            input: &r.topic,
+            retention_ms: None,
+        }));
+    }
+    ensure(config, &config.prod, "prod", &prod, &inputs, &wanted)?;
+    Ok(inputs)
+}
+
+/// The same on Rush: the outputs, and each return route's raw topic, where Rush instances
+/// produce; it mirrors prod's partitioning so a record can keep its partition on the way back.
+/// Run by the Rush lane whenever it starts, so a Rush cluster rebuilt empty gets them again.
+pub fn ensure_rush(config: &Config) -> Result<(), TopicError> {
+    let inputs = inputs(config, &partition_counts(&config.prod, "prod")?)?;
+    let rush = partition_counts(&config.rush, "rush")?;
+    let mut wanted = Vec::new();
+    for r in &config.routes {
+        wanted.extend(r.services.iter().map(|s| Wanted {
+            topic: &s.output_topic,
+            input: &r.topic,
+            retention_ms: None,
+        }));
+        if r.return_path {
+            wanted.push(Wanted { topic: &r.topic, input: &r.topic, retention_ms: None });
+        }
+    }
+    ensure(config, &config.rush, "rush", &rush, &inputs, &wanted)
+}
+
+fn ensure(
+    config: &Config,
+    cluster: &ClusterConfig,
+    name: &'static str,
+    existing: &BTreeMap<String, usize>,
+    inputs: &BTreeMap<String, usize>,
+    wanted: &[Wanted<'_>],
+) -> Result<(), TopicError> {
+    let mut missing = Vec::new();
+    for w in wanted {
+        let expected = inputs[w.input];
+        match existing.get(w.topic) {
+            Some(&actual) if actual != expected => {
+                return Err(TopicError::PartitionMismatch {
+                    cluster: name,
+                    topic: w.topic.to_owned(),
+                    input: w.input.to_owned(),
+                    expected,
+                    actual,
+                });
+            }
+            Some(_) => {}
+            None => missing.push((w.topic, expected, w.retention_ms.as_deref())),
+        }
+    }
+    if missing.is_empty() {
+        return Ok(());
+    }
+    if !config.bridge.create_topics {
+        return Err(TopicError::MissingOutput { cluster: name, topic: missing[0].0.to_owned() });
+    }
+    create(cluster, name, &missing, config.bridge.replication_factor)
+}
+
+type NewTopicSpec<'a> = (&'a str, usize, Option<&'a str>);
+
+fn create(cluster: &ClusterConfig, name: &'static str, topics: &[NewTopicSpec<'_>], rf: i32) -> Result<(), TopicError> {
     let fail = |topic: &str, reason: String| TopicError::Create { cluster: name, topic: topic.to_owned(), reason };
     let admin: AdminClient<DefaultClientContext> =
         admin_config(cluster, name).create().map_err(|e| fail(topics[0].0, e.to_string()))?;
-    let new: Vec<NewTopic<'_>> =
-        topics.iter().map(|(t, n)| NewTopic::new(t, *n as i32, TopicReplication::Fixed(rf))).collect();
+    let new: Vec<NewTopic<'_>> = topics
+        .iter()
+        .map(|(t, n, retention)| {
+            let topic = NewTopic::new(t, *n as i32, TopicReplication::Fixed(rf));
+            match retention {
+                Some(ms) => topic.set("retention.ms", ms),
+                None => topic,
+            }
+        })
+        .collect();
     let opts = AdminOptions::new().operation_timeout(Some(METADATA_TIMEOUT));
     let results =
         futures_executor::block_on(admin.create_topics(&new, &opts)).map_err(|e| fail(topics[0].0, e.to_string()))?;
@@ -111,10 +168,10 @@ fn create(cluster: &ClusterConfig, name: &'static str, topics: &[(&str, usize)],
     let deadline = Instant::now() + METADATA_TIMEOUT;
     loop {
         let now = partition_counts(cluster, name)?;
-        let pending: Vec<_> = topics.iter().filter(|(t, n)| now.get(*t) != Some(n)).collect();
+        let pending: Vec<_> = topics.iter().filter(|(t, n, _)| now.get(*t) != Some(n)).collect();
         match pending.first() {
             None => return Ok(()),
-            Some((t, n)) if Instant::now() >= deadline => {
+            Some((t, n, _)) if Instant::now() >= deadline => {
                 return Err(fail(t, format!("not visible with {n} partitions after {METADATA_TIMEOUT:?}")));
             }
             Some(_) => std::thread::sleep(Duration::from_millis(200)),

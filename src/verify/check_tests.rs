@@ -12,6 +12,7 @@ fn route(stamp: StampMode, user: UserLocator) -> Route {
         user,
         stamp,
         return_path: false,
+        outbox_topic: "tenancy-bridge.rush.orders".into(),
     }
 }
 

@@ -57,8 +57,19 @@ impl Tansu {
     }
 }
 
+impl Tansu {
+    /// Freezes (`STOP`) or thaws (`CONT`) the broker: it keeps its port and its (in-memory)
+    /// data but answers nothing while frozen, like a hung or partitioned cluster.
+    pub fn signal(&self, signal: &str) {
+        let ok = Command::new("kill").args([&format!("-{signal}"), &self.child.id().to_string()]).status().unwrap();
+        assert!(ok.success(), "kill -{signal}");
+    }
+}
+
 impl Drop for Tansu {
     fn drop(&mut self) {
+        // A frozen process still dies of SIGKILL; CONT first anyway so nothing lingers stopped.
+        let _ = Command::new("kill").args(["-CONT", &self.child.id().to_string()]).status();
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -138,6 +149,17 @@ impl Bridge {
             .spawn()
             .unwrap();
         Self(child)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.0.id()
+    }
+
+    /// Resident memory of the process, in bytes (0 once it is gone).
+    pub fn rss_bytes(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.0.id())).unwrap_or_default();
+        let kib = status.lines().find_map(|l| l.strip_prefix("VmRSS:")).and_then(|v| v.split_whitespace().next());
+        kib.and_then(|k| k.parse::<u64>().ok()).unwrap_or(0) * 1024
     }
 
     pub fn assert_running(&mut self) {

@@ -1,0 +1,213 @@
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+//! The Rush cluster frozen (SIGSTOP) for longer than every producer and request timeout while
+//! events flow: production outputs keep flowing, the bridge never exits, `/readyz` stays 200 and
+//! says Rush is degraded, memory stays bounded, and once Rush thaws every Rush copy arrives.
+//! Then a shorter freeze at a higher rate. Two tansu brokers, the `run` binary.
+//!
+//! `RUSH_FREEZE_SECS` (default 150) sets the long freeze.
+
+mod common;
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use common::invariant::{self, Delivery, StampCheck, TID};
+use common::{Bridge, ConfigOpts, Input, OffsetWatcher, Read, Tansu, http_get};
+
+const PARTITIONS: i32 = 3;
+const GROUP: &str = "bridge-outage";
+const USERS: usize = 40;
+
+fn input(i: usize) -> Input {
+    let user = format!("U{}", i % USERS);
+    Input {
+        partition: (i % PARTITIONS as usize) as i32,
+        key: Some(user.clone().into_bytes()),
+        payload: Some(format!(r#"{{"n":{i},"user_id":"{user}","pad":"{}"}}"#, "x".repeat(150)).into_bytes()),
+        headers: vec![(TID.into(), Some(i.to_string().into_bytes())), ("x-user-id".into(), Some(user.into_bytes()))],
+        timestamp: tenancy_bridge::whitelist::now_ms(),
+    }
+}
+
+fn tid(r: &Read) -> usize {
+    std::str::from_utf8(r.header(TID).unwrap()).unwrap().parse().unwrap()
+}
+
+/// Produces `input(0..)` at `rate` events/s until `stop`.
+struct PacedProducer {
+    produced: Arc<AtomicUsize>,
+    rate: Arc<AtomicU64>,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl PacedProducer {
+    fn start(bootstrap: &str, rate: u64) -> Self {
+        let produced = Arc::new(AtomicUsize::new(0));
+        let rate = Arc::new(AtomicU64::new(rate));
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let (bootstrap, produced, rate, stop) =
+                (bootstrap.to_owned(), produced.clone(), rate.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let p = common::producer(&bootstrap);
+                let mut i = 0;
+                // Paced in 10 ms ticks against the clock, so a slow tick is caught up.
+                let (mut tick_start, mut in_tick) = (Instant::now(), 0u64);
+                while !stop.load(Ordering::Relaxed) {
+                    let per_tick = (rate.load(Ordering::Relaxed) / 100).max(1);
+                    if in_tick >= per_tick {
+                        let next = tick_start + Duration::from_millis(10);
+                        if let Some(wait) = next.checked_duration_since(Instant::now()) {
+                            std::thread::sleep(wait);
+                        }
+                        (tick_start, in_tick) = (next, 0);
+                        continue;
+                    }
+                    common::send(&p, "orders", &input(i));
+                    i += 1;
+                    in_tick += 1;
+                    produced.store(i, Ordering::Relaxed);
+                }
+                rdkafka::producer::Producer::flush(&p, Duration::from_secs(60)).unwrap();
+            })
+        };
+        Self { produced, rate, stop, thread: Some(thread) }
+    }
+
+    fn produced(&self) -> usize {
+        self.produced.load(Ordering::Relaxed)
+    }
+
+    fn finish(mut self) -> usize {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.take().unwrap().join().unwrap();
+        self.produced()
+    }
+}
+
+struct Freeze {
+    events: usize,
+    reached_prod: usize,
+    expected_prod: usize,
+    peak_rss: u64,
+}
+
+/// Freezes `rush` for `secs` while events flow; returns what reached prod meanwhile.
+fn freeze(rush: &Tansu, prod: &Tansu, bridge: &mut Bridge, admin: &str, producer: &PacedProducer, secs: u64) -> Freeze {
+    let first = producer.produced();
+    rush.signal("STOP");
+    let started = Instant::now();
+    let (mut peak_rss, mut said_degraded) = (0, false);
+    while started.elapsed() < Duration::from_secs(secs) {
+        // The outage itself is the point here: this loop only watches the bridge through it.
+        std::thread::sleep(Duration::from_secs(1));
+        bridge.assert_running();
+        peak_rss = peak_rss.max(bridge.rss_bytes());
+        let (status, body) = http_get(admin, "/readyz");
+        assert_eq!(status, 200, "readiness must not depend on Rush: {body}");
+        said_degraded |= body.contains("rush degraded");
+    }
+    let last = producer.produced();
+    // What reached prod before the freeze ends: read while Rush is still frozen.
+    let services = ["payment", "shipping"];
+    let mut reached = 0;
+    let mut expected = 0;
+    for s in services {
+        let topic = format!("orders.{s}");
+        let want: HashSet<usize> = (first..last).filter(|i| s == "shipping" || i % USERS != 1).collect();
+        let records = common::read_until(&[(&prod.bootstrap, &topic)], last, Duration::from_secs(20));
+        let got: HashSet<usize> = records[0].iter().map(tid).filter(|t| want.contains(t)).collect();
+        reached += got.len();
+        expected += want.len();
+    }
+    assert!(started.elapsed() > Duration::from_secs(secs));
+    rush.signal("CONT");
+    if secs > 60 {
+        assert!(said_degraded, "/readyz never said Rush was degraded during a {secs} s freeze");
+    }
+    Freeze { events: last - first, reached_prod: reached, expected_prod: expected, peak_rss }
+}
+
+#[test]
+fn a_frozen_rush_cluster_never_stops_or_slows_production() {
+    let long: u64 = std::env::var("RUSH_FREEZE_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(150);
+    let (prod, rush) = (Tansu::start(), Tansu::start());
+    common::create_topic(&prod.bootstrap, "orders", PARTITIONS);
+    let dir = tempfile::tempdir().unwrap();
+    let wl = dir.path().join("whitelist.json");
+    common::write_atomic(&wl, &common::whitelist_json(1, &[("U1", &["payment"])]));
+    let admin = format!("127.0.0.1:{}", common::free_port());
+    let text = common::config_text(&ConfigOpts {
+        prod: &prod.bootstrap,
+        rush: &rush.bootstrap,
+        whitelist: &wl,
+        group: GROUP,
+        routes: "[[routes]]\ntopic = \"orders\"\nservices = [\"payment\", \"shipping\"]\nuser = { header = \"x-user-id\" }\nreturn_path = true\n",
+        extra_bridge: "",
+        kafka: "\"session.timeout.ms\" = 6000\n\"max.poll.interval.ms\" = 10000",
+    })
+    .replace("listen = \"127.0.0.1:0\"", &format!("listen = \"{admin}\""));
+    let config = dir.path().join("bridge.toml");
+    std::fs::write(&config, text).unwrap();
+
+    let mut bridge = Bridge::start(&config);
+    let producer = PacedProducer::start(&prod.bootstrap, 400);
+    let watcher = OffsetWatcher::new(&prod.bootstrap, GROUP);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while watcher.committed("orders", PARTITIONS) < 1_000 {
+        assert!(Instant::now() < deadline, "the bridge committed nothing");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    let runs = [(400, long), (2_500, 20)];
+    let mut report = Vec::new();
+    for (rate, secs) in runs {
+        producer.rate.store(rate, Ordering::Relaxed);
+        std::thread::sleep(Duration::from_secs(3));
+        let f = freeze(&rush, &prod, &mut bridge, &admin, &producer, secs);
+        let share = f.reached_prod as f64 / f.expected_prod as f64;
+        eprintln!(
+            "rush frozen {secs} s at {rate} events/s: {} events, {}/{} prod outputs ({:.1} %) reached prod during \
+             the freeze, peak RSS {} MiB",
+            f.events,
+            f.reached_prod,
+            f.expected_prod,
+            share * 100.0,
+            f.peak_rss >> 20
+        );
+        assert!(f.events as u64 >= rate * secs * 9 / 10, "the producer fell behind: {} events", f.events);
+        assert!(share >= 0.95, "only {:.1} % of the prod outputs of the freeze reached prod", share * 100.0);
+        assert!(f.peak_rss < 512 << 20, "bridge RSS {} MiB during the freeze", f.peak_rss >> 20);
+        report.push(share);
+    }
+    let total = producer.finish();
+
+    // Rush is back: every Rush copy arrives; nothing lost, nothing on both clusters.
+    let read_in = common::read_all(&prod.bootstrap, "orders", total, Duration::from_secs(60));
+    assert_eq!(read_in.len(), total);
+    let services = ["payment", "shipping"];
+    let (prod_out, rush_out) =
+        common::read_services(&prod.bootstrap, &rush.bootstrap, "orders", &services, total, Duration::from_secs(240));
+    let expected =
+        |r: &Read, svc: &str| (r.header("x-user-id") == Some(b"U1") && svc == "payment").then(|| "U1".into());
+    let result = invariant::check_with(
+        &read_in,
+        &services,
+        &prod_out,
+        &rush_out,
+        expected,
+        StampCheck::Header,
+        Delivery::AtLeastOnce,
+    );
+    eprintln!(
+        "after the thaw: {total} events, {} prod + {} rush outputs, {} written again on Rush",
+        result.prod, result.rush, result.replayed
+    );
+    result.assert_clean();
+    bridge.assert_running();
+    let summary = bridge.stop(Duration::from_secs(60));
+    assert!(summary.contains("records in"), "{summary}");
+}
