@@ -444,6 +444,17 @@ fn permanent_prod_failure_stops_without_committing_past_it() {
 }
 
 /// Waits until `group` has committed `total` offsets over every partition of `topic` on prod.
+/// Waits until the Rush lane has carried every record now in the outbox to Rush: stopping the
+/// bridge earlier leaves Rush copies waiting in the outbox (for the next run), not on Rush.
+fn wait_rush_lane_caught_up(c: &Clusters) {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let consumer: BaseConsumer =
+        rdkafka::ClientConfig::new().set("bootstrap.servers", c.prod.bootstrap_servers()).create().unwrap();
+    let high: i64 =
+        (0..PARTITIONS).map(|p| consumer.fetch_watermarks(OUTBOX, p, Duration::from_secs(10)).unwrap().1).sum();
+    wait_committed(c, "bridge-test.rush", OUTBOX, high);
+}
+
 fn wait_committed(c: &Clusters, group: &str, topic: &str, total: i64) {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
@@ -550,6 +561,7 @@ fn instances_share_partitions_and_hand_over_on_rebalance() {
     a.stop().unwrap();
     common::produce(&c.prod.bootstrap_servers(), "orders", &batch(600..900));
     wait(&[&b], b.acked() + 600);
+    wait_rush_lane_caught_up(&c);
     b.stop().unwrap();
     assert!(b_share > 0, "the second instance got no partitions");
 

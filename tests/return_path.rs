@@ -27,6 +27,7 @@ fn clusters() -> (MockCluster<'static, DefaultProducerContext>, MockCluster<'sta
         prod.create_topic(t, 2, 1).unwrap();
         rush.create_topic(t, 2, 1).unwrap();
     }
+    prod.create_topic("tenancy-bridge.rush.orders", 2, 1).unwrap();
     (prod, rush)
 }
 

@@ -93,6 +93,17 @@ struct Freeze {
     reached_prod: usize,
     expected_prod: usize,
     peak_rss: u64,
+    /// The largest Rush backlog and oldest-copy age `/metrics` reported during the freeze.
+    peak_backlog: f64,
+    peak_age_secs: f64,
+}
+
+fn gauge(metrics: &str, name: &str) -> f64 {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(name).and_then(|v| v.strip_prefix(' ')))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0)
 }
 
 /// Freezes `rush` for `secs` while events flow; returns what reached prod meanwhile.
@@ -100,7 +111,7 @@ fn freeze(rush: &Tansu, prod: &Tansu, bridge: &mut Bridge, admin: &str, producer
     let first = producer.produced();
     rush.signal("STOP");
     let started = Instant::now();
-    let (mut peak_rss, mut said_degraded) = (0, false);
+    let (mut peak_rss, mut said_degraded, mut peak_backlog, mut peak_age_secs) = (0, false, 0.0f64, 0.0f64);
     while started.elapsed() < Duration::from_secs(secs) {
         // The outage itself is the point here: this loop only watches the bridge through it.
         std::thread::sleep(Duration::from_secs(1));
@@ -109,6 +120,9 @@ fn freeze(rush: &Tansu, prod: &Tansu, bridge: &mut Bridge, admin: &str, producer
         let (status, body) = http_get(admin, "/readyz");
         assert_eq!(status, 200, "readiness must not depend on Rush: {body}");
         said_degraded |= body.contains("rush degraded");
+        let (_, metrics) = http_get(admin, "/metrics");
+        peak_backlog = peak_backlog.max(gauge(&metrics, "tenancy_bridge_rush_backlog_records"));
+        peak_age_secs = peak_age_secs.max(gauge(&metrics, "tenancy_bridge_rush_backlog_age_seconds"));
     }
     let last = producer.produced();
     // What reached prod before the freeze ends: read while Rush is still frozen.
@@ -128,7 +142,20 @@ fn freeze(rush: &Tansu, prod: &Tansu, bridge: &mut Bridge, admin: &str, producer
     if secs > 60 {
         assert!(said_degraded, "/readyz never said Rush was degraded during a {secs} s freeze");
     }
-    Freeze { events: last - first, reached_prod: reached, expected_prod: expected, peak_rss }
+    // The Rush copies of the freeze wait in the outbox, and the metrics say so.
+    assert!(peak_backlog >= 1.0, "rush_backlog_records stayed 0 through a {secs} s freeze");
+    assert!(
+        peak_age_secs >= (secs / 2) as f64,
+        "oldest Rush copy age peaked at {peak_age_secs} s in a {secs} s freeze"
+    );
+    Freeze {
+        events: last - first,
+        reached_prod: reached,
+        expected_prod: expected,
+        peak_rss,
+        peak_backlog,
+        peak_age_secs,
+    }
 }
 
 #[test]
@@ -171,12 +198,14 @@ fn a_frozen_rush_cluster_never_stops_or_slows_production() {
         let share = f.reached_prod as f64 / f.expected_prod as f64;
         eprintln!(
             "rush frozen {secs} s at {rate} events/s: {} events, {}/{} prod outputs ({:.1} %) reached prod during \
-             the freeze, peak RSS {} MiB",
+             the freeze, peak RSS {} MiB, Rush backlog peaked at {} copies, {:.0} s old",
             f.events,
             f.reached_prod,
             f.expected_prod,
             share * 100.0,
-            f.peak_rss >> 20
+            f.peak_rss >> 20,
+            f.peak_backlog,
+            f.peak_age_secs
         );
         assert!(f.events as u64 >= rate * secs * 9 / 10, "the producer fell behind: {} events", f.events);
         assert!(share >= 0.95, "only {:.1} % of the prod outputs of the freeze reached prod", share * 100.0);

@@ -100,6 +100,8 @@ pub fn run(opts: &Options, out: &mut dyn Write) -> Result<bool, DemoError> {
     // The mock cluster cannot create topics through the admin API; the bridge would otherwise.
     prod.create_topic("orders", PARTITIONS, 1)?;
     rush.create_topic("orders", PARTITIONS, 1)?;
+    // The outbox where Rush copies wait on prod until the Rush lane has them on Rush.
+    prod.create_topic("tenancy-bridge.rush.orders", PARTITIONS, 1)?;
     for s in SERVICES {
         prod.create_topic(&format!("orders.{s}"), PARTITIONS, 1)?;
         rush.create_topic(&format!("orders.{s}"), PARTITIONS, 1)?;
