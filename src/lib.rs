@@ -9,6 +9,7 @@
 //!   [`json_scan`], a lazy pointer lookup that reads only the path to the value.
 //! - [`tenancy`]: the decision per event and service, and the stamp on Rush copies.
 //! - [`whitelist::Snapshot`]: the immutable whitelist a decision reads.
+//! - [`pinning`]: which whitelist decides each input offset, so a replay decides it again alike.
 //!
 //! The I/O shell around it:
 //! - [`relay`]: consumer, producers, ordered offset tracking, the pipeline, and the return
@@ -33,6 +34,7 @@ pub mod extract;
 pub mod json_scan;
 pub mod kafka;
 pub mod metrics;
+pub mod pinning;
 pub mod relay;
 pub mod report;
 pub mod telemetry;

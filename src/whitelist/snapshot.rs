@@ -46,6 +46,8 @@ type Users = HashMap<Box<str>, Entry, foldhash::fast::RandomState>;
 pub struct Snapshot {
     version: u64,
     entries: Users,
+    /// Every distinct expiry, ascending: when the decisions this snapshot gives next change.
+    expiries: Vec<i64>,
 }
 
 impl Snapshot {
@@ -55,7 +57,14 @@ impl Snapshot {
 
     pub fn new(version: u64, entries: impl IntoIterator<Item = (String, Entry)>) -> Self {
         let entries = entries.into_iter().map(|(u, e)| (u.into_boxed_str(), e)).collect();
-        Self { version, entries }
+        Self::indexed(version, entries)
+    }
+
+    fn indexed(version: u64, entries: Users) -> Self {
+        let mut expiries: Vec<i64> = entries.values().map(|e| e.expires_at_ms).collect();
+        expiries.sort_unstable();
+        expiries.dedup();
+        Self { version, entries, expiries }
     }
 
     pub fn from_json(bytes: &[u8]) -> Result<Self, SnapshotError> {
@@ -83,7 +92,48 @@ impl Snapshot {
                 })
                 .or_insert(Entry { services, expires_at_ms });
         }
-        Ok(Self { version: wire.version, entries })
+        Ok(Self::indexed(wire.version, entries))
+    }
+
+    /// The wire format again, canonical (users and their services sorted), so that equal
+    /// contents give equal bytes: what the decision log stores and [`Self::fingerprint`] hashes.
+    pub fn to_json(&self) -> String {
+        let entries = self.canonical_entries();
+        serde_json::json!({ "version": self.version, "entries": entries }).to_string()
+    }
+
+    fn canonical_entries(&self) -> Vec<serde_json::Value> {
+        let mut users: Vec<(&str, &Entry)> = self.entries.iter().map(|(u, e)| (&**u, e)).collect();
+        users.sort_unstable_by_key(|(u, _)| *u);
+        users
+            .into_iter()
+            .map(|(user, e)| {
+                let mut services: Vec<&str> = e.services.iter().map(|s| &**s).collect();
+                services.sort_unstable();
+                // RFC 3339 ends at year 9999; anything later never expires either way.
+                let ms = e.expires_at_ms.clamp(0, LAST_RFC3339_MS) as u64;
+                let expires = UNIX_EPOCH + std::time::Duration::from_millis(ms);
+                serde_json::json!({
+                    "user": user,
+                    "services": services,
+                    "expires_at": humantime::format_rfc3339_millis(expires).to_string(),
+                })
+            })
+            .collect()
+    }
+
+    /// A stable 64-bit hash of the content (not the version): two snapshots with the same
+    /// fingerprint give every event the same decision at the same instant.
+    pub fn fingerprint(&self) -> u64 {
+        let entries = serde_json::Value::Array(self.canonical_entries()).to_string();
+        fnv1a(entries.as_bytes())
+    }
+
+    /// The first expiry strictly after `t_ms` (`i64::MAX` if none): until then, deciding at
+    /// `t_ms` or at any later instant gives the same answers.
+    pub fn next_expiry_after(&self, t_ms: i64) -> i64 {
+        let i = self.expiries.partition_point(|e| *e <= t_ms);
+        self.expiries.get(i).copied().unwrap_or(i64::MAX)
     }
 
     pub fn version(&self) -> u64 {
@@ -138,6 +188,14 @@ impl Whitelist for Answered {
     }
 }
 
+/// 9999-12-31T23:59:59.999Z.
+const LAST_RFC3339_MS: i64 = 253_402_300_799_999;
+
+/// FNV-1a: stable across builds and platforms, unlike the standard library's hashers.
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3))
+}
+
 pub fn parse_rfc3339_ms(s: &str) -> Result<i64, String> {
     let t = humantime::parse_rfc3339_weak(s).map_err(|e| e.to_string())?;
     let ms = match t.duration_since(UNIX_EPOCH) {
@@ -177,6 +235,35 @@ mod tests {
         assert!(err.contains("entry 0") && err.contains("U1") && err.contains("expires_at"), "{err}");
         assert!(Snapshot::from_json(b"{}").is_err());
         assert!(Snapshot::from_json(br#"{"version":1,"entries":[],"extra":1}"#).is_err());
+    }
+
+    #[test]
+    fn canonical_json_round_trips_and_fingerprints_content() {
+        let a = br#"{"version":3,"entries":[
+            {"user":"U2","services":["shipping","payment"],"expires_at":"2030-01-01T00:00:00.250Z"},
+            {"user":"U1","services":["payment"],"expires_at":"2031-01-01T00:00:00Z"}]}"#;
+        let b = br#"{"version":9,"entries":[
+            {"user":"U1","services":["payment"],"expires_at":"2031-01-01T00:00:00Z"},
+            {"user":"U2","services":["payment","shipping"],"expires_at":"2030-01-01T00:00:00.250Z"}]}"#;
+        let (a, b) = (Snapshot::from_json(a).unwrap(), Snapshot::from_json(b).unwrap());
+        assert_eq!(a.fingerprint(), b.fingerprint(), "same content, other order and version");
+        let back = Snapshot::from_json(a.to_json().as_bytes()).unwrap();
+        assert_eq!(back.version(), 3);
+        assert_eq!(back.fingerprint(), a.fingerprint());
+        assert_eq!(back.to_json(), a.to_json());
+        assert_eq!(back.services_for("U2", 0).map(<[_]>::len), Some(2));
+        let c = Snapshot::new(3, [("U1".to_string(), Entry { services: vec!["payment".into()], expires_at_ms: 1 })]);
+        assert_ne!(c.fingerprint(), a.fingerprint());
+    }
+
+    #[test]
+    fn next_expiry_is_strictly_after() {
+        let e = |ms| Entry { services: vec!["p".into()], expires_at_ms: ms };
+        let s = Snapshot::new(1, [("a".into(), e(10)), ("b".into(), e(20)), ("c".into(), e(20))]);
+        assert_eq!(s.next_expiry_after(0), 10);
+        assert_eq!(s.next_expiry_after(10), 20);
+        assert_eq!(s.next_expiry_after(20), i64::MAX);
+        assert_eq!(Snapshot::empty().next_expiry_after(5), i64::MAX);
     }
 
     #[test]

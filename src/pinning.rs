@@ -1,0 +1,209 @@
+//! Decided once: which whitelist decides each input offset, so that a replay decides it again
+//! exactly as the first time.
+//!
+//! An [`Epoch`] is a whitelist snapshot read at a fixed instant. Before a partition decides its
+//! first record with a new epoch, the relay durably records a [`Pin`] "from offset O, epoch E"
+//! (the I/O lives in `relay::decisions`). A later owner of the partition rebuilds the
+//! [`Chain`] of pins from the log and decides every offset a previous owner may have decided
+//! (those below the partition's high watermark when it took over, its *horizon*) with the epoch
+//! pinned for it. From the horizon on it decides with the live whitelist, pinning first.
+//!
+//! Pure: no I/O, no clock. Decisions read `Epoch::clock_ms`, never the wall clock, which is
+//! what makes an expiry replay the same way.
+
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use crate::whitelist::Snapshot;
+
+/// A snapshot read at one instant.
+#[derive(Debug)]
+pub struct Epoch {
+    pub snapshot: Arc<Snapshot>,
+    pub fingerprint: u64,
+    pub clock_ms: i64,
+    /// The first expiry after `clock_ms`: from then on the same snapshot decides differently.
+    pub changes_at_ms: i64,
+}
+
+impl Epoch {
+    pub fn new(snapshot: Arc<Snapshot>, clock_ms: i64) -> Self {
+        Self::with_fingerprint(snapshot.fingerprint(), snapshot, clock_ms)
+    }
+
+    pub fn with_fingerprint(fingerprint: u64, snapshot: Arc<Snapshot>, clock_ms: i64) -> Self {
+        let changes_at_ms = snapshot.next_expiry_after(clock_ms);
+        Self { snapshot, fingerprint, clock_ms, changes_at_ms }
+    }
+
+    /// Whether the two give every event the same decision: same content, and no entry
+    /// expires between their instants.
+    pub fn same_decisions(&self, other: &Epoch) -> bool {
+        let (early, late) = if self.clock_ms <= other.clock_ms { (self, other) } else { (other, self) };
+        self.fingerprint == other.fingerprint && early.changes_at_ms > late.clock_ms
+    }
+}
+
+/// "From offset `from` on, `epoch` decides this partition."
+#[derive(Debug, Clone)]
+pub struct Pin {
+    pub from: i64,
+    pub epoch: Arc<Epoch>,
+}
+
+/// The pins of one partition, in the order they were recorded.
+#[derive(Debug, Clone, Default)]
+pub struct Chain(Vec<Pin>);
+
+impl Chain {
+    /// Applies a pin read from the log: it overrides every earlier pin from its offset on
+    /// (the log's order is the order they were recorded, so the last word wins).
+    pub fn apply(&mut self, pin: Pin) {
+        let keep = self.0.partition_point(|p| p.from < pin.from);
+        self.0.truncate(keep);
+        self.0.push(pin);
+    }
+
+    /// The pin deciding `offset`: the last one from at or before it.
+    pub fn covering(&self, offset: i64) -> Option<&Pin> {
+        self.covering_index(offset).map(|i| &self.0[i])
+    }
+
+    fn covering_index(&self, offset: i64) -> Option<usize> {
+        self.0.partition_point(|p| p.from <= offset).checked_sub(1)
+    }
+
+    /// Whether the pins reach back to `offset` (a scan of the log backwards can stop).
+    pub fn reaches(&self, offset: i64) -> bool {
+        self.0.first().is_some_and(|p| p.from <= offset)
+    }
+
+    /// Drops the pins no offset from `offset` on can need.
+    pub fn trim_before(&mut self, offset: i64) {
+        let i = self.0.partition_point(|p| p.from <= offset);
+        self.0.drain(..i.saturating_sub(1));
+    }
+
+    pub fn last(&self) -> Option<&Pin> {
+        self.0.last()
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+/// What decides the next record of a partition.
+#[derive(Debug)]
+pub enum Pick<'a> {
+    /// Decide with this epoch; nothing to record.
+    Decide(&'a Arc<Epoch>),
+    /// Record "from this offset, the live epoch" durably first, then call [`PartitionPins::pinned`].
+    Record { from: i64 },
+}
+
+/// A partition's pins as its owner uses them.
+#[derive(Debug)]
+pub struct PartitionPins {
+    /// What previous owners recorded; decides every offset below `horizon`.
+    recorded: Chain,
+    horizon: i64,
+    /// The epoch deciding from the horizon on, once there is one.
+    current: Option<Arc<Epoch>>,
+    /// The offset after the last one decided, if any was.
+    next: Option<i64>,
+}
+
+impl PartitionPins {
+    /// A partition taken over with what previous owners recorded, whose high watermark was
+    /// `horizon` at that moment: no earlier owner can have decided an offset at or above it.
+    pub fn taken_over(recorded: Chain, horizon: i64) -> Self {
+        Self { recorded, horizon, current: None, next: None }
+    }
+
+    /// Picks the epoch for `offset`, given the whitelist in effect now.
+    pub fn pick(&mut self, offset: i64, live: &Arc<Epoch>) -> Pick<'_> {
+        if offset < self.horizon && !self.recorded.is_empty() {
+            // Below the first recorded pin (its history is gone): the earliest epoch known,
+            // which every later replay picks too.
+            let i = self.recorded.covering_index(offset).unwrap_or(0);
+            self.next = Some(offset + 1);
+            return Pick::Decide(&self.recorded.0[i].epoch);
+        }
+        if self.current.is_none() {
+            // Past the horizon (or before any recorded pin): the last recorded epoch still
+            // holds if it decides like the live one, and then needs no new pin.
+            self.current = self.recorded.last().map(|p| p.epoch.clone());
+            self.recorded = Chain::default();
+            self.horizon = i64::MIN;
+        }
+        match &self.current {
+            Some(e) if e.same_decisions(live) => {
+                self.next = Some(offset + 1);
+                Pick::Decide(e)
+            }
+            _ => Pick::Record { from: offset },
+        }
+    }
+
+    /// The pin [`Pick::Record`] asked for is durable: decide from `from` on with `live`.
+    pub fn pinned(&mut self, from: i64, live: Arc<Epoch>) {
+        self.current = Some(live);
+        self.recorded = Chain::default();
+        self.horizon = i64::MIN;
+        self.next = Some(from + 1);
+    }
+
+    /// Where a pin for `live` would start if recorded ahead of the partition's next record
+    /// (batched when the whitelist changes); `None` while it still replays, has decided
+    /// nothing yet, or already decides like `live`.
+    pub fn pin_ahead(&self, live: &Epoch) -> Option<i64> {
+        let next = self.next?;
+        if next < self.horizon || self.current.as_ref().is_some_and(|e| e.same_decisions(live)) {
+            return None;
+        }
+        Some(next)
+    }
+
+    /// The pin recorded by [`Self::pin_ahead`] is durable.
+    pub fn pinned_ahead(&mut self, live: Arc<Epoch>) {
+        self.current = Some(live);
+        self.recorded = Chain::default();
+        self.horizon = i64::MIN;
+    }
+}
+
+/// A pin as stored in the decision log (one Kafka record per input partition and epoch).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PinRecord {
+    /// Format version of this record.
+    pub v: u32,
+    pub topic: String,
+    pub partition: i32,
+    pub from_offset: i64,
+    /// The snapshot's fingerprint, hex, and where its content is in the snapshot log.
+    pub snapshot: String,
+    pub snapshot_offset: i64,
+    /// The whitelist's own version number, for people reading the log.
+    pub version: u64,
+    pub clock_ms: i64,
+}
+
+pub const PIN_FORMAT: u32 = 1;
+
+pub fn fingerprint_hex(f: u64) -> String {
+    format!("{f:016x}")
+}
+
+pub fn parse_fingerprint(s: &str) -> Option<u64> {
+    u64::from_str_radix(s, 16).ok()
+}
+
+#[cfg(test)]
+#[path = "pinning_tests.rs"]
+mod tests;
