@@ -44,6 +44,7 @@ fn route(user: UserLocator, stamp: StampMode) -> Route {
         stamp,
         return_path: false,
         outbox_topic: "tenancy-bridge.rush.orders".into(),
+        decisions_topic: "tenancy-bridge.decisions.orders".into(),
     }
 }
 

@@ -203,6 +203,16 @@ pub struct BridgeConfig {
     /// Consumer group of the Rush lane (outbox → Rush); default `{group_id}.rush`.
     #[serde(default)]
     pub rush_group_id: Option<String>,
+    /// Prod topic (per route, `{topic}` replaced, partitioned like the input) recording which
+    /// whitelist decides each input offset, so a replay decides it again the same way.
+    #[serde(default = "defaults::decisions_topic")]
+    pub decisions_topic: String,
+    /// Prod topic (one partition) holding the whitelist snapshots the decision records name.
+    #[serde(default = "defaults::snapshots_topic")]
+    pub snapshots_topic: String,
+    /// Retention of both; records older than half of it are written again while still in use.
+    #[serde(default = "defaults::decisions_retention", with = "humantime_serde")]
+    pub decisions_retention: Duration,
 }
 
 impl BridgeConfig {
@@ -227,6 +237,9 @@ impl Default for BridgeConfig {
             rush_outbox_topic: defaults::rush_outbox_topic(),
             rush_retention: defaults::rush_retention(),
             rush_group_id: None,
+            decisions_topic: defaults::decisions_topic(),
+            snapshots_topic: defaults::snapshots_topic(),
+            decisions_retention: defaults::decisions_retention(),
         }
     }
 }
@@ -293,6 +306,15 @@ mod defaults {
     pub fn rush_retention() -> Duration {
         Duration::from_secs(7 * 24 * 3600)
     }
+    pub fn decisions_topic() -> String {
+        "tenancy-bridge.decisions.{topic}".into()
+    }
+    pub fn snapshots_topic() -> String {
+        "tenancy-bridge.snapshots".into()
+    }
+    pub fn decisions_retention() -> Duration {
+        Duration::from_secs(7 * 24 * 3600)
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -347,6 +369,8 @@ pub struct Route {
     pub return_path: bool,
     /// Where this route's Rush copies wait on prod for the Rush lane.
     pub outbox_topic: String,
+    /// Where this route's decisions are pinned on prod.
+    pub decisions_topic: String,
 }
 
 /// The validated configuration. Built only through [`Config::parse`], so every instance is valid.
@@ -435,6 +459,15 @@ impl Config {
         }
         if !b.rush_outbox_topic.contains("{topic}") {
             return Err(invalid("bridge.rush_outbox_topic", "must contain {topic}, or routes would share an outbox"));
+        }
+        if !b.decisions_topic.contains("{topic}") {
+            return Err(invalid("bridge.decisions_topic", "must contain {topic}, or routes would share one"));
+        }
+        if !valid_topic_name(&b.snapshots_topic) {
+            return Err(invalid("bridge.snapshots_topic", "must be a valid topic name"));
+        }
+        if b.decisions_retention < Duration::from_secs(3600) {
+            return Err(invalid("bridge.decisions_retention", "must be at least 1h"));
         }
         if b.rush_retention < Duration::from_secs(60) {
             return Err(invalid("bridge.rush_retention", "must be at least 1m"));
@@ -539,6 +572,13 @@ impl Config {
                     format!("gives {outbox_topic:?} for route {:?}, not a valid topic name", r.topic),
                 ));
             }
+            let decisions_topic = b.decisions_topic.replace("{topic}", &r.topic);
+            if !valid_topic_name(&decisions_topic) {
+                return Err(invalid(
+                    "bridge.decisions_topic",
+                    format!("gives {decisions_topic:?} for route {:?}, not a valid topic name", r.topic),
+                ));
+            }
             routes.push(Route {
                 topic: r.topic,
                 services,
@@ -546,23 +586,27 @@ impl Config {
                 stamp: r.stamp,
                 return_path: r.return_path,
                 outbox_topic,
+                decisions_topic,
             });
         }
 
         // An output that is also an input would feed the bridge its own writes.
         let mut outputs = BTreeMap::new();
+        if inputs.contains(&b.snapshots_topic) {
+            return Err(invalid("bridge.snapshots_topic", format!("{:?} is also a route input", b.snapshots_topic)));
+        }
+        outputs.insert(b.snapshots_topic.clone(), "(the snapshot log)".to_string());
         for r in &routes {
-            if inputs.contains(&r.outbox_topic) {
-                return Err(invalid(
-                    "bridge.rush_outbox_topic",
-                    format!("outbox {:?} is also a route input: that is a loop", r.outbox_topic),
-                ));
-            }
-            if let Some(other) = outputs.insert(r.outbox_topic.clone(), r.topic.clone()) {
-                return Err(invalid(
-                    "bridge.rush_outbox_topic",
-                    format!("routes {other:?} and {:?} both write {:?}", r.topic, r.outbox_topic),
-                ));
+            for (topic, field, what) in [
+                (&r.outbox_topic, "bridge.rush_outbox_topic", "outbox"),
+                (&r.decisions_topic, "bridge.decisions_topic", "decision log"),
+            ] {
+                if inputs.contains(topic) {
+                    return Err(invalid(field, format!("{what} {topic:?} is also a route input: that is a loop")));
+                }
+                if let Some(other) = outputs.insert(topic.clone(), r.topic.clone()) {
+                    return Err(invalid(field, format!("routes {other:?} and {:?} both write {topic:?}", r.topic)));
+                }
             }
             for s in &r.services {
                 if inputs.contains(&s.output_topic) {

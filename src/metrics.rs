@@ -57,6 +57,9 @@ pub struct Metrics {
     pub rush_lane_restarts: IntCounter,
     pub rush_outbox_invalid: IntCounter,
     pub rush_copies_lost: IntCounter,
+    pub decision_pins: IntCounter,
+    pub decisions_replayed: IntCounter,
+    pub decision_history_unreadable: IntCounter,
     pub ready: IntGauge,
 }
 
@@ -247,6 +250,27 @@ impl Metrics {
                     name("rush_copies_lost_total"),
                     "Rush copies the outbox's retention (bridge.rush_retention) deleted before the Rush lane \
                      wrote them.",
+                )?,
+            )?,
+            decision_pins: reg(
+                &registry,
+                IntCounter::new(
+                    name("decision_pins_total"),
+                    "Pins written to the decision log (an input partition starting on a new whitelist epoch).",
+                )?,
+            )?,
+            decisions_replayed: reg(
+                &registry,
+                IntCounter::new(
+                    name("decisions_replayed_total"),
+                    "Input records decided again with the whitelist a previous owner pinned for them.",
+                )?,
+            )?,
+            decision_history_unreadable: reg(
+                &registry,
+                IntCounter::new(
+                    name("decision_history_unreadable_total"),
+                    "Partitions taken over whose decision log could not be read; decided from the live whitelist.",
                 )?,
             )?,
             ready: reg(&registry, IntGauge::new(name("ready"), "1 when /readyz answers 200.")?)?,

@@ -19,6 +19,7 @@ fn route(services: &[&str], user: UserLocator, stamp: StampMode) -> Route {
         stamp,
         return_path: false,
         outbox_topic: "tenancy-bridge.rush.orders".into(),
+        decisions_topic: "tenancy-bridge.decisions.orders".into(),
     }
 }
 

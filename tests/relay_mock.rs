@@ -36,10 +36,12 @@ impl Clusters {
         Self { prod, rush, dir: tempfile::tempdir().unwrap() }
     }
 
-    /// The mock cluster has no CreateTopics support, so output topics (and the Rush outbox) are
+    /// The mock cluster has no CreateTopics support, so output topics (and the Rush outbox, the decision log) are
     /// made here; creation by the bridge is covered by the tansu end-to-end test.
     fn with_outputs(self, services: &[&str]) -> Self {
         self.prod.create_topic(OUTBOX, PARTITIONS, 1).unwrap();
+        self.prod.create_topic("tenancy-bridge.decisions.orders", PARTITIONS, 1).unwrap();
+        self.prod.create_topic("tenancy-bridge.snapshots", 1, 1).unwrap();
         for s in services {
             for cluster in [&self.prod, &self.rush] {
                 cluster.create_topic(&format!("orders.{s}"), PARTITIONS, 1).unwrap();

@@ -48,7 +48,8 @@ pub struct RebalanceContext {
     pub health: Arc<Health>,
     pub metrics: Arc<crate::metrics::Metrics>,
     pub direction: Direction,
-    /// Lookup mode: revoked partitions, so parked records of them are dropped.
+    /// Revoked partitions, so what the forward direction keeps per partition (parked records,
+    /// pins) is dropped.
     pub revoked: Option<Arc<Revoked>>,
 }
 

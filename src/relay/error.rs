@@ -20,6 +20,8 @@ pub enum RelayError {
     #[error("output of {topic}[{partition}]@{offset} failed: {reason}; offsets from there on were not committed")]
     Delivery { topic: String, partition: i32, offset: i64, reason: String },
     #[error(transparent)]
+    Decisions(#[from] super::decisions::DecisionError),
+    #[error(transparent)]
     Metrics(#[from] crate::metrics::MetricsError),
     #[error(transparent)]
     Telemetry(#[from] crate::telemetry::TelemetryError),

@@ -1,7 +1,6 @@
-//! The forward direction's record handling: decide each prod record from the whitelist (a
-//! snapshot per batch, or per-user lookups with parking) and fan it out.
+//! The forward direction's record handling: decide each prod record from the whitelist (the
+//! epoch pinned for its offset, or per-user lookups with parking) and fan it out.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use rdkafka::consumer::BaseConsumer;
@@ -10,24 +9,18 @@ use rdkafka::message::BorrowedMessage;
 use super::RelayError;
 use super::consumer::RebalanceContext;
 use super::parking::Parking;
+use super::pinned::Pinned;
 use super::pipeline::Pipeline;
 use super::poll::{Handler, POLL_TIMEOUT};
-use crate::whitelist::{SharedSnapshot, Snapshot, now_ms};
+use crate::whitelist::now_ms;
 
 /// Parked records wait for lookups: poll briefly so their answers are picked up soon.
 const LOOKUP_POLL_TIMEOUT: Duration = Duration::from_millis(5);
 
 pub enum Source {
-    /// The shared snapshot, and the one loaded for the current batch.
-    Snapshot(SharedSnapshot, Arc<Snapshot>),
+    /// Whole snapshots, each record decided by the epoch pinned for its offset.
+    Pinned(Box<Pinned>),
     Lookup(Box<Parking>),
-}
-
-impl Source {
-    pub fn snapshot(shared: SharedSnapshot) -> Self {
-        let current = shared.load_full();
-        Self::Snapshot(shared, current)
-    }
 }
 
 pub struct Forward {
@@ -43,14 +36,14 @@ impl Forward {
 }
 
 impl Handler for Forward {
-    fn begin_batch(&mut self) {
-        // One snapshot and one clock reading per batch: every record of the batch is decided
-        // from the same whitelist.
+    fn begin_batch(&mut self) -> Result<(), RelayError> {
+        // One snapshot load and one clock reading per batch.
+        self.now = now_ms();
         match &mut self.source {
-            Source::Snapshot(shared, current) => *current = shared.load_full(),
+            Source::Pinned(p) => p.begin_batch(self.now)?,
             Source::Lookup(p) => p.begin_batch(),
         }
-        self.now = now_ms();
+        Ok(())
     }
 
     fn poll_timeout(&self) -> Duration {
@@ -67,7 +60,7 @@ impl Handler for Forward {
     ) -> Result<(), RelayError> {
         match &mut self.source {
             Source::Lookup(p) => p.offer(msg, &mut self.pipeline, consumer, self.now)?,
-            Source::Snapshot(_, current) => self.pipeline.process(msg, &**current, self.now)?,
+            Source::Pinned(p) => p.decide(msg, &mut self.pipeline, consumer)?,
         }
         Ok(())
     }
@@ -82,7 +75,7 @@ impl Handler for Forward {
     fn held(&self, topic: &str, partition: i32) -> bool {
         match &self.source {
             Source::Lookup(p) => self.pipeline.route_index(topic).is_some_and(|r| p.is_paused((r, partition))),
-            Source::Snapshot(..) => false,
+            Source::Pinned(_) => false,
         }
     }
 }

@@ -12,12 +12,14 @@
 //! for delivery reports. Nothing here is async.
 
 mod consumer;
+mod decisions;
 mod error;
 mod forward;
 mod headers;
 mod health;
 pub mod offsets;
 mod parking;
+mod pinned;
 pub mod pipeline;
 mod poll;
 mod producer;
@@ -173,10 +175,8 @@ fn run_forward(
             .map_err(|source| RelayError::Client { what: "prod producer", source })?,
     );
     let route_topics: Vec<String> = config.routes.iter().map(|r| r.topic.clone()).collect();
-    let revoked = match whitelist {
-        WhitelistSource::Lookup { .. } => Some(Arc::new(consumer::Revoked::default())),
-        WhitelistSource::Snapshot(_) => None,
-    };
+    // Both sources keep state per partition that a revocation ends.
+    let revoked = Arc::new(consumer::Revoked::default());
     let context = RebalanceContext {
         tracker: tracker.clone(),
         producers: producers.clone(),
@@ -185,7 +185,7 @@ fn run_forward(
         health: health.clone(),
         metrics: metrics.clone(),
         direction: Direction::Forward,
-        revoked: revoked.clone(),
+        revoked: Some(revoked.clone()),
     };
     let consumer =
         subscribe(kafka::consumer_config(&config.prod, "prod", &config.bridge.group_id), context, &route_topics)?;
@@ -193,14 +193,17 @@ fn run_forward(
 
     let pipeline = Pipeline::new(config, producers.clone(), tracker.clone(), metrics, tracer);
     let source = match whitelist {
-        WhitelistSource::Snapshot(s) => Source::snapshot(s),
+        WhitelistSource::Snapshot(s) => {
+            let log = decisions::DecisionLog::new(config, metrics)?;
+            Source::Pinned(Box::new(pinned::Pinned::new(s, log, revoked, metrics, crate::whitelist::now_ms())))
+        }
         WhitelistSource::Lookup { cache, workers } => Source::Lookup(Box::new(
             parking::Parking::new(
                 cache,
                 workers,
                 parking::HoldLimits { records: config.bridge.max_in_flight, bytes: config.bridge.max_in_flight_bytes },
                 metrics,
-                revoked.unwrap_or_default(),
+                revoked,
             )
             .map_err(|source| RelayError::Thread { what: "lookup workers", source })?,
         )),

@@ -20,7 +20,9 @@ pub const POLL_TIMEOUT: Duration = Duration::from_millis(100);
 /// What a direction does with the records the loop polls.
 pub trait Handler {
     /// Once per batch, before its records.
-    fn begin_batch(&mut self) {}
+    fn begin_batch(&mut self) -> Result<(), RelayError> {
+        Ok(())
+    }
     /// How long the first poll of a batch may wait.
     fn poll_timeout(&self) -> Duration {
         POLL_TIMEOUT
@@ -113,7 +115,7 @@ pub fn run<H: Handler>(
             tracker.wait_below(resume_mark, POLL_TIMEOUT);
         }
 
-        handler.begin_batch();
+        handler.begin_batch()?;
         let first_timeout = handler.poll_timeout();
         // While paused, one zero-timeout poll serves callbacks; a record still returned was
         // fetched before the pause and is handled in order.

@@ -45,10 +45,11 @@ pub fn partition_counts(cluster: &ClusterConfig, name: &'static str) -> Result<B
         .collect())
 }
 
-/// A topic the bridge writes, and the input whose partition count it must have.
+/// A topic the bridge writes, and the input whose partition count it must have (one
+/// partition if none).
 struct Wanted<'a> {
     topic: &'a str,
-    input: &'a str,
+    input: Option<&'a str>,
     /// `retention.ms` to create it with (the outbox); the broker's default otherwise.
     retention_ms: Option<String>,
 }
@@ -69,15 +70,15 @@ pub fn ensure_prod(config: &Config) -> Result<BTreeMap<String, usize>, TopicErro
     let prod = partition_counts(&config.prod, "prod")?;
     let inputs = inputs(config, &prod)?;
     let retention = config.bridge.rush_retention.as_millis().to_string();
-    let mut wanted = Vec::new();
+    let decisions_retention = config.bridge.decisions_retention.as_millis().to_string();
+    let snapshots =
+        Wanted { topic: &config.bridge.snapshots_topic, input: None, retention_ms: Some(decisions_retention.clone()) };
+    let mut wanted = vec![snapshots];
     for r in &config.routes {
-        let outbox = Wanted { topic: &r.outbox_topic, input: &r.topic, retention_ms: Some(retention.clone()) };
-        wanted.push(outbox);
-        wanted.extend(r.services.iter().map(|s| Wanted {
-            topic: &s.output_topic,
-            input: &r.topic,
-            retention_ms: None,
-        }));
+        let input = Some(r.topic.as_str());
+        wanted.push(Wanted { topic: &r.outbox_topic, input, retention_ms: Some(retention.clone()) });
+        wanted.push(Wanted { topic: &r.decisions_topic, input, retention_ms: Some(decisions_retention.clone()) });
+        wanted.extend(r.services.iter().map(|s| Wanted { topic: &s.output_topic, input, retention_ms: None }));
     }
     ensure(config, &config.prod, "prod", &prod, &inputs, &wanted)?;
     Ok(inputs)
@@ -91,13 +92,10 @@ pub fn ensure_rush(config: &Config) -> Result<(), TopicError> {
     let rush = partition_counts(&config.rush, "rush")?;
     let mut wanted = Vec::new();
     for r in &config.routes {
-        wanted.extend(r.services.iter().map(|s| Wanted {
-            topic: &s.output_topic,
-            input: &r.topic,
-            retention_ms: None,
-        }));
+        let input = Some(r.topic.as_str());
+        wanted.extend(r.services.iter().map(|s| Wanted { topic: &s.output_topic, input, retention_ms: None }));
         if r.return_path {
-            wanted.push(Wanted { topic: &r.topic, input: &r.topic, retention_ms: None });
+            wanted.push(Wanted { topic: &r.topic, input, retention_ms: None });
         }
     }
     ensure(config, &config.rush, "rush", &rush, &inputs, &wanted)
@@ -113,13 +111,13 @@ fn ensure(
 ) -> Result<(), TopicError> {
     let mut missing = Vec::new();
     for w in wanted {
-        let expected = inputs[w.input];
+        let expected = w.input.map_or(1, |i| inputs[i]);
         match existing.get(w.topic) {
             Some(&actual) if actual != expected => {
                 return Err(TopicError::PartitionMismatch {
                     cluster: name,
                     topic: w.topic.to_owned(),
-                    input: w.input.to_owned(),
+                    input: w.input.unwrap_or("(none: one partition)").to_owned(),
                     expected,
                     actual,
                 });

@@ -13,6 +13,7 @@ fn route(stamp: StampMode, user: UserLocator) -> Route {
         stamp,
         return_path: false,
         outbox_topic: "tenancy-bridge.rush.orders".into(),
+        decisions_topic: "tenancy-bridge.decisions.orders".into(),
     }
 }
 

@@ -1,0 +1,276 @@
+//! The decision log on prod: the pins of [`crate::pinning`] (one topic per route, partitioned
+//! like its input, one record per partition and epoch) and the whitelist snapshots they name
+//! (one topic, written once per content and again before its retention could delete it).
+//!
+//! A pin is acknowledged by prod (acks=all) before any record it decides is produced, so no
+//! output can be read whose decision is not on record.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::Message;
+use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
+use rdkafka::{ClientConfig, ClientContext, Offset, TopicPartitionList};
+
+use super::offsets::PartitionKey;
+use crate::config::Config;
+use crate::kafka;
+use crate::pinning::{Chain, Epoch, PIN_FORMAT, Pin, PinRecord, fingerprint_hex, parse_fingerprint};
+use crate::whitelist::Snapshot;
+
+/// How long a pin may take to be acknowledged before the relay stops (prod is away then, and
+/// no output could be written either).
+const WRITE_TIMEOUT: Duration = Duration::from_secs(60);
+const READ_TIMEOUT: Duration = Duration::from_secs(15);
+/// Pins read per step when scanning a partition's log backwards for the one covering an offset.
+const SCAN_STEP: i64 = 256;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DecisionError {
+    #[error("cannot record decisions in {topic:?}: {source}")]
+    Write { topic: String, source: KafkaError },
+    #[error("decision log {topic:?} not acknowledged within {WRITE_TIMEOUT:?}")]
+    WriteTimeout { topic: String },
+    #[error("cannot read decision log {topic:?}[{partition}]: {source}")]
+    Read { topic: String, partition: i32, source: KafkaError },
+    #[error("decision log {topic:?}[{partition}] not read to offset {end} within {READ_TIMEOUT:?}")]
+    ReadTimeout { topic: String, partition: i32, end: i64 },
+    #[error("snapshot {fingerprint} at {topic:?}@{offset}: {reason}")]
+    Snapshot { topic: String, offset: i64, fingerprint: String, reason: String },
+    #[error("decision log client: {0}")]
+    Client(KafkaError),
+}
+
+#[derive(Default)]
+pub struct Acks(Mutex<Vec<(usize, Result<i64, KafkaError>)>>);
+
+impl ClientContext for Acks {}
+
+impl ProducerContext for Acks {
+    type DeliveryOpaque = usize;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, index: usize) {
+        let r = result.as_ref().map(|m| m.offset()).map_err(|(e, _)| e.clone());
+        if let Ok(mut acks) = self.0.lock() {
+            acks.push((index, r));
+        }
+    }
+}
+
+/// A snapshot this process wrote or read, and where it is in the snapshot log.
+struct Stored {
+    offset: i64,
+    /// When this process wrote it; `None` if it only read it.
+    written: Option<Instant>,
+    snapshot: Arc<Snapshot>,
+}
+
+pub struct DecisionLog {
+    producer: BaseProducer<Acks>,
+    reader: BaseConsumer,
+    snapshots_topic: String,
+    route_topics: Vec<String>,
+    decisions_topics: Vec<String>,
+    stored: HashMap<u64, Stored>,
+    rewrite_after: Duration,
+    pins: prometheus::IntCounter,
+}
+
+impl DecisionLog {
+    pub fn new(config: &Config, metrics: &crate::metrics::Metrics) -> Result<Self, DecisionError> {
+        let mut producer = kafka::producer_config(&config.prod, "decisions", config);
+        producer.set("linger.ms", "0").set("message.timeout.ms", WRITE_TIMEOUT.as_millis().to_string());
+        let producer = producer.create_with_context(Acks::default()).map_err(DecisionError::Client)?;
+        let mut reader: ClientConfig = kafka::admin_config(&config.prod, "decisions");
+        reader
+            .set("group.id", format!("{}.decision-reader", config.bridge.group_id))
+            .set("enable.auto.commit", "false")
+            .set("enable.partition.eof", "true")
+            .set("isolation.level", "read_committed");
+        let reader = reader.create().map_err(DecisionError::Client)?;
+        Ok(Self {
+            producer,
+            reader,
+            snapshots_topic: config.bridge.snapshots_topic.clone(),
+            route_topics: config.routes.iter().map(|r| r.topic.clone()).collect(),
+            decisions_topics: config.routes.iter().map(|r| r.decisions_topic.clone()).collect(),
+            stored: HashMap::new(),
+            rewrite_after: config.bridge.decisions_retention / 2,
+            pins: metrics.decision_pins.clone(),
+        })
+    }
+
+    /// Durably records "from offset `from` of partition `key`, `epoch` decides" for each pin.
+    pub fn record(&mut self, epoch: &Epoch, pins: &[(PartitionKey, i64)]) -> Result<(), DecisionError> {
+        let snapshot_offset = self.snapshot_offset(epoch)?;
+        let mut records = Vec::with_capacity(pins.len());
+        for ((route, partition), from) in pins {
+            let record = PinRecord {
+                v: PIN_FORMAT,
+                topic: self.route_topics[*route].clone(),
+                partition: *partition,
+                from_offset: *from,
+                snapshot: fingerprint_hex(epoch.fingerprint),
+                snapshot_offset,
+                version: epoch.snapshot.version(),
+                clock_ms: epoch.clock_ms,
+            };
+            let payload = serde_json::to_vec(&record).unwrap_or_default();
+            records.push((self.decisions_topics[*route].as_str(), *partition, payload));
+        }
+        self.write(&records)?;
+        self.pins.inc_by(pins.len() as u64);
+        Ok(())
+    }
+
+    /// Where `epoch`'s snapshot is in the snapshot log, writing it first if this process has
+    /// not, or not for half the log's retention.
+    fn snapshot_offset(&mut self, epoch: &Epoch) -> Result<i64, DecisionError> {
+        if let Some(s) = self.stored.get(&epoch.fingerprint)
+            && s.written.is_some_and(|w| w.elapsed() < self.rewrite_after)
+        {
+            return Ok(s.offset);
+        }
+        let json = epoch.snapshot.to_json().into_bytes();
+        let offsets = self.write(&[(self.snapshots_topic.as_str(), 0, json)])?;
+        let offset = offsets.first().copied().unwrap_or(-1);
+        let stored = Stored { offset, written: Some(Instant::now()), snapshot: epoch.snapshot.clone() };
+        self.remember(epoch.fingerprint, stored);
+        Ok(offset)
+    }
+
+    fn remember(&mut self, fingerprint: u64, stored: Stored) {
+        // Bounded: the live snapshot and the few a replay needs.
+        if self.stored.len() >= 64 {
+            let oldest = self.stored.iter().min_by_key(|(_, s)| s.written).map(|(f, _)| *f);
+            oldest.map(|f| self.stored.remove(&f));
+        }
+        self.stored.insert(fingerprint, stored);
+    }
+
+    /// Sends every record and waits until prod acknowledged all of them; their offsets, in order.
+    fn write(&self, records: &[(&str, i32, Vec<u8>)]) -> Result<Vec<i64>, DecisionError> {
+        let fail = |topic: &str, source| DecisionError::Write { topic: topic.to_owned(), source };
+        let Some((first_topic, _, _)) = records.first() else {
+            return Ok(Vec::new());
+        };
+        if let Ok(mut acks) = self.producer.context().0.lock() {
+            acks.clear();
+        }
+        for (i, (topic, partition, payload)) in records.iter().enumerate() {
+            let record = BaseRecord::with_opaque_to(topic, i).partition(*partition).payload(payload);
+            self.producer.send::<(), _>(record).map_err(|(e, _)| fail(topic, e))?;
+        }
+        let deadline = Instant::now() + WRITE_TIMEOUT;
+        loop {
+            self.producer.poll(Duration::from_millis(5));
+            let acks = match self.producer.context().0.lock() {
+                Ok(acks) if acks.len() >= records.len() => acks.clone(),
+                _ if Instant::now() >= deadline => {
+                    return Err(DecisionError::WriteTimeout { topic: (*first_topic).to_owned() });
+                }
+                _ => continue,
+            };
+            let mut offsets = vec![-1; records.len()];
+            for (i, r) in acks {
+                offsets[i] = r.map_err(|e| fail(records[i].0, e))?;
+            }
+            return Ok(offsets);
+        }
+    }
+
+    /// The pins previous owners of `key` recorded, from the one covering `from` on.
+    pub fn load(&mut self, key: PartitionKey, from: i64) -> Result<Chain, DecisionError> {
+        let topic = self.decisions_topics[key.0].clone();
+        let route_topic = &self.route_topics[key.0];
+        let read_err = |source| DecisionError::Read { topic: topic.clone(), partition: key.1, source };
+        let (low, high) = self.reader.fetch_watermarks(&topic, key.1, READ_TIMEOUT).map_err(read_err)?;
+        // Backwards in growing steps until a pin at or before `from` is among those read.
+        let mut records: Vec<PinRecord> = Vec::new();
+        let (mut end, mut step) = (high, SCAN_STEP);
+        while end > low {
+            let start = (end - step).max(low);
+            let mut chunk: Vec<PinRecord> = self
+                .read(&topic, key.1, start, end)?
+                .into_iter()
+                .filter_map(|(_, bytes)| serde_json::from_slice::<PinRecord>(&bytes).ok())
+                .filter(|r| r.v == PIN_FORMAT && r.topic == *route_topic && r.partition == key.1)
+                .collect();
+            let reached = chunk.iter().any(|r| r.from_offset <= from);
+            chunk.append(&mut records);
+            records = chunk;
+            if reached {
+                break;
+            }
+            end = start;
+            step = step.saturating_mul(4);
+        }
+        let mut chain = Chain::default();
+        for r in records {
+            let fingerprint = parse_fingerprint(&r.snapshot).unwrap_or_default();
+            let snapshot = self.snapshot(fingerprint, &r)?;
+            chain.apply(Pin {
+                from: r.from_offset,
+                epoch: Arc::new(Epoch::with_fingerprint(fingerprint, snapshot, r.clock_ms)),
+            });
+        }
+        chain.trim_before(from);
+        Ok(chain)
+    }
+
+    fn snapshot(&mut self, fingerprint: u64, pin: &PinRecord) -> Result<Arc<Snapshot>, DecisionError> {
+        if let Some(s) = self.stored.get(&fingerprint) {
+            return Ok(s.snapshot.clone());
+        }
+        let topic = self.snapshots_topic.clone();
+        let fail = |reason: String| DecisionError::Snapshot {
+            topic: topic.clone(),
+            offset: pin.snapshot_offset,
+            fingerprint: pin.snapshot.clone(),
+            reason,
+        };
+        let found = self.read(&topic, 0, pin.snapshot_offset, pin.snapshot_offset + 1)?;
+        let (_, bytes) = found
+            .into_iter()
+            .find(|(o, _)| *o == pin.snapshot_offset)
+            .ok_or_else(|| fail("not in the snapshot log (deleted by retention?)".into()))?;
+        let snapshot = Snapshot::from_json(&bytes).map_err(|e| fail(e.to_string()))?;
+        if snapshot.fingerprint() != fingerprint {
+            return Err(fail("its content does not match the fingerprint".into()));
+        }
+        let snapshot = Arc::new(snapshot);
+        // Read, not written: its age in the log is unknown, so the next pin writes it again.
+        let stored = Stored { offset: pin.snapshot_offset, written: None, snapshot: snapshot.clone() };
+        self.remember(fingerprint, stored);
+        Ok(snapshot)
+    }
+
+    /// Records of `topic[partition]` with offsets in `[start, end)`.
+    fn read(&self, topic: &str, partition: i32, start: i64, end: i64) -> Result<Vec<(i64, Vec<u8>)>, DecisionError> {
+        let read_err = |source| DecisionError::Read { topic: topic.to_owned(), partition, source };
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset(topic, partition, Offset::Offset(start)).map_err(read_err)?;
+        self.reader.assign(&tpl).map_err(read_err)?;
+        let deadline = Instant::now() + READ_TIMEOUT;
+        let mut out = Vec::new();
+        while Instant::now() < deadline {
+            match self.reader.poll(Duration::from_millis(100)) {
+                None => {}
+                Some(Err(KafkaError::PartitionEOF(_))) => return Ok(out),
+                Some(Err(e)) => return Err(read_err(e)),
+                Some(Ok(m)) => {
+                    if m.offset() < end {
+                        out.push((m.offset(), m.payload().unwrap_or_default().to_vec()));
+                    }
+                    if m.offset() >= end - 1 {
+                        return Ok(out);
+                    }
+                }
+            }
+        }
+        Err(DecisionError::ReadTimeout { topic: topic.to_owned(), partition, end })
+    }
+}

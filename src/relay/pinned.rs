@@ -1,0 +1,150 @@
+//! Snapshot mode, decided once: each record is decided by the epoch pinned for its offset in
+//! the decision log ([`super::decisions`]); a partition taken over replays what previous owners
+//! pinned up to its horizon, then pins the live whitelist before deciding with it.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{BorrowedMessage, Message};
+
+use super::RelayError;
+use super::consumer::{RebalanceContext, Revoked};
+use super::decisions::{DecisionError, DecisionLog};
+use super::offsets::PartitionKey;
+use super::pipeline::Pipeline;
+use crate::metrics::Metrics;
+use crate::pinning::{Chain, Epoch, PartitionPins, Pick};
+use crate::whitelist::{SharedSnapshot, Snapshot};
+
+const WATERMARK_TIMEOUT: Duration = Duration::from_secs(15);
+
+pub struct Pinned {
+    shared: SharedSnapshot,
+    /// The snapshot `live` was made from, to notice a swap with one pointer compare.
+    seen: Arc<Snapshot>,
+    live: Arc<Epoch>,
+    partitions: HashMap<PartitionKey, PartitionPins, foldhash::fast::RandomState>,
+    log: DecisionLog,
+    revoked: Arc<Revoked>,
+    replayed: prometheus::IntCounter,
+    unreadable: prometheus::IntCounter,
+}
+
+impl Pinned {
+    pub fn new(
+        shared: SharedSnapshot,
+        log: DecisionLog,
+        revoked: Arc<Revoked>,
+        metrics: &Metrics,
+        now_ms: i64,
+    ) -> Self {
+        let seen = shared.load_full();
+        let live = Arc::new(Epoch::new(seen.clone(), now_ms));
+        Self {
+            shared,
+            seen,
+            live,
+            partitions: HashMap::default(),
+            log,
+            revoked,
+            replayed: metrics.decisions_replayed.clone(),
+            unreadable: metrics.decision_history_unreadable.clone(),
+        }
+    }
+
+    /// Once per batch: forget revoked partitions, and if the whitelist changed (a new
+    /// snapshot, or an entry expired), pin the new epoch ahead for every partition that
+    /// decides live, in one write.
+    pub fn begin_batch(&mut self, now_ms: i64) -> Result<(), RelayError> {
+        for key in self.revoked.take() {
+            self.partitions.remove(&key);
+        }
+        let current = self.shared.load_full();
+        let swapped = !Arc::ptr_eq(&current, &self.seen);
+        if !swapped && now_ms < self.live.changes_at_ms {
+            return Ok(());
+        }
+        let fingerprint = if swapped { current.fingerprint() } else { self.live.fingerprint };
+        self.seen = current.clone();
+        let next = Epoch::with_fingerprint(fingerprint, current, now_ms);
+        if next.same_decisions(&self.live) {
+            return Ok(());
+        }
+        self.live = Arc::new(next);
+        let ahead: Vec<(PartitionKey, i64)> =
+            self.partitions.iter().filter_map(|(k, p)| p.pin_ahead(&self.live).map(|from| (*k, from))).collect();
+        if !ahead.is_empty() {
+            self.log.record(&self.live, &ahead)?;
+            for (key, _) in &ahead {
+                if let Some(p) = self.partitions.get_mut(key) {
+                    p.pinned_ahead(self.live.clone());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub fn decide(
+        &mut self,
+        msg: &BorrowedMessage<'_>,
+        pipeline: &mut Pipeline,
+        consumer: &BaseConsumer<RebalanceContext>,
+    ) -> Result<(), RelayError> {
+        let Some(route) = pipeline.route_index(msg.topic()) else {
+            // Not a route topic: the pipeline skips it, whatever the whitelist.
+            return Ok(pipeline.process(msg, &*self.live.snapshot, self.live.clock_ms)?);
+        };
+        let key = (route, msg.partition());
+        if !self.partitions.contains_key(&key) {
+            let pins = self.take_over(key, msg, consumer)?;
+            self.partitions.insert(key, pins);
+        }
+        let Some(pins) = self.partitions.get_mut(&key) else {
+            return Ok(());
+        };
+        match pins.pick(msg.offset(), &self.live) {
+            Pick::Decide(epoch) => {
+                if !Arc::ptr_eq(epoch, &self.live) {
+                    self.replayed.inc();
+                }
+                pipeline.process(msg, &*epoch.snapshot, epoch.clock_ms)?;
+            }
+            Pick::Record { from } => {
+                self.log.record(&self.live, &[(key, from)])?;
+                pins.pinned(from, self.live.clone());
+                pipeline.process(msg, &*self.live.snapshot, self.live.clock_ms)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// A partition seen for the first time since it was assigned: what previous owners pinned
+    /// from this record on, and the horizon below which they may have decided.
+    fn take_over(
+        &mut self,
+        key: PartitionKey,
+        msg: &BorrowedMessage<'_>,
+        consumer: &BaseConsumer<RebalanceContext>,
+    ) -> Result<PartitionPins, RelayError> {
+        let (topic, partition, from) = (msg.topic(), msg.partition(), msg.offset());
+        let (_, horizon) = consumer
+            .fetch_watermarks(topic, partition, WATERMARK_TIMEOUT)
+            .map_err(|source| DecisionError::Read { topic: topic.to_owned(), partition, source })?;
+        let recorded = match self.log.load(key, from) {
+            Ok(chain) => chain,
+            Err(e) => {
+                // Production goes on: decided from the live whitelist, and pinned from here.
+                self.unreadable.inc();
+                tracing::error!(topic, partition, offset = from, error = %e,
+                    "decision log unreadable: records a previous owner decided may be decided again differently");
+                Chain::default()
+            }
+        };
+        if !recorded.is_empty() {
+            tracing::info!(topic, partition, from, horizon, pins = recorded.len(), "replaying recorded decisions");
+        }
+        Ok(PartitionPins::taken_over(recorded, horizon))
+    }
+}
