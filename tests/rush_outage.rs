@@ -9,11 +9,11 @@
 mod common;
 
 use std::collections::HashSet;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use common::invariant::{self, Delivery, StampCheck, TID};
+use common::paced::PacedProducer;
 use common::{Bridge, ConfigOpts, Input, OffsetWatcher, Read, Tansu, http_get};
 
 const PARTITIONS: i32 = 3;
@@ -33,59 +33,6 @@ fn input(i: usize) -> Input {
 
 fn tid(r: &Read) -> usize {
     std::str::from_utf8(r.header(TID).unwrap()).unwrap().parse().unwrap()
-}
-
-/// Produces `input(0..)` at `rate` events/s until `stop`.
-struct PacedProducer {
-    produced: Arc<AtomicUsize>,
-    rate: Arc<AtomicU64>,
-    stop: Arc<AtomicBool>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl PacedProducer {
-    fn start(bootstrap: &str, rate: u64) -> Self {
-        let produced = Arc::new(AtomicUsize::new(0));
-        let rate = Arc::new(AtomicU64::new(rate));
-        let stop = Arc::new(AtomicBool::new(false));
-        let thread = {
-            let (bootstrap, produced, rate, stop) =
-                (bootstrap.to_owned(), produced.clone(), rate.clone(), stop.clone());
-            std::thread::spawn(move || {
-                let p = common::producer(&bootstrap);
-                let mut i = 0;
-                // Paced in 10 ms ticks against the clock, so a slow tick is caught up.
-                let (mut tick_start, mut in_tick) = (Instant::now(), 0u64);
-                while !stop.load(Ordering::Relaxed) {
-                    let per_tick = (rate.load(Ordering::Relaxed) / 100).max(1);
-                    if in_tick >= per_tick {
-                        let next = tick_start + Duration::from_millis(10);
-                        if let Some(wait) = next.checked_duration_since(Instant::now()) {
-                            std::thread::sleep(wait);
-                        }
-                        (tick_start, in_tick) = (next, 0);
-                        continue;
-                    }
-                    common::send(&p, "orders", &input(i));
-                    i += 1;
-                    in_tick += 1;
-                    produced.store(i, Ordering::Relaxed);
-                }
-                rdkafka::producer::Producer::flush(&p, Duration::from_secs(60)).unwrap();
-            })
-        };
-        Self { produced, rate, stop, thread: Some(thread) }
-    }
-
-    fn produced(&self) -> usize {
-        self.produced.load(Ordering::Relaxed)
-    }
-
-    fn finish(mut self) -> usize {
-        self.stop.store(true, Ordering::Relaxed);
-        self.thread.take().unwrap().join().unwrap();
-        self.produced()
-    }
 }
 
 struct Freeze {
@@ -181,7 +128,7 @@ fn a_frozen_rush_cluster_never_stops_or_slows_production() {
     std::fs::write(&config, text).unwrap();
 
     let mut bridge = Bridge::start(&config);
-    let producer = PacedProducer::start(&prod.bootstrap, 400);
+    let producer = PacedProducer::start(&prod.bootstrap, "orders", 400, input);
     let watcher = OffsetWatcher::new(&prod.bootstrap, GROUP);
     let deadline = Instant::now() + Duration::from_secs(60);
     while watcher.committed("orders", PARTITIONS) < 1_000 {

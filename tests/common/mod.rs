@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod invariant;
+pub mod paced;
 
 use std::collections::BTreeMap;
 use std::net::{TcpListener, TcpStream};

@@ -1,0 +1,272 @@
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+//! Decided once, under kill -9: the bridge is killed at random moments while events flow at
+//! 1,000/s and the whitelist flips four times a second (U1 on and off for payment; U2 on and
+//! off for payment while always on shipping). Every event reaches exactly one cluster per
+//! service (none lost, none on both), Rush copies only ever carry users the whitelist named for
+//! that service, and U2's shipping events are all on Rush. Two tansu brokers, the `run` binary.
+//!
+//! `DECIDED_ONCE_KILLS` (default 20) sets how many times the bridge is killed.
+
+mod common;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use common::invariant::TID;
+use common::paced::PacedProducer;
+use common::{Bridge, ConfigOpts, Input, OffsetWatcher, Read, Tansu, http_get};
+
+const PARTITIONS: i32 = 3;
+const GROUP: &str = "bridge-decided-once";
+const USERS: usize = 40;
+const SERVICES: [&str; 2] = ["payment", "shipping"];
+
+fn input(i: usize) -> Input {
+    let user = format!("U{}", i % USERS);
+    Input {
+        partition: (i % PARTITIONS as usize) as i32,
+        key: Some(user.clone().into_bytes()),
+        payload: Some(format!(r#"{{"n":{i},"user_id":"{user}"}}"#).into_bytes()),
+        headers: vec![(TID.into(), Some(i.to_string().into_bytes())), ("x-user-id".into(), Some(user.into_bytes()))],
+        timestamp: tenancy_bridge::whitelist::now_ms(),
+    }
+}
+
+/// A small deterministic generator: the seed is printed, so a failing run can be repeated.
+struct Lcg(u64);
+
+impl Lcg {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 = self.0.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+        (self.0 >> 33) % n
+    }
+}
+
+/// Flips the whitelist file between two contents every `every` until dropped.
+struct Flipper {
+    flips: Arc<AtomicUsize>,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Flipper {
+    fn start(path: std::path::PathBuf, every: Duration) -> Self {
+        let (flips, stop) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicBool::new(false)));
+        let thread = {
+            let (flips, stop) = (flips.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let on = common::whitelist_json(2, &[("U1", &["payment"]), ("U2", &["payment", "shipping"])]);
+                let off = common::whitelist_json(3, &[("U2", &["shipping"])]);
+                let mut next = Instant::now();
+                while !stop.load(Ordering::Relaxed) {
+                    let n = flips.fetch_add(1, Ordering::Relaxed);
+                    common::write_atomic(&path, if n % 2 == 0 { &on } else { &off });
+                    next += every;
+                    if let Some(wait) = next.checked_duration_since(Instant::now()) {
+                        std::thread::sleep(wait);
+                    }
+                }
+            })
+        };
+        Self { flips, stop, thread: Some(thread) }
+    }
+}
+
+impl Drop for Flipper {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn kill9(bridge: Bridge) {
+    let ok = std::process::Command::new("kill").args(["-KILL", &bridge.pid().to_string()]).status().unwrap();
+    assert!(ok.success());
+    drop(bridge);
+}
+
+fn gauge(metrics: &str, name: &str) -> Option<f64> {
+    metrics.lines().find_map(|l| l.strip_prefix(name).and_then(|v| v.strip_prefix(' ')))?.trim().parse().ok()
+}
+
+/// Every output of every service on both clusters, read until each input has shown up at
+/// least once per service (or two minutes pass), then a moment more for duplicates. Counting
+/// records would stop early: replays after kill -9 write many twice.
+fn read_outputs(prod: &str, rush: &str, inputs: &HashMap<&[u8], &Read>) -> (common::ByService, common::ByService) {
+    let (mut p, mut r) = (common::ByService::new(), common::ByService::new());
+    for svc in SERVICES {
+        let topic = format!("orders.{svc}");
+        let mut readers = [common::Reader::new(prod, &topic), common::Reader::new(rush, &topic)];
+        let mut seen = std::collections::HashSet::new();
+        let deadline = Instant::now() + Duration::from_secs(120);
+        let mut done_at: Option<Instant> = None;
+        while done_at.is_none_or(|t| t.elapsed() < Duration::from_secs(1)) && Instant::now() < deadline {
+            for reader in &mut readers {
+                let before = reader.records.len();
+                while reader.poll(Duration::from_millis(10)) {}
+                for o in &reader.records[before..] {
+                    seen.insert(o.header(TID).unwrap().to_vec());
+                }
+            }
+            if done_at.is_none() && seen.len() >= inputs.len() {
+                done_at = Some(Instant::now());
+            }
+        }
+        let [pr, rr] = readers;
+        p.insert(svc.to_string(), pr.records);
+        r.insert(svc.to_string(), rr.records);
+    }
+    (p, r)
+}
+
+fn user(r: &Read) -> &str {
+    std::str::from_utf8(r.header("x-user-id").unwrap()).unwrap()
+}
+
+#[test]
+fn kill_9_under_whitelist_flips_never_decides_an_event_twice() {
+    let kills: usize = std::env::var("DECIDED_ONCE_KILLS").ok().and_then(|s| s.parse().ok()).unwrap_or(20);
+    let seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64;
+    eprintln!("seed {seed}");
+    let mut rng = Lcg(seed);
+    let (prod, rush) = (Tansu::start(), Tansu::start());
+    common::create_topic(&prod.bootstrap, "orders", PARTITIONS);
+    let dir = tempfile::tempdir().unwrap();
+    let wl = dir.path().join("whitelist.json");
+    common::write_atomic(&wl, &common::whitelist_json(1, &[("U2", &["shipping"])]));
+    let admin = format!("127.0.0.1:{}", common::free_port());
+    let text = common::config_text(&ConfigOpts {
+        prod: &prod.bootstrap,
+        rush: &rush.bootstrap,
+        whitelist: &wl,
+        group: GROUP,
+        routes: "[[routes]]\ntopic = \"orders\"\nservices = [\"payment\", \"shipping\"]\nuser = { header = \"x-user-id\" }\n",
+        extra_bridge: "",
+        kafka: "\"session.timeout.ms\" = 6000\n\"max.poll.interval.ms\" = 10000",
+    })
+    .replace("listen = \"127.0.0.1:0\"", &format!("listen = \"{admin}\""));
+    let config = dir.path().join("bridge.toml");
+    std::fs::write(&config, text).unwrap();
+
+    let flipper = Flipper::start(wl.clone(), Duration::from_millis(250));
+    let producer = PacedProducer::start(&prod.bootstrap, "orders", 1_000, input);
+    let watcher = OffsetWatcher::new(&prod.bootstrap, GROUP);
+    let started = Instant::now();
+    let mut committed = 0;
+    for k in 0..kills {
+        let bridge = Bridge::start(&config);
+        // Wait until this instance has made progress, then kill it at a random moment.
+        let deadline = Instant::now() + Duration::from_secs(90);
+        while watcher.committed("orders", PARTITIONS) <= committed {
+            assert!(Instant::now() < deadline, "kill {k}: no progress past {committed} committed");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        std::thread::sleep(Duration::from_millis(rng.below(1_500)));
+        kill9(bridge);
+        committed = watcher.committed("orders", PARTITIONS);
+    }
+    let killed_for = started.elapsed();
+    let flips = flipper.flips.load(Ordering::Relaxed);
+    let total = producer.finish();
+    drop(flipper);
+    let rate = total as f64 / killed_for.as_secs_f64();
+    let flip_rate = flips as f64 / killed_for.as_secs_f64();
+    eprintln!("{kills} kills in {killed_for:?}: {total} events ({rate:.0}/s), {flips} whitelist flips ({flip_rate:.1}/s)");
+    assert!(rate >= 900.0, "the producer fell behind: {rate:.0} events/s");
+    assert!(flip_rate >= 3.0, "the whitelist flipped only {flip_rate:.1} times a second");
+
+    // A last instance finishes the work; the Rush lane catches up before it stops.
+    let bridge = Bridge::start(&config);
+    let deadline = Instant::now() + Duration::from_secs(180);
+    while watcher.committed("orders", PARTITIONS) < total as i64 {
+        assert!(Instant::now() < deadline, "the last instance did not commit every input");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    loop {
+        let (_, metrics) = http_get(&admin, "/metrics");
+        let backlog = gauge(&metrics, "tenancy_bridge_rush_backlog_records");
+        let replayed = gauge(&metrics, "tenancy_bridge_decisions_replayed_total");
+        if backlog == Some(0.0) && replayed.is_some() {
+            eprintln!("last instance: {} records decided with a previous owner's pins", replayed.unwrap_or(0.0));
+            break;
+        }
+        assert!(Instant::now() < deadline, "the Rush lane did not catch up: backlog {backlog:?}");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    bridge.stop(Duration::from_secs(60));
+
+    let inputs = common::read_all(&prod.bootstrap, "orders", total, Duration::from_secs(60));
+    assert_eq!(inputs.len(), total);
+    let by_tid: HashMap<&[u8], &Read> = inputs.iter().map(|r| (r.header(TID).unwrap(), r)).collect();
+    let (prod_out, rush_out) = read_outputs(&prod.bootstrap, &rush.bootstrap, &by_tid);
+    let mut violations = Vec::new();
+    let (mut duplicates, mut on_rush) = (0, 0);
+    for svc in SERVICES {
+        let mut seen: HashMap<&[u8], (usize, usize)> = HashMap::new();
+        for (cluster, outs) in [("prod", &prod_out[svc]), ("rush", &rush_out[svc])] {
+            for o in outs {
+                let tid = o.header(TID).unwrap();
+                let Some(input) = by_tid.get(tid) else {
+                    violations.push(format!("{cluster}:{svc}: unknown tid"));
+                    continue;
+                };
+                let e = seen.entry(tid).or_default();
+                if cluster == "prod" {
+                    e.0 += 1;
+                    if o.payload != input.payload {
+                        violations.push(format!("prod:{svc}: tid {} not byte-identical", user(input)));
+                    }
+                } else {
+                    e.1 += 1;
+                    let u = user(input);
+                    let allowed = match svc {
+                        "payment" => u == "U1" || u == "U2",
+                        _ => u == "U2",
+                    };
+                    if !allowed {
+                        violations.push(format!("rush:{svc}: {u} was never whitelisted for {svc}"));
+                    }
+                    let stamp = format!("{u}_{svc}");
+                    if o.header("event_tenancy") != Some(stamp.as_bytes()) {
+                        violations.push(format!("rush:{svc}: wrong stamp for {u}"));
+                    }
+                }
+            }
+        }
+        for (tid, input) in &by_tid {
+            let (np, nr) = seen.get(tid).copied().unwrap_or_default();
+            let t = String::from_utf8_lossy(tid);
+            match (np, nr) {
+                (0, 0) => violations.push(format!("{svc}: tid {t} lost ({}@{})", input.partition, input.offset)),
+                (p, r) if p > 0 && r > 0 => violations.push(format!("{svc}: tid {t} on both ({p} prod, {r} rush)")),
+                (p, r) => duplicates += p.max(r) - 1,
+            }
+            if svc == "shipping" && user(input) == "U2" && nr == 0 {
+                violations.push(format!("shipping: tid {t} of U2 (always whitelisted) not on Rush"));
+            }
+            on_rush += usize::from(nr > 0);
+        }
+    }
+    eprintln!(
+        "{total} events × 2 services: {on_rush} on Rush, {duplicates} duplicated on one cluster, {} violations",
+        violations.len()
+    );
+    let mut kinds: HashMap<&str, usize> = HashMap::new();
+    for v in &violations {
+        let kind = ["lost", "on both", "never whitelisted", "not on Rush", "stamp", "byte-identical", "unknown"]
+            .into_iter()
+            .find(|k| v.contains(k))
+            .unwrap_or("other");
+        *kinds.entry(kind).or_default() += 1;
+    }
+    assert!(
+        violations.is_empty(),
+        "{} violations {kinds:?}, first: {:#?}",
+        violations.len(),
+        &violations[..violations.len().min(10)]
+    );
+}
