@@ -89,6 +89,9 @@ impl DecisionLog {
             .set("group.id", format!("{}.decision-reader", config.bridge.group_id))
             .set("enable.auto.commit", "false")
             .set("enable.partition.eof", "true")
+            // A takeover waits for these reads: the end of a partition must show at once, not
+            // after the broker's long-poll wait.
+            .set("fetch.wait.max.ms", "10")
             .set("isolation.level", "read_committed");
         let reader = reader.create().map_err(DecisionError::Client)?;
         Ok(Self {
