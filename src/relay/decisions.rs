@@ -60,47 +60,37 @@ impl ProducerContext for Acks {
     }
 }
 
-/// A snapshot this process wrote or read, and where it is in the snapshot log.
-struct Stored {
-    offset: i64,
-    /// When this process wrote it; `None` if it only read it.
-    written: Option<Instant>,
-    snapshot: Arc<Snapshot>,
-}
-
+/// Writes pins and the snapshots they name; reads them back through its [`DecisionReader`].
 pub struct DecisionLog {
     producer: BaseProducer<Acks>,
+    pub reader: DecisionReader,
+    /// Snapshots this process wrote: where in the snapshot log, and when.
+    written: HashMap<u64, (i64, Instant)>,
+    rewrite_after: Duration,
+    pins: prometheus::IntCounter,
+}
+
+/// Reads a route partition's pins back, with the snapshots they name (cached, bounded).
+pub struct DecisionReader {
     reader: BaseConsumer,
     snapshots_topic: String,
     route_topics: Vec<String>,
     decisions_topics: Vec<String>,
-    stored: HashMap<u64, Stored>,
-    rewrite_after: Duration,
-    pins: prometheus::IntCounter,
+    snapshots: HashMap<u64, Arc<Snapshot>>,
 }
+
+/// Snapshots kept in memory: the live one and the few a replay or `verify` needs.
+const SNAPSHOT_CACHE: usize = 64;
 
 impl DecisionLog {
     pub fn new(config: &Config, metrics: &crate::metrics::Metrics) -> Result<Self, DecisionError> {
         let mut producer = kafka::producer_config(&config.prod, "decisions", config);
         producer.set("linger.ms", "0").set("message.timeout.ms", WRITE_TIMEOUT.as_millis().to_string());
         let producer = producer.create_with_context(Acks::default()).map_err(DecisionError::Client)?;
-        let mut reader: ClientConfig = kafka::admin_config(&config.prod, "decisions");
-        reader
-            .set("group.id", format!("{}.decision-reader", config.bridge.group_id))
-            .set("enable.auto.commit", "false")
-            .set("enable.partition.eof", "true")
-            // A takeover waits for these reads: the end of a partition must show at once, not
-            // after the broker's long-poll wait.
-            .set("fetch.wait.max.ms", "10")
-            .set("isolation.level", "read_committed");
-        let reader = reader.create().map_err(DecisionError::Client)?;
         Ok(Self {
             producer,
-            reader,
-            snapshots_topic: config.bridge.snapshots_topic.clone(),
-            route_topics: config.routes.iter().map(|r| r.topic.clone()).collect(),
-            decisions_topics: config.routes.iter().map(|r| r.decisions_topic.clone()).collect(),
-            stored: HashMap::new(),
+            reader: DecisionReader::new(config)?,
+            written: HashMap::new(),
             rewrite_after: config.bridge.decisions_retention / 2,
             pins: metrics.decision_pins.clone(),
         })
@@ -113,7 +103,7 @@ impl DecisionLog {
         for ((route, partition), from) in pins {
             let record = PinRecord {
                 v: PIN_FORMAT,
-                topic: self.route_topics[*route].clone(),
+                topic: self.reader.route_topics[*route].clone(),
                 partition: *partition,
                 from_offset: *from,
                 snapshot: fingerprint_hex(epoch.fingerprint),
@@ -122,7 +112,7 @@ impl DecisionLog {
                 clock_ms: epoch.clock_ms,
             };
             let payload = serde_json::to_vec(&record).unwrap_or_default();
-            records.push((self.decisions_topics[*route].as_str(), *partition, payload));
+            records.push((self.reader.decisions_topics[*route].as_str(), *partition, payload));
         }
         self.write(&records)?;
         self.pins.inc_by(pins.len() as u64);
@@ -132,26 +122,21 @@ impl DecisionLog {
     /// Where `epoch`'s snapshot is in the snapshot log, writing it first if this process has
     /// not, or not for half the log's retention.
     fn snapshot_offset(&mut self, epoch: &Epoch) -> Result<i64, DecisionError> {
-        if let Some(s) = self.stored.get(&epoch.fingerprint)
-            && s.written.is_some_and(|w| w.elapsed() < self.rewrite_after)
+        if let Some((offset, at)) = self.written.get(&epoch.fingerprint)
+            && at.elapsed() < self.rewrite_after
         {
-            return Ok(s.offset);
+            return Ok(*offset);
         }
         let json = epoch.snapshot.to_json().into_bytes();
-        let offsets = self.write(&[(self.snapshots_topic.as_str(), 0, json)])?;
+        let offsets = self.write(&[(self.reader.snapshots_topic.as_str(), 0, json)])?;
         let offset = offsets.first().copied().unwrap_or(-1);
-        let stored = Stored { offset, written: Some(Instant::now()), snapshot: epoch.snapshot.clone() };
-        self.remember(epoch.fingerprint, stored);
-        Ok(offset)
-    }
-
-    fn remember(&mut self, fingerprint: u64, stored: Stored) {
-        // Bounded: the live snapshot and the few a replay needs.
-        if self.stored.len() >= 64 {
-            let oldest = self.stored.iter().min_by_key(|(_, s)| s.written).map(|(f, _)| *f);
-            oldest.map(|f| self.stored.remove(&f));
+        if self.written.len() >= SNAPSHOT_CACHE {
+            let oldest = self.written.iter().min_by_key(|(_, (_, at))| *at).map(|(f, _)| *f);
+            oldest.map(|f| self.written.remove(&f));
         }
-        self.stored.insert(fingerprint, stored);
+        self.written.insert(epoch.fingerprint, (offset, Instant::now()));
+        self.reader.cache(epoch.fingerprint, epoch.snapshot.clone());
+        Ok(offset)
     }
 
     /// Sends every record and waits until prod acknowledged all of them; their offsets, in order.
@@ -183,6 +168,37 @@ impl DecisionLog {
             }
             return Ok(offsets);
         }
+    }
+}
+
+impl DecisionReader {
+    pub fn new(config: &Config) -> Result<Self, DecisionError> {
+        let mut reader: ClientConfig = kafka::admin_config(&config.prod, "decisions");
+        reader
+            .set("group.id", format!("{}.decision-reader", config.bridge.group_id))
+            .set("enable.auto.commit", "false")
+            .set("enable.partition.eof", "true")
+            // A takeover waits for these reads: the end of a partition must show at once, not
+            // after the broker's long-poll wait.
+            .set("fetch.wait.max.ms", "10")
+            .set("isolation.level", "read_committed");
+        let reader = reader.create().map_err(DecisionError::Client)?;
+        Ok(Self {
+            reader,
+            snapshots_topic: config.bridge.snapshots_topic.clone(),
+            route_topics: config.routes.iter().map(|r| r.topic.clone()).collect(),
+            decisions_topics: config.routes.iter().map(|r| r.decisions_topic.clone()).collect(),
+            snapshots: HashMap::new(),
+        })
+    }
+
+    fn cache(&mut self, fingerprint: u64, snapshot: Arc<Snapshot>) {
+        if self.snapshots.len() >= SNAPSHOT_CACHE && !self.snapshots.contains_key(&fingerprint) {
+            // Any one: a miss costs one read of the snapshot log.
+            let some = self.snapshots.keys().next().copied();
+            some.map(|f| self.snapshots.remove(&f));
+        }
+        self.snapshots.insert(fingerprint, snapshot);
     }
 
     /// The pins previous owners of `key` recorded, from the one covering `from` on.
@@ -225,8 +241,8 @@ impl DecisionLog {
     }
 
     fn snapshot(&mut self, fingerprint: u64, pin: &PinRecord) -> Result<Arc<Snapshot>, DecisionError> {
-        if let Some(s) = self.stored.get(&fingerprint) {
-            return Ok(s.snapshot.clone());
+        if let Some(s) = self.snapshots.get(&fingerprint) {
+            return Ok(s.clone());
         }
         let topic = self.snapshots_topic.clone();
         let fail = |reason: String| DecisionError::Snapshot {
@@ -245,9 +261,9 @@ impl DecisionLog {
             return Err(fail("its content does not match the fingerprint".into()));
         }
         let snapshot = Arc::new(snapshot);
-        // Read, not written: its age in the log is unknown, so the next pin writes it again.
-        let stored = Stored { offset: pin.snapshot_offset, written: None, snapshot: snapshot.clone() };
-        self.remember(fingerprint, stored);
+        // Only cached, not counted as written: its age in the log is unknown, so the next pin
+        // naming it writes it again.
+        self.cache(fingerprint, snapshot.clone());
         Ok(snapshot)
     }
 

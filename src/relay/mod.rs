@@ -12,7 +12,7 @@
 //! for delivery reports. Nothing here is async.
 
 mod consumer;
-mod decisions;
+pub mod decisions;
 mod error;
 mod forward;
 mod headers;

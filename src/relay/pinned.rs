@@ -132,7 +132,7 @@ impl Pinned {
         let (_, horizon) = consumer
             .fetch_watermarks(topic, partition, WATERMARK_TIMEOUT)
             .map_err(|source| DecisionError::Read { topic: topic.to_owned(), partition, source })?;
-        let recorded = match self.log.load(key, from) {
+        let recorded = match self.log.reader.load(key, from) {
             Ok(chain) => chain,
             Err(e) => {
                 // Production goes on: decided from the live whitelist, and pinned from here.

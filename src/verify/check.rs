@@ -12,6 +12,7 @@ use std::hash::{BuildHasher, Hasher};
 use crate::config::Route;
 use crate::extract::{Headers, RecordView, TenancyKey};
 use crate::json_scan::Found;
+use crate::pinning::{Chain, Epoch};
 use crate::tenancy::{self, Cluster, Reason};
 use crate::whitelist::Whitelist;
 
@@ -133,6 +134,9 @@ pub struct ServiceReport {
     pub rush: usize,
     /// Inputs not delivered yet that the bridge has not committed: in flight, not violations.
     pub pending: usize,
+    /// Inputs whose cluster was judged by the decision recorded for them (the others decided
+    /// by a whitelist may be on either cluster).
+    pub pinned: usize,
     pub violations: Vec<Violation>,
 }
 
@@ -156,8 +160,8 @@ impl Whitelist for Everyone {
 enum Expect {
     /// Must be on prod (no usable user, or an upstream stamp not naming this service).
     Prod(String),
-    /// Must be on Rush, stamped so (an upstream stamp names this service).
-    Rush(String),
+    /// Must be on Rush, stamped `stamp`, because `why`.
+    Rush { stamp: String, why: String },
     /// The whitelist at the time decided; if on Rush, stamped so.
     Either(String),
 }
@@ -171,11 +175,31 @@ fn expect(route: &Route, everyone: &Everyone, service: usize, input: &Record, ru
     }
     match d.reason {
         Reason::Passthrough(p) => Expect::Prod(format!("it is production traffic ({})", p.as_str())),
-        Reason::Upstream if d.cluster(service) == Cluster::Rush => Expect::Rush(stamp),
+        Reason::Upstream if d.cluster(service) == Cluster::Rush => {
+            Expect::Rush { stamp, why: "its upstream stamp names this service".into() }
+        }
         Reason::Upstream => Expect::Prod("its upstream stamp does not name this service".into()),
         Reason::Whitelist if d.cluster(service) == Cluster::Rush => Expect::Either(stamp),
         // A payload-stamped route keeps an event it cannot stamp on prod.
         Reason::Whitelist => Expect::Prod("its payload cannot carry a stamp".into()),
+    }
+}
+
+/// What the whitelist pinned for `input` decided for `service`: the decision the bridge made
+/// (and made again on every replay).
+fn recorded(route: &Route, service: usize, input: &Record, epoch: &Epoch, rules: &Rules<'_>, stamp: &str) -> Expect {
+    let view = RecordView { key: input.key.as_deref(), payload: input.payload.as_deref(), headers: input };
+    let d = tenancy::decide(route, &view, &*epoch.snapshot, epoch.clock_ms, rules.tenancy);
+    let version = epoch.snapshot.version();
+    let user = d.user.as_deref().unwrap_or_default();
+    match d.cluster(service) {
+        Cluster::Rush => Expect::Rush {
+            stamp: stamp.to_owned(),
+            why: format!("the whitelist pinned for it (version {version}) lists {user} for this service"),
+        },
+        Cluster::Prod => Expect::Prod(format!(
+            "the whitelist pinned for it (version {version}) does not list {user} for this service"
+        )),
     }
 }
 
@@ -308,6 +332,8 @@ pub struct Inputs<'a> {
     pub committed: &'a BTreeMap<i32, i64>,
     /// Start of the time window, if any.
     pub window_start: Option<i64>,
+    /// The decision log's pins per partition: which whitelist decided each offset.
+    pub pins: &'a BTreeMap<i32, Chain>,
 }
 
 impl Inputs<'_> {
@@ -381,16 +407,21 @@ pub fn check_service(
             _ => {}
         }
         let cluster = if nr > 0 { Cluster::Rush } else { Cluster::Prod };
-        match (expect(route, &everyone, service, input, rules), cluster) {
+        let mut expected = expect(route, &everyone, service, input, rules);
+        if let (Expect::Either(stamp), Some(pin)) =
+            (&expected, inputs.pins.get(&input.partition).and_then(|c| c.covering(input.offset)))
+        {
+            report.pinned += 1;
+            expected = recorded(route, service, input, &pin.epoch, rules, stamp);
+        }
+        match (expected, cluster) {
             (Expect::Prod(why), Cluster::Rush) => {
                 report.violations.push(Violation::WrongCluster { input: at, cluster, why })
             }
-            (Expect::Rush(_), Cluster::Prod) => report.violations.push(Violation::WrongCluster {
-                input: at,
-                cluster,
-                why: "its upstream stamp names this service".into(),
-            }),
-            (Expect::Rush(want) | Expect::Either(want), Cluster::Rush) => {
+            (Expect::Rush { why, .. }, Cluster::Prod) => {
+                report.violations.push(Violation::WrongCluster { input: at, cluster, why })
+            }
+            (Expect::Rush { stamp: want, .. } | Expect::Either(want), Cluster::Rush) => {
                 if let Some(copy) = rush_copy.get(&i) {
                     if let Some(found) = stamp_problem(route, copy, &want, rules) {
                         let output_offset = copy.offset;

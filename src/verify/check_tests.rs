@@ -51,7 +51,8 @@ fn run(route: &Route, inputs: &[Record], prod: &[Record], rush: &[Record], commi
     let rules = Rules { tenancy: &key, volatile_headers: &["traceparent"] };
     let committed = (0..3).map(|p| (p, committed)).collect();
     let judged = vec![true; inputs.len()];
-    let inputs = Inputs { records: inputs, judged: &judged, committed: &committed, window_start: None };
+    let pins = BTreeMap::new();
+    let inputs = Inputs { records: inputs, judged: &judged, committed: &committed, window_start: None, pins: &pins };
     check_service(route, 0, &inputs, prod, rush, &rules)
 }
 
@@ -158,7 +159,8 @@ fn the_return_path_is_checked_for_loss_and_duplicates() {
     let prod = [fwd.clone(), copy(&fwd, 11, None), copy(&rush[2], 12, None)];
     let committed = [(2, 3)].into_iter().collect();
     let judged = [true; 3];
-    let inputs = Inputs { records: &rush, judged: &judged, committed: &committed, window_start: None };
+    let pins = BTreeMap::new();
+    let inputs = Inputs { records: &rush, judged: &judged, committed: &committed, window_start: None, pins: &pins };
     let rep = check_return("orders", &inputs, &prod, &rules);
     assert_eq!(rep.forwarded, 2);
     assert_eq!(
@@ -180,7 +182,9 @@ fn a_time_window_judges_only_its_inputs_and_ignores_older_unmatched_outputs() {
     inputs[2].timestamp = Some(900);
     let judged: Vec<bool> = inputs.iter().map(|r| r.timestamp.is_some_and(|t| t >= 1001)).collect();
     let committed = [(0, 4)].into_iter().collect();
-    let window = Inputs { records: &inputs, judged: &judged, committed: &committed, window_start: Some(1001) };
+    let pins = BTreeMap::new();
+    let window =
+        Inputs { records: &inputs, judged: &judged, committed: &committed, window_start: Some(1001), pins: &pins };
     // Outputs in input order, plus one old output whose input was never read.
     let mut stray = rec(0, 99, Some("U2"), "{\"old\":1}");
     stray.timestamp = Some(500);
@@ -189,4 +193,46 @@ fn a_time_window_judges_only_its_inputs_and_ignores_older_unmatched_outputs() {
     let rep = check_service(&r, 1, &window, &prod, &[], &rules);
     assert_eq!(rep.violations, vec![], "{:#?}", rep.violations);
     assert_eq!((rep.inputs, rep.prod), (2, 2));
+}
+
+#[test]
+fn recorded_decisions_say_which_cluster_an_event_belongs_to() {
+    use crate::pinning::{Chain, Epoch, Pin};
+    use crate::whitelist::{Entry, Snapshot};
+    use std::sync::Arc;
+    let r = header_route();
+    let key = TenancyKey::new("event_tenancy");
+    let rules = Rules { tenancy: &key, volatile_headers: &[] };
+    let committed = (0..3).map(|p| (p, 4)).collect();
+    // U1 is whitelisted for payment from offset 2 on (version 2), not before (version 1).
+    let listed = Snapshot::new(2, [("U1".into(), Entry { services: vec!["payment".into()], expires_at_ms: i64::MAX })]);
+    let mut chain = Chain::default();
+    chain.apply(Pin { from: 0, epoch: Arc::new(Epoch::new(Arc::new(Snapshot::new(1, [])), 0)) });
+    chain.apply(Pin { from: 2, epoch: Arc::new(Epoch::new(Arc::new(listed), 0)) });
+    let pins: BTreeMap<i32, Chain> = [(0, chain)].into();
+    let inputs: Vec<Record> = (0..4).map(|i| rec(0, i, Some("U1"), "{}")).collect();
+    let judged = vec![true; 4];
+    let window = Inputs { records: &inputs, judged: &judged, committed: &committed, window_start: None, pins: &pins };
+    // 0 and 2 went the right way; 1 reached Rush though unlisted then, 3 prod though listed.
+    let prod = [copy(&inputs[0], 0, None), copy(&inputs[3], 1, None)];
+    let rush = [copy(&inputs[1], 0, Some("U1_payment")), copy(&inputs[2], 1, Some("U1_payment"))];
+    let rep = check_service(&r, 0, &window, &prod, &rush, &rules);
+    let wrong: Vec<(i64, Cluster)> = rep
+        .violations
+        .iter()
+        .filter_map(|v| match v {
+            Violation::WrongCluster { input, cluster, why } => {
+                assert!(why.contains("pinned for it (version"), "{why}");
+                Some((input.offset, *cluster))
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(wrong, vec![(1, Cluster::Rush), (3, Cluster::Prod)]);
+    assert_eq!(rep.violations.len(), 2);
+    assert_eq!(rep.pinned, 4);
+    // Without the log, the same outputs are all acceptable: the whitelist could have said either.
+    let none = BTreeMap::new();
+    let blind = Inputs { pins: &none, ..window };
+    assert_eq!(check_service(&r, 0, &blind, &prod, &rush, &rules).violations, vec![]);
 }

@@ -20,7 +20,9 @@ pub use read::{ReadError, record_of};
 
 use crate::config::Config;
 use crate::extract::TenancyKey;
+use crate::pinning::Chain;
 use crate::relay::Provenance;
+use crate::relay::decisions::DecisionReader;
 
 pub struct Options {
     /// Judge only records whose timestamp is at most this old.
@@ -50,6 +52,9 @@ pub struct Report {
     pub routes: Vec<RouteReport>,
     /// Per return route, and how many Rush records carried its own provenance (dropped by design).
     pub returns: Vec<(ReturnReport, usize)>,
+    /// What could not be read and weakens the judgement (no decision log: lookup mode, an
+    /// older bridge).
+    pub notes: Vec<String>,
 }
 
 impl Report {
@@ -64,16 +69,20 @@ impl Report {
         for r in &self.routes {
             let inputs = r.services.first().map_or(0, |x| x.inputs);
             let _ = writeln!(s, "route {} ({inputs} input records)", r.topic);
-            let _ =
-                writeln!(s, "  {:<20} {:>9} {:>9} {:>9} {:>11}", "service", "prod", "rush", "pending", "violations");
+            let _ = writeln!(
+                s,
+                "  {:<20} {:>9} {:>9} {:>9} {:>9} {:>11}",
+                "service", "prod", "rush", "pending", "pinned", "violations"
+            );
             for x in &r.services {
                 let _ = writeln!(
                     s,
-                    "  {:<20} {:>9} {:>9} {:>9} {:>11}",
+                    "  {:<20} {:>9} {:>9} {:>9} {:>9} {:>11}",
                     x.service,
                     x.prod,
                     x.rush,
                     x.pending,
+                    x.pinned,
                     x.violations.len()
                 );
             }
@@ -102,6 +111,9 @@ impl Report {
                 let _ = writeln!(s, "VIOLATION {what}: … and {} more", violations.len() - max_listed);
             }
         }
+        for n in &self.notes {
+            let _ = writeln!(s, "note: {n}");
+        }
         match self.violations() {
             0 => s.push_str("invariant held\n"),
             n => {
@@ -119,9 +131,10 @@ impl Report {
                 "topic": r.topic,
                 "services": r.services.iter().map(|x| serde_json::json!({
                     "service": x.service, "inputs": x.inputs, "prod": x.prod, "rush": x.rush,
-                    "pending": x.pending, "violations": violations(&x.violations),
+                    "pending": x.pending, "pinned": x.pinned, "violations": violations(&x.violations),
                 })).collect::<Vec<_>>(),
             })).collect::<Vec<_>>(),
+            "notes": self.notes,
             "return_paths": self.returns.iter().map(|(r, looped)| serde_json::json!({
                 "topic": r.topic, "rush_records": r.rush_records, "forwarded": r.forwarded,
                 "pending": r.pending, "dropped_as_loops": looped, "violations": violations(&r.violations),
@@ -148,8 +161,9 @@ pub fn run(config: &Config, opts: &Options) -> Result<Report, ReadError> {
     let volatile = [TRACE_HEADERS[0], TRACE_HEADERS[1], provenance.origin.as_str(), provenance.topic.as_str()];
     let rules = Rules { tenancy: &key, volatile_headers: &volatile };
 
-    let mut report = Report { routes: Vec::new(), returns: Vec::new() };
-    for route in &config.routes {
+    let mut report = Report { routes: Vec::new(), returns: Vec::new(), notes: Vec::new() };
+    let mut decisions = DecisionReader::new(config);
+    for (ri, route) in config.routes.iter().enumerate() {
         // Committed offsets first: anything the bridge commits later was written before the
         // outputs are read, so "committed and on neither cluster" is never a race.
         let committed = prod.committed(&config.prod, group, &route.topic)?;
@@ -163,7 +177,17 @@ pub fn run(config: &Config, opts: &Options) -> Result<Report, ReadError> {
                 .push((prod.read(&s.output_topic, read_from, false)?, rush.read(&s.output_topic, read_from, false)?));
         }
         let (records, judged) = with_later(&prod, &route.topic, first, read_from, since_ms, |_| true)?;
-        let inputs = Inputs { records: &records, judged: &judged, committed: &committed, window_start: since_ms };
+        // After the outputs: a pin is on prod before any output it decides, so every output read
+        // has its decision among these.
+        let pins = match &mut decisions {
+            Ok(reader) => recorded_pins(reader, ri, &route.topic, &records, &judged, &mut report.notes),
+            Err(e) => {
+                report.notes.push(format!("route {}: decision log not read ({e})", route.topic));
+                BTreeMap::new()
+            }
+        };
+        let inputs =
+            Inputs { records: &records, judged: &judged, committed: &committed, window_start: since_ms, pins: &pins };
         let services = (0..route.services.len())
             .map(|i| check::check_service(route, i, &inputs, &outputs[i].0, &outputs[i].1, &rules))
             .collect();
@@ -175,11 +199,39 @@ pub fn run(config: &Config, opts: &Options) -> Result<Report, ReadError> {
             // Records already carrying this topic's provenance are dropped by design (loops).
             let (raw, judged) = with_later(&rush, &route.topic, raw_first, read_from, since_ms, |r| !came_back(r))?;
             let looped = raw.iter().zip(&judged).filter(|(r, _)| came_back(r)).count();
-            let inputs = Inputs { records: &raw, judged: &judged, committed: &committed, window_start: since_ms };
+            let none = BTreeMap::new();
+            let inputs =
+                Inputs { records: &raw, judged: &judged, committed: &committed, window_start: since_ms, pins: &none };
             report.returns.push((check::check_return(&route.topic, &inputs, &forwarded, &rules), looped));
         }
     }
     Ok(report)
+}
+
+/// The pins covering the judged inputs of route `ri`, per partition. A partition whose log
+/// cannot be read is judged without them, and said so.
+fn recorded_pins(
+    reader: &mut DecisionReader,
+    ri: usize,
+    topic: &str,
+    records: &[Record],
+    judged: &[bool],
+    notes: &mut Vec<String>,
+) -> BTreeMap<i32, Chain> {
+    let mut first: BTreeMap<i32, i64> = BTreeMap::new();
+    for (r, _) in records.iter().zip(judged).filter(|(_, j)| **j) {
+        first.entry(r.partition).or_insert(r.offset);
+    }
+    let mut pins = BTreeMap::new();
+    for (partition, from) in first {
+        match reader.load((ri, partition), from) {
+            Ok(chain) => {
+                pins.insert(partition, chain);
+            }
+            Err(e) => notes.push(format!("{topic}[{partition}]: decisions not read ({e})")),
+        }
+    }
+    pins
 }
 
 /// `first` plus the records of `topic` written since it was read (a second read, for outputs
