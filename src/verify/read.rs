@@ -63,7 +63,9 @@ impl ClusterReader {
         let mut c = admin_config(cluster, name);
         c.set("group.id", "tenancy-bridge-verify")
             .set("enable.auto.commit", "false")
-            .set("enable.partition.eof", "false");
+            .set("enable.partition.eof", "false")
+            // Only what committed transactions (and non-transactional writes) made visible.
+            .set("isolation.level", "read_committed");
         let consumer = c.create().map_err(|source| ReadError::Kafka {
             cluster: name,
             topic: String::new(),
