@@ -97,8 +97,17 @@ fn gauge(metrics: &str, name: &str) -> Option<f64> {
 /// least once per service (or two minutes pass), then a moment more for duplicates. Counting
 /// records would stop early: replays after kill -9 write many twice.
 fn read_outputs(prod: &str, rush: &str, inputs: &HashMap<&[u8], &Read>) -> (common::ByService, common::ByService) {
+    read_outputs_of(prod, rush, inputs, &SERVICES)
+}
+
+fn read_outputs_of(
+    prod: &str,
+    rush: &str,
+    inputs: &HashMap<&[u8], &Read>,
+    services: &[&str],
+) -> (common::ByService, common::ByService) {
     let (mut p, mut r) = (common::ByService::new(), common::ByService::new());
-    for svc in SERVICES {
+    for svc in services {
         let topic = format!("orders.{svc}");
         let mut readers = [common::Reader::new(prod, &topic), common::Reader::new(rush, &topic)];
         let mut seen = std::collections::HashSet::new();
@@ -296,4 +305,92 @@ fn kill_9_under_whitelist_flips_never_decides_an_event_twice() {
         violations.len(),
         &violations[..violations.len().min(10)]
     );
+}
+
+/// The deterministic case: an instance decides 3,000 events with U1 whitelisted and is killed
+/// before committing any; the whitelist then drops U1; the next instance replays all of them.
+/// They go to Rush again (the pinned decision), never to prod; events after the replay follow
+/// the new whitelist.
+#[test]
+fn a_replay_after_a_whitelist_change_keeps_the_first_decision() {
+    let (prod, rush) = (Tansu::start(), Tansu::start());
+    common::create_topic(&prod.bootstrap, "orders", PARTITIONS);
+    let dir = tempfile::tempdir().unwrap();
+    let wl = dir.path().join("whitelist.json");
+    common::write_atomic(&wl, &common::whitelist_json(1, &[("U1", &["payment"])]));
+    let admin = format!("127.0.0.1:{}", common::free_port());
+    let text = common::config_text(&ConfigOpts {
+        prod: &prod.bootstrap,
+        rush: &rush.bootstrap,
+        whitelist: &wl,
+        group: GROUP,
+        routes: "[[routes]]\ntopic = \"orders\"\nservices = [\"payment\"]\nuser = { header = \"x-user-id\" }\n",
+        extra_bridge: "",
+        kafka: "\"session.timeout.ms\" = 6000\n\"max.poll.interval.ms\" = 10000",
+    })
+    .replace("listen = \"127.0.0.1:0\"", &format!("listen = \"{admin}\""));
+    let config = dir.path().join("bridge.toml");
+    std::fs::write(&config, &text).unwrap();
+    // The first instance commits nothing before the kill: the next one replays every event.
+    let uncommitted = dir.path().join("uncommitted.toml");
+    std::fs::write(&uncommitted, text.replace("commit_interval = \"200ms\"", "commit_interval = \"1h\"")).unwrap();
+    let first: Vec<Input> = (0..3_000).map(input).collect();
+    common::produce(&prod.bootstrap, "orders", &first);
+    let u1 = first.iter().filter(|i| i.headers[1].1.as_deref() == Some(b"U1")).count();
+
+    let bridge = Bridge::start(&uncommitted);
+    let copies = common::read_until(&[(&rush.bootstrap, "orders.payment")], u1, Duration::from_secs(60));
+    assert_eq!(copies[0].len(), u1, "the first instance's Rush copies");
+    kill9(bridge);
+    assert_eq!(OffsetWatcher::new(&prod.bootstrap, GROUP).committed("orders", PARTITIONS), 0);
+
+    common::write_atomic(&wl, &common::whitelist_json(2, &[]));
+    let bridge = Bridge::start(&config);
+    let later: Vec<Input> = (3_000..3_600).map(input).collect();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let watcher = OffsetWatcher::new(&prod.bootstrap, GROUP);
+    while watcher.committed("orders", PARTITIONS) < 3_000 {
+        assert!(Instant::now() < deadline, "the replay did not finish");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    common::produce(&prod.bootstrap, "orders", &later);
+    let (_, metrics) = http_get(&admin, "/metrics");
+    let replayed = gauge(&metrics, "tenancy_bridge_decisions_replayed_total").unwrap_or(0.0);
+    let total = 3_600;
+    while watcher.committed("orders", PARTITIONS) < total {
+        assert!(Instant::now() < deadline, "the later events were not committed");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    loop {
+        let (_, metrics) = http_get(&admin, "/metrics");
+        if gauge(&metrics, "tenancy_bridge_rush_backlog_records") == Some(0.0) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the Rush lane did not catch up");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    bridge.stop(Duration::from_secs(60));
+
+    let inputs = common::read_all(&prod.bootstrap, "orders", total as usize, Duration::from_secs(30));
+    let by_tid: HashMap<&[u8], &Read> = inputs.iter().map(|r| (r.header(TID).unwrap(), r)).collect();
+    let (p, r) = read_outputs_of(&prod.bootstrap, &rush.bootstrap, &by_tid, &["payment"]);
+    let n = |outs: &[Read], pred: &dyn Fn(usize) -> bool| {
+        outs.iter()
+            .filter(|o| user(o) == "U1")
+            .filter(|o| pred(std::str::from_utf8(o.header(TID).unwrap()).unwrap().parse().unwrap()))
+            .count()
+    };
+    let (early_rush, early_prod) = (n(&r["payment"], &|t| t < 3_000), n(&p["payment"], &|t| t < 3_000));
+    let (late_rush, late_prod) = (n(&r["payment"], &|t| t >= 3_000), n(&p["payment"], &|t| t >= 3_000));
+    eprintln!(
+        "replayed {replayed} decisions; U1's first {u1} events: {early_rush} Rush copies (first run, replay), \
+         {early_prod} on prod; its later events: {late_rush} on Rush, {late_prod} on prod"
+    );
+    assert!(replayed >= 3_000.0, "decisions_replayed_total = {replayed}");
+    assert_eq!(early_prod, 0, "a replay moved U1's earlier events to prod");
+    // The replay wrote them to Rush again (the Rush lane, which committed nothing either, may
+    // have copied the first run's copies once more).
+    assert!(early_rush >= 2 * u1, "each earlier U1 event on Rush again after the replay: {early_rush}");
+    assert_eq!(late_rush, 0, "U1's later events must follow the new whitelist");
+    assert_eq!(late_prod, later.iter().filter(|i| i.headers[1].1.as_deref() == Some(b"U1")).count());
 }

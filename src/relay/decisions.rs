@@ -70,9 +70,22 @@ pub struct DecisionLog {
     pins: prometheus::IntCounter,
 }
 
+/// The reader's client: the end of a partition is how every read ends, not an error to log.
+pub struct EndIsNormal;
+
+impl ClientContext for EndIsNormal {
+    fn error(&self, error: KafkaError, reason: &str) {
+        if !matches!(error, KafkaError::PartitionEOF(_)) {
+            tracing::warn!(%error, reason, "decision log reader");
+        }
+    }
+}
+
+impl rdkafka::consumer::ConsumerContext for EndIsNormal {}
+
 /// Reads a route partition's pins back, with the snapshots they name (cached, bounded).
 pub struct DecisionReader {
-    reader: BaseConsumer,
+    reader: BaseConsumer<EndIsNormal>,
     snapshots_topic: String,
     route_topics: Vec<String>,
     decisions_topics: Vec<String>,
@@ -182,7 +195,7 @@ impl DecisionReader {
             // after the broker's long-poll wait.
             .set("fetch.wait.max.ms", "10")
             .set("isolation.level", "read_committed");
-        let reader = reader.create().map_err(DecisionError::Client)?;
+        let reader = reader.create_with_context(EndIsNormal).map_err(DecisionError::Client)?;
         Ok(Self {
             reader,
             snapshots_topic: config.bridge.snapshots_topic.clone(),
@@ -267,6 +280,21 @@ impl DecisionReader {
         Ok(snapshot)
     }
 
+    /// The end of an input partition: one past its last record now. The high watermark the
+    /// broker reports is only where the search starts: the batch holding the record before it
+    /// is read to the end of the log, since a broker may report it short (tansu reports one
+    /// past the last batch's first offset), and an end reported short would let a new owner
+    /// decide again what an old one already decided.
+    pub fn log_end(&self, topic: &str, partition: i32) -> Result<i64, DecisionError> {
+        let read_err = |source| DecisionError::Read { topic: topic.to_owned(), partition, source };
+        let (low, high) = self.reader.fetch_watermarks(topic, partition, READ_TIMEOUT).map_err(read_err)?;
+        if high <= low {
+            return Ok(high);
+        }
+        let tail = self.read(topic, partition, high - 1, i64::MAX)?;
+        Ok(tail.last().map_or(high, |(o, _)| (o + 1).max(high)))
+    }
+
     /// Records of `topic[partition]` with offsets in `[start, end)`.
     fn read(&self, topic: &str, partition: i32, start: i64, end: i64) -> Result<Vec<(i64, Vec<u8>)>, DecisionError> {
         let read_err = |source| DecisionError::Read { topic: topic.to_owned(), partition, source };
@@ -282,7 +310,9 @@ impl DecisionReader {
                 Some(Err(e)) => return Err(read_err(e)),
                 Some(Ok(m)) => {
                     if m.offset() < end {
-                        out.push((m.offset(), m.payload().unwrap_or_default().to_vec()));
+                        // An open-ended read (a log end) wants offsets only.
+                        let payload = if end == i64::MAX { &[][..] } else { m.payload().unwrap_or_default() };
+                        out.push((m.offset(), payload.to_vec()));
                     }
                     if m.offset() >= end - 1 {
                         return Ok(out);

@@ -60,7 +60,7 @@ impl Handler for Forward {
     ) -> Result<(), RelayError> {
         match &mut self.source {
             Source::Lookup(p) => p.offer(msg, &mut self.pipeline, consumer, self.now)?,
-            Source::Pinned(p) => p.decide(msg, &mut self.pipeline, consumer)?,
+            Source::Pinned(p) => p.decide(msg, &mut self.pipeline)?,
         }
         Ok(())
     }

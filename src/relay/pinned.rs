@@ -4,21 +4,17 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
 
-use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{BorrowedMessage, Message};
 
 use super::RelayError;
-use super::consumer::{RebalanceContext, Revoked};
-use super::decisions::{DecisionError, DecisionLog};
+use super::consumer::Revoked;
+use super::decisions::DecisionLog;
 use super::offsets::PartitionKey;
 use super::pipeline::Pipeline;
 use crate::metrics::Metrics;
 use crate::pinning::{Chain, Epoch, PartitionPins, Pick};
 use crate::whitelist::{SharedSnapshot, Snapshot};
-
-const WATERMARK_TIMEOUT: Duration = Duration::from_secs(15);
 
 pub struct Pinned {
     shared: SharedSnapshot,
@@ -86,19 +82,14 @@ impl Pinned {
         Ok(())
     }
 
-    pub fn decide(
-        &mut self,
-        msg: &BorrowedMessage<'_>,
-        pipeline: &mut Pipeline,
-        consumer: &BaseConsumer<RebalanceContext>,
-    ) -> Result<(), RelayError> {
+    pub fn decide(&mut self, msg: &BorrowedMessage<'_>, pipeline: &mut Pipeline) -> Result<(), RelayError> {
         let Some(route) = pipeline.route_index(msg.topic()) else {
             // Not a route topic: the pipeline skips it, whatever the whitelist.
             return Ok(pipeline.process(msg, &*self.live.snapshot, self.live.clock_ms)?);
         };
         let key = (route, msg.partition());
         if !self.partitions.contains_key(&key) {
-            let pins = self.take_over(key, msg, consumer)?;
+            let pins = self.take_over(key, msg)?;
             self.partitions.insert(key, pins);
         }
         let Some(pins) = self.partitions.get_mut(&key) else {
@@ -122,16 +113,9 @@ impl Pinned {
 
     /// A partition seen for the first time since it was assigned: what previous owners pinned
     /// from this record on, and the horizon below which they may have decided.
-    fn take_over(
-        &mut self,
-        key: PartitionKey,
-        msg: &BorrowedMessage<'_>,
-        consumer: &BaseConsumer<RebalanceContext>,
-    ) -> Result<PartitionPins, RelayError> {
+    fn take_over(&mut self, key: PartitionKey, msg: &BorrowedMessage<'_>) -> Result<PartitionPins, RelayError> {
         let (topic, partition, from) = (msg.topic(), msg.partition(), msg.offset());
-        let (_, horizon) = consumer
-            .fetch_watermarks(topic, partition, WATERMARK_TIMEOUT)
-            .map_err(|source| DecisionError::Read { topic: topic.to_owned(), partition, source })?;
+        let horizon = self.log.reader.log_end(topic, partition)?;
         let recorded = match self.log.reader.load(key, from) {
             Ok(chain) => chain,
             Err(e) => {
