@@ -24,7 +24,12 @@ use crate::whitelist::Snapshot;
 /// How long a pin may take to be acknowledged before the relay stops (prod is away then, and
 /// no output could be written either).
 const WRITE_TIMEOUT: Duration = Duration::from_secs(60);
-const READ_TIMEOUT: Duration = Duration::from_secs(15);
+/// Reads happen on the poll thread when a partition is taken over: well inside the consumer's
+/// `max.poll.interval.ms`.
+const READ_TIMEOUT: Duration = Duration::from_secs(5);
+/// Looking past a short high watermark: a broker that reports one ahead of what it can serve
+/// must not hold the takeover.
+const TAIL_TIMEOUT: Duration = Duration::from_secs(2);
 /// Pins read per step when scanning a partition's log backwards for the one covering an offset.
 const SCAN_STEP: i64 = 256;
 
@@ -75,7 +80,7 @@ pub struct EndIsNormal;
 
 impl ClientContext for EndIsNormal {
     fn error(&self, error: KafkaError, reason: &str) {
-        if !matches!(error, KafkaError::PartitionEOF(_)) {
+        if error.rdkafka_error_code() != Some(rdkafka::types::RDKafkaErrorCode::PartitionEOF) {
             tracing::warn!(%error, reason, "decision log reader");
         }
     }
@@ -291,22 +296,40 @@ impl DecisionReader {
         if high <= low {
             return Ok(high);
         }
-        let tail = self.read(topic, partition, high - 1, i64::MAX)?;
+        let (tail, complete) = self.read_within(topic, partition, high - 1, i64::MAX, TAIL_TIMEOUT)?;
+        if !complete {
+            tracing::warn!(topic, partition, high, "end of partition not reached in time; horizon from what was read");
+        }
         Ok(tail.last().map_or(high, |(o, _)| (o + 1).max(high)))
     }
 
     /// Records of `topic[partition]` with offsets in `[start, end)`.
     fn read(&self, topic: &str, partition: i32, start: i64, end: i64) -> Result<Vec<(i64, Vec<u8>)>, DecisionError> {
+        match self.read_within(topic, partition, start, end, READ_TIMEOUT)? {
+            (records, true) => Ok(records),
+            (_, false) => Err(DecisionError::ReadTimeout { topic: topic.to_owned(), partition, end }),
+        }
+    }
+
+    /// [`Self::read`] for at most `timeout`: what was read, and whether it got to the end.
+    fn read_within(
+        &self,
+        topic: &str,
+        partition: i32,
+        start: i64,
+        end: i64,
+        timeout: Duration,
+    ) -> Result<(Vec<(i64, Vec<u8>)>, bool), DecisionError> {
         let read_err = |source| DecisionError::Read { topic: topic.to_owned(), partition, source };
         let mut tpl = TopicPartitionList::new();
         tpl.add_partition_offset(topic, partition, Offset::Offset(start)).map_err(read_err)?;
         self.reader.assign(&tpl).map_err(read_err)?;
-        let deadline = Instant::now() + READ_TIMEOUT;
+        let deadline = Instant::now() + timeout;
         let mut out = Vec::new();
         while Instant::now() < deadline {
             match self.reader.poll(Duration::from_millis(100)) {
                 None => {}
-                Some(Err(KafkaError::PartitionEOF(_))) => return Ok(out),
+                Some(Err(KafkaError::PartitionEOF(_))) => return Ok((out, true)),
                 Some(Err(e)) => return Err(read_err(e)),
                 Some(Ok(m)) => {
                     if m.offset() < end {
@@ -315,11 +338,11 @@ impl DecisionReader {
                         out.push((m.offset(), payload.to_vec()));
                     }
                     if m.offset() >= end - 1 {
-                        return Ok(out);
+                        return Ok((out, true));
                     }
                 }
             }
         }
-        Err(DecisionError::ReadTimeout { topic: topic.to_owned(), partition, end })
+        Ok((out, false))
     }
 }
