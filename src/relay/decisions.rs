@@ -97,6 +97,9 @@ pub struct DecisionReader {
     snapshots: HashMap<u64, Arc<Snapshot>>,
 }
 
+/// A record read back: its offset and value.
+type Read = (i64, Vec<u8>);
+
 /// Snapshots kept in memory: the live one and the few a replay or `verify` needs.
 const SNAPSHOT_CACHE: usize = 64;
 
@@ -304,7 +307,7 @@ impl DecisionReader {
     }
 
     /// Records of `topic[partition]` with offsets in `[start, end)`.
-    fn read(&self, topic: &str, partition: i32, start: i64, end: i64) -> Result<Vec<(i64, Vec<u8>)>, DecisionError> {
+    fn read(&self, topic: &str, partition: i32, start: i64, end: i64) -> Result<Vec<Read>, DecisionError> {
         match self.read_within(topic, partition, start, end, READ_TIMEOUT)? {
             (records, true) => Ok(records),
             (_, false) => Err(DecisionError::ReadTimeout { topic: topic.to_owned(), partition, end }),
@@ -319,7 +322,7 @@ impl DecisionReader {
         start: i64,
         end: i64,
         timeout: Duration,
-    ) -> Result<(Vec<(i64, Vec<u8>)>, bool), DecisionError> {
+    ) -> Result<(Vec<Read>, bool), DecisionError> {
         let read_err = |source| DecisionError::Read { topic: topic.to_owned(), partition, source };
         let mut tpl = TopicPartitionList::new();
         tpl.add_partition_offset(topic, partition, Offset::Offset(start)).map_err(read_err)?;
