@@ -28,6 +28,8 @@ fn clusters() -> (MockCluster<'static, DefaultProducerContext>, MockCluster<'sta
         rush.create_topic(t, 2, 1).unwrap();
     }
     prod.create_topic("tenancy-bridge.rush.orders", 2, 1).unwrap();
+    prod.create_topic("tenancy-bridge.decisions.orders", 2, 1).unwrap();
+    prod.create_topic("tenancy-bridge.snapshots", 1, 1).unwrap();
     (prod, rush)
 }
 

@@ -102,6 +102,9 @@ pub fn run(opts: &Options, out: &mut dyn Write) -> Result<bool, DemoError> {
     rush.create_topic("orders", PARTITIONS, 1)?;
     // The outbox where Rush copies wait on prod until the Rush lane has them on Rush.
     prod.create_topic("tenancy-bridge.rush.orders", PARTITIONS, 1)?;
+    // The decision log (pins per input partition) and the snapshots its pins name.
+    prod.create_topic("tenancy-bridge.decisions.orders", PARTITIONS, 1)?;
+    prod.create_topic("tenancy-bridge.snapshots", 1, 1)?;
     for s in SERVICES {
         prod.create_topic(&format!("orders.{s}"), PARTITIONS, 1)?;
         rush.create_topic(&format!("orders.{s}"), PARTITIONS, 1)?;
