@@ -13,6 +13,9 @@ use serde::Deserialize;
 use crate::extract::{JsonPointer, UserLocator};
 use crate::tenancy::StampMode;
 
+mod bridge;
+pub use bridge::{BridgeConfig, Delivery};
+
 /// Prefix of environment variables that override config keys: `TENANCY_BRIDGE__PROD__BOOTSTRAP_SERVERS`
 /// sets `prod.bootstrap_servers`; `__` separates table levels.
 pub const ENV_PREFIX: &str = "TENANCY_BRIDGE__";
@@ -29,7 +32,7 @@ pub enum ConfigError {
     Invalid { field: String, reason: String },
 }
 
-fn invalid(field: impl Into<String>, reason: impl Into<String>) -> ConfigError {
+pub(crate) fn invalid(field: impl Into<String>, reason: impl Into<String>) -> ConfigError {
     ConfigError::Invalid { field: field.into(), reason: reason.into() }
 }
 
@@ -161,89 +164,6 @@ impl Default for WhitelistConfig {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct BridgeConfig {
-    #[serde(default = "defaults::group_id")]
-    pub group_id: String,
-    #[serde(default = "defaults::output_topic")]
-    pub output_topic: String,
-    #[serde(default = "defaults::tenancy_header")]
-    pub tenancy_header: String,
-    /// Header the return path adds to what it forwards from Rush to prod (value `rush`); the
-    /// raw topic's name goes in the same header name plus `-topic`.
-    #[serde(default = "defaults::origin_header")]
-    pub origin_header: String,
-    /// Input records read but not yet acknowledged on every output; the consumer pauses above it.
-    #[serde(default = "defaults::max_in_flight")]
-    pub max_in_flight: usize,
-    /// The same bound in bytes (keys and payloads of input records in flight), so a burst of
-    /// large records cannot fill the producers' queues before the record bound is reached.
-    #[serde(default = "defaults::max_in_flight_bytes")]
-    pub max_in_flight_bytes: usize,
-    /// On SIGTERM, how long to wait for outstanding outputs before exiting without committing them.
-    #[serde(default = "defaults::drain_timeout", with = "humantime_serde")]
-    pub drain_timeout: Duration,
-    /// Create missing output topics with the input's partition count.
-    #[serde(default = "defaults::create_topics")]
-    pub create_topics: bool,
-    /// Replication factor for created output topics; -1 uses the broker's default.
-    #[serde(default = "defaults::replication_factor")]
-    pub replication_factor: i32,
-    /// How often consumed offsets that are fully acknowledged are committed.
-    #[serde(default = "defaults::commit_interval", with = "humantime_serde")]
-    pub commit_interval: Duration,
-    /// Prod topic (per route, `{topic}` replaced) where Rush copies wait for the Rush lane, so
-    /// production progress never depends on the Rush cluster.
-    #[serde(default = "defaults::rush_outbox_topic")]
-    pub rush_outbox_topic: String,
-    /// How long the Rush cluster may be away before a Rush copy is lost: the outbox's retention.
-    #[serde(default = "defaults::rush_retention", with = "humantime_serde")]
-    pub rush_retention: Duration,
-    /// Consumer group of the Rush lane (outbox → Rush); default `{group_id}.rush`.
-    #[serde(default)]
-    pub rush_group_id: Option<String>,
-    /// Prod topic (per route, `{topic}` replaced, partitioned like the input) recording which
-    /// whitelist decides each input offset, so a replay decides it again the same way.
-    #[serde(default = "defaults::decisions_topic")]
-    pub decisions_topic: String,
-    /// Prod topic (one partition) holding the whitelist snapshots the decision records name.
-    #[serde(default = "defaults::snapshots_topic")]
-    pub snapshots_topic: String,
-    /// Retention of both; records older than half of it are written again while still in use.
-    #[serde(default = "defaults::decisions_retention", with = "humantime_serde")]
-    pub decisions_retention: Duration,
-}
-
-impl BridgeConfig {
-    pub fn rush_group_id(&self) -> String {
-        self.rush_group_id.clone().unwrap_or_else(|| format!("{}.rush", self.group_id))
-    }
-}
-
-impl Default for BridgeConfig {
-    fn default() -> Self {
-        Self {
-            group_id: defaults::group_id(),
-            output_topic: defaults::output_topic(),
-            tenancy_header: defaults::tenancy_header(),
-            origin_header: defaults::origin_header(),
-            max_in_flight: defaults::max_in_flight(),
-            max_in_flight_bytes: defaults::max_in_flight_bytes(),
-            drain_timeout: defaults::drain_timeout(),
-            create_topics: defaults::create_topics(),
-            replication_factor: defaults::replication_factor(),
-            commit_interval: defaults::commit_interval(),
-            rush_outbox_topic: defaults::rush_outbox_topic(),
-            rush_retention: defaults::rush_retention(),
-            rush_group_id: None,
-            decisions_topic: defaults::decisions_topic(),
-            snapshots_topic: defaults::snapshots_topic(),
-            decisions_retention: defaults::decisions_retention(),
-        }
-    }
-}
-
 mod defaults {
     use std::time::Duration;
     pub fn refresh() -> Duration {
@@ -264,56 +184,11 @@ mod defaults {
     pub fn lookup_wait() -> Duration {
         Duration::from_millis(200)
     }
-    pub fn max_in_flight_bytes() -> usize {
-        64 << 20
-    }
     pub fn request_timeout() -> Duration {
         Duration::from_secs(2)
     }
-    pub fn group_id() -> String {
-        "tenancy-bridge".into()
-    }
-    pub fn output_topic() -> String {
-        "{topic}.{service}".into()
-    }
-    pub fn tenancy_header() -> String {
-        "event_tenancy".into()
-    }
     pub fn admin_listen() -> String {
         "127.0.0.1:9464".into()
-    }
-    pub fn origin_header() -> String {
-        "tenancy-origin".into()
-    }
-    pub fn max_in_flight() -> usize {
-        20_000
-    }
-    pub fn drain_timeout() -> Duration {
-        Duration::from_secs(30)
-    }
-    pub fn create_topics() -> bool {
-        true
-    }
-    pub fn replication_factor() -> i32 {
-        -1
-    }
-    pub fn commit_interval() -> Duration {
-        Duration::from_secs(1)
-    }
-    pub fn rush_outbox_topic() -> String {
-        "tenancy-bridge.rush.{topic}".into()
-    }
-    pub fn rush_retention() -> Duration {
-        Duration::from_secs(7 * 24 * 3600)
-    }
-    pub fn decisions_topic() -> String {
-        "tenancy-bridge.decisions.{topic}".into()
-    }
-    pub fn snapshots_topic() -> String {
-        "tenancy-bridge.snapshots".into()
-    }
-    pub fn decisions_retention() -> Duration {
-        Duration::from_secs(7 * 24 * 3600)
     }
 }
 
@@ -432,52 +307,8 @@ impl Config {
                 "names the prod cluster: outputs would collide and the return path would loop",
             ));
         }
+        raw.bridge.validate()?;
         let b = &raw.bridge;
-        if b.group_id.trim().is_empty() {
-            return Err(invalid("bridge.group_id", "must not be empty"));
-        }
-        if !b.output_topic.contains("{service}") {
-            return Err(invalid(
-                "bridge.output_topic",
-                "must contain {service}, or every service of a route would share one topic",
-            ));
-        }
-        if !b.output_topic.contains("{topic}") {
-            return Err(invalid("bridge.output_topic", "must contain {topic}, or routes would share output topics"));
-        }
-        if !valid_header_name(&b.tenancy_header) {
-            return Err(invalid("bridge.tenancy_header", "must be a non-empty printable ASCII name"));
-        }
-        if !valid_header_name(&b.origin_header) || b.origin_header == b.tenancy_header {
-            return Err(invalid("bridge.origin_header", "must be a printable ASCII name other than tenancy_header"));
-        }
-        if b.max_in_flight == 0 {
-            return Err(invalid("bridge.max_in_flight", "must be at least 1"));
-        }
-        if b.max_in_flight_bytes < 1 << 20 {
-            return Err(invalid("bridge.max_in_flight_bytes", "must be at least 1048576 (1 MiB)"));
-        }
-        if !b.rush_outbox_topic.contains("{topic}") {
-            return Err(invalid("bridge.rush_outbox_topic", "must contain {topic}, or routes would share an outbox"));
-        }
-        if !b.decisions_topic.contains("{topic}") {
-            return Err(invalid("bridge.decisions_topic", "must contain {topic}, or routes would share one"));
-        }
-        if !valid_topic_name(&b.snapshots_topic) {
-            return Err(invalid("bridge.snapshots_topic", "must be a valid topic name"));
-        }
-        if b.decisions_retention < Duration::from_secs(3600) {
-            return Err(invalid("bridge.decisions_retention", "must be at least 1h"));
-        }
-        if b.rush_retention < Duration::from_secs(60) {
-            return Err(invalid("bridge.rush_retention", "must be at least 1m"));
-        }
-        if b.rush_group_id.as_ref().is_some_and(|g| g.trim().is_empty() || *g == b.group_id) {
-            return Err(invalid("bridge.rush_group_id", "must be non-empty and differ from bridge.group_id"));
-        }
-        if b.replication_factor == 0 || b.replication_factor < -1 {
-            return Err(invalid("bridge.replication_factor", "must be -1 (broker default) or ≥ 1"));
-        }
         let w = &raw.whitelist;
         if w.url.is_some() && w.file.is_some() {
             return Err(invalid("whitelist", "set either `url` or `file`, not both"));
@@ -655,7 +486,7 @@ fn same_servers(a: &str, b: &str) -> bool {
     norm(a) == norm(b)
 }
 
-fn valid_topic_name(t: &str) -> bool {
+pub(crate) fn valid_topic_name(t: &str) -> bool {
     !t.is_empty()
         && t.len() <= 249
         && t != "."
@@ -667,7 +498,7 @@ fn valid_service_name(s: &str) -> bool {
     valid_topic_name(s)
 }
 
-fn valid_header_name(h: &str) -> bool {
+pub(crate) fn valid_header_name(h: &str) -> bool {
     !h.is_empty() && h.bytes().all(|c| c.is_ascii_graphic())
 }
 

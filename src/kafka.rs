@@ -115,6 +115,18 @@ pub fn producer_config(cluster: &ClusterConfig, name: &str, config: &Config) -> 
     c
 }
 
+/// Makes a producer transactional (exactly-once). librdkafka refuses a message timeout longer
+/// than the transaction timeout: a write that cannot land within one transaction aborts it.
+pub fn transactional(c: &mut ClientConfig, config: &Config) {
+    let timeout_ms = config.bridge.transaction_timeout.as_millis().to_string();
+    c.set("transactional.id", config.bridge.transactional_id());
+    c.set("transaction.timeout.ms", &timeout_ms);
+    let message_ms = c.get("message.timeout.ms").and_then(|m| m.parse::<u128>().ok());
+    if message_ms.is_none_or(|m| m > config.bridge.transaction_timeout.as_millis()) {
+        c.set("message.timeout.ms", &timeout_ms);
+    }
+}
+
 /// The relay's consumer on `cluster` (prod for the routes, Rush for the return path).
 pub fn consumer_config(cluster: &ClusterConfig, name: &str, group_id: &str) -> ClientConfig {
     let mut c = ClientConfig::new();

@@ -60,6 +60,8 @@ pub struct Metrics {
     pub decision_pins: IntCounter,
     pub decisions_replayed: IntCounter,
     pub decision_history_unreadable: IntCounter,
+    pub transactions: IntCounterVec,
+    pub transaction_seconds: Histogram,
     pub ready: IntGauge,
 }
 
@@ -271,6 +273,21 @@ impl Metrics {
                 IntCounter::new(
                     name("decision_history_unreadable_total"),
                     "Partitions taken over whose decision log could not be read; decided from the live whitelist.",
+                )?,
+            )?,
+            transactions: counter(
+                "transactions_total",
+                "Exactly-once transactions on prod by outcome: committed, aborted (read again), fenced.",
+                &["outcome"],
+            )?,
+            transaction_seconds: reg(
+                &registry,
+                Histogram::with_opts(
+                    HistogramOpts::new(
+                        name("transaction_commit_seconds"),
+                        "Time to flush and commit one transaction with its input offsets.",
+                    )
+                    .buckets(vec![0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]),
                 )?,
             )?,
             ready: reg(&registry, IntGauge::new(name("ready"), "1 when /readyz answers 200.")?)?,

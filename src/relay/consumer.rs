@@ -8,12 +8,22 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
-use rdkafka::error::KafkaResult;
+use rdkafka::error::{KafkaError, KafkaResult};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
 use super::health::{Direction, Health};
 use super::offsets::{PartitionKey, Tracker};
 use super::producer::Flush;
+use super::transaction::{Outcome, TransactionError, Transactions, seek_to_committed};
+
+/// Why offsets were not committed.
+#[derive(Debug, thiserror::Error)]
+pub enum CommitError {
+    #[error(transparent)]
+    Kafka(#[from] KafkaError),
+    #[error(transparent)]
+    Transaction(#[from] TransactionError),
+}
 
 /// Partitions revoked since the poll loop last looked, for state it keeps per partition.
 #[derive(Debug, Default)]
@@ -51,6 +61,8 @@ pub struct RebalanceContext {
     /// Revoked partitions, so what the forward direction keeps per partition (parked records,
     /// pins) is dropped.
     pub revoked: Option<Arc<Revoked>>,
+    /// Exactly-once: offsets commit inside the prod producer's transactions.
+    pub transactions: Option<Arc<Transactions>>,
 }
 
 impl ClientContext for RebalanceContext {
@@ -77,27 +89,71 @@ impl RebalanceContext {
 
     /// Commits what is fully acknowledged for `keys` (all when `None`). A synchronous commit
     /// (hand-over, shutdown) also repeats offsets an asynchronous one may not have landed.
+    /// Exactly-once commits the open transaction instead, with every partition's offsets.
     pub fn commit(
         &self,
         consumer: &BaseConsumer<Self>,
         keys: Option<&[PartitionKey]>,
         mode: CommitMode,
-    ) -> KafkaResult<usize> {
+    ) -> Result<usize, CommitError> {
+        if let Some(t) = &self.transactions {
+            return self.commit_transaction(consumer, t);
+        }
         let offsets = self.tracker.take_committable(keys, matches!(mode, CommitMode::Sync));
         if offsets.is_empty() {
             return Ok(0);
         }
-        let mut tpl = TopicPartitionList::with_capacity(offsets.len());
-        for ((route, partition), next) in &offsets {
-            tpl.add_partition_offset(&self.route_topics[*route], *partition, Offset::Offset(*next))?;
-        }
-        match consumer.commit(&tpl, mode) {
+        match consumer.commit(&self.offset_list(&offsets), mode) {
             Ok(()) => Ok(offsets.len()),
             Err(e) => {
                 self.tracker.uncommit(&offsets);
-                Err(e)
+                Err(e.into())
             }
         }
+    }
+
+    fn commit_transaction(&self, consumer: &BaseConsumer<Self>, t: &Transactions) -> Result<usize, CommitError> {
+        let committed = std::cell::Cell::new(0);
+        let offsets = || {
+            let offsets = self.tracker.take_committable(None, true);
+            committed.set(offsets.len());
+            self.offset_list(&offsets)
+        };
+        match t.commit(consumer, &|| self.tracker.failure().map(|f| f.reason), &offsets)? {
+            Outcome::Committed => Ok(committed.get()),
+            Outcome::Idle | Outcome::Aborted(_) => Ok(0),
+        }
+    }
+
+    fn offset_list(&self, offsets: &[(PartitionKey, i64)]) -> TopicPartitionList {
+        let mut tpl = TopicPartitionList::with_capacity(offsets.len());
+        for ((route, partition), next) in offsets {
+            // Offsets of tracked partitions are valid by construction.
+            let _ = tpl.add_partition_offset(&self.route_topics[*route], *partition, Offset::Offset(*next));
+        }
+        tpl
+    }
+
+    /// Exactly-once, after an abort: every assigned partition starts again from its committed
+    /// offset, with nothing of what was read since kept (tracker, parked records, pins).
+    pub fn rewind_if_aborted(&self, consumer: &BaseConsumer<Self>) -> KafkaResult<()> {
+        let Some(t) = &self.transactions else { return Ok(()) };
+        if !t.take_rewind() {
+            return Ok(());
+        }
+        let keys = self.keys(&consumer.assignment()?);
+        self.tracker.reset();
+        if let Some(r) = &self.revoked {
+            r.add(&keys);
+        }
+        let n = seek_to_committed(consumer, self.drain_timeout)?;
+        tracing::info!(partitions = n, "read again from the committed offsets after an abort");
+        Ok(())
+    }
+
+    /// An abort is waiting for [`Self::rewind_if_aborted`]: records polled now are stale.
+    pub fn rewind_pending(&self) -> bool {
+        self.transactions.as_ref().is_some_and(|t| t.rewind_pending())
     }
 }
 
@@ -124,8 +180,14 @@ impl ConsumerContext for RebalanceContext {
                 let keys = self.keys(tpl);
                 // Everything read from these partitions must be written and committed before
                 // another instance starts on them, or it would write those records again.
-                if let Err(e) = self.producers.drain(self.drain_timeout) {
-                    tracing::warn!(error = %e, "producers not drained within drain_timeout on revoke; the next owner replays the rest");
+                // A lost assignment (this instance was paused or cut off) belongs to another
+                // instance already: its open transaction must not commit.
+                if let (Some(t), true) = (&self.transactions, consumer.assignment_lost()) {
+                    let _ = t.abort("the assignment was lost".into());
+                } else if self.transactions.is_none() {
+                    if let Err(e) = self.producers.drain(self.drain_timeout) {
+                        tracing::warn!(error = %e, "producers not drained within drain_timeout on revoke; the next owner replays the rest");
+                    }
                 }
                 match self.commit(consumer, Some(&keys), CommitMode::Sync) {
                     Ok(n) => tracing::info!(partitions = keys.len(), committed = n, "partitions revoked"),

@@ -20,6 +20,10 @@ pub enum RelayError {
     #[error("output of {topic}[{partition}]@{offset} failed: {reason}; offsets from there on were not committed")]
     Delivery { topic: String, partition: i32, offset: i64, reason: String },
     #[error(transparent)]
+    Transaction(#[from] super::transaction::TransactionError),
+    #[error("cannot read again from the committed offsets after an aborted transaction: {source}")]
+    Rewind { source: KafkaError },
+    #[error(transparent)]
     Decisions(#[from] super::decisions::DecisionError),
     #[error(transparent)]
     Metrics(#[from] crate::metrics::MetricsError),

@@ -27,6 +27,7 @@ pub mod return_path;
 mod rush_backlog;
 mod rush_lane;
 pub mod topics;
+mod transaction;
 
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use std::sync::Arc;
@@ -38,7 +39,7 @@ pub use health::{Direction, Health, ProducerRole, Summary};
 pub use offsets::Tracker;
 pub use pipeline::ProduceError;
 
-use crate::config::Config;
+use crate::config::{Config, Delivery};
 use crate::kafka;
 use crate::metrics::Metrics;
 use crate::telemetry::HopTracer;
@@ -174,6 +175,16 @@ fn run_forward(
         producer::output_producer(config, ProducerRole::Prod, &tracker, &health, metrics)
             .map_err(|source| RelayError::Client { what: "prod producer", source })?,
     );
+    let transactions = match config.bridge.delivery {
+        Delivery::AtLeastOnce => None,
+        Delivery::ExactlyOnce => Some(Arc::new(transaction::Transactions::init(
+            producers.clone(),
+            config.bridge.transactional_id(),
+            config.bridge.transaction_timeout,
+            metrics,
+            stop,
+        )?)),
+    };
     let route_topics: Vec<String> = config.routes.iter().map(|r| r.topic.clone()).collect();
     // Both sources keep state per partition that a revocation ends.
     let revoked = Arc::new(consumer::Revoked::default());
@@ -186,6 +197,7 @@ fn run_forward(
         metrics: metrics.clone(),
         direction: Direction::Forward,
         revoked: Some(revoked.clone()),
+        transactions,
     };
     let consumer =
         subscribe(kafka::consumer_config(&config.prod, "prod", &config.bridge.group_id), context, &route_topics)?;
@@ -245,6 +257,7 @@ fn run_return_path(
         metrics: metrics.clone(),
         direction: Direction::Return,
         revoked: None,
+        transactions: None,
     };
     let consumer = subscribe(kafka::consumer_config(&config.rush, "rush", &config.bridge.group_id), context, &topics)?;
     tracing::info!(topics = ?topics, group = %config.bridge.group_id, "return path started");
@@ -283,6 +296,9 @@ fn finish(
     let pending = tracker.in_flight();
     consumer.unsubscribe();
     result?;
+    if let Some(e) = consumer.context().transactions.as_ref().and_then(|t| t.fatal()) {
+        return Err(e.into());
+    }
     if let Some(f) = tracker.failure() {
         return Err(delivery_error(topics, f));
     }

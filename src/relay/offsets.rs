@@ -21,6 +21,7 @@ pub type PartitionKey = (usize, i32);
 pub struct Failure {
     pub key: PartitionKey,
     pub offset: i64,
+    pub class: crate::kafka::ErrorClass,
     pub reason: String,
 }
 
@@ -148,7 +149,7 @@ impl Tracker {
     /// An output of the record behind `opaque` failed for good: nothing at or after it in that
     /// partition may be committed, and the relay must stop. Returns whether this is the first
     /// failure (the one [`Tracker::failure`] reports), so an outage is logged once, not per record.
-    pub fn fail(&self, opaque: usize, reason: String) -> bool {
+    pub fn fail(&self, opaque: usize, class: crate::kafka::ErrorClass, reason: String) -> bool {
         let (slot, offset) = split(opaque);
         let mut g = self.lock();
         let inner = &mut *g;
@@ -160,7 +161,7 @@ impl Tracker {
                 track.failed = true;
             }
             if inner.failure.is_none() {
-                inner.failure = Some(Failure { key, offset, reason });
+                inner.failure = Some(Failure { key, offset, class, reason });
                 first = true;
             }
         }
@@ -229,6 +230,13 @@ impl Tracker {
         }
     }
 
+    /// Forgets everything: an aborted transaction undid what was in flight and done.
+    pub fn reset(&self) {
+        let mut g = self.lock();
+        *g = Inner { next_slot: g.next_slot, ..Inner::default() };
+        self.progressed.notify_all();
+    }
+
     /// Records of `key` still waiting for outputs.
     pub fn pending(&self, key: PartitionKey) -> usize {
         self.lock().tracks.get(&key).map_or(0, |t| t.pending.len())
@@ -281,7 +289,7 @@ mod tests {
         let b = t.begin(P, 2, 1, 0);
         let c = t.begin(P, 3, 1, 0);
         t.ack(a);
-        assert!(t.fail(b, "boom".into()));
+        assert!(t.fail(b, crate::kafka::ErrorClass::Fatal, "boom".into()));
         t.ack(b);
         t.ack(c);
         assert_eq!(t.take_committable(None, false), vec![(P, 2)]);

@@ -9,7 +9,7 @@ use rdkafka::error::RDKafkaErrorCode;
 use rdkafka::message::BorrowedMessage;
 
 use super::RelayError;
-use super::consumer::RebalanceContext;
+use super::consumer::{CommitError, RebalanceContext};
 use super::offsets::{Load, Tracker};
 use crate::kafka::{ErrorClass, classify};
 
@@ -88,9 +88,20 @@ pub fn run<H: Handler>(
     let max_in_flight = limits.max_in_flight;
     let mut last_commit = Instant::now();
     let mut paused = false;
+    let context = consumer.context();
     while !stop() {
-        if tracker.failure().is_some() {
-            return Ok(());
+        if let Some(f) = tracker.failure() {
+            // Exactly-once undoes a transaction whose write failed for a passing reason and
+            // reads it again; anything else stops the relay, which reports it.
+            if context.transactions.is_none() || f.class != ErrorClass::Retry {
+                return Ok(());
+            }
+            commit(consumer, limits)?;
+            std::thread::sleep(REWRITE_BACKOFF);
+        }
+        context.rewind_if_aborted(consumer).map_err(|source| RelayError::Rewind { source })?;
+        if let Some(t) = &context.transactions {
+            t.begin()?;
         }
         // Backpressure: a slow cluster must not grow memory. Pausing keeps the group
         // membership alive (poll still runs, serving rebalances) while nothing new is fetched.
@@ -125,7 +136,13 @@ pub fn run<H: Handler>(
             let timeout = if n == 0 && !paused { first_timeout } else { Duration::ZERO };
             match consumer.poll(timeout) {
                 None => break,
+                // An abort during this poll (a revocation) left this record to be read again.
+                Some(Ok(_)) if context.rewind_pending() => break,
                 Some(Ok(msg)) => {
+                    // A revocation during this poll may have committed the transaction.
+                    if let Some(t) = &context.transactions {
+                        t.begin()?;
+                    }
                     handler.handle(&msg, consumer)?;
                     bytes += super::pipeline::input_bytes(&msg);
                     if bytes >= max_in_flight.bytes {
@@ -157,13 +174,26 @@ pub fn run<H: Handler>(
 
         if last_commit.elapsed() >= limits.commit_interval {
             last_commit = Instant::now();
-            if let Err(e) = consumer.context().commit(consumer, None, CommitMode::Async) {
-                limits.commit_failures.inc();
-                tracing::warn!(error = %e, "commit failed; will retry");
-            }
+            commit(consumer, limits)?;
         }
     }
     Ok(())
+}
+
+/// How long exactly-once waits after aborting a transaction a write failed, before trying again.
+const REWRITE_BACKOFF: Duration = Duration::from_secs(1);
+
+/// A periodic commit: a failed one is retried next time, unless transactions stopped for good.
+fn commit(consumer: &BaseConsumer<RebalanceContext>, limits: &Limits<'_>) -> Result<(), RelayError> {
+    match consumer.context().commit(consumer, None, CommitMode::Async) {
+        Ok(_) => Ok(()),
+        Err(CommitError::Transaction(e)) => Err(e.into()),
+        Err(e) => {
+            limits.commit_failures.inc();
+            tracing::warn!(error = %e, "commit failed; will retry");
+            Ok(())
+        }
+    }
 }
 
 /// Pauses or resumes the whole assignment; a resume leaves held partitions paused.

@@ -67,7 +67,7 @@ impl ProducerContext for DeliveryContext {
                 );
                 // Later failures of the same outage are counted (above), not logged again.
                 let log = reason.clone();
-                if self.tracker.fail(opaque, reason) {
+                if self.tracker.fail(opaque, class, reason) {
                     tracing::error!(reason = %log, "output not delivered; offsets from it on are not committed");
                 }
             }
@@ -95,7 +95,11 @@ pub fn output_producer(
         Cluster::Prod => &config.prod,
         Cluster::Rush => &config.rush,
     };
-    crate::kafka::producer_config(cluster_config, name, config).create_with_context(DeliveryContext {
+    let mut settings = crate::kafka::producer_config(cluster_config, name, config);
+    if role == ProducerRole::Prod && config.bridge.delivery == crate::config::Delivery::ExactlyOnce {
+        crate::kafka::transactional(&mut settings, config);
+    }
+    settings.create_with_context(DeliveryContext {
         cluster,
         client,
         role,

@@ -80,6 +80,7 @@ fn run_once(
         metrics: metrics.clone(),
         direction: Direction::RushLane,
         revoked: None,
+        transactions: None,
     };
     let group = config.bridge.rush_group_id();
     let consumer =
