@@ -10,10 +10,10 @@
 mod common;
 
 use std::collections::HashMap;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+use common::chaos::{Flipper, Lcg, gauge, kill9, read_outputs_of, user};
 use common::invariant::TID;
 use common::paced::PacedProducer;
 use common::{Bridge, ConfigOpts, Input, OffsetWatcher, Read, Tansu, http_get};
@@ -34,106 +34,8 @@ fn input(i: usize) -> Input {
     }
 }
 
-/// A small deterministic generator: the seed is printed, so a failing run can be repeated.
-struct Lcg(u64);
-
-impl Lcg {
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 = self.0.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
-        (self.0 >> 33) % n
-    }
-}
-
-/// Flips the whitelist file between two contents every `every` until dropped.
-struct Flipper {
-    flips: Arc<AtomicUsize>,
-    stop: Arc<AtomicBool>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Flipper {
-    fn start(path: std::path::PathBuf, every: Duration) -> Self {
-        let (flips, stop) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicBool::new(false)));
-        let thread = {
-            let (flips, stop) = (flips.clone(), stop.clone());
-            std::thread::spawn(move || {
-                let on = common::whitelist_json(2, &[("U1", &["payment"]), ("U2", &["payment", "shipping"])]);
-                let off = common::whitelist_json(3, &[("U2", &["shipping"])]);
-                let mut next = Instant::now();
-                while !stop.load(Ordering::Relaxed) {
-                    let n = flips.fetch_add(1, Ordering::Relaxed);
-                    common::write_atomic(&path, if n % 2 == 0 { &on } else { &off });
-                    next += every;
-                    if let Some(wait) = next.checked_duration_since(Instant::now()) {
-                        std::thread::sleep(wait);
-                    }
-                }
-            })
-        };
-        Self { flips, stop, thread: Some(thread) }
-    }
-}
-
-impl Drop for Flipper {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-fn kill9(bridge: Bridge) {
-    let ok = std::process::Command::new("kill").args(["-KILL", &bridge.pid().to_string()]).status().unwrap();
-    assert!(ok.success());
-    drop(bridge);
-}
-
-fn gauge(metrics: &str, name: &str) -> Option<f64> {
-    metrics.lines().find_map(|l| l.strip_prefix(name).and_then(|v| v.strip_prefix(' ')))?.trim().parse().ok()
-}
-
-/// Every output of every service on both clusters, read until each input has shown up at
-/// least once per service (or two minutes pass), then a moment more for duplicates. Counting
-/// records would stop early: replays after kill -9 write many twice.
 fn read_outputs(prod: &str, rush: &str, inputs: &HashMap<&[u8], &Read>) -> (common::ByService, common::ByService) {
-    read_outputs_of(prod, rush, inputs, &SERVICES)
-}
-
-fn read_outputs_of(
-    prod: &str,
-    rush: &str,
-    inputs: &HashMap<&[u8], &Read>,
-    services: &[&str],
-) -> (common::ByService, common::ByService) {
-    let (mut p, mut r) = (common::ByService::new(), common::ByService::new());
-    for svc in services {
-        let topic = format!("orders.{svc}");
-        let mut readers = [common::Reader::new(prod, &topic), common::Reader::new(rush, &topic)];
-        let mut seen = std::collections::HashSet::new();
-        let deadline = Instant::now() + Duration::from_secs(120);
-        let mut done_at: Option<Instant> = None;
-        while done_at.is_none_or(|t| t.elapsed() < Duration::from_secs(1)) && Instant::now() < deadline {
-            for reader in &mut readers {
-                let before = reader.records.len();
-                while reader.poll(Duration::from_millis(10)) {}
-                for o in &reader.records[before..] {
-                    seen.insert(o.header(TID).unwrap().to_vec());
-                }
-            }
-            if done_at.is_none() && seen.len() >= inputs.len() {
-                done_at = Some(Instant::now());
-            }
-        }
-        let [pr, rr] = readers;
-        p.insert(svc.to_string(), pr.records);
-        r.insert(svc.to_string(), rr.records);
-    }
-    (p, r)
-}
-
-fn user(r: &Read) -> &str {
-    std::str::from_utf8(r.header("x-user-id").unwrap()).unwrap()
+    read_outputs_of(prod, rush, inputs, &SERVICES, "read_committed")
 }
 
 #[test]
@@ -373,7 +275,7 @@ fn a_replay_after_a_whitelist_change_keeps_the_first_decision() {
 
     let inputs = common::read_all(&prod.bootstrap, "orders", total as usize, Duration::from_secs(30));
     let by_tid: HashMap<&[u8], &Read> = inputs.iter().map(|r| (r.header(TID).unwrap(), r)).collect();
-    let (p, r) = read_outputs_of(&prod.bootstrap, &rush.bootstrap, &by_tid, &["payment"]);
+    let (p, r) = read_outputs_of(&prod.bootstrap, &rush.bootstrap, &by_tid, &["payment"], "read_committed");
     let n = |outs: &[Read], pred: &dyn Fn(usize) -> bool| {
         outs.iter()
             .filter(|o| user(o) == "U1")

@@ -65,7 +65,11 @@ impl<'a> Limits<'a> {
         let label = direction.as_str();
         Self {
             max_in_flight: Load { records: config.bridge.max_in_flight, bytes: config.bridge.max_in_flight_bytes },
-            commit_interval: config.bridge.commit_interval,
+            // Exactly-once commits the forward direction's transaction at its own pace.
+            commit_interval: match (config.bridge.delivery, direction) {
+                (crate::config::Delivery::ExactlyOnce, super::Direction::Forward) => config.bridge.transaction_interval,
+                _ => config.bridge.commit_interval,
+            },
             in_flight_peak: &health.in_flight_peak,
             in_flight_bytes_peak: &health.in_flight_bytes_peak,
             uncommitted: metrics.uncommitted.with_label_values(&[label]),

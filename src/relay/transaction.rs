@@ -50,6 +50,9 @@ pub struct Transactions {
     id: String,
     timeout: Duration,
     open: AtomicBool,
+    /// When the open transaction began: one older than the transaction timeout is aborted,
+    /// never committed, whatever the broker would still accept.
+    began: Mutex<Instant>,
     /// Set by an abort; the poll loop seeks back before it handles another record.
     rewind: AtomicBool,
     fatal: Mutex<Option<TransactionError>>,
@@ -74,6 +77,7 @@ impl Transactions {
             id,
             timeout,
             open: AtomicBool::new(false),
+            began: Mutex::new(Instant::now()),
             rewind: AtomicBool::new(false),
             fatal: Mutex::new(None),
             committed: metrics.transactions.with_label_values(&["committed"]),
@@ -101,6 +105,9 @@ impl Transactions {
             return Ok(());
         }
         self.producer.begin_transaction().map_err(|e| self.failed("begin", &e))?;
+        if let Ok(mut b) = self.began.lock() {
+            *b = Instant::now();
+        }
         self.open.store(true, Relaxed);
         Ok(())
     }
@@ -124,6 +131,9 @@ impl Transactions {
         if let Some(reason) = failed() {
             return self.abort(reason);
         }
+        if let Some(reason) = self.expired() {
+            return self.abort(reason);
+        }
         let offsets = offsets();
         if offsets.count() > 0 {
             let Some(group) = consumer.group_metadata() else {
@@ -133,6 +143,12 @@ impl Transactions {
             {
                 return self.settle("send_offsets", &e);
             }
+        }
+        // Checked again right before the commit: a process paused between the two calls (a
+        // freeze, a long GC-like stall) has been replaced by now. A broker that expires
+        // transactions would refuse the commit; one that does not (tansu) would accept it.
+        if let Some(reason) = self.expired() {
+            return self.abort(reason);
         }
         if let Err(e) = self.retrying(|| self.producer.commit_transaction(self.timeout)) {
             return self.settle("commit", &e);
@@ -158,6 +174,17 @@ impl Transactions {
 
     pub fn rewind_pending(&self) -> bool {
         self.rewind.load(Relaxed)
+    }
+
+    fn expired(&self) -> Option<String> {
+        let age = self.began.lock().map(|b| b.elapsed()).unwrap_or_default();
+        (age > self.timeout).then(|| {
+            format!(
+                "open for {age:.1?}, longer than bridge.transaction_timeout ({:?}): this instance was \
+                 paused and its partitions may have moved",
+                self.timeout
+            )
+        })
     }
 
     /// Whether an abort left records to read again (and forgets it).

@@ -2,6 +2,7 @@
 //! produce inputs and read every output back.
 #![allow(dead_code)]
 
+pub mod chaos;
 pub mod invariant;
 pub mod paced;
 
@@ -163,6 +164,11 @@ impl Bridge {
         kib.and_then(|k| k.parse::<u64>().ok()).unwrap_or(0) * 1024
     }
 
+    /// How it exited, if it has.
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.0.try_wait().unwrap()
+    }
+
     pub fn assert_running(&mut self) {
         if let Some(status) = self.0.try_wait().unwrap() {
             panic!("bridge exited early: {status}");
@@ -295,11 +301,17 @@ pub struct Reader {
 }
 
 impl Reader {
+    /// A read_committed reader (librdkafka's default isolation).
     pub fn new(bootstrap: &str, topic: &str) -> Self {
+        Self::with_isolation(bootstrap, topic, "read_committed")
+    }
+
+    pub fn with_isolation(bootstrap: &str, topic: &str, isolation: &str) -> Self {
         let consumer: BaseConsumer = ClientConfig::new()
             .set("bootstrap.servers", bootstrap)
             .set("group.id", "test-reader")
             .set("enable.auto.commit", "false")
+            .set("isolation.level", isolation)
             .create()
             .unwrap();
         // A topic the bridge has not created yet has no partitions: wait for them, or the
