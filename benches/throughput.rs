@@ -61,8 +61,14 @@ fn main() {
         // Fresh brokers for every run, so neither inherits the other's stored data; the order
         // alternates between rounds.
         let mut pair = Vec::new();
-        let mut order = vec![Contestant::Copy, Contestant::Relay, Contestant::Lookup, Contestant::LookupLongTtl];
-        order.rotate_left(round % 4);
+        let mut order = vec![
+            Contestant::Copy,
+            Contestant::Relay,
+            Contestant::Lookup,
+            Contestant::LookupLongTtl,
+            Contestant::ExactlyOnce,
+        ];
+        order.rotate_left(round % 5);
         for who in order {
             let prod = common::Tansu::start();
             let rush = common::Tansu::start();
@@ -92,9 +98,14 @@ fn main() {
                         .spawn()
                         .unwrap()
                 }
-                Contestant::Relay | Contestant::Lookup | Contestant::LookupLongTtl => {
+                Contestant::Relay | Contestant::Lookup | Contestant::LookupLongTtl | Contestant::ExactlyOnce => {
                     let lookup = mapper.as_ref().zip(lookup_ttl).map(|(m, ttl)| (m.url.as_str(), ttl));
-                    let config = bridge_config(&dir, &prod.bootstrap, &rush.bootstrap, &group, lookup);
+                    let extra = if matches!(who, Contestant::ExactlyOnce) {
+                        "delivery = \"exactly-once\"\ninstance_id = \"bench\""
+                    } else {
+                        ""
+                    };
+                    let config = bridge_config(&dir, &prod.bootstrap, &rush.bootstrap, &group, lookup, extra);
                     let bin =
                         std::env::var("RELAY_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_tenancy-bridge").to_string());
                     Command::new(bin)
@@ -124,10 +135,11 @@ fn main() {
         "round", "run", "records/s", "CPU µs/record", "× copy", "× snapshot"
     );
     for (round, r) in results.iter().enumerate() {
-        let [copy, snapshot, lookup, long] = &r[..] else { continue };
+        let [copy, snapshot, lookup, long, exactly_once] = &r[..] else { continue };
         let rows = [
             ("copy loop", copy.window(0.1, 0.9)),
             ("relay, snapshot", snapshot.window(0.1, 0.9)),
+            ("snapshot, exactly-once", exactly_once.window(0.1, 0.9)),
             ("lookup, cold", lookup.window(0.05, 0.45)),
             ("lookup, refreshing", lookup.window(0.55, 0.95)),
             ("lookup, warm", long.window(0.55, 0.95)),
@@ -187,6 +199,7 @@ fn bridge_config(
     rush: &str,
     group: &str,
     lookup: Option<(&str, &str)>,
+    extra_bridge: &str,
 ) -> std::path::PathBuf {
     let wl = dir.path().join("wl.json");
     let users: Vec<String> = (0..USERS).step_by(WHITELISTED_EVERY).map(|i| format!("U{i}")).collect();
@@ -199,7 +212,7 @@ fn bridge_config(
         whitelist: &wl,
         group,
         routes: "[[routes]]\ntopic = \"bench.in\"\nservices = [\"payment\"]\nuser = { json = \"/user_id\" }\n",
-        extra_bridge: "",
+        extra_bridge,
         kafka: "\"max.poll.interval.ms\" = 10000\n\"session.timeout.ms\" = 6000",
     });
     let text = match lookup {
@@ -302,6 +315,7 @@ enum Contestant {
     Relay = 1,
     Lookup = 2,
     LookupLongTtl = 3,
+    ExactlyOnce = 4,
 }
 
 /// The baseline: consume, produce the same record to the same partition of another topic,

@@ -142,3 +142,20 @@ fn role_tables_apply_only_to_their_clients_and_win() {
     let e = err(&BASE.replace("[rush]", "[prod.consumer]\n\"group.id\" = \"x\"\n[rush]"));
     assert!(e.contains("prod.consumer.\"group.id\""), "{e}");
 }
+
+#[test]
+fn delivery_and_its_transactions() {
+    let c = parse(BASE).unwrap();
+    assert_eq!(c.bridge.delivery, Delivery::AtLeastOnce);
+    let eos = format!("{BASE}\n[bridge]\ndelivery = \"exactly-once\"\ninstance_id = \"pod-3\"\n");
+    let c = parse(&eos).unwrap();
+    assert_eq!(c.bridge.delivery, Delivery::ExactlyOnce);
+    assert_eq!(c.bridge.transactional_id(), "tenancy-bridge.pod-3.forward");
+    assert_eq!(c.bridge.transaction_interval, Duration::from_millis(100));
+    let e = err(&format!("{BASE}\n[bridge]\ndelivery = \"exactly-twice\"\n"));
+    assert!(e.contains("exactly-twice") && e.contains("exactly-once"), "{e}");
+    let e = err(&format!("{BASE}\n[bridge]\ntransaction_interval = \"5s\"\ntransaction_timeout = \"10s\"\n"));
+    assert!(e.contains("bridge.transaction_timeout"), "{e}");
+    let e = err(&format!("{BASE}\n[bridge]\ninstance_id = \" \"\n"));
+    assert!(e.contains("bridge.instance_id"), "{e}");
+}

@@ -64,6 +64,18 @@ pub fn describe(config: &Config, path: &Path) -> String {
     };
     let _ = writeln!(s, "whitelist: {source}, refresh {}", humantime::format_duration(config.whitelist.refresh));
     let _ = writeln!(s, "consumer group: {}", config.bridge.group_id);
+    let b = &config.bridge;
+    let _ = match b.delivery {
+        crate::config::Delivery::AtLeastOnce => writeln!(s, "delivery: at-least-once"),
+        crate::config::Delivery::ExactlyOnce => writeln!(
+            s,
+            "delivery: exactly-once (transactional.id {}, a transaction every {}, timeout {}; \
+             readers of the outputs: isolation.level=read_committed)",
+            b.transactional_id(),
+            humantime::format_duration(b.transaction_interval),
+            humantime::format_duration(b.transaction_timeout)
+        ),
+    };
     for r in &config.routes {
         let user = match &r.user {
             UserLocator::Header(h) => format!("header {h}"),

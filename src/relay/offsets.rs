@@ -230,18 +230,6 @@ impl Tracker {
         }
     }
 
-    /// A partition with nothing pending whose consumer position is past its last done record
-    /// (transaction markers take offsets but are never handed to the relay) is done up to
-    /// there, so its committed offset does not stay one behind forever.
-    pub fn advance_idle(&self, key: PartitionKey, position: i64) {
-        let mut g = self.lock();
-        if let Some(t) = g.tracks.get_mut(&key) {
-            if t.pending.is_empty() && !t.failed && t.done_up_to.is_some_and(|d| d < position) {
-                t.done_up_to = Some(position);
-            }
-        }
-    }
-
     /// Forgets everything: an aborted transaction undid what was in flight and done.
     pub fn reset(&self) {
         let mut g = self.lock();

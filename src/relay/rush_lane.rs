@@ -12,9 +12,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rdkafka::Offset;
 use rdkafka::consumer::BaseConsumer;
-use rdkafka::consumer::Consumer as _;
 use rdkafka::message::{BorrowedMessage, Message};
 
 use super::RelayError;
@@ -111,20 +109,6 @@ struct RushLane {
 }
 
 impl Handler for RushLane {
-    /// Outbox partitions written in transactions (exactly-once) end with a marker the lane
-    /// never receives: commit past it once everything before it is on Rush.
-    fn end_batch(&mut self, consumer: &BaseConsumer<RebalanceContext>) -> Result<(), RelayError> {
-        let Ok(positions) = consumer.position() else { return Ok(()) };
-        for e in positions.elements() {
-            let (Some(ri), Offset::Offset(next)) = (self.outboxes.iter().position(|t| t == e.topic()), e.offset())
-            else {
-                continue;
-            };
-            self.tracker.advance_idle((ri, e.partition()), next);
-        }
-        Ok(())
-    }
-
     fn handle(&mut self, msg: &BorrowedMessage<'_>, _: &BaseConsumer<RebalanceContext>) -> Result<(), RelayError> {
         let Some(ri) = self.outboxes.iter().position(|t| t == msg.topic()) else {
             tracing::warn!(topic = msg.topic(), "rush lane: record from a topic that is no outbox; skipped");

@@ -165,7 +165,19 @@ impl ClusterReader {
                     reached.insert(p, true);
                 }
                 Some(Err(e)) => return Err(self.err(topic, "fetch")(e)),
-                None => {}
+                // A partition written in transactions ends with a marker no record shows: the
+                // position passes it, the last record's offset does not.
+                None => {
+                    if let Ok(positions) = self.consumer.position() {
+                        for e in positions.elements() {
+                            if let (Offset::Offset(o), Some(h)) = (e.offset(), ends.get(&e.partition())) {
+                                if o >= *h {
+                                    reached.insert(e.partition(), true);
+                                }
+                            }
+                        }
+                    }
+                }
             }
         }
         if let Some((&partition, _)) = reached.iter().find(|(_, done)| !**done) {
