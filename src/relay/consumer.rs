@@ -14,7 +14,7 @@ use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use super::health::{Direction, Health};
 use super::offsets::{PartitionKey, Tracker};
 use super::producer::Flush;
-use super::transaction::{Outcome, TransactionError, Transactions, seek_to_committed};
+use super::transaction::{Outcome, TransactionError, Transactions};
 
 /// Why offsets were not committed.
 #[derive(Debug, thiserror::Error)]
@@ -146,7 +146,7 @@ impl RebalanceContext {
         if let Some(r) = &self.revoked {
             r.add(&keys);
         }
-        let n = seek_to_committed(consumer, self.drain_timeout)?;
+        let n = t.seek_to_committed(consumer, self.drain_timeout)?;
         tracing::info!(partitions = n, "read again from the committed offsets after an abort");
         Ok(())
     }
@@ -197,6 +197,11 @@ impl ConsumerContext for RebalanceContext {
                     }
                 }
                 self.tracker.remove(&keys);
+                if let Some(t) = &self.transactions {
+                    for e in tpl.elements() {
+                        t.forget(e.topic(), e.partition());
+                    }
+                }
                 if let Some(r) = &self.revoked {
                     r.add(&keys);
                 }

@@ -11,6 +11,7 @@
 //! Every call here blocks; all of them run on the consumer's thread (poll loop and rebalance
 //! callbacks), never on an async runtime.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -56,6 +57,9 @@ pub struct Transactions {
     /// Set by an abort; the poll loop seeks back before it handles another record.
     rewind: AtomicBool,
     fatal: Mutex<Option<TransactionError>>,
+    /// Input positions this instance committed, per partition it still owns: where an abort
+    /// goes back to without asking the broker.
+    confirmed: Mutex<HashMap<(String, i32), i64>>,
     committed: prometheus::IntCounter,
     aborted: prometheus::IntCounter,
     fenced: prometheus::IntCounter,
@@ -80,6 +84,7 @@ impl Transactions {
             began: Mutex::new(Instant::now()),
             rewind: AtomicBool::new(false),
             fatal: Mutex::new(None),
+            confirmed: Mutex::new(HashMap::new()),
             committed: metrics.transactions.with_label_values(&["committed"]),
             aborted: metrics.transactions.with_label_values(&["aborted"]),
             fenced: metrics.transactions.with_label_values(&["fenced"]),
@@ -154,6 +159,13 @@ impl Transactions {
             return self.settle("commit", &e);
         }
         self.open.store(false, Relaxed);
+        if let Ok(mut c) = self.confirmed.lock() {
+            for e in offsets.elements() {
+                if let Offset::Offset(o) = e.offset() {
+                    c.insert((e.topic().to_owned(), e.partition()), o);
+                }
+            }
+        }
         self.committed.inc();
         self.seconds.observe(started.elapsed().as_secs_f64());
         Ok(Outcome::Committed)
@@ -250,25 +262,55 @@ fn retriable(e: &KafkaError) -> bool {
     }
 }
 
-/// Seeks every assigned partition back to its committed offset (the beginning where there is
-/// none, like `auto.offset.reset = earliest`), so what an abort undid is read again.
-pub fn seek_to_committed<C: ConsumerContext>(
+impl Transactions {
+    /// A partition left this instance: its next owner's commits, not ours, say where it is.
+    pub fn forget(&self, topic: &str, partition: i32) {
+        if let Ok(mut c) = self.confirmed.lock() {
+            c.remove(&(topic.to_owned(), partition));
+        }
+    }
+
+    /// Seeks every assigned partition back to its committed offset, so what an abort undid is
+    /// read again: the position this instance committed last, else the broker's committed
+    /// offset, else the beginning (like `auto.offset.reset = earliest`).
+    pub fn seek_to_committed<C: ConsumerContext>(
+        &self,
+        consumer: &BaseConsumer<C>,
+        timeout: Duration,
+    ) -> Result<usize, KafkaError> {
+        let assignment = consumer.assignment()?;
+        if assignment.count() == 0 {
+            return Ok(0);
+        }
+        let known = self.confirmed.lock().map(|c| c.clone()).unwrap_or_default();
+        let mut ask = TopicPartitionList::new();
+        let mut tpl = TopicPartitionList::with_capacity(assignment.count());
+        for e in assignment.elements() {
+            match known.get(&(e.topic().to_owned(), e.partition())) {
+                Some(o) => tpl.add_partition_offset(e.topic(), e.partition(), Offset::Offset(*o))?,
+                None => {
+                    ask.add_partition(e.topic(), e.partition());
+                }
+            }
+        }
+        if ask.count() > 0 {
+            for e in consumer.committed_offsets(ask, timeout)?.elements() {
+                let offset = match e.offset() {
+                    Offset::Offset(o) => Offset::Offset(o),
+                    _ => Offset::Beginning,
+                };
+                tpl.add_partition_offset(e.topic(), e.partition(), offset)?;
+            }
+        }
+        seek(consumer, tpl, timeout)
+    }
+}
+
+fn seek<C: ConsumerContext>(
     consumer: &BaseConsumer<C>,
+    tpl: TopicPartitionList,
     timeout: Duration,
 ) -> Result<usize, KafkaError> {
-    let assignment = consumer.assignment()?;
-    if assignment.count() == 0 {
-        return Ok(0);
-    }
-    let committed = consumer.committed_offsets(assignment, timeout)?;
-    let mut tpl = TopicPartitionList::with_capacity(committed.count());
-    for e in committed.elements() {
-        let offset = match e.offset() {
-            Offset::Offset(o) => Offset::Offset(o),
-            _ => Offset::Beginning,
-        };
-        tpl.add_partition_offset(e.topic(), e.partition(), offset)?;
-    }
     let sought = consumer.seek_partitions(tpl, timeout)?;
     for e in sought.elements() {
         e.error()?;
