@@ -551,9 +551,15 @@ fn instances_share_partitions_and_hand_over_on_rebalance() {
     wait(&[&a], 600);
     // A second instance joins: the partitions are split between the two.
     let b = start(&c, config.clone());
+    // Split and settled: both hold partitions, all of them between the two, for a whole second
+    // (mid-rebalance, under load, the counts pass through other states).
     let deadline = Instant::now() + Duration::from_secs(60);
-    while b.assigned() == 0 || a.assigned() == PARTITIONS as usize {
-        assert!(Instant::now() < deadline, "the second instance was never given partitions");
+    let mut settled_since: Option<Instant> = None;
+    while settled_since.is_none_or(|t| t.elapsed() < Duration::from_secs(1)) {
+        let (na, nb) = (a.assigned(), b.assigned());
+        let split = na > 0 && nb > 0 && na + nb == PARTITIONS as usize;
+        settled_since = if split { settled_since.or(Some(Instant::now())) } else { None };
+        assert!(Instant::now() < deadline, "the partitions were never split between the two ({na} + {nb})");
         std::thread::sleep(Duration::from_millis(20));
     }
     common::produce(&c.prod.bootstrap_servers(), "orders", &batch(300..600));
