@@ -147,6 +147,12 @@ pub fn consumer_config(cluster: &ClusterConfig, name: &str, group_id: &str) -> C
     c
 }
 
+/// The session timeout a consumer built from `c` runs with (librdkafka's default: 45 s).
+pub fn session_timeout(c: &ClientConfig) -> std::time::Duration {
+    let ms = c.get("session.timeout.ms").and_then(|v| v.parse().ok()).unwrap_or(45_000);
+    std::time::Duration::from_millis(ms)
+}
+
 pub fn admin_config(cluster: &ClusterConfig, name: &str) -> ClientConfig {
     base(cluster, ClientRole::Admin, &format!("tenancy-bridge-admin-{name}"))
 }

@@ -151,6 +151,52 @@ impl RebalanceContext {
         Ok(())
     }
 
+    /// Exactly-once, after a pause longer than a transaction may stay open: whether the group
+    /// still counts this instance as the owner of its partitions. It commits, outside any
+    /// transaction and synchronously, positions it committed already (a no-op for a member; a
+    /// broker refuses it from a member it has replaced). Until that succeeds, or a fresh
+    /// assignment arrives, nothing is written; a replaced instance waits for its revocation.
+    pub fn membership_proven(&self, consumer: &BaseConsumer<Self>) -> bool {
+        let Some(t) = self.transactions.as_ref().filter(|t| t.unproven()) else { return true };
+        let assignment = match consumer.assignment() {
+            Ok(a) if a.count() == 0 => {
+                t.proven("no partitions assigned");
+                return true;
+            }
+            Ok(a) => a,
+            Err(_) => return false,
+        };
+        let mut tpl = t.confirmed_of(&assignment);
+        if tpl.count() == 0 {
+            // Nothing committed by this instance yet: the group's committed offsets serve.
+            if let Ok(c) = consumer.committed_offsets(assignment, self.drain_timeout) {
+                for e in c.elements().iter().filter(|e| matches!(e.offset(), Offset::Offset(_))) {
+                    let _ = tpl.add_partition_offset(e.topic(), e.partition(), e.offset());
+                }
+            }
+        }
+        if tpl.count() == 0 {
+            // Nothing to commit again without moving a position: leave and join the group
+            // again, which ends with a fresh assignment (or none).
+            tracing::warn!("membership after a pause cannot be checked with a commit; rejoining the group");
+            consumer.unsubscribe();
+            if let Err(e) = consumer.subscribe(&self.route_topics.iter().map(String::as_str).collect::<Vec<_>>()) {
+                tracing::error!(error = %e, "cannot subscribe again after a pause");
+            }
+            return false;
+        }
+        match consumer.commit(&tpl, CommitMode::Sync) {
+            Ok(()) => {
+                t.proven("the group accepted a commit");
+                true
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "the group refused this instance after a pause; waiting for its revocation");
+                false
+            }
+        }
+    }
+
     /// An abort is waiting for [`Self::rewind_if_aborted`]: records polled now are stale.
     pub fn rewind_pending(&self) -> bool {
         self.transactions.as_ref().is_some_and(|t| t.rewind_pending())
@@ -218,6 +264,10 @@ impl ConsumerContext for RebalanceContext {
                 }
             }
             Rebalance::Assign(tpl) => {
+                // A fresh assignment is the group's word that this instance is a member.
+                if let Some(t) = &self.transactions {
+                    t.proven("a fresh assignment");
+                }
                 self.health.assigned(self.direction).fetch_add(tpl.count(), Relaxed);
                 if self.direction == Direction::Forward {
                     self.health.joined.store(true, Relaxed);

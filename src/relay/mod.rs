@@ -175,12 +175,14 @@ fn run_forward(
         producer::output_producer(config, ProducerRole::Prod, &tracker, &health, metrics)
             .map_err(|source| RelayError::Client { what: "prod producer", source })?,
     );
+    let consumer_config = kafka::consumer_config(&config.prod, "prod", &config.bridge.group_id);
     let transactions = match config.bridge.delivery {
         Delivery::AtLeastOnce => None,
         Delivery::ExactlyOnce => Some(Arc::new(transaction::Transactions::init(
             producers.clone(),
             config.bridge.transactional_id(),
             config.bridge.transaction_timeout,
+            kafka::session_timeout(&consumer_config),
             metrics,
             stop,
         )?)),
@@ -199,8 +201,7 @@ fn run_forward(
         revoked: Some(revoked.clone()),
         transactions,
     };
-    let consumer =
-        subscribe(kafka::consumer_config(&config.prod, "prod", &config.bridge.group_id), context, &route_topics)?;
+    let consumer = subscribe(consumer_config, context, &route_topics)?;
     tracing::info!(routes = route_topics.len(), group = %config.bridge.group_id, "relay started");
 
     let pipeline = Pipeline::new(config, producers.clone(), tracker.clone(), metrics, tracer);

@@ -103,6 +103,12 @@ pub fn run<H: Handler>(
             commit(consumer, limits)?;
             std::thread::sleep(REWRITE_BACKOFF);
         }
+        if !context.membership_proven(consumer) {
+            // Possibly replaced while paused: serve callbacks (the revocation comes through
+            // here) and write nothing; what is polled meanwhile is read again after the rewind.
+            let _ = consumer.poll(POLL_TIMEOUT);
+            continue;
+        }
         context.rewind_if_aborted(consumer).map_err(|source| RelayError::Rewind { source })?;
         if let Some(t) = &context.transactions {
             t.begin()?;
@@ -143,8 +149,13 @@ pub fn run<H: Handler>(
                 // An abort during this poll (a revocation) left this record to be read again.
                 Some(Ok(_)) if context.rewind_pending() => break,
                 Some(Ok(msg)) => {
-                    // A revocation during this poll may have committed the transaction.
                     if let Some(t) = &context.transactions {
+                        // The first poll of a batch may have waited through a pause of the
+                        // process: what it returned is read again after the abort.
+                        if n == 0 && t.abort_if_stale()? {
+                            break;
+                        }
+                        // A revocation during this poll may have committed the transaction.
                         t.begin()?;
                     }
                     handler.handle(&msg, consumer)?;

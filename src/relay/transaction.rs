@@ -8,6 +8,14 @@
 //! restarted process aborts what its predecessor left open instead of leaving read_committed
 //! consumers waiting for `bridge.transaction_timeout`.
 //!
+//! A broker without KIP-447's generation check (tansu 0.6 is one) would take a stale
+//! instance's offsets, so the bridge guards itself too: a transaction open longer than
+//! `stale_after` (the smaller of the transaction and session timeouts: the process was paused
+//! and its partitions may have moved) is aborted, never committed, and the instance then proves
+//! it is still a member of the group (a plain synchronous offset commit of positions it already
+//! committed, which every broker checks against member id and generation) before it writes
+//! again.
+//!
 //! Every call here blocks; all of them run on the consumer's thread (poll loop and rebalance
 //! callbacks), never on an async runtime.
 
@@ -50,13 +58,19 @@ pub struct Transactions {
     producer: Arc<OutputProducer>,
     id: String,
     timeout: Duration,
+    /// A transaction open longer than this is from a paused process: aborted, never committed.
+    stale_after: Duration,
     open: AtomicBool,
     /// When the open transaction began: one older than the transaction timeout is aborted,
     /// never committed, whatever the broker would still accept.
     began: Mutex<Instant>,
     /// Set by an abort; the poll loop seeks back before it handles another record.
     rewind: AtomicBool,
+    /// Set by a stale abort: the instance must prove its group membership before writing.
+    unproven: AtomicBool,
     fatal: Mutex<Option<TransactionError>>,
+    /// Set with `fatal`: checked per record, so an atomic rather than the lock.
+    stopped: AtomicBool,
     /// Input positions this instance committed, per partition it still owns: where an abort
     /// goes back to without asking the broker.
     confirmed: Mutex<HashMap<(String, i32), i64>>,
@@ -73,6 +87,7 @@ impl Transactions {
         producer: Arc<OutputProducer>,
         id: String,
         timeout: Duration,
+        stale_after: Duration,
         metrics: &Metrics,
         stop: &dyn Fn() -> bool,
     ) -> Result<Self, TransactionError> {
@@ -80,10 +95,13 @@ impl Transactions {
             producer,
             id,
             timeout,
+            stale_after: stale_after.min(timeout),
             open: AtomicBool::new(false),
             began: Mutex::new(Instant::now()),
             rewind: AtomicBool::new(false),
+            unproven: AtomicBool::new(false),
             fatal: Mutex::new(None),
+            stopped: AtomicBool::new(false),
             confirmed: Mutex::new(HashMap::new()),
             committed: metrics.transactions.with_label_values(&["committed"]),
             aborted: metrics.transactions.with_label_values(&["aborted"]),
@@ -106,6 +124,7 @@ impl Transactions {
     /// Opens a transaction if none is (a local call: librdkafka talks to the broker on the
     /// first write).
     pub fn begin(&self) -> Result<(), TransactionError> {
+        self.check_fatal()?;
         if self.open.load(Relaxed) {
             return Ok(());
         }
@@ -126,6 +145,7 @@ impl Transactions {
         failed: &dyn Fn() -> Option<String>,
         offsets: &dyn Fn() -> TopicPartitionList,
     ) -> Result<Outcome, TransactionError> {
+        self.check_fatal()?;
         if !self.open.load(Relaxed) {
             return Ok(Outcome::Idle);
         }
@@ -136,8 +156,8 @@ impl Transactions {
         if let Some(reason) = failed() {
             return self.abort(reason);
         }
-        if let Some(reason) = self.expired() {
-            return self.abort(reason);
+        if self.stale().is_some() {
+            return self.abort_stale();
         }
         let offsets = offsets();
         if offsets.count() > 0 {
@@ -152,8 +172,8 @@ impl Transactions {
         // Checked again right before the commit: a process paused between the two calls (a
         // freeze, a long GC-like stall) has been replaced by now. A broker that expires
         // transactions would refuse the commit; one that does not (tansu) would accept it.
-        if let Some(reason) = self.expired() {
-            return self.abort(reason);
+        if self.stale().is_some() {
+            return self.abort_stale();
         }
         if let Err(e) = self.retrying(|| self.producer.commit_transaction(self.timeout)) {
             return self.settle("commit", &e);
@@ -173,6 +193,7 @@ impl Transactions {
 
     /// Aborts what is open (an assignment was lost, or a write failed).
     pub fn abort(&self, reason: String) -> Result<Outcome, TransactionError> {
+        self.check_fatal()?;
         if !self.open.load(Relaxed) {
             return Ok(Outcome::Idle);
         }
@@ -188,20 +209,72 @@ impl Transactions {
         self.rewind.load(Relaxed)
     }
 
-    fn expired(&self) -> Option<String> {
+    /// How long the open transaction has been open, when that is longer than `stale_after`.
+    fn stale(&self) -> Option<Duration> {
+        if !self.open.load(Relaxed) {
+            return None;
+        }
         let age = self.began.lock().map(|b| b.elapsed()).unwrap_or_default();
-        (age > self.timeout).then(|| {
-            format!(
-                "open for {age:.1?}, longer than bridge.transaction_timeout ({:?}): this instance was \
-                 paused and its partitions may have moved",
-                self.timeout
-            )
-        })
+        (age > self.stale_after).then_some(age)
+    }
+
+    /// Aborts the open transaction if this process was paused for longer than `stale_after`
+    /// (checked after every blocking poll, before records are handled): whether it is still a
+    /// member of the group must be proven before it writes again.
+    pub fn abort_if_stale(&self) -> Result<bool, TransactionError> {
+        if self.stale().is_none() {
+            return Ok(false);
+        }
+        self.abort_stale().map(|_| true)
+    }
+
+    fn abort_stale(&self) -> Result<Outcome, TransactionError> {
+        let age = self.stale().unwrap_or_default();
+        self.unproven.store(true, Relaxed);
+        self.abort(format!(
+            "open for {age:.1?}, longer than {:?} (the smaller of bridge.transaction_timeout and the \
+             consumer's session.timeout.ms): this instance was paused and its partitions may have moved",
+            self.stale_after
+        ))
+    }
+
+    /// Whether the instance must prove its group membership before it writes again.
+    pub fn unproven(&self) -> bool {
+        self.unproven.load(Relaxed)
+    }
+
+    /// The group confirmed this instance (`how`: a fresh assignment, a commit it accepted), or
+    /// it has no partitions left to write for.
+    pub fn proven(&self, how: &str) {
+        if self.unproven.swap(false, Relaxed) {
+            tracing::info!(id = %self.id, how, "group membership settled after a pause");
+        }
+    }
+
+    /// Positions this instance committed, of the partitions in `assignment`.
+    pub fn confirmed_of(&self, assignment: &TopicPartitionList) -> TopicPartitionList {
+        let known = self.confirmed.lock().map(|c| c.clone()).unwrap_or_default();
+        let mut tpl = TopicPartitionList::new();
+        for e in assignment.elements() {
+            if let Some(o) = known.get(&(e.topic().to_owned(), e.partition())) {
+                let _ = tpl.add_partition_offset(e.topic(), e.partition(), Offset::Offset(*o));
+            }
+        }
+        tpl
     }
 
     /// Whether an abort left records to read again (and forgets it).
     pub fn take_rewind(&self) -> bool {
         self.rewind.swap(false, Relaxed)
+    }
+
+    /// Once transactions stopped for good, every later step fails at once with the same error
+    /// (each would otherwise wait out the transaction timeout before the bridge can stop).
+    fn check_fatal(&self) -> Result<(), TransactionError> {
+        if !self.stopped.load(Relaxed) {
+            return Ok(());
+        }
+        self.fatal().map_or(Ok(()), Err)
     }
 
     /// The error that stopped transactions, if one did.
@@ -249,6 +322,7 @@ impl Transactions {
         if let Ok(mut f) = self.fatal.lock() {
             f.get_or_insert_with(|| err.clone());
         }
+        self.stopped.store(true, Relaxed);
         err
     }
 }

@@ -176,8 +176,16 @@ impl Bridge {
     }
 
     /// SIGTERM, then waits up to `within` for a clean exit; returns what it printed.
-    pub fn stop(mut self, within: Duration) -> String {
-        assert!(Command::new("kill").args(["-TERM", &self.0.id().to_string()]).status().unwrap().success());
+    pub fn stop(self, within: Duration) -> String {
+        let (status, out) = self.terminate(within);
+        assert!(status.success(), "bridge exit {status}");
+        out
+    }
+
+    /// SIGTERM (unless it exited already), then waits up to `within` for it to exit, however it
+    /// exits; returns its status and what it printed.
+    pub fn terminate(mut self, within: Duration) -> (std::process::ExitStatus, String) {
+        let _ = Command::new("kill").args(["-TERM", &self.0.id().to_string()]).status();
         let deadline = Instant::now() + within;
         let status = loop {
             if let Some(s) = self.0.try_wait().unwrap() {
@@ -190,8 +198,7 @@ impl Bridge {
         if let Some(stdout) = self.0.stdout.as_mut() {
             std::io::Read::read_to_string(stdout, &mut out).unwrap();
         }
-        assert!(status.success(), "bridge exit {status}");
-        out
+        (status, out)
     }
 }
 
