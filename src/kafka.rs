@@ -117,9 +117,14 @@ pub fn producer_config(cluster: &ClusterConfig, name: &str, config: &Config) -> 
 
 /// Makes a producer transactional (exactly-once). librdkafka refuses a message timeout longer
 /// than the transaction timeout: a write that cannot land within one transaction aborts it.
-pub fn transactional(c: &mut ClientConfig, config: &Config) {
+pub fn transactional(c: &mut ClientConfig, config: &Config, id: &str) {
+    c.set("transactional.id", id);
+    transaction_timeouts(c, config);
+}
+
+/// The transaction timeout, and a message timeout within it.
+pub fn transaction_timeouts(c: &mut ClientConfig, config: &Config) {
     let timeout_ms = config.bridge.transaction_timeout.as_millis().to_string();
-    c.set("transactional.id", config.bridge.transactional_id());
     c.set("transaction.timeout.ms", &timeout_ms);
     let message_ms = c.get("message.timeout.ms").and_then(|m| m.parse::<u128>().ok());
     if message_ms.is_none_or(|m| m > config.bridge.transaction_timeout.as_millis()) {
@@ -154,7 +159,11 @@ pub fn session_timeout(c: &ClientConfig) -> std::time::Duration {
 }
 
 pub fn admin_config(cluster: &ClusterConfig, name: &str) -> ClientConfig {
-    base(cluster, ClientRole::Admin, &format!("tenancy-bridge-admin-{name}"))
+    let mut c = base(cluster, ClientRole::Admin, &format!("tenancy-bridge-admin-{name}"));
+    // Admin clients and short-lived readers have no statistics handler: librdkafka's default
+    // would log every report.
+    c.set("statistics.interval.ms", "0");
+    c
 }
 
 #[cfg(test)]

@@ -61,6 +61,8 @@ pub struct Metrics {
     pub decisions_replayed: IntCounter,
     pub decision_history_unreadable: IntCounter,
     pub transactions: IntCounterVec,
+    pub lane_transactions: IntCounterVec,
+    pub return_path_restarts: IntCounter,
     pub transaction_seconds: Histogram,
     pub ready: IntGauge,
 }
@@ -280,6 +282,19 @@ impl Metrics {
                 "Exactly-once transactions on prod by outcome: committed, aborted (read again), fenced.",
                 &["outcome"],
             )?,
+            lane_transactions: counter(
+                "partition_transactions_total",
+                "Exactly-once transactions of the Rush lane (on Rush) and the return path (on prod), one \
+                 transactional id per source partition, by direction and outcome: committed, aborted, fenced.",
+                &["direction", "outcome"],
+            )?,
+            return_path_restarts: reg(
+                &registry,
+                IntCounter::new(
+                    name("return_path_restarts_total"),
+                    "Exactly-once: times the return path started again from its progress on prod after an abort.",
+                )?,
+            )?,
             transaction_seconds: reg(
                 &registry,
                 Histogram::with_opts(
@@ -373,6 +388,7 @@ impl RouteMetrics {
     }
 }
 
+#[derive(Clone)]
 pub struct OutputMetrics {
     /// Looked up once per delivery report, hence the fast hasher.
     by_topic: HashMap<String, IntCounter, foldhash::fast::RandomState>,

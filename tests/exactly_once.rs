@@ -100,6 +100,14 @@ fn outputs_commit_once_with_their_input_offsets() {
     let committed = gauge(&metrics, "tenancy_bridge_transactions_total{outcome=\"committed\"}").unwrap_or(0.0);
     eprintln!("{committed} transactions committed");
     assert!(committed >= 1.0);
+    // The Rush lane commits on Rush, one transactional id per outbox partition, its progress
+    // stored on Rush in its group (the outbox offsets it carried).
+    let lane = "tenancy_bridge_partition_transactions_total{direction=\"rush-lane\",outcome=\"committed\"}";
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while gauge(&http_get(&admin, "/metrics").1, lane).unwrap_or(0.0) < 1.0 {
+        assert!(Instant::now() < deadline, "no Rush lane transaction committed");
+        std::thread::sleep(Duration::from_millis(100));
+    }
     // Read while the bridge runs: tansu reports high watermarks short by a batch, so a backlog
     // of 0 can show before the lane has the last copies.
     let read = common::read_all(&prod.bootstrap, "orders", inputs.len(), Duration::from_secs(30));
@@ -111,6 +119,10 @@ fn outputs_commit_once_with_their_input_offsets() {
         4_000,
         Duration::from_secs(60),
     );
+    let on_rush = OffsetWatcher::new(&rush.bootstrap, "eos-basic.rush").committed("tenancy-bridge.rush.orders", PARTITIONS);
+    let on_prod = OffsetWatcher::new(&prod.bootstrap, "eos-basic.rush").committed("tenancy-bridge.rush.orders", PARTITIONS);
+    eprintln!("Rush lane progress: {on_rush} outbox records on Rush, {on_prod} on prod");
+    assert!(on_rush > 0 && on_rush >= on_prod, "the lane's progress lives on Rush: {on_rush} on Rush, {on_prod} on prod");
     bridge.stop(Duration::from_secs(30));
     let report = invariant::check(
         &read,

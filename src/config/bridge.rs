@@ -105,6 +105,11 @@ impl BridgeConfig {
         format!("{}.{instance}.forward", self.group_id)
     }
 
+    /// Exactly-once: the prod group holding the return path's Rush offsets.
+    pub fn return_progress_group(&self) -> String {
+        format!("{}.return", self.group_id)
+    }
+
     pub fn rush_group_id(&self) -> String {
         self.rush_group_id.clone().unwrap_or_else(|| format!("{}.rush", self.group_id))
     }

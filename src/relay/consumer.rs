@@ -14,6 +14,7 @@ use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use super::health::{Direction, Health};
 use super::offsets::{PartitionKey, Tracker};
 use super::producer::Flush;
+use super::partition_transactions::PartitionTransactions;
 use super::transaction::{Outcome, TransactionError, Transactions};
 
 /// Why offsets were not committed.
@@ -63,6 +64,9 @@ pub struct RebalanceContext {
     pub revoked: Option<Arc<Revoked>>,
     /// Exactly-once: offsets commit inside the prod producer's transactions.
     pub transactions: Option<Arc<Transactions>>,
+    /// Exactly-once across clusters (Rush lane, return path): one transaction per partition on
+    /// the cluster written, with the progress stored there.
+    pub partition_transactions: Option<Arc<PartitionTransactions>>,
 }
 
 impl ClientContext for RebalanceContext {
@@ -98,6 +102,17 @@ impl RebalanceContext {
     ) -> Result<usize, CommitError> {
         if let Some(t) = &self.transactions {
             return self.commit_transaction(consumer, t);
+        }
+        if let Some(pt) = &self.partition_transactions {
+            let offsets = pt.commit(keys, &self.tracker, self.tracker.failure().is_some())?;
+            // The source cluster's group learns it too: the backlog probe reads it there, and
+            // it is where a target rebuilt empty starts again from.
+            if !offsets.is_empty() {
+                if let Err(e) = consumer.commit(&self.offset_list(&offsets), CommitMode::Async) {
+                    tracing::debug!(error = %e, "progress not recorded on the source cluster; the next commit repeats it");
+                }
+            }
+            return Ok(offsets.len());
         }
         let offsets = self.tracker.take_committable(keys, matches!(mode, CommitMode::Sync));
         if offsets.is_empty() {
@@ -204,6 +219,43 @@ impl RebalanceContext {
 }
 
 impl ConsumerContext for RebalanceContext {
+    /// librdkafka's rebalance (as rdkafka's default), except that partitions of a cross-cluster
+    /// exactly-once direction start where the progress group on the cluster written says.
+    fn rebalance(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        err: rdkafka::types::RDKafkaRespErr,
+        tpl: &mut TopicPartitionList,
+    ) {
+        use rdkafka::consumer::RebalanceProtocol::Cooperative;
+        use rdkafka::types::RDKafkaRespErr::{RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS, RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS};
+        let assign = err == RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS;
+        if let (Some(pt), true) = (&self.partition_transactions, assign) {
+            for ((route, partition), offset) in pt.claim(&self.keys(tpl)) {
+                let _ = tpl.set_partition_offset(&self.route_topics[route], partition, Offset::Offset(offset));
+            }
+        }
+        let cooperative = matches!(consumer.rebalance_protocol(), Cooperative);
+        let result = match err {
+            RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
+                self.pre_rebalance(consumer, &Rebalance::Assign(tpl));
+                if cooperative { consumer.incremental_assign(tpl) } else { consumer.assign(tpl) }
+            }
+            RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
+                self.pre_rebalance(consumer, &Rebalance::Revoke(tpl));
+                if cooperative { consumer.incremental_unassign(tpl) } else { consumer.unassign() }
+            }
+            other => {
+                let e = KafkaError::Rebalance(other.into());
+                self.pre_rebalance(consumer, &Rebalance::Error(e));
+                consumer.unassign()
+            }
+        };
+        if let Err(e) = result {
+            tracing::error!(error = %e, assign, "cannot apply the rebalance");
+        }
+    }
+
     fn commit_callback(&self, result: KafkaResult<()>, offsets: &TopicPartitionList) {
         if let Err(e) = result {
             self.metrics.commit_failures.with_label_values(&[self.direction.as_str()]).inc();
@@ -230,7 +282,9 @@ impl ConsumerContext for RebalanceContext {
                 // instance already: its open transaction must not commit.
                 if let (Some(t), true) = (&self.transactions, consumer.assignment_lost()) {
                     let _ = t.abort("the assignment was lost".into());
-                } else if self.transactions.is_none() {
+                } else if let (Some(pt), true) = (&self.partition_transactions, consumer.assignment_lost()) {
+                    pt.release(&keys);
+                } else if self.transactions.is_none() && self.partition_transactions.is_none() {
                     if let Err(e) = self.producers.drain(self.drain_timeout) {
                         tracing::warn!(error = %e, "producers not drained within drain_timeout on revoke; the next owner replays the rest");
                     }
@@ -243,6 +297,9 @@ impl ConsumerContext for RebalanceContext {
                     }
                 }
                 self.tracker.remove(&keys);
+                if let Some(pt) = &self.partition_transactions {
+                    pt.release(&keys);
+                }
                 if let Some(t) = &self.transactions {
                     for e in tpl.elements() {
                         t.forget(e.topic(), e.partition());

@@ -27,6 +27,7 @@ pub mod return_path;
 mod rush_backlog;
 mod rush_lane;
 pub mod topics;
+mod partition_transactions;
 mod transaction;
 
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
@@ -119,7 +120,7 @@ pub fn run_observed(
             std::thread::Builder::new().name("return-path".into()).spawn_scoped(scope, move || {
                 // A panic must stop the forward direction too, not only an error.
                 let _stops_both = StopOnPanic(failed);
-                let r = run_return_path(config, stop, health, metrics, tracer.clone());
+                let r = run_return_path_restarting(config, stop, health, metrics, tracer.clone());
                 if r.is_err() {
                     failed.store(true, Ordering::Relaxed);
                 }
@@ -200,6 +201,7 @@ fn run_forward(
         direction: Direction::Forward,
         revoked: Some(revoked.clone()),
         transactions,
+        partition_transactions: None,
     };
     let consumer = subscribe(consumer_config, context, &route_topics)?;
     tracing::info!(routes = route_topics.len(), group = %config.bridge.group_id, "relay started");
@@ -227,6 +229,34 @@ fn run_forward(
     finish(config, &consumer, &*producers, &tracker, &route_topics, result)
 }
 
+/// Exactly-once, the return path starts again from its progress on prod after an aborted
+/// transaction (a write that failed, a pause, a takeover); any other error stops the bridge.
+fn run_return_path_restarting(
+    config: &Config,
+    stop: &dyn Fn() -> bool,
+    health: Arc<Health>,
+    metrics: &Arc<Metrics>,
+    tracer: Arc<HopTracer>,
+) -> Result<(), RelayError> {
+    loop {
+        match run_return_path(config, stop, health.clone(), metrics, tracer.clone()) {
+            Err(e @ (RelayError::Transaction(_) | RelayError::Delivery { .. }))
+                if config.bridge.delivery == Delivery::ExactlyOnce && !stop() =>
+            {
+                metrics.return_path_restarts.inc();
+                tracing::warn!(error = %e, "return path transactions aborted; starting again from its progress on prod");
+                let until = std::time::Instant::now() + RETURN_PATH_BACKOFF;
+                while !stop() && std::time::Instant::now() < until {
+                    std::thread::sleep(poll::POLL_TIMEOUT);
+                }
+            }
+            r => return r,
+        }
+    }
+}
+
+const RETURN_PATH_BACKOFF: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// The return path: Rush raw topics of return routes → the same topics on prod.
 fn run_return_path(
     config: &Config,
@@ -245,13 +275,21 @@ fn run_return_path(
         std::thread::sleep(poll::POLL_TIMEOUT);
     }
     let tracker = Arc::new(Tracker::new());
-    let producer = Arc::new(
-        producer::output_producer(config, ProducerRole::Return, &tracker, &health, metrics)
-            .map_err(|source| RelayError::Client { what: "return path producer", source })?,
-    );
+    let consumer_config = kafka::consumer_config(&config.rush, "rush", &config.bridge.group_id);
+    // Exactly-once: prod writes commit on prod with the Rush offsets they consumed, stored on
+    // prod in the group `{group_id}.return`.
+    let direction = partition_transactions::Direction {
+        role: ProducerRole::Return,
+        topics: &topics,
+        target: &config.prod,
+        progress_group: config.bridge.return_progress_group(),
+        session_timeout: kafka::session_timeout(&consumer_config),
+        name: "return",
+    };
+    let writer = partition_transactions::writer(config, direction, &tracker, &health, metrics)?;
     let context = RebalanceContext {
         tracker: tracker.clone(),
-        producers: producer.clone(),
+        producers: writer.flush(),
         route_topics: topics.clone(),
         drain_timeout: config.bridge.drain_timeout,
         health: health.clone(),
@@ -259,13 +297,15 @@ fn run_return_path(
         direction: Direction::Return,
         revoked: None,
         transactions: None,
+        partition_transactions: writer.transactions(),
     };
-    let consumer = subscribe(kafka::consumer_config(&config.rush, "rush", &config.bridge.group_id), context, &topics)?;
+    let consumer = subscribe(consumer_config, context, &topics)?;
     tracing::info!(topics = ?topics, group = %config.bridge.group_id, "return path started");
-    let mut handler = ReturnPath::new(config, producer.clone(), tracker.clone(), metrics, tracer);
+    let flush = writer.flush();
+    let mut handler = ReturnPath::new(config, writer, tracker.clone(), metrics, tracer);
     let limits = poll::Limits::new(config, &health, metrics, Direction::Return);
     let result = poll::run(&consumer, &tracker, &limits, &mut handler, stop);
-    finish(config, &consumer, &*producer, &tracker, &topics, result)
+    finish(config, &consumer, &*flush, &tracker, &topics, result)
 }
 
 fn subscribe(

@@ -65,10 +65,10 @@ impl<'a> Limits<'a> {
         let label = direction.as_str();
         Self {
             max_in_flight: Load { records: config.bridge.max_in_flight, bytes: config.bridge.max_in_flight_bytes },
-            // Exactly-once commits the forward direction's transaction at its own pace.
-            commit_interval: match (config.bridge.delivery, direction) {
-                (crate::config::Delivery::ExactlyOnce, super::Direction::Forward) => config.bridge.transaction_interval,
-                _ => config.bridge.commit_interval,
+            // Exactly-once commits each direction's transactions at their own pace.
+            commit_interval: match config.bridge.delivery {
+                crate::config::Delivery::ExactlyOnce => config.bridge.transaction_interval,
+                crate::config::Delivery::AtLeastOnce => config.bridge.commit_interval,
             },
             in_flight_peak: &health.in_flight_peak,
             in_flight_bytes_peak: &health.in_flight_bytes_peak,

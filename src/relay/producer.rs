@@ -14,6 +14,7 @@ use crate::kafka::{ErrorClass, classify};
 use crate::metrics::{self, Metrics, OutputMetrics};
 use crate::tenancy::Cluster;
 
+#[derive(Clone)]
 pub struct DeliveryContext {
     cluster: Cluster,
     client: &'static str,
@@ -86,28 +87,54 @@ pub fn output_producer(
     health: &Arc<Health>,
     metrics: &Arc<Metrics>,
 ) -> Result<OutputProducer, KafkaError> {
-    let (cluster, name, client, return_path) = match role {
-        ProducerRole::Prod => (Cluster::Prod, "prod", "producer-prod", false),
-        ProducerRole::Rush => (Cluster::Rush, "rush", "producer-rush", false),
-        ProducerRole::Return => (Cluster::Prod, "prod-return", "producer-return", true),
-    };
+    let mut settings = producer_settings(config, role);
+    if role == ProducerRole::Prod && config.bridge.delivery == crate::config::Delivery::ExactlyOnce {
+        crate::kafka::transactional(&mut settings, config, &config.bridge.transactional_id());
+    }
+    settings.create_with_context(delivery_context(config, role, tracker, health, metrics))
+}
+
+/// The librdkafka settings of a producer of `role` (no transactional id).
+pub fn producer_settings(config: &crate::config::Config, role: ProducerRole) -> rdkafka::ClientConfig {
+    let (cluster, name) = role_cluster(role);
     let cluster_config = match cluster {
         Cluster::Prod => &config.prod,
         Cluster::Rush => &config.rush,
     };
-    let mut settings = crate::kafka::producer_config(cluster_config, name, config);
-    if role == ProducerRole::Prod && config.bridge.delivery == crate::config::Delivery::ExactlyOnce {
-        crate::kafka::transactional(&mut settings, config);
+    crate::kafka::producer_config(cluster_config, name, config)
+}
+
+fn role_cluster(role: ProducerRole) -> (Cluster, &'static str) {
+    match role {
+        ProducerRole::Prod => (Cluster::Prod, "prod"),
+        ProducerRole::Rush => (Cluster::Rush, "rush"),
+        ProducerRole::Return => (Cluster::Prod, "prod-return"),
     }
-    settings.create_with_context(DeliveryContext {
+}
+
+/// Where the delivery reports of a producer of `role` go.
+pub fn delivery_context(
+    config: &crate::config::Config,
+    role: ProducerRole,
+    tracker: &Arc<Tracker>,
+    health: &Arc<Health>,
+    metrics: &Arc<Metrics>,
+) -> DeliveryContext {
+    let (cluster, _) = role_cluster(role);
+    let client = match role {
+        ProducerRole::Prod => "producer-prod",
+        ProducerRole::Rush => "producer-rush",
+        ProducerRole::Return => "producer-return",
+    };
+    DeliveryContext {
         cluster,
         client,
         role,
-        outputs: metrics.outputs(config, cluster, return_path),
+        outputs: metrics.outputs(config, cluster, role == ProducerRole::Return),
         metrics: metrics.clone(),
         tracker: tracker.clone(),
         health: health.clone(),
-    })
+    }
 }
 
 /// What a consumer must drain before it gives partitions away or stops.

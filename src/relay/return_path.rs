@@ -19,7 +19,8 @@ use super::headers::{InputHeaders, Provenance};
 use super::offsets::Tracker;
 use super::pipeline::ProduceError;
 use super::poll::Handler;
-use super::producer::{Output, OutputProducer, send};
+use super::partition_transactions::Writer;
+use super::producer::{Output, send};
 use crate::config::Config;
 use crate::extract::Headers;
 use crate::metrics::{Metrics, RouteMetrics};
@@ -29,7 +30,7 @@ use crate::tenancy::Cluster;
 pub struct ReturnPath {
     topics: Vec<String>,
     provenance: Provenance,
-    producer: Arc<OutputProducer>,
+    writer: Writer,
     tracker: Arc<Tracker>,
     metrics: Arc<Metrics>,
     routes: Vec<RouteMetrics>,
@@ -40,7 +41,7 @@ impl ReturnPath {
     /// For the raw topics of `config`'s return routes, in route order.
     pub fn new(
         config: &Config,
-        producer: Arc<OutputProducer>,
+        writer: Writer,
         tracker: Arc<Tracker>,
         metrics: &Arc<Metrics>,
         tracer: Arc<HopTracer>,
@@ -52,7 +53,7 @@ impl ReturnPath {
             metrics: metrics.clone(),
             provenance: Provenance::new(config),
             tracer,
-            producer,
+            writer,
             tracker,
         }
     }
@@ -82,6 +83,7 @@ impl Handler for ReturnPath {
             self.tracker.begin(key, msg.offset(), 0, 0);
             return Ok(());
         }
+        let producer = self.writer.for_partition(key)?;
         let opaque = self.tracker.begin(key, msg.offset(), 1, super::pipeline::input_bytes(msg));
         let hop = Hop {
             route: topic,
@@ -100,7 +102,7 @@ impl Handler for ReturnPath {
             timestamp: msg.timestamp(),
             opaque,
         };
-        send(&self.producer, out).map_err(|(source, class)| {
+        send(&producer, out).map_err(|(source, class)| {
             self.metrics.produce_error(Cluster::Prod, class);
             Box::new(ProduceError {
                 input_topic: format!("rush:{topic}"),

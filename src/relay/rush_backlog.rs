@@ -29,6 +29,8 @@ pub fn run(config: &Config, stop: &dyn Fn() -> bool, metrics: &Arc<Metrics>, int
     // It reads one record per lagging partition: prefetch only a little.
     cc.set("queued.max.messages.kbytes", "1024");
     cc.set("fetch.max.bytes", "1048576");
+    // Its context has no statistics handler: librdkafka's would only be logged.
+    cc.set("statistics.interval.ms", "0");
     let consumer: BaseConsumer = match cc.create() {
         Ok(c) => c,
         Err(e) => {

@@ -22,7 +22,8 @@ use super::health::{Direction, Health, ProducerRole};
 use super::offsets::Tracker;
 use super::pipeline::{ProduceError, input_bytes};
 use super::poll::{self, Handler};
-use super::producer::{Output, OutputProducer, output_producer, send};
+use super::partition_transactions::{self, Writer};
+use super::producer::{Output, send};
 use crate::config::Config;
 use crate::extract::Headers;
 use crate::kafka;
@@ -66,14 +67,24 @@ fn run_once(
     super::topics::ensure_rush(config)?;
     health.rush_topics_ready.store(true, std::sync::atomic::Ordering::Relaxed);
     let tracker = Arc::new(Tracker::new());
-    let producer = Arc::new(
-        output_producer(config, ProducerRole::Rush, &tracker, health, metrics)
-            .map_err(|source| RelayError::Client { what: "rush producer", source })?,
-    );
     let outboxes: Vec<String> = config.routes.iter().map(|r| r.outbox_topic.clone()).collect();
+    let group = config.bridge.rush_group_id();
+    let consumer_config = kafka::consumer_config(&config.prod, "prod-rush-lane", &group);
+    // Exactly-once: Rush copies commit on Rush with the lane's progress, stored on Rush in a
+    // group of the same name.
+    let direction = partition_transactions::Direction {
+        role: ProducerRole::Rush,
+        topics: &outboxes,
+        target: &config.rush,
+        progress_group: group.clone(),
+        session_timeout: kafka::session_timeout(&consumer_config),
+        name: "rush-lane",
+    };
+    let writer = partition_transactions::writer(config, direction, &tracker, health, metrics)?;
     let context = RebalanceContext {
         tracker: tracker.clone(),
-        producers: producer.clone(),
+        producers: writer.flush(),
+        partition_transactions: writer.transactions(),
         route_topics: outboxes.clone(),
         drain_timeout: config.bridge.drain_timeout,
         health: health.clone(),
@@ -82,28 +93,27 @@ fn run_once(
         revoked: None,
         transactions: None,
     };
-    let group = config.bridge.rush_group_id();
-    let consumer =
-        super::subscribe(kafka::consumer_config(&config.prod, "prod-rush-lane", &group), context, &outboxes)?;
+    let consumer = super::subscribe(consumer_config, context, &outboxes)?;
     health.set_rush_lane_down(None);
     tracing::info!(%group, "rush lane started");
     let mut lane = RushLane {
         outputs: config.routes.iter().map(|r| r.services.iter().map(|s| s.output_topic.clone()).collect()).collect(),
         outboxes: outboxes.clone(),
-        producer: producer.clone(),
+        writer,
         tracker: tracker.clone(),
         metrics: metrics.clone(),
     };
     let limits = poll::Limits::new(config, health, metrics, Direction::RushLane);
     let result = poll::run(&consumer, &tracker, &limits, &mut lane, stop);
-    super::finish(config, &consumer, &*producer, &tracker, &outboxes, result)
+    let flush = lane.writer.flush();
+    super::finish(config, &consumer, &*flush, &tracker, &outboxes, result)
 }
 
 struct RushLane {
     /// Per route: the outbox, and the Rush topics a copy from it may go to.
     outboxes: Vec<String>,
     outputs: Vec<Vec<String>>,
-    producer: Arc<OutputProducer>,
+    writer: Writer,
     tracker: Arc<Tracker>,
     metrics: Arc<Metrics>,
 }
@@ -128,6 +138,7 @@ impl Handler for RushLane {
             self.tracker.begin(key, msg.offset(), 0, 0);
             return Ok(());
         };
+        let producer = self.writer.for_partition(key)?;
         let opaque = self.tracker.begin(key, msg.offset(), 1, input_bytes(msg));
         let out = Output {
             topic,
@@ -138,7 +149,7 @@ impl Handler for RushLane {
             timestamp: msg.timestamp(),
             opaque,
         };
-        send(&self.producer, out).map_err(|(source, class)| {
+        send(&producer, out).map_err(|(source, class)| {
             self.metrics.produce_error(Cluster::Rush, class);
             Box::new(ProduceError {
                 input_topic: msg.topic().to_owned(),

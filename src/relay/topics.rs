@@ -97,6 +97,12 @@ pub fn ensure_rush(config: &Config) -> Result<(), TopicError> {
         if r.return_path {
             wanted.push(Wanted { topic: &r.topic, input, retention_ms: None });
         }
+        // Exactly-once: the Rush lane's progress is stored on Rush as its group's committed
+        // offsets of the outbox, and a broker keeps offsets only of topics it has. This topic
+        // stays empty; it anchors them.
+        if config.bridge.delivery == crate::config::Delivery::ExactlyOnce {
+            wanted.push(Wanted { topic: &r.outbox_topic, input, retention_ms: None });
+        }
     }
     ensure(config, &config.rush, "rush", &rush, &inputs, &wanted)
 }

@@ -308,16 +308,10 @@ impl Transactions {
     }
 
     fn failed(&self, step: &'static str, e: &KafkaError) -> TransactionError {
-        let fenced = matches!(
-            e.rdkafka_error_code(),
-            Some(RDKafkaErrorCode::Fenced | RDKafkaErrorCode::ProducerFenced | RDKafkaErrorCode::InvalidProducerEpoch)
-        );
-        let err = if fenced {
+        let err = classify_failure(&self.id, step, e);
+        if matches!(err, TransactionError::Fenced { .. }) {
             self.fenced.inc();
-            TransactionError::Fenced { id: self.id.clone(), reason: e.to_string() }
-        } else {
-            TransactionError::Fatal { step, reason: e.to_string() }
-        };
+        }
         tracing::error!(id = %self.id, error = %err, "transactions stopped");
         if let Ok(mut f) = self.fatal.lock() {
             f.get_or_insert_with(|| err.clone());
@@ -327,7 +321,21 @@ impl Transactions {
     }
 }
 
-fn retriable(e: &KafkaError) -> bool {
+/// A transaction step's error for good: fenced (another producer took the transactional id,
+/// or the broker bumped past this one's epoch), or fatal.
+pub(super) fn classify_failure(id: &str, step: &'static str, e: &KafkaError) -> TransactionError {
+    let fenced = matches!(
+        e.rdkafka_error_code(),
+        Some(RDKafkaErrorCode::Fenced | RDKafkaErrorCode::ProducerFenced | RDKafkaErrorCode::InvalidProducerEpoch)
+    );
+    if fenced {
+        TransactionError::Fenced { id: id.to_owned(), reason: e.to_string() }
+    } else {
+        TransactionError::Fatal { step, reason: e.to_string() }
+    }
+}
+
+pub(super) fn retriable(e: &KafkaError) -> bool {
     match e {
         KafkaError::Transaction(t) => t.is_retriable(),
         other => other

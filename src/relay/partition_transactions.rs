@@ -1,0 +1,394 @@
+//! Exactly-once for the directions that read one cluster and write the other: the Rush lane
+//! (prod outbox → Rush) and the return path (Rush → prod).
+//!
+//! Their progress must live on the cluster they write, in the same transaction as the writes:
+//! it is stored as the committed offsets of a *progress group* on that cluster
+//! (`send_offsets_to_transaction` with the metadata of a consumer that never joins). KIP-447's
+//! generation check cannot fence there, because the group that assigns the partitions is on
+//! the other cluster. Fencing is per partition instead: each source partition has its own
+//! transactional id, `{progress_group}.{topic}.{partition}`, which its next owner registers
+//! before writing, so the previous owner's producer is fenced by its epoch and whatever it had
+//! open is aborted. The cost is one producer per partition owned, which suits these two
+//! low-volume directions (Rush copies of whitelisted users; what Rush services produce).
+//!
+//! Every call blocks; all run on the direction's poll thread (loop and rebalance callbacks).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerGroupMetadata};
+use rdkafka::error::KafkaError;
+use rdkafka::producer::Producer;
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+
+use super::offsets::{PartitionKey, Tracker};
+use super::producer::{DeliveryContext, Flush, OutputProducer};
+use super::transaction::{TransactionError, retriable};
+
+/// How long taking partitions over may take (inside a rebalance callback, well within any
+/// max.poll.interval.ms); longer, and the direction starts again.
+const CLAIM_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// One source partition's producer and its transaction.
+struct Slot {
+    producer: Arc<OutputProducer>,
+    open: bool,
+    began: Instant,
+}
+
+pub struct PartitionTransactions {
+    /// Source topics, indexed like the partition keys of the direction.
+    topics: Vec<String>,
+    /// Producer settings for the target cluster, without a transactional id.
+    settings: ClientConfig,
+    context: DeliveryContext,
+    progress_group: String,
+    /// A consumer of the progress group on the target cluster that never joins it: its
+    /// metadata goes with the offsets, and it reads them back for a new owner.
+    progress: BaseConsumer,
+    metadata: ConsumerGroupMetadata,
+    timeout: Duration,
+    stale_after: Duration,
+    slots: Mutex<HashMap<PartitionKey, Slot>>,
+    /// A new owner could not read where its partitions stand: it must not write.
+    positions_unknown: AtomicBool,
+    committed: prometheus::IntCounter,
+    aborted: prometheus::IntCounter,
+    fenced: prometheus::IntCounter,
+}
+
+/// Where the progress of a cross-cluster direction lives and what its producers are.
+pub struct Target<'a> {
+    pub topics: Vec<String>,
+    pub settings: ClientConfig,
+    /// Where every partition producer's delivery reports go.
+    pub context: DeliveryContext,
+    /// The target cluster's client settings, for the progress group's reader.
+    pub progress_client: ClientConfig,
+    pub progress_group: String,
+    pub timeout: Duration,
+    pub stale_after: Duration,
+    pub direction: &'a str,
+}
+
+impl PartitionTransactions {
+    pub fn new(target: Target<'_>, metrics: &crate::metrics::Metrics) -> Result<Self, KafkaError> {
+        let mut reader = target.progress_client;
+        reader.set("group.id", &target.progress_group);
+        reader.set("enable.auto.commit", "false");
+        let progress: BaseConsumer = reader.create()?;
+        let metadata = progress
+            .group_metadata()
+            .ok_or_else(|| KafkaError::ClientCreation("no group metadata for the progress group".into()))?;
+        let by = |outcome: &str| metrics.lane_transactions.with_label_values(&[target.direction, outcome]);
+        Ok(Self {
+            topics: target.topics,
+            settings: target.settings,
+            context: target.context,
+            progress_group: target.progress_group,
+            progress,
+            metadata,
+            timeout: target.timeout,
+            stale_after: target.stale_after.min(target.timeout),
+            slots: Mutex::new(HashMap::new()),
+            positions_unknown: AtomicBool::new(false),
+            committed: by("committed"),
+            aborted: by("aborted"),
+            fenced: by("fenced"),
+        })
+    }
+
+    fn slots(&self) -> MutexGuard<'_, HashMap<PartitionKey, Slot>> {
+        self.slots.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn topic(&self, key: PartitionKey) -> &str {
+        self.topics.get(key.0).map_or("", String::as_str)
+    }
+
+    fn transactional_id(&self, key: PartitionKey) -> String {
+        format!("{}.{}.{}", self.progress_group, self.topic(key), key.1)
+    }
+
+    /// The producer for `key`, in an open transaction ([`Self::claim`] registered it).
+    pub fn producer(&self, key: PartitionKey) -> Result<Arc<OutputProducer>, TransactionError> {
+        if self.positions_unknown.load(Relaxed) {
+            return Err(TransactionError::Fatal {
+                step: "assign",
+                reason: format!("where the progress group {:?} stands could not be read", self.progress_group),
+            });
+        }
+        let mut slots = self.slots();
+        if !slots.contains_key(&key) {
+            let slot = self.register(key, self.timeout)?;
+            slots.insert(key, slot);
+        }
+        let slot = slots.get_mut(&key).ok_or_else(|| TransactionError::Fatal {
+            step: "begin",
+            reason: "partition producer missing".into(),
+        })?;
+        if !slot.open {
+            slot.producer.begin_transaction().map_err(|e| self.failed(&self.transactional_id(key), "begin", &e))?;
+            slot.open = true;
+            slot.began = Instant::now();
+        }
+        Ok(slot.producer.clone())
+    }
+
+    /// A producer with `key`'s transactional id, registered: the previous owner is fenced and
+    /// what it had open aborted.
+    fn register(&self, key: PartitionKey, within: Duration) -> Result<Slot, TransactionError> {
+        let id = self.transactional_id(key);
+        let mut settings = self.settings.clone();
+        settings.set("transactional.id", &id);
+        let producer: OutputProducer = settings
+            .create_with_context(self.context.clone())
+            .map_err(|e| TransactionError::Fatal { step: "create", reason: e.to_string() })?;
+        retrying(within, || producer.init_transactions(within)).map_err(|e| self.failed(&id, "init", &e))?;
+        tracing::debug!(%id, "partition transactions registered");
+        Ok(Slot { producer: Arc::new(producer), open: false, began: Instant::now() })
+    }
+
+    /// Takes `keys` over: registers their transactional ids first (fencing the previous
+    /// owners, so nothing they still had open can commit), then reads where the progress group
+    /// on the cluster written says each stands. Partitions without progress there (a new
+    /// group, or a cluster rebuilt empty) are left out, to start where the source group says.
+    /// A failure leaves the direction unable to write until it starts again.
+    pub fn claim(&self, keys: &[PartitionKey]) -> HashMap<PartitionKey, i64> {
+        let deadline = Instant::now() + self.timeout.min(CLAIM_TIMEOUT);
+        let registered = keys.iter().try_for_each(|&key| {
+            if self.slots().contains_key(&key) {
+                return Ok(());
+            }
+            let within = deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(1));
+            let slot = self.register(key, within)?;
+            self.slots().insert(key, slot);
+            Ok::<(), TransactionError>(())
+        });
+        if let Err(e) = registered {
+            tracing::error!(group = %self.progress_group, error = %e, "cannot take the new partitions over");
+            self.positions_unknown.store(true, Relaxed);
+            return HashMap::new();
+        }
+        let mut tpl = TopicPartitionList::new();
+        for &key in keys {
+            tpl.add_partition(self.topic(key), key.1);
+        }
+        let within = deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(500));
+        match self.progress.committed_offsets(tpl, within) {
+            Ok(c) => {
+                self.positions_unknown.store(false, Relaxed);
+                keys.iter()
+                    .filter_map(|&key| match c.find_partition(self.topic(key), key.1).map(|e| e.offset()) {
+                        Some(Offset::Offset(o)) => Some((key, o)),
+                        _ => None,
+                    })
+                    .collect()
+            }
+            Err(e) => {
+                tracing::error!(group = %self.progress_group, error = %e, "cannot read where the new partitions stand");
+                self.positions_unknown.store(true, Relaxed);
+                HashMap::new()
+            }
+        }
+    }
+
+    /// Commits the open transactions of `keys` (all when `None`) with the offsets `tracker`
+    /// has done for them; with `failed`, aborts them instead. Returns the committed offsets.
+    /// An error means the direction must start again from the progress group.
+    pub fn commit(
+        &self,
+        keys: Option<&[PartitionKey]>,
+        tracker: &Tracker,
+        failed: bool,
+    ) -> Result<Vec<(PartitionKey, i64)>, TransactionError> {
+        let mut slots = self.slots();
+        let mut done = Vec::new();
+        let mut first_error = None;
+        for (&key, slot) in slots.iter_mut().filter(|(k, s)| s.open && keys.is_none_or(|ks| ks.contains(k))) {
+            match self.commit_one(key, slot, tracker, failed) {
+                Ok(Some(offset)) => done.push((key, offset)),
+                Ok(None) => {}
+                Err(e) => {
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        first_error.map_or(Ok(done), Err)
+    }
+
+    fn commit_one(
+        &self,
+        key: PartitionKey,
+        slot: &mut Slot,
+        tracker: &Tracker,
+        failed: bool,
+    ) -> Result<Option<i64>, TransactionError> {
+        let id = self.transactional_id(key);
+        let abort = |slot: &mut Slot, reason: String| -> Result<Option<i64>, TransactionError> {
+            slot.open = false;
+            let _ = slot.producer.abort_transaction(self.timeout);
+            self.aborted.inc();
+            tracing::warn!(%id, %reason, "partition transaction aborted; the direction starts again from its progress");
+            Err(TransactionError::Fatal { step: "commit", reason })
+        };
+        if failed {
+            return abort(slot, "an output of it was not delivered".into());
+        }
+        if let Err(e) = slot.producer.flush(self.timeout) {
+            return abort(slot, format!("outputs not acknowledged within the transaction timeout: {e}"));
+        }
+        let age = slot.began.elapsed();
+        if age > self.stale_after {
+            return abort(slot, format!("open for {age:.1?}: this instance was paused and may have been replaced"));
+        }
+        let offset = tracker.take_committable(Some(&[key]), true).first().map(|(_, o)| *o);
+        if let Some(o) = offset {
+            let mut tpl = TopicPartitionList::new();
+            let _ = tpl.add_partition_offset(self.topic(key), key.1, Offset::Offset(o));
+            if let Err(e) =
+                retrying(self.timeout, || slot.producer.send_offsets_to_transaction(&tpl, &self.metadata, self.timeout))
+            {
+                return match self.failed(&id, "send_offsets", &e) {
+                    f @ TransactionError::Fenced { .. } => Err(f),
+                    _ => abort(slot, format!("send_offsets: {e}")),
+                };
+            }
+        }
+        if let Err(e) = retrying(self.timeout, || slot.producer.commit_transaction(self.timeout)) {
+            return match self.failed(&id, "commit", &e) {
+                f @ TransactionError::Fenced { .. } => Err(f),
+                _ => abort(slot, format!("commit: {e}")),
+            };
+        }
+        slot.open = false;
+        self.committed.inc();
+        Ok(offset)
+    }
+
+    /// Partitions that left this instance: a lost one's transaction is aborted (its next owner
+    /// has fenced it already, or will), and their producers are closed.
+    pub fn release(&self, keys: &[PartitionKey]) {
+        let mut slots = self.slots();
+        for key in keys {
+            if let Some(slot) = slots.remove(key) {
+                if slot.open {
+                    let _ = slot.producer.abort_transaction(self.timeout);
+                    self.aborted.inc();
+                }
+            }
+        }
+    }
+
+    /// Aborts every open transaction (the direction stops or starts again).
+    pub fn abort_all(&self) {
+        let keys: Vec<PartitionKey> = self.slots().keys().copied().collect();
+        self.release(&keys);
+    }
+
+    fn failed(&self, id: &str, step: &'static str, e: &KafkaError) -> TransactionError {
+        let err = super::transaction::classify_failure(id, step, e);
+        if matches!(err, TransactionError::Fenced { .. }) {
+            self.fenced.inc();
+            tracing::error!(%id, error = %err, "partition transactions fenced: another instance owns this partition now");
+        }
+        err
+    }
+}
+
+impl Flush for PartitionTransactions {
+    fn drain(&self, timeout: Duration) -> Result<(), KafkaError> {
+        let producers: Vec<Arc<OutputProducer>> = self.slots().values().map(|s| s.producer.clone()).collect();
+        let deadline = Instant::now() + timeout;
+        for p in producers {
+            p.flush(deadline.saturating_duration_since(Instant::now()))?;
+        }
+        Ok(())
+    }
+}
+
+/// Where a cross-cluster direction writes: one producer (at-least-once) or one per partition.
+pub enum Writer {
+    One(Arc<OutputProducer>),
+    PerPartition(Arc<PartitionTransactions>),
+}
+
+impl Writer {
+    /// The producer that writes the outputs of source partition `key`.
+    pub fn for_partition(&self, key: PartitionKey) -> Result<Arc<OutputProducer>, TransactionError> {
+        match self {
+            Self::One(p) => Ok(p.clone()),
+            Self::PerPartition(t) => t.producer(key),
+        }
+    }
+
+    /// What a revocation or the end of the direction drains.
+    pub fn flush(&self) -> Arc<dyn Flush> {
+        match self {
+            Self::One(p) => p.clone(),
+            Self::PerPartition(t) => t.clone(),
+        }
+    }
+
+    pub fn transactions(&self) -> Option<Arc<PartitionTransactions>> {
+        match self {
+            Self::One(_) => None,
+            Self::PerPartition(t) => Some(t.clone()),
+        }
+    }
+}
+
+/// What a cross-cluster direction reads and where its progress lives.
+pub struct Direction<'a> {
+    pub role: super::health::ProducerRole,
+    /// Source topics, indexed like the direction's partition keys.
+    pub topics: &'a [String],
+    /// The cluster written, where the progress group lives.
+    pub target: &'a crate::config::ClusterConfig,
+    pub progress_group: String,
+    /// The source consumer's session timeout: a transaction older than that is stale.
+    pub session_timeout: Duration,
+    pub name: &'static str,
+}
+
+/// The writer of `d`: one producer at-least-once, one transactional producer per source
+/// partition exactly-once.
+pub fn writer(
+    config: &crate::config::Config,
+    d: Direction<'_>,
+    tracker: &Arc<Tracker>,
+    health: &Arc<super::Health>,
+    metrics: &Arc<crate::metrics::Metrics>,
+) -> Result<Writer, super::RelayError> {
+    use super::producer::{delivery_context, output_producer, producer_settings};
+    let client = |source| super::RelayError::Client { what: "producer", source };
+    if config.bridge.delivery == crate::config::Delivery::AtLeastOnce {
+        return Ok(Writer::One(Arc::new(output_producer(config, d.role, tracker, health, metrics).map_err(client)?)));
+    }
+    let mut settings = producer_settings(config, d.role);
+    crate::kafka::transaction_timeouts(&mut settings, config);
+    let target = Target {
+        topics: d.topics.to_vec(),
+        settings,
+        context: delivery_context(config, d.role, tracker, health, metrics),
+        progress_client: crate::kafka::admin_config(d.target, &format!("{}-progress", d.name)),
+        progress_group: d.progress_group,
+        timeout: config.bridge.transaction_timeout,
+        stale_after: d.session_timeout,
+        direction: d.name,
+    };
+    Ok(Writer::PerPartition(Arc::new(PartitionTransactions::new(target, metrics).map_err(client)?)))
+}
+
+/// Repeats `step` while its error is retriable, up to `timeout`.
+fn retrying(timeout: Duration, step: impl Fn() -> Result<(), KafkaError>) -> Result<(), KafkaError> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        match step() {
+            Err(e) if retriable(&e) && Instant::now() < deadline => std::thread::sleep(Duration::from_millis(50)),
+            r => return r,
+        }
+    }
+}
