@@ -119,10 +119,15 @@ fn outputs_commit_once_with_their_input_offsets() {
         4_000,
         Duration::from_secs(60),
     );
-    let on_rush = OffsetWatcher::new(&rush.bootstrap, "eos-basic.rush").committed("tenancy-bridge.rush.orders", PARTITIONS);
-    let on_prod = OffsetWatcher::new(&prod.bootstrap, "eos-basic.rush").committed("tenancy-bridge.rush.orders", PARTITIONS);
+    let on_rush =
+        OffsetWatcher::new(&rush.bootstrap, "eos-basic.rush").committed("tenancy-bridge.rush.orders", PARTITIONS);
+    let on_prod =
+        OffsetWatcher::new(&prod.bootstrap, "eos-basic.rush").committed("tenancy-bridge.rush.orders", PARTITIONS);
     eprintln!("Rush lane progress: {on_rush} outbox records on Rush, {on_prod} on prod");
-    assert!(on_rush > 0 && on_rush >= on_prod, "the lane's progress lives on Rush: {on_rush} on Rush, {on_prod} on prod");
+    assert!(
+        on_rush > 0 && on_rush >= on_prod,
+        "the lane's progress lives on Rush: {on_rush} on Rush, {on_prod} on prod"
+    );
     bridge.stop(Duration::from_secs(30));
     let report = invariant::check(
         &read,
@@ -331,4 +336,68 @@ fn tansu_shows_aborted_records_to_read_committed_readers() {
     // tests strict on it (they already are on a broker that filters).
     let prod = Tansu::start();
     assert!(!hides_aborted_records(&prod.bootstrap));
+}
+
+/// The return path, exactly-once: what Rush services produce reaches prod once, committed in
+/// prod transactions (one transactional id per Rush partition) with the Rush offsets it
+/// consumed, which are stored on prod; a restart mid-stream starts from there.
+#[test]
+fn the_return_path_commits_with_its_rush_offsets_on_prod() {
+    let (prod, rush) = (Tansu::start(), Tansu::start());
+    common::create_topic(&prod.bootstrap, "orders", PARTITIONS);
+    let dir = tempfile::tempdir().unwrap();
+    common::write_atomic(&dir.path().join("whitelist.json"), &common::whitelist_json(1, &[("U1", &["payment"])]));
+    let admin = format!("127.0.0.1:{}", common::free_port());
+    let text = common::config_text(&ConfigOpts {
+        prod: &prod.bootstrap,
+        rush: &rush.bootstrap,
+        whitelist: &dir.path().join("whitelist.json"),
+        group: "eos-return",
+        routes: "[[routes]]\ntopic = \"orders\"\nservices = [\"payment\"]\nuser = { header = \"x-user-id\" }\nreturn_path = true\n",
+        extra_bridge: "delivery = \"exactly-once\"\ninstance_id = \"return\"",
+        kafka: "\"session.timeout.ms\" = 6000\n\"max.poll.interval.ms\" = 10000",
+    })
+    .replace("listen = \"127.0.0.1:0\"", &format!("listen = \"{admin}\""));
+    let config = dir.path().join("bridge.toml");
+    std::fs::write(&config, text).unwrap();
+    // What Rush services produce, at 500/s; only the return path's own writes to prod
+    // `orders` are judged here.
+    fn rush_input(i: usize) -> Input {
+        Input { headers: vec![(TID.into(), Some(i.to_string().into_bytes()))], ..input(i) }
+    }
+    let bridge = Bridge::start(&config);
+    wait_for("the bridge creates orders on Rush", Duration::from_secs(60), || {
+        common::topic_exists(&rush.bootstrap, "orders")
+    });
+    let producer = PacedProducer::start(&rush.bootstrap, "orders", 500, rush_input);
+    let progress = OffsetWatcher::new(&prod.bootstrap, "eos-return.return");
+    wait_for("1,000 forwarded", Duration::from_secs(90), || progress.committed("orders", PARTITIONS) >= 1_000);
+    let committed = "tenancy_bridge_partition_transactions_total{direction=\"return\",outcome=\"committed\"}";
+    assert!(metric(&admin, committed) >= 1.0, "no return-path transaction committed");
+    // Stopped mid-stream (SIGTERM: the open transactions commit), then started again: it goes
+    // on from the progress on prod.
+    bridge.stop(Duration::from_secs(60));
+    let at_restart = progress.committed("orders", PARTITIONS);
+    let bridge = Bridge::start(&config);
+    wait_for("the restarted bridge forwards", Duration::from_secs(90), || {
+        progress.committed("orders", PARTITIONS) > at_restart + 500
+    });
+    let total = producer.finish();
+    wait_for("everything forwarded", Duration::from_secs(90), || {
+        progress.committed("orders", PARTITIONS) >= total as i64
+    });
+    let forwarded = common::read_all(&prod.bootstrap, "orders", total, Duration::from_secs(60));
+    bridge.stop(Duration::from_secs(60));
+    eprintln!(
+        "return path: {total} produced on Rush, {} on prod, progress {at_restart} at the restart",
+        forwarded.len()
+    );
+    let mut copies: HashMap<Vec<u8>, usize> = HashMap::new();
+    for r in &forwarded {
+        *copies.entry(r.header(TID).unwrap().to_vec()).or_default() += 1;
+    }
+    let missing = (0..total).filter(|i| !copies.contains_key(i.to_string().as_bytes())).count();
+    let twice = copies.values().filter(|n| **n > 1).count();
+    assert_eq!((missing, twice), (0, 0), "each record Rush produced reaches prod once");
+    assert!((at_restart as usize) < total, "the restart happened mid-stream ({at_restart} of {total} forwarded)");
 }

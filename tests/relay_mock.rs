@@ -42,6 +42,8 @@ impl Clusters {
         self.prod.create_topic(OUTBOX, PARTITIONS, 1).unwrap();
         self.prod.create_topic("tenancy-bridge.decisions.orders", PARTITIONS, 1).unwrap();
         self.prod.create_topic("tenancy-bridge.snapshots", 1, 1).unwrap();
+        // Exactly-once anchors the Rush lane's progress on Rush with an outbox-named topic.
+        self.rush.create_topic(OUTBOX, PARTITIONS, 1).unwrap();
         for s in services {
             for cluster in [&self.prod, &self.rush] {
                 cluster.create_topic(&format!("orders.{s}"), PARTITIONS, 1).unwrap();

@@ -13,8 +13,8 @@ use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
 use super::health::{Direction, Health};
 use super::offsets::{PartitionKey, Tracker};
-use super::producer::Flush;
 use super::partition_transactions::PartitionTransactions;
+use super::producer::Flush;
 use super::transaction::{Outcome, TransactionError, Transactions};
 
 /// Why offsets were not committed.
@@ -228,7 +228,9 @@ impl ConsumerContext for RebalanceContext {
         tpl: &mut TopicPartitionList,
     ) {
         use rdkafka::consumer::RebalanceProtocol::Cooperative;
-        use rdkafka::types::RDKafkaRespErr::{RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS, RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS};
+        use rdkafka::types::RDKafkaRespErr::{
+            RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS, RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS,
+        };
         let assign = err == RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS;
         if let (Some(pt), true) = (&self.partition_transactions, assign) {
             for ((route, partition), offset) in pt.claim(&self.keys(tpl)) {

@@ -19,6 +19,7 @@ mod headers;
 mod health;
 pub mod offsets;
 mod parking;
+mod partition_transactions;
 mod pinned;
 pub mod pipeline;
 mod poll;
@@ -27,7 +28,6 @@ pub mod return_path;
 mod rush_backlog;
 mod rush_lane;
 pub mod topics;
-mod partition_transactions;
 mod transaction;
 
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};

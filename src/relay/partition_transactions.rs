@@ -121,14 +121,10 @@ impl PartitionTransactions {
             });
         }
         let mut slots = self.slots();
-        if !slots.contains_key(&key) {
-            let slot = self.register(key, self.timeout)?;
-            slots.insert(key, slot);
-        }
-        let slot = slots.get_mut(&key).ok_or_else(|| TransactionError::Fatal {
-            step: "begin",
-            reason: "partition producer missing".into(),
-        })?;
+        let slot = match slots.entry(key) {
+            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::hash_map::Entry::Vacant(e) => e.insert(self.register(key, self.timeout)?),
+        };
         if !slot.open {
             slot.producer.begin_transaction().map_err(|e| self.failed(&self.transactional_id(key), "begin", &e))?;
             slot.open = true;
