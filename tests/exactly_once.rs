@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use std::collections::HashMap;
 
-use common::chaos::{read_outputs_of, user};
+use common::chaos::{CommitWatch, read_outputs_of, user};
 use common::invariant::{self, StampCheck, TID};
 use common::paced::PacedProducer;
 use common::{Bridge, ConfigOpts, Input, OffsetWatcher, Read, Tansu, http_get};
@@ -267,41 +267,6 @@ fn a_frozen_instance_that_wakes_after_a_takeover_is_fenced() {
     );
     committed.assert_clean();
     uncommitted.assert_clean();
-}
-
-/// Watches a group's committed offsets: a zombie's stale commit would move one backwards.
-struct CommitWatch {
-    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    thread: std::thread::JoinHandle<Vec<String>>,
-}
-
-impl CommitWatch {
-    fn start(bootstrap: &str, group: &str, partitions: i32) -> Self {
-        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let watcher = OffsetWatcher::new(bootstrap, group);
-        let thread = {
-            let stop = stop.clone();
-            std::thread::spawn(move || {
-                let mut last: HashMap<i32, i64> = HashMap::new();
-                let mut back = Vec::new();
-                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                    for (p, o) in watcher.by_partition("orders", partitions) {
-                        if let Some(prev) = last.insert(p, o).filter(|prev| o < *prev) {
-                            back.push(format!("orders[{p}]: {prev} -> {o}"));
-                        }
-                    }
-                    std::thread::sleep(Duration::from_millis(100));
-                }
-                back
-            })
-        };
-        Self { stop, thread }
-    }
-
-    fn finish(self) -> Vec<String> {
-        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        self.thread.join().unwrap()
-    }
 }
 
 /// Whether the broker at `bootstrap` hides aborted records from read_committed readers.

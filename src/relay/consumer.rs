@@ -292,7 +292,13 @@ impl ConsumerContext for RebalanceContext {
                     }
                 }
                 match self.commit(consumer, Some(&keys), CommitMode::Sync) {
-                    Ok(n) => tracing::info!(partitions = keys.len(), committed = n, "partitions revoked"),
+                    Ok(n) => tracing::info!(
+                        direction = self.direction.as_str(),
+                        partitions = keys.len(),
+                        committed = n,
+                        lost = consumer.assignment_lost(),
+                        "partitions revoked"
+                    ),
                     Err(e) => {
                         self.metrics.commit_failures.with_label_values(&[self.direction.as_str()]).inc();
                         tracing::warn!(error = %e, "commit on revoke failed; the next owner replays from the last commit")
@@ -332,7 +338,7 @@ impl ConsumerContext for RebalanceContext {
                     self.health.joined.store(true, Relaxed);
                 }
                 self.export_assigned();
-                tracing::info!(partitions = tpl.count(), "partitions assigned");
+                tracing::info!(direction = self.direction.as_str(), partitions = ?self.keys(tpl), "partitions assigned");
             }
             Rebalance::Error(e) => tracing::error!(error = %e, "rebalance error"),
         }

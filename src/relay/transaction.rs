@@ -187,6 +187,7 @@ impl Transactions {
             }
         }
         self.committed.inc();
+        tracing::debug!(id = %self.id, offsets = ?offsets.to_topic_map(), "transaction committed");
         self.seconds.observe(started.elapsed().as_secs_f64());
         Ok(Outcome::Committed)
     }

@@ -108,3 +108,38 @@ pub fn read_outputs_of(
 pub fn user(r: &Read) -> &str {
     std::str::from_utf8(r.header("x-user-id").unwrap()).unwrap()
 }
+
+/// Watches a group's committed offsets: a zombie's stale commit would move one backwards.
+pub struct CommitWatch {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<Vec<String>>,
+}
+
+impl CommitWatch {
+    pub fn start(bootstrap: &str, group: &str, partitions: i32) -> Self {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let watcher = super::OffsetWatcher::new(bootstrap, group);
+        let thread = {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let mut last: std::collections::HashMap<i32, i64> = std::collections::HashMap::new();
+                let mut back = Vec::new();
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    for (p, o) in watcher.by_partition("orders", partitions) {
+                        if let Some(prev) = last.insert(p, o).filter(|prev| o < *prev) {
+                            back.push(format!("orders[{p}]: {prev} -> {o}"));
+                        }
+                    }
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                back
+            })
+        };
+        Self { stop, thread }
+    }
+
+    pub fn finish(self) -> Vec<String> {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.thread.join().unwrap()
+    }
+}
