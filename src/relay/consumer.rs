@@ -130,7 +130,12 @@ impl RebalanceContext {
     fn commit_transaction(&self, consumer: &BaseConsumer<Self>, t: &Transactions) -> Result<usize, CommitError> {
         let committed = std::cell::Cell::new(0);
         let offsets = || {
-            let offsets = self.tracker.take_committable(None, true);
+            let mut offsets = self.tracker.take_committable(None, true);
+            // Only partitions this instance holds now: a position of one it lost (a record
+            // polled around the revocation) must never reach the group, where it would move
+            // the new owner's offset back.
+            let held = consumer.assignment().map(|a| self.keys(&a)).unwrap_or_default();
+            offsets.retain(|(key, _)| held.contains(key));
             committed.set(offsets.len());
             self.offset_list(&offsets)
         };
@@ -167,49 +172,28 @@ impl RebalanceContext {
     }
 
     /// Exactly-once, after a pause longer than a transaction may stay open: whether the group
-    /// still counts this instance as the owner of its partitions. It commits, outside any
-    /// transaction and synchronously, positions it committed already (a no-op for a member; a
-    /// broker refuses it from a member it has replaced). Until that succeeds, or a fresh
-    /// assignment arrives, nothing is written; a replaced instance waits for its revocation.
+    /// still counts this instance as the owner of its partitions. Nothing a client can do asks
+    /// that without writing (a commit of its old positions would move them back on a broker
+    /// that takes a replaced member's commit), so the instance leaves the group and joins it
+    /// again: nothing is written until the fresh assignment (or none) arrives.
     pub fn membership_proven(&self, consumer: &BaseConsumer<Self>) -> bool {
         let Some(t) = self.transactions.as_ref().filter(|t| t.unproven()) else { return true };
-        let assignment = match consumer.assignment() {
+        match consumer.assignment() {
             Ok(a) if a.count() == 0 => {
                 t.proven("no partitions assigned");
                 return true;
             }
-            Ok(a) => a,
+            Ok(_) => {}
             Err(_) => return false,
-        };
-        let mut tpl = t.confirmed_of(&assignment);
-        if tpl.count() == 0 {
-            // Nothing committed by this instance yet: the group's committed offsets serve.
-            if let Ok(c) = consumer.committed_offsets(assignment, self.drain_timeout) {
-                for e in c.elements().iter().filter(|e| matches!(e.offset(), Offset::Offset(_))) {
-                    let _ = tpl.add_partition_offset(e.topic(), e.partition(), e.offset());
-                }
-            }
         }
-        if tpl.count() == 0 {
-            // Nothing to commit again without moving a position: leave and join the group
-            // again, which ends with a fresh assignment (or none).
-            tracing::warn!("membership after a pause cannot be checked with a commit; rejoining the group");
+        if t.rejoin_once() {
+            tracing::warn!("paused longer than a transaction may stay open; joining the group again before writing");
             consumer.unsubscribe();
             if let Err(e) = consumer.subscribe(&self.route_topics.iter().map(String::as_str).collect::<Vec<_>>()) {
                 tracing::error!(error = %e, "cannot subscribe again after a pause");
             }
-            return false;
         }
-        match consumer.commit(&tpl, CommitMode::Sync) {
-            Ok(()) => {
-                t.proven("the group accepted a commit");
-                true
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "the group refused this instance after a pause; waiting for its revocation");
-                false
-            }
-        }
+        false
     }
 
     /// An abort is waiting for [`Self::rewind_if_aborted`]: records polled now are stale.

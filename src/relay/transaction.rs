@@ -11,10 +11,8 @@
 //! A broker without KIP-447's generation check (tansu 0.6 is one) would take a stale
 //! instance's offsets, so the bridge guards itself too: a transaction open longer than
 //! `stale_after` (the smaller of the transaction and session timeouts: the process was paused
-//! and its partitions may have moved) is aborted, never committed, and the instance then proves
-//! it is still a member of the group (a plain synchronous offset commit of positions it already
-//! committed, which every broker checks against member id and generation) before it writes
-//! again.
+//! and its partitions may have moved) is aborted, never committed, and the instance then leaves
+//! and joins its group again before it writes.
 //!
 //! Every call here blocks; all of them run on the consumer's thread (poll loop and rebalance
 //! callbacks), never on an async runtime.
@@ -66,8 +64,10 @@ pub struct Transactions {
     began: Mutex<Instant>,
     /// Set by an abort; the poll loop seeks back before it handles another record.
     rewind: AtomicBool,
-    /// Set by a stale abort: the instance must prove its group membership before writing.
+    /// Set by a stale abort: the instance must rejoin its group before writing.
     unproven: AtomicBool,
+    /// The rejoin of a stale instance was asked for.
+    rejoining: AtomicBool,
     fatal: Mutex<Option<TransactionError>>,
     /// Set with `fatal`: checked per record, so an atomic rather than the lock.
     stopped: AtomicBool,
@@ -100,6 +100,7 @@ impl Transactions {
             began: Mutex::new(Instant::now()),
             rewind: AtomicBool::new(false),
             unproven: AtomicBool::new(false),
+            rejoining: AtomicBool::new(false),
             fatal: Mutex::new(None),
             stopped: AtomicBool::new(false),
             confirmed: Mutex::new(HashMap::new()),
@@ -247,21 +248,15 @@ impl Transactions {
     /// The group confirmed this instance (`how`: a fresh assignment, a commit it accepted), or
     /// it has no partitions left to write for.
     pub fn proven(&self, how: &str) {
+        self.rejoining.store(false, Relaxed);
         if self.unproven.swap(false, Relaxed) {
             tracing::info!(id = %self.id, how, "group membership settled after a pause");
         }
     }
 
-    /// Positions this instance committed, of the partitions in `assignment`.
-    pub fn confirmed_of(&self, assignment: &TopicPartitionList) -> TopicPartitionList {
-        let known = self.confirmed.lock().map(|c| c.clone()).unwrap_or_default();
-        let mut tpl = TopicPartitionList::new();
-        for e in assignment.elements() {
-            if let Some(o) = known.get(&(e.topic().to_owned(), e.partition())) {
-                let _ = tpl.add_partition_offset(e.topic(), e.partition(), Offset::Offset(*o));
-            }
-        }
-        tpl
+    /// True the first time it is called while a rejoin is pending.
+    pub fn rejoin_once(&self) -> bool {
+        !self.rejoining.swap(true, Relaxed)
     }
 
     /// Whether an abort left records to read again (and forgets it).
