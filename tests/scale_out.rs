@@ -29,12 +29,15 @@ fn input(i: usize) -> Input {
 }
 
 /// Run it with `cargo test --release --test scale_out -- --ignored`. It is kept out of the test
-/// command because on tansu 0.6 it does not pass yet: two runs out of two ended with a
-/// violation of its own checks (once the group's committed offsets of two partitions went
-/// back from 1536 to 1011/1013 while read_committed outputs were clean; once the group stopped
-/// committing for the last 120 s). Issue 10 tracks it.
+/// command because on tansu 0.6 it does not pass yet. Three runs, three failures of its own
+/// checks: the group's committed offset of a partition went back (1536 -> 1011; after the
+/// fix that commits only held partitions, still 2515 -> 2003), once the group stopped
+/// committing for the last 120 s, and once read_committed readers missed 8,320 outputs that
+/// read_uncommitted readers had (0 lost, 0 on both there): held back by an open transaction.
+/// The likely cause is that tansu checks neither the group generation of transactional offset
+/// commits (KIP-447) nor, perhaps, transaction timeouts; not proven yet. Issue 10 tracks it.
 #[test]
-#[ignore = "fails on tansu 0.6: committed offsets went backwards / progress stalled (issue 10)"]
+#[ignore = "fails on tansu 0.6: committed offsets went back, progress stalled, read_committed held back (issue 10)"]
 fn instances_join_leave_and_die_under_load_exactly_once() {
     let (prod, rush) = (Tansu::start(), Tansu::start());
     common::create_topic(&prod.bootstrap, "orders", PARTITIONS);
