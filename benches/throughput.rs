@@ -22,6 +22,8 @@
 
 #[path = "../tests/common/mod.rs"]
 mod common;
+#[path = "throughput/latency.rs"]
+mod latency;
 
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -37,6 +39,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 const PARTITIONS: i32 = 4;
 const INPUT: &str = "bench.in";
+const COPY_OUTPUT: &str = "copy.out";
 const USERS: usize = 10_000;
 /// One user in this many is whitelisted (for payment).
 const WHITELISTED_EVERY: usize = 100;
@@ -87,36 +90,8 @@ fn main() {
             eprintln!("round {round}: filled {passes} × {records} records of {size} B in {:.1?}", fill.elapsed());
             let group = format!("{who:?}-{round}");
             let mapper = lookup_ttl.map(|_| start_mapper());
-            let child = match who {
-                Contestant::Copy => {
-                    common::create_topic(&prod.bootstrap, "copy.out", PARTITIONS);
-                    Command::new(std::env::current_exe().unwrap())
-                        .env("COPY_LOOP_BOOTSTRAP", &prod.bootstrap)
-                        .env("COPY_LOOP_OUTPUT", "copy.out")
-                        .env("COPY_LOOP_GROUP", &group)
-                        .stdout(Stdio::null())
-                        .spawn()
-                        .unwrap()
-                }
-                Contestant::Relay | Contestant::Lookup | Contestant::LookupLongTtl | Contestant::ExactlyOnce => {
-                    let lookup = mapper.as_ref().zip(lookup_ttl).map(|(m, ttl)| (m.url.as_str(), ttl));
-                    let extra = if matches!(who, Contestant::ExactlyOnce) {
-                        "delivery = \"exactly-once\"\ninstance_id = \"bench\""
-                    } else {
-                        ""
-                    };
-                    let config = bridge_config(&dir, &prod.bootstrap, &rush.bootstrap, &group, lookup, extra);
-                    let bin =
-                        std::env::var("RELAY_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_tenancy-bridge").to_string());
-                    Command::new(bin)
-                        .args(["run", "--config"])
-                        .arg(&config)
-                        .env("RUST_LOG", "warn")
-                        .stdout(Stdio::null())
-                        .spawn()
-                        .unwrap()
-                }
-            };
+            let lookup = mapper.as_ref().zip(lookup_ttl).map(|(m, ttl)| (m.url.as_str(), ttl));
+            let child = start(who, &dir, &prod, &rush, &group, lookup);
             let offsets = common::OffsetWatcher::new(&prod.bootstrap, &group);
             let run = measure(child, records * passes, || offsets.committed(INPUT, PARTITIONS));
             pair.push((who, run));
@@ -124,6 +99,8 @@ fn main() {
         pair.sort_by_key(|(who, _)| *who as u8);
         results.push(pair.into_iter().map(|(_, m)| m).collect::<Vec<_>>());
     }
+
+    let latency = if env_usize("LATENCY_RATE", 1_000) > 0 { latency::rounds(&dir, rounds) } else { Vec::new() };
 
     println!();
     println!(
@@ -159,6 +136,46 @@ fn main() {
                 "{round:<6} lookup cold: rate over 1 s first ≥ 0.8× snapshot {t:.1} s after the bridge started ({n} records in)"
             ),
             None => println!("{round:<6} lookup cold: never reached 0.8× snapshot"),
+        }
+    }
+    latency::print(&latency);
+}
+
+/// Starts `who` on `prod` (and `rush`), consuming [`INPUT`] in `group`.
+fn start(
+    who: Contestant,
+    dir: &tempfile::TempDir,
+    prod: &common::Tansu,
+    rush: &common::Tansu,
+    group: &str,
+    lookup: Option<(&str, &str)>,
+) -> Child {
+    match who {
+        Contestant::Copy => {
+            common::create_topic(&prod.bootstrap, COPY_OUTPUT, PARTITIONS);
+            Command::new(std::env::current_exe().unwrap())
+                .env("COPY_LOOP_BOOTSTRAP", &prod.bootstrap)
+                .env("COPY_LOOP_OUTPUT", COPY_OUTPUT)
+                .env("COPY_LOOP_GROUP", group)
+                .stdout(Stdio::null())
+                .spawn()
+                .unwrap()
+        }
+        Contestant::Relay | Contestant::Lookup | Contestant::LookupLongTtl | Contestant::ExactlyOnce => {
+            let extra = if matches!(who, Contestant::ExactlyOnce) {
+                "delivery = \"exactly-once\"\ninstance_id = \"bench\""
+            } else {
+                ""
+            };
+            let config = bridge_config(dir, &prod.bootstrap, &rush.bootstrap, group, lookup, extra);
+            let bin = std::env::var("RELAY_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_tenancy-bridge").to_string());
+            Command::new(bin)
+                .args(["run", "--config"])
+                .arg(&config)
+                .env("RUST_LOG", "warn")
+                .stdout(Stdio::null())
+                .spawn()
+                .unwrap()
         }
     }
 }

@@ -233,7 +233,7 @@ impl PartitionTransactions {
         if failed {
             return abort(slot, "an output of it was not delivered".into());
         }
-        if let Err(e) = slot.producer.flush(self.timeout) {
+        if let Err(e) = super::producer::flush(&slot.producer, self.timeout) {
             return abort(slot, format!("outputs not acknowledged within the transaction timeout: {e}"));
         }
         let age = slot.began.elapsed();
@@ -299,7 +299,7 @@ impl Flush for PartitionTransactions {
         let producers: Vec<Arc<OutputProducer>> = self.slots().values().map(|s| s.producer.clone()).collect();
         let deadline = Instant::now() + timeout;
         for p in producers {
-            p.flush(deadline.saturating_duration_since(Instant::now()))?;
+            super::producer::flush(&p, deadline.saturating_duration_since(Instant::now()))?;
         }
         Ok(())
     }

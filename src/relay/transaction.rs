@@ -151,7 +151,7 @@ impl Transactions {
             return Ok(Outcome::Idle);
         }
         let started = Instant::now();
-        if let Err(e) = self.producer.flush(self.timeout) {
+        if let Err(e) = super::producer::flush(&self.producer, self.timeout) {
             return self.abort(format!("outputs not acknowledged within the transaction timeout: {e}"));
         }
         if let Some(reason) = failed() {

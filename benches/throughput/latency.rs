@@ -1,0 +1,191 @@
+//! Added latency at moderate load: inputs produced at `LATENCY_RATE` records/s (default 1,000)
+//! for `LATENCY_SECS` (20), each stamped with the time it was produced; a reader of the output
+//! topic (read_committed, as exactly-once requires) notes when each output arrives, and a
+//! reader of the input topic does the same for the input itself. The input's own figures are
+//! what any consumer of prod pays; the difference is what the contestant adds.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering::Relaxed};
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message;
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+
+use super::{COPY_OUTPUT, Contestant, INPUT, PARTITIONS, common, env_usize, start};
+use tenancy_bridge::whitelist::now_ms;
+
+pub struct Latency {
+    pub round: usize,
+    pub who: Contestant,
+    pub records: usize,
+    /// Milliseconds from produce to read: (p50, p99), of the input and of the output.
+    pub input: (i64, i64),
+    pub output: (i64, i64),
+}
+
+/// Only records produced in [start, end) count; `done` ends the readers.
+struct Window {
+    start: AtomicI64,
+    end: AtomicI64,
+    done: AtomicBool,
+}
+
+pub fn rounds(dir: &tempfile::TempDir, rounds: usize) -> Vec<Latency> {
+    let rate = env_usize("LATENCY_RATE", 1_000) as u64;
+    let secs = env_usize("LATENCY_SECS", 20) as u64;
+    let mut all = Vec::new();
+    for round in 0..rounds {
+        let mut order = [Contestant::Copy, Contestant::Relay, Contestant::ExactlyOnce];
+        order.rotate_left(round % 3);
+        for who in order {
+            all.push(one(dir, round, who, rate, secs));
+        }
+    }
+    all
+}
+
+fn timed_input(i: usize) -> common::Input {
+    let mut input = super::input(i, 1024);
+    input.timestamp = now_ms();
+    input
+}
+
+fn one(dir: &tempfile::TempDir, round: usize, who: Contestant, rate: u64, secs: u64) -> Latency {
+    let (prod, rush) = (common::Tansu::start(), common::Tansu::start());
+    common::create_topic(&prod.bootstrap, INPUT, PARTITIONS);
+    let group = format!("latency-{who:?}-{round}");
+    let mut child = start(who, dir, &prod, &rush, &group, None);
+    let output = if who == Contestant::Copy { COPY_OUTPUT.to_owned() } else { format!("{INPUT}.payment") };
+    let window = Arc::new(Window {
+        start: AtomicI64::new(i64::MAX),
+        end: AtomicI64::new(i64::MAX),
+        done: AtomicBool::new(false),
+    });
+    let outputs_seen = Arc::new(AtomicUsize::new(0));
+    let reader = |topic: String, seen: Arc<AtomicUsize>| {
+        let (bootstrap, window) = (prod.bootstrap.clone(), window.clone());
+        std::thread::spawn(move || read_latencies(&bootstrap, &topic, &window, &seen))
+    };
+    let input_reader = reader(INPUT.to_owned(), Arc::new(AtomicUsize::new(0)));
+    let output_reader = reader(output, outputs_seen.clone());
+    let producer = common::paced::PacedProducer::start(&prod.bootstrap, INPUT, rate, timed_input);
+    // Warm-up: the group has joined and outputs flow; then a few seconds for the backlog of the
+    // join to drain before anything counts.
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while outputs_seen.load(Relaxed) == 0 {
+        assert!(Instant::now() < deadline, "{who:?}: no output within 90 s");
+        assert!(child.try_wait().unwrap().is_none(), "{who:?} exited early");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_secs(5));
+    window.start.store(now_ms(), Relaxed);
+    std::thread::sleep(Duration::from_secs(secs));
+    window.end.store(now_ms(), Relaxed);
+    producer.finish();
+    // Everything of the window is read when the output reader goes quiet.
+    let mut last = (outputs_seen.load(Relaxed), Instant::now());
+    while last.1.elapsed() < Duration::from_secs(3) {
+        std::thread::sleep(Duration::from_millis(100));
+        let now = outputs_seen.load(Relaxed);
+        if now != last.0 {
+            last = (now, Instant::now());
+        }
+    }
+    window.done.store(true, Relaxed);
+    let (mut input, mut output) = (input_reader.join().unwrap(), output_reader.join().unwrap());
+    let _ = std::process::Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+    let _ = child.wait();
+    let records = output.len();
+    let l = Latency { round, who, records, input: percentiles(&mut input), output: percentiles(&mut output) };
+    eprintln!(
+        "latency round {round} {who:?}: {records} outputs, input p50/p99 {:?} ms, output p50/p99 {:?} ms",
+        l.input, l.output
+    );
+    l
+}
+
+fn percentiles(v: &mut [i64]) -> (i64, i64) {
+    v.sort_unstable();
+    let at = |q: usize| v.get((v.len() * q / 100).min(v.len().saturating_sub(1))).copied().unwrap_or(-1);
+    (at(50), at(99))
+}
+
+/// Milliseconds from produce to read of every record of `topic` produced in the window.
+fn read_latencies(bootstrap: &str, topic: &str, window: &Window, seen: &AtomicUsize) -> Vec<i64> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", "latency-reader")
+        .set("enable.auto.commit", "false")
+        .set("isolation.level", "read_committed")
+        .set("fetch.wait.max.ms", "10")
+        .create()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(5))
+        .map_or(0, |m| m.topics().first().map_or(0, |t| t.partitions().len()))
+        == 0
+    {
+        assert!(Instant::now() < deadline, "{topic} never appeared");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..PARTITIONS {
+        tpl.add_partition_offset(topic, p, Offset::Beginning).unwrap();
+    }
+    consumer.assign(&tpl).unwrap();
+    let mut latencies = Vec::new();
+    while !window.done.load(Relaxed) {
+        let Some(Ok(m)) = consumer.poll(Duration::from_millis(50)) else { continue };
+        let read = now_ms();
+        seen.fetch_add(1, Relaxed);
+        let Some(ts) = m.timestamp().to_millis() else { continue };
+        if ts >= window.start.load(Relaxed) && ts < window.end.load(Relaxed) {
+            latencies.push(read - ts);
+        }
+    }
+    latencies
+}
+
+/// Per contestant, medians over the rounds.
+pub fn print(all: &[Latency]) {
+    if all.is_empty() {
+        return;
+    }
+    println!();
+    println!(
+        "added latency at {} records/s, {} s per run (ms from produce to a read_committed read)",
+        env_usize("LATENCY_RATE", 1_000),
+        env_usize("LATENCY_SECS", 20)
+    );
+    println!(
+        "{:<6} {:<22} {:>8} {:>10} {:>10} {:>10} {:>10}",
+        "round", "run", "outputs", "in p50", "in p99", "out p50", "out p99"
+    );
+    for l in all {
+        println!(
+            "{:<6} {:<22} {:>8} {:>10} {:>10} {:>10} {:>10}",
+            l.round,
+            format!("{:?}", l.who),
+            l.records,
+            l.input.0,
+            l.input.1,
+            l.output.0,
+            l.output.1
+        );
+    }
+    for who in [Contestant::Copy, Contestant::Relay, Contestant::ExactlyOnce] {
+        let median = |f: &dyn Fn(&Latency) -> i64| {
+            let mut v: Vec<i64> = all.iter().filter(|l| l.who == who).map(f).collect();
+            v.sort_unstable();
+            v.get(v.len() / 2).copied().unwrap_or(-1)
+        };
+        println!(
+            "median {:<15} added p50 {} ms, added p99 {} ms",
+            format!("{who:?}"),
+            median(&|l| l.output.0 - l.input.0),
+            median(&|l| l.output.1 - l.input.1)
+        );
+    }
+}
