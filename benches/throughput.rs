@@ -13,8 +13,12 @@
 //!
 //!   TANSU_BIN=$(scripts/install-tansu.sh) cargo bench --bench throughput
 //!
+//! Then the added latency of the copy loop, at-least-once and exactly-once at a moderate rate
+//! (`throughput/latency.rs`).
+//!
 //! Environment: RECORDS (default 200000), PAYLOAD_BYTES (1024), ROUNDS (1), RELAY_BIN (another
-//! build of the binary, e.g. `--no-default-features` for the system allocator).
+//! build of the binary, e.g. `--no-default-features` for the system allocator), THROUGHPUT=0
+//! (latency only), LATENCY_RATE (1000; 0 skips latency), LATENCY_SECS (20).
 //! "Steady" is the window between 10 % and 90 % of the input records committed by each one's
 //! consumer group (both commit every 200 ms), which leaves out start-up, group join and the
 //! tail. Committed offsets, not output high watermarks: tansu counts the latter per batch.
@@ -60,7 +64,7 @@ fn main() {
     let inputs: Vec<common::Input> = (0..records).map(|i| input(i, size)).collect();
     let dir = tempfile::tempdir().unwrap();
     let mut results = Vec::new();
-    for round in 0..rounds {
+    for round in 0..if env_usize("THROUGHPUT", 1) > 0 { rounds } else { 0 } {
         // Fresh brokers for every run, so neither inherits the other's stored data; the order
         // alternates between rounds.
         let mut pair = Vec::new();

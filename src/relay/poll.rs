@@ -137,7 +137,9 @@ pub fn run<H: Handler>(
         }
 
         handler.begin_batch()?;
-        let first_timeout = handler.poll_timeout();
+        // A wait for records must not hold back a commit that is due: under exactly-once the
+        // commit is what makes outputs visible.
+        let first_timeout = handler.poll_timeout().min(limits.commit_interval.saturating_sub(last_commit.elapsed()));
         // While paused, one zero-timeout poll serves callbacks; a record still returned was
         // fetched before the pause and is handled in order.
         // The byte bound holds within a batch too: a burst of large records ends it early.
