@@ -566,11 +566,21 @@ fn instances_share_partitions_and_hand_over_on_rebalance() {
     }
     common::produce(&c.prod.bootstrap_servers(), "orders", &batch(300..600));
     wait(&[&a, &b], 1200);
+    // Replays after the hand-over count towards `acked` too: wait for the second instance's
+    // own share as well.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while b.records_in() == 0 {
+        assert!(Instant::now() < deadline, "the second instance got no records from its partitions");
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let b_share = b.records_in();
     // The first one leaves: the second takes every partition over from its commits.
     a.stop().unwrap();
     common::produce(&c.prod.bootstrap_servers(), "orders", &batch(600..900));
     wait(&[&b], b.acked() + 600);
+    // Replays of the hand-over count towards `acked`: only every input committed says every
+    // outbox write is in, before the lane's progress is measured against the outbox.
+    wait_committed(&c, "bridge-test", "orders", 900);
     wait_rush_lane_caught_up(&c);
     b.stop().unwrap();
     assert!(b_share > 0, "the second instance got no partitions");
