@@ -35,7 +35,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 pub use error::RelayError;
-pub use headers::Provenance;
+pub use headers::{OUTBOX_INPUT_OFFSET, OUTBOX_OUTPUT, Provenance};
 pub use health::{Direction, Health, ProducerRole, Summary};
 pub use offsets::Tracker;
 pub use pipeline::ProduceError;

@@ -53,7 +53,7 @@ fn run(route: &Route, inputs: &[Record], prod: &[Record], rush: &[Record], commi
     let judged = vec![true; inputs.len()];
     let pins = BTreeMap::new();
     let inputs = Inputs { records: inputs, judged: &judged, committed: &committed, window_start: None, pins: &pins };
-    check_service(route, 0, &inputs, prod, rush, &rules)
+    check_service(route, 0, &inputs, (prod, rush), &Waiting::default(), &rules)
 }
 
 #[test]
@@ -74,6 +74,41 @@ fn missing_is_a_violation_only_once_the_bridge_committed_past_it() {
     let inputs: Vec<Record> = (0..3).map(|i| rec(0, i, Some("U2"), "{}")).collect();
     let prod = [copy(&inputs[0], 0, None)];
     let rep = run(&r, &inputs, &prod, &[], 2);
+    assert_eq!(rep.violations, vec![Violation::Missing { input: At { partition: 0, offset: 1 } }]);
+    assert_eq!(rep.pending, 1);
+}
+
+#[test]
+fn a_rush_copy_waiting_in_the_outbox_is_pending_until_the_lane_commits_past_it() {
+    let r = header_route();
+    let inputs: Vec<Record> = (0..3).map(|i| rec(0, i, Some("U1"), "{}")).collect();
+    let key = TenancyKey::new("event_tenancy");
+    let rules = Rules { tenancy: &key, volatile_headers: &["traceparent"] };
+    let committed = BTreeMap::from([(0, 3)]);
+    let (judged, pins) = (vec![true; 3], BTreeMap::new());
+    let inputs = Inputs { records: &inputs, judged: &judged, committed: &committed, window_start: None, pins: &pins };
+    let rush = [copy(&inputs.records[0], 0, Some("U1_payment"))];
+    // Outbox offsets 0..3 hold the copies of inputs 0..3 for payment; 3 is shipping's copy of input 1.
+    let boxed = |offset: i64, input: i64, topic: &str| {
+        let mut r = rec(0, offset, Some("U1"), "{}");
+        r.headers =
+            vec![("out".into(), Some(topic.as_bytes().to_vec())), ("in".into(), Some(input.to_string().into_bytes()))];
+        r
+    };
+    let outbox = [
+        boxed(0, 0, "orders.payment"),
+        boxed(1, 1, "orders.payment"),
+        boxed(2, 2, "orders.payment"),
+        boxed(3, 1, "orders.shipping"),
+    ];
+    let check = |lane: i64| {
+        let waiting = Waiting::new(&outbox, &BTreeMap::from([(0, lane)]), "out", "in");
+        check_service(&r, 0, &inputs, (&[], &rush), &waiting, &rules)
+    };
+    let rep = check(1);
+    assert_eq!((rep.rush, rep.pending, rep.violations.len()), (1, 2, 0), "{rep:?}");
+    // The lane committed past input 1's copy without it reaching Rush: lost.
+    let rep = check(2);
     assert_eq!(rep.violations, vec![Violation::Missing { input: At { partition: 0, offset: 1 } }]);
     assert_eq!(rep.pending, 1);
 }
@@ -190,7 +225,7 @@ fn a_time_window_judges_only_its_inputs_and_ignores_older_unmatched_outputs() {
     stray.timestamp = Some(500);
     let prod: Vec<Record> =
         [stray].into_iter().chain(inputs.iter().enumerate().map(|(i, x)| copy(x, i as i64 + 1, None))).collect();
-    let rep = check_service(&r, 1, &window, &prod, &[], &rules);
+    let rep = check_service(&r, 1, &window, (&prod, &[]), &Waiting::default(), &rules);
     assert_eq!(rep.violations, vec![], "{:#?}", rep.violations);
     assert_eq!((rep.inputs, rep.prod), (2, 2));
 }
@@ -216,7 +251,7 @@ fn recorded_decisions_say_which_cluster_an_event_belongs_to() {
     // 0 and 2 went the right way; 1 reached Rush though unlisted then, 3 prod though listed.
     let prod = [copy(&inputs[0], 0, None), copy(&inputs[3], 1, None)];
     let rush = [copy(&inputs[1], 0, Some("U1_payment")), copy(&inputs[2], 1, Some("U1_payment"))];
-    let rep = check_service(&r, 0, &window, &prod, &rush, &rules);
+    let rep = check_service(&r, 0, &window, (&prod, &rush), &Waiting::default(), &rules);
     let wrong: Vec<(i64, Cluster)> = rep
         .violations
         .iter()
@@ -234,5 +269,5 @@ fn recorded_decisions_say_which_cluster_an_event_belongs_to() {
     // Without the log, the same outputs are all acceptable: the whitelist could have said either.
     let none = BTreeMap::new();
     let blind = Inputs { pins: &none, ..window };
-    assert_eq!(check_service(&r, 0, &blind, &prod, &rush, &rules).violations, vec![]);
+    assert_eq!(check_service(&r, 0, &blind, (&prod, &rush), &Waiting::default(), &rules).violations, vec![]);
 }

@@ -5,7 +5,8 @@
 //! then the outputs, then the inputs again; records found only by the second read explain
 //! outputs of events that arrived meanwhile and are not judged. A read that cannot reach a
 //! partition's end is an error, never a silently shorter report. An input not delivered yet is "pending", not missing, unless the
-//! bridge's group already committed past it.
+//! bridge's group already committed past it and no Rush copy of it waits in the outbox for the
+//! Rush lane.
 
 pub mod check;
 mod read;
@@ -14,15 +15,15 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::time::Duration;
 
-use check::{Inputs, Record, ReturnReport, Rules, ServiceReport};
+use check::{Inputs, Record, ReturnReport, Rules, ServiceReport, Waiting};
 use read::ClusterReader;
 pub use read::{ReadError, record_of};
 
 use crate::config::Config;
 use crate::extract::TenancyKey;
 use crate::pinning::Chain;
-use crate::relay::Provenance;
 use crate::relay::decisions::DecisionReader;
+use crate::relay::{OUTBOX_INPUT_OFFSET, OUTBOX_OUTPUT, Provenance};
 
 pub struct Options {
     /// Judge only records whose timestamp is at most this old.
@@ -154,6 +155,7 @@ pub fn run(config: &Config, opts: &Options) -> Result<Report, ReadError> {
     let prod = ClusterReader::new(&config.prod, "prod", opts.idle, opts.timeout)?;
     let rush = ClusterReader::new(&config.rush, "rush", opts.idle, opts.timeout)?;
     let group = opts.group.as_deref().unwrap_or(&config.bridge.group_id);
+    let lane_group = config.bridge.rush_group_id.clone().unwrap_or_else(|| format!("{group}.rush"));
     let since_ms = opts.since.map(|d| crate::whitelist::now_ms() - d.as_millis() as i64);
     let read_from = since_ms.map(|s| s - SINCE_SLACK_MS);
     let key = TenancyKey::new(&config.bridge.tenancy_header);
@@ -169,6 +171,9 @@ pub fn run(config: &Config, opts: &Options) -> Result<Report, ReadError> {
         let committed = prod.committed(&config.prod, group, &route.topic)?;
         let rush_committed =
             if route.return_path { Some(rush.committed(&config.rush, group, &route.topic)?) } else { None };
+        // The Rush lane's progress as prod knows it (under exactly-once prod learns it just after
+        // Rush does): a copy at or past it may still be on its way, never one before it.
+        let lane = prod.committed(&config.prod, &lane_group, &route.outbox_topic)?;
         let first = prod.read(&route.topic, read_from, true)?;
         let raw_first = if route.return_path { Some(rush.read(&route.topic, read_from, false)?) } else { None };
         let mut outputs = Vec::new();
@@ -176,6 +181,9 @@ pub fn run(config: &Config, opts: &Options) -> Result<Report, ReadError> {
             outputs
                 .push((prod.read(&s.output_topic, read_from, false)?, rush.read(&s.output_topic, read_from, false)?));
         }
+        // After the Rush outputs: a copy the lane moves meanwhile is found in one or the other.
+        let waiting =
+            Waiting::new(&prod.read(&route.outbox_topic, read_from, false)?, &lane, OUTBOX_OUTPUT, OUTBOX_INPUT_OFFSET);
         let (records, judged) = with_later(&prod, &route.topic, first, read_from, since_ms, |_| true)?;
         // After the outputs: a pin is on prod before any output it decides, so every output read
         // has its decision among these.
@@ -189,7 +197,7 @@ pub fn run(config: &Config, opts: &Options) -> Result<Report, ReadError> {
         let inputs =
             Inputs { records: &records, judged: &judged, committed: &committed, window_start: since_ms, pins: &pins };
         let services = (0..route.services.len())
-            .map(|i| check::check_service(route, i, &inputs, &outputs[i].0, &outputs[i].1, &rules))
+            .map(|i| check::check_service(route, i, &inputs, (&outputs[i].0, &outputs[i].1), &waiting, &rules))
             .collect();
         report.routes.push(RouteReport { topic: route.topic.clone(), services });
 
