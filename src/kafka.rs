@@ -105,6 +105,11 @@ pub fn producer_config(cluster: &ClusterConfig, name: &str, config: &Config) -> 
     // Likewise in bytes: every output of the bytes in flight, with room for headers and stamps.
     let kbytes = (config.bridge.max_in_flight_bytes / 1024 * max_services * 2 + 65_536).clamp(1 << 20, 2_097_151);
     c.set("queue.buffering.max.kbytes", kbytes.to_string());
+    if let Some(limit) = config.bridge.max_record_bytes {
+        // A record its input topic accepted must fit, stamped; librdkafka checks this before
+        // the broker does and fails the write as too large.
+        c.set("message.max.bytes", crate::topic_settings::producer_max_bytes(limit).to_string());
+    }
     let user = base(cluster, ClientRole::Producer, &format!("tenancy-bridge-{name}"));
     for (k, v) in user.config_map() {
         c.set(k, v);
@@ -151,6 +156,26 @@ pub fn consumer_config(cluster: &ClusterConfig, name: &str, group_id: &str) -> C
     c.set("enable.partition.eof", "false");
     c
 }
+
+/// Lets a relay consumer fetch the largest record `config` relays (librdkafka returns a record
+/// larger than `max.partition.fetch.bytes` alone, but never one above `fetch.max.bytes`).
+pub fn fit_records(c: &mut ClientConfig, config: &Config) {
+    let Some(limit) = config.bridge.max_record_bytes else { return };
+    let need = crate::topic_settings::producer_max_bytes(limit);
+    let fetch = c.get("fetch.max.bytes").and_then(|v| v.parse::<usize>().ok()).unwrap_or(FETCH_MAX_BYTES);
+    if fetch < need {
+        c.set("fetch.max.bytes", need.to_string());
+    }
+    let receive = c.get("receive.message.max.bytes").and_then(|v| v.parse::<usize>().ok()).unwrap_or(RECEIVE_MAX_BYTES);
+    // librdkafka requires room for the protocol framing above fetch.max.bytes.
+    if receive < need.max(fetch) + 512 {
+        c.set("receive.message.max.bytes", (need.max(fetch) + 512).to_string());
+    }
+}
+
+/// librdkafka's defaults for the consumer's fetch limits.
+const FETCH_MAX_BYTES: usize = 52_428_800;
+const RECEIVE_MAX_BYTES: usize = 100_000_000;
 
 /// The session timeout a consumer built from `c` runs with (librdkafka's default: 45 s).
 pub fn session_timeout(c: &ClientConfig) -> std::time::Duration {

@@ -10,6 +10,7 @@
 //! - [`tenancy`]: the decision per event and service, and the stamp on Rush copies.
 //! - [`whitelist::Snapshot`]: the immutable whitelist a decision reads.
 //! - [`pinning`]: which whitelist decides each input offset, so a replay decides it again alike.
+//! - [`topic_settings`]: which input topic settings its outputs carry.
 //!
 //! The I/O shell around it:
 //! - [`relay`]: consumer, producers, ordered offset tracking, the pipeline, and the return
@@ -39,6 +40,7 @@ pub mod relay;
 pub mod report;
 pub mod telemetry;
 pub mod tenancy;
+pub mod topic_settings;
 pub mod verify;
 pub mod whitelist;
 pub mod whitelist_cli;

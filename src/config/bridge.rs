@@ -96,6 +96,10 @@ pub struct BridgeConfig {
     /// restarted instance aborts what its predecessor left open. Default: the host name.
     #[serde(default)]
     pub instance_id: Option<String>,
+    /// The largest record (bytes) the bridge relays: its producers take this plus room for the
+    /// stamp. Default: the largest `max.message.bytes` of the route inputs, read at start.
+    #[serde(default)]
+    pub max_record_bytes: Option<usize>,
 }
 
 impl BridgeConfig {
@@ -138,6 +142,7 @@ impl Default for BridgeConfig {
             transaction_interval: defaults::transaction_interval(),
             transaction_timeout: defaults::transaction_timeout(),
             instance_id: None,
+            max_record_bytes: None,
         }
     }
 }
@@ -194,6 +199,9 @@ impl BridgeConfig {
             if id.trim().is_empty() || id.chars().any(|c| c.is_control()) {
                 return Err(invalid("bridge.instance_id", "must be non-empty printable text"));
             }
+        }
+        if self.max_record_bytes.is_some_and(|n| !(1024..=1 << 30).contains(&n)) {
+            return Err(invalid("bridge.max_record_bytes", "must be between 1024 and 1073741824"));
         }
         if self.transaction_interval < Duration::from_millis(10) {
             return Err(invalid("bridge.transaction_interval", "must be at least 10ms"));

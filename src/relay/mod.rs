@@ -92,7 +92,18 @@ pub fn run_observed(
 ) -> Result<Summary, RelayError> {
     let whitelist = whitelist.into();
     let (health, metrics, tracer) = (&observers.health, &observers.metrics, &observers.tracer);
-    topics::ensure_prod(config)?;
+    let inputs = topics::ensure_prod(config)?;
+    let sized;
+    let config = match config.bridge.max_record_bytes {
+        Some(_) => config,
+        None => {
+            let mut c = config.clone();
+            c.bridge.max_record_bytes = crate::topic_settings::record_limit(inputs.values().map(|i| &i.settings));
+            tracing::info!(max_record_bytes = ?c.bridge.max_record_bytes, "largest record the inputs accept");
+            sized = c;
+            &sized
+        }
+    };
     let failed = AtomicBool::new(false);
     let stop = || shutdown.load(Ordering::Relaxed) || failed.load(Ordering::Relaxed);
     let (forward, back) = std::thread::scope(|scope| {
@@ -176,7 +187,8 @@ fn run_forward(
         producer::output_producer(config, ProducerRole::Prod, &tracker, &health, metrics)
             .map_err(|source| RelayError::Client { what: "prod producer", source })?,
     );
-    let consumer_config = kafka::consumer_config(&config.prod, "prod", &config.bridge.group_id);
+    let mut consumer_config = kafka::consumer_config(&config.prod, "prod", &config.bridge.group_id);
+    kafka::fit_records(&mut consumer_config, config);
     let transactions = match config.bridge.delivery {
         Delivery::AtLeastOnce => None,
         Delivery::ExactlyOnce => Some(Arc::new(transaction::Transactions::init(
@@ -275,7 +287,8 @@ fn run_return_path(
         std::thread::sleep(poll::POLL_TIMEOUT);
     }
     let tracker = Arc::new(Tracker::new());
-    let consumer_config = kafka::consumer_config(&config.rush, "rush", &config.bridge.group_id);
+    let mut consumer_config = kafka::consumer_config(&config.rush, "rush", &config.bridge.group_id);
+    kafka::fit_records(&mut consumer_config, config);
     // Exactly-once: prod writes commit on prod with the Rush offsets they consumed, stored on
     // prod in the group `{group_id}.return`.
     let direction = partition_transactions::Direction {

@@ -69,7 +69,8 @@ fn run_once(
     let tracker = Arc::new(Tracker::new());
     let outboxes: Vec<String> = config.routes.iter().map(|r| r.outbox_topic.clone()).collect();
     let group = config.bridge.rush_group_id();
-    let consumer_config = kafka::consumer_config(&config.prod, "prod-rush-lane", &group);
+    let mut consumer_config = kafka::consumer_config(&config.prod, "prod-rush-lane", &group);
+    kafka::fit_records(&mut consumer_config, config);
     // Exactly-once: Rush copies commit on Rush with the lane's progress, stored on Rush in a
     // group of the same name.
     let direction = partition_transactions::Direction {

@@ -5,13 +5,14 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, ResourceSpecifier, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 
 use crate::config::{ClusterConfig, Config};
 use crate::kafka::admin_config;
+use crate::topic_settings::{self, Settings};
 
 const METADATA_TIMEOUT: Duration = Duration::from_secs(15);
 
@@ -50,36 +51,72 @@ pub fn partition_counts(cluster: &ClusterConfig, name: &'static str) -> Result<B
 struct Wanted<'a> {
     topic: &'a str,
     input: Option<&'a str>,
-    /// `retention.ms` to create it with (the outbox); the broker's default otherwise.
-    retention_ms: Option<String>,
+    /// Settings to create it with.
+    settings: Vec<(&'static str, String)>,
+    /// An output: one that exists already is compared with its input's settings.
+    output: bool,
 }
 
-/// Partition count of every route's input topic on prod.
-fn inputs(config: &Config, prod: &BTreeMap<String, usize>) -> Result<BTreeMap<String, usize>, TopicError> {
+/// A route's input topic on prod.
+#[derive(Debug, Clone, Default)]
+pub struct InputTopic {
+    pub partitions: usize,
+    /// Its settings among [`topic_settings::COPIED`]; empty if the broker would not say.
+    pub settings: Settings,
+}
+
+/// Every route's input topic on prod, by name.
+pub type InputTopics = BTreeMap<String, InputTopic>;
+
+fn inputs(config: &Config, prod: &BTreeMap<String, usize>) -> Result<InputTopics, TopicError> {
     let mut inputs = BTreeMap::new();
     for (i, r) in config.routes.iter().enumerate() {
         let n = *prod.get(&r.topic).ok_or_else(|| TopicError::MissingInput { route: i, topic: r.topic.clone() })?;
-        inputs.insert(r.topic.clone(), n);
+        inputs.insert(r.topic.clone(), InputTopic { partitions: n, settings: Settings::new() });
+    }
+    let names: Vec<&str> = inputs.keys().map(String::as_str).collect();
+    for (topic, settings) in describe(&config.prod, "prod", &names) {
+        if let Some(input) = inputs.get_mut(&topic) {
+            input.settings = settings;
+        }
     }
     Ok(inputs)
 }
 
+/// The route outputs of `config` and the settings each takes from its input.
+fn outputs<'a>(config: &'a Config, inputs: &InputTopics) -> Vec<Wanted<'a>> {
+    let mut wanted = Vec::new();
+    for r in &config.routes {
+        let settings = topic_settings::copied(&inputs[&r.topic].settings);
+        wanted.extend(r.services.iter().map(|s| Wanted {
+            topic: &s.output_topic,
+            input: Some(r.topic.as_str()),
+            settings: settings.clone(),
+            output: true,
+        }));
+    }
+    wanted
+}
+
 /// Checks (and with `bridge.create_topics`, creates) every topic the bridge writes on prod: the
-/// outputs and the Rush outboxes. Returns the partition count of each input topic.
-pub fn ensure_prod(config: &Config) -> Result<BTreeMap<String, usize>, TopicError> {
+/// outputs, the Rush outboxes and the decision logs. Returns the route inputs.
+pub fn ensure_prod(config: &Config) -> Result<InputTopics, TopicError> {
     let prod = partition_counts(&config.prod, "prod")?;
     let inputs = inputs(config, &prod)?;
-    let retention = config.bridge.rush_retention.as_millis().to_string();
-    let decisions_retention = config.bridge.decisions_retention.as_millis().to_string();
-    let snapshots =
-        Wanted { topic: &config.bridge.snapshots_topic, input: None, retention_ms: Some(decisions_retention.clone()) };
-    let mut wanted = vec![snapshots];
+    let retention = |d: std::time::Duration| vec![("retention.ms", d.as_millis().to_string())];
+    let internal = |topic, input, settings| Wanted { topic, input, settings, output: false };
+    let mut wanted = vec![internal(&config.bridge.snapshots_topic, None, retention(config.bridge.decisions_retention))];
     for r in &config.routes {
         let input = Some(r.topic.as_str());
-        wanted.push(Wanted { topic: &r.outbox_topic, input, retention_ms: Some(retention.clone()) });
-        wanted.push(Wanted { topic: &r.decisions_topic, input, retention_ms: Some(decisions_retention.clone()) });
-        wanted.extend(r.services.iter().map(|s| Wanted { topic: &s.output_topic, input, retention_ms: None }));
+        let mut outbox = retention(config.bridge.rush_retention);
+        // Its records are stamped copies with headers of their own.
+        if let Some(limit) = topic_settings::max_message_bytes(&inputs[&r.topic].settings) {
+            outbox.push(("max.message.bytes", topic_settings::producer_max_bytes(limit).to_string()));
+        }
+        wanted.push(internal(&r.outbox_topic, input, outbox));
+        wanted.push(internal(&r.decisions_topic, input, retention(config.bridge.decisions_retention)));
     }
+    wanted.extend(outputs(config, &inputs));
     ensure(config, &config.prod, "prod", &prod, &inputs, &wanted)?;
     Ok(inputs)
 }
@@ -90,21 +127,57 @@ pub fn ensure_prod(config: &Config) -> Result<BTreeMap<String, usize>, TopicErro
 pub fn ensure_rush(config: &Config) -> Result<(), TopicError> {
     let inputs = inputs(config, &partition_counts(&config.prod, "prod")?)?;
     let rush = partition_counts(&config.rush, "rush")?;
-    let mut wanted = Vec::new();
+    let mut wanted = outputs(config, &inputs);
     for r in &config.routes {
         let input = Some(r.topic.as_str());
-        wanted.extend(r.services.iter().map(|s| Wanted { topic: &s.output_topic, input, retention_ms: None }));
         if r.return_path {
-            wanted.push(Wanted { topic: &r.topic, input, retention_ms: None });
+            let settings = topic_settings::copied(&inputs[&r.topic].settings);
+            wanted.push(Wanted { topic: &r.topic, input, settings, output: true });
         }
         // Exactly-once: the Rush lane's progress is stored on Rush as its group's committed
         // offsets of the outbox, and a broker keeps offsets only of topics it has. This topic
         // stays empty; it anchors them.
         if config.bridge.delivery == crate::config::Delivery::ExactlyOnce {
-            wanted.push(Wanted { topic: &r.outbox_topic, input, retention_ms: None });
+            wanted.push(Wanted { topic: &r.outbox_topic, input, settings: Vec::new(), output: false });
         }
     }
     ensure(config, &config.rush, "rush", &rush, &inputs, &wanted)
+}
+
+/// The settings of `topics` on a cluster. A broker that cannot describe them is logged and
+/// leaves them out: outputs are then created with the broker's defaults, as before this check.
+fn describe(cluster: &ClusterConfig, name: &'static str, topics: &[&str]) -> BTreeMap<String, Settings> {
+    let mut found = BTreeMap::new();
+    if topics.is_empty() {
+        return found;
+    }
+    let admin: AdminClient<DefaultClientContext> = match admin_config(cluster, name).create() {
+        Ok(a) => a,
+        Err(e) => {
+            tracing::warn!(cluster = name, error = %e, "cannot describe topic settings");
+            return found;
+        }
+    };
+    let specs: Vec<ResourceSpecifier<'_>> = topics.iter().map(|t| ResourceSpecifier::Topic(t)).collect();
+    let opts = AdminOptions::new().request_timeout(Some(METADATA_TIMEOUT));
+    match futures_executor::block_on(admin.describe_configs(&specs, &opts)) {
+        Ok(results) => {
+            for (topic, r) in topics.iter().zip(results) {
+                match r {
+                    Ok(resource) => {
+                        let settings = topic_settings::COPIED
+                            .iter()
+                            .filter_map(|k| Some(((*k).to_owned(), resource.get(k)?.value.clone()?)))
+                            .collect();
+                        found.insert((*topic).to_owned(), settings);
+                    }
+                    Err(code) => tracing::warn!(cluster = name, topic, error = %code, "cannot describe topic settings"),
+                }
+            }
+        }
+        Err(e) => tracing::warn!(cluster = name, error = %e, "cannot describe topic settings"),
+    }
+    found
 }
 
 fn ensure(
@@ -112,12 +185,13 @@ fn ensure(
     cluster: &ClusterConfig,
     name: &'static str,
     existing: &BTreeMap<String, usize>,
-    inputs: &BTreeMap<String, usize>,
+    inputs: &InputTopics,
     wanted: &[Wanted<'_>],
 ) -> Result<(), TopicError> {
     let mut missing = Vec::new();
+    let mut present = Vec::new();
     for w in wanted {
-        let expected = w.input.map_or(1, |i| inputs[i]);
+        let expected = w.input.map_or(1, |i| inputs[i].partitions);
         match existing.get(w.topic) {
             Some(&actual) if actual != expected => {
                 return Err(TopicError::PartitionMismatch {
@@ -128,10 +202,11 @@ fn ensure(
                     actual,
                 });
             }
-            Some(_) => {}
-            None => missing.push((w.topic, expected, w.retention_ms.as_deref())),
+            Some(_) => present.push(w),
+            None => missing.push((w.topic, expected, w.settings.as_slice())),
         }
     }
+    report_mismatches(cluster, name, inputs, &present);
     if missing.is_empty() {
         return Ok(());
     }
@@ -141,7 +216,25 @@ fn ensure(
     create(cluster, name, &missing, config.bridge.replication_factor)
 }
 
-type NewTopicSpec<'a> = (&'a str, usize, Option<&'a str>);
+/// Logs every copied setting on which an existing output differs from its input. A warning,
+/// not an error: refusing to start would stop every production output for the sake of the
+/// records one output refuses.
+fn report_mismatches(cluster: &ClusterConfig, name: &'static str, inputs: &InputTopics, present: &[&Wanted<'_>]) {
+    let outputs: Vec<&Wanted<'_>> = present.iter().copied().filter(|w| w.output && w.input.is_some()).collect();
+    let names: Vec<&str> = outputs.iter().map(|w| w.topic).collect();
+    let settings = describe(cluster, name, &names);
+    for w in outputs {
+        let (Some(input), Some(output)) = (w.input, settings.get(w.topic)) else { continue };
+        for m in topic_settings::compare(&inputs[input].settings, output) {
+            tracing::warn!(
+                cluster = name, topic = w.topic, input, key = m.key, output_value = %m.output,
+                input_value = %m.input, refuses = m.refuses, "output topic setting differs from its input: {m}"
+            );
+        }
+    }
+}
+
+type NewTopicSpec<'a> = (&'a str, usize, &'a [(&'static str, String)]);
 
 fn create(cluster: &ClusterConfig, name: &'static str, topics: &[NewTopicSpec<'_>], rf: i32) -> Result<(), TopicError> {
     let fail = |topic: &str, reason: String| TopicError::Create { cluster: name, topic: topic.to_owned(), reason };
@@ -149,12 +242,10 @@ fn create(cluster: &ClusterConfig, name: &'static str, topics: &[NewTopicSpec<'_
         admin_config(cluster, name).create().map_err(|e| fail(topics[0].0, e.to_string()))?;
     let new: Vec<NewTopic<'_>> = topics
         .iter()
-        .map(|(t, n, retention)| {
-            let topic = NewTopic::new(t, *n as i32, TopicReplication::Fixed(rf));
-            match retention {
-                Some(ms) => topic.set("retention.ms", ms),
-                None => topic,
-            }
+        .map(|(t, n, settings)| {
+            settings
+                .iter()
+                .fold(NewTopic::new(t, *n as i32, TopicReplication::Fixed(rf)), |topic, (k, v)| topic.set(k, v))
         })
         .collect();
     let opts = AdminOptions::new().operation_timeout(Some(METADATA_TIMEOUT));

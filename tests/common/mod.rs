@@ -210,9 +210,14 @@ impl Drop for Bridge {
 }
 
 pub fn create_topic(bootstrap: &str, name: &str, partitions: i32) {
+    create_topic_with(bootstrap, name, partitions, &[]);
+}
+
+/// A topic with topic-level settings (`max.message.bytes`, `cleanup.policy`, …).
+pub fn create_topic_with(bootstrap: &str, name: &str, partitions: i32, settings: &[(&str, &str)]) {
     let admin: AdminClient<DefaultClientContext> =
         ClientConfig::new().set("bootstrap.servers", bootstrap).create().unwrap();
-    let t = NewTopic::new(name, partitions, TopicReplication::Fixed(1));
+    let t = settings.iter().fold(NewTopic::new(name, partitions, TopicReplication::Fixed(1)), |t, (k, v)| t.set(k, v));
     let r = futures_executor::block_on(admin.create_topics([&t], &AdminOptions::new())).unwrap();
     for x in r {
         x.unwrap();
@@ -228,6 +233,17 @@ pub fn create_topic(bootstrap: &str, name: &str, partitions: i32) {
         assert!(Instant::now() < deadline, "topic {name} not visible");
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// A topic's settings as the broker describes them (DescribeConfigs).
+pub fn topic_settings(bootstrap: &str, name: &str) -> BTreeMap<String, String> {
+    use rdkafka::admin::ResourceSpecifier;
+    let admin: AdminClient<DefaultClientContext> =
+        ClientConfig::new().set("bootstrap.servers", bootstrap).create().unwrap();
+    let r = futures_executor::block_on(admin.describe_configs(&[ResourceSpecifier::Topic(name)], &AdminOptions::new()))
+        .unwrap();
+    let resource = r.into_iter().next().unwrap().unwrap();
+    resource.entries.into_iter().filter_map(|e| Some((e.name, e.value?))).collect()
 }
 
 /// A plain HTTP/1.1 GET: status and body.

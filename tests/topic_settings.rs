@@ -1,0 +1,114 @@
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+//! Outputs carry the settings of their input topic that decide what fits in them, and a record
+//! as large as its input accepts reaches its outputs (the bridge's clients follow the limit).
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::invariant::{self, StampCheck, TID};
+use common::{Bridge, ConfigOpts, Input, OffsetWatcher, Tansu};
+use rdkafka::ClientConfig;
+use rdkafka::producer::{DefaultProducerContext, Producer, ThreadedProducer};
+
+const GROUP: &str = "bridge-settings";
+const LIMIT: &str = "4194304";
+
+fn json(i: usize, user: &str, pad: usize) -> Input {
+    Input {
+        partition: (i % 3) as i32,
+        key: Some(format!("k{i}").into_bytes()),
+        payload: Some(format!(r#"{{"user_id":"{user}","n":{i},"pad":"{}"}}"#, "x".repeat(pad)).into_bytes()),
+        headers: vec![(TID.into(), Some(format!("{i}").into_bytes()))],
+        timestamp: 1_760_000_000_000 + i as i64,
+    }
+}
+
+#[test]
+fn two_megabyte_records_reach_their_outputs_and_outputs_keep_their_inputs_settings() {
+    let (prod, rush) = (Tansu::start(), Tansu::start());
+    common::create_topic_with(&prod.bootstrap, "big", 3, &[("max.message.bytes", LIMIT)]);
+    common::create_topic_with(
+        &prod.bootstrap,
+        "cdc",
+        3,
+        &[("cleanup.policy", "compact"), ("retention.ms", "86400000")],
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let wl = dir.path().join("whitelist.json");
+    common::write_atomic(&wl, &common::whitelist_json(1, &[("U1", &["payment"])]));
+    let routes = "[[routes]]\ntopic = \"big\"\nservices = [\"payment\", \"shipping\"]\nuser = { json = \"/user_id\" }\n\
+                  [[routes]]\ntopic = \"cdc\"\nservices = [\"payment\"]\nuser = { json = \"/user_id\" }\n";
+    let config = dir.path().join("bridge.toml");
+    std::fs::write(
+        &config,
+        common::config_text(&ConfigOpts {
+            prod: &prod.bootstrap,
+            rush: &rush.bootstrap,
+            whitelist: &wl,
+            group: GROUP,
+            routes,
+            extra_bridge: "",
+            kafka: "\"session.timeout.ms\" = 6000\n\"max.poll.interval.ms\" = 10000",
+        }),
+    )
+    .unwrap();
+
+    // Four records of ~2 MB, two of them the whitelisted user's: each larger than librdkafka's
+    // default message.max.bytes (1,000,000), within the topic's 4 MiB.
+    let big: Vec<Input> = (0..4).map(|i| json(i, if i % 2 == 0 { "U1" } else { "U2" }, 2_000_000)).collect();
+    let cdc: Vec<Input> = (100..130).map(|i| json(i, if i % 3 == 0 { "U1" } else { "U2" }, 100)).collect();
+    let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
+        .set("bootstrap.servers", &prod.bootstrap)
+        .set("message.max.bytes", "4000000")
+        .create()
+        .unwrap();
+    for i in &big {
+        common::send(&producer, "big", i);
+    }
+    for i in &cdc {
+        common::send(&producer, "cdc", i);
+    }
+    producer.flush(Duration::from_secs(60)).unwrap();
+
+    let mut bridge = Bridge::start(&config);
+    let watcher = OffsetWatcher::new(&prod.bootstrap, GROUP);
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while watcher.committed("big", 3) < 4 || watcher.committed("cdc", 3) < cdc.len() as i64 {
+        bridge.assert_running();
+        assert!(Instant::now() < deadline, "the bridge did not relay the large records");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    bridge.assert_running();
+
+    let expected = |i: &common::Read, svc: &str| {
+        let user = String::from_utf8_lossy(i.payload.as_deref().unwrap_or_default()).contains(r#""user_id":"U1""#);
+        (user && svc == "payment").then(|| "U1".to_string())
+    };
+    for (topic, inputs, services) in [("big", &big, &["payment", "shipping"][..]), ("cdc", &cdc, &["payment"][..])] {
+        let read = common::read_all(&prod.bootstrap, topic, inputs.len(), Duration::from_secs(60));
+        let (p, r) = common::read_services(
+            &prod.bootstrap,
+            &rush.bootstrap,
+            topic,
+            services,
+            inputs.len(),
+            Duration::from_secs(60),
+        );
+        let report = invariant::check(&read, services, &p, &r, expected, StampCheck::Header);
+        report.assert_clean();
+        eprintln!("{topic}: {} prod, {} rush outputs", report.prod, report.rush);
+    }
+
+    for cluster in [&prod.bootstrap, &rush.bootstrap] {
+        for output in ["big.payment", "big.shipping"] {
+            let s = common::topic_settings(cluster, output);
+            assert_eq!(s.get("max.message.bytes").map(String::as_str), Some(LIMIT), "{cluster} {output}: {s:?}");
+        }
+        let s = common::topic_settings(cluster, "cdc.payment");
+        assert_eq!(s.get("cleanup.policy").map(String::as_str), Some("compact"), "{cluster} cdc.payment: {s:?}");
+        assert_eq!(s.get("retention.ms").map(String::as_str), Some("86400000"), "{cluster} cdc.payment: {s:?}");
+    }
+    let summary = bridge.stop(Duration::from_secs(30));
+    assert!(summary.contains("poison=0"), "{summary}");
+}
