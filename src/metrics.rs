@@ -33,6 +33,7 @@ pub struct Metrics {
     pub passthrough: IntCounterVec,
     pub upstream_honoured: IntCounterVec,
     pub produce_errors: IntCounterVec,
+    pub dead_letter: IntCounterVec,
     pub uncommitted: IntGaugeVec,
     pub consumer_errors: IntCounterVec,
     pub commit_failures: IntCounterVec,
@@ -106,6 +107,11 @@ impl Metrics {
                 "upstream_honoured_total",
                 "Records whose existing event_tenancy stamp was honoured.",
                 &["route"],
+            )?,
+            dead_letter: counter(
+                "dead_letter_total",
+                "Records written to the dead-letter topic instead of an output (poison), by route, service and reason.",
+                &["route", "service", "reason"],
             )?,
             produce_errors: counter(
                 "produce_errors_total",

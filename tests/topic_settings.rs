@@ -112,3 +112,94 @@ fn two_megabyte_records_reach_their_outputs_and_outputs_keep_their_inputs_settin
     let summary = bridge.stop(Duration::from_secs(30));
     assert!(summary.contains("poison=0"), "{summary}");
 }
+
+#[test]
+fn a_record_no_output_takes_goes_to_the_dead_letter_topic_and_production_flows_past_it() {
+    let (prod, rush) = (Tansu::start(), Tansu::start());
+    common::create_topic_with(&prod.bootstrap, "big", 3, &[("max.message.bytes", LIMIT)]);
+    let dir = tempfile::tempdir().unwrap();
+    let wl = dir.path().join("whitelist.json");
+    common::write_atomic(&wl, &common::whitelist_json(1, &[("U1", &["payment"])]));
+    let group = "bridge-dead-letter";
+    let text = common::config_text(&ConfigOpts {
+        prod: &prod.bootstrap,
+        rush: &rush.bootstrap,
+        whitelist: &wl,
+        group,
+        routes: "[[routes]]\ntopic = \"big\"\nservices = [\"payment\", \"shipping\"]\nuser = { json = \"/user_id\" }\n",
+        extra_bridge: "",
+        kafka: "\"session.timeout.ms\" = 6000\n\"max.poll.interval.ms\" = 10000",
+    });
+    // An operator capped the bridge's producer below what the input accepts: the 2 MB records
+    // are poison for every output, and for the dead-letter topic too (their value is left out).
+    let admin = format!("127.0.0.1:{}", common::free_port());
+    let text = text
+        .replacen("[rush]", "[prod.producer]\n\"message.max.bytes\" = 1000000\n[rush]", 1)
+        .replace("listen = \"127.0.0.1:0\"", &format!("listen = \"{admin}\""));
+    let config = dir.path().join("bridge.toml");
+    std::fs::write(&config, text).unwrap();
+
+    let inputs: Vec<Input> = (0..40)
+        .map(|i| json(i, if i % 2 == 0 { "U1" } else { "U2" }, if i % 10 == 3 { 2_000_000 } else { 1000 }))
+        .collect();
+    let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
+        .set("bootstrap.servers", &prod.bootstrap)
+        .set("message.max.bytes", "4000000")
+        .create()
+        .unwrap();
+    for i in &inputs {
+        common::send(&producer, "big", i);
+    }
+    producer.flush(Duration::from_secs(60)).unwrap();
+
+    let mut bridge = Bridge::start(&config);
+    let watcher = OffsetWatcher::new(&prod.bootstrap, group);
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while watcher.committed("big", 3) < inputs.len() as i64 {
+        bridge.assert_running();
+        assert!(Instant::now() < deadline, "the bridge did not get past the poison records");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    bridge.assert_running();
+
+    // Inputs 3, 13, 23, 33 (U2, shipping and payment on prod) refused by both outputs.
+    let poison: Vec<usize> = (0..inputs.len()).filter(|i| i % 10 == 3).collect();
+    let dead =
+        common::read_all(&prod.bootstrap, "tenancy-bridge.dead-letter", poison.len() * 2, Duration::from_secs(30));
+    assert_eq!(dead.len(), poison.len() * 2, "one dead-letter record per refused output");
+    for d in &dead {
+        let header = |k: &str| String::from_utf8_lossy(d.header(k).unwrap_or_default()).into_owned();
+        let offset: usize = header("tenancy-bridge-dlq-offset").parse().unwrap();
+        let tid: usize = header(TID).parse().unwrap();
+        assert!(poison.contains(&tid), "input {tid} was dead-lettered");
+        assert_eq!(header("tenancy-bridge-dlq-topic"), "big");
+        assert_eq!(header("tenancy-bridge-dlq-reason"), "MessageSizeTooLarge", "{offset}");
+        assert_eq!(header("tenancy-bridge-dlq-cluster"), "prod");
+        assert!(["payment", "shipping"].contains(&header("tenancy-bridge-dlq-service").as_str()));
+        assert!(header("tenancy-bridge-dlq-error").contains("too large"), "{}", header("tenancy-bridge-dlq-error"));
+        assert_eq!(
+            header("tenancy-bridge-dlq-value-omitted").parse::<usize>().unwrap(),
+            inputs[tid].payload.as_ref().unwrap().len()
+        );
+        assert_eq!(d.key.as_deref(), inputs[tid].key.as_deref(), "the original key");
+    }
+    // Every other record reached its outputs.
+    let services = ["payment", "shipping"];
+    let (p, r) = common::read_services(&prod.bootstrap, &rush.bootstrap, "big", &services, 36, Duration::from_secs(60));
+    let delivered = |svc: &str| p[svc].len() + r[svc].len();
+    assert_eq!((delivered("payment"), delivered("shipping")), (36, 36));
+    assert_eq!(r["payment"].len(), 20, "U1's records on Rush");
+
+    let (_, metrics) = common::http_get(&admin, "/metrics");
+    let counted = |svc: &str| {
+        metrics.lines().any(|l| {
+            l.contains("dead_letter_total{")
+                && l.contains("reason=\"MessageSizeTooLarge\"")
+                && l.contains(&format!("service=\"{svc}\""))
+                && l.ends_with(" 4")
+        })
+    };
+    assert!(counted("payment") && counted("shipping"), "{metrics}");
+    let summary = bridge.stop(Duration::from_secs(30));
+    assert!(summary.contains("poison=8"), "{summary}");
+}

@@ -77,6 +77,10 @@ pub struct BridgeConfig {
     /// Prod topic (one partition) holding the whitelist snapshots the decision records name.
     #[serde(default = "defaults::snapshots_topic")]
     pub snapshots_topic: String,
+    /// On prod: where a record goes whose output write fails for good (poison), with headers
+    /// naming its input, service, cluster and error, so production keeps flowing past it.
+    #[serde(default = "defaults::dead_letter_topic")]
+    pub dead_letter_topic: String,
     /// Retention of both; records older than half of it are written again while still in use.
     #[serde(default = "defaults::decisions_retention", with = "humantime_serde")]
     pub decisions_retention: Duration,
@@ -137,6 +141,7 @@ impl Default for BridgeConfig {
             rush_group_id: None,
             decisions_topic: defaults::decisions_topic(),
             snapshots_topic: defaults::snapshots_topic(),
+            dead_letter_topic: defaults::dead_letter_topic(),
             decisions_retention: defaults::decisions_retention(),
             delivery: Delivery::default(),
             transaction_interval: defaults::transaction_interval(),
@@ -179,6 +184,9 @@ impl BridgeConfig {
         }
         if !b.decisions_topic.contains("{topic}") {
             return Err(invalid("bridge.decisions_topic", "must contain {topic}, or routes would share one"));
+        }
+        if !valid_topic_name(&b.dead_letter_topic) {
+            return Err(invalid("bridge.dead_letter_topic", "must be a valid topic name"));
         }
         if !valid_topic_name(&b.snapshots_topic) {
             return Err(invalid("bridge.snapshots_topic", "must be a valid topic name"));
@@ -270,6 +278,9 @@ mod defaults {
     }
     pub fn snapshots_topic() -> String {
         "tenancy-bridge.snapshots".into()
+    }
+    pub fn dead_letter_topic() -> String {
+        "tenancy-bridge.dead-letter".into()
     }
     pub fn decisions_retention() -> Duration {
         Duration::from_secs(7 * 24 * 3600)

@@ -58,6 +58,20 @@ pub const OUTBOX_OUTPUT: &str = "tenancy-bridge-output";
 /// On an outbox record: the input offset it was decided from (same partition as the input).
 pub const OUTBOX_INPUT_OFFSET: &str = "tenancy-bridge-input-offset";
 
+/// On a dead-letter record: where it came from, which output refused it and why.
+pub mod dead_letter {
+    pub const TOPIC: &str = "tenancy-bridge-dlq-topic";
+    pub const PARTITION: &str = "tenancy-bridge-dlq-partition";
+    pub const OFFSET: &str = "tenancy-bridge-dlq-offset";
+    pub const SERVICE: &str = "tenancy-bridge-dlq-service";
+    pub const OUTPUT: &str = "tenancy-bridge-dlq-output";
+    pub const CLUSTER: &str = "tenancy-bridge-dlq-cluster";
+    pub const REASON: &str = "tenancy-bridge-dlq-reason";
+    pub const ERROR: &str = "tenancy-bridge-dlq-error";
+    /// Set when the value itself was too large for the dead-letter topic: its length in bytes.
+    pub const VALUE_OMITTED: &str = "tenancy-bridge-dlq-value-omitted";
+}
+
 /// Value of the provenance header on forwarded records.
 pub const ORIGIN_RUSH: &str = "rush";
 

@@ -12,6 +12,7 @@
 //! for delivery reports. Nothing here is async.
 
 mod consumer;
+mod dead_letter;
 pub mod decisions;
 mod error;
 mod forward;

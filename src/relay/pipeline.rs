@@ -9,6 +9,7 @@ use std::sync::Arc;
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, Message};
 
+use super::dead_letter::{self, Refused};
 use super::headers::{InputHeaders, OUTBOX_INPUT_OFFSET, OUTBOX_OUTPUT, Provenance, copy_headers, with_trace};
 use super::offsets::Tracker;
 use super::producer::{Output, OutputProducer, send};
@@ -20,7 +21,8 @@ use crate::telemetry::{Hop, HopTracer};
 use crate::tenancy::{self, Cluster, Decision, Reason, Subject};
 use crate::whitelist::Whitelist;
 
-/// A record the bridge cannot write out; the relay stops before committing past it.
+/// A record the bridge cannot write out, nor dead-letter; the relay stops before committing
+/// past it.
 #[derive(Debug, thiserror::Error)]
 #[error("cannot produce {input_topic}[{partition}]@{offset} to {cluster} {output_topic}: {source} ({} error)", class.as_str())]
 pub struct ProduceError {
@@ -60,6 +62,7 @@ pub struct Pipeline {
     stamp: String,
     payload: Vec<u8>,
     offset_text: String,
+    dead_letter_topic: String,
 }
 
 impl Pipeline {
@@ -84,6 +87,7 @@ impl Pipeline {
             stamp: String::new(),
             payload: Vec::new(),
             offset_text: String::new(),
+            dead_letter_topic: config.bridge.dead_letter_topic.clone(),
         }
     }
 
@@ -220,7 +224,28 @@ impl Pipeline {
                 timestamp: msg.timestamp(),
                 opaque,
             };
-            send(&self.producer, out).map_err(|(source, class)| {
+            let written = match send(&self.producer, out) {
+                Err((error, ErrorClass::Poison)) => {
+                    self.all_metrics.produce_error(Cluster::Prod, ErrorClass::Poison);
+                    let refused = Refused {
+                        route: &route.topic,
+                        service: &service.name,
+                        output_topic: &service.output_topic,
+                        cluster,
+                        error: &error,
+                    };
+                    dead_letter::write(
+                        &self.producer,
+                        &self.dead_letter_topic,
+                        msg,
+                        &refused,
+                        opaque,
+                        &self.all_metrics,
+                    )
+                }
+                r => r,
+            };
+            written.map_err(|(source, class)| {
                 self.all_metrics.produce_error(Cluster::Prod, class);
                 Box::new(ProduceError {
                     input_topic: route.topic.clone(),

@@ -106,6 +106,10 @@ pub fn ensure_prod(config: &Config) -> Result<InputTopics, TopicError> {
     let retention = |d: std::time::Duration| vec![("retention.ms", d.as_millis().to_string())];
     let internal = |topic, input, settings| Wanted { topic, input, settings, output: false };
     let mut wanted = vec![internal(&config.bridge.snapshots_topic, None, retention(config.bridge.decisions_retention))];
+    // Takes the largest record any input accepts, with the headers that say why it is there.
+    let largest = topic_settings::record_limit(inputs.values().map(|i| &i.settings));
+    let dead_letter = largest.map(|n| ("max.message.bytes", topic_settings::producer_max_bytes(n).to_string()));
+    wanted.push(internal(&config.bridge.dead_letter_topic, None, dead_letter.into_iter().collect()));
     for r in &config.routes {
         let input = Some(r.topic.as_str());
         let mut outbox = retention(config.bridge.rush_retention);
