@@ -202,4 +202,17 @@ fn a_record_no_output_takes_goes_to_the_dead_letter_topic_and_production_flows_p
     assert!(counted("payment") && counted("shipping"), "{metrics}");
     let summary = bridge.stop(Duration::from_secs(30));
     assert!(summary.contains("poison=8"), "{summary}");
+
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tenancy-bridge"))
+        .args(["verify", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    let report = String::from_utf8_lossy(&out.stdout);
+    eprintln!("{report}");
+    assert!(out.status.success() && report.contains("invariant held"), "{report}");
+    for svc in services {
+        let line = report.lines().find(|l| l.trim_start().starts_with(svc)).unwrap();
+        assert_eq!(line.split_whitespace().last(), Some("4"), "dead-lettered for {svc}: {line}");
+    }
 }

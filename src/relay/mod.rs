@@ -36,7 +36,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 pub use error::RelayError;
-pub use headers::{OUTBOX_INPUT_OFFSET, OUTBOX_OUTPUT, Provenance};
+pub use headers::{OUTBOX_INPUT_OFFSET, OUTBOX_OUTPUT, Provenance, dead_letter as dead_letter_headers};
 pub use health::{Direction, Health, ProducerRole, Summary};
 pub use offsets::Tracker;
 pub use pipeline::ProduceError;

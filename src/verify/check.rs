@@ -135,6 +135,8 @@ pub struct ServiceReport {
     /// Inputs not delivered yet that the bridge has not committed, or whose Rush copy waits in
     /// the outbox for the Rush lane: in flight, not violations.
     pub pending: usize,
+    /// Inputs an output refused (poison), found in the dead-letter topic: accounted for, not lost.
+    pub dead_lettered: usize,
     /// Inputs whose cluster was judged by the decision recorded for them (the others decided
     /// by a whitelist may be on either cluster).
     pub pinned: usize,
@@ -355,31 +357,55 @@ impl Inputs<'_> {
     }
 }
 
-/// Rush copies in a route's outbox that the Rush lane has not committed yet: the forward
-/// direction committed their inputs, but the copies reach Rush only when the lane gets to them
-/// (after a stop, or while Rush is away). Copies the lane committed past are not here: one of
-/// those missing on Rush is lost.
+/// Where an input with no output on either cluster may rightly be, for a service.
 #[derive(Debug, Default)]
-pub struct Waiting(HashSet<(i32, i64, Vec<u8>)>);
+pub struct Elsewhere {
+    /// Rush copies in the route's outbox that the Rush lane has not committed yet: the forward
+    /// direction committed their inputs, but the copies reach Rush only when the lane gets to
+    /// them (after a stop, or while Rush is away). Copies the lane committed past are not here:
+    /// one of those missing on Rush is lost.
+    waiting: HashSet<(i32, i64, Vec<u8>)>,
+    /// Inputs whose output refused them (poison), written to the dead-letter topic instead.
+    dead_lettered: HashSet<(i32, i64, Vec<u8>)>,
+}
 
-impl Waiting {
-    /// `outbox` as read from prod; `lane` the Rush lane's committed offsets per partition.
-    /// `output` and `input_offset` name the headers the forward direction writes on each copy.
-    pub fn new(outbox: &[Record], lane: &BTreeMap<i32, i64>, output: &str, input_offset: &str) -> Self {
-        let waiting = outbox
-            .iter()
-            .filter(|r| r.offset >= lane.get(&r.partition).copied().unwrap_or(0))
-            .filter_map(|r| {
-                let offset = std::str::from_utf8(r.header(input_offset)?).ok()?.parse().ok()?;
-                Some((r.partition, offset, r.header(output)?.to_vec()))
-            })
-            .collect();
-        Self(waiting)
+/// The headers that locate an outbox or dead-letter record's input and output.
+pub struct Locators<'a> {
+    pub input_topic: Option<&'a str>,
+    pub partition: Option<&'a str>,
+    pub offset: &'a str,
+    pub output: &'a str,
+}
+
+impl Elsewhere {
+    /// Adds the copies of `outbox` (as read from prod) at or past the Rush lane's committed
+    /// offsets `lane`; an outbox record is in its input's partition.
+    pub fn waiting(mut self, outbox: &[Record], lane: &BTreeMap<i32, i64>, h: &Locators<'_>) -> Self {
+        let unsent = outbox.iter().filter(|r| r.offset >= lane.get(&r.partition).copied().unwrap_or(0));
+        self.waiting.extend(unsent.filter_map(|r| locate(r, r.partition, h)));
+        self
     }
 
-    fn holds(&self, input: &Record, output_topic: &str) -> bool {
-        !self.0.is_empty() && self.0.contains(&(input.partition, input.offset, output_topic.as_bytes().to_vec()))
+    /// Adds the records of the dead-letter topic that came from `topic`.
+    pub fn dead_lettered(mut self, dead: &[Record], topic: &str, h: &Locators<'_>) -> Self {
+        let (Some(from), Some(partition)) = (h.input_topic, h.partition) else { return self };
+        let ours = dead.iter().filter(|r| r.header(from) == Some(topic.as_bytes()));
+        let parsed = ours.filter_map(|r| {
+            let p = std::str::from_utf8(r.header(partition)?).ok()?.parse().ok()?;
+            locate(r, p, h)
+        });
+        self.dead_lettered.extend(parsed);
+        self
     }
+
+    fn holds(set: &HashSet<(i32, i64, Vec<u8>)>, input: &Record, output_topic: &str) -> bool {
+        !set.is_empty() && set.contains(&(input.partition, input.offset, output_topic.as_bytes().to_vec()))
+    }
+}
+
+fn locate(r: &Record, partition: i32, h: &Locators<'_>) -> Option<(i32, i64, Vec<u8>)> {
+    let offset = std::str::from_utf8(r.header(h.offset)?).ok()?.parse().ok()?;
+    Some((partition, offset, r.header(h.output)?.to_vec()))
 }
 
 /// Checks one service of `route` against its prod and Rush output topics.
@@ -388,7 +414,7 @@ pub fn check_service(
     service: usize,
     inputs: &Inputs<'_>,
     (prod, rush): (&[Record], &[Record]),
-    waiting: &Waiting,
+    elsewhere: &Elsewhere,
     rules: &Rules<'_>,
 ) -> ServiceReport {
     let stamp_payload = route.stamp.payload();
@@ -418,7 +444,10 @@ pub fn check_service(
         report.rush += usize::from(nr > 0);
         match (np, nr) {
             (0, 0) => {
-                if inputs.missing(input) && !waiting.holds(input, &route.services[service].output_topic) {
+                let output = &route.services[service].output_topic;
+                if Elsewhere::holds(&elsewhere.dead_lettered, input, output) {
+                    report.dead_lettered += 1;
+                } else if inputs.missing(input) && !Elsewhere::holds(&elsewhere.waiting, input, output) {
                     report.violations.push(Violation::Missing { input: at });
                 } else {
                     report.pending += 1;

@@ -53,7 +53,7 @@ fn run(route: &Route, inputs: &[Record], prod: &[Record], rush: &[Record], commi
     let judged = vec![true; inputs.len()];
     let pins = BTreeMap::new();
     let inputs = Inputs { records: inputs, judged: &judged, committed: &committed, window_start: None, pins: &pins };
-    check_service(route, 0, &inputs, (prod, rush), &Waiting::default(), &rules)
+    check_service(route, 0, &inputs, (prod, rush), &Elsewhere::default(), &rules)
 }
 
 #[test]
@@ -101,9 +101,10 @@ fn a_rush_copy_waiting_in_the_outbox_is_pending_until_the_lane_commits_past_it()
         boxed(2, 2, "orders.payment"),
         boxed(3, 1, "orders.shipping"),
     ];
+    let h = Locators { input_topic: None, partition: None, offset: "in", output: "out" };
     let check = |lane: i64| {
-        let waiting = Waiting::new(&outbox, &BTreeMap::from([(0, lane)]), "out", "in");
-        check_service(&r, 0, &inputs, (&[], &rush), &waiting, &rules)
+        let elsewhere = Elsewhere::default().waiting(&outbox, &BTreeMap::from([(0, lane)]), &h);
+        check_service(&r, 0, &inputs, (&[], &rush), &elsewhere, &rules)
     };
     let rep = check(1);
     assert_eq!((rep.rush, rep.pending, rep.violations.len()), (1, 2, 0), "{rep:?}");
@@ -111,6 +112,35 @@ fn a_rush_copy_waiting_in_the_outbox_is_pending_until_the_lane_commits_past_it()
     let rep = check(2);
     assert_eq!(rep.violations, vec![Violation::Missing { input: At { partition: 0, offset: 1 } }]);
     assert_eq!(rep.pending, 1);
+}
+
+#[test]
+fn a_dead_lettered_input_is_accounted_for_not_lost() {
+    let r = header_route();
+    let inputs: Vec<Record> = (0..2).map(|i| rec(1, i, Some("U2"), "{}")).collect();
+    let key = TenancyKey::new("event_tenancy");
+    let rules = Rules { tenancy: &key, volatile_headers: &["traceparent"] };
+    let committed = BTreeMap::from([(1, 2)]);
+    let (judged, pins) = (vec![true; 2], BTreeMap::new());
+    let inputs = Inputs { records: &inputs, judged: &judged, committed: &committed, window_start: None, pins: &pins };
+    let dead = |topic: &str, offset: &str, output: &str| {
+        let mut r = rec(0, 0, None, "{}");
+        r.headers = [("t", topic), ("p", "1"), ("o", offset), ("out", output)]
+            .map(|(k, v)| (k.to_owned(), Some(v.as_bytes().to_vec())))
+            .to_vec();
+        r
+    };
+    // Input 1 was refused by payment's output; a record of another route or service says nothing.
+    let letters = [
+        dead("orders", "1", "orders.payment"),
+        dead("other", "0", "orders.payment"),
+        dead("orders", "0", "orders.shipping"),
+    ];
+    let h = Locators { input_topic: Some("t"), partition: Some("p"), offset: "o", output: "out" };
+    let elsewhere = Elsewhere::default().dead_lettered(&letters, "orders", &h);
+    let rep = check_service(&r, 0, &inputs, (&[], &[]), &elsewhere, &rules);
+    assert_eq!(rep.dead_lettered, 1);
+    assert_eq!(rep.violations, vec![Violation::Missing { input: At { partition: 1, offset: 0 } }]);
 }
 
 #[test]
@@ -225,7 +255,7 @@ fn a_time_window_judges_only_its_inputs_and_ignores_older_unmatched_outputs() {
     stray.timestamp = Some(500);
     let prod: Vec<Record> =
         [stray].into_iter().chain(inputs.iter().enumerate().map(|(i, x)| copy(x, i as i64 + 1, None))).collect();
-    let rep = check_service(&r, 1, &window, (&prod, &[]), &Waiting::default(), &rules);
+    let rep = check_service(&r, 1, &window, (&prod, &[]), &Elsewhere::default(), &rules);
     assert_eq!(rep.violations, vec![], "{:#?}", rep.violations);
     assert_eq!((rep.inputs, rep.prod), (2, 2));
 }
@@ -251,7 +281,7 @@ fn recorded_decisions_say_which_cluster_an_event_belongs_to() {
     // 0 and 2 went the right way; 1 reached Rush though unlisted then, 3 prod though listed.
     let prod = [copy(&inputs[0], 0, None), copy(&inputs[3], 1, None)];
     let rush = [copy(&inputs[1], 0, Some("U1_payment")), copy(&inputs[2], 1, Some("U1_payment"))];
-    let rep = check_service(&r, 0, &window, (&prod, &rush), &Waiting::default(), &rules);
+    let rep = check_service(&r, 0, &window, (&prod, &rush), &Elsewhere::default(), &rules);
     let wrong: Vec<(i64, Cluster)> = rep
         .violations
         .iter()
@@ -269,5 +299,5 @@ fn recorded_decisions_say_which_cluster_an_event_belongs_to() {
     // Without the log, the same outputs are all acceptable: the whitelist could have said either.
     let none = BTreeMap::new();
     let blind = Inputs { pins: &none, ..window };
-    assert_eq!(check_service(&r, 0, &blind, (&prod, &rush), &Waiting::default(), &rules).violations, vec![]);
+    assert_eq!(check_service(&r, 0, &blind, (&prod, &rush), &Elsewhere::default(), &rules).violations, vec![]);
 }

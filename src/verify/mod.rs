@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::time::Duration;
 
-use check::{Inputs, Record, ReturnReport, Rules, ServiceReport, Waiting};
+use check::{Inputs, Locators, Record, ReturnReport, Rules, ServiceReport};
 use read::ClusterReader;
 pub use read::{ReadError, record_of};
 
@@ -23,7 +23,7 @@ use crate::config::Config;
 use crate::extract::TenancyKey;
 use crate::pinning::Chain;
 use crate::relay::decisions::DecisionReader;
-use crate::relay::{OUTBOX_INPUT_OFFSET, OUTBOX_OUTPUT, Provenance};
+use crate::relay::{OUTBOX_INPUT_OFFSET, OUTBOX_OUTPUT, Provenance, dead_letter_headers as dlq};
 
 pub struct Options {
     /// Judge only records whose timestamp is at most this old.
@@ -72,19 +72,20 @@ impl Report {
             let _ = writeln!(s, "route {} ({inputs} input records)", r.topic);
             let _ = writeln!(
                 s,
-                "  {:<20} {:>9} {:>9} {:>9} {:>9} {:>11}",
-                "service", "prod", "rush", "pending", "pinned", "violations"
+                "  {:<20} {:>9} {:>9} {:>9} {:>9} {:>11} {:>13}",
+                "service", "prod", "rush", "pending", "pinned", "violations", "dead-letter"
             );
             for x in &r.services {
                 let _ = writeln!(
                     s,
-                    "  {:<20} {:>9} {:>9} {:>9} {:>9} {:>11}",
+                    "  {:<20} {:>9} {:>9} {:>9} {:>9} {:>11} {:>13}",
                     x.service,
                     x.prod,
                     x.rush,
                     x.pending,
                     x.pinned,
-                    x.violations.len()
+                    x.violations.len(),
+                    x.dead_lettered
                 );
             }
         }
@@ -132,7 +133,8 @@ impl Report {
                 "topic": r.topic,
                 "services": r.services.iter().map(|x| serde_json::json!({
                     "service": x.service, "inputs": x.inputs, "prod": x.prod, "rush": x.rush,
-                    "pending": x.pending, "pinned": x.pinned, "violations": violations(&x.violations),
+                    "pending": x.pending, "pinned": x.pinned, "dead_lettered": x.dead_lettered,
+                    "violations": violations(&x.violations),
                 })).collect::<Vec<_>>(),
             })).collect::<Vec<_>>(),
             "notes": self.notes,
@@ -143,6 +145,15 @@ impl Report {
         })
     }
 }
+
+const OUTBOX_HEADERS: Locators<'static> =
+    Locators { input_topic: None, partition: None, offset: OUTBOX_INPUT_OFFSET, output: OUTBOX_OUTPUT };
+const DEAD_LETTER_HEADERS: Locators<'static> = Locators {
+    input_topic: Some(dlq::TOPIC),
+    partition: Some(dlq::PARTITION),
+    offset: dlq::OFFSET,
+    output: dlq::OUTPUT,
+};
 
 /// Headers the bridge may add or rewrite on a copy; they do not make an output another record.
 const TRACE_HEADERS: [&str; 2] = ["traceparent", "tracestate"];
@@ -165,6 +176,8 @@ pub fn run(config: &Config, opts: &Options) -> Result<Report, ReadError> {
 
     let mut report = Report { routes: Vec::new(), returns: Vec::new(), notes: Vec::new() };
     let mut decisions = DecisionReader::new(config);
+    // Read once for every route; after the committed offsets below it may only hold more.
+    let mut dead_letters = Vec::new();
     for (ri, route) in config.routes.iter().enumerate() {
         // Committed offsets first: anything the bridge commits later was written before the
         // outputs are read, so "committed and on neither cluster" is never a race.
@@ -174,6 +187,9 @@ pub fn run(config: &Config, opts: &Options) -> Result<Report, ReadError> {
         // The Rush lane's progress as prod knows it (under exactly-once prod learns it just after
         // Rush does): a copy at or past it may still be on its way, never one before it.
         let lane = prod.committed(&config.prod, &lane_group, &route.outbox_topic)?;
+        if dead_letters.is_empty() {
+            dead_letters = prod.read(&config.bridge.dead_letter_topic, read_from, false)?;
+        }
         let first = prod.read(&route.topic, read_from, true)?;
         let raw_first = if route.return_path { Some(rush.read(&route.topic, read_from, false)?) } else { None };
         let mut outputs = Vec::new();
@@ -182,8 +198,12 @@ pub fn run(config: &Config, opts: &Options) -> Result<Report, ReadError> {
                 .push((prod.read(&s.output_topic, read_from, false)?, rush.read(&s.output_topic, read_from, false)?));
         }
         // After the Rush outputs: a copy the lane moves meanwhile is found in one or the other.
-        let waiting =
-            Waiting::new(&prod.read(&route.outbox_topic, read_from, false)?, &lane, OUTBOX_OUTPUT, OUTBOX_INPUT_OFFSET);
+        let outbox = prod.read(&route.outbox_topic, read_from, false)?;
+        let elsewhere = check::Elsewhere::default().waiting(&outbox, &lane, &OUTBOX_HEADERS).dead_lettered(
+            &dead_letters,
+            &route.topic,
+            &DEAD_LETTER_HEADERS,
+        );
         let (records, judged) = with_later(&prod, &route.topic, first, read_from, since_ms, |_| true)?;
         // After the outputs: a pin is on prod before any output it decides, so every output read
         // has its decision among these.
@@ -197,7 +217,7 @@ pub fn run(config: &Config, opts: &Options) -> Result<Report, ReadError> {
         let inputs =
             Inputs { records: &records, judged: &judged, committed: &committed, window_start: since_ms, pins: &pins };
         let services = (0..route.services.len())
-            .map(|i| check::check_service(route, i, &inputs, (&outputs[i].0, &outputs[i].1), &waiting, &rules))
+            .map(|i| check::check_service(route, i, &inputs, (&outputs[i].0, &outputs[i].1), &elsewhere, &rules))
             .collect();
         report.routes.push(RouteReport { topic: route.topic.clone(), services });
 
