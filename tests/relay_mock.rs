@@ -21,6 +21,7 @@ use tenancy_bridge::whitelist::{self, FileSource, SharedSnapshot, Snapshot, Snap
 
 const PARTITIONS: i32 = 3;
 const OUTBOX: &str = "tenancy-bridge.rush.orders";
+const DEAD_LETTER: &str = "tenancy-bridge.dead-letter";
 
 struct Clusters {
     prod: MockCluster<'static, DefaultProducerContext>,
@@ -42,6 +43,7 @@ impl Clusters {
         self.prod.create_topic(OUTBOX, PARTITIONS, 1).unwrap();
         self.prod.create_topic("tenancy-bridge.decisions.orders", PARTITIONS, 1).unwrap();
         self.prod.create_topic("tenancy-bridge.snapshots", 1, 1).unwrap();
+        self.prod.create_topic(DEAD_LETTER, 1, 1).unwrap();
         // Exactly-once anchors the Rush lane's progress on Rush with an outbox-named topic.
         self.rush.create_topic(OUTBOX, PARTITIONS, 1).unwrap();
         for s in services {
@@ -59,7 +61,8 @@ impl Clusters {
             whitelist: &self.wl_path(),
             group: "bridge-test",
             routes,
-            extra_bridge,
+            // The mock cluster does not answer DescribeConfigs.
+            extra_bridge: &format!("copy_topic_settings = false\n{extra_bridge}"),
             kafka: "\"session.timeout.ms\" = 6000\n\"max.poll.interval.ms\" = 10000",
         });
         Config::parse(&text, std::iter::empty()).unwrap()
@@ -347,27 +350,31 @@ fn large_records_are_bounded_by_max_in_flight_bytes() {
 }
 
 #[test]
-fn a_write_refused_before_queueing_is_counted_where_every_produce_error_is() {
+fn a_write_refused_before_queueing_is_dead_lettered_and_counted() {
     let c = Clusters::new().with_outputs(&["payment", "shipping"]);
     c.set_whitelist(1, &[]);
     let mut config = c.config(HEADER_ROUTE, "");
     // The bridge's prod producers take records of 1,500 bytes at most: a larger one is refused
-    // by librdkafka at send time, before any delivery report.
+    // by librdkafka at send time, before any delivery report, for the dead-letter topic too.
     config.prod.producer.insert("message.max.bytes".into(), toml::Value::Integer(1500));
     let big = format!(r#"{{"pad":"{}"}}"#, "x".repeat(3000)).into_bytes();
-    common::produce(&c.prod.bootstrap_servers(), "orders", &[event(0, Some("U2"), big)]);
+    let events = [event(0, Some("U2"), big), event(3, Some("U2"), b"{}".to_vec())];
+    common::produce(&c.prod.bootstrap_servers(), "orders", &events);
     let run = start(&c, config);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !run.thread.is_finished() {
-        assert!(Instant::now() < deadline, "the relay did not stop on a record it cannot write");
-        std::thread::sleep(Duration::from_millis(50));
+    wait_committed(&c, "bridge-test", "orders", 2);
+    assert!(!run.thread.is_finished(), "the relay stopped on a record it cannot write");
+    let dead = common::read_all(&c.prod.bootstrap_servers(), DEAD_LETTER, 2, Duration::from_secs(20));
+    assert_eq!(dead.len(), 2, "one per service");
+    for d in &dead {
+        assert_eq!(d.payload, None, "the value does not fit the dead-letter topic either");
+        assert_eq!(d.header("tenancy-bridge-dlq-value-omitted"), Some(&b"3010"[..]));
+        assert_eq!(d.header("tenancy-bridge-dlq-offset"), Some(&b"0"[..]));
     }
-    let observers = run.observers.clone();
-    let err = run.thread.join().unwrap().unwrap_err().to_string();
-    assert!(err.contains("orders[0]@0") && err.contains("poison"), "{err}");
-    let m = &observers.metrics;
-    assert_eq!(m.sum(&m.produce_errors, &[("cluster", "prod"), ("class", "poison")]), 1);
-    assert_eq!(tenancy_bridge::relay::Summary::read(m).produce_errors[2], ("poison", 1));
+    let m = &run.observers.metrics;
+    assert_eq!(m.sum(&m.produce_errors, &[("cluster", "prod"), ("class", "poison")]), 2);
+    assert_eq!(m.sum(&m.dead_letter, &[("route", "orders"), ("reason", "MessageSizeTooLarge")]), 2);
+    let summary = run.stop().unwrap();
+    assert_eq!(summary.produce_errors[2], ("poison", 2));
 }
 
 #[test]
@@ -445,6 +452,53 @@ fn permanent_prod_failure_stops_without_committing_past_it() {
     for p in 0..PARTITIONS {
         assert_eq!(committed.get(&p), Some(&10), "partition {p}: {committed:?}");
     }
+}
+
+#[test]
+fn writes_the_broker_refuses_go_to_the_dead_letter_topic_and_production_flows_past_them() {
+    let c = Clusters::new().with_outputs(&["payment", "shipping"]);
+    c.set_whitelist(1, &[("U1", &["payment"])]);
+    let first: Vec<Input> = (0..30).map(|i| event(i, Some("U2"), b"{}".to_vec())).collect();
+    common::produce(&c.prod.bootstrap_servers(), "orders", &first);
+    let run = start(&c, c.config(HEADER_ROUTE, ""));
+    run.wait_acked(60, Duration::from_secs(60));
+    wait_committed(&c, "bridge-test", "orders", 30);
+    run.stop().unwrap();
+    let second: Vec<Input> = (30..90).map(|i| event(i, Some("U2"), b"{}".to_vec())).collect();
+    common::produce(&c.prod.bootstrap_servers(), "orders", &second);
+    // The broker refuses the next produce requests as too large (every record in them).
+    c.prod.request_errors(RDKafkaApiKey::Produce, &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE; 2]);
+    let run = start(&c, c.config(HEADER_ROUTE, ""));
+    wait_committed(&c, "bridge-test", "orders", 90);
+    assert!(!run.thread.is_finished(), "the relay stopped on a poison record");
+
+    let written = {
+        use rdkafka::consumer::{BaseConsumer, Consumer};
+        let consumer: BaseConsumer =
+            rdkafka::ClientConfig::new().set("bootstrap.servers", c.prod.bootstrap_servers()).create().unwrap();
+        consumer.fetch_watermarks(DEAD_LETTER, 0, Duration::from_secs(10)).unwrap().1 as usize
+    };
+    assert!(written > 0, "nothing was refused: the injection missed the outputs");
+    let dead = common::read_all(&c.prod.bootstrap_servers(), DEAD_LETTER, written, Duration::from_secs(20));
+    assert_eq!(dead.len(), written);
+    for svc in ["payment", "shipping"] {
+        // Every input exactly once: on its output, or dead-lettered for that service.
+        let letters: Vec<&Read> =
+            dead.iter().filter(|d| d.header("tenancy-bridge-dlq-service") == Some(svc.as_bytes())).collect();
+        let (prod, _) = c.outputs(&[svc], 90 - letters.len());
+        let mut seen: Vec<Vec<u8>> = prod[svc].iter().map(|r| r.header(TID).unwrap().to_vec()).collect();
+        for d in letters {
+            assert_eq!(d.header("tenancy-bridge-dlq-reason"), Some(&b"MessageSizeTooLarge"[..]));
+            assert_eq!(d.payload.as_deref(), Some(&b"{}"[..]), "the original value");
+            seen.push(d.header(TID).unwrap().to_vec());
+        }
+        seen.sort();
+        let mut want: Vec<Vec<u8>> = (0..90).map(|i: usize| i.to_string().into_bytes()).collect();
+        want.sort();
+        assert_eq!(seen, want, "{svc}: each input once, on its output or dead-lettered");
+    }
+    let summary = run.stop().unwrap().to_string();
+    eprintln!("{} dead-lettered; {summary}", dead.len());
 }
 
 /// Waits until `group` has committed `total` offsets over every partition of `topic` on prod.

@@ -30,6 +30,7 @@ fn clusters() -> (MockCluster<'static, DefaultProducerContext>, MockCluster<'sta
     prod.create_topic("tenancy-bridge.rush.orders", 2, 1).unwrap();
     prod.create_topic("tenancy-bridge.decisions.orders", 2, 1).unwrap();
     prod.create_topic("tenancy-bridge.snapshots", 1, 1).unwrap();
+    prod.create_topic("tenancy-bridge.dead-letter", 1, 1).unwrap();
     (prod, rush)
 }
 
@@ -40,7 +41,8 @@ fn config(prod: &str, rush: &str, dir: &std::path::Path) -> Config {
         whitelist: &dir.join("unused.json"),
         group: GROUP,
         routes: "[[routes]]\ntopic = \"orders\"\nservices = [\"payment\"]\nuser = { header = \"u\" }\nreturn_path = true\n",
-        extra_bridge: "",
+        // The mock cluster does not answer DescribeConfigs.
+        extra_bridge: "copy_topic_settings = false",
         kafka: "\"session.timeout.ms\" = 6000",
     });
     Config::parse(&text, std::iter::empty()).unwrap()

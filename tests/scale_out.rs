@@ -45,7 +45,7 @@ fn input(i: usize) -> Input {
 fn instances_join_leave_and_die_under_load_exactly_once() {
     let (prod, rush) = (Tansu::start(), Tansu::start());
     common::create_topic(&prod.bootstrap, "orders", PARTITIONS);
-    scale_out(&prod.bootstrap, &rush.bootstrap);
+    scale_out(&prod.bootstrap, &rush.bootstrap, "");
 }
 
 /// The same churn on two librdkafka mock clusters, whose group coordinator settles: the bridge
@@ -62,15 +62,17 @@ fn instances_join_leave_and_die_under_load_exactly_once_on_mock_clusters() {
         prod.create_topic(t, PARTITIONS, 1).unwrap();
     }
     prod.create_topic("tenancy-bridge.snapshots", 1, 1).unwrap();
+    prod.create_topic("tenancy-bridge.dead-letter", 1, 1).unwrap();
     rush.create_topic("tenancy-bridge.rush.orders", PARTITIONS, 1).unwrap();
     for s in SERVICES {
         prod.create_topic(&format!("orders.{s}"), PARTITIONS, 1).unwrap();
         rush.create_topic(&format!("orders.{s}"), PARTITIONS, 1).unwrap();
     }
-    scale_out(&prod.bootstrap_servers(), &rush.bootstrap_servers());
+    // The mock cluster does not answer DescribeConfigs.
+    scale_out(&prod.bootstrap_servers(), &rush.bootstrap_servers(), "copy_topic_settings = false\n");
 }
 
-fn scale_out(prod_bootstrap: &str, rush_bootstrap: &str) {
+fn scale_out(prod_bootstrap: &str, rush_bootstrap: &str, extra_bridge: &str) {
     struct Cluster {
         bootstrap: String,
     }
@@ -86,7 +88,7 @@ fn scale_out(prod_bootstrap: &str, rush_bootstrap: &str) {
             whitelist: &wl,
             group: GROUP,
             routes: "[[routes]]\ntopic = \"orders\"\nservices = [\"payment\", \"shipping\"]\nuser = { header = \"x-user-id\" }\n",
-            extra_bridge: &format!("delivery = \"exactly-once\"\ninstance_id = \"{id}\""),
+            extra_bridge: &format!("{extra_bridge}delivery = \"exactly-once\"\ninstance_id = \"{id}\""),
             kafka: "\"session.timeout.ms\" = 6000\n\"max.poll.interval.ms\" = 10000",
         });
         let path = dir.path().join(format!("{id}.toml"));

@@ -54,6 +54,11 @@ pub struct BridgeConfig {
     /// Create missing output topics with the input's partition count.
     #[serde(default = "defaults::create_topics")]
     pub create_topics: bool,
+    /// Read each input topic's settings (DescribeConfigs) to create its outputs with them and
+    /// size the clients by its `max.message.bytes`. Off: outputs get the broker's defaults and
+    /// `max_record_bytes` sizes the clients (for topics managed elsewhere, e.g. by GitOps).
+    #[serde(default = "defaults::create_topics")]
+    pub copy_topic_settings: bool,
     /// Replication factor for created output topics; -1 uses the broker's default.
     #[serde(default = "defaults::replication_factor")]
     pub replication_factor: i32,
@@ -134,6 +139,7 @@ impl Default for BridgeConfig {
             max_in_flight_bytes: defaults::max_in_flight_bytes(),
             drain_timeout: defaults::drain_timeout(),
             create_topics: defaults::create_topics(),
+            copy_topic_settings: defaults::create_topics(),
             replication_factor: defaults::replication_factor(),
             commit_interval: defaults::commit_interval(),
             rush_outbox_topic: defaults::rush_outbox_topic(),

@@ -105,6 +105,7 @@ pub fn run(opts: &Options, out: &mut dyn Write) -> Result<bool, DemoError> {
     // The decision log (pins per input partition) and the snapshots its pins name.
     prod.create_topic("tenancy-bridge.decisions.orders", PARTITIONS, 1)?;
     prod.create_topic("tenancy-bridge.snapshots", 1, 1)?;
+    prod.create_topic("tenancy-bridge.dead-letter", 1, 1)?;
     for s in SERVICES {
         prod.create_topic(&format!("orders.{s}"), PARTITIONS, 1)?;
         rush.create_topic(&format!("orders.{s}"), PARTITIONS, 1)?;
@@ -306,6 +307,7 @@ group_id = "tenancy-bridge-demo"
 commit_interval = "200ms"
 drain_timeout = "10s"
 create_topics = false
+copy_topic_settings = false
 [[routes]]
 topic = "orders"
 services = ["payment", "shipping"]

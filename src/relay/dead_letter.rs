@@ -2,9 +2,16 @@
 //! bridge follows, refused by the broker) sends the input record to the dead-letter topic on
 //! prod in its place, so production keeps flowing past it. The dead-letter write takes the
 //! output's place in the offset tracker: the input is committed once it is acknowledged.
+//!
+//! A write refused before it leaves the client is dead-lettered at once; one the broker refuses
+//! comes back in a delivery report, on the producer's thread, and waits in [`Refusals`] for the
+//! poll thread, which writes it.
+
+use std::collections::VecDeque;
+use std::sync::Mutex;
 
 use rdkafka::error::KafkaError;
-use rdkafka::message::{Header, Message, OwnedHeaders};
+use rdkafka::message::{Header, Message, OwnedHeaders, OwnedMessage};
 
 use super::headers::{copy_headers, dead_letter as h};
 use super::producer::{Output, OutputProducer, send};
@@ -14,6 +21,8 @@ use crate::tenancy::Cluster;
 
 /// Which output of which input refused a record, and why.
 pub struct Refused<'a> {
+    /// The input: topic, partition, offset.
+    pub input: (&'a str, i32, i64),
     pub route: &'a str,
     pub service: &'a str,
     pub output_topic: &'a str,
@@ -27,8 +36,8 @@ pub fn reason(error: &KafkaError) -> String {
     error.rdkafka_error_code().map_or_else(|| "client".to_owned(), |c| format!("{c:?}"))
 }
 
-/// Writes `msg` (key, value, headers as read) to `topic` with headers naming what refused it,
-/// as the output `opaque` stood for. A value too large for the dead-letter topic too is left
+/// Writes `msg`'s key, value and headers to `topic` with headers naming what refused it and
+/// which input it was, as the output `opaque` stood for. A value too large for the dead-letter topic too is left
 /// out and its length recorded, so the record is still accounted for.
 pub fn write<M: Message>(
     producer: &OutputProducer,
@@ -40,11 +49,12 @@ pub fn write<M: Message>(
 ) -> Result<(), (KafkaError, ErrorClass)> {
     let reason = reason(refused.error);
     let error = refused.error.to_string();
-    let (partition, offset) = (msg.partition().to_string(), msg.offset().to_string());
+    let (input_topic, partition, offset) = refused.input;
+    let (partition, offset) = (partition.to_string(), offset.to_string());
     let headers = |omitted: Option<&str>| {
         let mut out = msg.headers().map_or_else(OwnedHeaders::new, copy_headers);
         for (key, value) in [
-            (h::TOPIC, msg.topic()),
+            (h::TOPIC, input_topic),
             (h::PARTITION, partition.as_str()),
             (h::OFFSET, offset.as_str()),
             (h::SERVICE, refused.service),
@@ -80,11 +90,49 @@ pub fn write<M: Message>(
     if written.is_ok() {
         metrics.dead_letter.with_label_values(&[refused.route, refused.service, &reason]).inc();
         tracing::error!(
-            input_topic = msg.topic(), partition = msg.partition(), offset = msg.offset(),
+            input_topic, partition = refused.input.1, offset = refused.input.2,
             service = refused.service, cluster = refused.cluster.as_str(), output_topic = refused.output_topic,
             %reason, error = %refused.error, dead_letter_topic = topic,
             "poison record: written to the dead-letter topic instead of its output"
         );
     }
     written
+}
+
+/// A write the broker refused for good, as its delivery report gave it back.
+pub struct Poisoned {
+    pub opaque: usize,
+    pub message: OwnedMessage,
+    pub error: KafkaError,
+}
+
+/// How many refused writes may wait for the poll thread; past it the relay stops as before
+/// (something refuses everything, which no dead-letter topic should absorb).
+const MAX_WAITING: usize = 10_000;
+
+/// Refused writes from the delivery reports of the forward direction's prod producer.
+pub struct Refusals {
+    /// The dead-letter topic: a refusal of its own writes is no poison record but a failure.
+    pub topic: String,
+    waiting: Mutex<VecDeque<Poisoned>>,
+}
+
+impl Refusals {
+    pub fn new(topic: &str) -> Self {
+        Self { topic: topic.to_owned(), waiting: Mutex::new(VecDeque::new()) }
+    }
+
+    /// Queues `p` for the poll thread; false when the queue is full.
+    pub fn offer(&self, p: Poisoned) -> bool {
+        let mut q = self.waiting.lock().unwrap_or_else(|e| e.into_inner());
+        if q.len() >= MAX_WAITING {
+            return false;
+        }
+        q.push_back(p);
+        true
+    }
+
+    pub fn take(&self) -> VecDeque<Poisoned> {
+        std::mem::take(&mut *self.waiting.lock().unwrap_or_else(|e| e.into_inner()))
+    }
 }

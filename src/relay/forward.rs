@@ -37,6 +37,7 @@ impl Forward {
 
 impl Handler for Forward {
     fn begin_batch(&mut self) -> Result<(), RelayError> {
+        self.pipeline.dead_letter_refused()?;
         // One snapshot load and one clock reading per batch.
         self.now = now_ms();
         match &mut self.source {

@@ -184,8 +184,16 @@ fn run_forward(
     tracer: Arc<HopTracer>,
 ) -> Result<(), RelayError> {
     let tracker = Arc::new(Tracker::new());
+    let mut context = producer::delivery_context(config, ProducerRole::Prod, &tracker, &health, metrics);
+    // At-least-once dead-letters what the broker refuses; exactly-once aborts the transaction
+    // such a refusal failed and stops (see the README's error table).
+    let refusals = (config.bridge.delivery == Delivery::AtLeastOnce)
+        .then(|| Arc::new(dead_letter::Refusals::new(&config.bridge.dead_letter_topic)));
+    if let Some(r) = &refusals {
+        context = context.with_refusals(r.clone());
+    }
     let producers = Arc::new(
-        producer::output_producer(config, ProducerRole::Prod, &tracker, &health, metrics)
+        producer::output_producer_with(config, ProducerRole::Prod, context)
             .map_err(|source| RelayError::Client { what: "prod producer", source })?,
     );
     let mut consumer_config = kafka::consumer_config(&config.prod, "prod", &config.bridge.group_id);
@@ -219,7 +227,7 @@ fn run_forward(
     let consumer = subscribe(consumer_config, context, &route_topics)?;
     tracing::info!(routes = route_topics.len(), group = %config.bridge.group_id, "relay started");
 
-    let pipeline = Pipeline::new(config, producers.clone(), tracker.clone(), metrics, tracer);
+    let pipeline = Pipeline::new(config, producers.clone(), tracker.clone(), metrics, tracer).with_refusals(refusals);
     let source = match whitelist {
         WhitelistSource::Snapshot(s) => {
             let log = decisions::DecisionLog::new(config, metrics)?;

@@ -169,6 +169,16 @@ impl Tracker {
         first
     }
 
+    /// The input partition and offset behind `opaque`, while it is still waiting for outputs.
+    pub fn locate(&self, opaque: usize) -> Option<(PartitionKey, i64)> {
+        let (slot, offset) = split(opaque);
+        let g = self.lock();
+        let key = *g.by_slot.get(&slot)?;
+        let track = g.tracks.get(&key)?;
+        let i = track.pending.binary_search_by_key(&offset, |p| p.0 & OFFSET_MASK as i64).ok()?;
+        Some((key, track.pending[i].0))
+    }
+
     pub fn failure(&self) -> Option<Failure> {
         self.lock().failure.clone()
     }

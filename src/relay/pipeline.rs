@@ -9,7 +9,7 @@ use std::sync::Arc;
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, Message};
 
-use super::dead_letter::{self, Refused};
+use super::dead_letter::{self, Refusals, Refused};
 use super::headers::{InputHeaders, OUTBOX_INPUT_OFFSET, OUTBOX_OUTPUT, Provenance, copy_headers, with_trace};
 use super::offsets::Tracker;
 use super::producer::{Output, OutputProducer, send};
@@ -63,6 +63,7 @@ pub struct Pipeline {
     payload: Vec<u8>,
     offset_text: String,
     dead_letter_topic: String,
+    refusals: Option<Arc<Refusals>>,
 }
 
 impl Pipeline {
@@ -88,7 +89,62 @@ impl Pipeline {
             payload: Vec::new(),
             offset_text: String::new(),
             dead_letter_topic: config.bridge.dead_letter_topic.clone(),
+            refusals: None,
         }
+    }
+
+    /// Writes the broker refused for good reach the pipeline through `refusals`.
+    pub fn with_refusals(mut self, refusals: Option<Arc<Refusals>>) -> Self {
+        self.refusals = refusals;
+        self
+    }
+
+    /// Dead-letters the writes the broker refused since the last call, each in place of the
+    /// output it was. One whose input was revoked meanwhile is left to the partition's next
+    /// owner, which reads the input again.
+    pub fn dead_letter_refused(&mut self) -> Result<(), Box<ProduceError>> {
+        let Some(refusals) = &self.refusals else { return Ok(()) };
+        for p in refusals.take() {
+            let Some(((ri, partition), offset)) = self.tracker.locate(p.opaque) else { continue };
+            let route = &self.routes[ri];
+            let topic = p.message.topic();
+            let (service, cluster) = if topic == route.outbox_topic {
+                let named = InputHeaders(p.message.headers()).last(OUTBOX_OUTPUT).map(<[u8]>::to_vec);
+                (route.services.iter().find(|s| named.as_deref() == Some(s.output_topic.as_bytes())), Cluster::Rush)
+            } else {
+                (route.services.iter().find(|s| s.output_topic == topic), Cluster::Prod)
+            };
+            let Some(service) = service else { continue };
+            let refused = Refused {
+                input: (&route.topic, partition, offset),
+                route: &route.topic,
+                service: &service.name,
+                output_topic: &service.output_topic,
+                cluster,
+                error: &p.error,
+            };
+            dead_letter::write(
+                &self.producer,
+                &self.dead_letter_topic,
+                &p.message,
+                &refused,
+                p.opaque,
+                &self.all_metrics,
+            )
+            .map_err(|(source, class)| {
+                self.all_metrics.produce_error(Cluster::Prod, class);
+                Box::new(ProduceError {
+                    input_topic: route.topic.clone(),
+                    partition,
+                    offset,
+                    cluster: "prod",
+                    output_topic: self.dead_letter_topic.clone(),
+                    class,
+                    source,
+                })
+            })?;
+        }
+        Ok(())
     }
 
     pub fn route_index(&self, topic: &str) -> Option<usize> {
@@ -228,6 +284,7 @@ impl Pipeline {
                 Err((error, ErrorClass::Poison)) => {
                     self.all_metrics.produce_error(Cluster::Prod, ErrorClass::Poison);
                     let refused = Refused {
+                        input: (&route.topic, msg.partition(), msg.offset()),
                         route: &route.topic,
                         service: &service.name,
                         output_topic: &service.output_topic,

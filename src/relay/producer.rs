@@ -8,6 +8,7 @@ use rdkafka::message::{Message, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::{ClientContext, Timestamp};
 
+use super::dead_letter::{Poisoned, Refusals};
 use super::health::{Health, ProducerRole};
 use super::offsets::Tracker;
 use crate::kafka::{ErrorClass, classify};
@@ -23,6 +24,22 @@ pub struct DeliveryContext {
     metrics: Arc<Metrics>,
     tracker: Arc<Tracker>,
     health: Arc<Health>,
+    /// Where writes the broker refuses for good go, for the dead-letter topic; without it such
+    /// a refusal stops the relay.
+    refusals: Option<Arc<Refusals>>,
+}
+
+impl DeliveryContext {
+    pub fn with_refusals(mut self, refusals: Arc<Refusals>) -> Self {
+        self.refusals = Some(refusals);
+        self
+    }
+
+    /// Hands a poison write to the dead-letter path; false if it has none, or it is full.
+    fn refuse(&self, err: &KafkaError, msg: &rdkafka::message::BorrowedMessage<'_>, opaque: usize) -> bool {
+        let Some(r) = self.refusals.as_ref().filter(|r| r.topic != msg.topic()) else { return false };
+        r.offer(Poisoned { opaque, message: msg.detach(), error: err.clone() })
+    }
 }
 
 impl ClientContext for DeliveryContext {
@@ -59,6 +76,9 @@ impl ProducerContext for DeliveryContext {
             Err((err, msg)) => {
                 let class = classify(err);
                 self.outputs.error(class);
+                if class == ErrorClass::Poison && self.refuse(err, msg, opaque) {
+                    return;
+                }
                 let reason = format!(
                     "{} cluster, {}[{}]: {err} ({} error)",
                     self.cluster.as_str(),
@@ -87,11 +107,20 @@ pub fn output_producer(
     health: &Arc<Health>,
     metrics: &Arc<Metrics>,
 ) -> Result<OutputProducer, KafkaError> {
+    output_producer_with(config, role, delivery_context(config, role, tracker, health, metrics))
+}
+
+/// [`output_producer`] with delivery reports going to `context`.
+pub fn output_producer_with(
+    config: &crate::config::Config,
+    role: ProducerRole,
+    context: DeliveryContext,
+) -> Result<OutputProducer, KafkaError> {
     let mut settings = producer_settings(config, role);
     if role == ProducerRole::Prod && config.bridge.delivery == crate::config::Delivery::ExactlyOnce {
         crate::kafka::transactional(&mut settings, config, &config.bridge.transactional_id());
     }
-    settings.create_with_context(delivery_context(config, role, tracker, health, metrics))
+    settings.create_with_context(context)
 }
 
 /// The librdkafka settings of a producer of `role` (no transactional id).
@@ -134,6 +163,7 @@ pub fn delivery_context(
         metrics: metrics.clone(),
         tracker: tracker.clone(),
         health: health.clone(),
+        refusals: None,
     }
 }
 

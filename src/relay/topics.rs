@@ -15,6 +15,9 @@ use crate::kafka::admin_config;
 use crate::topic_settings::{self, Settings};
 
 const METADATA_TIMEOUT: Duration = Duration::from_secs(15);
+/// Every Kafka broker since 0.11 answers DescribeConfigs at once; one that does not (some test
+/// brokers) delays the start by this much, and outputs get the broker's defaults.
+const DESCRIBE_TIMEOUT: Duration = Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
 pub enum TopicError {
@@ -73,6 +76,9 @@ fn inputs(config: &Config, prod: &BTreeMap<String, usize>) -> Result<InputTopics
     for (i, r) in config.routes.iter().enumerate() {
         let n = *prod.get(&r.topic).ok_or_else(|| TopicError::MissingInput { route: i, topic: r.topic.clone() })?;
         inputs.insert(r.topic.clone(), InputTopic { partitions: n, settings: Settings::new() });
+    }
+    if !config.bridge.copy_topic_settings {
+        return Ok(inputs);
     }
     let names: Vec<&str> = inputs.keys().map(String::as_str).collect();
     for (topic, settings) in describe(&config.prod, "prod", &names) {
@@ -163,7 +169,7 @@ fn describe(cluster: &ClusterConfig, name: &'static str, topics: &[&str]) -> BTr
         }
     };
     let specs: Vec<ResourceSpecifier<'_>> = topics.iter().map(|t| ResourceSpecifier::Topic(t)).collect();
-    let opts = AdminOptions::new().request_timeout(Some(METADATA_TIMEOUT));
+    let opts = AdminOptions::new().request_timeout(Some(DESCRIBE_TIMEOUT));
     match futures_executor::block_on(admin.describe_configs(&specs, &opts)) {
         Ok(results) => {
             for (topic, r) in topics.iter().zip(results) {
@@ -210,7 +216,9 @@ fn ensure(
             None => missing.push((w.topic, expected, w.settings.as_slice())),
         }
     }
-    report_mismatches(cluster, name, inputs, &present);
+    if config.bridge.copy_topic_settings {
+        report_mismatches(cluster, name, inputs, &present);
+    }
     if missing.is_empty() {
         return Ok(());
     }
