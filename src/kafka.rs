@@ -59,7 +59,11 @@ pub fn classify_code(code: RDKafkaErrorCode) -> ErrorClass {
         | C::OutOfOrderSequenceNumber
         | C::Resolve
         | C::ThrottlingQuotaExceeded
-        | C::PartitionEOF => ErrorClass::Retry,
+        | C::PartitionEOF
+        // Dropped by the client, not refused: an aborted transaction purges what it had queued,
+        // and exactly-once writes it again.
+        | C::PurgeQueue
+        | C::PurgeInflight => ErrorClass::Retry,
         C::MessageSizeTooLarge
         | C::InvalidMessageSize
         | C::InvalidMessage

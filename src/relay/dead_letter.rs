@@ -14,6 +14,7 @@ use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, Message, OwnedHeaders, OwnedMessage};
 
 use super::headers::{copy_headers, dead_letter as h};
+use super::offsets::PartitionKey;
 use super::producer::{Output, OutputProducer, send};
 use crate::kafka::ErrorClass;
 use crate::metrics::Metrics;
@@ -111,15 +112,36 @@ pub struct Poisoned {
 const MAX_WAITING: usize = 10_000;
 
 /// Refused writes from the delivery reports of the forward direction's prod producer.
+///
+/// At-least-once queues each for the poll thread, which dead-letters it in its output's place.
+/// Exactly-once cannot: the refusal failed the open transaction, which is aborted and read
+/// again. So it books the refused output instead, and the re-read dead-letters it before
+/// writing it ([`Refusals::booked`]).
 pub struct Refusals {
     /// The dead-letter topic: a refusal of its own writes is no poison record but a failure.
     pub topic: String,
+    /// Exactly-once: book refusals for the re-read instead of queueing them.
+    pub rewrites: bool,
     waiting: Mutex<VecDeque<Poisoned>>,
+    book: Mutex<VecDeque<Booked>>,
+}
+
+/// An output the broker refused, to be dead-lettered when its input is read again.
+struct Booked {
+    key: PartitionKey,
+    offset: i64,
+    output_topic: String,
+    error: KafkaError,
 }
 
 impl Refusals {
-    pub fn new(topic: &str) -> Self {
-        Self { topic: topic.to_owned(), waiting: Mutex::new(VecDeque::new()) }
+    pub fn new(topic: &str, rewrites: bool) -> Self {
+        Self {
+            topic: topic.to_owned(),
+            rewrites,
+            waiting: Mutex::new(VecDeque::new()),
+            book: Mutex::new(VecDeque::new()),
+        }
     }
 
     /// Queues `p` for the poll thread; false when the queue is full.
@@ -134,5 +156,27 @@ impl Refusals {
 
     pub fn take(&self) -> VecDeque<Poisoned> {
         std::mem::take(&mut *self.waiting.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// Remembers that `output_topic` refused the input at `offset` of `key`. The oldest entry
+    /// goes when the book is full: that input is long committed, or fails once more and is
+    /// booked again.
+    pub fn book(&self, key: PartitionKey, offset: i64, output_topic: &str, error: KafkaError) {
+        let mut b = self.book.lock().unwrap_or_else(|e| e.into_inner());
+        if b.len() >= MAX_WAITING {
+            b.pop_front();
+        }
+        b.push_back(Booked { key, offset, output_topic: output_topic.to_owned(), error });
+    }
+
+    /// The error `output_topic` refused this input with, if it did.
+    pub fn booked(&self, key: PartitionKey, offset: i64, output_topic: &str) -> Option<KafkaError> {
+        let b = self.book.lock().unwrap_or_else(|e| e.into_inner());
+        b.iter().find(|x| x.key == key && x.offset == offset && x.output_topic == output_topic).map(|x| x.error.clone())
+    }
+
+    /// Whether anything is booked: the hot path asks this first, without searching.
+    pub fn any_booked(&self) -> bool {
+        !self.book.lock().unwrap_or_else(|e| e.into_inner()).is_empty()
     }
 }

@@ -185,13 +185,9 @@ fn run_forward(
 ) -> Result<(), RelayError> {
     let tracker = Arc::new(Tracker::new());
     let mut context = producer::delivery_context(config, ProducerRole::Prod, &tracker, &health, metrics);
-    // At-least-once dead-letters what the broker refuses; exactly-once aborts the transaction
-    // such a refusal failed and stops (see the README's error table).
-    let refusals = (config.bridge.delivery == Delivery::AtLeastOnce)
-        .then(|| Arc::new(dead_letter::Refusals::new(&config.bridge.dead_letter_topic)));
-    if let Some(r) = &refusals {
-        context = context.with_refusals(r.clone());
-    }
+    let rewrites = config.bridge.delivery == Delivery::ExactlyOnce;
+    let refusals = Arc::new(dead_letter::Refusals::new(&config.bridge.dead_letter_topic, rewrites));
+    context = context.with_refusals(refusals.clone());
     let producers = Arc::new(
         producer::output_producer_with(config, ProducerRole::Prod, context)
             .map_err(|source| RelayError::Client { what: "prod producer", source })?,
@@ -227,7 +223,8 @@ fn run_forward(
     let consumer = subscribe(consumer_config, context, &route_topics)?;
     tracing::info!(routes = route_topics.len(), group = %config.bridge.group_id, "relay started");
 
-    let pipeline = Pipeline::new(config, producers.clone(), tracker.clone(), metrics, tracer).with_refusals(refusals);
+    let pipeline =
+        Pipeline::new(config, producers.clone(), tracker.clone(), metrics, tracer).with_refusals(Some(refusals));
     let source = match whitelist {
         WhitelistSource::Snapshot(s) => {
             let log = decisions::DecisionLog::new(config, metrics)?;

@@ -280,9 +280,22 @@ impl Pipeline {
                 timestamp: msg.timestamp(),
                 opaque,
             };
-            let written = match send(&self.producer, out) {
+            // Exactly-once: an output the broker refused before the abort is dead-lettered now.
+            let booked = match &self.refusals {
+                Some(r) if r.rewrites && r.any_booked() => r.booked((ri, msg.partition()), msg.offset(), topic),
+                _ => None,
+            };
+            // Its delivery report counted a booked refusal already.
+            let counted = booked.is_some();
+            let sent = match booked {
+                Some(error) => Err((error, ErrorClass::Poison)),
+                None => send(&self.producer, out),
+            };
+            let written = match sent {
                 Err((error, ErrorClass::Poison)) => {
-                    self.all_metrics.produce_error(Cluster::Prod, ErrorClass::Poison);
+                    if !counted {
+                        self.all_metrics.produce_error(Cluster::Prod, ErrorClass::Poison);
+                    }
                     let refused = Refused {
                         input: (&route.topic, msg.partition(), msg.offset()),
                         route: &route.topic,

@@ -35,10 +35,28 @@ impl DeliveryContext {
         self
     }
 
-    /// Hands a poison write to the dead-letter path; false if it has none, or it is full.
-    fn refuse(&self, err: &KafkaError, msg: &rdkafka::message::BorrowedMessage<'_>, opaque: usize) -> bool {
-        let Some(r) = self.refusals.as_ref().filter(|r| r.topic != msg.topic()) else { return false };
-        r.offer(Poisoned { opaque, message: msg.detach(), error: err.clone() })
+    /// Hands a poison write to the dead-letter path. Returns how the tracker must take it: not
+    /// at all (queued), as a failure to rewrite (booked, exactly-once), or as poison.
+    fn refuse(
+        &self,
+        err: &KafkaError,
+        msg: &rdkafka::message::BorrowedMessage<'_>,
+        opaque: usize,
+    ) -> Option<ErrorClass> {
+        let Some(r) = self.refusals.as_ref().filter(|r| r.topic != msg.topic()) else {
+            return Some(ErrorClass::Poison);
+        };
+        if !r.rewrites {
+            return (!r.offer(Poisoned { opaque, message: msg.detach(), error: err.clone() }))
+                .then_some(ErrorClass::Poison);
+        }
+        match self.tracker.locate(opaque) {
+            Some((key, offset)) => {
+                r.book(key, offset, msg.topic(), err.clone());
+                Some(ErrorClass::Retry)
+            }
+            None => Some(ErrorClass::Poison),
+        }
     }
 }
 
@@ -74,10 +92,13 @@ impl ProducerContext for DeliveryContext {
                 self.tracker.ack(opaque);
             }
             Err((err, msg)) => {
-                let class = classify(err);
+                let mut class = classify(err);
                 self.outputs.error(class);
-                if class == ErrorClass::Poison && self.refuse(err, msg, opaque) {
-                    return;
+                if class == ErrorClass::Poison {
+                    match self.refuse(err, msg, opaque) {
+                        None => return,
+                        Some(c) => class = c,
+                    }
                 }
                 let reason = format!(
                     "{} cluster, {}[{}]: {err} ({} error)",
