@@ -34,6 +34,17 @@ pub fn classify(err: &KafkaError) -> ErrorClass {
     }
 }
 
+/// Errors that refuse one record and would refuse it again: it goes to the dead-letter topic.
+pub const POISON: [RDKafkaErrorCode; 7] = [
+    RDKafkaErrorCode::MessageSizeTooLarge,
+    RDKafkaErrorCode::InvalidMessageSize,
+    RDKafkaErrorCode::InvalidMessage,
+    RDKafkaErrorCode::InvalidRecord,
+    RDKafkaErrorCode::InvalidTimestamp,
+    RDKafkaErrorCode::BadCompression,
+    RDKafkaErrorCode::UnsupportedCompressionType,
+];
+
 pub fn classify_code(code: RDKafkaErrorCode) -> ErrorClass {
     use RDKafkaErrorCode as C;
     match code {
@@ -64,13 +75,7 @@ pub fn classify_code(code: RDKafkaErrorCode) -> ErrorClass {
         // and exactly-once writes it again.
         | C::PurgeQueue
         | C::PurgeInflight => ErrorClass::Retry,
-        C::MessageSizeTooLarge
-        | C::InvalidMessageSize
-        | C::InvalidMessage
-        | C::InvalidRecord
-        | C::InvalidTimestamp
-        | C::BadCompression
-        | C::UnsupportedCompressionType => ErrorClass::Poison,
+        c if POISON.contains(&c) => ErrorClass::Poison,
         _ => ErrorClass::Fatal,
     }
 }

@@ -341,6 +341,12 @@ impl Metrics {
     pub fn route(&self, config: &Config, route: usize) -> RouteMetrics {
         let r = &config.routes[route];
         let t = r.topic.as_str();
+        // At zero from the start, so `increase()` (and its alert) sees the first dead letter.
+        for s in &r.services {
+            for code in crate::kafka::POISON {
+                self.dead_letter.with_label_values(&[t, &s.name, &format!("{code:?}")]);
+            }
+        }
         RouteMetrics {
             records_in: self.records_in.with_label_values(&[t]),
             upstream: self.upstream_honoured.with_label_values(&[t]),
