@@ -35,6 +35,9 @@ pub enum Command {
     Validate {
         #[arg(long, short)]
         config: PathBuf,
+        /// Also read both clusters: each output topic's settings against its input's.
+        #[arg(long)]
+        topics: bool,
     },
     /// The whole system in one process, no setup: two in-process Kafka clusters, a Config
     /// Mapper, the bridge with its return path, the four producer/consumer scenarios, verify.

@@ -46,10 +46,13 @@ fn init_logging(format: cli::LogFormat, default_filter: &str) {
 
 fn dispatch(command: cli::Command) -> anyhow::Result<()> {
     match command {
-        cli::Command::Validate { config } => {
+        cli::Command::Validate { config, topics } => {
             let c = Config::load(&config)?;
             report::check_kafka_properties(&c)?;
             emit(&report::describe(&c, &config));
+            if topics {
+                emit(&report::topic_settings(&c));
+            }
             if let Some(path) = &c.whitelist.file {
                 let s = whitelist::load_file(path)?;
                 emit(&format!("whitelist file: version {}, {} users\n", s.version(), s.len()));

@@ -102,3 +102,28 @@ pub fn describe(config: &Config, path: &Path) -> String {
     }
     s
 }
+
+/// `validate --topics`: each output's settings on both clusters, read from the brokers.
+pub fn topic_settings(config: &Config) -> String {
+    let mut s = String::from("output topic settings (copied from the input: ");
+    s.push_str(&crate::topic_settings::COPIED.join(", "));
+    s.push_str(")\n");
+    for cluster in crate::relay::topics::outputs_view(config) {
+        let outputs = match cluster {
+            Ok(o) => o,
+            Err(e) => {
+                let _ = writeln!(s, "  cannot read: {e}");
+                continue;
+            }
+        };
+        for o in outputs {
+            let state = if o.exists { "exists" } else { "missing: would be created with" };
+            let values: Vec<String> = o.settings.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            let _ = writeln!(s, "  {}:{} (input {}) {state} {}", o.cluster, o.topic, o.input, values.join(" "));
+            for m in &o.mismatches {
+                let _ = writeln!(s, "    WARNING {m}");
+            }
+        }
+    }
+    s
+}

@@ -111,6 +111,24 @@ fn two_megabyte_records_reach_their_outputs_and_outputs_keep_their_inputs_settin
     }
     let summary = bridge.stop(Duration::from_secs(30));
     assert!(summary.contains("poison=0"), "{summary}");
+
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tenancy-bridge"))
+        .args(["validate", "--topics", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    for cluster in ["prod", "rush"] {
+        let line =
+            |topic: &str| text.lines().find(|l| l.trim_start().starts_with(&format!("{cluster}:{topic} "))).unwrap();
+        assert!(
+            line("big.payment").contains("exists") && line("big.payment").contains("max.message.bytes=4194304"),
+            "{text}"
+        );
+        assert!(line("cdc.payment").contains("cleanup.policy=compact"), "{text}");
+    }
+    assert!(!text.contains("WARNING"), "{text}");
 }
 
 #[test]

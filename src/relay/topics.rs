@@ -154,6 +154,60 @@ pub fn ensure_rush(config: &Config) -> Result<(), TopicError> {
     ensure(config, &config.rush, "rush", &rush, &inputs, &wanted)
 }
 
+/// One output topic as `validate --topics` shows it.
+#[derive(Debug, Clone)]
+pub struct OutputView {
+    pub cluster: &'static str,
+    pub topic: String,
+    pub input: String,
+    /// Its settings among the copied keys: as the broker reports them if it exists, else those
+    /// the bridge would create it with.
+    pub settings: Settings,
+    pub exists: bool,
+    pub mismatches: Vec<topic_settings::Mismatch>,
+}
+
+/// Every route output on both clusters with its settings, against its input's. A cluster that
+/// cannot be read is an error for that cluster only.
+pub fn outputs_view(config: &Config) -> Vec<Result<Vec<OutputView>, TopicError>> {
+    let inputs = match partition_counts(&config.prod, "prod").and_then(|prod| inputs(config, &prod)) {
+        Ok(i) => i,
+        Err(e) => return vec![Err(e)],
+    };
+    let clusters = [("prod", &config.prod), ("rush", &config.rush)];
+    clusters
+        .into_iter()
+        .map(|(name, cluster)| {
+            let existing = partition_counts(cluster, name)?;
+            let wanted = outputs(config, &inputs);
+            let present: Vec<&str> = wanted.iter().map(|w| w.topic).filter(|t| existing.contains_key(*t)).collect();
+            let described = describe(cluster, name, &present);
+            Ok(wanted
+                .iter()
+                .map(|w| {
+                    let input = w.input.unwrap_or_default();
+                    let exists = existing.contains_key(w.topic);
+                    let settings = if exists {
+                        described.get(w.topic).cloned().unwrap_or_default()
+                    } else {
+                        w.settings.iter().map(|(k, v)| ((*k).to_owned(), v.clone())).collect()
+                    };
+                    let mismatches =
+                        if exists { topic_settings::compare(&inputs[input].settings, &settings) } else { Vec::new() };
+                    OutputView {
+                        cluster: name,
+                        topic: w.topic.to_owned(),
+                        input: input.to_owned(),
+                        settings,
+                        exists,
+                        mismatches,
+                    }
+                })
+                .collect())
+        })
+        .collect()
+}
+
 /// The settings of `topics` on a cluster. A broker that cannot describe them is logged and
 /// leaves them out: outputs are then created with the broker's defaults, as before this check.
 fn describe(cluster: &ClusterConfig, name: &'static str, topics: &[&str]) -> BTreeMap<String, Settings> {
