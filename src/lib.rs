@@ -7,7 +7,8 @@
 //! - [`config`]: the TOML file, typed and validated, every output topic resolved.
 //! - [`extract`]: finding the user of an event (header, key, JSON pointer), with
 //!   [`json_scan`], a lazy pointer lookup that reads only the path to the value.
-//! - [`tenancy`]: the decision per event and service, and the stamp on Rush copies.
+//! - [`tenancy`]: the decision per event and service, and the stamp on Rush copies
+//!   ([`splice`]: where a payload stamp goes, spliced without re-serialising).
 //! - [`whitelist::Snapshot`]: the immutable whitelist a decision reads.
 //! - [`pinning`]: which whitelist decides each input offset, so a replay decides it again alike.
 //! - [`topic_settings`]: which input topic settings its outputs carry.
@@ -38,6 +39,7 @@ pub mod metrics;
 pub mod pinning;
 pub mod relay;
 pub mod report;
+pub mod splice;
 pub mod telemetry;
 pub mod tenancy;
 pub mod topic_settings;

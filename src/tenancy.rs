@@ -11,6 +11,8 @@ use serde::Deserialize;
 use crate::config::Route;
 use crate::extract::{self, Headers, Passthrough, RecordView, TenancyKey, UserLocator};
 use crate::json_scan::Found;
+use crate::splice::splice_for;
+pub use crate::splice::{Splice, plan_splice, stamp_payload};
 use crate::whitelist::Whitelist;
 
 /// Where the Rush copy carries its tenancy.
@@ -64,16 +66,6 @@ pub enum Reason {
     Upstream,
     /// The event is production traffic without a lookup.
     Passthrough(Passthrough),
-}
-
-/// Where a payload stamp goes, computed once per event and reused for each Rush copy.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Splice {
-    /// Insert `"key":"value"` at `at` (just after the object's `{`), with a comma after it
-    /// unless the object is empty.
-    Insert { at: usize, comma: bool },
-    /// Replace the bytes `start..end` (the existing value of the key) with the new value.
-    Replace { start: usize, end: usize },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -246,38 +238,6 @@ fn upstream_services<'s>(route: &Route, stamp: &'s str) -> (ServiceSet, Option<&
     (rush, user)
 }
 
-/// Finds where `"key": "..."` goes in a JSON object payload without re-serialising it.
-pub fn plan_splice(payload: Option<&[u8]>, key: &TenancyKey) -> Result<Splice, Passthrough> {
-    let member = payload.map_or(Found::Invalid, |p| key.find_in(p));
-    splice_for(payload, member)
-}
-
-/// [`plan_splice`] with the member already looked up.
-fn splice_for(payload: Option<&[u8]>, member: Found) -> Result<Splice, Passthrough> {
-    let payload = payload.ok_or(Passthrough::NotJson)?;
-    let open = payload.iter().position(|b| !b.is_ascii_whitespace()).ok_or(Passthrough::NotJson)?;
-    match payload[open] {
-        b'{' => {}
-        b'[' | b'"' | b't' | b'f' | b'n' | b'-' | b'0'..=b'9' => return Err(Passthrough::NotObject),
-        _ => return Err(Passthrough::NotJson),
-    }
-    match member {
-        Found::Value { start, end } => Ok(Splice::Replace { start, end }),
-        Found::NotFound => insert_at(payload, open),
-        Found::Invalid => Err(Passthrough::NotJson),
-    }
-}
-
-/// A new first member, just after the object's opening brace at `open`.
-fn insert_at(payload: &[u8], open: usize) -> Result<Splice, Passthrough> {
-    let at = open + 1;
-    match payload[at..].iter().find(|b| !b.is_ascii_whitespace()) {
-        Some(b'}') => Ok(Splice::Insert { at, comma: false }),
-        Some(b'"') => Ok(Splice::Insert { at, comma: true }),
-        _ => Err(Passthrough::NotJson),
-    }
-}
-
 /// `{user}_{service}`, the blog's `U1_S1`.
 pub fn tenancy_value(user: &str, service: &str, out: &mut String) {
     out.clear();
@@ -285,41 +245,6 @@ pub fn tenancy_value(user: &str, service: &str, out: &mut String) {
     out.push_str(user);
     out.push('_');
     out.push_str(service);
-}
-
-/// Writes `payload` with the stamp spliced in to `out` (cleared first).
-pub fn stamp_payload(payload: &[u8], splice: Splice, key: &str, value: &str, out: &mut Vec<u8>) {
-    out.clear();
-    out.reserve(payload.len() + key.len() + value.len() + 8);
-    match splice {
-        Splice::Insert { at, comma } => {
-            out.extend_from_slice(&payload[..at]);
-            push_json_string(out, key);
-            out.push(b':');
-            push_json_string(out, value);
-            if comma {
-                out.push(b',');
-            }
-            out.extend_from_slice(&payload[at..]);
-        }
-        Splice::Replace { start, end } => {
-            out.extend_from_slice(&payload[..start]);
-            push_json_string(out, value);
-            out.extend_from_slice(&payload[end..]);
-        }
-    }
-}
-
-fn push_json_string(out: &mut Vec<u8>, s: &str) {
-    let plain = s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\');
-    if plain {
-        out.push(b'"');
-        out.extend_from_slice(s.as_bytes());
-        out.push(b'"');
-    } else {
-        // Writing a str into a Vec cannot fail.
-        let _ = serde_json::to_writer(&mut *out, s);
-    }
 }
 
 #[cfg(test)]

@@ -135,6 +135,9 @@ fn payload_stamp_refuses_non_objects() {
     assert_eq!(plan_splice(Some(b""), &key()), Err(Passthrough::NotJson));
     assert_eq!(plan_splice(None, &key()), Err(Passthrough::NotJson));
     assert_eq!(plan_splice(Some(b"{,}"), &key()), Err(Passthrough::NotJson));
+    // Found by fuzzing: a broken existing value, replaced, would have made the document valid.
+    let broken = b" { \"event_tenancy\" :[0,\xfb\"=\"c\":\"1]}";
+    assert_eq!(plan_splice(Some(broken), &key()), Err(Passthrough::NotJson));
 }
 
 #[test]
