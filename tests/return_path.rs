@@ -102,3 +102,40 @@ fn rush_offsets_wait_for_the_prod_write() {
     let summary = run.join().unwrap().unwrap();
     assert_eq!(summary.return_forwarded, 10);
 }
+
+/// A record a Rush service wrote that prod will not take (over the bridge's producer limit) goes
+/// to the dead-letter topic; the rest of the return path flows and everything is committed.
+#[test]
+fn a_rush_record_prod_will_not_take_is_dead_lettered() {
+    let (prod, rush) = clusters();
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = config(&prod.bootstrap_servers(), &rush.bootstrap_servers(), dir.path());
+    config.prod.producer.insert("message.max.bytes".into(), toml::Value::Integer(1500));
+    let mut records = rush_records(10);
+    records[4].payload = Some(format!(r#"{{"pad":"{}"}}"#, "x".repeat(3000)).into_bytes());
+    common::produce(&rush.bootstrap_servers(), "orders", &records);
+    let shutdown = Arc::new(AtomicBool::new(false));
+    let observers = Arc::new(Observers::new(&config).unwrap());
+    let run = {
+        let (config, shutdown, observers) = (config.clone(), shutdown.clone(), observers.clone());
+        std::thread::spawn(move || {
+            relay::run_observed(&config, whitelist::shared(Snapshot::empty()), &shutdown, &observers)
+        })
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while common::committed(&rush.bootstrap_servers(), GROUP, "orders", 2).values().sum::<i64>() < 10 {
+        assert!(!run.is_finished(), "the bridge stopped on a record from Rush");
+        assert!(Instant::now() < deadline, "rush offsets never committed");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let dead = common::read_all(&prod.bootstrap_servers(), "tenancy-bridge.dead-letter", 1, Duration::from_secs(20));
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].header(TID), Some(b"4".as_slice()));
+    assert_eq!(dead[0].header("tenancy-bridge-dlq-topic"), Some(b"rush:orders".as_slice()));
+    assert_eq!(dead[0].header("tenancy-bridge-dlq-service"), Some(b"return-path".as_slice()));
+    let forwarded = common::read_all(&prod.bootstrap_servers(), "orders", 9, Duration::from_secs(30));
+    assert_eq!(forwarded.len(), 9);
+    shutdown.store(true, Ordering::Relaxed);
+    let summary = run.join().unwrap().unwrap();
+    assert_eq!(summary.return_forwarded, 9);
+}

@@ -15,6 +15,7 @@ use rdkafka::message::{BorrowedMessage, Message};
 
 use super::RelayError;
 use super::consumer::RebalanceContext;
+use super::dead_letter::{self, Refused};
 use super::headers::{InputHeaders, Provenance};
 use super::offsets::Tracker;
 use super::partition_transactions::Writer;
@@ -23,12 +24,17 @@ use super::poll::Handler;
 use super::producer::{Output, send};
 use crate::config::Config;
 use crate::extract::Headers;
+use crate::kafka::ErrorClass;
 use crate::metrics::{Metrics, RouteMetrics};
 use crate::telemetry::{Hop, HopTracer};
 use crate::tenancy::Cluster;
 
+/// The `service` a dead-lettered return-path record names (its input topic is `rush:{topic}`).
+pub const RETURN_SERVICE: &str = "return-path";
+
 pub struct ReturnPath {
     topics: Vec<String>,
+    dead_letter_topic: String,
     provenance: Provenance,
     writer: Writer,
     tracker: Arc<Tracker>,
@@ -49,6 +55,7 @@ impl ReturnPath {
         let routes: Vec<usize> = (0..config.routes.len()).filter(|&i| config.routes[i].return_path).collect();
         Self {
             topics: routes.iter().map(|&i| config.routes[i].topic.clone()).collect(),
+            dead_letter_topic: config.bridge.dead_letter_topic.clone(),
             routes: routes.iter().map(|&i| metrics.route(config, i)).collect(),
             metrics: metrics.clone(),
             provenance: Provenance::new(config),
@@ -102,7 +109,24 @@ impl Handler for ReturnPath {
             timestamp: msg.timestamp(),
             opaque,
         };
-        send(&producer, out).map_err(|(source, class)| {
+        let written = match send(&producer, out) {
+            // A record Rush accepted that prod will not take: dead-lettered, not a stop.
+            Err((error, ErrorClass::Poison)) => {
+                self.metrics.produce_error(Cluster::Prod, ErrorClass::Poison);
+                let source = format!("rush:{topic}");
+                let refused = Refused {
+                    input: (&source, msg.partition(), msg.offset()),
+                    route: topic,
+                    service: RETURN_SERVICE,
+                    output_topic: topic,
+                    cluster: Cluster::Prod,
+                    error: &error,
+                };
+                dead_letter::write(&producer, &self.dead_letter_topic, msg, &refused, opaque, &self.metrics)
+            }
+            r => r,
+        };
+        written.map_err(|(source, class)| {
             self.metrics.produce_error(Cluster::Prod, class);
             Box::new(ProduceError {
                 input_topic: format!("rush:{topic}"),

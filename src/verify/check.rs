@@ -403,6 +403,16 @@ impl Elsewhere {
     }
 }
 
+/// The (partition, offset) of each dead-letter record that came from `source`.
+pub fn dead_lettered_from(dead: &[Record], source: &str, h: &Locators<'_>) -> HashSet<(i32, i64)> {
+    let (Some(from), Some(partition)) = (h.input_topic, h.partition) else { return HashSet::new() };
+    let number = |r: &Record, k: &str| std::str::from_utf8(r.header(k)?).ok()?.parse::<i64>().ok();
+    dead.iter()
+        .filter(|r| r.header(from) == Some(source.as_bytes()))
+        .filter_map(|r| Some((i32::try_from(number(r, partition)?).ok()?, number(r, h.offset)?)))
+        .collect()
+}
+
 fn locate(r: &Record, partition: i32, h: &Locators<'_>) -> Option<(i32, i64, Vec<u8>)> {
     let offset = std::str::from_utf8(r.header(h.offset)?).ok()?.parse().ok()?;
     Some((partition, offset, r.header(h.output)?.to_vec()))
@@ -518,12 +528,22 @@ pub struct ReturnReport {
     pub rush_records: usize,
     pub forwarded: usize,
     pub pending: usize,
+    /// Rush records prod refused (poison), in the dead-letter topic.
+    pub dead_lettered: usize,
     pub violations: Vec<Violation>,
 }
 
 /// `rush` are the Rush raw records, `prod` the prod raw topic's records carrying the
 /// provenance of `topic` (the caller leaves the others out).
-pub fn check_return(topic: &str, rush: &Inputs<'_>, prod: &[Record], rules: &Rules<'_>) -> ReturnReport {
+/// `dead_lettered` are the Rush records (partition, offset) prod refused, found in the dead-letter
+/// topic.
+pub fn check_return(
+    topic: &str,
+    rush: &Inputs<'_>,
+    prod: &[Record],
+    dead_lettered: &HashSet<(i32, i64)>,
+    rules: &Rules<'_>,
+) -> ReturnReport {
     let index = rush.index(rules, false);
     let mut report =
         ReturnReport { topic: topic.to_owned(), rush_records: rush.judged().count(), ..Default::default() };
@@ -534,6 +554,7 @@ pub fn check_return(topic: &str, rush: &Inputs<'_>, prod: &[Record], rules: &Rul
     for (i, r) in rush.judged() {
         let input = At { partition: r.partition, offset: r.offset };
         match copies[i] {
+            0 if dead_lettered.contains(&(r.partition, r.offset)) => report.dead_lettered += 1,
             0 if rush.missing(r) => report.violations.push(Violation::Missing { input }),
             0 => report.pending += 1,
             1 => report.forwarded += 1,

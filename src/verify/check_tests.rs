@@ -2,6 +2,7 @@ use super::*;
 use crate::config::Service;
 use crate::extract::{JsonPointer, UserLocator};
 use crate::tenancy::StampMode;
+use std::collections::HashSet;
 
 fn route(stamp: StampMode, user: UserLocator) -> Route {
     Route {
@@ -226,7 +227,7 @@ fn the_return_path_is_checked_for_loss_and_duplicates() {
     let judged = [true; 3];
     let pins = BTreeMap::new();
     let inputs = Inputs { records: &rush, judged: &judged, committed: &committed, window_start: None, pins: &pins };
-    let rep = check_return("orders", &inputs, &prod, &rules);
+    let rep = check_return("orders", &inputs, &prod, &HashSet::new(), &rules);
     assert_eq!(rep.forwarded, 2);
     assert_eq!(
         rep.violations,
@@ -235,6 +236,15 @@ fn the_return_path_is_checked_for_loss_and_duplicates() {
             Violation::Missing { input: At { partition: 2, offset: 1 } },
         ]
     );
+    // The missing one was refused by prod and dead-lettered: accounted for.
+    let mut letter = rec(0, 0, None, "{}");
+    letter.headers = [("t", "rush:orders"), ("p", "2"), ("o", "1")]
+        .map(|(k, v)| (k.to_owned(), Some(v.as_bytes().to_vec())))
+        .to_vec();
+    let h = Locators { input_topic: Some("t"), partition: Some("p"), offset: "o", output: "out" };
+    let dead = dead_lettered_from(&[letter], "rush:orders", &h);
+    let rep = check_return("orders", &inputs, &prod, &dead, &rules);
+    assert_eq!((rep.dead_lettered, rep.violations.len()), (1, 1));
 }
 
 #[test]

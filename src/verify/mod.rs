@@ -92,11 +92,13 @@ impl Report {
         for (r, looped) in &self.returns {
             let _ = writeln!(
                 s,
-                "return path {}: {} Rush records, {} on prod, {} pending, {looped} dropped as loops, {} violations",
+                "return path {}: {} Rush records, {} on prod, {} pending, {} dead-lettered, {looped} dropped as loops, \
+                 {} violations",
                 r.topic,
                 r.rush_records,
                 r.forwarded,
                 r.pending,
+                r.dead_lettered,
                 r.violations.len()
             );
         }
@@ -140,7 +142,7 @@ impl Report {
             "notes": self.notes,
             "return_paths": self.returns.iter().map(|(r, looped)| serde_json::json!({
                 "topic": r.topic, "rush_records": r.rush_records, "forwarded": r.forwarded,
-                "pending": r.pending, "dropped_as_loops": looped, "violations": violations(&r.violations),
+                "pending": r.pending, "dead_lettered": r.dead_lettered, "dropped_as_loops": looped, "violations": violations(&r.violations),
             })).collect::<Vec<_>>(),
         })
     }
@@ -230,7 +232,8 @@ pub fn run(config: &Config, opts: &Options) -> Result<Report, ReadError> {
             let none = BTreeMap::new();
             let inputs =
                 Inputs { records: &raw, judged: &judged, committed: &committed, window_start: since_ms, pins: &none };
-            report.returns.push((check::check_return(&route.topic, &inputs, &forwarded, &rules), looped));
+            let dead = check::dead_lettered_from(&dead_letters, &format!("rush:{}", route.topic), &DEAD_LETTER_HEADERS);
+            report.returns.push((check::check_return(&route.topic, &inputs, &forwarded, &dead, &rules), looped));
         }
     }
     Ok(report)
