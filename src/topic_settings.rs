@@ -25,6 +25,17 @@ pub fn copied(input: &Settings) -> Vec<(&'static str, String)> {
     COPIED.iter().filter_map(|k| input.get(*k).map(|v| (*k, v.clone()))).collect()
 }
 
+/// Raises a copied `max.message.bytes` by [`STAMP_ROOM`], for a topic of stamped copies.
+pub fn with_stamp_room(settings: &mut [(&'static str, String)]) {
+    for (k, v) in settings.iter_mut() {
+        if *k == "max.message.bytes" {
+            if let Ok(n) = v.trim().parse::<usize>() {
+                *v = (n + STAMP_ROOM).to_string();
+            }
+        }
+    }
+}
+
 /// `max.message.bytes` of a topic, if it reports one that parses.
 pub fn max_message_bytes(settings: &Settings) -> Option<usize> {
     settings.get("max.message.bytes").and_then(|v| v.trim().parse().ok())
@@ -112,6 +123,9 @@ mod tests {
         assert_eq!(producer_max_bytes(4_194_304), 4_194_304 + STAMP_ROOM);
         assert_eq!(producer_max_bytes(1000), CLIENT_DEFAULT_MAX_BYTES);
         assert_eq!(record_limit(&[Settings::new()]), None);
+        let mut rush = copied(&inputs[0]);
+        with_stamp_room(&mut rush);
+        assert_eq!(rush, vec![("max.message.bytes", (4_194_304 + STAMP_ROOM).to_string())]);
     }
 
     #[test]

@@ -89,11 +89,15 @@ fn inputs(config: &Config, prod: &BTreeMap<String, usize>) -> Result<InputTopics
     Ok(inputs)
 }
 
-/// The route outputs of `config` and the settings each takes from its input.
-fn outputs<'a>(config: &'a Config, inputs: &InputTopics) -> Vec<Wanted<'a>> {
+/// The route outputs of `config` and the settings each takes from its input. On Rush every
+/// record is a stamped copy: its outputs take the input's limit plus room for the stamp.
+fn outputs<'a>(config: &'a Config, inputs: &InputTopics, stamped: bool) -> Vec<Wanted<'a>> {
     let mut wanted = Vec::new();
     for r in &config.routes {
-        let settings = topic_settings::copied(&inputs[&r.topic].settings);
+        let mut settings = topic_settings::copied(&inputs[&r.topic].settings);
+        if stamped {
+            topic_settings::with_stamp_room(&mut settings);
+        }
         wanted.extend(r.services.iter().map(|s| Wanted {
             topic: &s.output_topic,
             input: Some(r.topic.as_str()),
@@ -126,7 +130,7 @@ pub fn ensure_prod(config: &Config) -> Result<InputTopics, TopicError> {
         wanted.push(internal(&r.outbox_topic, input, outbox));
         wanted.push(internal(&r.decisions_topic, input, retention(config.bridge.decisions_retention)));
     }
-    wanted.extend(outputs(config, &inputs));
+    wanted.extend(outputs(config, &inputs, false));
     ensure(config, &config.prod, "prod", &prod, &inputs, &wanted)?;
     Ok(inputs)
 }
@@ -137,7 +141,7 @@ pub fn ensure_prod(config: &Config) -> Result<InputTopics, TopicError> {
 pub fn ensure_rush(config: &Config) -> Result<(), TopicError> {
     let inputs = inputs(config, &partition_counts(&config.prod, "prod")?)?;
     let rush = partition_counts(&config.rush, "rush")?;
-    let mut wanted = outputs(config, &inputs);
+    let mut wanted = outputs(config, &inputs, true);
     for r in &config.routes {
         let input = Some(r.topic.as_str());
         if r.return_path {
@@ -179,7 +183,7 @@ pub fn outputs_view(config: &Config) -> Vec<Result<Vec<OutputView>, TopicError>>
         .into_iter()
         .map(|(name, cluster)| {
             let existing = partition_counts(cluster, name)?;
-            let wanted = outputs(config, &inputs);
+            let wanted = outputs(config, &inputs, name == "rush");
             let present: Vec<&str> = wanted.iter().map(|w| w.topic).filter(|t| existing.contains_key(*t)).collect();
             let described = describe(cluster, name, &present);
             Ok(wanted
