@@ -31,6 +31,8 @@ fn clusters() -> (MockCluster<'static, DefaultProducerContext>, MockCluster<'sta
     prod.create_topic("tenancy-bridge.decisions.orders", 2, 1).unwrap();
     prod.create_topic("tenancy-bridge.snapshots", 1, 1).unwrap();
     prod.create_topic("tenancy-bridge.dead-letter", 1, 1).unwrap();
+    // Exactly-once anchors the Rush lane's progress on Rush with an outbox-named topic.
+    rush.create_topic("tenancy-bridge.rush.orders", 2, 1).unwrap();
     (prod, rush)
 }
 
@@ -138,4 +140,74 @@ fn a_rush_record_prod_will_not_take_is_dead_lettered() {
     shutdown.store(true, Ordering::Relaxed);
     let summary = run.join().unwrap().unwrap();
     assert_eq!(summary.return_forwarded, 9);
+}
+
+/// The prod broker refusing the return path's first produce request (every record in it) as too
+/// large: those records go to the dead-letter topic, the rest are forwarded, the bridge runs on.
+/// Exactly-once aborts the transaction the refusal failed and dead-letters them on the rewrite.
+#[test]
+fn writes_prod_refuses_on_the_return_path_are_dead_lettered() {
+    refused_return_writes("");
+}
+
+#[test]
+fn writes_prod_refuses_on_the_return_path_are_dead_lettered_exactly_once() {
+    refused_return_writes("delivery = \"exactly-once\"\ninstance_id = \"mock\"");
+}
+
+fn refused_return_writes(extra: &str) {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+    let (prod, rush) = clusters();
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = config(&prod.bootstrap_servers(), &rush.bootstrap_servers(), dir.path());
+    let text = format!("[bridge]\n{extra}\n");
+    let parsed: toml::Table = toml::from_str(&text).unwrap();
+    if let Some(bridge) = parsed.get("bridge").and_then(|b| b.as_table()) {
+        if bridge.get("delivery").is_some() {
+            config.bridge.delivery = tenancy_bridge::config::Delivery::ExactlyOnce;
+            config.bridge.instance_id = Some("mock".into());
+        }
+    }
+    common::produce(&rush.bootstrap_servers(), "orders", &rush_records(40));
+    // Nothing else writes to prod before the return path does: the forward direction has no input yet.
+    prod.request_errors(RDKafkaApiKey::Produce, &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE; 1]);
+    let shutdown = Arc::new(AtomicBool::new(false));
+    let run = {
+        let (config, shutdown) = (config.clone(), shutdown.clone());
+        std::thread::spawn(move || relay::run(&config, whitelist::shared(Snapshot::empty()), &shutdown))
+    };
+    let all: std::collections::BTreeSet<Vec<u8>> = (0..40).map(|i: usize| i.to_string().into_bytes()).collect();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let (forwarded, dead) = loop {
+        assert!(!run.is_finished(), "the bridge stopped on a refused return-path write");
+        let dead = common::read_all(
+            &prod.bootstrap_servers(),
+            "tenancy-bridge.dead-letter",
+            usize::MAX,
+            Duration::from_secs(3),
+        );
+        let fwd =
+            common::read_all(&prod.bootstrap_servers(), "orders", 40 - dead.len().min(40), Duration::from_secs(3));
+        let tids = |v: &[common::Read]| -> std::collections::BTreeSet<Vec<u8>> {
+            v.iter().map(|r| r.header(TID).unwrap().to_vec()).collect()
+        };
+        let (f, d) = (tids(&fwd), tids(&dead));
+        if f.union(&d).cloned().collect::<std::collections::BTreeSet<_>>() == all {
+            break (f, d);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not every Rush record forwarded or dead-lettered: {} + {}",
+            f.len(),
+            d.len()
+        );
+    };
+    assert!(!dead.is_empty(), "the injection missed the return path");
+    assert!(forwarded.is_disjoint(&dead), "a record both forwarded and dead-lettered");
+    shutdown.store(true, Ordering::Relaxed);
+    run.join().unwrap().unwrap();
+    eprintln!("{} forwarded, {} dead-lettered", forwarded.len(), dead.len());
 }

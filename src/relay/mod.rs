@@ -256,8 +256,11 @@ fn run_return_path_restarting(
     metrics: &Arc<Metrics>,
     tracer: Arc<HopTracer>,
 ) -> Result<(), RelayError> {
+    // Outlives each run: exactly-once books a refused write, and the next run dead-letters it.
+    let rewrites = config.bridge.delivery == Delivery::ExactlyOnce;
+    let refusals = Arc::new(dead_letter::Refusals::new(&config.bridge.dead_letter_topic, rewrites));
     loop {
-        match run_return_path(config, stop, health.clone(), metrics, tracer.clone()) {
+        match run_return_path(config, stop, health.clone(), metrics, tracer.clone(), &refusals) {
             Err(e @ (RelayError::Transaction(_) | RelayError::Delivery { .. }))
                 if config.bridge.delivery == Delivery::ExactlyOnce && !stop() =>
             {
@@ -282,6 +285,7 @@ fn run_return_path(
     health: Arc<Health>,
     metrics: &Arc<Metrics>,
     tracer: Arc<HopTracer>,
+    refusals: &Arc<dead_letter::Refusals>,
 ) -> Result<(), RelayError> {
     let topics: Vec<String> = config.routes.iter().filter(|r| r.return_path).map(|r| r.topic.clone()).collect();
     // The Rush lane creates the raw topics on Rush; subscribing before they exist would leave
@@ -304,6 +308,7 @@ fn run_return_path(
         progress_group: config.bridge.return_progress_group(),
         session_timeout: kafka::session_timeout(&consumer_config),
         name: "return",
+        refusals: Some(refusals.clone()),
     };
     let writer = partition_transactions::writer(config, direction, &tracker, &health, metrics)?;
     let context = RebalanceContext {
@@ -321,7 +326,7 @@ fn run_return_path(
     let consumer = subscribe(consumer_config, context, &topics)?;
     tracing::info!(topics = ?topics, group = %config.bridge.group_id, "return path started");
     let flush = writer.flush();
-    let mut handler = ReturnPath::new(config, writer, tracker.clone(), metrics, tracer);
+    let mut handler = ReturnPath::new(config, writer, tracker.clone(), metrics, tracer, refusals.clone());
     let limits = poll::Limits::new(config, &health, metrics, Direction::Return);
     let result = poll::run(&consumer, &tracker, &limits, &mut handler, stop);
     finish(config, &consumer, &*flush, &tracker, &topics, result)

@@ -347,6 +347,8 @@ pub struct Direction<'a> {
     /// The source consumer's session timeout: a transaction older than that is stale.
     pub session_timeout: Duration,
     pub name: &'static str,
+    /// Where writes the target refuses for good go (the dead-letter path), if anywhere.
+    pub refusals: Option<Arc<super::dead_letter::Refusals>>,
 }
 
 /// The writer of `d`: one producer at-least-once, one transactional producer per source
@@ -358,17 +360,21 @@ pub fn writer(
     health: &Arc<super::Health>,
     metrics: &Arc<crate::metrics::Metrics>,
 ) -> Result<Writer, super::RelayError> {
-    use super::producer::{delivery_context, output_producer, producer_settings};
+    use super::producer::{delivery_context, output_producer_with, producer_settings};
     let client = |source| super::RelayError::Client { what: "producer", source };
+    let mut context = delivery_context(config, d.role, tracker, health, metrics);
+    if let Some(r) = &d.refusals {
+        context = context.with_refusals(r.clone());
+    }
     if config.bridge.delivery == crate::config::Delivery::AtLeastOnce {
-        return Ok(Writer::One(Arc::new(output_producer(config, d.role, tracker, health, metrics).map_err(client)?)));
+        return Ok(Writer::One(Arc::new(output_producer_with(config, d.role, context).map_err(client)?)));
     }
     let mut settings = producer_settings(config, d.role);
     crate::kafka::transaction_timeouts(&mut settings, config);
     let target = Target {
         topics: d.topics.to_vec(),
         settings,
-        context: delivery_context(config, d.role, tracker, health, metrics),
+        context,
         progress_client: crate::kafka::admin_config(d.target, &format!("{}-progress", d.name)),
         progress_group: d.progress_group,
         timeout: config.bridge.transaction_timeout,

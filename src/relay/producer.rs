@@ -119,19 +119,9 @@ impl ProducerContext for DeliveryContext {
 
 pub type OutputProducer = ThreadedProducer<DeliveryContext>;
 
-/// A producer of `role` whose delivery reports land in `tracker`: the forward direction's prod
-/// outputs and outbox, the Rush lane's Rush copies, or the return path's prod writes.
-pub fn output_producer(
-    config: &crate::config::Config,
-    role: ProducerRole,
-    tracker: &Arc<Tracker>,
-    health: &Arc<Health>,
-    metrics: &Arc<Metrics>,
-) -> Result<OutputProducer, KafkaError> {
-    output_producer_with(config, role, delivery_context(config, role, tracker, health, metrics))
-}
-
-/// [`output_producer`] with delivery reports going to `context`.
+/// A producer of `role` whose delivery reports go to `context` (see [`delivery_context`]): the
+/// forward direction's prod outputs and outbox, the Rush lane's Rush copies, or the return
+/// path's prod writes.
 pub fn output_producer_with(
     config: &crate::config::Config,
     role: ProducerRole,

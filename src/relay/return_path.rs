@@ -11,11 +11,12 @@
 use std::sync::Arc;
 
 use rdkafka::consumer::BaseConsumer;
+use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Message};
 
 use super::RelayError;
 use super::consumer::RebalanceContext;
-use super::dead_letter::{self, Refused};
+use super::dead_letter::{self, Refusals, Refused};
 use super::headers::{InputHeaders, Provenance};
 use super::offsets::Tracker;
 use super::partition_transactions::Writer;
@@ -35,6 +36,7 @@ pub const RETURN_SERVICE: &str = "return-path";
 pub struct ReturnPath {
     topics: Vec<String>,
     dead_letter_topic: String,
+    refusals: Arc<Refusals>,
     provenance: Provenance,
     writer: Writer,
     tracker: Arc<Tracker>,
@@ -51,11 +53,13 @@ impl ReturnPath {
         tracker: Arc<Tracker>,
         metrics: &Arc<Metrics>,
         tracer: Arc<HopTracer>,
+        refusals: Arc<Refusals>,
     ) -> Self {
         let routes: Vec<usize> = (0..config.routes.len()).filter(|&i| config.routes[i].return_path).collect();
         Self {
             topics: routes.iter().map(|&i| config.routes[i].topic.clone()).collect(),
             dead_letter_topic: config.bridge.dead_letter_topic.clone(),
+            refusals,
             routes: routes.iter().map(|&i| metrics.route(config, i)).collect(),
             metrics: metrics.clone(),
             provenance: Provenance::new(config),
@@ -66,7 +70,57 @@ impl ReturnPath {
     }
 }
 
+impl ReturnPath {
+    /// Writes `content` to the dead-letter topic in place of the prod write `opaque` stood for:
+    /// the Rush record at `offset` of `partition` of route `ri`, refused with `error`.
+    fn dead_letter<M: Message>(
+        &self,
+        ri: usize,
+        (partition, offset): (i32, i64),
+        content: &M,
+        error: &KafkaError,
+        opaque: usize,
+    ) -> Result<(), RelayError> {
+        let topic = &self.topics[ri];
+        let producer = self.writer.for_partition((ri, partition))?;
+        let source = format!("rush:{topic}");
+        let refused = Refused {
+            input: (&source, partition, offset),
+            route: topic,
+            service: RETURN_SERVICE,
+            output_topic: topic,
+            cluster: Cluster::Prod,
+            error,
+        };
+        dead_letter::write(&producer, &self.dead_letter_topic, content, &refused, opaque, &self.metrics).map_err(
+            |(source, class)| {
+                self.metrics.produce_error(Cluster::Prod, class);
+                let e = ProduceError {
+                    input_topic: format!("rush:{topic}"),
+                    partition,
+                    offset,
+                    cluster: "prod",
+                    output_topic: self.dead_letter_topic.clone(),
+                    class,
+                    source,
+                };
+                RelayError::from(Box::new(e))
+            },
+        )
+    }
+}
+
 impl Handler for ReturnPath {
+    /// At-least-once: dead-letters the writes prod refused since the last batch. One whose
+    /// partition was revoked meanwhile is read again by its next owner.
+    fn begin_batch(&mut self) -> Result<(), RelayError> {
+        for p in self.refusals.take() {
+            let Some(((ri, partition), offset)) = self.tracker.locate(p.opaque) else { continue };
+            self.dead_letter(ri, (partition, offset), &p.message, &p.error, p.opaque)?;
+        }
+        Ok(())
+    }
+
     fn handle(&mut self, msg: &BorrowedMessage<'_>, _: &BaseConsumer<RebalanceContext>) -> Result<(), RelayError> {
         let Some(ri) = self.topics.iter().position(|t| t == msg.topic()) else {
             tracing::warn!(topic = msg.topic(), "return path: record from a topic without a return route; skipped");
@@ -109,24 +163,27 @@ impl Handler for ReturnPath {
             timestamp: msg.timestamp(),
             opaque,
         };
-        let written = match send(&producer, out) {
+        // Exactly-once: a write prod refused before the abort is dead-lettered now.
+        let booked = match self.refusals.any_booked() {
+            true => self.refusals.booked(key, msg.offset(), topic),
+            false => None,
+        };
+        let counted = booked.is_some();
+        let sent = match booked {
+            Some(error) => Err((error, ErrorClass::Poison)),
+            None => send(&producer, out),
+        };
+        match sent {
             // A record Rush accepted that prod will not take: dead-lettered, not a stop.
             Err((error, ErrorClass::Poison)) => {
-                self.metrics.produce_error(Cluster::Prod, ErrorClass::Poison);
-                let source = format!("rush:{topic}");
-                let refused = Refused {
-                    input: (&source, msg.partition(), msg.offset()),
-                    route: topic,
-                    service: RETURN_SERVICE,
-                    output_topic: topic,
-                    cluster: Cluster::Prod,
-                    error: &error,
-                };
-                dead_letter::write(&producer, &self.dead_letter_topic, msg, &refused, opaque, &self.metrics)
+                if !counted {
+                    self.metrics.produce_error(Cluster::Prod, ErrorClass::Poison);
+                }
+                return self.dead_letter(ri, (msg.partition(), msg.offset()), msg, &error, opaque);
             }
             r => r,
-        };
-        written.map_err(|(source, class)| {
+        }
+        .map_err(|(source, class)| {
             self.metrics.produce_error(Cluster::Prod, class);
             Box::new(ProduceError {
                 input_topic: format!("rush:{topic}"),

@@ -80,6 +80,8 @@ fn run_once(
         progress_group: group.clone(),
         session_timeout: kafka::session_timeout(&consumer_config),
         name: "rush-lane",
+        // Rush refusing a copy restarts the lane (production is unaffected): see the README.
+        refusals: None,
     };
     let writer = partition_transactions::writer(config, direction, &tracker, health, metrics)?;
     let context = RebalanceContext {
