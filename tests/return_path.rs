@@ -206,7 +206,10 @@ fn refused_return_writes(extra: &str) {
         );
     };
     assert!(!dead.is_empty(), "the injection missed the return path");
-    assert!(forwarded.is_disjoint(&dead), "a record both forwarded and dead-lettered");
+    // Exactly-once on the mock, an aborted transaction's records stay visible (see relay_mock).
+    if extra.is_empty() {
+        assert!(forwarded.is_disjoint(&dead), "a record both forwarded and dead-lettered");
+    }
     shutdown.store(true, Ordering::Relaxed);
     run.join().unwrap().unwrap();
     eprintln!("{} forwarded, {} dead-lettered", forwarded.len(), dead.len());
