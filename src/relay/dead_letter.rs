@@ -9,6 +9,7 @@
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, Message, OwnedHeaders, OwnedMessage};
@@ -116,7 +117,7 @@ const MAX_WAITING: usize = 10_000;
 /// At-least-once queues each for the poll thread, which dead-letters it in its output's place.
 /// Exactly-once cannot: the refusal failed the open transaction, which is aborted and read
 /// again. So it books the refused output instead, and the re-read dead-letters it before
-/// writing it ([`Refusals::booked`]).
+/// writing it ([`send_or_refusal`]).
 pub struct Refusals {
     /// The dead-letter topic: a refusal of its own writes is no poison record but a failure.
     pub topic: String,
@@ -124,6 +125,8 @@ pub struct Refusals {
     pub rewrites: bool,
     waiting: Mutex<VecDeque<Poisoned>>,
     book: Mutex<VecDeque<Booked>>,
+    /// Entries in `book`, read without its lock.
+    booked: AtomicUsize,
 }
 
 /// An output the broker refused, to be dead-lettered when its input is read again.
@@ -141,6 +144,7 @@ impl Refusals {
             rewrites,
             waiting: Mutex::new(VecDeque::new()),
             book: Mutex::new(VecDeque::new()),
+            booked: AtomicUsize::new(0),
         }
     }
 
@@ -167,16 +171,46 @@ impl Refusals {
             b.pop_front();
         }
         b.push_back(Booked { key, offset, output_topic: output_topic.to_owned(), error });
+        self.booked.store(b.len(), Relaxed);
     }
 
-    /// The error `output_topic` refused this input with, if it did.
-    pub fn booked(&self, key: PartitionKey, offset: i64, output_topic: &str) -> Option<KafkaError> {
-        let b = self.book.lock().unwrap_or_else(|e| e.into_inner());
-        b.iter().find(|x| x.key == key && x.offset == offset && x.output_topic == output_topic).map(|x| x.error.clone())
+    /// Exactly-once: takes the error `output_topic` refused this input with before the abort,
+    /// if it did. Taken, not kept: should the rewrite abort too, the write is refused and booked
+    /// again. Costs one atomic load per output while nothing is booked.
+    fn take_booked(&self, key: PartitionKey, offset: i64, output_topic: &str) -> Option<KafkaError> {
+        if self.booked.load(Relaxed) == 0 {
+            return None;
+        }
+        let mut b = self.book.lock().unwrap_or_else(|e| e.into_inner());
+        let i = b.iter().position(|x| x.key == key && x.offset == offset && x.output_topic == output_topic)?;
+        let taken = b.remove(i)?;
+        self.booked.store(b.len(), Relaxed);
+        Some(taken.error)
     }
+}
 
-    /// Whether anything is booked: the hot path asks this first, without searching.
-    pub fn any_booked(&self) -> bool {
-        !self.book.lock().unwrap_or_else(|e| e.into_inner()).is_empty()
+/// A write refused for good, to dead-letter in its place.
+pub struct Refusal {
+    pub error: KafkaError,
+    /// Its delivery report counted it already (a refusal booked before an abort).
+    pub counted: bool,
+}
+
+/// Sends `out` for the input at `offset` of `key`, unless `refusals` booked it as refused
+/// before an abort. `Ok(Some)`: refused for good, dead-letter it; `Err`: any other failure.
+pub fn send_or_refusal(
+    producer: &OutputProducer,
+    out: Output<'_>,
+    refusals: Option<&Refusals>,
+    key: PartitionKey,
+    offset: i64,
+) -> Result<Option<Refusal>, (KafkaError, ErrorClass)> {
+    if let Some(error) = refusals.and_then(|r| r.take_booked(key, offset, out.topic)) {
+        return Ok(Some(Refusal { error, counted: true }));
+    }
+    match send(producer, out) {
+        Ok(()) => Ok(None),
+        Err((error, ErrorClass::Poison)) => Ok(Some(Refusal { error, counted: false })),
+        Err(e) => Err(e),
     }
 }

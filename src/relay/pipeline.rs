@@ -12,7 +12,7 @@ use rdkafka::message::{Header, Message};
 use super::dead_letter::{self, Refusals, Refused};
 use super::headers::{InputHeaders, OUTBOX_INPUT_OFFSET, OUTBOX_OUTPUT, Provenance, copy_headers, with_trace};
 use super::offsets::Tracker;
-use super::producer::{Output, OutputProducer, send};
+use super::producer::{Output, OutputProducer};
 use crate::config::{Config, Route};
 use crate::extract::{Headers, RecordView, TenancyKey};
 use crate::kafka::ErrorClass;
@@ -280,41 +280,33 @@ impl Pipeline {
                 timestamp: msg.timestamp(),
                 opaque,
             };
-            // Exactly-once: an output the broker refused before the abort is dead-lettered now.
-            let booked = match &self.refusals {
-                Some(r) if r.rewrites && r.any_booked() => r.booked((ri, msg.partition()), msg.offset(), topic),
-                _ => None,
-            };
-            // Its delivery report counted a booked refusal already.
-            let counted = booked.is_some();
-            let sent = match booked {
-                Some(error) => Err((error, ErrorClass::Poison)),
-                None => send(&self.producer, out),
-            };
-            let written = match sent {
-                Err((error, ErrorClass::Poison)) => {
-                    if !counted {
-                        self.all_metrics.produce_error(Cluster::Prod, ErrorClass::Poison);
+            let key = (ri, msg.partition());
+            let written =
+                match dead_letter::send_or_refusal(&self.producer, out, self.refusals.as_deref(), key, msg.offset()) {
+                    Ok(None) => Ok(()),
+                    Ok(Some(refusal)) => {
+                        if !refusal.counted {
+                            self.all_metrics.produce_error(Cluster::Prod, ErrorClass::Poison);
+                        }
+                        let refused = Refused {
+                            input: (&route.topic, msg.partition(), msg.offset()),
+                            route: &route.topic,
+                            service: &service.name,
+                            output_topic: &service.output_topic,
+                            cluster,
+                            error: &refusal.error,
+                        };
+                        dead_letter::write(
+                            &self.producer,
+                            &self.dead_letter_topic,
+                            msg,
+                            &refused,
+                            opaque,
+                            &self.all_metrics,
+                        )
                     }
-                    let refused = Refused {
-                        input: (&route.topic, msg.partition(), msg.offset()),
-                        route: &route.topic,
-                        service: &service.name,
-                        output_topic: &service.output_topic,
-                        cluster,
-                        error: &error,
-                    };
-                    dead_letter::write(
-                        &self.producer,
-                        &self.dead_letter_topic,
-                        msg,
-                        &refused,
-                        opaque,
-                        &self.all_metrics,
-                    )
-                }
-                r => r,
-            };
+                    Err(e) => Err(e),
+                };
             written.map_err(|(source, class)| {
                 self.all_metrics.produce_error(Cluster::Prod, class);
                 Box::new(ProduceError {

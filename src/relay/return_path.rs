@@ -22,7 +22,7 @@ use super::offsets::Tracker;
 use super::partition_transactions::Writer;
 use super::pipeline::ProduceError;
 use super::poll::Handler;
-use super::producer::{Output, send};
+use super::producer::Output;
 use crate::config::Config;
 use crate::extract::Headers;
 use crate::kafka::ErrorClass;
@@ -163,25 +163,16 @@ impl Handler for ReturnPath {
             timestamp: msg.timestamp(),
             opaque,
         };
-        // Exactly-once: a write prod refused before the abort is dead-lettered now.
-        let booked = match self.refusals.any_booked() {
-            true => self.refusals.booked(key, msg.offset(), topic),
-            false => None,
-        };
-        let counted = booked.is_some();
-        let sent = match booked {
-            Some(error) => Err((error, ErrorClass::Poison)),
-            None => send(&producer, out),
-        };
-        match sent {
+        match dead_letter::send_or_refusal(&producer, out, Some(&self.refusals), key, msg.offset()) {
+            Ok(None) => Ok(()),
             // A record Rush accepted that prod will not take: dead-lettered, not a stop.
-            Err((error, ErrorClass::Poison)) => {
-                if !counted {
+            Ok(Some(refusal)) => {
+                if !refusal.counted {
                     self.metrics.produce_error(Cluster::Prod, ErrorClass::Poison);
                 }
-                return self.dead_letter(ri, (msg.partition(), msg.offset()), msg, &error, opaque);
+                return self.dead_letter(ri, (msg.partition(), msg.offset()), msg, &refusal.error, opaque);
             }
-            r => r,
+            Err(e) => Err(e),
         }
         .map_err(|(source, class)| {
             self.metrics.produce_error(Cluster::Prod, class);

@@ -178,8 +178,6 @@ pub fn run(config: &Config, opts: &Options) -> Result<Report, ReadError> {
 
     let mut report = Report { routes: Vec::new(), returns: Vec::new(), notes: Vec::new() };
     let mut decisions = DecisionReader::new(config);
-    // Read once for every route; after the committed offsets below it may only hold more.
-    let mut dead_letters = Vec::new();
     for (ri, route) in config.routes.iter().enumerate() {
         // Committed offsets first: anything the bridge commits later was written before the
         // outputs are read, so "committed and on neither cluster" is never a race.
@@ -189,9 +187,8 @@ pub fn run(config: &Config, opts: &Options) -> Result<Report, ReadError> {
         // The Rush lane's progress as prod knows it (under exactly-once prod learns it just after
         // Rush does): a copy at or past it may still be on its way, never one before it.
         let lane = prod.committed(&config.prod, &lane_group, &route.outbox_topic)?;
-        if dead_letters.is_empty() {
-            dead_letters = prod.read(&config.bridge.dead_letter_topic, read_from, false)?;
-        }
+        // After this route's committed offsets: a dead letter of an input committed by then is in it.
+        let dead_letters = prod.read(&config.bridge.dead_letter_topic, read_from, false)?;
         let first = prod.read(&route.topic, read_from, true)?;
         let raw_first = if route.return_path { Some(rush.read(&route.topic, read_from, false)?) } else { None };
         let mut outputs = Vec::new();
