@@ -124,12 +124,10 @@ fn a_rush_record_prod_will_not_take_is_dead_lettered() {
             relay::run_observed(&config, whitelist::shared(Snapshot::empty()), &shutdown, &observers)
         })
     };
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while common::committed(&rush.bootstrap_servers(), GROUP, "orders", 2).values().sum::<i64>() < 10 {
+    common::wait_until("rush offsets never committed", Instant::now() + Duration::from_secs(60), || {
         assert!(!run.is_finished(), "the bridge stopped on a record from Rush");
-        assert!(Instant::now() < deadline, "rush offsets never committed");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+        common::committed(&rush.bootstrap_servers(), GROUP, "orders", 2).values().sum::<i64>() >= 10
+    });
     let dead = common::read_all(&prod.bootstrap_servers(), "tenancy-bridge.dead-letter", 1, Duration::from_secs(20));
     assert_eq!(dead.len(), 1);
     assert_eq!(dead[0].header(TID), Some(b"4".as_slice()));

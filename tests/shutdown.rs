@@ -104,15 +104,13 @@ fn sigterm_under_load_loses_nothing_and_exits_within_the_drain_deadline() {
     producer.join().unwrap();
     let bridge = Bridge::start(&config);
     let deadline = Instant::now() + Duration::from_secs(120);
-    while watcher.committed("orders", PARTITIONS) < EVENTS as i64 {
-        assert!(Instant::now() < deadline, "the restart did not finish the rest");
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    common::wait_until("the restart did not finish the rest", deadline, || {
+        watcher.committed("orders", PARTITIONS) >= EVENTS as i64
+    });
     let lane = OffsetWatcher::new(&prod.bootstrap, &format!("{GROUP}.rush"));
-    while lane.committed(OUTBOX, PARTITIONS) < RUSH_COPIES as i64 {
-        assert!(Instant::now() < deadline, "the Rush lane did not carry every copy");
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    common::wait_until("the Rush lane did not carry every copy", deadline, || {
+        lane.committed(OUTBOX, PARTITIONS) >= RUSH_COPIES as i64
+    });
     let second = records_in(&bridge.stop(drain + Duration::from_secs(5)));
     assert_eq!(first + second, EVENTS as i64, "a graceful stop replays nothing");
 

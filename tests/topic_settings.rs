@@ -24,6 +24,19 @@ fn json(i: usize, user: &str, pad: usize) -> Input {
     }
 }
 
+/// A bridge config on two tansu brokers, with a short group join.
+fn config_text((prod, rush): (&Tansu, &Tansu), wl: &std::path::Path, group: &str, routes: &str) -> String {
+    common::config_text(&ConfigOpts {
+        prod: &prod.bootstrap,
+        rush: &rush.bootstrap,
+        whitelist: wl,
+        group,
+        routes,
+        extra_bridge: "",
+        kafka: "\"session.timeout.ms\" = 6000\n\"max.poll.interval.ms\" = 10000",
+    })
+}
+
 #[test]
 fn two_megabyte_records_reach_their_outputs_and_outputs_keep_their_inputs_settings() {
     let (prod, rush) = (Tansu::start(), Tansu::start());
@@ -40,19 +53,7 @@ fn two_megabyte_records_reach_their_outputs_and_outputs_keep_their_inputs_settin
     let routes = "[[routes]]\ntopic = \"big\"\nservices = [\"payment\", \"shipping\"]\nuser = { json = \"/user_id\" }\n\
                   [[routes]]\ntopic = \"cdc\"\nservices = [\"payment\"]\nuser = { json = \"/user_id\" }\n";
     let config = dir.path().join("bridge.toml");
-    std::fs::write(
-        &config,
-        common::config_text(&ConfigOpts {
-            prod: &prod.bootstrap,
-            rush: &rush.bootstrap,
-            whitelist: &wl,
-            group: GROUP,
-            routes,
-            extra_bridge: "",
-            kafka: "\"session.timeout.ms\" = 6000\n\"max.poll.interval.ms\" = 10000",
-        }),
-    )
-    .unwrap();
+    std::fs::write(&config, config_text((&prod, &rush), &wl, GROUP, routes)).unwrap();
 
     // Four records of ~2 MB, two of them the whitelisted user's: each larger than librdkafka's
     // default message.max.bytes (1,000,000), within the topic's 4 MiB.
@@ -73,12 +74,10 @@ fn two_megabyte_records_reach_their_outputs_and_outputs_keep_their_inputs_settin
 
     let mut bridge = Bridge::start(&config);
     let watcher = OffsetWatcher::new(&prod.bootstrap, GROUP);
-    let deadline = Instant::now() + Duration::from_secs(90);
-    while watcher.committed("big", 3) < 4 || watcher.committed("cdc", 3) < cdc.len() as i64 {
+    common::wait_until("the bridge did not relay the large records", Instant::now() + Duration::from_secs(90), || {
         bridge.assert_running();
-        assert!(Instant::now() < deadline, "the bridge did not relay the large records");
-        std::thread::sleep(Duration::from_millis(200));
-    }
+        watcher.committed("big", 3) >= 4 && watcher.committed("cdc", 3) >= cdc.len() as i64
+    });
     bridge.assert_running();
 
     let expected = |i: &common::Read, svc: &str| {
@@ -139,15 +138,9 @@ fn a_record_no_output_takes_goes_to_the_dead_letter_topic_and_production_flows_p
     let wl = dir.path().join("whitelist.json");
     common::write_atomic(&wl, &common::whitelist_json(1, &[("U1", &["payment"])]));
     let group = "bridge-dead-letter";
-    let text = common::config_text(&ConfigOpts {
-        prod: &prod.bootstrap,
-        rush: &rush.bootstrap,
-        whitelist: &wl,
-        group,
-        routes: "[[routes]]\ntopic = \"big\"\nservices = [\"payment\", \"shipping\"]\nuser = { json = \"/user_id\" }\n",
-        extra_bridge: "",
-        kafka: "\"session.timeout.ms\" = 6000\n\"max.poll.interval.ms\" = 10000",
-    });
+    let routes =
+        "[[routes]]\ntopic = \"big\"\nservices = [\"payment\", \"shipping\"]\nuser = { json = \"/user_id\" }\n";
+    let text = config_text((&prod, &rush), &wl, group, routes);
     // An operator capped the bridge's producer below what the input accepts: the 2 MB records
     // are poison for every output, and for the dead-letter topic too (their value is left out).
     let admin = format!("127.0.0.1:{}", common::free_port());
@@ -173,11 +166,10 @@ fn a_record_no_output_takes_goes_to_the_dead_letter_topic_and_production_flows_p
     let mut bridge = Bridge::start(&config);
     let watcher = OffsetWatcher::new(&prod.bootstrap, group);
     let deadline = Instant::now() + Duration::from_secs(90);
-    while watcher.committed("big", 3) < inputs.len() as i64 {
+    common::wait_until("the bridge did not get past the poison records", deadline, || {
         bridge.assert_running();
-        assert!(Instant::now() < deadline, "the bridge did not get past the poison records");
-        std::thread::sleep(Duration::from_millis(200));
-    }
+        watcher.committed("big", 3) >= inputs.len() as i64
+    });
     bridge.assert_running();
 
     // Inputs 3, 13, 23, 33 (U2, shipping and payment on prod) refused by both outputs.

@@ -235,6 +235,15 @@ pub fn create_topic_with(bootstrap: &str, name: &str, partitions: i32, settings:
     }
 }
 
+/// Polls `done` until it holds; fails naming `what` once `deadline` has passed. `done` may
+/// assert on its own (a process still running, say).
+pub fn wait_until(what: &str, deadline: Instant, mut done: impl FnMut() -> bool) {
+    while !done() {
+        assert!(Instant::now() < deadline, "{what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// A topic's settings as the broker describes them (DescribeConfigs).
 pub fn topic_settings(bootstrap: &str, name: &str) -> BTreeMap<String, String> {
     use rdkafka::admin::ResourceSpecifier;
