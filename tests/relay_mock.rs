@@ -527,7 +527,13 @@ fn dead_letters_refused_writes(extra_bridge: &str) {
     }
     let m = run.observers.metrics.clone();
     let summary = run.stop().unwrap().to_string();
-    assert_eq!(m.sum(&m.dead_letter, &[("route", "orders")]), dead.len() as u64);
+    // Exactly-once counts a dead letter each time it is written, in an aborted transaction too.
+    let counted = m.sum(&m.dead_letter, &[("route", "orders")]);
+    if strict {
+        assert_eq!(counted, dead.len() as u64);
+    } else {
+        assert!(counted >= dead.len() as u64, "{counted} counted, {} dead letters", dead.len());
+    }
     eprintln!("{} dead-lettered; {summary}", dead.len());
 }
 

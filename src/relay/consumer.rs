@@ -11,6 +11,7 @@ use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Reb
 use rdkafka::error::{KafkaError, KafkaResult};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
+use super::dead_letter::Refusals;
 use super::health::{Direction, Health};
 use super::offsets::{PartitionKey, Tracker};
 use super::partition_transactions::PartitionTransactions;
@@ -67,6 +68,8 @@ pub struct RebalanceContext {
     /// Exactly-once across clusters (Rush lane, return path): one transaction per partition on
     /// the cluster written, with the progress stored there.
     pub partition_transactions: Option<Arc<PartitionTransactions>>,
+    /// Exactly-once: refused writes booked for the re-read, done once their input commits.
+    pub refusals: Option<Arc<Refusals>>,
 }
 
 impl ClientContext for RebalanceContext {
@@ -105,6 +108,7 @@ impl RebalanceContext {
         }
         if let Some(pt) = &self.partition_transactions {
             let offsets = pt.commit(keys, &self.tracker, self.tracker.failure().is_some())?;
+            self.settle(&offsets);
             // The source cluster's group learns it too: the backlog probe reads it there, and
             // it is where a target rebuilt empty starts again from.
             if !offsets.is_empty() {
@@ -128,7 +132,7 @@ impl RebalanceContext {
     }
 
     fn commit_transaction(&self, consumer: &BaseConsumer<Self>, t: &Transactions) -> Result<usize, CommitError> {
-        let committed = std::cell::Cell::new(0);
+        let committed = std::cell::RefCell::new(Vec::new());
         let offsets = || {
             let mut offsets = self.tracker.take_committable(None, true);
             // Only partitions this instance holds now: a position of one it lost (a record
@@ -136,12 +140,25 @@ impl RebalanceContext {
             // the new owner's offset back.
             let held = consumer.assignment().map(|a| self.keys(&a)).unwrap_or_default();
             offsets.retain(|(key, _)| held.contains(key));
-            committed.set(offsets.len());
-            self.offset_list(&offsets)
+            let list = self.offset_list(&offsets);
+            *committed.borrow_mut() = offsets;
+            list
         };
         match t.commit(consumer, &|| self.tracker.failure().map(|f| f.reason), &offsets)? {
-            Outcome::Committed => Ok(committed.get()),
+            Outcome::Committed => {
+                let committed = committed.into_inner();
+                self.settle(&committed);
+                Ok(committed.len())
+            }
             Outcome::Idle | Outcome::Aborted(_) => Ok(0),
+        }
+    }
+
+    fn settle(&self, committed: &[(PartitionKey, i64)]) {
+        if let Some(r) = &self.refusals {
+            for &(key, next) in committed {
+                r.settle(key, next);
+            }
         }
     }
 
@@ -289,6 +306,9 @@ impl ConsumerContext for RebalanceContext {
                     }
                 }
                 self.tracker.remove(&keys);
+                if let Some(r) = &self.refusals {
+                    r.forget(&keys);
+                }
                 if let Some(pt) = &self.partition_transactions {
                     pt.release(&keys);
                 }

@@ -174,18 +174,36 @@ impl Refusals {
         self.booked.store(b.len(), Relaxed);
     }
 
-    /// Exactly-once: takes the error `output_topic` refused this input with before the abort,
-    /// if it did. Taken, not kept: should the rewrite abort too, the write is refused and booked
-    /// again. Costs one atomic load per output while nothing is booked.
-    fn take_booked(&self, key: PartitionKey, offset: i64, output_topic: &str) -> Option<KafkaError> {
+    /// Exactly-once: the error `output_topic` refused this input with before an abort, if it
+    /// did. Kept until the input is committed: should the rewrite abort too, its next rewrite
+    /// dead-letters the record again rather than retrying a write the broker refused (one
+    /// decision per refused write, whichever broker answers next). Costs one atomic load per
+    /// output while nothing is booked.
+    fn booked(&self, key: PartitionKey, offset: i64, output_topic: &str) -> Option<KafkaError> {
         if self.booked.load(Relaxed) == 0 {
             return None;
         }
+        let b = self.book.lock().unwrap_or_else(|e| e.into_inner());
+        b.iter().find(|x| x.key == key && x.offset == offset && x.output_topic == output_topic).map(|x| x.error.clone())
+    }
+
+    /// A transaction committed `key` up to `next`: what was booked before it is done.
+    pub fn settle(&self, key: PartitionKey, next: i64) {
+        self.drop_where(|b| b.key == key && b.offset < next);
+    }
+
+    /// `keys` left this instance: their next owner reads them again and books its own refusals.
+    pub fn forget(&self, keys: &[PartitionKey]) {
+        self.drop_where(|b| keys.contains(&b.key));
+    }
+
+    fn drop_where(&self, done: impl Fn(&Booked) -> bool) {
+        if self.booked.load(Relaxed) == 0 {
+            return;
+        }
         let mut b = self.book.lock().unwrap_or_else(|e| e.into_inner());
-        let i = b.iter().position(|x| x.key == key && x.offset == offset && x.output_topic == output_topic)?;
-        let taken = b.remove(i)?;
+        b.retain(|x| !done(x));
         self.booked.store(b.len(), Relaxed);
-        Some(taken.error)
     }
 }
 
@@ -205,12 +223,48 @@ pub fn send_or_refusal(
     key: PartitionKey,
     offset: i64,
 ) -> Result<Option<Refusal>, (KafkaError, ErrorClass)> {
-    if let Some(error) = refusals.and_then(|r| r.take_booked(key, offset, out.topic)) {
+    if let Some(error) = refusals.and_then(|r| r.booked(key, offset, out.topic)) {
         return Ok(Some(Refusal { error, counted: true }));
     }
     match send(producer, out) {
         Ok(()) => Ok(None),
         Err((error, ErrorClass::Poison)) => Ok(Some(Refusal { error, counted: false })),
         Err(e) => Err(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rdkafka::types::RDKafkaErrorCode;
+
+    fn too_large() -> KafkaError {
+        KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge)
+    }
+
+    #[test]
+    fn a_booked_refusal_holds_across_rereads_until_its_input_commits() {
+        let r = Refusals::new("dlq", true);
+        r.book((0, 2), 7, "orders.payment", too_large());
+        for _ in 0..2 {
+            assert!(r.booked((0, 2), 7, "orders.payment").is_some(), "a second abort must not forget it");
+        }
+        assert!(r.booked((0, 2), 7, "orders.shipping").is_none());
+        assert!(r.booked((0, 1), 7, "orders.payment").is_none());
+        r.settle((0, 2), 7);
+        assert!(r.booked((0, 2), 7, "orders.payment").is_some(), "offset 7 is not committed at next = 7");
+        r.settle((0, 2), 8);
+        assert!(r.booked((0, 2), 7, "orders.payment").is_none());
+        assert_eq!(r.booked.load(Relaxed), 0);
+    }
+
+    #[test]
+    fn a_revoked_partition_drops_its_bookings_only() {
+        let r = Refusals::new("dlq", true);
+        r.book((0, 1), 3, "orders.payment", too_large());
+        r.book((0, 2), 3, "orders.payment", too_large());
+        r.forget(&[(0, 1)]);
+        assert!(r.booked((0, 1), 3, "orders.payment").is_none());
+        assert!(r.booked((0, 2), 3, "orders.payment").is_some());
     }
 }

@@ -219,6 +219,7 @@ fn run_forward(
         revoked: Some(revoked.clone()),
         transactions,
         partition_transactions: None,
+        refusals: rewrites.then(|| refusals.clone()),
     };
     let consumer = subscribe(consumer_config, context, &route_topics)?;
     tracing::info!(routes = route_topics.len(), group = %config.bridge.group_id, "relay started");
@@ -322,6 +323,7 @@ fn run_return_path(
         revoked: None,
         transactions: None,
         partition_transactions: writer.transactions(),
+        refusals: refusals.rewrites.then(|| refusals.clone()),
     };
     let consumer = subscribe(consumer_config, context, &topics)?;
     tracing::info!(topics = ?topics, group = %config.bridge.group_id, "return path started");

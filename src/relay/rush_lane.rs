@@ -95,6 +95,7 @@ fn run_once(
         direction: Direction::RushLane,
         revoked: None,
         transactions: None,
+        refusals: None,
     };
     let consumer = super::subscribe(consumer_config, context, &outboxes)?;
     health.set_rush_lane_down(None);
