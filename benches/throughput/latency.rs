@@ -1,4 +1,4 @@
-//! Added latency at moderate load: inputs produced at `LATENCY_RATE` records/s (default 1,000)
+//! Added latency: inputs produced at each of `LATENCY_RATES` records/s (default 500 and 5,000)
 //! for `LATENCY_SECS` (20), each stamped with the time it was produced; a reader of the output
 //! topic (read_committed, as exactly-once requires) notes when each output arrives, and a
 //! reader of the input topic does the same for the input itself. The input's own figures are
@@ -12,12 +12,14 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
-use super::{COPY_OUTPUT, Contestant, INPUT, PARTITIONS, common, env_usize, start};
+use super::contestant::{INPUT, PARTITIONS, UserAt, Who, start};
+use super::{common, env_usize};
 use tenancy_bridge::whitelist::now_ms;
 
 pub struct Latency {
     pub round: usize,
-    pub who: Contestant,
+    pub rate: u64,
+    pub who: Who,
     pub records: usize,
     /// Milliseconds from produce to read: (p50, p99), of the input and of the output.
     pub input: (i64, i64),
@@ -31,32 +33,47 @@ struct Window {
     done: AtomicBool,
 }
 
+/// The copy loop, and the bridge (user in JSON, one service) at-least-once and exactly-once.
+const LINEUP: [Who; 3] = [
+    Who::Copy { copies: 1 },
+    Who::Bridge { user: UserAt::JsonStart, services: 1, exactly_once: false },
+    Who::Bridge { user: UserAt::JsonStart, services: 1, exactly_once: true },
+];
+
+fn rates() -> Vec<u64> {
+    let rates = std::env::var("LATENCY_RATES").unwrap_or_else(|_| "500,5000".into());
+    rates.split(',').filter_map(|r| r.trim().parse().ok()).collect()
+}
+
 pub fn rounds(dir: &tempfile::TempDir, rounds: usize) -> Vec<Latency> {
-    let rate = env_usize("LATENCY_RATE", 1_000) as u64;
     let secs = env_usize("LATENCY_SECS", 20) as u64;
     let mut all = Vec::new();
     for round in 0..rounds {
-        let mut order = [Contestant::Copy, Contestant::Relay, Contestant::ExactlyOnce];
-        order.rotate_left(round % 3);
-        for who in order {
-            all.push(one(dir, round, who, rate, secs));
+        for rate in rates() {
+            let mut order = LINEUP;
+            order.rotate_left(round % 3);
+            for who in order.into_iter().filter(|w| super::selected(*w)) {
+                all.push(one(dir, round, who, rate, secs));
+            }
         }
     }
     all
 }
 
 fn timed_input(i: usize) -> common::Input {
-    let mut input = super::input(i, 1024);
+    let mut input = super::contestant::input(i, 1024, UserAt::JsonStart);
     input.timestamp = now_ms();
     input
 }
 
-fn one(dir: &tempfile::TempDir, round: usize, who: Contestant, rate: u64, secs: u64) -> Latency {
+fn one(dir: &tempfile::TempDir, round: usize, who: Who, rate: u64, secs: u64) -> Latency {
     let (prod, rush) = (common::Tansu::start(), common::Tansu::start());
     common::create_topic(&prod.bootstrap, INPUT, PARTITIONS);
-    let group = format!("latency-{who:?}-{round}");
+    let group = format!("latency-{round}-{rate}-{}", who.name().replace([' ', '×'], "-"));
     let mut child = start(who, dir, &prod, &rush, &group, None);
-    let output = if who == Contestant::Copy { COPY_OUTPUT.to_owned() } else { format!("{INPUT}.payment") };
+    // Drained, so a baseline never blocks on a full pipe.
+    let _progress = super::contestant::reported_progress(&mut child);
+    let output = who.latency_output();
     let window = Arc::new(Window {
         start: AtomicI64::new(i64::MAX),
         end: AtomicI64::new(i64::MAX),
@@ -74,8 +91,8 @@ fn one(dir: &tempfile::TempDir, round: usize, who: Contestant, rate: u64, secs: 
     // join to drain before anything counts.
     let deadline = Instant::now() + Duration::from_secs(90);
     while outputs_seen.load(Relaxed) == 0 {
-        assert!(Instant::now() < deadline, "{who:?}: no output within 90 s");
-        assert!(child.try_wait().unwrap().is_none(), "{who:?} exited early");
+        assert!(Instant::now() < deadline, "{}: no output within 90 s", who.name());
+        assert!(child.try_wait().unwrap().is_none(), "{} exited early", who.name());
         std::thread::sleep(Duration::from_millis(50));
     }
     std::thread::sleep(Duration::from_secs(5));
@@ -97,10 +114,12 @@ fn one(dir: &tempfile::TempDir, round: usize, who: Contestant, rate: u64, secs: 
     let _ = std::process::Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
     let _ = child.wait();
     let records = output.len();
-    let l = Latency { round, who, records, input: percentiles(&mut input), output: percentiles(&mut output) };
+    let l = Latency { round, rate, who, records, input: percentiles(&mut input), output: percentiles(&mut output) };
     eprintln!(
-        "latency round {round} {who:?}: {records} outputs, input p50/p99 {:?} ms, output p50/p99 {:?} ms",
-        l.input, l.output
+        "latency round {round} at {rate}/s, {}: {records} outputs, input p50/p99 {:?} ms, output p50/p99 {:?} ms",
+        who.name(),
+        l.input,
+        l.output
     );
     l
 }
@@ -148,26 +167,26 @@ fn read_latencies(bootstrap: &str, topic: &str, window: &Window, seen: &AtomicUs
     latencies
 }
 
-/// Per contestant, medians over the rounds.
+/// Per rate and contestant, medians over the rounds.
 pub fn print(all: &[Latency]) {
     if all.is_empty() {
         return;
     }
     println!();
     println!(
-        "added latency at {} records/s, {} s per run (ms from produce to a read_committed read)",
-        env_usize("LATENCY_RATE", 1_000),
+        "added latency, {} s per run (ms from produce to a read_committed read; added = output − input)",
         env_usize("LATENCY_SECS", 20)
     );
     println!(
-        "{:<6} {:<22} {:>8} {:>10} {:>10} {:>10} {:>10}",
-        "round", "run", "outputs", "in p50", "in p99", "out p50", "out p99"
+        "{:<6} {:>6} {:<24} {:>8} {:>8} {:>8} {:>8} {:>8}",
+        "round", "rate", "run", "outputs", "in p50", "in p99", "out p50", "out p99"
     );
     for l in all {
         println!(
-            "{:<6} {:<22} {:>8} {:>10} {:>10} {:>10} {:>10}",
+            "{:<6} {:>6} {:<24} {:>8} {:>8} {:>8} {:>8} {:>8}",
             l.round,
-            format!("{:?}", l.who),
+            l.rate,
+            l.who.name(),
             l.records,
             l.input.0,
             l.input.1,
@@ -175,17 +194,18 @@ pub fn print(all: &[Latency]) {
             l.output.1
         );
     }
-    for who in [Contestant::Copy, Contestant::Relay, Contestant::ExactlyOnce] {
-        let median = |f: &dyn Fn(&Latency) -> i64| {
-            let mut v: Vec<i64> = all.iter().filter(|l| l.who == who).map(f).collect();
-            v.sort_unstable();
-            v.get(v.len() / 2).copied().unwrap_or(-1)
-        };
-        println!(
-            "median {:<15} added p50 {} ms, added p99 {} ms",
-            format!("{who:?}"),
-            median(&|l| l.output.0 - l.input.0),
-            median(&|l| l.output.1 - l.input.1)
-        );
+    for rate in rates() {
+        for who in LINEUP {
+            let median = |f: &dyn Fn(&Latency) -> i64| {
+                let mut v: Vec<i64> = all.iter().filter(|l| l.who == who && l.rate == rate).map(f).collect();
+                v.sort_unstable();
+                v.get(v.len() / 2).copied()
+            };
+            let (Some(p50), Some(p99)) = (median(&|l| l.output.0 - l.input.0), median(&|l| l.output.1 - l.input.1))
+            else {
+                continue;
+            };
+            println!("median at {rate:>5}/s {:<24} added p50 {p50} ms, added p99 {p99} ms", who.name());
+        }
     }
 }
