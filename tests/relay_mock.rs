@@ -336,7 +336,7 @@ fn large_records_are_bounded_by_max_in_flight_bytes() {
         .map(|i| event(i, Some(if i % 2 == 0 { "U1" } else { "U2" }), format!(r#"{{"pad":"{pad}"}}"#).into_bytes()))
         .collect();
     common::produce(&c.prod.bootstrap_servers(), "orders", &inputs);
-    // The record bound (20,000) is far away: only the byte bound (1 MiB, 16 records) can hold.
+    // The record bound is far away: only the byte bound (1 MiB: 8 records of two outputs) can hold.
     let run = start(&c, c.config(HEADER_ROUTE, "max_in_flight_bytes = 1048576"));
     run.wait_acked(240, Duration::from_secs(120));
     let peak = run.observers.health.in_flight_bytes_peak.load(Ordering::Relaxed);

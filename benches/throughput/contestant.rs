@@ -28,14 +28,22 @@ pub enum UserAt {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Who {
     /// rust-rdkafka consume → produce `copies` times, nothing else (`baselines::copy_loop`).
-    Copy { copies: usize },
+    Copy {
+        copies: usize,
+    },
     /// confluent-kafka, the same copy in Python (`relay.py`).
     Python,
-    Bridge { user: UserAt, services: usize, exactly_once: bool },
+    Bridge {
+        user: UserAt,
+        services: usize,
+        exactly_once: bool,
+    },
     /// The bridge (user in a header, one service) with the Rush broker frozen once it runs.
     RushFrozen,
     /// Lookup mode against a Config Mapper; reads the input twice (cold, then cached).
-    Lookup { long_ttl: bool },
+    Lookup {
+        long_ttl: bool,
+    },
 }
 
 impl Who {
@@ -219,7 +227,11 @@ fn bridge_config(
             if exactly_once { "delivery = \"exactly-once\"\ninstance_id = \"bench\"" } else { "" },
             std::env::var("BRIDGE_EXTRA").unwrap_or_default()
         ),
-        kafka: "\"max.poll.interval.ms\" = 10000\n\"session.timeout.ms\" = 6000",
+        // CONSUMER_EXTRA: librdkafka consumer properties to try, TOML lines.
+        kafka: &format!(
+            "\"max.poll.interval.ms\" = 10000\n\"session.timeout.ms\" = 6000\n{}",
+            std::env::var("CONSUMER_EXTRA").unwrap_or_default()
+        ),
     });
     let text = match (who, mapper) {
         (Who::Lookup { long_ttl }, Some(url)) => text.replace(

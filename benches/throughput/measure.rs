@@ -3,9 +3,10 @@
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
-/// Progress of one run: (seconds since start, CPU seconds of its process, records committed).
+/// Progress of one run: (seconds since start, CPU seconds of its process, records committed,
+/// CPU seconds of the brokers).
 pub struct Run {
-    pub samples: Vec<(f64, f64, i64)>,
+    pub samples: Vec<(f64, f64, i64, f64)>,
     pub total: usize,
     /// The process's peak resident set (VmHWM), bytes.
     pub peak_rss: u64,
@@ -15,6 +16,8 @@ pub struct Run {
 pub struct Window {
     pub rate: f64,
     pub cpu_us: f64,
+    /// What the run cost the brokers (prod and Rush) per record.
+    pub broker_us: f64,
 }
 
 impl Run {
@@ -24,9 +27,9 @@ impl Run {
             let n = (self.total as f64 * f) as i64;
             *self.samples.iter().find(|s| s.2 >= n).unwrap_or_else(|| self.samples.last().unwrap())
         };
-        let ((t0, c0, n0), (t1, c1, n1)) = (at(lo), at(hi));
+        let ((t0, c0, n0, b0), (t1, c1, n1, b1)) = (at(lo), at(hi));
         let n = (n1 - n0).max(1) as f64;
-        Window { rate: n / (t1 - t0).max(1e-3), cpu_us: (c1 - c0) * 1e6 / n }
+        Window { rate: n / (t1 - t0).max(1e-3), cpu_us: (c1 - c0) * 1e6 / n, broker_us: (b1 - b0) * 1e6 / n }
     }
 
     /// The steady window: 10 % to 90 % of the input, or of the second pass when there are two.
@@ -36,8 +39,14 @@ impl Run {
 }
 
 /// Samples `progress` until `total` records are committed, calling `hook` with each sample's
-/// count, then stops the child.
-pub fn measure(mut child: Child, total: usize, progress: impl Fn() -> i64, mut hook: impl FnMut(i64)) -> Run {
+/// count, then stops the child. `brokers`: their processes' CPU is sampled too.
+pub fn measure(
+    mut child: Child,
+    brokers: &[u32],
+    total: usize,
+    progress: impl Fn() -> i64,
+    mut hook: impl FnMut(i64),
+) -> Run {
     let started = Instant::now();
     let deadline = started + Duration::from_secs(900);
     let ticks = clock_ticks();
@@ -46,7 +55,8 @@ pub fn measure(mut child: Child, total: usize, progress: impl Fn() -> i64, mut h
         assert!(Instant::now() < deadline, "too slow: {samples:?}");
         assert!(child.try_wait().unwrap().is_none(), "exited early");
         let n = progress();
-        samples.push((started.elapsed().as_secs_f64(), cpu_seconds(child.id(), ticks), n));
+        let broker_cpu = brokers.iter().map(|b| cpu_seconds(*b, ticks)).sum();
+        samples.push((started.elapsed().as_secs_f64(), cpu_seconds(child.id(), ticks), n, broker_cpu));
         hook(n);
         if n >= total as i64 {
             break;
@@ -58,7 +68,13 @@ pub fn measure(mut child: Child, total: usize, progress: impl Fn() -> i64, mut h
     let _ = child.wait();
     let run = Run { samples, total, peak_rss };
     let w = run.window(0.1, 0.9);
-    eprintln!("{:.0} records/s, {:.2} CPU µs/record, peak RSS {} MiB", w.rate, w.cpu_us, peak_rss >> 20);
+    eprintln!(
+        "{:.0} records/s, {:.2} CPU µs/record, brokers {:.2} µs/record, peak RSS {} MiB",
+        w.rate,
+        w.cpu_us,
+        w.broker_us,
+        peak_rss >> 20
+    );
     run
 }
 

@@ -6,6 +6,7 @@
 //! by a `usize` opaque (partition slot and offset), so a delivery costs no allocation.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -57,6 +58,8 @@ pub struct Load {
 pub struct Tracker {
     inner: Mutex<Inner>,
     progressed: Condvar,
+    /// `in_flight_bytes`, for the poll loop to read per record without the lock.
+    bytes: AtomicUsize,
 }
 
 pub fn opaque(slot: u32, offset: i64) -> usize {
@@ -114,6 +117,7 @@ impl Tracker {
             track.pending.push_back((offset, outputs, bytes));
             inner.in_flight += 1;
             inner.in_flight_bytes += bytes as usize;
+            self.bytes.store(inner.in_flight_bytes, Relaxed);
         }
         opaque(slot, offset)
     }
@@ -142,6 +146,7 @@ impl Tracker {
         if released > 0 {
             inner.in_flight -= released;
             inner.in_flight_bytes -= bytes;
+            self.bytes.store(inner.in_flight_bytes, Relaxed);
             self.progressed.notify_all();
         }
     }
@@ -181,6 +186,11 @@ impl Tracker {
 
     pub fn failure(&self) -> Option<Failure> {
         self.lock().failure.clone()
+    }
+
+    /// Bytes in flight as of the last change, without the lock.
+    pub fn bytes_in_flight(&self) -> usize {
+        self.bytes.load(Relaxed)
     }
 
     pub fn in_flight(&self) -> usize {
@@ -244,6 +254,7 @@ impl Tracker {
     pub fn reset(&self) {
         let mut g = self.lock();
         *g = Inner { next_slot: g.next_slot, ..Inner::default() };
+        self.bytes.store(0, Relaxed);
         self.progressed.notify_all();
     }
 
@@ -263,6 +274,7 @@ impl Tracker {
                 g.in_flight_bytes -= t.pending.iter().map(|p| p.2 as usize).sum::<usize>();
             }
         }
+        self.bytes.store(g.in_flight_bytes, Relaxed);
         self.progressed.notify_all();
     }
 }

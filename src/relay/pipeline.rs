@@ -225,7 +225,8 @@ impl Pipeline {
 
         // Bytes count once per output: that is what the producer queue holds for this record.
         let outputs = route.services.len();
-        let opaque = self.tracker.begin((ri, msg.partition()), msg.offset(), outputs as u32, input_bytes(msg) * outputs);
+        let opaque =
+            self.tracker.begin((ri, msg.partition()), msg.offset(), outputs as u32, input_bytes(msg) * outputs);
         for (i, service) in route.services.iter().enumerate() {
             let cluster = decision.cluster(i);
             let (topic, payload, headers) = match cluster {

@@ -143,7 +143,6 @@ pub fn run<H: Handler>(
         // While paused, one zero-timeout poll serves callbacks; a record still returned was
         // fetched before the pause and is handled in order.
         // The byte bound holds within a batch too: a burst of large records ends it early.
-        let mut bytes = load.bytes;
         for n in 0..budget.max(1) {
             let timeout = if n == 0 && !paused { first_timeout } else { Duration::ZERO };
             match consumer.poll(timeout) {
@@ -161,8 +160,7 @@ pub fn run<H: Handler>(
                         t.begin()?;
                     }
                     handler.handle(&msg, consumer)?;
-                    bytes += super::pipeline::input_bytes(&msg);
-                    if bytes >= max_in_flight.bytes {
+                    if tracker.bytes_in_flight() >= max_in_flight.bytes {
                         break;
                     }
                 }

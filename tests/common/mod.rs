@@ -60,6 +60,10 @@ impl Tansu {
 }
 
 impl Tansu {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Freezes (`STOP`) or thaws (`CONT`) the broker: it keeps its port and its (in-memory)
     /// data but answers nothing while frozen, like a hung or partitioned cluster.
     pub fn signal(&self, signal: &str) {
