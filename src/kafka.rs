@@ -154,10 +154,10 @@ pub fn consumer_config(cluster: &ClusterConfig, name: &str, group_id: &str) -> C
     c.set("auto.offset.reset", "earliest");
     // Bound what librdkafka prefetches; the relay's own bound is bridge.max_in_flight.
     c.set("queued.max.messages.kbytes", "32768");
-    // A relay in production's path adds what its fetch waits. Apache Kafka answers a fetch as
-    // soon as one record is there, so this costs only idle round trips (100/s per broker); a
-    // broker that holds every fetch to its limit (tansu) would add up to 500 ms (the default).
-    c.set("fetch.wait.max.ms", "10");
+    // fetch.wait.max.ms stays at librdkafka's 500 ms: Apache Kafka answers a fetch as soon as a
+    // record is there, so it adds latency only on brokers that hold a fetch to its limit
+    // (tansu). 10 ms there cut the added latency but collapsed exactly-once throughput on tansu
+    // (tests/decided_once.rs fell behind 1,000 events/s); README "Benchmarks" has the figures.
     let user = base(cluster, ClientRole::Consumer, &format!("tenancy-bridge-consumer-{name}"));
     for (k, v) in user.config_map() {
         c.set(k, v);
