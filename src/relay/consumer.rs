@@ -306,9 +306,6 @@ impl ConsumerContext for RebalanceContext {
                     }
                 }
                 self.tracker.remove(&keys);
-                if let Some(r) = &self.refusals {
-                    r.forget(&keys);
-                }
                 if let Some(pt) = &self.partition_transactions {
                     pt.release(&keys);
                 }

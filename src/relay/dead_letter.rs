@@ -135,7 +135,13 @@ struct Booked {
     offset: i64,
     output_topic: String,
     error: KafkaError,
+    at: std::time::Instant,
 }
+
+/// How long a booking outlives its last use at most: a partition that moved to another
+/// instance is never committed here, and its bookings must not cost a scan per output forever.
+/// Not dropped on revoke: a direction that restarts revokes its partitions and reads them again.
+const BOOKED_FOR: std::time::Duration = std::time::Duration::from_secs(600);
 
 impl Refusals {
     pub fn new(topic: &str, rewrites: bool) -> Self {
@@ -170,7 +176,13 @@ impl Refusals {
         if b.len() >= MAX_WAITING {
             b.pop_front();
         }
-        b.push_back(Booked { key, offset, output_topic: output_topic.to_owned(), error });
+        b.push_back(Booked {
+            key,
+            offset,
+            output_topic: output_topic.to_owned(),
+            error,
+            at: std::time::Instant::now(),
+        });
         self.booked.store(b.len(), Relaxed);
     }
 
@@ -187,22 +199,18 @@ impl Refusals {
         b.iter().find(|x| x.key == key && x.offset == offset && x.output_topic == output_topic).map(|x| x.error.clone())
     }
 
-    /// A transaction committed `key` up to `next`: what was booked before it is done.
+    /// A transaction committed `key` up to `next`: what was booked before it is done, and so
+    /// is what was booked longer than [`BOOKED_FOR`] ago.
     pub fn settle(&self, key: PartitionKey, next: i64) {
-        self.drop_where(|b| b.key == key && b.offset < next);
+        self.settle_at(key, next, std::time::Instant::now());
     }
 
-    /// `keys` left this instance: their next owner reads them again and books its own refusals.
-    pub fn forget(&self, keys: &[PartitionKey]) {
-        self.drop_where(|b| keys.contains(&b.key));
-    }
-
-    fn drop_where(&self, done: impl Fn(&Booked) -> bool) {
+    fn settle_at(&self, key: PartitionKey, next: i64, now: std::time::Instant) {
         if self.booked.load(Relaxed) == 0 {
             return;
         }
         let mut b = self.book.lock().unwrap_or_else(|e| e.into_inner());
-        b.retain(|x| !done(x));
+        b.retain(|x| !(x.key == key && x.offset < next) && now.saturating_duration_since(x.at) < BOOKED_FOR);
         self.booked.store(b.len(), Relaxed);
     }
 }
@@ -259,12 +267,15 @@ mod tests {
     }
 
     #[test]
-    fn a_revoked_partition_drops_its_bookings_only() {
+    fn bookings_of_a_partition_never_committed_here_expire() {
         let r = Refusals::new("dlq", true);
         r.book((0, 1), 3, "orders.payment", too_large());
         r.book((0, 2), 3, "orders.payment", too_large());
-        r.forget(&[(0, 1)]);
+        let now = std::time::Instant::now();
+        r.settle_at((0, 2), 0, now);
+        assert!(r.booked((0, 1), 3, "orders.payment").is_some(), "kept while young");
+        r.settle_at((0, 2), 0, now + BOOKED_FOR);
         assert!(r.booked((0, 1), 3, "orders.payment").is_none());
-        assert!(r.booked((0, 2), 3, "orders.payment").is_some());
+        assert_eq!(r.booked.load(Relaxed), 0);
     }
 }
