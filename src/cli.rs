@@ -18,6 +18,12 @@ pub struct Cli {
     pub command: Command,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum MigrateTo {
+    Filtered,
+    Raw,
+}
+
 #[derive(Debug, Clone, Copy, ValueEnum)]
 pub enum LogFormat {
     Text,
@@ -69,6 +75,50 @@ pub enum Command {
         max_listed: usize,
         /// A topic read stops after this long without a record; a partition not read to its
         /// end by then is an error.
+        #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+        idle: std::time::Duration,
+    },
+    /// Move the committed offsets of a stopped consumer group of a service from the raw topic
+    /// to its filtered topic on prod (or back), so it resumes right after the last event it
+    /// processed: nothing skipped, nothing processed twice. Refuses what it cannot prove.
+    Migrate {
+        #[arg(long, short)]
+        config: PathBuf,
+        /// The route's raw topic.
+        #[arg(long)]
+        route: String,
+        #[arg(long)]
+        service: String,
+        /// The service's consumer group on prod (it must have no members).
+        #[arg(long)]
+        group: String,
+        /// Where the group goes: `filtered` (from T to T.S) or `raw` (from T.S back to T).
+        #[arg(long, value_enum, default_value_t = MigrateTo::Filtered)]
+        to: MigrateTo,
+        /// Print the plan per partition; commit nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// A topic read stops after this long without a record.
+        #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+        idle: std::time::Duration,
+    },
+    /// Where a user's events of a route would go now for each service, and why; or where one
+    /// input record went, on which output offset, by which recorded decision.
+    Explain {
+        #[arg(long, short)]
+        config: PathBuf,
+        #[arg(long)]
+        route: String,
+        #[arg(long, conflicts_with_all = ["partition", "offset"], required_unless_present = "partition")]
+        user: Option<String>,
+        #[arg(long, requires = "offset")]
+        partition: Option<i32>,
+        #[arg(long, requires = "partition")]
+        offset: Option<i64>,
+        /// Print the answer as JSON.
+        #[arg(long)]
+        json: bool,
+        /// A topic read stops after this long without a record.
         #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
         idle: std::time::Duration,
     },

@@ -23,6 +23,8 @@
 //! - [`kafka`]: client configuration and the retry / fatal / poison classification of errors.
 //! - [`config_mapper`]: the reference whitelist service (HTTP, SQLite, tokens, audit), and
 //!   [`whitelist_cli`], the `whitelist` command that talks to one.
+//! - [`migrate`]: moving a stopped consumer group between a raw topic and its filtered one
+//!   ([`migrate::plan`] is pure); [`explain`]: where a user's or a record's events go, and why.
 //! - [`report`]: what `validate` prints.
 
 pub mod admin;
@@ -32,10 +34,12 @@ pub mod config;
 pub mod config_mapper;
 pub mod daemon;
 pub mod demo;
+pub mod explain;
 pub mod extract;
 pub mod json_scan;
 pub mod kafka;
 pub mod metrics;
+pub mod migrate;
 pub mod pinning;
 pub mod relay;
 pub mod report;

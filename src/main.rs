@@ -5,7 +5,7 @@ use std::sync::atomic::AtomicBool;
 use clap::Parser as _;
 use tenancy_bridge::config::Config;
 use tenancy_bridge::whitelist;
-use tenancy_bridge::{cleanup, config_mapper, daemon, demo, report, verify, whitelist_cli};
+use tenancy_bridge::{cleanup, config_mapper, daemon, demo, explain, migrate, report, verify, whitelist_cli};
 
 mod cli;
 
@@ -90,6 +90,31 @@ fn dispatch(command: cli::Command) -> anyhow::Result<()> {
                 0 => Ok(()),
                 n => anyhow::bail!("{n} violations of the invariant"),
             }
+        }
+        cli::Command::Migrate { config, route, service, group, to, dry_run, idle } => {
+            let c = Config::load(&config)?;
+            let direction = match to {
+                cli::MigrateTo::Filtered => migrate::Direction::Filtered,
+                cli::MigrateTo::Raw => migrate::Direction::Raw,
+            };
+            let timeout = verify::Options::default().timeout;
+            let opts =
+                migrate::Options { route: &route, service: &service, group: &group, direction, dry_run, idle, timeout };
+            let outcome = migrate::run(&c, &opts)?;
+            emit(&outcome.text);
+            Ok(())
+        }
+        cli::Command::Explain { config, route, user, partition, offset, json, idle } => {
+            let c = Config::load(&config)?;
+            let subject = match (user, partition, offset) {
+                (Some(u), _, _) => explain::Subject::User(u),
+                (None, Some(partition), Some(offset)) => explain::Subject::Record { partition, offset },
+                _ => anyhow::bail!("give --user, or --partition and --offset"),
+            };
+            let timeout = verify::Options::default().timeout;
+            let answer = explain::run(&c, &explain::Options { route: &route, subject, idle, timeout })?;
+            emit(&if json { format!("{:#}\n", answer.json) } else { answer.text });
+            Ok(())
         }
         cli::Command::Cleanup { config, service, delete_topics, dry_run, groups, token_file } => {
             let c = Config::load(&config)?;

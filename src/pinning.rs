@@ -85,6 +85,10 @@ impl Chain {
         self.0.drain(..i.saturating_sub(1));
     }
 
+    pub fn first(&self) -> Option<&Pin> {
+        self.0.first()
+    }
+
     pub fn last(&self) -> Option<&Pin> {
         self.0.last()
     }

@@ -207,7 +207,7 @@ fn recorded(route: &Route, service: usize, input: &Record, epoch: &Epoch, rules:
 }
 
 /// Identity of a record for matching: everything but what the bridge may change on a copy.
-fn identity(r: &Record, rules: &Rules<'_>, strip_payload_stamp: bool) -> u64 {
+pub fn identity(r: &Record, rules: &Rules<'_>, strip_payload_stamp: bool) -> u64 {
     let mut h = foldhash::quality::FixedState::with_seed(0x7e4a).build_hasher();
     h.write_i32(r.partition);
     write_opt(&mut h, r.key.as_deref());

@@ -16,8 +16,7 @@ use std::fmt::Write as _;
 use std::time::Duration;
 
 use check::{Inputs, Locators, Record, ReturnReport, Rules, ServiceReport};
-use read::ClusterReader;
-pub use read::{ReadError, record_of};
+pub use read::{ClusterReader, ReadError, record_of};
 
 use crate::config::Config;
 use crate::extract::TenancyKey;
@@ -160,6 +159,11 @@ const DEAD_LETTER_HEADERS: Locators<'static> = Locators {
 /// Headers the bridge may add or rewrite on a copy; they do not make an output another record.
 const TRACE_HEADERS: [&str; 2] = ["traceparent", "tracestate"];
 
+/// The headers a copy may carry that its input did not: trace context, return-path provenance.
+pub fn volatile_headers(provenance: &Provenance) -> [&str; 4] {
+    [TRACE_HEADERS[0], TRACE_HEADERS[1], provenance.origin.as_str(), provenance.topic.as_str()]
+}
+
 /// With `--since`, inputs and outputs are read from this much earlier, so records whose
 /// timestamps are out of order around the window start are still found.
 const SINCE_SLACK_MS: i64 = 5 * 60 * 1000;
@@ -173,7 +177,7 @@ pub fn run(config: &Config, opts: &Options) -> Result<Report, ReadError> {
     let read_from = since_ms.map(|s| s - SINCE_SLACK_MS);
     let key = TenancyKey::new(&config.bridge.tenancy_header);
     let provenance = Provenance::new(config);
-    let volatile = [TRACE_HEADERS[0], TRACE_HEADERS[1], provenance.origin.as_str(), provenance.topic.as_str()];
+    let volatile = volatile_headers(&provenance);
     let rules = Rules { tenancy: &key, volatile_headers: &volatile };
 
     let mut report = Report { routes: Vec::new(), returns: Vec::new(), notes: Vec::new() };

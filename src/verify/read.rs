@@ -87,13 +87,17 @@ impl ClusterReader {
 
     /// The next offset to be written, per partition.
     fn ends(&self, topic: &str) -> Result<BTreeMap<i32, i64>, ReadError> {
-        let mut ends = BTreeMap::new();
+        Ok(self.watermarks(topic)?.into_iter().map(|(p, (_, high))| (p, high)).collect())
+    }
+
+    /// Log start and high watermark, per partition.
+    pub fn watermarks(&self, topic: &str) -> Result<BTreeMap<i32, (i64, i64)>, ReadError> {
+        let mut marks = BTreeMap::new();
         for p in 0..self.partitions(topic)? {
-            let (_, high) =
-                self.consumer.fetch_watermarks(topic, p, METADATA_TIMEOUT).map_err(self.err(topic, "watermarks"))?;
-            ends.insert(p, high);
+            let m = self.consumer.fetch_watermarks(topic, p, METADATA_TIMEOUT).map_err(self.err(topic, "watermarks"))?;
+            marks.insert(p, m);
         }
-        Ok(ends)
+        Ok(marks)
     }
 
     /// Next offset committed by `group`, per partition (no group join: a plain offset fetch).

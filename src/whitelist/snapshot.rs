@@ -148,6 +148,11 @@ impl Snapshot {
         self.entries.is_empty()
     }
 
+    /// `user`'s entry, live or expired.
+    pub fn entry(&self, user: &str) -> Option<&Entry> {
+        self.entries.get(user)
+    }
+
     /// The services `user` is under test for at `now_ms`; `None` if not whitelisted or expired.
     pub fn services_for(&self, user: &str, now_ms: i64) -> Option<&[Box<str>]> {
         self.entries.get(user)?.live_services(now_ms)

@@ -1,0 +1,283 @@
+//! `tenancy-bridge explain`: where a user's events of a route would go now, and why; or where
+//! one input record went for each service, by which recorded decision.
+//!
+//! Read-only. A record is found on its outputs as `verify` and `migrate` find it: by identity,
+//! in partition order ([`crate::migrate::plan::OffsetMap`]).
+
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::config::{Config, Route};
+use crate::extract::{RecordView, TenancyKey};
+use crate::migrate::plan::OffsetMap;
+use crate::relay::decisions::DecisionReader;
+use crate::relay::{OUTBOX_INPUT_OFFSET, OUTBOX_OUTPUT, Provenance, dead_letter_headers as dlq};
+use crate::tenancy::{self, Cluster, Reason};
+use crate::verify::check::{Record, Rules};
+use crate::verify::{ClusterReader, ReadError, volatile_headers};
+use crate::whitelist::client::MapperClient;
+use crate::whitelist::{Snapshot, now_ms};
+
+pub enum Subject {
+    User(String),
+    Record { partition: i32, offset: i64 },
+}
+
+pub struct Options<'a> {
+    pub route: &'a str,
+    pub subject: Subject,
+    pub idle: Duration,
+    pub timeout: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ExplainError {
+    #[error("route {route:?} is not in the config (routes: {known})")]
+    NoRoute { route: String, known: String },
+    #[error("the whitelist could not be read: {0}")]
+    Whitelist(String),
+    #[error(transparent)]
+    Read(#[from] ReadError),
+}
+
+/// The answer: readable text, and the same as JSON.
+pub struct Explanation {
+    pub text: String,
+    pub json: Value,
+}
+
+pub fn run(config: &Config, o: &Options<'_>) -> Result<Explanation, ExplainError> {
+    let Some((ri, route)) = config.routes.iter().enumerate().find(|(_, r)| r.topic == o.route) else {
+        let known = config.routes.iter().map(|r| r.topic.as_str()).collect::<Vec<_>>().join(", ");
+        return Err(ExplainError::NoRoute { route: o.route.to_owned(), known });
+    };
+    match &o.subject {
+        Subject::User(user) => explain_user(config, route, user),
+        Subject::Record { partition, offset } => explain_record(config, ri, route, *partition, *offset, o),
+    }
+}
+
+/// The whitelist the bridge would read now, and who last changed `user`'s entry (when a
+/// Config Mapper keeps an audit).
+fn current_whitelist(config: &Config, user: &str) -> Result<(Snapshot, Option<String>), ExplainError> {
+    let failed = |e: &dyn std::fmt::Display| ExplainError::Whitelist(e.to_string());
+    if let Some(path) = &config.whitelist.file {
+        return Ok((crate::whitelist::load_file(path).map_err(|e| failed(&e))?, None));
+    }
+    let url = config.whitelist.url.as_deref().unwrap_or_default();
+    let client = MapperClient::new(url, None, config.whitelist.request_timeout).map_err(|e| failed(&e))?;
+    let snapshot = match client.snapshot(None).map_err(|e| failed(&e))? {
+        crate::whitelist::client::SnapshotAnswer::Changed { snapshot, .. } => snapshot,
+        crate::whitelist::client::SnapshotAnswer::NotModified => Snapshot::empty(),
+    };
+    let audit = client.audit().ok().and_then(|records| {
+        let last = records.into_iter().filter(|r| r.user == user).max_by_key(|r| r.id)?;
+        let why = last.reason.map(|r| format!(": {r}")).unwrap_or_default();
+        Some(format!("last change: {} by {} at {}{why}", last.action, last.who, last.at))
+    });
+    Ok((snapshot, audit))
+}
+
+fn rfc3339(ms: i64) -> String {
+    let t = std::time::UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64);
+    humantime::format_rfc3339_seconds(t).to_string()
+}
+
+fn explain_user(config: &Config, route: &Route, user: &str) -> Result<Explanation, ExplainError> {
+    let (snapshot, audit) = current_whitelist(config, user)?;
+    let now = now_ms();
+    let entry = snapshot.entry(user);
+    let mode = format!("{:?}", config.whitelist.mode).to_lowercase();
+    let mut text = format!("user {user:?} on route {} (whitelist version {}, {mode} mode)\n", route.topic, snapshot.version());
+    match entry {
+        Some(e) if e.expires_at_ms > now => {
+            let services = e.services.join(", ");
+            let _ = writeln!(text, "  whitelisted for {services} until {}", rfc3339(e.expires_at_ms));
+        }
+        Some(e) => {
+            let _ = writeln!(text, "  entry expired at {}: treated as not whitelisted", rfc3339(e.expires_at_ms));
+        }
+        None => text.push_str("  not whitelisted\n"),
+    }
+    if let Some(a) = &audit {
+        let _ = writeln!(text, "  {a}");
+    }
+    let live = snapshot.services_for(user, now).unwrap_or_default();
+    let mut services = Vec::new();
+    for s in &route.services {
+        let rush = live.iter().any(|x| **x == *s.name);
+        let why = if rush {
+            format!("whitelisted for {} until {}", s.name, rfc3339(entry.map_or(0, |e| e.expires_at_ms)))
+        } else if entry.is_some_and(|e| e.expires_at_ms > now) {
+            format!("whitelisted, but not for {}", s.name)
+        } else {
+            "not whitelisted".to_owned()
+        };
+        let cluster = if rush { "rush" } else { "prod" };
+        let _ = writeln!(text, "  {:<16} -> {cluster}:{}  ({why})", s.name, s.output_topic);
+        services.push(json!({"service": s.name, "cluster": cluster, "topic": s.output_topic, "why": why}));
+    }
+    text.push_str(
+        "  an event already stamped upstream (event_tenancy) is honoured over the whitelist; one with no usable \
+         user goes to prod\n",
+    );
+    let json = json!({
+        "route": route.topic, "user": user, "whitelist_version": snapshot.version(), "mode": mode,
+        "expires_at": entry.map(|e| rfc3339(e.expires_at_ms)), "audit": audit, "services": services,
+    });
+    Ok(Explanation { text, json })
+}
+
+/// Where one service's copy of the record is.
+fn locate(
+    s: usize,
+    route: &Route,
+    input: &Record,
+    found: &Found,
+    rules: &Rules<'_>,
+    partition_inputs: &[Record],
+) -> (String, Option<i64>) {
+    let name = &route.services[s].output_topic;
+    let p = input.partition;
+    let on = |records: &[Record], strip: bool| {
+        let outs: Vec<Record> = records.iter().filter(|r| r.partition == p).cloned().collect();
+        OffsetMap::build(partition_inputs, &outs, rules, strip).output_of(input.offset)
+    };
+    if let Some(at) = on(&found.outputs[s].0, false) {
+        return (format!("on prod {name}[{p}]@{at}"), Some(at));
+    }
+    if let Some(at) = on(&found.outputs[s].1, route.stamp.payload()) {
+        return (format!("on rush {name}[{p}]@{at}"), Some(at));
+    }
+    let offset = input.offset.to_string();
+    let waiting = found.outbox.iter().find(|r| {
+        r.partition == p
+            && r.header(OUTBOX_INPUT_OFFSET) == Some(offset.as_bytes())
+            && r.header(OUTBOX_OUTPUT) == Some(name.as_bytes())
+    });
+    if let Some(w) = waiting {
+        return (format!("waiting for the Rush lane in the outbox {}[{p}]@{}", route.outbox_topic, w.offset), None);
+    }
+    let partition = p.to_string();
+    let dead = found.dead_letters.iter().find(|r| {
+        r.header(dlq::TOPIC) == Some(route.topic.as_bytes())
+            && r.header(dlq::PARTITION) == Some(partition.as_bytes())
+            && r.header(dlq::OFFSET) == Some(offset.as_bytes())
+            && r.header(dlq::OUTPUT) == Some(name.as_bytes())
+    });
+    if let Some(d) = dead {
+        let reason = d.header(dlq::REASON).map(String::from_utf8_lossy).unwrap_or_default();
+        return (format!("dead-lettered ({reason}) at {}@{}", d.partition, d.offset), None);
+    }
+    ("on neither cluster".to_owned(), None)
+}
+
+/// What was read for one record.
+struct Found {
+    outputs: Vec<(Vec<Record>, Vec<Record>)>,
+    outbox: Vec<Record>,
+    dead_letters: Vec<Record>,
+}
+
+fn explain_record(
+    config: &Config,
+    ri: usize,
+    route: &Route,
+    partition: i32,
+    offset: i64,
+    o: &Options<'_>,
+) -> Result<Explanation, ExplainError> {
+    let prod = ClusterReader::new(&config.prod, "prod", o.idle, o.timeout)?;
+    let rush = ClusterReader::new(&config.rush, "rush", o.idle, o.timeout)?;
+    let at = format!("{}[{partition}]@{offset}", route.topic);
+    let bridge_at = prod.committed(&config.prod, &config.bridge.group_id, &route.topic)?.get(&partition).copied();
+    let (low, high) = prod.watermarks(&route.topic)?.get(&partition).copied().unwrap_or((0, 0));
+    let plain = |text: String, state: &str| Explanation {
+        json: json!({"route": route.topic, "partition": partition, "offset": offset, "state": state, "text": text.trim()}),
+        text,
+    };
+    if offset >= high {
+        return Ok(plain(format!("{at}: not written yet (the partition ends at {high})\n"), "not written"));
+    }
+    if offset < low {
+        return Ok(plain(format!("{at}: deleted by retention (the partition starts at {low})\n"), "deleted"));
+    }
+    let mut found = Found { outputs: Vec::new(), outbox: Vec::new(), dead_letters: Vec::new() };
+    for s in &route.services {
+        found.outputs.push((prod.read(&s.output_topic, None, false)?, rush.read(&s.output_topic, None, false)?));
+    }
+    found.outbox = prod.read(&route.outbox_topic, None, false)?;
+    found.dead_letters = prod.read(&config.bridge.dead_letter_topic, None, false)?;
+    let inputs: Vec<Record> = prod.read(&route.topic, None, true)?.into_iter().filter(|r| r.partition == partition).collect();
+    let Some(input) = inputs.iter().find(|r| r.offset == offset) else {
+        let text = format!("{at}: no record at this offset (a transaction marker, or an aborted record)\n");
+        return Ok(plain(text, "no record"));
+    };
+
+    let key = TenancyKey::new(&config.bridge.tenancy_header);
+    let provenance = Provenance::new(config);
+    let volatile = volatile_headers(&provenance);
+    let rules = Rules { tenancy: &key, volatile_headers: &volatile };
+    let view = RecordView { key: input.key.as_deref(), payload: input.payload.as_deref(), headers: input };
+    let pin = DecisionReader::new(config)
+        .and_then(|mut r| r.load((ri, partition), offset))
+        .ok()
+        .and_then(|chain| chain.covering(offset).cloned());
+    let relayed = bridge_at.is_some_and(|b| offset < b);
+    let mut text = at.clone();
+    let (decision, basis) = match &pin {
+        Some(pin) => {
+            let d = tenancy::decide(route, &view, &*pin.epoch.snapshot, pin.epoch.clock_ms, &key);
+            let basis = format!(
+                "decided by the whitelist pinned from offset {} (version {}, read at {})",
+                pin.from,
+                pin.epoch.snapshot.version(),
+                rfc3339(pin.epoch.clock_ms)
+            );
+            (d, basis)
+        }
+        None => {
+            let (snapshot, _) = current_whitelist(config, "")?;
+            let d = tenancy::decide(route, &view, &snapshot, now_ms(), &key);
+            (d, format!("no decision on record: with today's whitelist (version {})", snapshot.version()))
+        }
+    };
+    let user = decision.user.as_deref().unwrap_or("-").to_owned();
+    let reason = match decision.reason {
+        Reason::Whitelist => format!("user {user}, looked up in the whitelist"),
+        Reason::Upstream => format!("stamped upstream for user {user}"),
+        Reason::Passthrough(p) => format!("production traffic ({})", p.as_str()),
+    };
+    let state = match (relayed, pin.is_some()) {
+        (true, _) => "relayed",
+        (false, true) => "in flight",
+        (false, false) => "not relayed yet",
+    };
+    let _ = writeln!(
+        text,
+        ": {state} (the bridge is at {}); {reason}; {basis}",
+        bridge_at.map_or_else(|| "no committed offset".to_owned(), |b| b.to_string())
+    );
+    let mut services = Vec::new();
+    for (s, svc) in route.services.iter().enumerate() {
+        let cluster = decision.cluster(s);
+        let (where_, output_offset) = if pin.is_some() || relayed {
+            locate(s, route, input, &found, &rules, &inputs)
+        } else {
+            ("not relayed yet".to_owned(), None)
+        };
+        let verb = if pin.is_some() { "decided" } else { "would go to" };
+        let _ = writeln!(text, "  {:<16} {verb} {}: {where_}", svc.name, cluster.as_str());
+        services.push(json!({
+            "service": svc.name, "cluster": cluster.as_str(), "found": where_, "output_offset": output_offset,
+            "rush": cluster == Cluster::Rush,
+        }));
+    }
+    let json = json!({
+        "route": route.topic, "partition": partition, "offset": offset, "state": state, "user": decision.user,
+        "reason": reason, "basis": basis, "bridge_at": bridge_at, "services": services,
+    });
+    Ok(Explanation { text, json })
+}
