@@ -14,7 +14,7 @@ use crate::extract::{RecordView, TenancyKey};
 use crate::migrate::plan::OffsetMap;
 use crate::relay::decisions::DecisionReader;
 use crate::relay::{OUTBOX_INPUT_OFFSET, OUTBOX_OUTPUT, Provenance, dead_letter_headers as dlq};
-use crate::tenancy::{self, Cluster, Reason};
+use crate::tenancy::{self, Reason};
 use crate::verify::check::{Record, Rules};
 use crate::verify::{ClusterReader, ReadError, volatile_headers};
 use crate::whitelist::client::MapperClient;
@@ -193,14 +193,11 @@ fn explain_record(
     let rush = ClusterReader::new(&config.rush, "rush", o.idle, o.timeout)?;
     let at = format!("{}[{partition}]@{offset}", route.topic);
     let bridge_at = prod.committed(&config.prod, &config.bridge.group_id, &route.topic)?.get(&partition).copied();
-    let (low, high) = prod.watermarks(&route.topic)?.get(&partition).copied().unwrap_or((0, 0));
+    let low = prod.watermarks(&route.topic)?.get(&partition).map_or(0, |(low, _)| *low);
     let plain = |text: String, state: &str| Explanation {
         json: json!({"route": route.topic, "partition": partition, "offset": offset, "state": state, "text": text.trim()}),
         text,
     };
-    if offset >= high {
-        return Ok(plain(format!("{at}: not written yet (the partition ends at {high})\n"), "not written"));
-    }
     if offset < low {
         return Ok(plain(format!("{at}: deleted by retention (the partition starts at {low})\n"), "deleted"));
     }
@@ -210,10 +207,17 @@ fn explain_record(
     }
     found.outbox = prod.read(&route.outbox_topic, None, false)?;
     found.dead_letters = prod.read(&config.bridge.dead_letter_topic, None, false)?;
+    // Inputs last: every output read has its input among them.
     let inputs: Vec<Record> = prod.read(&route.topic, None, true)?.into_iter().filter(|r| r.partition == partition).collect();
     let Some(input) = inputs.iter().find(|r| r.offset == offset) else {
-        let text = format!("{at}: no record at this offset (a transaction marker, or an aborted record)\n");
-        return Ok(plain(text, "no record"));
+        // Read to the end, not by the high watermark: some brokers report it per batch.
+        let end = inputs.last().map_or(low, |r| r.offset + 1);
+        let text = if offset >= end {
+            format!("{at}: not written yet (the partition ends at {end})\n")
+        } else {
+            format!("{at}: no record at this offset (a transaction marker, or an aborted record)\n")
+        };
+        return Ok(plain(text, if offset >= end { "not written" } else { "no record" }));
     };
 
     let key = TenancyKey::new(&config.bridge.tenancy_header);
@@ -250,7 +254,9 @@ fn explain_record(
         Reason::Upstream => format!("stamped upstream for user {user}"),
         Reason::Passthrough(p) => format!("production traffic ({})", p.as_str()),
     };
-    let state = match (relayed, pin.is_some()) {
+    let located: Vec<(String, Option<i64>)> =
+        (0..route.services.len()).map(|s| locate(s, route, input, &found, &rules, &inputs)).collect();
+    let state = match (relayed, located.iter().any(|(_, at)| at.is_some())) {
         (true, _) => "relayed",
         (false, true) => "in flight",
         (false, false) => "not relayed yet",
@@ -261,18 +267,16 @@ fn explain_record(
         bridge_at.map_or_else(|| "no committed offset".to_owned(), |b| b.to_string())
     );
     let mut services = Vec::new();
-    for (s, svc) in route.services.iter().enumerate() {
+    for ((s, svc), (where_, output_offset)) in route.services.iter().enumerate().zip(located) {
         let cluster = decision.cluster(s);
-        let (where_, output_offset) = if pin.is_some() || relayed {
-            locate(s, route, input, &found, &rules, &inputs)
-        } else {
-            ("not relayed yet".to_owned(), None)
+        let (verb, where_) = match (relayed, output_offset) {
+            (true, _) => ("decided", where_),
+            (false, Some(_)) => ("would go to", where_),
+            (false, None) => ("would go to", "not relayed yet".to_owned()),
         };
-        let verb = if pin.is_some() { "decided" } else { "would go to" };
         let _ = writeln!(text, "  {:<16} {verb} {}: {where_}", svc.name, cluster.as_str());
         services.push(json!({
             "service": svc.name, "cluster": cluster.as_str(), "found": where_, "output_offset": output_offset,
-            "rush": cluster == Cluster::Rush,
         }));
     }
     let json = json!({

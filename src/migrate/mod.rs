@@ -119,6 +119,8 @@ pub fn run(config: &Config, o: &Options<'_>) -> Result<Outcome, MigrateError> {
                 &rules,
                 false,
             );
+            // Some brokers (tansu) report a high watermark per batch: what was read counts too.
+            let read_end = outputs.get(&p).and_then(|o| o.last()).map_or(0, |r| r.offset + 1);
             let facts = Facts {
                 partition: p,
                 group_at: group_at.get(&p).copied(),
@@ -126,7 +128,7 @@ pub fn run(config: &Config, o: &Options<'_>) -> Result<Outcome, MigrateError> {
                 bridge_at: bridge_at.get(&p).copied(),
                 map_start: map_starts.get(&p).copied(),
                 output_start,
-                output_high,
+                output_high: output_high.max(read_end),
             };
             plan::plan(o.direction, &facts, &map, names)
         })
