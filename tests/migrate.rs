@@ -63,9 +63,13 @@ struct Service(BaseConsumer);
 
 impl Service {
     fn join(bootstrap: &str, topic: &str) -> Self {
+        Self::join_as(bootstrap, topic, GROUP)
+    }
+
+    fn join_as(bootstrap: &str, topic: &str, group: &str) -> Self {
         let c: BaseConsumer = ClientConfig::new()
             .set("bootstrap.servers", bootstrap)
-            .set("group.id", GROUP)
+            .set("group.id", group)
             .set("enable.auto.commit", "false")
             .set("auto.offset.reset", "earliest")
             .set("isolation.level", "read_committed")
@@ -123,19 +127,24 @@ impl Service {
     }
 }
 
-fn group_state(bootstrap: &str) -> String {
+fn group_state(bootstrap: &str, group: &str) -> String {
     let c: BaseConsumer = ClientConfig::new().set("bootstrap.servers", bootstrap).create().unwrap();
-    let list = c.fetch_group_list(Some(GROUP), Duration::from_secs(10)).unwrap();
-    list.groups().iter().find(|g| g.name() == GROUP).map(|g| g.state().to_owned()).unwrap_or_default()
+    let list = c.fetch_group_list(Some(group), Duration::from_secs(10)).unwrap();
+    list.groups().iter().find(|g| g.name() == group).map(|g| g.state().to_owned()).unwrap_or_default()
 }
 
 fn wait_stopped(bootstrap: &str) {
+    wait_group_stopped(bootstrap, GROUP);
+}
+
+fn wait_group_stopped(bootstrap: &str, group: &str) {
     common::wait_until("the service group to be empty", Instant::now() + Duration::from_secs(90), || {
-        matches!(group_state(bootstrap).as_str(), "" | "Empty" | "Dead")
+        matches!(group_state(bootstrap, group).as_str(), "" | "Empty" | "Dead")
     });
 }
 
-fn scenario(delivery: &str) {
+/// Two brokers, `orders`, the whitelist and the bridge's config (not started).
+fn setup(delivery: &str) -> (Tansu, Tansu, tempfile::TempDir, std::path::PathBuf) {
     let prod = Tansu::start();
     let rush = Tansu::start();
     common::create_topic(&prod.bootstrap, "orders", PARTITIONS);
@@ -158,6 +167,11 @@ fn scenario(delivery: &str) {
         }),
     )
     .unwrap();
+    (prod, rush, dir, config)
+}
+
+fn scenario(delivery: &str) {
+    let (prod, _rush, _dir, config) = setup(delivery);
     let cfg = config.to_str().unwrap();
     let inputs: Vec<Input> = (0..EVENTS).map(input).collect();
     common::produce(&prod.bootstrap, "orders", &inputs);
@@ -315,4 +329,48 @@ fn a_group_moves_to_its_filtered_topic_and_back_exactly_once() {
 #[test]
 fn a_group_moves_to_its_filtered_topic_and_back_at_least_once() {
     scenario("at-least-once");
+}
+
+/// A group behind where the bridge started, and one ahead of the bridge: no map proves either.
+#[test]
+fn positions_the_bridge_has_not_mapped_are_refused() {
+    let (prod, _rush, _dir, config) = setup("at-least-once");
+    let cfg = config.to_str().unwrap();
+    common::produce(&prod.bootstrap, "orders", &(0..400).map(input).collect::<Vec<_>>());
+    // The bridge starts at offset 50 of every partition, as if it had been deployed then.
+    let starter: BaseConsumer =
+        ClientConfig::new().set("bootstrap.servers", &prod.bootstrap).set("group.id", "bridge").create().unwrap();
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..PARTITIONS {
+        tpl.add_partition_offset("orders", p, Offset::Offset(50)).unwrap();
+    }
+    starter.commit(&tpl, CommitMode::Sync).unwrap();
+    let early = Service::join_as(&prod.bootstrap, "orders", "early-svc");
+    early.process(Some(20), None);
+    drop(early);
+    let mut bridge = Bridge::start(&config);
+    let watch = common::OffsetWatcher::new(&prod.bootstrap, "bridge");
+    common::wait_until("the bridge to relay every event", Instant::now() + Duration::from_secs(120), || {
+        bridge.assert_running();
+        watch.committed("orders", PARTITIONS) >= 400
+    });
+    bridge.stop(Duration::from_secs(30));
+    wait_group_stopped(&prod.bootstrap, "early-svc");
+    let args = |group| ["migrate", "--config", cfg, "--route", "orders", "--service", "payment", "--group", group];
+    let (ok, out) = cli(&args("early-svc"));
+    assert!(!ok && out.contains("older than anything the bridge has mapped") && out.contains("offset 50"), "{out}");
+    assert!(out.contains("nothing was committed"), "{out}");
+    assert!(common::committed(&prod.bootstrap, "early-svc", "orders.payment", PARTITIONS).is_empty());
+
+    // The bridge is stopped; 40 more events; a group that read them all is ahead of it.
+    common::produce(&prod.bootstrap, "orders", &(400..440).map(input).collect::<Vec<_>>());
+    let late = Service::join_as(&prod.bootstrap, "orders", "late-svc");
+    late.process(Some(110), None);
+    drop(late);
+    wait_group_stopped(&prod.bootstrap, "late-svc");
+    let (ok, out) = cli(&args("late-svc"));
+    assert!(!ok && out.contains("ahead of the bridge (110 against the bridge's 100)"), "{out}");
+    assert!(common::committed(&prod.bootstrap, "late-svc", "orders.payment", PARTITIONS).is_empty());
+    let (ok, out) = cli(&args("bridge"));
+    assert!(!ok && out.contains("the bridge's own consumer group"), "{out}");
 }
