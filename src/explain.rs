@@ -90,7 +90,8 @@ fn explain_user(config: &Config, route: &Route, user: &str) -> Result<Explanatio
     let now = now_ms();
     let entry = snapshot.entry(user);
     let mode = format!("{:?}", config.whitelist.mode).to_lowercase();
-    let mut text = format!("user {user:?} on route {} (whitelist version {}, {mode} mode)\n", route.topic, snapshot.version());
+    let mut text =
+        format!("user {user:?} on route {} (whitelist version {}, {mode} mode)\n", route.topic, snapshot.version());
     match entry {
         Some(e) if e.expires_at_ms > now => {
             let services = e.services.join(", ");
@@ -208,7 +209,8 @@ fn explain_record(
     found.outbox = prod.read(&route.outbox_topic, None, false)?;
     found.dead_letters = prod.read(&config.bridge.dead_letter_topic, None, false)?;
     // Inputs last: every output read has its input among them.
-    let inputs: Vec<Record> = prod.read(&route.topic, None, true)?.into_iter().filter(|r| r.partition == partition).collect();
+    let inputs: Vec<Record> =
+        prod.read(&route.topic, None, true)?.into_iter().filter(|r| r.partition == partition).collect();
     let Some(input) = inputs.iter().find(|r| r.offset == offset) else {
         // Read to the end, not by the high watermark: some brokers report it per batch.
         let end = inputs.last().map_or(low, |r| r.offset + 1);

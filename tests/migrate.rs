@@ -181,8 +181,12 @@ fn scenario(delivery: &str) {
         .iter()
         .map(|r| (String::from_utf8(r.header(TID).unwrap().to_vec()).unwrap(), (r.partition, r.offset)))
         .collect();
-    let rush_event: HashMap<(i32, i64), bool> =
-        raw.iter().map(|r| ((r.partition, r.offset), rush_for_payment(std::str::from_utf8(r.header("x-user-id").unwrap()).unwrap()))).collect();
+    let rush_event: HashMap<(i32, i64), bool> = raw
+        .iter()
+        .map(|r| {
+            ((r.partition, r.offset), rush_for_payment(std::str::from_utf8(r.header("x-user-id").unwrap()).unwrap()))
+        })
+        .collect();
 
     // The service processes the first 3,000 events on the raw topic, as it does today.
     let service = Service::join(&prod.bootstrap, "orders");
@@ -225,7 +229,8 @@ fn scenario(delivery: &str) {
     assert!(ok && out.contains("committed"), "{out}");
     println!("{out}");
     let back_at = common::committed(&prod.bootstrap, GROUP, "orders", PARTITIONS);
-    let ends: BTreeMap<i32, i64> = (0..PARTITIONS).map(|p| (p, raw.iter().filter(|r| r.partition == p).count() as i64)).collect();
+    let ends: BTreeMap<i32, i64> =
+        (0..PARTITIONS).map(|p| (p, raw.iter().filter(|r| r.partition == p).count() as i64)).collect();
     // Partitions already at their end have nothing to read.
     let mut rest = ends.clone();
     rest.retain(|p, end| back_at.get(p).copied().unwrap_or(0) < *end);
@@ -279,7 +284,8 @@ fn scenario(delivery: &str) {
     // A record the bridge has not relayed yet.
     bridge.stop(Duration::from_secs(30));
     common::produce(&prod.bootstrap, "orders", &[input(0)]);
-    let (ok, out) = cli(&["explain", "--config", cfg, "--route", "orders", "--partition", "0", "--offset", &ends[&0].to_string()]);
+    let (ok, out) =
+        cli(&["explain", "--config", cfg, "--route", "orders", "--partition", "0", "--offset", &ends[&0].to_string()]);
     assert!(ok && out.contains("not relayed yet"), "{out}");
 }
 
@@ -297,11 +303,25 @@ fn explain(cfg: &str, raw: &[common::Read], prod: &str) {
         filtered.iter().filter(|r| r.partition == 1).map(|r| (r.header(TID).unwrap(), r.offset)).collect();
     let in_p1 = |rush: bool| {
         raw.iter()
-            .find(|r| r.partition == 1 && rush_for_payment(std::str::from_utf8(r.header("x-user-id").unwrap()).unwrap()) == rush)
+            .find(|r| {
+                r.partition == 1
+                    && rush_for_payment(std::str::from_utf8(r.header("x-user-id").unwrap()).unwrap()) == rush
+            })
             .unwrap()
     };
     let record = |r: &common::Read| {
-        let (ok, out, err) = cli_split(&["explain", "--config", cfg, "--route", "orders", "--partition", "1", "--offset", &r.offset.to_string(), "--json"]);
+        let (ok, out, err) = cli_split(&[
+            "explain",
+            "--config",
+            cfg,
+            "--route",
+            "orders",
+            "--partition",
+            "1",
+            "--offset",
+            &r.offset.to_string(),
+            "--json",
+        ]);
         (ok, if ok { out } else { err })
     };
     let on_prod = in_p1(false);

@@ -113,12 +113,8 @@ pub fn run(config: &Config, o: &Options<'_>) -> Result<Outcome, MigrateError> {
     let plans: Vec<PartitionPlan> = marks
         .iter()
         .map(|(&p, &(output_start, output_high))| {
-            let map = OffsetMap::build(
-                inputs.get(&p).unwrap_or(&none),
-                outputs.get(&p).unwrap_or(&none),
-                &rules,
-                false,
-            );
+            let map =
+                OffsetMap::build(inputs.get(&p).unwrap_or(&none), outputs.get(&p).unwrap_or(&none), &rules, false);
             // Some brokers (tansu) report a high watermark per batch: what was read counts too.
             let read_end = outputs.get(&p).and_then(|o| o.last()).map_or(0, |r| r.offset + 1);
             let facts = Facts {
@@ -184,7 +180,11 @@ pub fn run(config: &Config, o: &Options<'_>) -> Result<Outcome, MigrateError> {
 }
 
 /// The route and service named, with the route's index in the config.
-pub fn find<'c>(config: &'c Config, route: &str, service: &str) -> Result<(usize, &'c Route, &'c Service), MigrateError> {
+pub fn find<'c>(
+    config: &'c Config,
+    route: &str,
+    service: &str,
+) -> Result<(usize, &'c Route, &'c Service), MigrateError> {
     let names = |it: &mut dyn Iterator<Item = &str>| it.collect::<Vec<_>>().join(", ");
     let Some((ri, r)) = config.routes.iter().enumerate().find(|(_, r)| r.topic == route) else {
         let known = names(&mut config.routes.iter().map(|r| r.topic.as_str()));
@@ -199,9 +199,11 @@ pub fn find<'c>(config: &'c Config, route: &str, service: &str) -> Result<(usize
 
 /// A group is stopped when the coordinator lists no member and no rebalance.
 fn ensure_stopped(client: &BaseConsumer, group: &str) -> Result<(), MigrateError> {
-    let list = client
-        .fetch_group_list(Some(group), GROUP_TIMEOUT)
-        .map_err(|source| MigrateError::Kafka { group: group.to_owned(), what: "describe group", source })?;
+    let list = client.fetch_group_list(Some(group), GROUP_TIMEOUT).map_err(|source| MigrateError::Kafka {
+        group: group.to_owned(),
+        what: "describe group",
+        source,
+    })?;
     for g in list.groups().iter().filter(|g| g.name() == group) {
         let members: Vec<String> =
             g.members().iter().map(|m| format!("{} ({} at {})", m.id(), m.client_id(), m.client_host())).collect();

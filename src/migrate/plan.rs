@@ -163,7 +163,9 @@ fn to_filtered(f: &Facts, map: &OffsetMap, n: Names<'_>) -> Step {
         ));
     }
     let (to, mut how) = match map.pairs.iter().find(|(i, _)| *i >= c) {
-        Some((i, o)) => (*o, format!("the first output from an event at or after {c} is {}@{o} (input {i})", n.filtered)),
+        Some((i, o)) => {
+            (*o, format!("the first output from an event at or after {c} is {}@{o} (input {i})", n.filtered))
+        }
         None => {
             let end = map.pairs.last().map(|(_, o)| o + 1).into_iter().chain(map.unmatched.last().map(|o| o + 1));
             let to = end.max().unwrap_or(f.output_start);
@@ -224,14 +226,8 @@ pub fn render(plans: &[PartitionPlan], source: &str, target: &str) -> String {
             Step::Skip(why) => ("-".to_owned(), why.clone()),
             Step::Refuse(why) => ("REFUSED".to_owned(), why.clone()),
         };
-        let _ = writeln!(
-            s,
-            "{:>9}  {:>12}  {:>12}  {:>12}  {how}",
-            x.partition,
-            show(x.from),
-            show(x.target_before),
-            to
-        );
+        let _ =
+            writeln!(s, "{:>9}  {:>12}  {:>12}  {:>12}  {how}", x.partition, show(x.from), show(x.target_before), to);
     }
     s
 }

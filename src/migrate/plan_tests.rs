@@ -122,9 +122,14 @@ fn positions_the_map_cannot_prove_are_refused_with_the_reason() {
     let (inputs, outputs) = scene();
     let map = map_of(&inputs, &outputs);
     let older = Facts { map_start: Some(5), ..facts(3) };
-    assert!(refusal(&plan(Direction::Filtered, &older, &map, NAMES)).contains("older than anything the bridge has mapped"));
+    assert!(
+        refusal(&plan(Direction::Filtered, &older, &map, NAMES)).contains("older than anything the bridge has mapped")
+    );
     let ahead = Facts { bridge_at: Some(4), ..facts(6) };
-    assert!(refusal(&plan(Direction::Filtered, &ahead, &map, NAMES)).contains("ahead of the bridge (6 against the bridge's 4)"));
+    assert!(
+        refusal(&plan(Direction::Filtered, &ahead, &map, NAMES))
+            .contains("ahead of the bridge (6 against the bridge's 4)")
+    );
     let nothing = Facts { bridge_at: None, ..facts(3) };
     assert!(refusal(&plan(Direction::Filtered, &nothing, &map, NAMES)).contains("committed nothing"));
     // Outputs 0..2 deleted: the map starts at e4, after the position.

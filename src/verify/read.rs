@@ -94,7 +94,8 @@ impl ClusterReader {
     pub fn watermarks(&self, topic: &str) -> Result<BTreeMap<i32, (i64, i64)>, ReadError> {
         let mut marks = BTreeMap::new();
         for p in 0..self.partitions(topic)? {
-            let m = self.consumer.fetch_watermarks(topic, p, METADATA_TIMEOUT).map_err(self.err(topic, "watermarks"))?;
+            let m =
+                self.consumer.fetch_watermarks(topic, p, METADATA_TIMEOUT).map_err(self.err(topic, "watermarks"))?;
             marks.insert(p, m);
         }
         Ok(marks)
