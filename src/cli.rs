@@ -98,6 +98,10 @@ pub enum Command {
         /// Print the plan per partition; commit nothing.
         #[arg(long)]
         dry_run: bool,
+        /// Read only records at most this old (by timestamp, plus 5 minutes), e.g. 2h: bounds
+        /// memory on long topics; a position before the window is refused. Default: all.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        since: Option<std::time::Duration>,
         /// A topic read stops after this long without a record.
         #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
         idle: std::time::Duration,

@@ -15,7 +15,7 @@ use crate::migrate::plan::OffsetMap;
 use crate::relay::decisions::DecisionReader;
 use crate::relay::{OUTBOX_INPUT_OFFSET, OUTBOX_OUTPUT, Provenance, dead_letter_headers as dlq};
 use crate::tenancy::{self, Reason};
-use crate::verify::check::{Record, Rules};
+use crate::verify::check::{Record, Rules, exact_identity, identity};
 use crate::verify::{ClusterReader, ReadError, volatile_headers};
 use crate::whitelist::client::MapperClient;
 use crate::whitelist::{Snapshot, now_ms};
@@ -142,14 +142,16 @@ fn locate(
 ) -> (String, Option<i64>) {
     let name = &route.services[s].output_topic;
     let p = input.partition;
-    let on = |records: &[Record], strip: bool| {
+    let on = |records: &[Record], identity: &dyn Fn(&Record) -> u64| {
         let outs: Vec<Record> = records.iter().filter(|r| r.partition == p).cloned().collect();
-        OffsetMap::build(partition_inputs, &outs, rules, strip).output_of(input.offset)
+        OffsetMap::build(partition_inputs, &outs, identity).output_of(input.offset)
     };
-    if let Some(at) = on(&found.outputs[s].0, false) {
+    // Prod copies are byte for byte; Rush copies are stamped and carry their own trace context.
+    if let Some(at) = on(&found.outputs[s].0, &exact_identity) {
         return (format!("on prod {name}[{p}]@{at}"), Some(at));
     }
-    if let Some(at) = on(&found.outputs[s].1, route.stamp.payload()) {
+    let strip = route.stamp.payload();
+    if let Some(at) = on(&found.outputs[s].1, &|r| identity(r, rules, strip)) {
         return (format!("on rush {name}[{p}]@{at}"), Some(at));
     }
     let offset = input.offset.to_string();
@@ -227,10 +229,15 @@ fn explain_record(
     let volatile = volatile_headers(&provenance);
     let rules = Rules { tenancy: &key, volatile_headers: &volatile };
     let view = RecordView { key: input.key.as_deref(), payload: input.payload.as_deref(), headers: input };
-    let pin = DecisionReader::new(config)
-        .and_then(|mut r| r.load((ri, partition), offset))
-        .ok()
-        .and_then(|chain| chain.covering(offset).cloned());
+    let chain = DecisionReader::new(config).and_then(|mut r| r.load((ri, partition), offset));
+    let pin = chain.as_ref().ok().and_then(|chain| chain.covering(offset).cloned());
+    let no_pin = match &chain {
+        Err(e) => format!("the decision log could not be read ({e})"),
+        Ok(c) if c.first().is_some_and(|first| first.from > offset) => {
+            format!("it is before the first decision on record (offset {})", c.first().map_or(0, |f| f.from))
+        }
+        Ok(_) => "no decision on record".to_owned(),
+    };
     let relayed = bridge_at.is_some_and(|b| offset < b);
     let mut text = at.clone();
     let (decision, basis) = match &pin {
@@ -247,7 +254,7 @@ fn explain_record(
         None => {
             let (snapshot, _) = current_whitelist(config, "")?;
             let d = tenancy::decide(route, &view, &snapshot, now_ms(), &key);
-            (d, format!("no decision on record: with today's whitelist (version {})", snapshot.version()))
+            (d, format!("{no_pin}: with today's whitelist (version {})", snapshot.version()))
         }
     };
     let user = decision.user.as_deref().unwrap_or("-").to_owned();

@@ -91,15 +91,23 @@ fn dispatch(command: cli::Command) -> anyhow::Result<()> {
                 n => anyhow::bail!("{n} violations of the invariant"),
             }
         }
-        cli::Command::Migrate { config, route, service, group, to, dry_run, idle } => {
+        cli::Command::Migrate { config, route, service, group, to, dry_run, since, idle } => {
             let c = Config::load(&config)?;
             let direction = match to {
                 cli::MigrateTo::Filtered => migrate::Direction::Filtered,
                 cli::MigrateTo::Raw => migrate::Direction::Raw,
             };
             let timeout = verify::Options::default().timeout;
-            let opts =
-                migrate::Options { route: &route, service: &service, group: &group, direction, dry_run, idle, timeout };
+            let opts = migrate::Options {
+                route: &route,
+                service: &service,
+                group: &group,
+                direction,
+                dry_run,
+                since,
+                idle,
+                timeout,
+            };
             let outcome = migrate::run(&c, &opts)?;
             emit(&outcome.text);
             Ok(())

@@ -191,6 +191,12 @@ fn scenario(delivery: &str) {
     // The service processes the first 3,000 events on the raw topic, as it does today.
     let service = Service::join(&prod.bootstrap, "orders");
     let before = service.process(Some(750), None);
+    // A group with a member is refused (asked while the member still polls within its
+    // max.poll.interval.ms, so the coordinator counts it).
+    let base = ["migrate", "--config", cfg, "--route", "orders", "--service", "payment", "--group", GROUP];
+    let (ok, out) = cli(&base);
+    assert!(!ok && out.contains("not stopped"), "{out}");
+    drop(service);
     let mut bridge = Bridge::start(&config);
     let watch = common::OffsetWatcher::new(&prod.bootstrap, "bridge");
     common::wait_until("the bridge to relay every event", Instant::now() + Duration::from_secs(180), || {
@@ -198,11 +204,7 @@ fn scenario(delivery: &str) {
         watch.committed("orders", PARTITIONS) >= EVENTS as i64
     });
 
-    // Refusals: a running group, an unknown route or service; a dry run commits nothing.
-    let base = ["migrate", "--config", cfg, "--route", "orders", "--service", "payment", "--group", GROUP];
-    let (ok, out) = cli(&base);
-    assert!(!ok && out.contains("not stopped"), "{out}");
-    drop(service);
+    // An unknown route or service is refused; a dry run commits nothing.
     wait_stopped(&prod.bootstrap);
     let (ok, out) = cli(&["migrate", "--config", cfg, "--route", "nope", "--service", "payment", "--group", GROUP]);
     assert!(!ok && out.contains("route \"nope\" is not in the config"), "{out}");

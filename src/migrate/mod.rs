@@ -20,12 +20,10 @@ pub use plan::{Direction, PartitionPlan, Step};
 use plan::{Facts, Names, OffsetMap};
 
 use crate::config::{Config, Route, Service, WhitelistMode};
-use crate::extract::TenancyKey;
 use crate::kafka::admin_config;
-use crate::relay::Provenance;
 use crate::relay::decisions::DecisionReader;
-use crate::verify::check::{Record, Rules};
-use crate::verify::{ClusterReader, ReadError, volatile_headers};
+use crate::verify::check::{Record, exact_identity};
+use crate::verify::{ClusterReader, ReadError};
 
 const GROUP_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -35,6 +33,8 @@ pub struct Options<'a> {
     pub group: &'a str,
     pub direction: Direction,
     pub dry_run: bool,
+    /// Read only records at most this old (and 5 minutes more): bounds memory on long topics.
+    pub since: Option<Duration>,
     /// A topic read with no high watermark to go by ends after this much quiet.
     pub idle: Duration,
     /// Longest time spent reading one topic.
@@ -62,6 +62,17 @@ pub enum MigrateError {
     Refused { group: String, partitions: usize, plan: String },
     #[error("group {group:?}: committed, but {topic}[{partition}] reads back as {found:?}, not {want}")]
     NotApplied { group: String, topic: String, partition: i32, want: i64, found: Option<i64> },
+    #[error("prod cluster: committed offsets of group {group:?} on {topic:?}: {source}")]
+    Offsets { group: String, topic: String, source: Box<ReadError> },
+    #[error(
+        "prod cluster: {raw:?} has {raw_count} partitions and {filtered:?} {filtered_count}: the filtered topic must \
+         have its input's partition count"
+    )]
+    Partitions { raw: String, raw_count: usize, filtered: String, filtered_count: usize },
+    #[error("group {group:?} has no committed offset on {topic:?}: nothing to move (is the group name right?)")]
+    NothingCommitted { group: String, topic: String },
+    #[error("group {group:?}: its offsets changed while migrate read the topics (a member ran); nothing was committed")]
+    Moved { group: String },
     #[error(transparent)]
     Read(#[from] ReadError),
 }
@@ -93,38 +104,57 @@ pub fn run(config: &Config, o: &Options<'_>) -> Result<Outcome, MigrateError> {
     ensure_stopped(&client, o.group)?;
 
     let reader = ClusterReader::new(&config.prod, "prod", o.idle, o.timeout)?;
-    let group_at = reader.committed(&config.prod, o.group, source)?;
-    let target_at = reader.committed(&config.prod, o.group, target)?;
-    let bridge_at = reader.committed(&config.prod, &config.bridge.group_id, &route.topic)?;
+    let offsets = |group: &str, topic: &str| {
+        reader.committed(&config.prod, group, topic).map_err(|source| MigrateError::Offsets {
+            group: group.to_owned(),
+            topic: topic.to_owned(),
+            source: Box::new(source),
+        })
+    };
+    let group_at = offsets(o.group, source)?;
+    let target_at = offsets(o.group, target)?;
+    let bridge_at = offsets(&config.bridge.group_id, &route.topic)?;
     let marks = reader.watermarks(&service.output_topic)?;
+    let raw_marks = reader.watermarks(&route.topic)?;
     if marks.is_empty() {
         return Err(MigrateError::NoOutput(service.output_topic.clone()));
     }
+    if marks.len() != raw_marks.len() {
+        return Err(MigrateError::Partitions {
+            raw: route.topic.clone(),
+            raw_count: raw_marks.len(),
+            filtered: service.output_topic.clone(),
+            filtered_count: marks.len(),
+        });
+    }
     let (map_starts, note) = map_starts(config, ri, marks.keys().copied());
-    let outputs = by_partition(reader.read(&service.output_topic, None, true)?);
-    let inputs = by_partition(reader.read(&route.topic, None, true)?);
+    let read_from = o.since.map(|d| crate::whitelist::now_ms() - d.as_millis() as i64 - SINCE_SLACK_MS);
+    let outputs = by_partition(reader.read(&service.output_topic, read_from, true)?);
+    let inputs = by_partition(reader.read(&route.topic, read_from, true)?);
 
-    let key = TenancyKey::new(&config.bridge.tenancy_header);
-    let provenance = Provenance::new(config);
-    let volatile = volatile_headers(&provenance);
-    let rules = Rules { tenancy: &key, volatile_headers: &volatile };
     let names = Names { raw: &route.topic, filtered: &service.output_topic };
     let none = Vec::new();
     let plans: Vec<PartitionPlan> = marks
         .iter()
-        .map(|(&p, &(output_start, output_high))| {
-            let map =
-                OffsetMap::build(inputs.get(&p).unwrap_or(&none), outputs.get(&p).unwrap_or(&none), &rules, false);
+        .map(|(&p, &(low, high))| {
+            let read = outputs.get(&p).unwrap_or(&none);
+            let map = OffsetMap::build(inputs.get(&p).unwrap_or(&none), read, exact_identity);
             // Some brokers (tansu) report a high watermark per batch: what was read counts too.
-            let read_end = outputs.get(&p).and_then(|o| o.last()).map_or(0, |r| r.offset + 1);
+            let output_high = high.max(read.last().map_or(0, |r| r.offset + 1));
+            // With a window, nothing before the first output read is known.
+            let output_start = match read_from {
+                None => low,
+                Some(_) => read.first().map_or(output_high, |r| r.offset).max(low),
+            };
             let facts = Facts {
                 partition: p,
                 group_at: group_at.get(&p).copied(),
                 target_at: target_at.get(&p).copied(),
                 bridge_at: bridge_at.get(&p).copied(),
                 map_start: map_starts.get(&p).copied(),
+                input_start: raw_marks.get(&p).map_or(0, |(low, _)| *low),
                 output_start,
-                output_high: output_high.max(read_end),
+                output_high,
             };
             plan::plan(o.direction, &facts, &map, names)
         })
@@ -138,6 +168,9 @@ pub fn run(config: &Config, o: &Options<'_>) -> Result<Outcome, MigrateError> {
     let refused = plans.iter().filter(|p| matches!(p.step, Step::Refuse(_))).count();
     if refused > 0 {
         return Err(MigrateError::Refused { group: o.group.to_owned(), partitions: refused, plan: text });
+    }
+    if plans.iter().all(|p| matches!(p.step, Step::Skip(_))) {
+        return Err(MigrateError::NothingCommitted { group: o.group.to_owned(), topic: source.clone() });
     }
     let changes: Vec<(i32, i64)> = plans
         .iter()
@@ -155,12 +188,18 @@ pub fn run(config: &Config, o: &Options<'_>) -> Result<Outcome, MigrateError> {
         text.push_str("nothing to change: the group is already there\n");
         return Ok(Outcome { text, plans, committed: 0 });
     }
+    // A member that came and went while the topics were read moved the offsets the plan is
+    // made from: check both again right before committing.
+    ensure_stopped(&client, o.group)?;
+    if offsets(o.group, source)? != group_at || offsets(o.group, target)? != target_at {
+        return Err(MigrateError::Moved { group: o.group.to_owned() });
+    }
     let mut tpl = TopicPartitionList::new();
     for &(p, to) in &changes {
         tpl.add_partition_offset(target, p, Offset::Offset(to)).map_err(kafka("offsets"))?;
     }
     client.commit(&tpl, CommitMode::Sync).map_err(kafka("commit"))?;
-    let now = reader.committed(&config.prod, o.group, target)?;
+    let now = offsets(o.group, target)?;
     for &(p, to) in &changes {
         if now.get(&p) != Some(&to) {
             return Err(MigrateError::NotApplied {
@@ -178,6 +217,9 @@ pub fn run(config: &Config, o: &Options<'_>) -> Result<Outcome, MigrateError> {
     ));
     Ok(Outcome { text, plans, committed: changes.len() })
 }
+
+/// With `--since`, topics are read from this much earlier, as `verify` reads them.
+const SINCE_SLACK_MS: i64 = 5 * 60 * 1000;
 
 /// The route and service named, with the route's index in the config.
 pub fn find<'c>(

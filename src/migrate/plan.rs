@@ -2,14 +2,15 @@
 //! one (pure: no Kafka client here).
 //!
 //! Prod outputs are the input's bytes, unchanged, so an output is matched to its input by
-//! identity in partition order, as `verify` matches them. The match is an offset map per
+//! its whole content (key, timestamp, every header, payload) in partition order, as `verify`
+//! matches them. The match is an offset map per
 //! partition; a move is exact only where the map proves it, and refused (with the reason)
 //! everywhere else.
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
 
-use crate::verify::check::{Record, Rules, identity};
+use crate::verify::check::Record;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Direction {
@@ -24,32 +25,37 @@ pub enum Direction {
 pub struct OffsetMap {
     /// (input offset, output offset), both increasing.
     pub pairs: Vec<(i64, i64)>,
-    /// Outputs that match no input read after the last match: copies written again after a
-    /// crash (at-least-once), or outputs of inputs already deleted by retention.
-    pub unmatched: Vec<i64>,
+    /// Outputs identical to an input an earlier output already took: copies written again
+    /// after a crash (at-least-once).
+    pub copies: Vec<i64>,
+    /// Outputs that match no input read: their input was deleted (retention, a recreated
+    /// topic), is outside what was read, or someone else wrote them. A move across one of
+    /// these cannot be proved.
+    pub unknown: Vec<i64>,
 }
 
 impl OffsetMap {
     /// Matches `outputs` to `inputs` (one partition each, in offset order): every output takes
     /// the first input with its identity after the input the previous output took.
-    pub fn build(inputs: &[Record], outputs: &[Record], rules: &Rules<'_>, strip_payload_stamp: bool) -> Self {
+    pub fn build(inputs: &[Record], outputs: &[Record], identity: impl Fn(&Record) -> u64) -> Self {
         let mut by_identity: HashMap<u64, Vec<usize>> = HashMap::new();
         for (i, r) in inputs.iter().enumerate() {
-            by_identity.entry(identity(r, rules, strip_payload_stamp)).or_default().push(i);
+            by_identity.entry(identity(r)).or_default().push(i);
         }
         let mut map = Self::default();
         let mut last: Option<usize> = None;
         for o in outputs {
-            let next = by_identity.get(&identity(o, rules, strip_payload_stamp)).and_then(|candidates| {
-                let k = candidates.partition_point(|&i| last.is_some_and(|l| i <= l));
-                candidates.get(k).copied()
-            });
-            match next {
-                Some(i) => {
+            let Some(candidates) = by_identity.get(&identity(o)) else {
+                map.unknown.push(o.offset);
+                continue;
+            };
+            let k = candidates.partition_point(|&i| last.is_some_and(|l| i <= l));
+            match candidates.get(k) {
+                Some(&i) => {
                     last = Some(i);
                     map.pairs.push((inputs[i].offset, o.offset));
                 }
-                None => map.unmatched.push(o.offset),
+                None => map.copies.push(o.offset),
             }
         }
         map
@@ -59,6 +65,11 @@ impl OffsetMap {
     pub fn output_of(&self, offset: i64) -> Option<i64> {
         let k = self.pairs.partition_point(|(i, _)| *i < offset);
         self.pairs.get(k).filter(|(i, _)| *i == offset).map(|(_, o)| *o)
+    }
+
+    /// The first output at or after `from` (and before `to`, if given) that matches nothing.
+    fn unknown_in(&self, from: i64, to: Option<i64>) -> Option<i64> {
+        self.unknown.iter().copied().find(|o| *o >= from && to.is_none_or(|t| *o < t))
     }
 }
 
@@ -76,7 +87,10 @@ pub struct Facts {
     /// The first input offset with a decision on record (the bridge's first pin); `None` when
     /// the route keeps no decision log.
     pub map_start: Option<i64>,
-    /// Log start and high watermark of the filtered partition.
+    /// Log start of the raw partition.
+    pub input_start: i64,
+    /// Where the filtered partition was read from (its log start, or later with `--since`),
+    /// and its high watermark.
     pub output_start: i64,
     pub output_high: i64,
 }
@@ -124,8 +138,14 @@ pub fn plan(direction: Direction, f: &Facts, map: &OffsetMap, n: Names<'_>) -> P
 fn to_filtered(f: &Facts, map: &OffsetMap, n: Names<'_>) -> Step {
     let p = f.partition;
     let Some(c) = f.group_at else {
-        return Step::Skip(format!("no committed offset on {}[{p}]: left alone", n.raw));
+        return skip(f, n.raw, n.filtered);
     };
+    if c < f.input_start {
+        return Step::Refuse(format!(
+            "its position {c} on {}[{p}] was deleted by retention (log start {}): the group itself would reset",
+            n.raw, f.input_start
+        ));
+    }
     let first_input = map.pairs.first().map(|(i, _)| *i);
     match f.map_start {
         Some(m) if c < m => {
@@ -155,38 +175,69 @@ fn to_filtered(f: &Facts, map: &OffsetMap, n: Names<'_>) -> Step {
         }
         Some(_) => {}
     }
-    if f.output_start > 0 && first_input.is_none_or(|i| i >= c) {
+    // The outputs before the first pair are gone or unread; they all came from inputs below
+    // `c` only if the first pair's input is at most `c`.
+    if f.output_start > 0 && first_input.is_none_or(|i| i > c) {
         return Step::Refuse(format!(
-            "retention deleted {}[{p}] before offset {}: the outputs of the events just before {c} are gone, so \
-             where {c} lands cannot be proved",
+            "{}[{p}] is not read before offset {} (retention, or --since): the outputs of the events just before \
+             {c} are not there, so where {c} lands cannot be proved",
             n.filtered, f.output_start
         ));
     }
-    let (to, mut how) = match map.pairs.iter().find(|(i, _)| *i >= c) {
+    // Outputs from inputs before `c` end at the last pair below `c`; an unknown output after it
+    // could be one of them or a later one.
+    let known_until = map.pairs.iter().take_while(|(i, _)| *i < c).last().map_or(f.output_start, |(_, o)| o + 1);
+    let next = map.pairs.iter().find(|(i, _)| *i >= c);
+    let (to, mut how) = match next {
         Some((i, o)) => {
             (*o, format!("the first output from an event at or after {c} is {}@{o} (input {i})", n.filtered))
         }
         None => {
-            let end = map.pairs.last().map(|(_, o)| o + 1).into_iter().chain(map.unmatched.last().map(|o| o + 1));
-            let to = end.max().unwrap_or(f.output_start);
+            let end = [map.pairs.last().map(|(_, o)| o + 1), map.copies.last().map(|o| o + 1)];
+            let to = end.into_iter().flatten().max().unwrap_or(f.output_start).max(f.output_start);
             (to, format!("no output from an event at or after {c} yet: after the last output of {}", n.filtered))
         }
     };
-    let again = map.unmatched.iter().filter(|o| **o >= to).count();
+    if let Some(u) = map.unknown_in(known_until, next.map(|_| to)) {
+        return unknown_refusal(n, p, u);
+    }
+    let again = map.copies.iter().filter(|o| **o >= to).count();
     if again > 0 {
         let _ = write!(how, "; {again} outputs after it are copies written again (at-least-once): seen twice");
     }
     Step::Move { to, how }
 }
 
+fn unknown_refusal(n: Names<'_>, p: i32, at: i64) -> Step {
+    Step::Refuse(format!(
+        "{}[{p}]@{at} matches no record of {}[{p}] read (its input deleted by retention, the topic recreated, or \
+         written by something else): a move across it cannot be proved",
+        n.filtered, n.raw
+    ))
+}
+
+/// No committed offset on the source: left alone, unless one on the target would then decide
+/// where the group resumes.
+fn skip(f: &Facts, source: &str, target: &str) -> Step {
+    let p = f.partition;
+    match f.target_at {
+        None => Step::Skip(format!("no committed offset on {source}[{p}]: left alone")),
+        Some(t) => Step::Refuse(format!(
+            "no committed offset on {source}[{p}], but {t} on {target}[{p}]: which one the group last used cannot \
+             be told"
+        )),
+    }
+}
+
 fn to_raw(f: &Facts, map: &OffsetMap, n: Names<'_>) -> Step {
     let p = f.partition;
     let Some(o) = f.group_at else {
-        return Step::Skip(format!("no committed offset on {}[{p}]: left alone", n.filtered));
+        return skip(f, n.filtered, n.raw);
     };
     if o < f.output_start {
         return Step::Refuse(format!(
-            "its position {o} on {}[{p}] was deleted by retention (log start {}): what it skipped cannot be mapped",
+            "its position {o} on {}[{p}] is before what was read (log start or --since: {}): what it skipped \
+             cannot be mapped",
             n.filtered, f.output_start
         ));
     }
@@ -197,7 +248,13 @@ fn to_raw(f: &Facts, map: &OffsetMap, n: Names<'_>) -> Step {
         ));
     }
     if let Some((i, out)) = map.pairs.iter().find(|(_, out)| *out >= o) {
+        if let Some(u) = map.unknown_in(o, Some(*out)) {
+            return unknown_refusal(n, p, u);
+        }
         return Step::Move { to: *i, how: format!("its next output {}@{out} is input {i}", n.filtered) };
+    }
+    if let Some(u) = map.unknown_in(o, None) {
+        return unknown_refusal(n, p, u);
     }
     let after_last = map.pairs.last().map(|(i, _)| i + 1);
     match after_last.into_iter().chain(f.bridge_at).chain(f.map_start).max() {

@@ -1,5 +1,5 @@
 use super::*;
-use crate::extract::TenancyKey;
+use crate::verify::check::exact_identity;
 
 fn rec(offset: i64, payload: &str) -> Record {
     Record {
@@ -7,7 +7,7 @@ fn rec(offset: i64, payload: &str) -> Record {
         offset,
         key: Some(b"k".to_vec()),
         payload: Some(payload.as_bytes().to_vec()),
-        headers: vec![("traceparent".into(), Some(format!("t{offset}").into_bytes()))],
+        headers: vec![("x-user-id".into(), Some(b"U7".to_vec()))],
         timestamp: Some(1_000),
     }
 }
@@ -23,9 +23,7 @@ fn scene() -> (Vec<Record>, Vec<Record>) {
 }
 
 fn map_of(inputs: &[Record], outputs: &[Record]) -> OffsetMap {
-    let key = TenancyKey::new("event_tenancy");
-    let rules = Rules { tenancy: &key, volatile_headers: &["traceparent"] };
-    OffsetMap::build(inputs, outputs, &rules, false)
+    OffsetMap::build(inputs, outputs, exact_identity)
 }
 
 fn facts(group_at: i64) -> Facts {
@@ -35,6 +33,7 @@ fn facts(group_at: i64) -> Facts {
         target_at: None,
         bridge_at: Some(10),
         map_start: Some(0),
+        input_start: 0,
         output_start: 0,
         output_high: 7,
     }
@@ -59,7 +58,7 @@ fn outputs_map_to_their_inputs_across_rush_gaps() {
     let (inputs, outputs) = scene();
     let map = map_of(&inputs, &outputs);
     assert_eq!(map.pairs, vec![(0, 0), (1, 1), (4, 2), (5, 3), (6, 4), (8, 5), (9, 6)]);
-    assert!(map.unmatched.is_empty());
+    assert!(map.copies.is_empty() && map.unknown.is_empty());
     assert_eq!(map.output_of(4), Some(2));
     assert_eq!(map.output_of(3), None);
 }
@@ -77,7 +76,8 @@ fn copies_written_again_match_nothing_and_identical_events_map_in_order() {
         .collect();
     let map = map_of(&inputs, &outputs);
     assert_eq!(map.pairs, vec![(0, 0), (1, 1), (2, 2), (3, 3), (4, 4)]);
-    assert_eq!(map.unmatched, vec![5]);
+    assert_eq!(map.copies, vec![5]);
+    assert!(map.unknown.is_empty());
 }
 
 #[test]
@@ -135,7 +135,7 @@ fn positions_the_map_cannot_prove_are_refused_with_the_reason() {
     // Outputs 0..2 deleted: the map starts at e4, after the position.
     let trimmed = map_of(&inputs, &outputs[2..]);
     let deleted = Facts { output_start: 2, ..facts(3) };
-    assert!(refusal(&plan(Direction::Filtered, &deleted, &trimmed, NAMES)).contains("retention deleted"));
+    assert!(refusal(&plan(Direction::Filtered, &deleted, &trimmed, NAMES)).contains("is not read before offset 2"));
     // No decision log and no output at or before the position.
     let unknown = Facts { map_start: None, ..facts(0) };
     let late = map_of(&inputs, &outputs[1..]);
@@ -143,7 +143,7 @@ fn positions_the_map_cannot_prove_are_refused_with_the_reason() {
     let beyond = plan(Direction::Raw, &facts(9), &map, NAMES);
     assert!(refusal(&beyond).contains("beyond the end"));
     let gone = Facts { output_start: 3, ..facts(1) };
-    assert!(refusal(&plan(Direction::Raw, &gone, &map, NAMES)).contains("deleted by retention"));
+    assert!(refusal(&plan(Direction::Raw, &gone, &map, NAMES)).contains("is before what was read"));
 }
 
 #[test]
@@ -158,4 +158,66 @@ fn a_partition_without_a_committed_offset_is_left_alone_and_a_repeat_changes_not
     assert!(!again.changes());
     let table = render(&[first, again], "orders", "orders.payment");
     assert!(table.contains("unchanged;"), "{table}");
+}
+
+#[test]
+fn an_output_matching_no_input_is_never_crossed() {
+    let (inputs, mut outputs) = scene();
+    // Output 3 (e5) is replaced by one whose input is not there.
+    outputs[3] = rec(3, "from elsewhere");
+    let map = map_of(&inputs, &outputs);
+    assert_eq!(map.unknown, vec![3]);
+    // Processed e0..e4: the next is e5, which is gone; e6's output is after the unknown one.
+    assert!(refusal(&plan(Direction::Filtered, &facts(5), &map, NAMES)).contains("orders.payment[0]@3 matches no"));
+    // Read outputs 0..2: the next ones are the unknown output, then e6.
+    assert!(refusal(&plan(Direction::Raw, &facts(3), &map, NAMES)).contains("@3 matches no"));
+    // Before it, or after it, a move is still proved.
+    assert_eq!(moved(&plan(Direction::Filtered, &facts(2), &map, NAMES)), 2);
+    assert_eq!(moved(&plan(Direction::Raw, &facts(4), &map, NAMES)), 6);
+    // With no output after the position, an unknown one at the end is refused too.
+    let mut tail = scene().1;
+    tail.push(rec(7, "from elsewhere"));
+    let map = map_of(&inputs, &tail);
+    assert!(refusal(&plan(Direction::Filtered, &Facts { output_high: 8, ..facts(10) }, &map, NAMES)).contains("@7"));
+}
+
+#[test]
+fn events_that_differ_only_in_an_upstream_stamp_are_not_confused() {
+    // e@3 carries a stamp for payment (it went to Rush), e@4 is the same event without one.
+    let mut inputs: Vec<Record> = (0..6).map(|i| rec(i, &format!("e{i}"))).collect();
+    inputs[3] = rec(3, "twin");
+    inputs[3].headers.push(("event_tenancy".into(), Some(b"U7_payment".to_vec())));
+    inputs[4] = rec(4, "twin");
+    let outputs: Vec<Record> = [0, 1, 2, 4, 5]
+        .iter()
+        .enumerate()
+        .map(|(o, i)| {
+            let mut r = inputs[*i].clone();
+            r.offset = o as i64;
+            r
+        })
+        .collect();
+    let map = map_of(&inputs, &outputs);
+    assert_eq!(map.pairs, vec![(0, 0), (1, 1), (2, 2), (4, 3), (5, 4)]);
+    // Processed e0..e3: e4 is next, at output 3.
+    assert_eq!(moved(&plan(Direction::Filtered, &facts(4), &map, NAMES)), 3);
+}
+
+#[test]
+fn retention_up_to_the_position_itself_still_proves_the_move() {
+    let (inputs, outputs) = scene();
+    // Outputs 0..4 deleted; the first left is e4 at output 2: processed e0..e3, e4 is next.
+    let trimmed = map_of(&inputs, &outputs[2..]);
+    let f = Facts { output_start: 2, ..facts(4) };
+    assert_eq!(moved(&plan(Direction::Filtered, &f, &trimmed, NAMES)), 2);
+    let deleted_input = Facts { input_start: 5, ..facts(4) };
+    assert!(refusal(&plan(Direction::Filtered, &deleted_input, &trimmed, NAMES)).contains("deleted by retention"));
+}
+
+#[test]
+fn a_partition_left_alone_on_one_topic_but_committed_on_the_other_is_refused() {
+    let (inputs, outputs) = scene();
+    let map = map_of(&inputs, &outputs);
+    let f = Facts { group_at: None, target_at: Some(3), ..facts(0) };
+    assert!(refusal(&plan(Direction::Filtered, &f, &map, NAMES)).contains("which one the group last used"));
 }

@@ -208,12 +208,26 @@ fn recorded(route: &Route, service: usize, input: &Record, epoch: &Epoch, rules:
 
 /// Identity of a record for matching: everything but what the bridge may change on a copy.
 pub fn identity(r: &Record, rules: &Rules<'_>, strip_payload_stamp: bool) -> u64 {
+    let skip = |k: &str| k == rules.tenancy.as_str() || rules.volatile_headers.contains(&k);
+    match (&r.payload, strip_payload_stamp) {
+        (Some(p), true) => identity_with(r, skip, Some(&without_member(p, rules.tenancy))),
+        (p, _) => identity_with(r, skip, p.as_deref()),
+    }
+}
+
+/// Identity of a record copied byte for byte (a prod output): every header counts, so two
+/// events that differ only in an upstream stamp stay apart.
+pub fn exact_identity(r: &Record) -> u64 {
+    identity_with(r, |_| false, r.payload.as_deref())
+}
+
+fn identity_with(r: &Record, skip: impl Fn(&str) -> bool, payload: Option<&[u8]>) -> u64 {
     let mut h = foldhash::quality::FixedState::with_seed(0x7e4a).build_hasher();
     h.write_i32(r.partition);
     write_opt(&mut h, r.key.as_deref());
     h.write_i64(r.timestamp.unwrap_or(i64::MIN));
     for (k, v) in &r.headers {
-        if k == rules.tenancy.as_str() || rules.volatile_headers.contains(&k.as_str()) {
+        if skip(k) {
             continue;
         }
         h.write(k.as_bytes());
@@ -221,10 +235,7 @@ pub fn identity(r: &Record, rules: &Rules<'_>, strip_payload_stamp: bool) -> u64
         write_opt(&mut h, v.as_deref());
     }
     h.write_u8(0xfe);
-    match (&r.payload, strip_payload_stamp) {
-        (Some(p), true) => write_opt(&mut h, Some(&without_member(p, rules.tenancy))),
-        (p, _) => write_opt(&mut h, p.as_deref()),
-    }
+    write_opt(&mut h, payload);
     h.finish()
 }
 
