@@ -10,6 +10,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::invariant::TID;
+use common::paced::PacedProducer;
 use common::{Bridge, ConfigOpts, Input, Tansu};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::message::{Headers as _, Message};
@@ -20,6 +21,8 @@ const PARTITIONS: i32 = 4;
 const GROUP: &str = "payment-svc";
 /// Users U0..U199; U1..U10 are under test for payment: 5 % of the events go to Rush.
 const USERS: usize = 200;
+/// Events/s produced while the group moves.
+const LIVE_RATE: u64 = 500;
 
 fn user_of(i: usize) -> String {
     format!("U{}", (i * 7919) % USERS)
@@ -38,6 +41,10 @@ fn input(i: usize) -> Input {
         headers: vec![(TID.into(), Some(format!("o{i}").into_bytes())), ("x-user-id".into(), Some(user.into_bytes()))],
         timestamp: 1_760_000_000_000 + i as i64,
     }
+}
+
+fn live_input(i: usize) -> Input {
+    input(EVENTS + i)
 }
 
 fn tid<M: Message>(m: &M) -> String {
@@ -175,19 +182,6 @@ fn scenario(delivery: &str) {
     let cfg = config.to_str().unwrap();
     let inputs: Vec<Input> = (0..EVENTS).map(input).collect();
     common::produce(&prod.bootstrap, "orders", &inputs);
-    // Where each event sits on the raw topic.
-    let raw = common::read_all(&prod.bootstrap, "orders", EVENTS, Duration::from_secs(60));
-    let at: HashMap<String, (i32, i64)> = raw
-        .iter()
-        .map(|r| (String::from_utf8(r.header(TID).unwrap().to_vec()).unwrap(), (r.partition, r.offset)))
-        .collect();
-    let rush_event: HashMap<(i32, i64), bool> = raw
-        .iter()
-        .map(|r| {
-            ((r.partition, r.offset), rush_for_payment(std::str::from_utf8(r.header("x-user-id").unwrap()).unwrap()))
-        })
-        .collect();
-
     // The service processes the first 3,000 events on the raw topic, as it does today.
     let service = Service::join(&prod.bootstrap, "orders");
     let before = service.process(Some(750), None);
@@ -203,6 +197,8 @@ fn scenario(delivery: &str) {
         bridge.assert_running();
         watch.committed("orders", PARTITIONS) >= EVENTS as i64
     });
+    // Events keep arriving, and the bridge relaying them, while the group moves.
+    let live = PacedProducer::start(&prod.bootstrap, "orders", LIVE_RATE, live_input);
 
     // An unknown route or service is refused; a dry run commits nothing.
     wait_stopped(&prod.bootstrap);
@@ -231,6 +227,24 @@ fn scenario(delivery: &str) {
     assert!(ok && out.contains("committed"), "{out}");
     println!("{out}");
     let back_at = common::committed(&prod.bootstrap, GROUP, "orders", PARTITIONS);
+    let total = EVENTS + live.finish();
+    common::wait_until("the bridge to relay the live events", Instant::now() + Duration::from_secs(120), || {
+        bridge.assert_running();
+        watch.committed("orders", PARTITIONS) >= total as i64
+    });
+    // Where each event sits on the raw topic.
+    let raw = common::read_all(&prod.bootstrap, "orders", total, Duration::from_secs(60));
+    let at: HashMap<String, (i32, i64)> = raw
+        .iter()
+        .map(|r| (String::from_utf8(r.header(TID).unwrap().to_vec()).unwrap(), (r.partition, r.offset)))
+        .collect();
+    let rush_event: HashMap<(i32, i64), bool> = raw
+        .iter()
+        .map(|r| {
+            ((r.partition, r.offset), rush_for_payment(std::str::from_utf8(r.header("x-user-id").unwrap()).unwrap()))
+        })
+        .collect();
+
     let ends: BTreeMap<i32, i64> =
         (0..PARTITIONS).map(|p| (p, raw.iter().filter(|r| r.partition == p).count() as i64)).collect();
     // Partitions already at their end have nothing to read.
@@ -275,7 +289,9 @@ fn scenario(delivery: &str) {
     assert!(wrongly.is_empty(), "Rush events processed by prod: {wrongly:?}");
     let rush_skipped = raw.iter().filter(|r| !seen.contains_key(&(r.partition, r.offset))).count();
     println!(
-        "{delivery}: processed {} raw, {} filtered, {} raw again; {rush_skipped} Rush events skipped, none twice",
+        "{delivery}: {total} events ({} live); processed {} raw, {} filtered, {} raw again; {rush_skipped} Rush events \
+         skipped, none twice",
+        total - EVENTS,
         before.len(),
         filtered.len(),
         after.len()
