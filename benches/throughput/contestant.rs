@@ -75,6 +75,19 @@ impl Who {
     }
 
     /// Times the input is read: lookup mode's second pass finds every user cached.
+    /// How many of the `records` inputs this run reads: a run writing N copies reads 1/N of them
+    /// (at least 100,000), so every run takes about as long; the Rush-frozen run reads the
+    /// 200,000 records of backlog its memory target is stated for.
+    pub fn records(self, records: usize) -> usize {
+        let outputs = match self {
+            Who::Copy { copies } => copies,
+            Who::Bridge { services, .. } => services,
+            Who::RushFrozen => return records.min(200_000),
+            Who::Python | Who::Lookup { .. } => 1,
+        };
+        (records / outputs).max(100_000).min(records)
+    }
+
     pub fn passes(self) -> usize {
         if matches!(self, Who::Lookup { .. }) { 2 } else { 1 }
     }
