@@ -18,7 +18,7 @@ use crate::tenancy::{self, Reason};
 use crate::verify::check::{Record, Rules, exact_identity, identity};
 use crate::verify::{ClusterReader, ReadError, volatile_headers};
 use crate::whitelist::client::MapperClient;
-use crate::whitelist::{Snapshot, now_ms};
+use crate::whitelist::{Snapshot, format_rfc3339_ms, now_ms};
 
 pub enum Subject {
     User(String),
@@ -59,9 +59,9 @@ pub fn run(config: &Config, o: &Options<'_>) -> Result<Explanation, ExplainError
     }
 }
 
-/// The whitelist the bridge would read now, and who last changed `user`'s entry (when a
-/// Config Mapper keeps an audit).
-fn current_whitelist(config: &Config, user: &str) -> Result<(Snapshot, Option<String>), ExplainError> {
+/// The whitelist the bridge would read now, and, when asked for a user and a Config Mapper
+/// keeps an audit, who last changed that user's entry.
+fn current_whitelist(config: &Config, audit_of: Option<&str>) -> Result<(Snapshot, Option<String>), ExplainError> {
     let failed = |e: &dyn std::fmt::Display| ExplainError::Whitelist(e.to_string());
     if let Some(path) = &config.whitelist.file {
         return Ok((crate::whitelist::load_file(path).map_err(|e| failed(&e))?, None));
@@ -72,6 +72,7 @@ fn current_whitelist(config: &Config, user: &str) -> Result<(Snapshot, Option<St
         crate::whitelist::client::SnapshotAnswer::Changed { snapshot, .. } => snapshot,
         crate::whitelist::client::SnapshotAnswer::NotModified => Snapshot::empty(),
     };
+    let Some(user) = audit_of else { return Ok((snapshot, None)) };
     let audit = client.audit().ok().and_then(|records| {
         let last = records.into_iter().filter(|r| r.user == user).max_by_key(|r| r.id)?;
         let why = last.reason.map(|r| format!(": {r}")).unwrap_or_default();
@@ -80,13 +81,8 @@ fn current_whitelist(config: &Config, user: &str) -> Result<(Snapshot, Option<St
     Ok((snapshot, audit))
 }
 
-fn rfc3339(ms: i64) -> String {
-    let t = std::time::UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64);
-    humantime::format_rfc3339_seconds(t).to_string()
-}
-
 fn explain_user(config: &Config, route: &Route, user: &str) -> Result<Explanation, ExplainError> {
-    let (snapshot, audit) = current_whitelist(config, user)?;
+    let (snapshot, audit) = current_whitelist(config, Some(user))?;
     let now = now_ms();
     let entry = snapshot.entry(user);
     let mode = format!("{:?}", config.whitelist.mode).to_lowercase();
@@ -95,10 +91,11 @@ fn explain_user(config: &Config, route: &Route, user: &str) -> Result<Explanatio
     match entry {
         Some(e) if e.expires_at_ms > now => {
             let services = e.services.join(", ");
-            let _ = writeln!(text, "  whitelisted for {services} until {}", rfc3339(e.expires_at_ms));
+            let _ = writeln!(text, "  whitelisted for {services} until {}", format_rfc3339_ms(e.expires_at_ms));
         }
         Some(e) => {
-            let _ = writeln!(text, "  entry expired at {}: treated as not whitelisted", rfc3339(e.expires_at_ms));
+            let _ =
+                writeln!(text, "  entry expired at {}: treated as not whitelisted", format_rfc3339_ms(e.expires_at_ms));
         }
         None => text.push_str("  not whitelisted\n"),
     }
@@ -110,7 +107,7 @@ fn explain_user(config: &Config, route: &Route, user: &str) -> Result<Explanatio
     for s in &route.services {
         let rush = live.iter().any(|x| **x == *s.name);
         let why = if rush {
-            format!("whitelisted for {} until {}", s.name, rfc3339(entry.map_or(0, |e| e.expires_at_ms)))
+            format!("whitelisted for {} until {}", s.name, format_rfc3339_ms(entry.map_or(0, |e| e.expires_at_ms)))
         } else if entry.is_some_and(|e| e.expires_at_ms > now) {
             format!("whitelisted, but not for {}", s.name)
         } else {
@@ -126,7 +123,7 @@ fn explain_user(config: &Config, route: &Route, user: &str) -> Result<Explanatio
     );
     let json = json!({
         "route": route.topic, "user": user, "whitelist_version": snapshot.version(), "mode": mode,
-        "expires_at": entry.map(|e| rfc3339(e.expires_at_ms)), "audit": audit, "services": services,
+        "expires_at": entry.map(|e| format_rfc3339_ms(e.expires_at_ms)), "audit": audit, "services": services,
     });
     Ok(Explanation { text, json })
 }
@@ -247,12 +244,12 @@ fn explain_record(
                 "decided by the whitelist pinned from offset {} (version {}, read at {})",
                 pin.from,
                 pin.epoch.snapshot.version(),
-                rfc3339(pin.epoch.clock_ms)
+                format_rfc3339_ms(pin.epoch.clock_ms)
             );
             (d, basis)
         }
         None => {
-            let (snapshot, _) = current_whitelist(config, "")?;
+            let (snapshot, _) = current_whitelist(config, None)?;
             let d = tenancy::decide(route, &view, &snapshot, now_ms(), &key);
             (d, format!("{no_pin}: with today's whitelist (version {})", snapshot.version()))
         }

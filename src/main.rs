@@ -108,8 +108,7 @@ fn dispatch(command: cli::Command) -> anyhow::Result<()> {
                 idle,
                 timeout,
             };
-            let outcome = migrate::run(&c, &opts)?;
-            emit(&outcome.text);
+            emit(&migrate::run(&c, &opts)?);
             Ok(())
         }
         cli::Command::Explain { config, route, user, partition, offset, json, idle } => {

@@ -10,7 +10,7 @@ use std::sync::Mutex;
 use rusqlite::{Connection, OptionalExtension, params};
 use serde::{Deserialize, Serialize};
 
-use crate::whitelist::now_ms;
+use crate::whitelist::{format_rfc3339_ms, now_ms};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -55,11 +55,6 @@ pub enum Removed {
 
 pub struct Store {
     conn: Mutex<Connection>,
-}
-
-fn rfc3339(ms: i64) -> String {
-    let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms.max(0) as u64);
-    humantime::format_rfc3339_seconds(t).to_string()
 }
 
 impl Store {
@@ -210,7 +205,7 @@ impl Store {
             let (id, at, who, action, user, services, ttl_seconds, reason) = row?;
             let services =
                 serde_json::from_str(&services).map_err(|source| StoreError::Corrupt { user: user.clone(), source })?;
-            out.push(AuditRecord { id, at: rfc3339(at), who, action, user, services, ttl_seconds, reason });
+            out.push(AuditRecord { id, at: format_rfc3339_ms(at), who, action, user, services, ttl_seconds, reason });
         }
         out.reverse();
         Ok(out)
@@ -226,7 +221,7 @@ impl Store {
 fn entry(user: String, services: &str, expires_at_ms: i64) -> Result<StoredEntry, StoreError> {
     let services =
         serde_json::from_str(services).map_err(|source| StoreError::Corrupt { user: user.clone(), source })?;
-    Ok(StoredEntry { user, services, expires_at_ms, expires_at: rfc3339(expires_at_ms) })
+    Ok(StoredEntry { user, services, expires_at_ms, expires_at: format_rfc3339_ms(expires_at_ms) })
 }
 
 #[allow(clippy::too_many_arguments)]

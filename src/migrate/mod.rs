@@ -77,15 +77,8 @@ pub enum MigrateError {
     Read(#[from] ReadError),
 }
 
-pub struct Outcome {
-    /// The plan as printed, with what was done.
-    pub text: String,
-    pub plans: Vec<PartitionPlan>,
-    /// Partitions whose offset was committed (0 on a dry run, or when nothing changes).
-    pub committed: usize,
-}
-
-pub fn run(config: &Config, o: &Options<'_>) -> Result<Outcome, MigrateError> {
+/// Plans the move and, unless a dry run, commits it; returns the plan and what was done, as printed.
+pub fn run(config: &Config, o: &Options<'_>) -> Result<String, MigrateError> {
     let (ri, route, service) = find(config, o.route, o.service)?;
     if o.group == config.bridge.group_id {
         return Err(MigrateError::BridgeGroup(o.group.to_owned()));
@@ -182,11 +175,11 @@ pub fn run(config: &Config, o: &Options<'_>) -> Result<Outcome, MigrateError> {
         .collect();
     if o.dry_run {
         text.push_str(&format!("dry run: {} partition(s) would change; nothing committed\n", changes.len()));
-        return Ok(Outcome { text, plans, committed: 0 });
+        return Ok(text);
     }
     if changes.is_empty() {
         text.push_str("nothing to change: the group is already there\n");
-        return Ok(Outcome { text, plans, committed: 0 });
+        return Ok(text);
     }
     // A member that came and went while the topics were read moved the offsets the plan is
     // made from: check both again right before committing.
@@ -215,7 +208,7 @@ pub fn run(config: &Config, o: &Options<'_>) -> Result<Outcome, MigrateError> {
         "committed {} partition(s) of {target}; the group's offsets on {source} are left as they were\n",
         changes.len()
     ));
-    Ok(Outcome { text, plans, committed: changes.len() })
+    Ok(text)
 }
 
 /// With `--since`, topics are read from this much earlier, as `verify` reads them.

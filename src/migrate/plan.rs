@@ -194,7 +194,7 @@ fn to_filtered(f: &Facts, map: &OffsetMap, n: Names<'_>) -> Step {
         }
         None => {
             let end = [map.pairs.last().map(|(_, o)| o + 1), map.copies.last().map(|o| o + 1)];
-            let to = end.into_iter().flatten().max().unwrap_or(f.output_start).max(f.output_start);
+            let to = end.into_iter().flatten().fold(f.output_start, i64::max);
             (to, format!("no output from an event at or after {c} yet: after the last output of {}", n.filtered))
         }
     };
