@@ -139,7 +139,7 @@ fn one(round: usize, who: Who, inputs: &[common::Input], size: usize, dir: &temp
     let mut frozen = false;
     let run = measure::measure(
         child,
-        &[prod.pid(), rush.pid()],
+        [prod.pid(), rush.pid()],
         inputs.len() * who.passes(),
         // Committed offsets for the bridge (it commits only what is acknowledged); the
         // baselines' own count of acknowledged records.

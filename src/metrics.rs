@@ -36,6 +36,7 @@ pub struct Metrics {
     pub dead_letter: IntCounterVec,
     pub uncommitted: IntGaugeVec,
     pub consumer_errors: IntCounterVec,
+    pub backpressure_pauses: IntCounterVec,
     pub commit_failures: IntCounterVec,
     pub assigned_partitions: IntGaugeVec,
     pub record_age: HistogramVec,
@@ -126,6 +127,11 @@ impl Metrics {
             consumer_errors: counter(
                 "consumer_errors_total",
                 "Consumer errors that were retried (a fatal one stops the bridge), by direction.",
+                &["direction"],
+            )?,
+            backpressure_pauses: counter(
+                "backpressure_pauses_total",
+                "Times the consumer paused because what is in flight stayed at its bound for a second, by direction.",
                 &["direction"],
             )?,
             commit_failures: counter(

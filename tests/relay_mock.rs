@@ -133,6 +133,12 @@ impl Running {
         m.sum(&m.records_out, &[])
     }
 
+    /// Times a consumer (forward or Rush lane) paused at the in-flight bound.
+    fn pauses(&self) -> u64 {
+        let m = &self.observers.metrics;
+        m.sum(&m.backpressure_pauses, &[])
+    }
+
     fn assigned(&self) -> usize {
         self.observers.health.assigned(relay::Direction::Forward).load(Ordering::Relaxed)
     }
@@ -319,10 +325,37 @@ fn slow_rush_cluster_is_bounded_by_max_in_flight() {
     let run = start(&c, c.config(HEADER_ROUTE, "max_in_flight = 25"));
     run.wait_acked(800, Duration::from_secs(90));
     let peak = run.observers.health.in_flight_peak.load(Ordering::Relaxed);
+    let pauses = run.pauses();
     run.stop().unwrap();
     assert!(peak <= 25 + 1, "in-flight peak {peak} exceeds the bound");
     assert!(peak >= 10, "the bound was never approached ({peak}); the test does not test it");
+    // Acknowledgements keep coming: the relay waits for them and never pauses, which would
+    // drop what librdkafka prefetched and fetch it again.
+    assert_eq!(pauses, 0, "paused on a cluster that was slow but moving");
     c.assert_u1_on_rush(400);
+}
+
+#[test]
+fn a_stalled_cluster_pauses_the_consumer_within_the_bound() {
+    let c = Clusters::new().with_outputs(&["payment", "shipping"]);
+    c.set_whitelist(1, &[("U1", &["payment", "shipping"])]);
+    // Every Rush write waits 2.5 s: the load stays at the bound longer than the relay waits
+    // before it pauses (1 s).
+    c.rush.broker_round_trip_time(1, Duration::from_millis(2500)).unwrap();
+    let inputs: Vec<Input> = (0..60).map(|i| event(i, Some("U1"), b"{}".to_vec())).collect();
+    common::produce(&c.prod.bootstrap_servers(), "orders", &inputs);
+    let run = start(&c, c.config(HEADER_ROUTE, "max_in_flight = 25"));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while run.pauses() == 0 {
+        assert!(Instant::now() < deadline, "never paused at the bound");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    c.rush.broker_round_trip_time(1, Duration::ZERO).unwrap();
+    run.wait_acked(120, Duration::from_secs(90));
+    let peak = run.observers.health.in_flight_peak.load(Ordering::Relaxed);
+    run.stop().unwrap();
+    assert!(peak <= 25 + 1, "in-flight peak {peak} exceeds the bound");
+    c.assert_u1_on_rush(60);
 }
 
 #[test]

@@ -4,9 +4,9 @@ use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 /// Progress of one run: (seconds since start, CPU seconds of its process, records committed,
-/// CPU seconds of the brokers).
+/// CPU seconds of the prod broker, of the Rush broker).
 pub struct Run {
-    pub samples: Vec<(f64, f64, i64, f64)>,
+    pub samples: Vec<(f64, f64, i64, f64, f64)>,
     pub total: usize,
     /// The process's peak resident set (VmHWM), bytes.
     pub peak_rss: u64,
@@ -16,8 +16,10 @@ pub struct Run {
 pub struct Window {
     pub rate: f64,
     pub cpu_us: f64,
-    /// What the run cost the brokers (prod and Rush) per record.
-    pub broker_us: f64,
+    /// What the run cost the prod broker per record.
+    pub prod_us: f64,
+    /// What the run cost the Rush broker per record.
+    pub rush_us: f64,
 }
 
 impl Run {
@@ -27,9 +29,10 @@ impl Run {
             let n = (self.total as f64 * f) as i64;
             *self.samples.iter().find(|s| s.2 >= n).unwrap_or_else(|| self.samples.last().unwrap())
         };
-        let ((t0, c0, n0, b0), (t1, c1, n1, b1)) = (at(lo), at(hi));
+        let ((t0, c0, n0, p0, r0), (t1, c1, n1, p1, r1)) = (at(lo), at(hi));
         let n = (n1 - n0).max(1) as f64;
-        Window { rate: n / (t1 - t0).max(1e-3), cpu_us: (c1 - c0) * 1e6 / n, broker_us: (b1 - b0) * 1e6 / n }
+        let us = |a: f64, b: f64| (b - a) * 1e6 / n;
+        Window { rate: n / (t1 - t0).max(1e-3), cpu_us: us(c0, c1), prod_us: us(p0, p1), rush_us: us(r0, r1) }
     }
 
     /// The steady window: 10 % to 90 % of the input, or of the second pass when there are two.
@@ -39,10 +42,11 @@ impl Run {
 }
 
 /// Samples `progress` until `total` records are committed, calling `hook` with each sample's
-/// count, then stops the child. `brokers`: their processes' CPU is sampled too.
+/// count, then stops the child. `brokers`: the prod and Rush brokers' processes, whose CPU is
+/// sampled too.
 pub fn measure(
     mut child: Child,
-    brokers: &[u32],
+    brokers: [u32; 2],
     total: usize,
     progress: impl Fn() -> i64,
     mut hook: impl FnMut(i64),
@@ -55,8 +59,8 @@ pub fn measure(
         assert!(Instant::now() < deadline, "too slow: {samples:?}");
         assert!(child.try_wait().unwrap().is_none(), "exited early");
         let n = progress();
-        let broker_cpu = brokers.iter().map(|b| cpu_seconds(*b, ticks)).sum();
-        samples.push((started.elapsed().as_secs_f64(), cpu_seconds(child.id(), ticks), n, broker_cpu));
+        let [prod, rush] = brokers.map(|b| cpu_seconds(b, ticks));
+        samples.push((started.elapsed().as_secs_f64(), cpu_seconds(child.id(), ticks), n, prod, rush));
         hook(n);
         if n >= total as i64 {
             break;
@@ -69,10 +73,11 @@ pub fn measure(
     let run = Run { samples, total, peak_rss };
     let w = run.window(0.1, 0.9);
     eprintln!(
-        "{:.0} records/s, {:.2} CPU µs/record, brokers {:.2} µs/record, peak RSS {} MiB",
+        "{:.0} records/s, {:.2} CPU µs/record, brokers {:.2} + {:.2} µs/record (prod + Rush), peak RSS {} MiB",
         w.rate,
         w.cpu_us,
-        w.broker_us,
+        w.prod_us,
+        w.rush_us,
         peak_rss >> 20
     );
     run

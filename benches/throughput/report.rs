@@ -56,20 +56,20 @@ pub fn throughput(all: &[Outcome], heading: &str) {
     }
     println!("\n{heading}");
     println!(
-        "{:<6} {:<24} {:>10} {:>13} {:>12} {:>9} {:>13} {:>11}",
-        "round", "run", "records/s", "CPU µs/rec", "brokers µs", "RSS MiB", "rate × copy", "CPU × copy"
+        "{:<6} {:<24} {:>10} {:>13} {:>15} {:>9} {:>13} {:>11}",
+        "round", "run", "records/s", "CPU µs/rec", "prod+Rush µs", "RSS MiB", "rate × copy", "CPU × copy"
     );
     for o in all {
         let a = all.iter().find(|x| x.round == o.round && x.who == anchor(o.who));
         let (r, c) =
             a.map_or((f64::NAN, f64::NAN), |a| (o.steady.rate / a.steady.rate, o.steady.cpu_us / a.steady.cpu_us));
         println!(
-            "{:<6} {:<24} {:>10.0} {:>13.2} {:>12.2} {:>9} {:>12.2}× {:>10.2}×",
+            "{:<6} {:<24} {:>10.0} {:>13.2} {:>15} {:>9} {:>12.2}× {:>10.2}×",
             o.round,
             o.who.name(),
             o.steady.rate,
             o.steady.cpu_us,
-            o.steady.broker_us,
+            format!("{:.2}+{:.2}", o.steady.prod_us, o.steady.rush_us),
             o.peak_rss >> 20,
             r,
             c
@@ -83,18 +83,18 @@ pub fn throughput(all: &[Outcome], heading: &str) {
     lineup.dedup();
     println!("\nmedians over the rounds (ratios: median of each round's side-by-side ratio)");
     println!(
-        "{:<24} {:>10} {:>13} {:>12} {:>13} {:>13} {:>11}",
-        "run", "records/s", "CPU µs/rec", "brokers µs", "peak RSS MiB", "rate × copy", "CPU × copy"
+        "{:<24} {:>10} {:>13} {:>15} {:>13} {:>13} {:>11}",
+        "run", "records/s", "CPU µs/rec", "prod+Rush µs", "peak RSS MiB", "rate × copy", "CPU × copy"
     );
     for who in lineup {
         let of = |f: fn(&Outcome) -> f64| median(all.iter().filter(|o| o.who == who).map(f).collect());
         let rss = all.iter().filter(|o| o.who == who).map(|o| o.peak_rss).max().unwrap_or(0);
         println!(
-            "{:<24} {:>10.0} {:>13.2} {:>12.2} {:>13} {:>12.2}× {:>10.2}×",
+            "{:<24} {:>10.0} {:>13.2} {:>15} {:>13} {:>12.2}× {:>10.2}×",
             who.name(),
             of(|o| o.steady.rate),
             of(|o| o.steady.cpu_us),
-            of(|o| o.steady.broker_us),
+            format!("{:.2}+{:.2}", of(|o| o.steady.prod_us), of(|o| o.steady.rush_us)),
             rss >> 20,
             rate_ratio(all, who, anchor(who)),
             cpu_ratio(all, who, anchor(who))

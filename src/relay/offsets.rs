@@ -45,6 +45,10 @@ struct Inner {
     in_flight: usize,
     in_flight_bytes: usize,
     failure: Option<Failure>,
+    /// What the waiter in [`Tracker::wait_below`] waits for: an acknowledgement wakes it only
+    /// once the load is below this, not on every delivery (which at 100,000 deliveries a second
+    /// kept the relay thread waking and fighting the delivery thread for the lock).
+    wake_below: Option<Load>,
 }
 
 /// What is in flight: input records read and not fully acknowledged, and their bytes.
@@ -147,7 +151,10 @@ impl Tracker {
             inner.in_flight -= released;
             inner.in_flight_bytes -= bytes;
             self.bytes.store(inner.in_flight_bytes, Relaxed);
-            self.progressed.notify_all();
+            if inner.wake_below.is_some_and(|w| inner.in_flight < w.records && inner.in_flight_bytes < w.bytes) {
+                inner.wake_below = None;
+                self.progressed.notify_all();
+            }
         }
     }
 
@@ -204,15 +211,17 @@ impl Tracker {
     }
 
     /// Waits until the load is below `limit` in records and in bytes, a failure is recorded,
-    /// or `timeout`.
+    /// or `timeout`. One thread waits at a time (the poll loop of this tracker's direction).
     pub fn wait_below(&self, limit: Load, timeout: Duration) -> Load {
-        let g = self.lock();
-        let (g, _) = self
+        let mut g = self.lock();
+        g.wake_below = Some(limit);
+        let (mut g, _) = self
             .progressed
             .wait_timeout_while(g, timeout, |i| {
                 (i.in_flight >= limit.records || i.in_flight_bytes >= limit.bytes) && i.failure.is_none()
             })
             .unwrap_or_else(|p| p.into_inner());
+        g.wake_below = None;
         Load { records: g.in_flight, bytes: g.in_flight_bytes }
     }
 

@@ -1,5 +1,6 @@
-//! The poll loop both directions share: bounded in flight (pause above the bound, resume below
-//! half), one batch per whitelist load, periodic commits of what is fully acknowledged.
+//! The poll loop both directions share: bounded in flight (wait at the bound, pause when it
+//! lasts, resume below half), one batch per whitelist load, periodic commits of what is fully
+//! acknowledged.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -16,6 +17,13 @@ use crate::kafka::{ErrorClass, classify};
 /// How many records are handled per batch (one whitelist snapshot load and clock read).
 pub const BATCH: usize = 512;
 pub const POLL_TIMEOUT: Duration = Duration::from_millis(100);
+/// How long the load may stay at the in-flight bound before the partitions are paused.
+const PAUSE_AFTER: Duration = Duration::from_secs(1);
+
+/// Whether `load` is below `limit` in records and in bytes.
+fn below(load: Load, limit: Load) -> bool {
+    load.records < limit.records && load.bytes < limit.bytes
+}
 
 /// What a direction does with the records the loop polls.
 pub trait Handler {
@@ -49,6 +57,7 @@ pub struct Limits<'a> {
     pub in_flight_bytes_peak: &'a AtomicUsize,
     pub uncommitted: prometheus::IntGauge,
     pub consumer_errors: prometheus::IntCounter,
+    pub backpressure_pauses: prometheus::IntCounter,
     pub commit_failures: prometheus::IntCounter,
     /// The return path subscribes to Rush topics a rebuilt Rush cluster may not have yet.
     pub unknown_topic_is_transient: bool,
@@ -74,6 +83,7 @@ impl<'a> Limits<'a> {
             in_flight_bytes_peak: &health.in_flight_bytes_peak,
             uncommitted: metrics.uncommitted.with_label_values(&[label]),
             consumer_errors: metrics.consumer_errors.with_label_values(&[label]),
+            backpressure_pauses: metrics.backpressure_pauses.with_label_values(&[label]),
             commit_failures: metrics.commit_failures.with_label_values(&[direction.as_str()]),
             unknown_topic_is_transient: direction == super::Direction::Return,
         }
@@ -92,6 +102,14 @@ pub fn run<H: Handler>(
     let max_in_flight = limits.max_in_flight;
     let mut last_commit = Instant::now();
     let mut paused = false;
+    let mut at_bound_since: Option<Instant> = None;
+    let resume_mark = Load { records: max_in_flight.records / 2 + 1, bytes: max_in_flight.bytes / 2 + 1 };
+    // Below the bound by a batch (or a sixteenth of the bytes), so a wait at the bound ends
+    // with a batch to read, not with one record per acknowledgement.
+    let refill_mark = Load {
+        records: max_in_flight.records - BATCH.min(max_in_flight.records / 2),
+        bytes: max_in_flight.bytes - max_in_flight.bytes / 16,
+    };
     let context = consumer.context();
     while !stop() {
         if let Some(f) = tracker.failure() {
@@ -113,38 +131,55 @@ pub fn run<H: Handler>(
         if let Some(t) = &context.transactions {
             t.begin()?;
         }
-        // Backpressure: a slow cluster must not grow memory. Pausing keeps the group
-        // membership alive (poll still runs, serving rebalances) while nothing new is fetched.
-        let load = tracker.load();
-        let budget = if load.bytes >= max_in_flight.bytes {
-            0
-        } else {
-            max_in_flight.records.saturating_sub(load.records).min(BATCH)
-        };
-        let resume_mark = Load { records: max_in_flight.records / 2 + 1, bytes: max_in_flight.bytes / 2 + 1 };
-        if budget == 0 {
-            if !paused {
+        // Backpressure: what is in flight stays bounded. At the bound the loop first only waits
+        // for acknowledgements, as a plain copy loop waits on a full producer queue; it pauses the
+        // partitions only when the load stays at the bound for PAUSE_AFTER (a stalled cluster),
+        // because librdkafka drops what it prefetched for a paused partition and fetches it
+        // again on resume. Pausing keeps the group membership alive (poll still runs, serving
+        // rebalances) while nothing new is fetched.
+        let mut load = tracker.load();
+        if paused {
+            if below(load, resume_mark) {
+                set_paused(consumer, false, handler);
+                paused = false;
+                at_bound_since = None;
+            } else {
+                // Still draining towards the resume mark: wait for acknowledgements, do not spin.
+                load = tracker.wait_below(resume_mark, POLL_TIMEOUT);
+            }
+        } else if !below(load, max_in_flight) {
+            let since = *at_bound_since.get_or_insert_with(Instant::now);
+            if since.elapsed() >= PAUSE_AFTER {
                 set_paused(consumer, true, handler);
                 paused = true;
+                limits.backpressure_pauses.inc();
+                tracing::info!(
+                    records = load.records,
+                    bytes = load.bytes,
+                    "in flight at its bound for {PAUSE_AFTER:?}: consumer paused until half of it is acknowledged"
+                );
+            } else {
+                load = tracker.wait_below(refill_mark, POLL_TIMEOUT);
             }
-            tracker.wait_below(max_in_flight, POLL_TIMEOUT);
-        } else if paused && load.records < resume_mark.records && load.bytes < resume_mark.bytes {
-            set_paused(consumer, false, handler);
-            paused = false;
-        } else if paused {
-            // Still draining towards the resume mark: wait for acknowledgements, do not spin.
-            tracker.wait_below(resume_mark, POLL_TIMEOUT);
         }
+        let budget = if paused || !below(load, max_in_flight) {
+            0
+        } else {
+            at_bound_since = None;
+            (max_in_flight.records - load.records).min(BATCH)
+        };
 
         handler.begin_batch()?;
         // A wait for records must not hold back a commit that is due: under exactly-once the
         // commit is what makes outputs visible.
         let first_timeout = handler.poll_timeout().min(limits.commit_interval.saturating_sub(last_commit.elapsed()));
-        // While paused, one zero-timeout poll serves callbacks; a record still returned was
-        // fetched before the pause and is handled in order.
+        // While paused, one zero-timeout poll serves callbacks (a record it returns was fetched
+        // before the pause and is handled in order). At the bound but not paused, nothing is
+        // polled: callbacks wait at most PAUSE_AFTER, and the bound holds to the record.
         // The byte bound holds within a batch too: a burst of large records ends it early.
-        for n in 0..budget.max(1) {
-            let timeout = if n == 0 && !paused { first_timeout } else { Duration::ZERO };
+        let polls = if budget > 0 { budget } else { usize::from(paused) };
+        for n in 0..polls {
+            let timeout = if n == 0 && budget > 0 { first_timeout } else { Duration::ZERO };
             match consumer.poll(timeout) {
                 None => break,
                 // An abort during this poll (a revocation) left this record to be read again.
