@@ -101,10 +101,11 @@ stamp = "{}"
     let observers = Arc::new(Observers::new(&config).unwrap());
     let (s, o) = (shutdown.clone(), observers.clone());
     let relay = std::thread::spawn(move || relay::run_observed(&config, snapshot, &s, &o));
-    let records_in = || {
-        let m = &observers.metrics;
-        m.sum(&m.records_in, &[])
-    };
+    // One handle, read per poll without allocating: summing the vector (prometheus `collect`)
+    // every millisecond allocated about 0.1 per relayed record on this thread, which the first
+    // figures charged to the bridge.
+    let records_in = observers.metrics.records_in.with_label_values(&["orders"]);
+    let records_in = || records_in.get();
     let per = window(records, records_in, || relay.is_finished());
     shutdown.store(true, Ordering::Relaxed);
     let outcome = relay.join().unwrap();

@@ -20,7 +20,11 @@
 //!
 //! Environment: RECORDS, PAYLOAD_BYTES, ROUNDS (3), ONLY (comma-separated names of the runs
 //! to run, as printed), RELAY_BIN (another build of the binary), THROUGHPUT=0
-//! (latency only), LATENCY_RATES ("500,5000"; "" skips latency), LATENCY_SECS (20).
+//! (latency only), LATENCY_RATES ("500,5000"; "" skips latency), LATENCY_SECS (20),
+//! LATENCY_FETCH_WAIT_MS (the latency runs' consumers' `fetch.wait.max.ms`: tansu holds every
+//! fetch to that limit where Apache Kafka answers once a record is there), BRIDGE_EXTRA and
+//! CONSUMER_EXTRA (TOML lines for the bridge's `[bridge]` and consumer tables), BRIDGE_LOG (the
+//! bridge's RUST_LOG).
 
 #[path = "throughput/baselines.rs"]
 mod baselines;
@@ -133,7 +137,7 @@ fn one(round: usize, who: Who, inputs: &[common::Input], size: usize, dir: &temp
     );
     let group = format!("{}-{round}", who.name().replace([' ', '×', ','], "-"));
     let mapper = matches!(who, Who::Lookup { .. }).then(contestant::start_mapper);
-    let mut child = contestant::start(who, dir, &prod, &rush, &group, mapper.as_ref().map(|m| m.url.as_str()));
+    let mut child = contestant::start(who, dir, &prod, &rush, &group, mapper.as_ref().map(|m| m.url.as_str()), None);
     let offsets = common::OffsetWatcher::new(&prod.bootstrap, &group);
     let reported = contestant::reported_progress(&mut child);
     let mut frozen = false;

@@ -21,7 +21,11 @@ pub fn copy_loop() {
     let var = |k: &str| std::env::var(k).unwrap();
     let bootstrap = var("COPY_LOOP_BOOTSTRAP");
     let outputs: Vec<String> = var("COPY_LOOP_OUTPUTS").split(',').map(str::to_owned).collect();
-    let consumer: BaseConsumer = ClientConfig::new()
+    let mut consumer = ClientConfig::new();
+    if let Ok(ms) = std::env::var("COPY_LOOP_FETCH_WAIT_MS") {
+        consumer.set("fetch.wait.max.ms", ms);
+    }
+    let consumer: BaseConsumer = consumer
         .set("bootstrap.servers", &bootstrap)
         .set("group.id", var("COPY_LOOP_GROUP"))
         .set("auto.offset.reset", "earliest")

@@ -129,7 +129,8 @@ pub fn input(i: usize, size: usize, user_at: UserAt) -> common::Input {
     }
 }
 
-/// Starts `who` on `prod` (and `rush`), consuming [`INPUT`] in `group`.
+/// Starts `who` on `prod` (and `rush`), consuming [`INPUT`] in `group`; `fetch_wait_ms`: the
+/// consumers' `fetch.wait.max.ms` instead of librdkafka's default.
 pub fn start(
     who: Who,
     dir: &tempfile::TempDir,
@@ -137,6 +138,7 @@ pub fn start(
     rush: &common::Tansu,
     group: &str,
     mapper: Option<&str>,
+    fetch_wait_ms: Option<u64>,
 ) -> Child {
     match who {
         Who::Copy { copies } => {
@@ -144,7 +146,11 @@ pub fn start(
             for o in &outputs {
                 common::create_topic(&prod.bootstrap, o, PARTITIONS);
             }
-            Command::new(std::env::current_exe().unwrap())
+            let mut command = Command::new(std::env::current_exe().unwrap());
+            if let Some(ms) = fetch_wait_ms {
+                command.env("COPY_LOOP_FETCH_WAIT_MS", ms.to_string());
+            }
+            command
                 .env("COPY_LOOP_BOOTSTRAP", &prod.bootstrap)
                 .env("COPY_LOOP_OUTPUTS", outputs.join(","))
                 .env("COPY_LOOP_GROUP", group)
@@ -163,12 +169,12 @@ pub fn start(
                 .unwrap()
         }
         Who::Bridge { .. } | Who::RushFrozen | Who::Lookup { .. } => {
-            let config = bridge_config(who, dir, &prod.bootstrap, &rush.bootstrap, group, mapper);
+            let config = bridge_config(who, dir, &prod.bootstrap, &rush.bootstrap, group, mapper, fetch_wait_ms);
             let bin = std::env::var("RELAY_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_tenancy-bridge").to_string());
             Command::new(bin)
                 .args(["run", "--config"])
                 .arg(&config)
-                .env("RUST_LOG", "warn")
+                .env("RUST_LOG", std::env::var("BRIDGE_LOG").unwrap_or_else(|_| "warn".into()))
                 .stdout(Stdio::null())
                 .spawn()
                 .unwrap()
@@ -213,6 +219,7 @@ fn bridge_config(
     rush: &str,
     group: &str,
     mapper: Option<&str>,
+    fetch_wait_ms: Option<u64>,
 ) -> std::path::PathBuf {
     let wl = dir.path().join("wl.json");
     let users: Vec<String> = (0..USERS).step_by(WHITELISTED_EVERY).map(|i| format!("U{i}")).collect();
@@ -242,7 +249,8 @@ fn bridge_config(
         ),
         // CONSUMER_EXTRA: librdkafka consumer properties to try, TOML lines.
         kafka: &format!(
-            "\"max.poll.interval.ms\" = 10000\n\"session.timeout.ms\" = 6000\n{}",
+            "\"max.poll.interval.ms\" = 10000\n\"session.timeout.ms\" = 6000\n{}\n{}",
+            fetch_wait_ms.map(|ms| format!("\"fetch.wait.max.ms\" = {ms}")).unwrap_or_default(),
             std::env::var("CONSUMER_EXTRA").unwrap_or_default()
         ),
     });

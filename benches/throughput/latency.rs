@@ -70,7 +70,8 @@ fn one(dir: &tempfile::TempDir, round: usize, who: Who, rate: u64, secs: u64) ->
     let (prod, rush) = (common::Tansu::start(), common::Tansu::start());
     common::create_topic(&prod.bootstrap, INPUT, PARTITIONS);
     let group = format!("latency-{round}-{rate}-{}", who.name().replace([' ', '×'], "-"));
-    let mut child = start(who, dir, &prod, &rush, &group, None);
+    let fetch_wait_ms = std::env::var("LATENCY_FETCH_WAIT_MS").ok().and_then(|v| v.parse().ok());
+    let mut child = start(who, dir, &prod, &rush, &group, None, fetch_wait_ms);
     // Drained, so a baseline never blocks on a full pipe.
     let _progress = super::contestant::reported_progress(&mut child);
     let output = who.latency_output();

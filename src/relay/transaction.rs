@@ -160,6 +160,7 @@ impl Transactions {
         if self.stale().is_some() {
             return self.abort_stale();
         }
+        let flushed = started.elapsed();
         let offsets = offsets();
         if offsets.count() > 0 {
             let Some(group) = consumer.group_metadata() else {
@@ -176,9 +177,11 @@ impl Transactions {
         if self.stale().is_some() {
             return self.abort_stale();
         }
+        let sent = started.elapsed();
         if let Err(e) = self.retrying(|| self.producer.commit_transaction(self.timeout)) {
             return self.settle("commit", &e);
         }
+        tracing::debug!(flush = ?flushed, offsets = ?(sent - flushed), commit = ?(started.elapsed() - sent), "TXN TIMING");
         self.open.store(false, Relaxed);
         if let Ok(mut c) = self.confirmed.lock() {
             for e in offsets.elements() {
