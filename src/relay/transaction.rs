@@ -181,7 +181,6 @@ impl Transactions {
         if let Err(e) = self.retrying(|| self.producer.commit_transaction(self.timeout)) {
             return self.settle("commit", &e);
         }
-        tracing::debug!(flush = ?flushed, offsets = ?(sent - flushed), commit = ?(started.elapsed() - sent), "TXN TIMING");
         self.open.store(false, Relaxed);
         if let Ok(mut c) = self.confirmed.lock() {
             for e in offsets.elements() {
@@ -191,7 +190,14 @@ impl Transactions {
             }
         }
         self.committed.inc();
-        tracing::debug!(id = %self.id, offsets = ?offsets.to_topic_map(), "transaction committed");
+        tracing::debug!(
+            id = %self.id,
+            offsets = ?offsets.to_topic_map(),
+            flush = ?flushed,
+            send_offsets = ?(sent - flushed),
+            commit = ?(started.elapsed() - sent),
+            "transaction committed"
+        );
         self.seconds.observe(started.elapsed().as_secs_f64());
         Ok(Outcome::Committed)
     }
