@@ -152,8 +152,13 @@ pub fn consumer_config(cluster: &ClusterConfig, name: &str, group_id: &str) -> C
     // A new group starts at the beginning: an event produced before the bridge first ran is
     // still an input event that must reach its outputs.
     c.set("auto.offset.reset", "earliest");
-    // Bound what librdkafka prefetches; the relay's own bound is bridge.max_in_flight.
-    c.set("queued.max.messages.kbytes", "32768");
+    // What librdkafka prefetches, bounded (its default, 64 MiB); the relay's own bound is
+    // bridge.max_in_flight. Once the prefetch is full librdkafka waits fetch.queue.backoff.ms
+    // before fetching again: at its default (1 s) the relay emptied the queue in a fraction of
+    // that and then waited on it, half of the time at 100,000 records/s; at 50 ms it keeps up
+    // with a plain copy loop (benches/throughput.rs). The wait sends no request to the broker.
+    c.set("queued.max.messages.kbytes", "65536");
+    c.set("fetch.queue.backoff.ms", "50");
     // fetch.wait.max.ms stays at librdkafka's 500 ms: Apache Kafka answers a fetch as soon as a
     // record is there, so it adds latency only on brokers that hold a fetch to its limit
     // (tansu). 10 ms there cut the added latency but collapsed exactly-once throughput on tansu

@@ -34,12 +34,12 @@ pub fn copy_loop() {
         .set("enable.auto.commit", "false")
         .create()
         .unwrap();
-    let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
-        .set("bootstrap.servers", &bootstrap)
-        .set("enable.idempotence", "true")
-        .set("linger.ms", "5")
-        .create()
-        .unwrap();
+    let mut producer = ClientConfig::new();
+    producer.set("bootstrap.servers", &bootstrap).set("enable.idempotence", "true").set("linger.ms", "5");
+    for (k, v) in super::contestant::producer_extra() {
+        producer.set(k, v);
+    }
+    let producer: ThreadedProducer<DefaultProducerContext> = producer.create().unwrap();
     consumer.subscribe(&[INPUT]).unwrap();
     let (mut since_report, mut read, mut reported) = (0usize, 0usize, std::time::Instant::now());
     let mut report = |read: usize, producer: &ThreadedProducer<DefaultProducerContext>| {

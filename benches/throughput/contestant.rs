@@ -60,7 +60,7 @@ impl Who {
                 },
                 if exactly_once { " EOS" } else { "" }
             ),
-            Who::RushFrozen => "bridge, Rush frozen".into(),
+            Who::RushFrozen => "bridge Rush frozen".into(),
             Who::Lookup { long_ttl: false } => "lookup, default TTLs".into(),
             Who::Lookup { long_ttl: true } => "lookup, warm".into(),
         }
@@ -264,6 +264,20 @@ fn bridge_config(
         ),
         _ => text,
     };
+    // PRODUCER_EXTRA: librdkafka producer properties to try (k=v,k=v), for the copy loop too.
+    let text = match producer_extra() {
+        extra if extra.is_empty() => text,
+        extra => {
+            let lines: Vec<String> = extra.iter().map(|(k, v)| format!("\"{k}\" = \"{v}\"")).collect();
+            format!("{text}\n[prod.producer]\n{}\n", lines.join("\n"))
+        }
+    };
     std::fs::write(&path, text).unwrap();
     path
+}
+
+/// `PRODUCER_EXTRA` as (property, value) pairs.
+pub fn producer_extra() -> Vec<(String, String)> {
+    let extra = std::env::var("PRODUCER_EXTRA").unwrap_or_default();
+    extra.split(',').filter_map(|kv| kv.split_once('=')).map(|(k, v)| (k.trim().into(), v.trim().into())).collect()
 }
