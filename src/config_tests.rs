@@ -151,7 +151,7 @@ fn delivery_and_its_transactions() {
     let c = parse(&eos).unwrap();
     assert_eq!(c.bridge.delivery, Delivery::ExactlyOnce);
     assert_eq!(c.bridge.transactional_id(), "tenancy-bridge.pod-3.forward");
-    assert_eq!(c.bridge.transaction_interval, Duration::from_millis(100));
+    assert_eq!(c.bridge.transaction_interval, Duration::from_secs(1));
     let e = err(&format!("{BASE}\n[bridge]\ndelivery = \"exactly-twice\"\n"));
     assert!(e.contains("exactly-twice") && e.contains("exactly-once"), "{e}");
     let e = err(&format!("{BASE}\n[bridge]\ntransaction_interval = \"5s\"\ntransaction_timeout = \"10s\"\n"));
