@@ -345,11 +345,7 @@ fn a_stalled_cluster_pauses_the_consumer_within_the_bound() {
     let inputs: Vec<Input> = (0..60).map(|i| event(i, Some("U1"), b"{}".to_vec())).collect();
     common::produce(&c.prod.bootstrap_servers(), "orders", &inputs);
     let run = start(&c, c.config(HEADER_ROUTE, "max_in_flight = 25"));
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while run.pauses() == 0 {
-        assert!(Instant::now() < deadline, "never paused at the bound");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    common::wait_until("never paused at the bound", Instant::now() + Duration::from_secs(60), || run.pauses() > 0);
     c.rush.broker_round_trip_time(1, Duration::ZERO).unwrap();
     run.wait_acked(120, Duration::from_secs(90));
     let peak = run.observers.health.in_flight_peak.load(Ordering::Relaxed);

@@ -142,7 +142,6 @@ pub fn run<H: Handler>(
             if below(load, resume_mark) {
                 set_paused(consumer, false, handler);
                 paused = false;
-                at_bound_since = None;
             } else {
                 // Still draining towards the resume mark: wait for acknowledgements, do not spin.
                 load = tracker.wait_below(resume_mark, POLL_TIMEOUT);
