@@ -6,9 +6,10 @@
 use std::hint::black_box;
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use tenancy_bridge::config::StampMode;
 use tenancy_bridge::config::{Route, Service};
 use tenancy_bridge::extract::{self, JsonPointer, RecordView, TenancyKey, UserLocator};
-use tenancy_bridge::tenancy::{self, StampMode};
+use tenancy_bridge::tenancy;
 use tenancy_bridge::whitelist::{Entry, Snapshot};
 
 type H<'a> = [(&'a str, Option<&'a [u8]>)];

@@ -14,7 +14,7 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 
 use crate::config::Config;
 use crate::kafka::admin_config;
-use crate::relay::topics::partition_counts;
+use crate::topics::partition_counts;
 use crate::whitelist::client::{ClientError, MapperClient};
 use crate::whitelist_cli::{CliError, token};
 
@@ -31,7 +31,7 @@ pub enum CleanupError {
     #[error("whitelist file {path}: {reason}")]
     File { path: String, reason: String },
     #[error(transparent)]
-    Topics(#[from] crate::relay::topics::TopicError),
+    Topics(#[from] crate::topics::TopicError),
     #[error("rush cluster: {what}: {source}")]
     Kafka { what: &'static str, source: KafkaError },
     #[error("some steps failed (see above); run again once fixed")]

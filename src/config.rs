@@ -11,7 +11,6 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::extract::{JsonPointer, UserLocator};
-use crate::tenancy::StampMode;
 
 mod bridge;
 pub use bridge::{BridgeConfig, Delivery};
@@ -542,3 +541,26 @@ fn apply_env_overrides(
 #[cfg(test)]
 #[path = "config_tests.rs"]
 mod tests;
+
+/// Where the Rush copy carries its tenancy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum StampMode {
+    #[default]
+    Header,
+    Payload,
+    Both,
+}
+
+impl StampMode {
+    pub fn header(self) -> bool {
+        matches!(self, Self::Header | Self::Both)
+    }
+    pub fn payload(self) -> bool {
+        matches!(self, Self::Payload | Self::Both)
+    }
+}
+
+/// An input partition: the index of its route in [`Config::routes`] and its partition number.
+/// What the relay tracks, commits and pins per partition is keyed by it.
+pub type PartitionKey = (usize, i32);

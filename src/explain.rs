@@ -9,16 +9,17 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
+use crate::clock::{format_rfc3339_ms, now_ms};
 use crate::config::{Config, Route};
+use crate::decision_log::DecisionReader;
 use crate::extract::{RecordView, TenancyKey};
+use crate::headers::{OUTBOX_INPUT_OFFSET, OUTBOX_OUTPUT, Provenance, dead_letter as dlq};
 use crate::migrate::plan::OffsetMap;
-use crate::relay::decisions::DecisionReader;
-use crate::relay::{OUTBOX_INPUT_OFFSET, OUTBOX_OUTPUT, Provenance, dead_letter_headers as dlq};
 use crate::tenancy::{self, Reason};
 use crate::verify::check::{Record, Rules, exact_identity, identity};
 use crate::verify::{ClusterReader, ReadError, volatile_headers};
+use crate::whitelist::Snapshot;
 use crate::whitelist::client::MapperClient;
-use crate::whitelist::{Snapshot, format_rfc3339_ms, now_ms};
 
 pub enum Subject {
     User(String),

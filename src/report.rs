@@ -108,7 +108,7 @@ pub fn topic_settings(config: &Config) -> String {
     let mut s = String::from("output topic settings (copied from the input: ");
     s.push_str(&crate::topic_settings::COPIED.join(", "));
     s.push_str(")\n");
-    for cluster in crate::relay::topics::outputs_view(config) {
+    for cluster in crate::topics::outputs_view(config) {
         let outputs = match cluster {
             Ok(o) => o,
             Err(e) => {

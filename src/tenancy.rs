@@ -6,33 +6,12 @@
 
 use std::borrow::Cow;
 
-use serde::Deserialize;
-
 use crate::config::Route;
 use crate::extract::{self, Headers, Passthrough, RecordView, TenancyKey, UserLocator};
 use crate::json_scan::Found;
 use crate::splice::splice_for;
 pub use crate::splice::{Splice, plan_splice, stamp_payload};
 use crate::whitelist::Whitelist;
-
-/// Where the Rush copy carries its tenancy.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum StampMode {
-    #[default]
-    Header,
-    Payload,
-    Both,
-}
-
-impl StampMode {
-    pub fn header(self) -> bool {
-        matches!(self, Self::Header | Self::Both)
-    }
-    pub fn payload(self) -> bool {
-        matches!(self, Self::Payload | Self::Both)
-    }
-}
 
 /// A set of a route's services, by index into `Route::services` (at most 64 per route).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

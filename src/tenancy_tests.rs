@@ -1,5 +1,5 @@
 use super::*;
-use crate::config::Service;
+use crate::config::{Service, StampMode};
 use crate::extract::JsonPointer;
 use crate::whitelist::{Entry, Snapshot};
 use proptest::prelude::*;

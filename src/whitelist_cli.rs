@@ -4,10 +4,9 @@ use std::fmt::Write as _;
 use std::path::Path;
 use std::time::Duration;
 
-use crate::config_mapper::AuditRecord;
+use crate::clock::parse_rfc3339_ms;
 use crate::config_mapper::{TOKEN_ENV, Tokens};
-use crate::whitelist::client::{ClientError, EntryView, MapperClient};
-use crate::whitelist::parse_rfc3339_ms;
+use crate::whitelist::client::{AuditRecord, ClientError, EntryView, MapperClient};
 
 #[derive(Debug, thiserror::Error)]
 pub enum CliError {
@@ -100,7 +99,7 @@ fn table(entries: &[EntryView]) -> String {
     if entries.is_empty() {
         return "no whitelisted users\n".into();
     }
-    let now = crate::whitelist::now_ms();
+    let now = crate::clock::now_ms();
     let w = entries.iter().map(|e| e.user.len()).max().unwrap_or(4).max(4);
     let mut out = format!("{:<w$}  {:<30}  {:<20}  LEFT\n", "USER", "SERVICES", "EXPIRES");
     for e in entries {

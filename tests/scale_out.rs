@@ -26,7 +26,7 @@ fn input(i: usize) -> Input {
         key: Some(user.clone().into_bytes()),
         payload: Some(format!(r#"{{"n":{i},"user_id":"{user}"}}"#).into_bytes()),
         headers: vec![(TID.into(), Some(i.to_string().into_bytes())), ("x-user-id".into(), Some(user.into_bytes()))],
-        timestamp: tenancy_bridge::whitelist::now_ms(),
+        timestamp: tenancy_bridge::clock::now_ms(),
     }
 }
 

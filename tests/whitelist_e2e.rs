@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 
 use common::invariant::{self, StampCheck, TID};
 use common::{Bridge, Input, Mapper, Read, Tansu};
+use tenancy_bridge::clock::now_ms;
 use tenancy_bridge::whitelist::client::MapperClient;
-use tenancy_bridge::whitelist::now_ms;
 
 const TOKEN: &str = "qa:0123456789abcdef-e2e-token";
 

@@ -14,7 +14,7 @@ use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
 use super::contestant::{INPUT, PARTITIONS, UserAt, Who, start};
 use super::{common, env_usize};
-use tenancy_bridge::whitelist::now_ms;
+use tenancy_bridge::clock::now_ms;
 
 pub struct Latency {
     pub round: usize,

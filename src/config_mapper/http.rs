@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use super::auth::{Tokens, Verdict};
 use super::store::{Removed, Store, StoredEntry};
-use crate::whitelist::now_ms;
+use crate::clock::now_ms;
 
 /// Largest request body accepted; a whitelist entry is a few hundred bytes.
 pub const MAX_BODY: usize = 16 * 1024;

@@ -8,9 +8,10 @@ use std::path::Path;
 use std::sync::Mutex;
 
 use rusqlite::{Connection, OptionalExtension, params};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
-use crate::whitelist::{format_rfc3339_ms, now_ms};
+use crate::clock::{format_rfc3339_ms, now_ms};
+pub use crate::whitelist::client::AuditRecord;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -30,19 +31,6 @@ pub struct StoredEntry {
     #[serde(skip)]
     pub expires_at_ms: i64,
     pub expires_at: String,
-}
-
-/// One audited change, as stored and as `GET /v1/audit` returns it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct AuditRecord {
-    pub id: i64,
-    pub at: String,
-    pub who: String,
-    pub action: String,
-    pub user: String,
-    pub services: Vec<String>,
-    pub ttl_seconds: Option<i64>,
-    pub reason: Option<String>,
 }
 
 /// What a change did, for the response and the audit.

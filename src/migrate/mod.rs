@@ -20,8 +20,8 @@ pub use plan::{Direction, PartitionPlan, Step};
 use plan::{Facts, Names, OffsetMap};
 
 use crate::config::{Config, Route, Service, WhitelistMode};
+use crate::decision_log::DecisionReader;
 use crate::kafka::admin_config;
-use crate::relay::decisions::DecisionReader;
 use crate::verify::check::{Record, exact_identity};
 use crate::verify::{ClusterReader, ReadError};
 
@@ -121,7 +121,7 @@ pub fn run(config: &Config, o: &Options<'_>) -> Result<String, MigrateError> {
         });
     }
     let (map_starts, note) = map_starts(config, ri, marks.keys().copied());
-    let read_from = o.since.map(|d| crate::whitelist::now_ms() - d.as_millis() as i64 - SINCE_SLACK_MS);
+    let read_from = o.since.map(|d| crate::clock::now_ms() - d.as_millis() as i64 - SINCE_SLACK_MS);
     let outputs = by_partition(reader.read(&service.output_topic, read_from, true)?);
     let inputs = by_partition(reader.read(&route.topic, read_from, true)?);
 

@@ -15,8 +15,7 @@ const OFFSET_MASK: usize = (1 << OFFSET_BITS) - 1;
 /// Slots are recycled modulo this; a stale ack is also checked against the pending offsets.
 const SLOTS: u32 = 1 << (usize::BITS - OFFSET_BITS);
 
-/// An input partition: index of its route and its partition number.
-pub type PartitionKey = (usize, i32);
+pub use crate::config::PartitionKey;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Failure {

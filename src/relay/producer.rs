@@ -8,9 +8,9 @@ use rdkafka::message::{Message, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::{ClientContext, Timestamp};
 
-use super::dead_letter::{Poisoned, Refusals};
 use super::health::{Health, ProducerRole};
 use super::offsets::Tracker;
+use super::refusals::Refusals;
 use crate::kafka::{ErrorClass, classify};
 use crate::metrics::{self, Metrics, OutputMetrics};
 use crate::tenancy::Cluster;
@@ -24,8 +24,8 @@ pub struct DeliveryContext {
     metrics: Arc<Metrics>,
     tracker: Arc<Tracker>,
     health: Arc<Health>,
-    /// Where writes the broker refuses for good go, for the dead-letter topic; without it such
-    /// a refusal stops the relay.
+    /// Where writes the broker refuses for good go back to, for the dead-letter topic; without
+    /// it such a refusal stops the relay.
     refusals: Option<Arc<Refusals>>,
 }
 
@@ -33,30 +33,6 @@ impl DeliveryContext {
     pub fn with_refusals(mut self, refusals: Arc<Refusals>) -> Self {
         self.refusals = Some(refusals);
         self
-    }
-
-    /// Hands a poison write to the dead-letter path. Returns how the tracker must take it: not
-    /// at all (queued), as a failure to rewrite (booked, exactly-once), or as poison.
-    fn refuse(
-        &self,
-        err: &KafkaError,
-        msg: &rdkafka::message::BorrowedMessage<'_>,
-        opaque: usize,
-    ) -> Option<ErrorClass> {
-        let Some(r) = self.refusals.as_ref().filter(|r| r.topic != msg.topic()) else {
-            return Some(ErrorClass::Poison);
-        };
-        if !r.rewrites {
-            return (!r.offer(Poisoned { opaque, message: msg.detach(), error: err.clone() }))
-                .then_some(ErrorClass::Poison);
-        }
-        match self.tracker.locate(opaque) {
-            Some((key, offset)) => {
-                r.book(key, offset, msg.topic(), err.clone());
-                Some(ErrorClass::Retry)
-            }
-            None => Some(ErrorClass::Poison),
-        }
     }
 }
 
@@ -86,7 +62,7 @@ impl ProducerContext for DeliveryContext {
             Ok(msg) => {
                 self.outputs.acked(msg.topic());
                 if let Some(ts) = msg.timestamp().to_millis() {
-                    let age_ms = crate::whitelist::now_ms().saturating_sub(ts).max(0);
+                    let age_ms = crate::clock::now_ms().saturating_sub(ts).max(0);
                     self.outputs.age.observe(age_ms as f64 / 1000.0);
                 }
                 self.tracker.ack(opaque);
@@ -95,7 +71,11 @@ impl ProducerContext for DeliveryContext {
                 let mut class = classify(err);
                 self.outputs.error(class);
                 if class == ErrorClass::Poison {
-                    match self.refuse(err, msg, opaque) {
+                    let refused = match &self.refusals {
+                        Some(r) => r.take_back(err, msg, opaque, &self.tracker),
+                        None => Some(ErrorClass::Poison),
+                    };
+                    match refused {
                         None => return,
                         Some(c) => class = c,
                     }

@@ -11,21 +11,22 @@
 use std::sync::Arc;
 
 use rdkafka::consumer::BaseConsumer;
-use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Message};
 
-use super::RelayError;
-use super::consumer::RebalanceContext;
-use super::dead_letter::{self, Refusals, Refused};
-use super::headers::{InputHeaders, Provenance};
+use super::direction::poll::{Handler, POLL_TIMEOUT, input_bytes};
+use super::direction::rebalance::{RebalanceContext, Revoked};
+use super::direction::{self, Spec};
+use super::error::RelayError;
+use super::health::{Direction, Health, ProducerRole};
 use super::offsets::Tracker;
-use super::partition_transactions::Writer;
-use super::pipeline::ProduceError;
-use super::poll::Handler;
+use super::output::{CrossCluster, Origin, Writer, cross_cluster_producers};
 use super::producer::Output;
-use crate::config::Config;
+use super::refusals::Refusals;
+use super::stop::Stop;
+use crate::config::{Config, Delivery};
 use crate::extract::Headers;
-use crate::kafka::ErrorClass;
+use crate::headers::{InputHeaders, Provenance};
+use crate::kafka;
 use crate::metrics::{Metrics, RouteMetrics};
 use crate::telemetry::{Hop, HopTracer};
 use crate::tenancy::Cluster;
@@ -33,14 +34,92 @@ use crate::tenancy::Cluster;
 /// The `service` a dead-lettered return-path record names (its input topic is `rush:{topic}`).
 pub const RETURN_SERVICE: &str = "return-path";
 
+/// How long exactly-once waits after an abort before the return path starts again.
+const RESTART_BACKOFF: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Runs the return path until `stop`. Exactly-once, it starts again from its progress on prod
+/// after an aborted transaction (a write that failed, a pause, a takeover); any other error
+/// stops the bridge.
+pub fn run(
+    config: &Config,
+    stop: &Stop<'_>,
+    health: &Arc<Health>,
+    metrics: &Arc<Metrics>,
+    tracer: &Arc<HopTracer>,
+) -> Result<(), RelayError> {
+    // Outlives each run: exactly-once books a refused write, and the next run dead-letters it.
+    let exactly_once = config.bridge.delivery == Delivery::ExactlyOnce;
+    let refusals = Arc::new(Refusals::new(&config.bridge.dead_letter_topic, exactly_once));
+    loop {
+        match run_once(config, stop, health, metrics, tracer, &refusals) {
+            Err(e @ (RelayError::Transaction(_) | RelayError::Delivery { .. }))
+                if exactly_once && !stop.requested() =>
+            {
+                metrics.return_path_restarts.inc();
+                tracing::warn!(error = %e, "return path transactions aborted; starting again from its progress on prod");
+                stop.sleep(RESTART_BACKOFF);
+            }
+            r => return r,
+        }
+    }
+}
+
+/// One run of the return path: Rush raw topics of return routes → the same topics on prod.
+fn run_once(
+    config: &Config,
+    stop: &Stop<'_>,
+    health: &Arc<Health>,
+    metrics: &Arc<Metrics>,
+    tracer: &Arc<HopTracer>,
+    refusals: &Arc<Refusals>,
+) -> Result<(), RelayError> {
+    let topics: Vec<String> = config.routes.iter().filter(|r| r.return_path).map(|r| r.topic.clone()).collect();
+    // The Rush lane creates the raw topics on Rush; subscribing before they exist would leave
+    // the consumer waiting for a metadata refresh (minutes) after they appear.
+    while !health.rush_topics_ready.load(std::sync::atomic::Ordering::Relaxed) {
+        if stop.requested() {
+            return Ok(());
+        }
+        std::thread::sleep(POLL_TIMEOUT);
+    }
+    let tracker = Arc::new(Tracker::new());
+    let mut consumer = kafka::consumer_config(&config.rush, "rush", &config.bridge.group_id);
+    kafka::fit_records(&mut consumer, config);
+    // Exactly-once: prod writes commit on prod with the Rush offsets they consumed, stored on
+    // prod in the group `{group_id}.return`.
+    let cross = CrossCluster {
+        role: ProducerRole::Return,
+        topics: &topics,
+        target: &config.prod,
+        progress_group: config.bridge.return_progress_group(),
+        session_timeout: kafka::session_timeout(&consumer),
+        name: "return",
+    };
+    let producers = cross_cluster_producers(config, cross, &tracker, health, metrics, Some(refusals))?;
+    let writer = Writer::new(producers, Cluster::Prod, metrics)
+        .with_dead_letters(&config.bridge.dead_letter_topic, refusals.clone());
+    let commit = writer.commit_strategy(Some(refusals.clone()));
+    let flush = writer.flush();
+    let mut handler = ReturnPath::new(config, writer, tracker.clone(), metrics, tracer.clone());
+    let spec = Spec {
+        direction: Direction::Return,
+        consumer,
+        topics,
+        tracker,
+        flush,
+        commit,
+        revoked: Arc::new(Revoked::default()),
+    };
+    direction::run(config, spec, &mut handler, health, metrics, stop)
+}
+
 pub struct ReturnPath {
     topics: Vec<String>,
-    dead_letter_topic: String,
-    refusals: Arc<Refusals>,
+    /// `rush:{topic}` per topic: where a dead letter says its input was.
+    sources: Vec<String>,
     provenance: Provenance,
     writer: Writer,
     tracker: Arc<Tracker>,
-    metrics: Arc<Metrics>,
     routes: Vec<RouteMetrics>,
     tracer: Arc<HopTracer>,
 }
@@ -51,62 +130,32 @@ impl ReturnPath {
         config: &Config,
         writer: Writer,
         tracker: Arc<Tracker>,
-        metrics: &Arc<Metrics>,
+        metrics: &Metrics,
         tracer: Arc<HopTracer>,
-        refusals: Arc<Refusals>,
     ) -> Self {
         let routes: Vec<usize> = (0..config.routes.len()).filter(|&i| config.routes[i].return_path).collect();
+        let topics: Vec<String> = routes.iter().map(|&i| config.routes[i].topic.clone()).collect();
         Self {
-            topics: routes.iter().map(|&i| config.routes[i].topic.clone()).collect(),
-            dead_letter_topic: config.bridge.dead_letter_topic.clone(),
-            refusals,
+            sources: topics.iter().map(|t| format!("rush:{t}")).collect(),
+            topics,
             routes: routes.iter().map(|&i| metrics.route(config, i)).collect(),
-            metrics: metrics.clone(),
             provenance: Provenance::new(config),
             tracer,
             writer,
             tracker,
         }
     }
-}
 
-impl ReturnPath {
-    /// Writes `content` to the dead-letter topic in place of the prod write `opaque` stood for:
-    /// the Rush record at `offset` of `partition` of route `ri`, refused with `error`.
-    fn dead_letter<M: Message>(
-        &self,
-        ri: usize,
-        (partition, offset): (i32, i64),
-        content: &M,
-        error: &KafkaError,
-        opaque: usize,
-    ) -> Result<(), RelayError> {
-        let topic = &self.topics[ri];
-        let producer = self.writer.for_partition((ri, partition))?;
-        let source = format!("rush:{topic}");
-        let refused = Refused {
-            input: (&source, partition, offset),
+    /// The return path's only output of the Rush record at `offset` of `partition` of route `ri`.
+    fn origin(&self, ri: usize, partition: i32, offset: i64) -> Option<Origin<'_>> {
+        let topic = self.topics.get(ri)?;
+        Some(Origin {
+            input: (self.sources.get(ri)?, partition, offset),
             route: topic,
             service: RETURN_SERVICE,
             output_topic: topic,
             cluster: Cluster::Prod,
-            error,
-        };
-        dead_letter::write(&producer, &self.dead_letter_topic, content, &refused, opaque, &self.metrics).map_err(
-            |(source, class)| {
-                self.metrics.produce_error(Cluster::Prod, class);
-                let e = ProduceError {
-                    input_topic: format!("rush:{topic}"),
-                    partition,
-                    offset,
-                    cluster: "prod",
-                    output_topic: self.dead_letter_topic.clone(),
-                    class,
-                    source,
-                };
-                RelayError::from(Box::new(e))
-            },
-        )
+        })
     }
 }
 
@@ -114,9 +163,10 @@ impl Handler for ReturnPath {
     /// At-least-once: dead-letters the writes prod refused since the last batch. One whose
     /// partition was revoked meanwhile is read again by its next owner.
     fn begin_batch(&mut self) -> Result<(), RelayError> {
-        for p in self.refusals.take() {
-            let Some(((ri, partition), offset)) = self.tracker.locate(p.opaque) else { continue };
-            self.dead_letter(ri, (partition, offset), &p.message, &p.error, p.opaque)?;
+        for refusal in self.writer.take_refusals() {
+            let Some(((ri, partition), offset)) = self.tracker.locate(refusal.opaque) else { continue };
+            let Some(origin) = self.origin(ri, partition, offset) else { continue };
+            self.writer.dead_letter_refused((ri, partition), &refusal, &origin)?;
         }
         Ok(())
     }
@@ -144,13 +194,12 @@ impl Handler for ReturnPath {
             self.tracker.begin(key, msg.offset(), 0, 0);
             return Ok(());
         }
-        let producer = self.writer.for_partition(key)?;
-        let opaque = self.tracker.begin(key, msg.offset(), 1, super::pipeline::input_bytes(msg));
+        let opaque = self.tracker.begin(key, msg.offset(), 1, input_bytes(msg));
         let hop = Hop {
             route: topic,
             service: None,
             cluster: "prod",
-            direction: super::Direction::Return.as_str(),
+            direction: Direction::Return.as_str(),
             output_topic: topic,
         };
         let trace = self.tracer.hop(|name| input.last(name), &hop);
@@ -163,29 +212,8 @@ impl Handler for ReturnPath {
             timestamp: msg.timestamp(),
             opaque,
         };
-        match dead_letter::send_or_refusal(&producer, out, Some(&self.refusals), key, msg.offset()) {
-            Ok(None) => Ok(()),
-            // A record Rush accepted that prod will not take: dead-lettered, not a stop.
-            Ok(Some(refusal)) => {
-                if !refusal.counted {
-                    self.metrics.produce_error(Cluster::Prod, ErrorClass::Poison);
-                }
-                return self.dead_letter(ri, (msg.partition(), msg.offset()), msg, &refusal.error, opaque);
-            }
-            Err(e) => Err(e),
-        }
-        .map_err(|(source, class)| {
-            self.metrics.produce_error(Cluster::Prod, class);
-            Box::new(ProduceError {
-                input_topic: format!("rush:{topic}"),
-                partition: msg.partition(),
-                offset: msg.offset(),
-                cluster: "prod",
-                output_topic: topic.clone(),
-                class,
-                source,
-            })
-        })?;
-        Ok(())
+        let Some(origin) = self.origin(ri, msg.partition(), msg.offset()) else { return Ok(()) };
+        // A record Rush accepted that prod will not take is dead-lettered there, not a stop.
+        self.writer.write(key, out, &origin, msg)
     }
 }

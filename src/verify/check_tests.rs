@@ -1,7 +1,7 @@
 use super::*;
 use crate::config::Service;
+use crate::config::StampMode;
 use crate::extract::{JsonPointer, UserLocator};
-use crate::tenancy::StampMode;
 use std::collections::HashSet;
 
 fn route(stamp: StampMode, user: UserLocator) -> Route {

@@ -19,10 +19,10 @@ use check::{Inputs, Locators, Record, ReturnReport, Rules, ServiceReport};
 pub use read::{ClusterReader, ReadError, record_of};
 
 use crate::config::Config;
+use crate::decision_log::DecisionReader;
 use crate::extract::TenancyKey;
+use crate::headers::{OUTBOX_INPUT_OFFSET, OUTBOX_OUTPUT, Provenance, dead_letter as dlq};
 use crate::pinning::Chain;
-use crate::relay::decisions::DecisionReader;
-use crate::relay::{OUTBOX_INPUT_OFFSET, OUTBOX_OUTPUT, Provenance, dead_letter_headers as dlq};
 
 pub struct Options {
     /// Judge only records whose timestamp is at most this old.
@@ -173,7 +173,7 @@ pub fn run(config: &Config, opts: &Options) -> Result<Report, ReadError> {
     let rush = ClusterReader::new(&config.rush, "rush", opts.idle, opts.timeout)?;
     let group = opts.group.as_deref().unwrap_or(&config.bridge.group_id);
     let lane_group = config.bridge.rush_group_id.clone().unwrap_or_else(|| format!("{group}.rush"));
-    let since_ms = opts.since.map(|d| crate::whitelist::now_ms() - d.as_millis() as i64);
+    let since_ms = opts.since.map(|d| crate::clock::now_ms() - d.as_millis() as i64);
     let read_from = since_ms.map(|s| s - SINCE_SLACK_MS);
     let key = TenancyKey::new(&config.bridge.tenancy_header);
     let provenance = Provenance::new(config);

@@ -8,7 +8,6 @@ use serde::{Deserialize, Serialize};
 use reqwest::blocking::Response;
 
 use super::{Snapshot, SnapshotError};
-use crate::config_mapper::AuditRecord;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -219,4 +218,17 @@ impl MapperClient {
     pub fn audit(&self) -> Result<Vec<AuditRecord>, ClientError> {
         Ok(self.get_json::<AuditBody>("/v1/audit")?.records)
     }
+}
+
+/// One audited change, as stored and as `GET /v1/audit` returns it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditRecord {
+    pub id: i64,
+    pub at: String,
+    pub who: String,
+    pub action: String,
+    pub user: String,
+    pub services: Vec<String>,
+    pub ttl_seconds: Option<i64>,
+    pub reason: Option<String>,
 }

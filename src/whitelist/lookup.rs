@@ -21,7 +21,8 @@ use std::time::{Duration, Instant};
 use moka::Expiry;
 
 use super::client::MapperClient;
-use super::{Entry, SourceStatus, now_ms, parse_rfc3339_ms};
+use super::{Entry, SourceStatus};
+use crate::clock::{now_ms, parse_rfc3339_ms};
 
 /// A cached answer about one user.
 #[derive(Debug, Clone)]

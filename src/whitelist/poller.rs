@@ -11,8 +11,9 @@ use std::sync::mpsc::{self, RecvTimeoutError};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use super::SharedSnapshot;
 use super::client::{MapperClient, SnapshotAnswer};
-use super::{SharedSnapshot, now_ms};
+use crate::clock::now_ms;
 
 /// How a whitelist source is doing; read by logs now and by metrics.
 #[derive(Debug, Default)]

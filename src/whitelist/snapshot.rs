@@ -4,7 +4,9 @@
 //! `GET /v1/whitelist` body, which is also the format of a local whitelist file.
 
 use std::collections::HashMap;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::UNIX_EPOCH;
+
+use crate::clock::parse_rfc3339_ms;
 
 use serde::Deserialize;
 
@@ -199,26 +201,6 @@ const LAST_RFC3339_MS: i64 = 253_402_300_799_999;
 /// FNV-1a: stable across builds and platforms, unlike the standard library's hashers.
 fn fnv1a(bytes: &[u8]) -> u64 {
     bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3))
-}
-
-/// Unix milliseconds as RFC 3339 to the second (negative: the epoch).
-pub fn format_rfc3339_ms(ms: i64) -> String {
-    let t = UNIX_EPOCH + std::time::Duration::from_millis(ms.max(0) as u64);
-    humantime::format_rfc3339_seconds(t).to_string()
-}
-
-pub fn parse_rfc3339_ms(s: &str) -> Result<i64, String> {
-    let t = humantime::parse_rfc3339_weak(s).map_err(|e| e.to_string())?;
-    let ms = match t.duration_since(UNIX_EPOCH) {
-        Ok(d) => i64::try_from(d.as_millis()).map_err(|_| "too far in the future".to_string())?,
-        Err(_) => return Err("before 1970".into()),
-    };
-    Ok(ms)
-}
-
-/// Wall-clock Unix milliseconds; read once per batch by the relay, never per record.
-pub fn now_ms() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }
 
 #[cfg(test)]

@@ -1,5 +1,5 @@
-//! Lookup mode in the relay. A record whose user is cached is decided at once. A record whose
-//! user is not waits, with every later record of its partition (order), while a worker asks the
+//! Lookup mode in the forward direction: records held for their user's answer. A record whose
+//! user is cached is decided at once. A record whose user is not waits, with every later record of its partition (order), while a worker asks the
 //! Config Mapper; its partition keeps being read, and the users of the records held behind it
 //! are looked up too, so lookups run side by side instead of one per round trip. Other
 //! partitions go on.
@@ -20,9 +20,11 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{BorrowedMessage, Message, OwnedMessage};
 use rdkafka::{Offset, TopicPartitionList};
 
-use super::consumer::{RebalanceContext, Revoked};
-use super::offsets::PartitionKey;
-use super::pipeline::{Pipeline, ProduceError, Verdict};
+use super::fan_out::FanOut;
+use crate::headers::InputHeaders;
+use crate::relay::direction::rebalance::{RebalanceContext, Revoked};
+use crate::relay::error::RelayError;
+use crate::relay::offsets::PartitionKey;
 use crate::tenancy::Subject;
 use crate::whitelist::Answered;
 use crate::whitelist::lookup::{Answer, Hit, LookupCache, LookupPool};
@@ -52,7 +54,7 @@ pub struct HoldLimits {
     pub bytes: usize,
 }
 
-pub struct Parking {
+pub struct Holding {
     cache: Arc<LookupCache>,
     pool: LookupPool,
     done: Receiver<Box<str>>,
@@ -83,7 +85,7 @@ pub struct Parking {
     local_capacity: usize,
 }
 
-impl Parking {
+impl Holding {
     pub fn new(
         cache: Arc<LookupCache>,
         workers: usize,
@@ -125,49 +127,58 @@ impl Parking {
         !self.parked.is_empty()
     }
 
-    /// Decides `msg` now if its whitelist answer is at hand, else holds it (and every later
-    /// record of its partition).
+    /// Decides `msg` of route `ri` now if its whitelist answer is at hand, else holds it (and
+    /// every later record of its partition).
     pub fn offer(
         &mut self,
+        ri: usize,
         msg: &BorrowedMessage<'_>,
-        pipeline: &mut Pipeline,
+        fan_out: &mut FanOut,
         consumer: &BaseConsumer<RebalanceContext>,
         now: i64,
-    ) -> Result<(), Box<ProduceError>> {
+    ) -> Result<(), RelayError> {
         // A revoke and a new assignment of the same partition can happen inside one poll: the
         // old queue must be gone before a record of the new assignment could join it.
         self.apply_revocations();
-        let queued = match self.parked.is_empty() {
-            true => None,
-            false => {
-                pipeline.route_index(msg.topic()).map(|r| (r, msg.partition())).filter(|k| self.parked.contains_key(k))
-            }
-        };
-        let held = pipeline.process_looked_up(msg, now, |user| {
-            if queued.is_some() {
-                // Behind a waiting record, even one that needs no lookup: order first, but
-                // have its answer ready in time.
+        let key = (ri, msg.partition());
+        let queued = !self.parked.is_empty() && self.parked.contains_key(&key);
+        let started = fan_out.start_timer();
+        let headers = InputHeaders(msg.headers());
+        let Some(subject) = fan_out.subject(ri, msg, &headers) else { return Ok(()) };
+        // `None`: hold the record; `Some(answer)`: decide now with it.
+        let answer = match subject.user() {
+            // Behind a waiting record, even one that needs no lookup: order first, but have its
+            // answer ready in time.
+            user if queued => {
                 if let Some(user) = user {
                     self.prefetch(user);
                 }
-                return Verdict::Hold;
+                None
             }
-            let Some(user) = user else {
-                return Verdict::Decide(Answered(None));
-            };
-            match self.now(user) {
-                Now::Answer(a) => Verdict::Decide(Answered(a.and_then(Answer::into_entry))),
+            None => Some(None),
+            Some(user) => match self.now(user) {
+                Now::Answer(a) => Some(a.and_then(Answer::into_entry)),
                 Now::Unanswered => {
                     self.unanswered.inc();
-                    Verdict::Decide(Answered(None))
+                    Some(None)
                 }
-                Now::Wait => Verdict::Hold,
+                Now::Wait => None,
+            },
+        };
+        match answer {
+            Some(entry) => fan_out.decide_subject(ri, msg, subject, &Answered(entry), now, started),
+            None => {
+                let held = Held {
+                    route: ri,
+                    subject: subject.into_owned(),
+                    since: Instant::now(),
+                    bytes: size(msg),
+                    msg: msg.detach(),
+                };
+                self.hold(held, consumer);
+                Ok(())
             }
-        })?;
-        if let Some((route, subject)) = held {
-            self.hold(Held { msg: msg.detach(), route, subject, since: Instant::now(), bytes: size(msg) }, consumer);
         }
-        Ok(())
     }
 
     /// What can be said about `user` now; asks a worker when it cannot.
@@ -241,10 +252,10 @@ impl Parking {
     /// Takes in finished lookups and decides every held record that can now go, in order.
     pub fn drain(
         &mut self,
-        pipeline: &mut Pipeline,
+        fan_out: &mut FanOut,
         consumer: &BaseConsumer<RebalanceContext>,
         now: i64,
-    ) -> Result<(), Box<ProduceError>> {
+    ) -> Result<(), RelayError> {
         for user in self.done.try_iter() {
             self.local.remove(&user);
             self.asked.remove(&user);
@@ -253,10 +264,10 @@ impl Parking {
         let keys: Vec<PartitionKey> = self.parked.keys().copied().collect();
         for key in keys {
             let Some(mut queue) = self.parked.remove(&key) else { continue };
-            let result = self.decide_front(&mut queue, pipeline, now);
+            let result = self.decide_front(&mut queue, fan_out, now);
             if queue.is_empty() {
                 if self.paused.remove(&key) {
-                    if let Some(topic) = pipeline.route_topic(key.0) {
+                    if let Some(topic) = fan_out.route_topic(key.0) {
                         pause(consumer, topic, key.1, false);
                     }
                 }
@@ -267,7 +278,7 @@ impl Parking {
         }
         if self.held_records <= self.limits.records / 2 && self.held_bytes <= self.limits.bytes / 2 {
             for key in std::mem::take(&mut self.paused) {
-                if let Some(topic) = pipeline.route_topic(key.0) {
+                if let Some(topic) = fan_out.route_topic(key.0) {
                     pause(consumer, topic, key.1, false);
                 }
             }
@@ -277,12 +288,7 @@ impl Parking {
     }
 
     /// Decides the front of `queue` for as long as answers are at hand.
-    fn decide_front(
-        &mut self,
-        queue: &mut VecDeque<Held>,
-        pipeline: &mut Pipeline,
-        now: i64,
-    ) -> Result<(), Box<ProduceError>> {
+    fn decide_front(&mut self, queue: &mut VecDeque<Held>, fan_out: &mut FanOut, now: i64) -> Result<(), RelayError> {
         while let Some(front) = queue.front() {
             let verdict = match front.subject.user() {
                 None => Now::Answer(None),
@@ -309,7 +315,7 @@ impl Parking {
             self.held_records -= 1;
             self.held_bytes -= held.bytes;
             let whitelist = Answered(answer.and_then(Answer::into_entry));
-            pipeline.process_subject(held.route, &held.msg, held.subject, &whitelist, now)?;
+            fan_out.decide_subject(held.route, &held.msg, held.subject, &whitelist, now, None)?;
         }
         Ok(())
     }

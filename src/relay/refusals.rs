@@ -1,108 +1,20 @@
-//! Poison records: an output write that fails for good (too large even for the limits the
-//! bridge follows, refused by the broker) sends the input record to the dead-letter topic on
-//! prod in its place, so production keeps flowing past it. The dead-letter write takes the
-//! output's place in the offset tracker: the input is committed once it is acknowledged.
-//!
-//! A write refused before it leaves the client is dead-lettered at once; one the broker refuses
-//! comes back in a delivery report, on the producer's thread, and waits in [`Refusals`] for the
-//! poll thread, which writes it.
+//! Refused records: writes a broker refused for good (too large even for the limits the bridge
+//! follows, refused by its policy). Delivery reports hand them back here, on the producer's
+//! thread; the direction's poll thread takes them and its output writer dead-letters each in
+//! its output's place ([`super::output`]). One name for the concept: a [`Refusal`].
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 
 use rdkafka::error::KafkaError;
-use rdkafka::message::{Header, Message, OwnedHeaders, OwnedMessage};
+use rdkafka::message::{Message, OwnedMessage};
 
-use super::headers::{copy_headers, dead_letter as h};
-use super::offsets::PartitionKey;
-use super::producer::{Output, OutputProducer, send};
+use super::offsets::{PartitionKey, Tracker};
 use crate::kafka::ErrorClass;
-use crate::metrics::Metrics;
-use crate::tenancy::Cluster;
-
-/// Which output of which input refused a record, and why.
-pub struct Refused<'a> {
-    /// The input: topic, partition, offset.
-    pub input: (&'a str, i32, i64),
-    pub route: &'a str,
-    pub service: &'a str,
-    pub output_topic: &'a str,
-    /// The cluster the record was decided for (a Rush copy is refused by the outbox on prod).
-    pub cluster: Cluster,
-    pub error: &'a KafkaError,
-}
-
-/// The short reason a dead-letter record is counted by: the broker or client error code.
-pub fn reason(error: &KafkaError) -> String {
-    error.rdkafka_error_code().map_or_else(|| "client".to_owned(), |c| format!("{c:?}"))
-}
-
-/// Writes `msg`'s key, value and headers to `topic` with headers naming what refused it and
-/// which input it was, as the output `opaque` stood for. A value too large for the dead-letter topic too is left
-/// out and its length recorded, so the record is still accounted for.
-pub fn write<M: Message>(
-    producer: &OutputProducer,
-    topic: &str,
-    msg: &M,
-    refused: &Refused<'_>,
-    opaque: usize,
-    metrics: &Metrics,
-) -> Result<(), (KafkaError, ErrorClass)> {
-    let reason = reason(refused.error);
-    let error = refused.error.to_string();
-    let (input_topic, partition, offset) = refused.input;
-    let (partition, offset) = (partition.to_string(), offset.to_string());
-    let headers = |omitted: Option<&str>| {
-        let mut out = msg.headers().map_or_else(OwnedHeaders::new, copy_headers);
-        for (key, value) in [
-            (h::TOPIC, input_topic),
-            (h::PARTITION, partition.as_str()),
-            (h::OFFSET, offset.as_str()),
-            (h::SERVICE, refused.service),
-            (h::OUTPUT, refused.output_topic),
-            (h::CLUSTER, refused.cluster.as_str()),
-            (h::REASON, reason.as_str()),
-            (h::ERROR, error.as_str()),
-        ] {
-            out = out.insert(Header { key, value: Some(value) });
-        }
-        if let Some(len) = omitted {
-            out = out.insert(Header { key: h::VALUE_OMITTED, value: Some(len) });
-        }
-        out
-    };
-    let record = |payload, headers| Output {
-        topic,
-        // One partition (the bridge creates it so): the headers say where each came from.
-        partition: 0,
-        key: msg.key(),
-        payload,
-        headers: Some(headers),
-        timestamp: msg.timestamp(),
-        opaque,
-    };
-    let written = match send(producer, record(msg.payload(), headers(None))) {
-        Err((_, ErrorClass::Poison)) => {
-            let len = msg.payload().map_or(0, <[u8]>::len).to_string();
-            send(producer, record(None, headers(Some(&len))))
-        }
-        r => r,
-    };
-    if written.is_ok() {
-        metrics.dead_letter.with_label_values(&[refused.route, refused.service, &reason]).inc();
-        tracing::error!(
-            input_topic, partition = refused.input.1, offset = refused.input.2,
-            service = refused.service, cluster = refused.cluster.as_str(), output_topic = refused.output_topic,
-            %reason, error = %refused.error, dead_letter_topic = topic,
-            "poison record: written to the dead-letter topic instead of its output"
-        );
-    }
-    written
-}
 
 /// A write the broker refused for good, as its delivery report gave it back.
-pub struct Poisoned {
+pub struct Refusal {
     pub opaque: usize,
     pub message: OwnedMessage,
     pub error: KafkaError,
@@ -112,18 +24,19 @@ pub struct Poisoned {
 /// (something refuses everything, which no dead-letter topic should absorb).
 const MAX_WAITING: usize = 10_000;
 
-/// Refused writes from the delivery reports of the forward direction's prod producer.
+/// Refused writes from the delivery reports of a direction's producer (the forward direction's
+/// prod producer, the return path's).
 ///
 /// At-least-once queues each for the poll thread, which dead-letters it in its output's place.
 /// Exactly-once cannot: the refusal failed the open transaction, which is aborted and read
 /// again. So it books the refused output instead, and the re-read dead-letters it before
-/// writing it ([`send_or_refusal`]).
+/// writing it ([`super::output::Writer::write`]).
 pub struct Refusals {
     /// The dead-letter topic: a refusal of its own writes is no poison record but a failure.
     pub topic: String,
     /// Exactly-once: book refusals for the re-read instead of queueing them.
-    pub rewrites: bool,
-    waiting: Mutex<VecDeque<Poisoned>>,
+    pub exactly_once: bool,
+    waiting: Mutex<VecDeque<Refusal>>,
     book: Mutex<VecDeque<Booked>>,
     /// Entries in `book`, read without its lock.
     booked: AtomicUsize,
@@ -144,18 +57,46 @@ struct Booked {
 const BOOKED_FOR: std::time::Duration = std::time::Duration::from_secs(600);
 
 impl Refusals {
-    pub fn new(topic: &str, rewrites: bool) -> Self {
+    pub fn new(topic: &str, exactly_once: bool) -> Self {
         Self {
             topic: topic.to_owned(),
-            rewrites,
+            exactly_once,
             waiting: Mutex::new(VecDeque::new()),
             book: Mutex::new(VecDeque::new()),
             booked: AtomicUsize::new(0),
         }
     }
 
+    /// A delivery report's refused write: queued for the poll thread (at-least-once) or booked
+    /// for the re-read (exactly-once). Returns how the tracker must take it: not at all
+    /// (`None`: queued, it will be dead-lettered in its output's place), as a failure to
+    /// rewrite (`Retry`: booked, the transaction aborts and reads it again), or as poison (the
+    /// queue is full, or it was the dead-letter topic itself that refused).
+    pub fn take_back(
+        &self,
+        error: &KafkaError,
+        msg: &rdkafka::message::BorrowedMessage<'_>,
+        opaque: usize,
+        tracker: &Tracker,
+    ) -> Option<ErrorClass> {
+        if self.topic == msg.topic() {
+            return Some(ErrorClass::Poison);
+        }
+        if !self.exactly_once {
+            let queued = self.offer(Refusal { opaque, message: msg.detach(), error: error.clone() });
+            return (!queued).then_some(ErrorClass::Poison);
+        }
+        match tracker.locate(opaque) {
+            Some((key, offset)) => {
+                self.book(key, offset, msg.topic(), error.clone());
+                Some(ErrorClass::Retry)
+            }
+            None => Some(ErrorClass::Poison),
+        }
+    }
+
     /// Queues `p` for the poll thread; false when the queue is full.
-    pub fn offer(&self, p: Poisoned) -> bool {
+    pub fn offer(&self, p: Refusal) -> bool {
         let mut q = self.waiting.lock().unwrap_or_else(|e| e.into_inner());
         if q.len() >= MAX_WAITING {
             return false;
@@ -164,7 +105,7 @@ impl Refusals {
         true
     }
 
-    pub fn take(&self) -> VecDeque<Poisoned> {
+    pub fn take(&self) -> VecDeque<Refusal> {
         std::mem::take(&mut *self.waiting.lock().unwrap_or_else(|e| e.into_inner()))
     }
 
@@ -191,7 +132,7 @@ impl Refusals {
     /// dead-letters the record again rather than retrying a write the broker refused (one
     /// decision per refused write, whichever broker answers next). Costs one atomic load per
     /// output while nothing is booked.
-    fn booked(&self, key: PartitionKey, offset: i64, output_topic: &str) -> Option<KafkaError> {
+    pub fn booked(&self, key: PartitionKey, offset: i64, output_topic: &str) -> Option<KafkaError> {
         if self.booked.load(Relaxed) == 0 {
             return None;
         }
@@ -212,32 +153,6 @@ impl Refusals {
         let mut b = self.book.lock().unwrap_or_else(|e| e.into_inner());
         b.retain(|x| !(x.key == key && x.offset < next) && now.saturating_duration_since(x.at) < BOOKED_FOR);
         self.booked.store(b.len(), Relaxed);
-    }
-}
-
-/// A write refused for good, to dead-letter in its place.
-pub struct Refusal {
-    pub error: KafkaError,
-    /// Its delivery report counted it already (a refusal booked before an abort).
-    pub counted: bool,
-}
-
-/// Sends `out` for the input at `offset` of `key`, unless `refusals` booked it as refused
-/// before an abort. `Ok(Some)`: refused for good, dead-letter it; `Err`: any other failure.
-pub fn send_or_refusal(
-    producer: &OutputProducer,
-    out: Output<'_>,
-    refusals: Option<&Refusals>,
-    key: PartitionKey,
-    offset: i64,
-) -> Result<Option<Refusal>, (KafkaError, ErrorClass)> {
-    if let Some(error) = refusals.and_then(|r| r.booked(key, offset, out.topic)) {
-        return Ok(Some(Refusal { error, counted: true }));
-    }
-    match send(producer, out) {
-        Ok(()) => Ok(None),
-        Err((error, ErrorClass::Poison)) => Ok(Some(Refusal { error, counted: false })),
-        Err(e) => Err(e),
     }
 }
 

@@ -8,7 +8,7 @@ use crate::extract::Headers;
 use crate::telemetry::{Propagated, TRACEPARENT, TRACESTATE};
 
 /// The rdkafka headers of an input record, seen through the core's [`Headers`] trait.
-pub(crate) struct InputHeaders<'a, H>(pub Option<&'a H>);
+pub struct InputHeaders<'a, H>(pub Option<&'a H>);
 
 impl<H: KafkaHeaders> Headers for InputHeaders<'_, H> {
     fn last(&self, name: &str) -> Option<&[u8]> {
@@ -17,7 +17,7 @@ impl<H: KafkaHeaders> Headers for InputHeaders<'_, H> {
     }
 }
 
-pub(super) fn copy_headers<H: KafkaHeaders>(h: &H) -> OwnedHeaders {
+pub(crate) fn copy_headers<H: KafkaHeaders>(h: &H) -> OwnedHeaders {
     let mut out = OwnedHeaders::new_with_capacity(h.count());
     for x in h.iter() {
         out = out.insert(Header { key: x.key, value: x.value });
@@ -26,7 +26,7 @@ pub(super) fn copy_headers<H: KafkaHeaders>(h: &H) -> OwnedHeaders {
 }
 
 /// `h` without the headers named in `drop`, trace context kept.
-pub(super) fn copy_without<H: KafkaHeaders>(h: &H, drop: &[&str]) -> OwnedHeaders {
+pub(crate) fn copy_without<H: KafkaHeaders>(h: &H, drop: &[&str]) -> OwnedHeaders {
     let mut out = OwnedHeaders::new_with_capacity(h.count());
     for x in h.iter().filter(|x| !drop.contains(&x.key)) {
         out = out.insert(Header { key: x.key, value: x.value });
@@ -36,7 +36,7 @@ pub(super) fn copy_without<H: KafkaHeaders>(h: &H, drop: &[&str]) -> OwnedHeader
 
 /// `input` without the headers named in `drop` (on a Rush copy: the tenancy stamp and the
 /// return-path provenance) and any trace context, then `trace`'s context.
-pub(super) fn with_trace<H: KafkaHeaders>(input: Option<&H>, drop: &[&str], trace: &Propagated) -> OwnedHeaders {
+pub(crate) fn with_trace<H: KafkaHeaders>(input: Option<&H>, drop: &[&str], trace: &Propagated) -> OwnedHeaders {
     let n = input.map_or(0, |h| h.count()) + 3;
     let mut out = OwnedHeaders::new_with_capacity(n);
     if let Some(h) = input {
@@ -95,7 +95,7 @@ impl Provenance {
     }
 
     /// The input headers, earlier provenance and trace context replaced by this hop's.
-    pub(super) fn stamp<H: KafkaHeaders>(&self, headers: Option<&H>, topic: &str, trace: &Propagated) -> OwnedHeaders {
+    pub(crate) fn stamp<H: KafkaHeaders>(&self, headers: Option<&H>, topic: &str, trace: &Propagated) -> OwnedHeaders {
         with_trace(headers, &[&self.origin, &self.topic], trace)
             .insert(Header { key: &self.origin, value: Some(ORIGIN_RUSH) })
             .insert(Header { key: &self.topic, value: Some(topic) })

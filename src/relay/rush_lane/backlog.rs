@@ -14,17 +14,17 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 
-use super::poll;
+use crate::clock::now_ms;
 use crate::config::Config;
 use crate::kafka;
 use crate::metrics::Metrics;
-use crate::whitelist::now_ms;
+use crate::relay::stop::Stop;
 
 const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Probes every `interval` until `stop`. Errors are logged and retried at the next interval:
 /// the probe is an observer and must never stop anything.
-pub fn run(config: &Config, stop: &dyn Fn() -> bool, metrics: &Arc<Metrics>, interval: Duration) {
+pub fn run(config: &Config, stop: &Stop<'_>, metrics: &Arc<Metrics>, interval: Duration) {
     let mut cc = kafka::consumer_config(&config.prod, "prod-rush-backlog", &config.bridge.rush_group_id());
     // It reads one record per lagging partition: prefetch only a little.
     cc.set("queued.max.messages.kbytes", "1024");
@@ -40,7 +40,7 @@ pub fn run(config: &Config, stop: &dyn Fn() -> bool, metrics: &Arc<Metrics>, int
     };
     let outboxes: Vec<&str> = config.routes.iter().map(|r| r.outbox_topic.as_str()).collect();
     let mut lost_counted: HashMap<(String, i32), i64> = HashMap::new();
-    while !stop() {
+    while !stop.requested() {
         match probe(&consumer, &outboxes, &mut lost_counted, metrics) {
             Ok(b) => {
                 metrics.rush_backlog.set(b.records);
@@ -49,10 +49,7 @@ pub fn run(config: &Config, stop: &dyn Fn() -> bool, metrics: &Arc<Metrics>, int
             }
             Err(e) => tracing::warn!(error = %e, "rush backlog probe failed; retrying"),
         }
-        let until = Instant::now() + interval;
-        while !stop() && Instant::now() < until {
-            std::thread::sleep(poll::POLL_TIMEOUT);
-        }
+        stop.sleep(interval);
     }
 }
 
@@ -124,7 +121,7 @@ fn oldest_timestamp(
     let mut oldest: Option<i64> = None;
     let deadline = Instant::now() + PROBE_TIMEOUT;
     while want > 0 && Instant::now() < deadline {
-        let Some(r) = consumer.poll(poll::POLL_TIMEOUT) else { continue };
+        let Some(r) = consumer.poll(crate::relay::direction::poll::POLL_TIMEOUT) else { continue };
         let Ok(m) = r else { continue };
         if seen.insert((m.topic().to_owned(), m.partition()), ()).is_none() {
             want -= 1;

@@ -9,23 +9,26 @@
 //! is back. The lane restarts itself on any Rush-side error, with back-off, re-creating missing
 //! Rush topics first; it never stops the bridge.
 
+pub mod backlog;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::BaseConsumer;
 use rdkafka::message::{BorrowedMessage, Message};
 
-use super::RelayError;
-use super::consumer::RebalanceContext;
-use super::headers::{InputHeaders, OUTBOX_INPUT_OFFSET, OUTBOX_OUTPUT, copy_without};
+use super::direction::poll::{Handler, input_bytes};
+use super::direction::rebalance::{RebalanceContext, Revoked};
+use super::direction::{self, Spec};
+use super::error::RelayError;
 use super::health::{Direction, Health, ProducerRole};
 use super::offsets::Tracker;
-use super::partition_transactions::{self, Writer};
-use super::pipeline::{ProduceError, input_bytes};
-use super::poll::{self, Handler};
-use super::producer::{Output, send};
+use super::output::{CrossCluster, Origin, Writer, cross_cluster_producers};
+use super::producer::Output;
+use super::stop::Stop;
 use crate::config::Config;
 use crate::extract::Headers;
+use crate::headers::{InputHeaders, OUTBOX_INPUT_OFFSET, OUTBOX_OUTPUT, copy_without};
 use crate::kafka;
 use crate::metrics::Metrics;
 use crate::tenancy::Cluster;
@@ -36,9 +39,9 @@ const MAX_BACKOFF: Duration = Duration::from_secs(30);
 const HEALTHY_RUN: Duration = Duration::from_secs(60);
 
 /// Runs the lane until `stop`, restarting it after every Rush-side failure.
-pub fn run(config: &Config, stop: &dyn Fn() -> bool, health: &Arc<Health>, metrics: &Arc<Metrics>) {
+pub fn run(config: &Config, stop: &Stop<'_>, health: &Arc<Health>, metrics: &Arc<Metrics>) {
     let mut backoff = FIRST_BACKOFF;
-    while !stop() {
+    while !stop.requested() {
         let started = Instant::now();
         let Err(e) = run_once(config, stop, health, metrics) else { continue };
         metrics.rush_lane_restarts.inc();
@@ -50,67 +53,52 @@ pub fn run(config: &Config, stop: &dyn Fn() -> bool, health: &Arc<Health>, metri
             error = %e, retry_in = ?backoff,
             "rush lane stopped; production is unaffected, Rush copies wait in the outbox"
         );
-        let until = Instant::now() + backoff;
-        while !stop() && Instant::now() < until {
-            std::thread::sleep(poll::POLL_TIMEOUT);
-        }
+        stop.sleep(backoff);
         backoff = (backoff * 2).min(MAX_BACKOFF);
     }
 }
 
-fn run_once(
-    config: &Config,
-    stop: &dyn Fn() -> bool,
-    health: &Arc<Health>,
-    metrics: &Arc<Metrics>,
-) -> Result<(), RelayError> {
-    super::topics::ensure_rush(config)?;
+fn run_once(config: &Config, stop: &Stop<'_>, health: &Arc<Health>, metrics: &Arc<Metrics>) -> Result<(), RelayError> {
+    crate::topics::ensure_rush(config)?;
     health.rush_topics_ready.store(true, std::sync::atomic::Ordering::Relaxed);
     let tracker = Arc::new(Tracker::new());
     let outboxes: Vec<String> = config.routes.iter().map(|r| r.outbox_topic.clone()).collect();
     let group = config.bridge.rush_group_id();
-    let mut consumer_config = kafka::consumer_config(&config.prod, "prod-rush-lane", &group);
-    kafka::fit_records(&mut consumer_config, config);
+    let mut consumer = kafka::consumer_config(&config.prod, "prod-rush-lane", &group);
+    kafka::fit_records(&mut consumer, config);
     // Exactly-once: Rush copies commit on Rush with the lane's progress, stored on Rush in a
     // group of the same name.
-    let direction = partition_transactions::Direction {
+    let cross = CrossCluster {
         role: ProducerRole::Rush,
         topics: &outboxes,
         target: &config.rush,
-        progress_group: group.clone(),
-        session_timeout: kafka::session_timeout(&consumer_config),
+        progress_group: group,
+        session_timeout: kafka::session_timeout(&consumer),
         name: "rush-lane",
-        // Rush refusing a copy restarts the lane (production is unaffected): see the README.
-        refusals: None,
     };
-    let writer = partition_transactions::writer(config, direction, &tracker, health, metrics)?;
-    let context = RebalanceContext {
-        tracker: tracker.clone(),
-        producers: writer.flush(),
-        partition_transactions: writer.transactions(),
-        route_topics: outboxes.clone(),
-        drain_timeout: config.bridge.drain_timeout,
-        health: health.clone(),
-        metrics: metrics.clone(),
-        direction: Direction::RushLane,
-        revoked: None,
-        transactions: None,
-        refusals: None,
-    };
-    let consumer = super::subscribe(consumer_config, context, &outboxes)?;
-    health.set_rush_lane_down(None);
-    tracing::info!(%group, "rush lane started");
+    // Rush refusing a copy restarts the lane (production is unaffected): no dead letters here.
+    let producers = cross_cluster_producers(config, cross, &tracker, health, metrics, None)?;
+    let writer = Writer::new(producers, Cluster::Rush, metrics);
+    let commit = writer.commit_strategy(None);
+    let flush = writer.flush();
     let mut lane = RushLane {
         outputs: config.routes.iter().map(|r| r.services.iter().map(|s| s.output_topic.clone()).collect()).collect(),
         outboxes: outboxes.clone(),
         writer,
         tracker: tracker.clone(),
-        metrics: metrics.clone(),
+        invalid: metrics.rush_outbox_invalid.clone(),
     };
-    let limits = poll::Limits::new(config, health, metrics, Direction::RushLane);
-    let result = poll::run(&consumer, &tracker, &limits, &mut lane, stop);
-    let flush = lane.writer.flush();
-    super::finish(config, &consumer, &*flush, &tracker, &outboxes, result)
+    health.set_rush_lane_down(None);
+    let spec = Spec {
+        direction: Direction::RushLane,
+        consumer,
+        topics: outboxes,
+        tracker,
+        flush,
+        commit,
+        revoked: Arc::new(Revoked::default()),
+    };
+    direction::run(config, spec, &mut lane, health, metrics, stop)
 }
 
 struct RushLane {
@@ -119,7 +107,7 @@ struct RushLane {
     outputs: Vec<Vec<String>>,
     writer: Writer,
     tracker: Arc<Tracker>,
-    metrics: Arc<Metrics>,
+    invalid: prometheus::IntCounter,
 }
 
 impl Handler for RushLane {
@@ -134,7 +122,7 @@ impl Handler for RushLane {
         let Some(topic) = named.and_then(|t| self.outputs[ri].iter().find(|o| *o == t)) else {
             // Not written by this bridge's configuration (a route's service was removed, or
             // someone else produced here): nothing to carry, and nothing to stop for.
-            self.metrics.rush_outbox_invalid.inc();
+            self.invalid.inc();
             tracing::warn!(
                 outbox = msg.topic(), partition = msg.partition(), offset = msg.offset(), destination = ?named,
                 "rush lane: outbox record names no output of its route; skipped"
@@ -142,7 +130,6 @@ impl Handler for RushLane {
             self.tracker.begin(key, msg.offset(), 0, 0);
             return Ok(());
         };
-        let producer = self.writer.for_partition(key)?;
         let opaque = self.tracker.begin(key, msg.offset(), 1, input_bytes(msg));
         let out = Output {
             topic,
@@ -153,18 +140,13 @@ impl Handler for RushLane {
             timestamp: msg.timestamp(),
             opaque,
         };
-        send(&producer, out).map_err(|(source, class)| {
-            self.metrics.produce_error(Cluster::Rush, class);
-            Box::new(ProduceError {
-                input_topic: msg.topic().to_owned(),
-                partition: msg.partition(),
-                offset: msg.offset(),
-                cluster: "rush",
-                output_topic: topic.clone(),
-                class,
-                source,
-            })
-        })?;
-        Ok(())
+        let origin = Origin {
+            input: (msg.topic(), msg.partition(), msg.offset()),
+            route: msg.topic(),
+            service: "",
+            output_topic: topic,
+            cluster: Cluster::Rush,
+        };
+        self.writer.write(key, out, &origin, msg)
     }
 }

@@ -27,8 +27,9 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::Producer;
 use rdkafka::{Offset, TopicPartitionList};
 
-use super::producer::OutputProducer;
 use crate::metrics::Metrics;
+use crate::relay::producer::{self, OutputProducer};
+use crate::relay::stop::Stop;
 
 /// Why the forward direction cannot go on with transactions.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -89,7 +90,7 @@ impl Transactions {
         timeout: Duration,
         stale_after: Duration,
         metrics: &Metrics,
-        stop: &dyn Fn() -> bool,
+        stop: &Stop<'_>,
     ) -> Result<Self, TransactionError> {
         let t = Self {
             producer,
@@ -112,7 +113,7 @@ impl Transactions {
         loop {
             match t.producer.init_transactions(timeout) {
                 Ok(()) => break,
-                Err(e) if retriable(&e) && !stop() => {
+                Err(e) if retriable(&e) && !stop.requested() => {
                     tracing::warn!(error = %e, id = %t.id, "cannot register the transactional id yet; retrying");
                 }
                 Err(e) => return Err(t.failed("init", &e)),
@@ -151,7 +152,7 @@ impl Transactions {
             return Ok(Outcome::Idle);
         }
         let started = Instant::now();
-        if let Err(e) = super::producer::flush(&self.producer, self.timeout) {
+        if let Err(e) = producer::flush(&self.producer, self.timeout) {
             return self.abort(format!("outputs not acknowledged within the transaction timeout: {e}"));
         }
         if let Some(reason) = failed() {

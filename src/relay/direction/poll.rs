@@ -9,10 +9,13 @@ use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::error::RDKafkaErrorCode;
 use rdkafka::message::BorrowedMessage;
 
-use super::RelayError;
-use super::consumer::{CommitError, RebalanceContext};
-use super::offsets::{Load, Tracker};
+use super::rebalance::RebalanceContext;
 use crate::kafka::{ErrorClass, classify};
+use crate::relay::commit::CommitError;
+use crate::relay::error::RelayError;
+use crate::relay::health::{Direction, Health};
+use crate::relay::offsets::{Load, Tracker};
+use crate::relay::stop::Stop;
 
 /// How many records are handled per batch (one whitelist snapshot load and clock read).
 pub const BATCH: usize = 512;
@@ -67,9 +70,9 @@ impl<'a> Limits<'a> {
     /// The bounds of `config` and the metric handles of one direction (`forward`, `return`).
     pub fn new(
         config: &crate::config::Config,
-        health: &'a super::Health,
+        health: &'a Health,
         metrics: &crate::metrics::Metrics,
-        direction: super::Direction,
+        direction: Direction,
     ) -> Self {
         let label = direction.as_str();
         Self {
@@ -85,7 +88,7 @@ impl<'a> Limits<'a> {
             consumer_errors: metrics.consumer_errors.with_label_values(&[label]),
             backpressure_pauses: metrics.backpressure_pauses.with_label_values(&[label]),
             commit_failures: metrics.commit_failures.with_label_values(&[direction.as_str()]),
-            unknown_topic_is_transient: direction == super::Direction::Return,
+            unknown_topic_is_transient: direction == Direction::Return,
         }
     }
 }
@@ -97,7 +100,7 @@ pub fn run<H: Handler>(
     tracker: &Tracker,
     limits: &Limits<'_>,
     handler: &mut H,
-    stop: &dyn Fn() -> bool,
+    stop: &Stop<'_>,
 ) -> Result<(), RelayError> {
     let max_in_flight = limits.max_in_flight;
     let mut last_commit = Instant::now();
@@ -111,11 +114,11 @@ pub fn run<H: Handler>(
         bytes: max_in_flight.bytes - max_in_flight.bytes / 16,
     };
     let context = consumer.context();
-    while !stop() {
+    while !stop.requested() {
         if let Some(f) = tracker.failure() {
             // Exactly-once undoes a transaction whose write failed for a passing reason and
             // reads it again; anything else stops the relay, which reports it.
-            if context.transactions.is_none() || f.class != ErrorClass::Retry {
+            if context.commit.transaction().is_none() || f.class != ErrorClass::Retry {
                 return Ok(());
             }
             commit(consumer, limits)?;
@@ -128,7 +131,7 @@ pub fn run<H: Handler>(
             continue;
         }
         context.rewind_if_aborted(consumer).map_err(|source| RelayError::Rewind { source })?;
-        if let Some(t) = &context.transactions {
+        if let Some(t) = context.commit.transaction() {
             t.begin()?;
         }
         // Backpressure: what is in flight stays bounded. At the bound the loop first only waits
@@ -184,7 +187,7 @@ pub fn run<H: Handler>(
                 // An abort during this poll (a revocation) left this record to be read again.
                 Some(Ok(_)) if context.rewind_pending() => break,
                 Some(Ok(msg)) => {
-                    if let Some(t) = &context.transactions {
+                    if let Some(t) = context.commit.transaction() {
                         // The first poll of a batch may have waited through a pause of the
                         // process: what it returned is read again after the abort.
                         if n == 0 && t.abort_if_stale()? {
@@ -261,4 +264,9 @@ fn set_paused<H: Handler>(consumer: &BaseConsumer<RebalanceContext>, pause: bool
         Ok(()) => tracing::debug!(pause, "backpressure"),
         Err(e) => tracing::warn!(error = %e, pause, "cannot change pause state"),
     }
+}
+
+/// What an input record weighs against `bridge.max_in_flight_bytes`.
+pub fn input_bytes<M: rdkafka::message::Message>(msg: &M) -> usize {
+    msg.payload().map_or(0, <[u8]>::len) + msg.key().map_or(0, <[u8]>::len)
 }

@@ -23,9 +23,9 @@ use rdkafka::error::KafkaError;
 use rdkafka::producer::Producer;
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
-use super::offsets::{PartitionKey, Tracker};
-use super::producer::{DeliveryContext, Flush, OutputProducer};
 use super::transaction::{TransactionError, retriable};
+use crate::relay::offsets::{PartitionKey, Tracker};
+use crate::relay::producer::{self, DeliveryContext, Flush, OutputProducer};
 
 /// How long taking partitions over may take (inside a rebalance callback, well within any
 /// max.poll.interval.ms); longer, and the direction starts again.
@@ -233,7 +233,7 @@ impl PartitionTransactions {
         if failed {
             return abort(slot, "an output of it was not delivered".into());
         }
-        if let Err(e) = super::producer::flush(&slot.producer, self.timeout) {
+        if let Err(e) = producer::flush(&slot.producer, self.timeout) {
             return abort(slot, format!("outputs not acknowledged within the transaction timeout: {e}"));
         }
         let age = slot.began.elapsed();
@@ -299,89 +299,10 @@ impl Flush for PartitionTransactions {
         let producers: Vec<Arc<OutputProducer>> = self.slots().values().map(|s| s.producer.clone()).collect();
         let deadline = Instant::now() + timeout;
         for p in producers {
-            super::producer::flush(&p, deadline.saturating_duration_since(Instant::now()))?;
+            producer::flush(&p, deadline.saturating_duration_since(Instant::now()))?;
         }
         Ok(())
     }
-}
-
-/// Where a cross-cluster direction writes: one producer (at-least-once) or one per partition.
-pub enum Writer {
-    One(Arc<OutputProducer>),
-    PerPartition(Arc<PartitionTransactions>),
-}
-
-impl Writer {
-    /// The producer that writes the outputs of source partition `key`.
-    pub fn for_partition(&self, key: PartitionKey) -> Result<Arc<OutputProducer>, TransactionError> {
-        match self {
-            Self::One(p) => Ok(p.clone()),
-            Self::PerPartition(t) => t.producer(key),
-        }
-    }
-
-    /// What a revocation or the end of the direction drains.
-    pub fn flush(&self) -> Arc<dyn Flush> {
-        match self {
-            Self::One(p) => p.clone(),
-            Self::PerPartition(t) => t.clone(),
-        }
-    }
-
-    pub fn transactions(&self) -> Option<Arc<PartitionTransactions>> {
-        match self {
-            Self::One(_) => None,
-            Self::PerPartition(t) => Some(t.clone()),
-        }
-    }
-}
-
-/// What a cross-cluster direction reads and where its progress lives.
-pub struct Direction<'a> {
-    pub role: super::health::ProducerRole,
-    /// Source topics, indexed like the direction's partition keys.
-    pub topics: &'a [String],
-    /// The cluster written, where the progress group lives.
-    pub target: &'a crate::config::ClusterConfig,
-    pub progress_group: String,
-    /// The source consumer's session timeout: a transaction older than that is stale.
-    pub session_timeout: Duration,
-    pub name: &'static str,
-    /// Where writes the target refuses for good go (the dead-letter path), if anywhere.
-    pub refusals: Option<Arc<super::dead_letter::Refusals>>,
-}
-
-/// The writer of `d`: one producer at-least-once, one transactional producer per source
-/// partition exactly-once.
-pub fn writer(
-    config: &crate::config::Config,
-    d: Direction<'_>,
-    tracker: &Arc<Tracker>,
-    health: &Arc<super::Health>,
-    metrics: &Arc<crate::metrics::Metrics>,
-) -> Result<Writer, super::RelayError> {
-    use super::producer::{delivery_context, output_producer_with, producer_settings};
-    let client = |source| super::RelayError::Client { what: "producer", source };
-    let mut context = delivery_context(config, d.role, tracker, health, metrics);
-    if let Some(r) = &d.refusals {
-        context = context.with_refusals(r.clone());
-    }
-    if config.bridge.delivery == crate::config::Delivery::AtLeastOnce {
-        return Ok(Writer::One(Arc::new(output_producer_with(config, d.role, context).map_err(client)?)));
-    }
-    let mut settings = producer_settings(config, d.role);
-    crate::kafka::transaction_timeouts(&mut settings, config);
-    let target = Target {
-        topics: d.topics.to_vec(),
-        settings,
-        context,
-        progress_client: crate::kafka::admin_config(d.target, &format!("{}-progress", d.name)),
-        progress_group: d.progress_group,
-        timeout: config.bridge.transaction_timeout,
-        stale_after: d.session_timeout,
-        direction: d.name,
-    };
-    Ok(Writer::PerPartition(Arc::new(PartitionTransactions::new(target, metrics).map_err(client)?)))
 }
 
 /// Repeats `step` while its error is retriable, up to `timeout`.

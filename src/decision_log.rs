@@ -15,8 +15,7 @@ use rdkafka::message::Message;
 use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
 use rdkafka::{ClientConfig, ClientContext, Offset, TopicPartitionList};
 
-use super::offsets::PartitionKey;
-use crate::config::Config;
+use crate::config::{Config, PartitionKey};
 use crate::kafka;
 use crate::pinning::{Chain, Epoch, PIN_FORMAT, Pin, PinRecord, fingerprint_hex, parse_fingerprint};
 use crate::whitelist::Snapshot;

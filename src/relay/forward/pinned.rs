@@ -1,5 +1,5 @@
 //! Snapshot mode, decided once: each record is decided by the epoch pinned for its offset in
-//! the decision log ([`super::decisions`]); a partition taken over replays what previous owners
+//! the decision log ([`crate::decision_log`]); a partition taken over replays what previous owners
 //! pinned up to its horizon, then pins the live whitelist before deciding with it.
 
 use std::collections::HashMap;
@@ -7,13 +7,13 @@ use std::sync::Arc;
 
 use rdkafka::message::{BorrowedMessage, Message};
 
-use super::RelayError;
-use super::consumer::Revoked;
-use super::decisions::DecisionLog;
-use super::offsets::PartitionKey;
-use super::pipeline::Pipeline;
+use super::fan_out::FanOut;
+use crate::decision_log::DecisionLog;
 use crate::metrics::Metrics;
 use crate::pinning::{Chain, Epoch, PartitionPins, Pick};
+use crate::relay::direction::rebalance::Revoked;
+use crate::relay::error::RelayError;
+use crate::relay::offsets::PartitionKey;
 use crate::whitelist::{SharedSnapshot, Snapshot};
 
 pub struct Pinned {
@@ -82,12 +82,10 @@ impl Pinned {
         Ok(())
     }
 
-    pub fn decide(&mut self, msg: &BorrowedMessage<'_>, pipeline: &mut Pipeline) -> Result<(), RelayError> {
-        let Some(route) = pipeline.route_index(msg.topic()) else {
-            // Not a route topic: the pipeline skips it, whatever the whitelist.
-            return Ok(pipeline.process(msg, &*self.live.snapshot, self.live.clock_ms)?);
-        };
-        let key = (route, msg.partition());
+    /// Decides `msg` of route `ri` with the epoch pinned for its offset (pinning the live one
+    /// first where none is), and fans it out.
+    pub fn decide(&mut self, ri: usize, msg: &BorrowedMessage<'_>, fan_out: &mut FanOut) -> Result<(), RelayError> {
+        let key = (ri, msg.partition());
         if !self.partitions.contains_key(&key) {
             let pins = self.take_over(key, msg)?;
             self.partitions.insert(key, pins);
@@ -100,12 +98,12 @@ impl Pinned {
                 if !Arc::ptr_eq(epoch, &self.live) {
                     self.replayed.inc();
                 }
-                pipeline.process(msg, &*epoch.snapshot, epoch.clock_ms)?;
+                fan_out.decide(ri, msg, &*epoch.snapshot, epoch.clock_ms)?;
             }
             Pick::Record { from } => {
                 self.log.record(&self.live, &[(key, from)])?;
                 pins.pinned(from, self.live.clone());
-                pipeline.process(msg, &*self.live.snapshot, self.live.clock_ms)?;
+                fan_out.decide(ri, msg, &*self.live.snapshot, self.live.clock_ms)?;
             }
         }
         Ok(())
