@@ -9,13 +9,15 @@
 //!   [`json_scan`], a lazy pointer lookup that reads only the path to the value.
 //! - [`tenancy`]: the decision per event and service, and the stamp on Rush copies
 //!   ([`splice`]: where a payload stamp goes, spliced without re-serialising).
-//! - [`whitelist::Snapshot`]: the immutable whitelist a decision reads.
+//! - [`whitelist::Snapshot`]: the immutable whitelist a decision reads; [`clock`]: its time.
 //! - [`pinning`]: which whitelist decides each input offset, so a replay decides it again alike.
 //! - [`topic_settings`]: which input topic settings its outputs carry.
 //!
 //! The I/O shell around it:
-//! - [`relay`]: consumer, producers, ordered offset tracking, the pipeline, and the return
-//!   path from Rush to prod. A record is decided in [`relay::pipeline`].
+//! - [`relay`]: the three directions (forward, Rush lane, return path). A record is decided in
+//!   [`relay::forward`], written by [`relay::output`], committed by [`relay::commit`].
+//! - [`decision_log`]: pins and whitelist snapshots on prod; [`topics`]: the topics the bridge
+//!   creates; [`headers`]: the header names it writes and reads.
 //! - [`verify`]: the invariant checked on real topics ([`verify::check`] is pure).
 //! - [`demo`]: the embedded end-to-end demo; [`cleanup`]: ending a Rush session.
 //! - [`whitelist`]: where snapshots come from (a local file, a Config Mapper polled in snapshot
@@ -26,6 +28,8 @@
 //! - [`migrate`]: moving a stopped consumer group between a raw topic and its filtered one
 //!   ([`migrate::plan`] is pure); [`explain`]: where a user's or a record's events go, and why.
 //! - [`report`]: what `validate` prints.
+//!
+//! `tests/layers.rs` checks the layering: docs/architecture.md draws it.
 
 pub mod admin;
 pub mod background;

@@ -3,7 +3,7 @@
 //!
 //! An [`Epoch`] is a whitelist snapshot read at a fixed instant. Before a partition decides its
 //! first record with a new epoch, the relay durably records a [`Pin`] "from offset O, epoch E"
-//! (the I/O lives in `relay::decisions`). A later owner of the partition rebuilds the
+//! (the I/O lives in `decision_log`). A later owner of the partition rebuilds the
 //! [`Chain`] of pins from the log and decides every offset a previous owner may have decided
 //! (those below the partition's high watermark when it took over, its *horizon*) with the epoch
 //! pinned for it. From the horizon on it decides with the live whitelist, pinning first.

@@ -11,14 +11,14 @@
 //! - acknowledged into [`offsets::Tracker`] by the producer's delivery reports;
 //! - committed by the direction's [`commit::CommitStrategy`].
 //!
-//! [`run`] wires the three directions, each with [`run::run_direction`]: the caller's thread
+//! [`run`] wires the three directions, each run by [`direction::run`]: the caller's thread
 //! polls the forward direction (rebalance callbacks run there too), one thread each the Rush
 //! lane and the return path; each producer has its own poll thread for delivery reports.
 //! Nothing here is async. One [`Stop`] asks every thread to stop, and any of them failing stops
 //! the rest.
 //!
 //! Layers, lowest first; a module imports only from layers below it:
-//! [`offsets`], [`health`], [`stop`] → [`refusals`], [`producer`] → [`commit`] → [`error`] →
+//! [`offsets`], [`health`], [`stop`] → [`refusals`] → [`producer`] → [`commit`] → [`error`] →
 //! [`output`] → [`direction`] → [`forward`], [`rush_lane`], [`return_path`] → [`run`].
 
 pub mod commit;
