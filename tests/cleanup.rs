@@ -41,14 +41,12 @@ fn consume_and_commit(bootstrap: &str, group: &str, topic: &str) {
         .unwrap();
     c.subscribe(&[topic]).unwrap();
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        assert!(std::time::Instant::now() < deadline, "{group} read nothing from {topic}");
-        if let Some(r) = c.poll(Duration::from_millis(100)) {
-            r.unwrap();
-            c.commit_consumer_state(CommitMode::Sync).unwrap();
-            break;
-        }
-    }
+    common::wait_until(&format!("{group} read nothing from {topic}"), deadline, || {
+        let Some(r) = c.poll(Duration::from_millis(100)) else { return false };
+        r.unwrap();
+        c.commit_consumer_state(CommitMode::Sync).unwrap();
+        true
+    });
     c.unsubscribe();
 }
 
