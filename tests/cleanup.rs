@@ -8,7 +8,7 @@ mod common;
 use std::process::{Command, Output};
 use std::time::Duration;
 
-use common::{Input, Mapper, Tansu};
+use common::{Broker, Input, Mapper};
 use rdkafka::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use tenancy_bridge::whitelist::client::MapperClient;
@@ -41,14 +41,12 @@ fn consume_and_commit(bootstrap: &str, group: &str, topic: &str) {
         .unwrap();
     c.subscribe(&[topic]).unwrap();
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        assert!(std::time::Instant::now() < deadline, "{group} read nothing from {topic}");
-        if let Some(r) = c.poll(Duration::from_millis(100)) {
-            r.unwrap();
-            c.commit_consumer_state(CommitMode::Sync).unwrap();
-            break;
-        }
-    }
+    common::wait_until(&format!("{group} read nothing from {topic}"), deadline, || {
+        let Some(r) = c.poll(Duration::from_millis(100)) else { return false };
+        r.unwrap();
+        c.commit_consumer_state(CommitMode::Sync).unwrap();
+        true
+    });
     c.unsubscribe();
 }
 
@@ -59,7 +57,7 @@ fn groups(bootstrap: &str) -> Vec<String> {
 
 #[test]
 fn cleanup_ends_a_rush_session_for_one_service() {
-    let (prod, rush) = (Tansu::start(), Tansu::start());
+    let (prod, rush) = (Broker::start(), Broker::start());
     let mapper = Mapper::start(&format!("{TOKEN}\n"));
     for t in ["orders", "orders.payment", "orders.shipping"] {
         common::create_topic(&prod.bootstrap, t, 2);

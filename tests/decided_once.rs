@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use common::chaos::{Flipper, Lcg, gauge, kill9, read_outputs_of, user};
 use common::invariant::TID;
 use common::paced::PacedProducer;
-use common::{Bridge, ConfigOpts, Input, OffsetWatcher, Read, Tansu, http_get};
+use common::{Bridge, Fixture, Input, OffsetWatcher, Read, http_get};
 
 const PARTITIONS: i32 = 3;
 const GROUP: &str = "bridge-decided-once";
@@ -68,28 +68,18 @@ fn kill_9_under_whitelist_flips(delivery: Delivery, kills: usize) {
     let seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64;
     eprintln!("seed {seed}");
     let mut rng = Lcg(seed);
-    let (prod, rush) = (Tansu::start(), Tansu::start());
-    common::create_topic(&prod.bootstrap, "orders", PARTITIONS);
-    let dir = tempfile::tempdir().unwrap();
-    let wl = dir.path().join("whitelist.json");
-    common::write_atomic(&wl, &common::whitelist_json(1, &[("U2", &["shipping"])]));
     let extra = match delivery {
         Delivery::AtLeastOnce => "",
         Delivery::ExactlyOnce => "delivery = \"exactly-once\"\ninstance_id = \"killed\"",
     };
-    let admin = format!("127.0.0.1:{}", common::free_port());
-    let text = common::config_text(&ConfigOpts {
-        prod: &prod.bootstrap,
-        rush: &rush.bootstrap,
-        whitelist: &wl,
-        group: &group,
-        routes: "[[routes]]\ntopic = \"orders\"\nservices = [\"payment\", \"shipping\"]\nuser = { header = \"x-user-id\" }\n",
-        extra_bridge: extra,
-        kafka: "\"session.timeout.ms\" = 6000\n\"max.poll.interval.ms\" = 10000",
-    })
-    .replace("listen = \"127.0.0.1:0\"", &format!("listen = \"{admin}\""));
-    let config = dir.path().join("bridge.toml");
-    std::fs::write(&config, text).unwrap();
+    let f = Fixture::builder()
+        .topic("orders", PARTITIONS)
+        .whitelist(1, &[("U2", &["shipping"])])
+        .group(&group)
+        .bridge(extra)
+        .admin()
+        .build();
+    let (prod, rush, admin, config, wl) = (&f.prod, &f.rush, f.admin(), &f.config, &f.whitelist);
 
     let flipper = Flipper::start(wl.clone(), Duration::from_millis(250));
     let producer = PacedProducer::start(&prod.bootstrap, "orders", 1_000, input);
@@ -97,13 +87,12 @@ fn kill_9_under_whitelist_flips(delivery: Delivery, kills: usize) {
     let started = Instant::now();
     let mut committed = 0;
     for k in 0..kills {
-        let bridge = Bridge::start(&config);
+        let bridge = Bridge::start(config);
         // Wait until this instance has made progress, then kill it at a random moment.
-        let deadline = Instant::now() + Duration::from_secs(90);
-        while watcher.committed("orders", PARTITIONS) <= committed {
-            assert!(Instant::now() < deadline, "kill {k}: no progress past {committed} committed");
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        let what = format!("kill {k}: no progress past {committed} committed");
+        common::wait_until(&what, Instant::now() + Duration::from_secs(90), || {
+            watcher.committed("orders", PARTITIONS) > committed
+        });
         std::thread::sleep(Duration::from_millis(rng.below(1_500)));
         kill9(bridge);
         committed = watcher.committed("orders", PARTITIONS);
@@ -121,26 +110,24 @@ fn kill_9_under_whitelist_flips(delivery: Delivery, kills: usize) {
     assert!(flip_rate >= 3.0, "the whitelist flipped only {flip_rate:.1} times a second");
 
     // A last instance finishes the work; the Rush lane catches up before it stops.
-    let bridge = Bridge::start(&config);
+    let bridge = Bridge::start(config);
     let deadline = Instant::now() + Duration::from_secs(180);
-    while watcher.committed("orders", PARTITIONS) < total as i64 {
-        assert!(Instant::now() < deadline, "the last instance did not commit every input");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    loop {
-        let (_, metrics) = http_get(&admin, "/metrics");
+    common::wait_until("the last instance did not commit every input", deadline, || {
+        watcher.committed("orders", PARTITIONS) >= total as i64
+    });
+    // Exactly-once: each outbox partition can end with a transaction marker, an offset the
+    // lane never commits past (README, Delivery).
+    let markers = if delivery == Delivery::ExactlyOnce { PARTITIONS as f64 } else { 0.0 };
+    let replayed = common::wait_for("the Rush lane did not catch up", deadline, || {
+        let (_, metrics) = http_get(admin, "/metrics");
         let backlog = gauge(&metrics, "tenancy_bridge_rush_backlog_records");
         let replayed = gauge(&metrics, "tenancy_bridge_decisions_replayed_total");
-        // Exactly-once: each outbox partition can end with a transaction marker, an offset the
-        // lane never commits past (README, Delivery).
-        let markers = if delivery == Delivery::ExactlyOnce { PARTITIONS as f64 } else { 0.0 };
-        if backlog.is_some_and(|b| b <= markers) && replayed.is_some() {
-            eprintln!("last instance: {} records decided with a previous owner's pins", replayed.unwrap_or(0.0));
-            break;
+        match replayed {
+            Some(r) if backlog.is_some_and(|b| b <= markers) => Ok(r),
+            _ => Err(format!("backlog {backlog:?}")),
         }
-        assert!(Instant::now() < deadline, "the Rush lane did not catch up: backlog {backlog:?}");
-        std::thread::sleep(Duration::from_millis(500));
-    }
+    });
+    eprintln!("last instance: {replayed} records decided with a previous owner's pins");
     // Read while the last instance runs: tansu reports high watermarks short by a batch, so
     // the backlog can read empty just before the lane carries its last batch.
     let inputs = common::read_all(&prod.bootstrap, "orders", total, Duration::from_secs(60));
@@ -201,8 +188,7 @@ fn kill_9_under_whitelist_flips(delivery: Delivery, kills: usize) {
         violations.len()
     );
     // `verify` judges with the recorded decisions: every event by the whitelist pinned for it.
-    let config =
-        tenancy_bridge::config::Config::parse(&std::fs::read_to_string(&config).unwrap(), std::iter::empty()).unwrap();
+    let config = tenancy_bridge::config::Config::parse(&f.text, std::iter::empty()).unwrap();
     let report = tenancy_bridge::verify::run(&config, &tenancy_bridge::verify::Options::default()).unwrap();
     assert!(report.notes.is_empty(), "{:?}", report.notes);
     for s in &report.routes[0].services {
@@ -247,27 +233,17 @@ fn kill_9_under_whitelist_flips(delivery: Delivery, kills: usize) {
 /// the new whitelist.
 #[test]
 fn a_replay_after_a_whitelist_change_keeps_the_first_decision() {
-    let (prod, rush) = (Tansu::start(), Tansu::start());
-    common::create_topic(&prod.bootstrap, "orders", PARTITIONS);
-    let dir = tempfile::tempdir().unwrap();
-    let wl = dir.path().join("whitelist.json");
-    common::write_atomic(&wl, &common::whitelist_json(1, &[("U1", &["payment"])]));
-    let admin = format!("127.0.0.1:{}", common::free_port());
-    let text = common::config_text(&ConfigOpts {
-        prod: &prod.bootstrap,
-        rush: &rush.bootstrap,
-        whitelist: &wl,
-        group: GROUP,
-        routes: "[[routes]]\ntopic = \"orders\"\nservices = [\"payment\"]\nuser = { header = \"x-user-id\" }\n",
-        extra_bridge: "",
-        kafka: "\"session.timeout.ms\" = 6000\n\"max.poll.interval.ms\" = 10000",
-    })
-    .replace("listen = \"127.0.0.1:0\"", &format!("listen = \"{admin}\""));
-    let config = dir.path().join("bridge.toml");
-    std::fs::write(&config, &text).unwrap();
+    let f = Fixture::builder()
+        .topic("orders", PARTITIONS)
+        .whitelist(1, &[("U1", &["payment"])])
+        .group(GROUP)
+        .routes("[[routes]]\ntopic = \"orders\"\nservices = [\"payment\"]\nuser = { header = \"x-user-id\" }\n")
+        .admin()
+        .build();
+    let (prod, rush, admin, config) = (&f.prod, &f.rush, f.admin(), &f.config);
     // The first instance commits nothing before the kill: the next one replays every event.
-    let uncommitted = dir.path().join("uncommitted.toml");
-    std::fs::write(&uncommitted, text.replace("commit_interval = \"200ms\"", "commit_interval = \"1h\"")).unwrap();
+    let uncommitted =
+        f.write_config("uncommitted.toml", &f.text.replace("commit_interval = \"200ms\"", "commit_interval = \"1h\""));
     let first: Vec<Input> = (0..3_000).map(input).collect();
     common::produce(&prod.bootstrap, "orders", &first);
     let u1 = first.iter().filter(|i| i.headers[1].1.as_deref() == Some(b"U1")).count();
@@ -278,31 +254,22 @@ fn a_replay_after_a_whitelist_change_keeps_the_first_decision() {
     kill9(bridge);
     assert_eq!(OffsetWatcher::new(&prod.bootstrap, GROUP).committed("orders", PARTITIONS), 0);
 
-    common::write_atomic(&wl, &common::whitelist_json(2, &[]));
-    let bridge = Bridge::start(&config);
+    f.set_whitelist(2, &[]);
+    let bridge = Bridge::start(config);
     let later: Vec<Input> = (3_000..3_600).map(input).collect();
     let deadline = Instant::now() + Duration::from_secs(60);
     let watcher = OffsetWatcher::new(&prod.bootstrap, GROUP);
-    while watcher.committed("orders", PARTITIONS) < 3_000 {
-        assert!(Instant::now() < deadline, "the replay did not finish");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    common::wait_until("the replay did not finish", deadline, || watcher.committed("orders", PARTITIONS) >= 3_000);
     common::produce(&prod.bootstrap, "orders", &later);
-    let (_, metrics) = http_get(&admin, "/metrics");
+    let (_, metrics) = http_get(admin, "/metrics");
     let replayed = gauge(&metrics, "tenancy_bridge_decisions_replayed_total").unwrap_or(0.0);
     let total = 3_600;
-    while watcher.committed("orders", PARTITIONS) < total {
-        assert!(Instant::now() < deadline, "the later events were not committed");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    loop {
-        let (_, metrics) = http_get(&admin, "/metrics");
-        if gauge(&metrics, "tenancy_bridge_rush_backlog_records") == Some(0.0) {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the Rush lane did not catch up");
-        std::thread::sleep(Duration::from_millis(500));
-    }
+    common::wait_until("the later events were not committed", deadline, || {
+        watcher.committed("orders", PARTITIONS) >= total
+    });
+    common::wait_until("the Rush lane did not catch up", deadline, || {
+        gauge(&http_get(admin, "/metrics").1, "tenancy_bridge_rush_backlog_records") == Some(0.0)
+    });
     bridge.stop(Duration::from_secs(60));
 
     let inputs = common::read_all(&prod.bootstrap, "orders", total as usize, Duration::from_secs(30));

@@ -7,7 +7,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::invariant::{self, StampCheck, TID};
-use common::{Bridge, ConfigOpts, Input, Read, Tansu};
+use common::{Bridge, Fixture, Input, Read};
 
 const ORDERS: usize = 10_000;
 const CDC: usize = 1_000;
@@ -65,13 +65,6 @@ fn cdc_input(i: usize) -> Input {
 
 #[test]
 fn ten_thousand_events_reach_exactly_one_cluster_per_service() {
-    let prod = Tansu::start();
-    let rush = Tansu::start();
-    common::create_topic(&prod.bootstrap, "orders", PARTITIONS);
-    common::create_topic(&prod.bootstrap, "accounts-cdc", 2);
-
-    let dir = tempfile::tempdir().unwrap();
-    let wl = dir.path().join("whitelist.json");
     let mut entries: Vec<(String, Vec<&str>)> = Vec::new();
     for n in 0..100 {
         let u = format!("U{n}");
@@ -81,7 +74,6 @@ fn ten_thousand_events_reach_exactly_one_cluster_per_service() {
         }
     }
     let entry_refs: Vec<(&str, &[&str])> = entries.iter().map(|(u, s)| (u.as_str(), s.as_slice())).collect();
-    common::write_atomic(&wl, &common::whitelist_json(1, &entry_refs));
     let routes = r#"
 [[routes]]
 topic = "orders"
@@ -94,20 +86,14 @@ services = ["payment", "ledger"]
 user = { json = "/data/user_id" }
 stamp = "payload"
 "#;
-    let config = dir.path().join("bridge.toml");
-    std::fs::write(
-        &config,
-        common::config_text(&ConfigOpts {
-            prod: &prod.bootstrap,
-            rush: &rush.bootstrap,
-            whitelist: &wl,
-            group: "e2e-bridge",
-            routes,
-            extra_bridge: "",
-            kafka: "\"max.poll.interval.ms\" = 10000\n\"session.timeout.ms\" = 6000",
-        }),
-    )
-    .unwrap();
+    let f = Fixture::builder()
+        .topic("orders", PARTITIONS)
+        .topic("accounts-cdc", 2)
+        .whitelist(1, &entry_refs)
+        .group("e2e-bridge")
+        .routes(routes)
+        .build();
+    let (prod, rush, config) = (&f.prod, &f.rush, &f.config);
 
     let orders: Vec<Input> = (0..ORDERS).map(orders_input).collect();
     let cdc: Vec<Input> = (0..CDC).map(cdc_input).collect();
@@ -116,7 +102,7 @@ stamp = "payload"
     common::produce(&prod.bootstrap, "accounts-cdc", &cdc);
 
     let started = Instant::now();
-    let mut bridge = Bridge::start(&config);
+    let mut bridge = Bridge::start(config);
     common::produce(&prod.bootstrap, "orders", &orders[ORDERS / 2..]);
 
     let order_services = ["payment", "shipping", "ledger"];

@@ -8,10 +8,10 @@ use std::time::{Duration, Instant};
 
 use std::collections::HashMap;
 
-use common::chaos::{CommitWatch, read_outputs_of, user};
+use common::chaos::{CommitWatch, gauge, read_outputs_of, user};
 use common::invariant::{self, StampCheck, TID};
 use common::paced::PacedProducer;
-use common::{Bridge, ConfigOpts, Input, OffsetWatcher, Read, Tansu, http_get};
+use common::{Bridge, Fixture, Input, ORDERS_ROUTE, OffsetWatcher, Read, http_get};
 
 const PARTITIONS: i32 = 3;
 const USERS: usize = 40;
@@ -27,87 +27,52 @@ fn input(i: usize) -> Input {
     }
 }
 
-use common::chaos::gauge;
-
-/// A config for instance `id` of group `group`, its admin endpoint on `admin`.
-fn config(dir: &std::path::Path, prod: &Tansu, rush: &Tansu, group: &str, id: &str, admin: &str) -> std::path::PathBuf {
-    let text = common::config_text(&ConfigOpts {
-        prod: &prod.bootstrap,
-        rush: &rush.bootstrap,
-        whitelist: &dir.join("whitelist.json"),
-        group,
-        routes: "[[routes]]\ntopic = \"orders\"\nservices = [\"payment\", \"shipping\"]\nuser = { header = \"x-user-id\" }\n",
-        extra_bridge: &format!("delivery = \"exactly-once\"\ninstance_id = \"{id}\""),
-        kafka: "\"session.timeout.ms\" = 6000\n\"max.poll.interval.ms\" = 10000",
-    })
-    .replace("listen = \"127.0.0.1:0\"", &format!("listen = \"{admin}\""));
-    let path = dir.join(format!("{id}.toml"));
-    std::fs::write(&path, text).unwrap();
-    path
+/// The exactly-once set-up: `orders` on prod, U1 whitelisted for payment, group `group`.
+fn fixture(group: &str, partitions: i32) -> common::FixtureBuilder {
+    Fixture::builder()
+        .topic("orders", partitions)
+        .whitelist(1, &[("U1", &["payment"])])
+        .group(group)
+        .bridge("delivery = \"exactly-once\"")
 }
 
 /// A metric of the instance at `admin`; 0 while it is not listening yet.
 fn metric(admin: &str, name: &str) -> f64 {
-    if std::net::TcpStream::connect(admin).is_err() {
-        return 0.0;
-    }
-    gauge(&http_get(admin, "/metrics").1, name).unwrap_or(0.0)
-}
-
-fn wait_for(what: &str, within: Duration, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + within;
-    while !done() {
-        assert!(Instant::now() < deadline, "{what} within {within:?}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    common::metric(admin, name).unwrap_or(0.0)
 }
 
 fn signal(bridge: &Bridge, sig: &str) {
     assert!(std::process::Command::new("kill").args([sig, &bridge.pid().to_string()]).status().unwrap().success());
 }
 
+/// How long the zombie stays frozen, on purpose: longer than its session (6 s),
+/// max.poll.interval (10 s) and transaction (10 s) timeouts.
+const FROZEN_PAST_EVERY_TIMEOUT: Duration = Duration::from_secs(25);
+
 #[test]
 fn outputs_commit_once_with_their_input_offsets() {
-    let (prod, rush) = (Tansu::start(), Tansu::start());
-    common::create_topic(&prod.bootstrap, "orders", PARTITIONS);
-    let dir = tempfile::tempdir().unwrap();
-    let wl = dir.path().join("whitelist.json");
-    common::write_atomic(&wl, &common::whitelist_json(1, &[("U1", &["payment"])]));
-    let admin = format!("127.0.0.1:{}", common::free_port());
-    let text = common::config_text(&ConfigOpts {
-        prod: &prod.bootstrap,
-        rush: &rush.bootstrap,
-        whitelist: &wl,
-        group: "eos-basic",
-        routes: "[[routes]]\ntopic = \"orders\"\nservices = [\"payment\", \"shipping\"]\nuser = { header = \"x-user-id\" }\n",
-        extra_bridge: "delivery = \"exactly-once\"\ninstance_id = \"basic\"",
-        kafka: "\"session.timeout.ms\" = 6000\n\"max.poll.interval.ms\" = 10000",
-    })
-    .replace("listen = \"127.0.0.1:0\"", &format!("listen = \"{admin}\""));
-    let config = dir.path().join("bridge.toml");
-    std::fs::write(&config, text).unwrap();
+    let f =
+        fixture("eos-basic", PARTITIONS).bridge("delivery = \"exactly-once\"\ninstance_id = \"basic\"").admin().build();
+    let (prod, rush, admin, config) = (&f.prod, &f.rush, f.admin(), &f.config);
     let inputs: Vec<Input> = (0..4_000).map(input).collect();
     common::produce(&prod.bootstrap, "orders", &inputs[..2_000]);
-    let bridge = Bridge::start(&config);
+    let bridge = Bridge::start(config);
     common::produce(&prod.bootstrap, "orders", &inputs[2_000..]);
     let watcher = OffsetWatcher::new(&prod.bootstrap, "eos-basic");
-    let deadline = Instant::now() + Duration::from_secs(90);
-    while watcher.committed("orders", PARTITIONS) < inputs.len() as i64 {
-        assert!(Instant::now() < deadline, "not every input committed: {}", watcher.committed("orders", PARTITIONS));
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let (_, metrics) = http_get(&admin, "/metrics");
+    common::wait_for("not every input committed", Instant::now() + Duration::from_secs(90), || {
+        let n = watcher.committed("orders", PARTITIONS);
+        if n >= inputs.len() as i64 { Ok(()) } else { Err(n.to_string()) }
+    });
+    let (_, metrics) = http_get(admin, "/metrics");
     let committed = gauge(&metrics, "tenancy_bridge_transactions_total{outcome=\"committed\"}").unwrap_or(0.0);
     eprintln!("{committed} transactions committed");
     assert!(committed >= 1.0);
     // The Rush lane commits on Rush, one transactional id per outbox partition, its progress
     // stored on Rush in its group (the outbox offsets it carried).
     let lane = "tenancy_bridge_partition_transactions_total{direction=\"rush-lane\",outcome=\"committed\"}";
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while gauge(&http_get(&admin, "/metrics").1, lane).unwrap_or(0.0) < 1.0 {
-        assert!(Instant::now() < deadline, "no Rush lane transaction committed");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    common::wait_until("no Rush lane transaction committed", Instant::now() + Duration::from_secs(30), || {
+        gauge(&http_get(admin, "/metrics").1, lane).unwrap_or(0.0) >= 1.0
+    });
     // Read while the bridge runs: tansu reports high watermarks short by a batch, so a backlog
     // of 0 can show before the lane has the last copies.
     let read = common::read_all(&prod.bootstrap, "orders", inputs.len(), Duration::from_secs(30));
@@ -144,8 +109,7 @@ fn outputs_commit_once_with_their_input_offsets() {
     report.assert_clean();
     // `verify` reads the transactional outputs (read_committed, past their markers) and finds
     // every event once, where its recorded decision says.
-    let config =
-        tenancy_bridge::config::Config::parse(&std::fs::read_to_string(&config).unwrap(), std::iter::empty()).unwrap();
+    let config = tenancy_bridge::config::Config::parse(&f.text, std::iter::empty()).unwrap();
     let verified = tenancy_bridge::verify::run(&config, &tenancy_bridge::verify::Options::default()).unwrap();
     for s in &verified.routes[0].services {
         assert_eq!((s.inputs, s.pinned), (inputs.len(), inputs.len()), "{}", s.service);
@@ -160,47 +124,63 @@ fn outputs_commit_once_with_their_input_offsets() {
 #[test]
 fn a_frozen_instance_that_wakes_after_a_takeover_is_fenced() {
     const P: i32 = 4;
-    let (prod, rush) = (Tansu::start(), Tansu::start());
-    common::create_topic(&prod.bootstrap, "orders", P);
-    let dir = tempfile::tempdir().unwrap();
-    common::write_atomic(&dir.path().join("whitelist.json"), &common::whitelist_json(1, &[("U1", &["payment"])]));
-    let (admin_a, admin_b) =
-        (format!("127.0.0.1:{}", common::free_port()), format!("127.0.0.1:{}", common::free_port()));
-    let strict = hides_aborted_records(&prod.bootstrap);
     let group = "eos-zombie";
-    let config_a = config(dir.path(), &prod, &rush, group, "a", &admin_a);
-    let config_b = config(dir.path(), &prod, &rush, group, "b", &admin_b);
+    let f = fixture(group, P).build();
+    let (prod, rush) = (&f.prod, &f.rush);
+    let strict = common::broker::hides_aborted_records(&prod.bootstrap);
+    let (config_a, admin_a) = f.instance("a");
+    let (config_b, admin_b) = f.instance("b");
     let zombie_input = |i: usize| Input { partition: (i % P as usize) as i32, ..input(i) };
     let producer = PacedProducer::start(&prod.bootstrap, "orders", 500, zombie_input);
     let watcher = OffsetWatcher::new(&prod.bootstrap, group);
     let backwards = CommitWatch::start(&prod.bootstrap, group, P);
     let a = Bridge::start(&config_a);
-    wait_for("A commits", Duration::from_secs(60), || watcher.committed("orders", P) > 500);
+    let within = |secs| Instant::now() + Duration::from_secs(secs);
+    common::wait_until("A commits within 60s", within(60), || watcher.committed("orders", P) > 500);
     let b = Bridge::start(&config_b);
     let assigned = "tenancy_bridge_assigned_partitions{direction=\"forward\"}";
-    wait_for("B gets partitions", Duration::from_secs(60), || metric(&admin_b, assigned) > 0.0);
-    // A must be mid-transaction when frozen: it has uncommitted outputs out there.
-    std::thread::sleep(Duration::from_millis(1_500));
+    common::wait_until("B gets partitions within 60s", within(60), || metric(&admin_b, assigned) > 0.0);
+    // A must be mid-transaction when frozen: it has uncommitted outputs out there. After the
+    // rebalance, once it has committed a transaction again, outputs acknowledged with no commit
+    // since are in its open transaction.
+    let transactions = "tenancy_bridge_transactions_total{outcome=\"committed\"}";
+    let outputs = "tenancy_bridge_records_out_total{cluster=\"prod\",route=\"orders\",service=\"shipping\"}";
+    let at_rebalance = metric(&admin_a, transactions);
+    let mut seen = (at_rebalance, metric(&admin_a, outputs));
+    common::wait_until("A has outputs in an open transaction after the rebalance within 60s", within(60), || {
+        let now = (metric(&admin_a, transactions), metric(&admin_a, outputs));
+        let open = metric(&admin_a, assigned) > 0.0 && now.0 > at_rebalance && now.0 == seen.0 && now.1 > seen.1;
+        seen = now;
+        open
+    });
     signal(&a, "-STOP");
     let frozen = Instant::now();
     // What A can have had open: from the committed offsets up to the inputs sent by now.
     let committed_at_freeze = watcher.by_partition("orders", P);
     let sent_at_freeze = producer.produced();
-    wait_for("B takes every partition", Duration::from_secs(60), || metric(&admin_b, assigned) == P as f64);
+    common::wait_until("B takes every partition within 60s", within(60), || metric(&admin_b, assigned) == P as f64);
     let taken_after = frozen.elapsed();
-    // Longer than the session (6 s), max.poll.interval (10 s) and transaction (10 s) timeouts.
-    while frozen.elapsed() < Duration::from_secs(25) {
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    // Not a bet on timing: the freeze has to outlast A's timeouts.
+    std::thread::sleep(FROZEN_PAST_EVERY_TIMEOUT.saturating_sub(frozen.elapsed()));
     signal(&a, "-CONT");
     eprintln!("A frozen for {:?}; B had every partition after {taken_after:?}", frozen.elapsed());
-    std::thread::sleep(Duration::from_secs(10));
-    let total = producer.finish();
-    wait_for("every input committed", Duration::from_secs(120), || watcher.committed("orders", P) >= total as i64);
     let outcomes = |admin: &str| {
         ["committed", "aborted", "fenced"]
             .map(|o| metric(admin, &format!("tenancy_bridge_transactions_total{{outcome=\"{o}\"}}")))
     };
+    // Events keep flowing until A, awake, has given up what it had open (aborted, or been
+    // fenced) or stopped.
+    let mut a = a;
+    common::wait_until("A neither aborted nor stopped within 120s of waking", within(120), || {
+        a.exited().is_some() || {
+            let t = outcomes(&admin_a);
+            t[1] + t[2] >= 1.0
+        }
+    });
+    let total = producer.finish();
+    common::wait_until("every input committed within 120s", within(120), || {
+        watcher.committed("orders", P) >= total as i64
+    });
     let (ta, tb) = (outcomes(&admin_a), outcomes(&admin_b));
     eprintln!("transactions committed/aborted/fenced: A {ta:?}, B {tb:?}");
     let inputs = common::read_all(&prod.bootstrap, "orders", total, Duration::from_secs(60));
@@ -279,120 +259,42 @@ fn a_frozen_instance_that_wakes_after_a_takeover_is_fenced() {
     uncommitted.assert_clean();
 }
 
-/// Whether the broker at `bootstrap` hides aborted records from read_committed readers.
-/// Neither tansu 0.6 nor librdkafka's mock cluster does (they return every record and only
-/// hold back open transactions), so what a zombie had open shows as a duplicate there; the
-/// tests below assert on what such a broker can show and tighten on one that filters.
-fn hides_aborted_records(bootstrap: &str) -> bool {
-    use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
-    common::create_topic(bootstrap, "probe-aborts", 1);
-    let p: ThreadedProducer<DefaultProducerContext> = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .set("transactional.id", "probe-aborts")
-        .create()
-        .unwrap();
-    let t = Duration::from_secs(10);
-    p.init_transactions(t).unwrap();
-    for (payload, commit) in [("aborted", false), ("committed", true)] {
-        p.begin_transaction().unwrap();
-        p.send(BaseRecord::<(), _>::to("probe-aborts").payload(payload).partition(0)).unwrap();
-        p.flush(t).unwrap();
-        if commit { p.commit_transaction(t).unwrap() } else { p.abort_transaction(t).unwrap() }
-    }
-    let read = common::read_until(&[(bootstrap, "probe-aborts")], 1, Duration::from_secs(10));
-    let payloads: Vec<&[u8]> = read[0].iter().filter_map(|r| r.payload.as_deref()).collect();
-    assert!(payloads.contains(&b"committed".as_slice()), "the committed record was not read");
-    !payloads.contains(&b"aborted".as_slice())
-}
-
-#[test]
-fn tansu_shows_aborted_records_to_read_committed_readers() {
-    // If this fails, tansu learned to filter aborted transactions: make the zombie and kill
-    // tests strict on it (they already are on a broker that filters).
-    let prod = Tansu::start();
-    assert!(!hides_aborted_records(&prod.bootstrap));
-}
-
-/// An open transaction whose producer died holds read_committed readers back until the broker
-/// aborts it: Apache Kafka does once `transaction.timeout.ms` passes; tansu 0.6 never does
-/// (seen: still blocking 50 s past a 2 s timeout). Only a new producer with the same
-/// transactional id frees it. So on tansu an instance killed for good leaves its outputs'
-/// readers stuck: the scale-out test restarts killed instances (same `instance_id`), as a
-/// supervisor would, and the README says why operators should run them so.
-#[test]
-fn tansu_never_expires_a_dead_producers_transaction() {
-    use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
-    let prod = Tansu::start();
-    common::create_topic(&prod.bootstrap, "probe-expiry", 1);
-    let t = Duration::from_secs(10);
-    let dead: ThreadedProducer<DefaultProducerContext> = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", &prod.bootstrap)
-        .set("transactional.id", "probe-expiry")
-        .set("transaction.timeout.ms", "1000")
-        .create()
-        .unwrap();
-    dead.init_transactions(t).unwrap();
-    dead.begin_transaction().unwrap();
-    dead.send(BaseRecord::<(), _>::to("probe-expiry").payload("open").partition(0)).unwrap();
-    dead.flush(t).unwrap();
-    // A process that dies says nothing more to the broker: no abort, no end of the session.
-    std::mem::forget(dead);
-    let plain = common::producer(&prod.bootstrap);
-    plain.send(BaseRecord::<(), _>::to("probe-expiry").payload("after").partition(0)).unwrap();
-    plain.flush(t).unwrap();
-    // Twenty times the timeout, past Kafka's 10 s expiry check too.
-    let read = common::read_until(&[(&prod.bootstrap, "probe-expiry")], 1, Duration::from_secs(20));
-    // If this fails, tansu learned to expire transactions: the scale-out test can let a killed
-    // instance stay dead.
-    assert!(read[0].is_empty(), "the open transaction was expired: {} records read", read[0].len());
-}
-
 /// The return path, exactly-once: what Rush services produce reaches prod once, committed in
 /// prod transactions (one transactional id per Rush partition) with the Rush offsets it
 /// consumed, which are stored on prod; a restart mid-stream starts from there.
 #[test]
 fn the_return_path_commits_with_its_rush_offsets_on_prod() {
-    let (prod, rush) = (Tansu::start(), Tansu::start());
-    common::create_topic(&prod.bootstrap, "orders", PARTITIONS);
-    let dir = tempfile::tempdir().unwrap();
-    common::write_atomic(&dir.path().join("whitelist.json"), &common::whitelist_json(1, &[("U1", &["payment"])]));
-    let admin = format!("127.0.0.1:{}", common::free_port());
-    let text = common::config_text(&ConfigOpts {
-        prod: &prod.bootstrap,
-        rush: &rush.bootstrap,
-        whitelist: &dir.path().join("whitelist.json"),
-        group: "eos-return",
-        routes: "[[routes]]\ntopic = \"orders\"\nservices = [\"payment\"]\nuser = { header = \"x-user-id\" }\nreturn_path = true\n",
-        extra_bridge: "delivery = \"exactly-once\"\ninstance_id = \"return\"",
-        kafka: "\"session.timeout.ms\" = 6000\n\"max.poll.interval.ms\" = 10000",
-    })
-    .replace("listen = \"127.0.0.1:0\"", &format!("listen = \"{admin}\""));
-    let config = dir.path().join("bridge.toml");
-    std::fs::write(&config, text).unwrap();
+    let f = fixture("eos-return", PARTITIONS)
+        .routes(&format!("{}return_path = true\n", ORDERS_ROUTE.replace(", \"shipping\"", "")))
+        .bridge("delivery = \"exactly-once\"\ninstance_id = \"return\"")
+        .admin()
+        .build();
+    let (prod, rush, admin, config) = (&f.prod, &f.rush, f.admin(), &f.config);
     // What Rush services produce, at 500/s; only the return path's own writes to prod
     // `orders` are judged here.
     fn rush_input(i: usize) -> Input {
         Input { headers: vec![(TID.into(), Some(i.to_string().into_bytes()))], ..input(i) }
     }
-    let bridge = Bridge::start(&config);
-    wait_for("the bridge creates orders on Rush", Duration::from_secs(60), || {
+    let within = |secs| Instant::now() + Duration::from_secs(secs);
+    let bridge = Bridge::start(config);
+    common::wait_until("the bridge creates orders on Rush within 60s", within(60), || {
         common::topic_exists(&rush.bootstrap, "orders")
     });
     let producer = PacedProducer::start(&rush.bootstrap, "orders", 500, rush_input);
     let progress = OffsetWatcher::new(&prod.bootstrap, "eos-return.return");
-    wait_for("1,000 forwarded", Duration::from_secs(90), || progress.committed("orders", PARTITIONS) >= 1_000);
+    common::wait_until("1,000 forwarded within 90s", within(90), || progress.committed("orders", PARTITIONS) >= 1_000);
     let committed = "tenancy_bridge_partition_transactions_total{direction=\"return\",outcome=\"committed\"}";
-    assert!(metric(&admin, committed) >= 1.0, "no return-path transaction committed");
+    assert!(metric(admin, committed) >= 1.0, "no return-path transaction committed");
     // Stopped mid-stream (SIGTERM: the open transactions commit), then started again: it goes
     // on from the progress on prod.
     bridge.stop(Duration::from_secs(60));
     let at_restart = progress.committed("orders", PARTITIONS);
-    let bridge = Bridge::start(&config);
-    wait_for("the restarted bridge forwards", Duration::from_secs(90), || {
+    let bridge = Bridge::start(config);
+    common::wait_until("the restarted bridge forwards within 90s", within(90), || {
         progress.committed("orders", PARTITIONS) > at_restart + 500
     });
     let total = producer.finish();
-    wait_for("everything forwarded", Duration::from_secs(90), || {
+    common::wait_until("everything forwarded within 90s", within(90), || {
         progress.committed("orders", PARTITIONS) >= total as i64
     });
     let forwarded = common::read_all(&prod.bootstrap, "orders", total, Duration::from_secs(60));

@@ -1,3 +1,4 @@
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 //! The layering of `src/`, checked from the source text: the pure core imports no I/O crate and
 //! nothing of the shell, no module imports a higher layer, and neither the crate's top-level
 //! modules nor the relay's parts import each other in a circle.
@@ -78,10 +79,7 @@ fn module_path(rel: &Path) -> Vec<String> {
 /// anywhere).
 fn code(text: &str) -> String {
     let text = text.find("#[cfg(test)]").map_or(text, |i| &text[..i]);
-    text.lines()
-        .map(|l| l.find("//").map_or(l, |i| &l[..i]))
-        .collect::<Vec<_>>()
-        .join("\n")
+    text.lines().map(|l| l.find("//").map_or(l, |i| &l[..i])).collect::<Vec<_>>().join("\n")
 }
 
 fn ident_at(s: &str) -> Option<&str> {
@@ -114,7 +112,9 @@ fn imports(code: &str, here: &[String]) -> BTreeSet<Vec<String>> {
             rest = r;
         }
         let names: Vec<&str> = match rest.strip_prefix('{') {
-            Some(group) => group.split('}').next().unwrap_or("").split(',').filter_map(|s| ident_at(s.trim())).collect(),
+            Some(group) => {
+                group.split('}').next().unwrap_or("").split(',').filter_map(|s| ident_at(s.trim())).collect()
+            }
             None => ident_at(rest).into_iter().collect(),
         };
         for name in names {
@@ -208,7 +208,8 @@ fn no_circles_and_no_import_of_a_higher_layer() {
             wrong.push(format!("{}: module {own:?} is in no layer of tests/layers.rs", s.rel));
             continue;
         };
-        let core = own_layer == 0 && !(own == "whitelist" && s.module.get(1).is_some_and(|m| WHITELIST_SHELL.contains(&m.as_str())));
+        let core = own_layer == 0
+            && !(own == "whitelist" && s.module.get(1).is_some_and(|m| WHITELIST_SHELL.contains(&m.as_str())));
         if core {
             for krate in IO_CRATES {
                 if s.code.contains(&format!("{krate}::")) {
@@ -274,7 +275,10 @@ fn no_circles_and_no_import_of_a_higher_layer() {
 #[test]
 fn the_checker_sees_imports_and_circles() {
     let here = vec!["relay".to_owned(), "forward".to_owned(), "fan_out".to_owned()];
-    let found = imports("use super::{held::Holding, pinned};\nuse crate::relay::output::Writer;\nsuper::super::run::x();", &here);
+    let found = imports(
+        "use super::{held::Holding, pinned};\nuse crate::relay::output::Writer;\nsuper::super::run::x();",
+        &here,
+    );
     let want: BTreeSet<Vec<String>> = [
         vec!["relay", "forward", "held"],
         vec!["relay", "forward", "pinned"],

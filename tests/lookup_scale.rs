@@ -12,7 +12,7 @@ use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use common::invariant::{self, StampCheck, TID};
-use common::{Bridge, Input, Mapper, Read, Tansu};
+use common::{Bridge, Broker, Fixture, Input, Mapper, Read};
 use tenancy_bridge::whitelist::client::MapperClient;
 
 const TOKEN: &str = "qa:0123456789abcdef-lookup-scale";
@@ -44,16 +44,15 @@ fn user_of(seq: usize, first: usize, users: usize) -> String {
     format!("U{}", first + (seq * 7919) % users)
 }
 
-fn read_outputs(prod: &Tansu, rush: &Tansu, expected: usize) -> (common::ByService, common::ByService) {
+fn read_outputs(prod: &Broker, rush: &Broker, expected: usize) -> (common::ByService, common::ByService) {
     common::read_services(&prod.bootstrap, &rush.bootstrap, "orders", &SERVICES, expected, Duration::from_secs(180))
 }
 
 #[test]
 fn lookup_mode_at_production_cardinality_and_through_a_hung_config_mapper() {
-    let prod = Tansu::start();
-    let rush = Tansu::start();
-    common::create_topic(&prod.bootstrap, "orders", PARTITIONS);
-    let mapper = Mapper::start(TOKEN);
+    let f =
+        Fixture::builder().topic("orders", PARTITIONS).mapper(TOKEN, "mode = \"lookup\"").group("lookup-scale").build();
+    let (prod, rush, mapper) = (&f.prod, &f.rush, f.mapper());
     let client =
         MapperClient::new(&mapper.url, Some("0123456789abcdef-lookup-scale".into()), Duration::from_secs(5)).unwrap();
     // 50 users under test for payment, the first 20 of them for shipping too.
@@ -68,23 +67,10 @@ fn lookup_mode_at_production_cardinality_and_through_a_hung_config_mapper() {
 
     let inputs: Vec<Input> = (0..EVENTS).map(|seq| event(seq, &user_of(seq, 0, USERS))).collect();
     common::produce(&prod.bootstrap, "orders", &inputs);
-    let config = mapper.dir.path().join("bridge.toml");
-    let text = common::config_text(&common::ConfigOpts {
-        prod: &prod.bootstrap,
-        rush: &rush.bootstrap,
-        whitelist: std::path::Path::new("unused"),
-        group: "lookup-scale",
-        routes: "[[routes]]\ntopic = \"orders\"\nservices = [\"payment\", \"shipping\"]\nuser = { header = \"x-user-id\" }\n",
-        extra_bridge: "",
-        kafka: "\"max.poll.interval.ms\" = 10000\n\"session.timeout.ms\" = 6000",
-    })
-    .replace("file = \"unused\"\nrefresh = \"100ms\"", &format!("url = \"{}\"\nmode = \"lookup\"", mapper.url));
-    std::fs::write(&config, text).unwrap();
-
     // Phase 1: a cold cache and 1,000 users.
     let started = Instant::now();
-    let mut bridge = Bridge::start(&config);
-    let (p, r) = read_outputs(&prod, &rush, EVENTS);
+    let mut bridge = Bridge::start(&f.config);
+    let (p, r) = read_outputs(prod, rush, EVENTS);
     let phase1 = started.elapsed();
     bridge.assert_running();
     let read_in = common::read_all(&prod.bootstrap, "orders", EVENTS, Duration::from_secs(60));
@@ -99,7 +85,7 @@ fn lookup_mode_at_production_cardinality_and_through_a_hung_config_mapper() {
     let want_rush: usize =
         read_in.iter().map(|i| SERVICES.iter().filter(|s| whitelisted.contains(&(user(i), **s))).count()).sum();
     assert_eq!(report.rush, want_rush, "every whitelisted user's events on Rush");
-    let requests = mapper_lookups(&mapper);
+    let requests = mapper_lookups(mapper);
     eprintln!(
         "phase 1: {EVENTS} events of {USERS} users (lookup mode, defaults) relayed in {phase1:.1?} \
          (from bridge start, group join included); {} prod + {} rush outputs; {requests} lookups",
@@ -113,7 +99,7 @@ fn lookup_mode_at_production_cardinality_and_through_a_hung_config_mapper() {
     let more: Vec<Input> = (EVENTS..EVENTS + 10_000).map(|seq| event(seq, &user_of(seq, 5_000, USERS))).collect();
     let hung = Instant::now();
     common::produce(&prod.bootstrap, "orders", &more);
-    let (p2, r2) = read_outputs(&prod, &rush, EVENTS + 10_000);
+    let (p2, r2) = read_outputs(prod, rush, EVENTS + 10_000);
     let phase2 = hung.elapsed();
     bridge.assert_running();
     let during = common::read_all(&prod.bootstrap, "orders", EVENTS + 10_000, Duration::from_secs(60));
@@ -144,7 +130,7 @@ fn lookup_mode_at_production_cardinality_and_through_a_hung_config_mapper() {
 
     let total = seq;
     let read_in = common::read_all(&prod.bootstrap, "orders", total, Duration::from_secs(60));
-    let (p3, r3) = read_outputs(&prod, &rush, total);
+    let (p3, r3) = read_outputs(prod, rush, total);
     bridge.stop(Duration::from_secs(30));
     // Where a user's answer changed: per partition, the first input of theirs on `cluster`.
     let switch_of = |user: &[u8], outputs: &common::ByService| {
@@ -180,19 +166,16 @@ fn produce_until_seen(
     user: &str,
     bootstrap: &str,
 ) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
+    let what = format!("{user}'s answer never changed on {bootstrap}");
+    common::wait_until(&what, Instant::now() + Duration::from_secs(60), || {
         for _ in 0..20 {
             common::send(p, "orders", &event(*seq, user));
             *seq += 1;
         }
         rdkafka::producer::Producer::flush(p, Duration::from_secs(10)).unwrap();
         let outputs = common::read_all(bootstrap, "orders.payment", 1, Duration::from_millis(500));
-        if outputs.iter().any(|o| o.header("x-user-id") == Some(user.as_bytes())) {
-            return;
-        }
-        assert!(Instant::now() < deadline, "{user}'s answer never changed on {bootstrap}");
-    }
+        outputs.iter().any(|o| o.header("x-user-id") == Some(user.as_bytes()))
+    });
 }
 
 /// Per-user lookups the Config Mapper has served, from its own metrics.

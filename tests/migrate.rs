@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use common::invariant::TID;
 use common::paced::PacedProducer;
-use common::{Bridge, ConfigOpts, Input, Tansu};
+use common::{Bridge, Fixture, Input};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::message::{Headers as _, Message};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
@@ -64,6 +64,9 @@ fn cli_split(args: &[&str]) -> (bool, String, String) {
     (out.status.success(), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
 }
 
+/// Records a service takes between two looks at its deadline.
+const BATCH: usize = 500;
+
 /// The service: a member of `GROUP` reading `topic`, processing `limit` events (or until it
 /// reaches `until` per partition), committing exactly what it processed, then leaving.
 struct Service(BaseConsumer);
@@ -98,26 +101,30 @@ impl Service {
             quota.is_some_and(|q| n >= q) || until.is_some_and(|u| next >= u.get(&p).copied().unwrap_or(0))
         };
         let mut next: BTreeMap<i32, i64> = BTreeMap::new();
-        loop {
-            let at = |p: i32| (next.get(&p).copied().unwrap_or(-1), count.get(&p).copied().unwrap_or(0));
-            if (0..PARTITIONS).all(|p| full(p, at(p).0, at(p).1)) {
-                break;
-            }
-            assert!(Instant::now() < deadline, "service processed only {count:?}");
-            match self.0.poll(Duration::from_millis(100)) {
-                Some(Ok(m)) => {
-                    let p = m.partition();
-                    let (at, n) = (next.get(&p).copied().unwrap_or(-1), count.get(&p).copied().unwrap_or(0));
-                    if !full(p, at, n) {
-                        next.insert(p, m.offset() + 1);
-                        *count.entry(p).or_default() += 1;
-                        done.push((p, m.offset(), tid(&m)));
-                    }
+        let what = "service processed too little";
+        common::wait_for(what, deadline, || {
+            // What has arrived, a batch at a time: the wait checks its deadline between batches.
+            for _ in 0..BATCH {
+                let at = |p: i32| (next.get(&p).copied().unwrap_or(-1), count.get(&p).copied().unwrap_or(0));
+                if (0..PARTITIONS).all(|p| full(p, at(p).0, at(p).1)) {
+                    return Ok(());
                 }
-                Some(Err(e)) => panic!("service read: {e}"),
-                None => {}
+                match self.0.poll(Duration::from_millis(100)) {
+                    Some(Ok(m)) => {
+                        let p = m.partition();
+                        let (at, n) = (next.get(&p).copied().unwrap_or(-1), count.get(&p).copied().unwrap_or(0));
+                        if !full(p, at, n) {
+                            next.insert(p, m.offset() + 1);
+                            *count.entry(p).or_default() += 1;
+                            done.push((p, m.offset(), tid(&m)));
+                        }
+                    }
+                    Some(Err(e)) => panic!("service read: {e}"),
+                    None => break,
+                }
             }
-        }
+            Err(format!("only {count:?}"))
+        });
         let mut tpl = TopicPartitionList::new();
         let topic = self.0.subscription().unwrap().elements()[0].topic().to_owned();
         let mut last: BTreeMap<i32, i64> = BTreeMap::new();
@@ -151,34 +158,19 @@ fn wait_group_stopped(bootstrap: &str, group: &str) {
 }
 
 /// Two brokers, `orders`, the whitelist and the bridge's config (not started).
-fn setup(delivery: &str) -> (Tansu, Tansu, tempfile::TempDir, std::path::PathBuf) {
-    let prod = Tansu::start();
-    let rush = Tansu::start();
-    common::create_topic(&prod.bootstrap, "orders", PARTITIONS);
-    let dir = tempfile::tempdir().unwrap();
-    let wl = dir.path().join("whitelist.json");
+fn setup(delivery: &str) -> Fixture {
     let users: Vec<String> = (1..=10).map(|n| format!("U{n}")).collect();
     let entries: Vec<(&str, &[&str])> = users.iter().map(|u| (u.as_str(), &["payment"][..])).collect();
-    common::write_atomic(&wl, &common::whitelist_json(1, &entries));
-    let config = dir.path().join("bridge.toml");
-    std::fs::write(
-        &config,
-        common::config_text(&ConfigOpts {
-            prod: &prod.bootstrap,
-            rush: &rush.bootstrap,
-            whitelist: &wl,
-            group: "bridge",
-            routes: "[[routes]]\ntopic = \"orders\"\nservices = [\"payment\", \"shipping\"]\nuser = { header = \"x-user-id\" }\n",
-            extra_bridge: &format!("delivery = \"{delivery}\"\ncopy_topic_settings = false"),
-            kafka: "\"session.timeout.ms\" = 6000\n\"max.poll.interval.ms\" = 10000",
-        }),
-    )
-    .unwrap();
-    (prod, rush, dir, config)
+    Fixture::builder()
+        .topic("orders", PARTITIONS)
+        .whitelist(1, &entries)
+        .bridge(&format!("delivery = \"{delivery}\"\ncopy_topic_settings = false"))
+        .build()
 }
 
 fn scenario(delivery: &str) {
-    let (prod, _rush, _dir, config) = setup(delivery);
+    let f = setup(delivery);
+    let (prod, config) = (&f.prod, &f.config);
     let cfg = config.to_str().unwrap();
     let inputs: Vec<Input> = (0..EVENTS).map(input).collect();
     common::produce(&prod.bootstrap, "orders", &inputs);
@@ -191,7 +183,7 @@ fn scenario(delivery: &str) {
     let (ok, out) = cli(&base);
     assert!(!ok && out.contains("not stopped"), "{out}");
     drop(service);
-    let mut bridge = Bridge::start(&config);
+    let mut bridge = Bridge::start(config);
     let watch = common::OffsetWatcher::new(&prod.bootstrap, "bridge");
     common::wait_until("the bridge to relay every event", Instant::now() + Duration::from_secs(180), || {
         bridge.assert_running();
@@ -372,7 +364,8 @@ fn a_group_moves_to_its_filtered_topic_and_back_at_least_once() {
 /// A group behind where the bridge started, and one ahead of the bridge: no map proves either.
 #[test]
 fn positions_the_bridge_has_not_mapped_are_refused() {
-    let (prod, _rush, _dir, config) = setup("at-least-once");
+    let f = setup("at-least-once");
+    let (prod, config) = (&f.prod, &f.config);
     let cfg = config.to_str().unwrap();
     common::produce(&prod.bootstrap, "orders", &(0..400).map(input).collect::<Vec<_>>());
     // The bridge starts at offset 50 of every partition, as if it had been deployed then.
@@ -386,7 +379,7 @@ fn positions_the_bridge_has_not_mapped_are_refused() {
     let early = Service::join_as(&prod.bootstrap, "orders", "early-svc");
     early.process(Some(20), None);
     drop(early);
-    let mut bridge = Bridge::start(&config);
+    let mut bridge = Bridge::start(config);
     let watch = common::OffsetWatcher::new(&prod.bootstrap, "bridge");
     common::wait_until("the bridge to relay every event", Instant::now() + Duration::from_secs(120), || {
         bridge.assert_running();

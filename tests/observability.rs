@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use common::invariant::TID;
-use common::{Bridge, ConfigOpts, Input, Mapper, Tansu, http_get};
+use common::{Bridge, Fixture, Input, Mapper, ORDERS_ROUTE, http_get};
 use tenancy_bridge::admin::{Admin, AdminState};
 use tenancy_bridge::metrics::Metrics;
 use tenancy_bridge::relay::{Health, ProducerRole};
@@ -52,38 +52,26 @@ fn input(i: usize, user: Option<&str>) -> Input {
 
 #[test]
 fn metrics_cover_the_dashboard_and_the_alert_rules() {
-    let (prod, rush) = (Tansu::start(), Tansu::start());
-    common::create_topic(&prod.bootstrap, "orders", 2);
+    let f = Fixture::builder()
+        .topic("orders", 2)
+        .whitelist(7, &[("U1", &["payment"])])
+        .group("bridge-observability")
+        .routes(&format!("{ORDERS_ROUTE}return_path = true\n"))
+        .kafka("\"statistics.interval.ms\" = 500")
+        .admin()
+        .build();
     let mapper = Mapper::start("qa:observability-token-0123456789\n");
-    let dir = tempfile::tempdir().unwrap();
-    let wl = dir.path().join("whitelist.json");
-    common::write_atomic(&wl, &common::whitelist_json(7, &[("U1", &["payment"])]));
-    let admin = format!("127.0.0.1:{}", common::free_port());
-    let text = common::config_text(&ConfigOpts {
-        prod: &prod.bootstrap,
-        rush: &rush.bootstrap,
-        whitelist: &wl,
-        group: "bridge-observability",
-        routes: "[[routes]]\ntopic = \"orders\"\nservices = [\"payment\", \"shipping\"]\n\
-                 user = { header = \"x-user-id\" }\nreturn_path = true\n",
-        extra_bridge: "",
-        kafka: "\"session.timeout.ms\" = 6000\n\"max.poll.interval.ms\" = 10000\n\"statistics.interval.ms\" = 500",
-    })
-    .replace("listen = \"127.0.0.1:0\"", &format!("listen = \"{admin}\""));
-    let config = dir.path().join("bridge.toml");
-    std::fs::write(&config, text).unwrap();
-    let mut bridge = Bridge::start(&config);
+    let (prod, rush, admin) = (&f.prod, &f.rush, f.admin());
+    let mut bridge = Bridge::start(&f.config);
 
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
+    common::wait_for("never ready", Instant::now() + Duration::from_secs(30), || {
         bridge.assert_running();
-        if std::net::TcpStream::connect(&admin).is_ok() && http_get(&admin, "/readyz").0 == 200 {
-            break;
+        match std::net::TcpStream::connect(admin).is_ok().then(|| http_get(admin, "/readyz")) {
+            Some((200, _)) => Ok(()),
+            answer => Err(format!("{answer:?}")),
         }
-        assert!(Instant::now() < deadline, "never ready: {:?}", http_get(&admin, "/readyz"));
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    assert_eq!(http_get(&admin, "/livez").0, 200);
+    });
+    assert_eq!(http_get(admin, "/livez").0, 200);
 
     // 40 events: 10 of U1 (Rush for payment), 25 of others, 5 without a user; 6 from Rush.
     let inputs: Vec<Input> = (0..40)
@@ -110,19 +98,14 @@ fn metrics_cover_the_dashboard_and_the_alert_rules() {
             route_service_cluster.1, route_service_cluster.0
         )
     };
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let scrape = loop {
-        let (status, body) = http_get(&admin, "/metrics");
+    let scrape = common::wait_for("outputs not all acknowledged", Instant::now() + Duration::from_secs(30), || {
+        let (status, body) = http_get(admin, "/metrics");
         assert_eq!(status, 200);
         let done = exposed(&body, "tenancy_bridge_consumer_lag")
             && exposed(&body, "tenancy_bridge_kafka_broker_rtt_seconds")
             && body.lines().any(|l| l.starts_with(&series(("shipping", "prod"))) && l.ends_with(" 46"));
-        if done {
-            break body;
-        }
-        assert!(Instant::now() < deadline, "outputs not all acknowledged:\n{body}");
-        std::thread::sleep(Duration::from_millis(250));
-    };
+        if done { Ok(body) } else { Err(format!("\n{body}")) }
+    });
 
     let mut wanted = metric_names(&std::fs::read_to_string("config/grafana/dashboards/tenancy-bridge.json").unwrap());
     wanted.extend(metric_names(&std::fs::read_to_string("config/prometheus/rules.yml").unwrap()));

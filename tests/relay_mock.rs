@@ -144,26 +144,22 @@ impl Running {
     }
 
     fn wait_acked(&self, outputs: u64, timeout: Duration) {
-        let deadline = Instant::now() + timeout;
-        loop {
+        common::wait_for("outputs not all acknowledged", Instant::now() + timeout, || {
             let n = self.acked();
             if n >= outputs {
-                return;
+                return Ok(());
             }
             assert!(!self.thread.is_finished(), "relay stopped early");
-            assert!(Instant::now() < deadline, "only {n} of {outputs} outputs acknowledged");
-            std::thread::sleep(Duration::from_millis(20));
-        }
+            Err(format!("only {n} of {outputs}"))
+        });
     }
 
     /// Waits until the relay decides from whitelist `version`.
     fn wait_whitelist(&self, version: u64, timeout: Duration) {
         let snapshot = self.snapshot.as_ref().expect("a file-backed whitelist");
-        let deadline = Instant::now() + timeout;
-        while snapshot.load().version() != version {
-            assert!(Instant::now() < deadline, "whitelist version {version} never loaded");
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        common::wait_until(&format!("whitelist version {version} never loaded"), Instant::now() + timeout, || {
+            snapshot.load().version() == version
+        });
     }
 
     fn records_in(&self) -> u64 {
@@ -430,16 +426,14 @@ fn rush_topic_with_other_partition_count_degrades_only_rush() {
     common::produce(&c.prod.bootstrap_servers(), "orders", &events);
     run.wait_acked(60, Duration::from_secs(60));
     wait_committed(&c, "bridge-test", "orders", 30);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
+    common::wait_for("readiness never named the Rush topic", Instant::now() + Duration::from_secs(60), || {
         let why = run.observers.health.rush_degraded().join("; ");
         if why.contains("orders.shipping") && why.contains("1 partitions") {
-            break;
+            return Ok(());
         }
         assert!(!run.thread.is_finished(), "a Rush topic mistake stopped production");
-        assert!(Instant::now() < deadline, "readiness never named the Rush topic: {why:?}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+        Err(format!("{why:?}"))
+    });
     run.stop().unwrap();
 }
 
@@ -469,11 +463,9 @@ fn permanent_prod_failure_stops_without_committing_past_it() {
     // Prod now refuses every write (this test's producer is done): the next output fails for good.
     c.prod.request_errors(RDKafkaApiKey::Produce, &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED; 64]);
     let run = start(&c, c.config(HEADER_ROUTE, ""));
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !run.thread.is_finished() {
-        assert!(Instant::now() < deadline, "relay did not stop on a fatal produce error");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    common::wait_until("relay did not stop on a fatal produce error", Instant::now() + Duration::from_secs(60), || {
+        run.thread.is_finished()
+    });
     let err = run.thread.join().unwrap().unwrap_err().to_string();
     assert!(err.contains("prod") && err.contains("orders"), "{err}");
     let committed = common::committed(&c.prod.bootstrap_servers(), "bridge-test", "orders", PARTITIONS);
@@ -510,9 +502,9 @@ fn dead_letters_refused_writes(extra_bridge: &str) {
     // Every input once per service, on its output or dead-lettered for that service, never both.
     // Outputs may repeat: the mock shows an aborted transaction's records (exactly-once writes
     // the batch around a refusal again) and does not hide them from read_committed readers.
-    let deadline = Instant::now() + Duration::from_secs(60);
     let all: std::collections::BTreeSet<Vec<u8>> = (0..90).map(|i: usize| i.to_string().into_bytes()).collect();
-    let dead = loop {
+    let what = "not every input accounted for: (outputs, dead letters, complete)";
+    let dead = common::wait_for(what, Instant::now() + Duration::from_secs(60), || {
         assert!(!run.thread.is_finished(), "the relay stopped on a poison record");
         let dead = common::read_all(&c.prod.bootstrap_servers(), DEAD_LETTER, usize::MAX, Duration::from_secs(5));
         let accounted = ["payment", "shipping"].map(|svc| {
@@ -541,14 +533,8 @@ fn dead_letters_refused_writes(extra_bridge: &str) {
                 outputs.union(&dead_set).cloned().collect::<std::collections::BTreeSet<_>>() == all,
             )
         });
-        if accounted.iter().all(|a| a.2) {
-            break dead;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "not every input accounted for: (outputs, dead letters, complete) {accounted:?}"
-        );
-    };
+        if accounted.iter().all(|a| a.2) { Ok(dead) } else { Err(format!("{accounted:?}")) }
+    });
     assert!(!dead.is_empty(), "nothing was refused: the injection missed the outputs");
     for d in &dead {
         assert_eq!(d.header("tenancy-bridge-dlq-reason"), Some(&b"MessageSizeTooLarge"[..]));
@@ -579,15 +565,14 @@ fn wait_rush_lane_caught_up(c: &Clusters) {
 }
 
 fn wait_committed(c: &Clusters, group: &str, topic: &str, total: i64) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let n: i64 = common::committed(&c.prod.bootstrap_servers(), group, topic, PARTITIONS).values().sum();
-        if n >= total {
-            return;
-        }
-        assert!(Instant::now() < deadline, "{group} committed {n} of {total} on {topic}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    common::wait_for(
+        &format!("{group} did not commit {total} on {topic}"),
+        Instant::now() + Duration::from_secs(30),
+        || {
+            let n: i64 = common::committed(&c.prod.bootstrap_servers(), group, topic, PARTITIONS).values().sum();
+            if n >= total { Ok(()) } else { Err(format!("committed {n}")) }
+        },
+    );
 }
 
 #[test]
@@ -616,18 +601,14 @@ fn a_rush_cluster_that_refuses_or_disappears_never_stops_production() {
     // Every input is committed on prod while Rush is away, and the Rush lane keeps failing.
     wait_committed(&c, "bridge-test", "orders", 630);
     let m = &run.observers.metrics;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while m.rush_lane_restarts.get() < 2 {
+    common::wait_until("the Rush lane never noticed Rush was away", Instant::now() + Duration::from_secs(60), || {
         assert!(!run.thread.is_finished(), "the bridge stopped because Rush did");
-        assert!(Instant::now() < deadline, "the Rush lane never noticed Rush was away");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+        m.rush_lane_restarts.get() >= 2
+    });
     assert!(!run.observers.health.rush_degraded().is_empty(), "readiness must say Rush is degraded");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while m.rush_backlog.get() == 0 && m.rush_backlog_age.get() == 0.0 {
-        assert!(Instant::now() < deadline, "the Rush backlog was never reported");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    common::wait_until("the Rush backlog was never reported", Instant::now() + Duration::from_secs(60), || {
+        m.rush_backlog.get() != 0 || m.rush_backlog_age.get() != 0.0
+    });
     // shipping: every event; payment: U2's half of events 30..630.
     let prod_only = m.sum(&m.records_out, &[("cluster", "prod")]);
     assert_eq!(prod_only, 630 + 300, "every prod output is written while Rush is away");
@@ -660,11 +641,10 @@ fn instances_share_partitions_and_hand_over_on_rebalance() {
         |r: std::ops::Range<usize>| -> Vec<Input> { r.map(|i| event(i, Some(users[i % 3]), b"{}".to_vec())).collect() };
     let acked = |runs: &[&Running]| -> u64 { runs.iter().map(|r| r.acked()).sum() };
     let wait = |runs: &[&Running], n: u64| {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while acked(runs) < n {
-            assert!(Instant::now() < deadline, "only {} of {n} outputs acknowledged", acked(runs));
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        common::wait_for("outputs not all acknowledged", Instant::now() + Duration::from_secs(60), || {
+            let got = acked(runs);
+            if got >= n { Ok(()) } else { Err(format!("only {got} of {n}")) }
+        })
     };
 
     let a = start(&c, config.clone());
@@ -674,24 +654,24 @@ fn instances_share_partitions_and_hand_over_on_rebalance() {
     let b = start(&c, config.clone());
     // Split and settled: both hold partitions, all of them between the two, for a whole second
     // (mid-rebalance, under load, the counts pass through other states).
-    let deadline = Instant::now() + Duration::from_secs(60);
     let mut settled_since: Option<Instant> = None;
-    while settled_since.is_none_or(|t| t.elapsed() < Duration::from_secs(1)) {
+    let what = "the partitions were never split between the two";
+    common::wait_for(what, Instant::now() + Duration::from_secs(60), || {
         let (na, nb) = (a.assigned(), b.assigned());
         let split = na > 0 && nb > 0 && na + nb == PARTITIONS as usize;
         settled_since = if split { settled_since.or(Some(Instant::now())) } else { None };
-        assert!(Instant::now() < deadline, "the partitions were never split between the two ({na} + {nb})");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+        if settled_since.is_some_and(|t| t.elapsed() >= Duration::from_secs(1)) {
+            Ok(())
+        } else {
+            Err(format!("({na} + {nb})"))
+        }
+    });
     common::produce(&c.prod.bootstrap_servers(), "orders", &batch(300..600));
     wait(&[&a, &b], 1200);
     // Replays after the hand-over count towards `acked` too: wait for the second instance's
     // own share as well.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while b.records_in() == 0 {
-        assert!(Instant::now() < deadline, "the second instance got no records from its partitions");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let what = "the second instance got no records from its partitions";
+    common::wait_until(what, Instant::now() + Duration::from_secs(60), || b.records_in() > 0);
     let b_share = b.records_in();
     // The first one leaves: the second takes every partition over from its commits.
     a.stop().unwrap();
@@ -928,11 +908,7 @@ fn an_aborted_transaction_is_read_again_from_the_committed_offsets() {
         (0..300).map(|i| event(i, Some(if i % 3 == 0 { "U1" } else { "U2" }), b"{}".to_vec())).collect();
     let config = c.config(HEADER_ROUTE, "delivery = \"exactly-once\"\ninstance_id = \"mock\"");
     let run = start(&c, config);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while run.assigned() == 0 {
-        assert!(Instant::now() < deadline, "no partitions assigned");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    common::wait_until("no partitions assigned", Instant::now() + Duration::from_secs(60), || run.assigned() > 0);
     // The mock does not report transactional offset commits back: progress is read from the
     // relay's own counters, completeness from the outputs.
     let m = run.observers.metrics.clone();
@@ -943,15 +919,9 @@ fn an_aborted_transaction_is_read_again_from_the_committed_offsets() {
     c.prod.request_errors(RDKafkaApiKey::TxnOffsetCommit, &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_ILLEGAL_GENERATION; 2]);
     common::produce(&c.prod.bootstrap_servers(), "orders", &inputs[150..]);
     let deadline = Instant::now() + Duration::from_secs(60);
-    while aborted.get() == 0 {
-        assert!(Instant::now() < deadline, "the refused offsets did not abort a transaction");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    common::wait_until("the refused offsets did not abort a transaction", deadline, || aborted.get() > 0);
     let after_abort = committed.get();
-    while committed.get() < after_abort + 5 {
-        assert!(Instant::now() < deadline, "no transaction committed after the abort");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    common::wait_until("no transaction committed after the abort", deadline, || committed.get() >= after_abort + 5);
     let (aborted, committed) = (aborted.get(), committed.get());
     let read_in = common::read_all(&c.prod.bootstrap_servers(), "orders", 300, Duration::from_secs(20));
     let services = ["payment", "shipping"];

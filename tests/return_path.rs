@@ -95,11 +95,9 @@ fn rush_offsets_wait_for_the_prod_write() {
         assert_eq!(r.header("tenancy-origin"), Some(b"rush".as_slice()));
         assert_eq!(r.header("tenancy-origin-topic"), Some(b"orders".as_slice()));
     }
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while common::committed(&rush.bootstrap_servers(), GROUP, "orders", 2).values().sum::<i64>() < 10 {
-        assert!(Instant::now() < deadline, "rush offsets never committed");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    common::wait_until("rush offsets never committed", Instant::now() + Duration::from_secs(30), || {
+        common::committed(&rush.bootstrap_servers(), GROUP, "orders", 2).values().sum::<i64>() >= 10
+    });
     shutdown.store(true, Ordering::Relaxed);
     let summary = run.join().unwrap().unwrap();
     assert_eq!(summary.return_forwarded, 10);
@@ -178,8 +176,8 @@ fn refused_return_writes(extra: &str) {
         std::thread::spawn(move || relay::run(&config, whitelist::shared(Snapshot::empty()), &shutdown))
     };
     let all: std::collections::BTreeSet<Vec<u8>> = (0..40).map(|i: usize| i.to_string().into_bytes()).collect();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let (forwarded, dead) = loop {
+    let what = "not every Rush record forwarded or dead-lettered";
+    let (forwarded, dead) = common::wait_for(what, Instant::now() + Duration::from_secs(60), || {
         assert!(!run.is_finished(), "the bridge stopped on a refused return-path write");
         let dead = common::read_all(
             &prod.bootstrap_servers(),
@@ -194,15 +192,11 @@ fn refused_return_writes(extra: &str) {
         };
         let (f, d) = (tids(&fwd), tids(&dead));
         if f.union(&d).cloned().collect::<std::collections::BTreeSet<_>>() == all {
-            break (f, d);
+            Ok((f, d))
+        } else {
+            Err(format!("{} + {}", f.len(), d.len()))
         }
-        assert!(
-            Instant::now() < deadline,
-            "not every Rush record forwarded or dead-lettered: {} + {}",
-            f.len(),
-            d.len()
-        );
-    };
+    });
     assert!(!dead.is_empty(), "the injection missed the return path");
     // Exactly-once on the mock, an aborted transaction's records stay visible (see relay_mock).
     if extra.is_empty() {

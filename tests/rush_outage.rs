@@ -14,12 +14,14 @@ use std::time::{Duration, Instant};
 
 use common::invariant::{self, Delivery, StampCheck, TID};
 use common::paced::PacedProducer;
-use common::{Bridge, ConfigOpts, Input, OffsetWatcher, Read, Tansu, http_get};
+use common::{Bridge, Broker, Fixture, Input, ORDERS_ROUTE, OffsetWatcher, Read, http_get};
 
 const PARTITIONS: i32 = 3;
 const GROUP: &str = "bridge-outage";
 const USERS: usize = 40;
 static HIGH_RATE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+/// How often the bridge is looked at while Rush is frozen.
+const WATCH_EVERY: Duration = Duration::from_secs(1);
 
 fn input(i: usize) -> Input {
     let user = format!("U{}", i % USERS);
@@ -55,14 +57,22 @@ fn gauge(metrics: &str, name: &str) -> f64 {
 }
 
 /// Freezes `rush` for `secs` while events flow; returns what reached prod meanwhile.
-fn freeze(rush: &Tansu, prod: &Tansu, bridge: &mut Bridge, admin: &str, producer: &PacedProducer, secs: u64) -> Freeze {
+fn freeze(
+    rush: &Broker,
+    prod: &Broker,
+    bridge: &mut Bridge,
+    admin: &str,
+    producer: &PacedProducer,
+    secs: u64,
+) -> Freeze {
     let first = producer.produced();
     rush.signal("STOP");
     let started = Instant::now();
     let (mut peak_rss, mut said_degraded, mut peak_backlog, mut peak_age_secs) = (0, false, 0.0f64, 0.0f64);
     while started.elapsed() < Duration::from_secs(secs) {
-        // The outage itself is the point here: this loop only watches the bridge through it.
-        std::thread::sleep(Duration::from_secs(1));
+        // The outage itself is the point here, not a bet on timing: this loop only watches the
+        // bridge through it, once a second.
+        std::thread::sleep(WATCH_EVERY);
         bridge.assert_running();
         peak_rss = peak_rss.max(bridge.rss_bytes());
         let (status, body) = http_get(admin, "/readyz");
@@ -126,36 +136,25 @@ fn frozen_rush(delivery: Delivery) {
         Delivery::ExactlyOnce => format!("{GROUP}-eos"),
     };
     let group = group.as_str();
-    let (prod, rush) = (Tansu::start(), Tansu::start());
-    common::create_topic(&prod.bootstrap, "orders", PARTITIONS);
-    let dir = tempfile::tempdir().unwrap();
-    let wl = dir.path().join("whitelist.json");
-    common::write_atomic(&wl, &common::whitelist_json(1, &[("U1", &["payment"])]));
-    let admin = format!("127.0.0.1:{}", common::free_port());
-    let text = common::config_text(&ConfigOpts {
-        prod: &prod.bootstrap,
-        rush: &rush.bootstrap,
-        whitelist: &wl,
-        group,
-        routes: "[[routes]]\ntopic = \"orders\"\nservices = [\"payment\", \"shipping\"]\nuser = { header = \"x-user-id\" }\nreturn_path = true\n",
-        extra_bridge: match delivery {
+    let f = Fixture::builder()
+        .topic("orders", PARTITIONS)
+        .whitelist(1, &[("U1", &["payment"])])
+        .group(group)
+        .routes(&format!("{ORDERS_ROUTE}return_path = true\n"))
+        .bridge(match delivery {
             Delivery::AtLeastOnce => "",
             Delivery::ExactlyOnce => "delivery = \"exactly-once\"\ninstance_id = \"frozen\"",
-        },
-        kafka: "\"session.timeout.ms\" = 6000\n\"max.poll.interval.ms\" = 10000",
-    })
-    .replace("listen = \"127.0.0.1:0\"", &format!("listen = \"{admin}\""));
-    let config = dir.path().join("bridge.toml");
-    std::fs::write(&config, text).unwrap();
+        })
+        .admin()
+        .build();
+    let (prod, rush, admin) = (&f.prod, &f.rush, f.admin());
 
-    let mut bridge = Bridge::start(&config);
+    let mut bridge = Bridge::start(&f.config);
     let producer = PacedProducer::start(&prod.bootstrap, "orders", 400, input);
     let watcher = OffsetWatcher::new(&prod.bootstrap, group);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while watcher.committed("orders", PARTITIONS) < 1_000 {
-        assert!(Instant::now() < deadline, "the bridge committed nothing");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    common::wait_until("the bridge committed nothing", Instant::now() + Duration::from_secs(60), || {
+        watcher.committed("orders", PARTITIONS) >= 1_000
+    });
 
     let runs = [(400, long), (2_500, 20)];
     let mut report = Vec::new();
@@ -163,9 +162,16 @@ fn frozen_rush(delivery: Delivery) {
         // The two deliveries run side by side; their high-rate freezes take turns, so neither
         // measures the other's CPU load on a 2-core machine.
         let _turn = (rate > 1_000).then(|| HIGH_RATE.lock().unwrap_or_else(|e| e.into_inner()));
+        // Before the freeze, the producer runs at the new rate and the bridge keeps up with it:
+        // it has committed the first second's worth of events at that rate.
         producer.rate.store(rate, Ordering::Relaxed);
-        std::thread::sleep(Duration::from_secs(3));
-        let f = freeze(&rush, &prod, &mut bridge, &admin, &producer, secs);
+        let warmed_up = (producer.produced() + rate as usize) as i64;
+        let what = format!("the bridge did not keep up with {rate} events/s before the freeze");
+        common::wait_until(&what, Instant::now() + Duration::from_secs(60), || {
+            bridge.assert_running();
+            producer.produced() as i64 >= warmed_up && watcher.committed("orders", PARTITIONS) >= warmed_up
+        });
+        let f = freeze(rush, prod, &mut bridge, admin, &producer, secs);
         let share = f.reached_prod as f64 / f.expected_prod as f64;
         eprintln!(
             "{delivery:?}: rush frozen {secs} s at {rate} events/s: {} events, {}/{} prod outputs ({:.1} %) reached prod during \

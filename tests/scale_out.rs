@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use common::chaos::{CommitWatch, kill9, read_outputs_of, user};
 use common::invariant::{self, StampCheck, TID};
 use common::paced::PacedProducer;
-use common::{Bridge, ConfigOpts, Input, OffsetWatcher, Read, Tansu};
+use common::{Bridge, Broker, ConfigOpts, Input, OffsetWatcher, Read};
 use tenancy_bridge::config::Delivery;
 
 const PARTITIONS: i32 = 6;
@@ -39,13 +39,13 @@ fn input(i: usize) -> Input {
 /// the coordinator settles, the run passes: 32,430 events, 0 violations for read_committed and
 /// read_uncommitted readers, offsets never went back. Killed instances are restarted with
 /// their id, as a supervisor would: tansu never expires a dead producer's open transaction
-/// (`exactly_once::tansu_never_expires_a_dead_producers_transaction`), so a killed instance
+/// (`broker_behaviour::tansu_never_expires_a_dead_producers_transaction`), so a killed instance
 /// that stays dead would hold read_committed readers of its partitions for good there; Apache
 /// Kafka aborts it after `bridge.transaction_timeout`.
 #[test]
 #[ignore = "tansu 0.6's group coordinator livelocks under this churn in most runs (issue 10)"]
 fn instances_join_leave_and_die_under_load_exactly_once() {
-    let (prod, rush) = (Tansu::start(), Tansu::start());
+    let (prod, rush) = (Broker::start(), Broker::start());
     common::create_topic(&prod.bootstrap, "orders", PARTITIONS);
     scale_out(&prod.bootstrap, &rush.bootstrap, "", Delivery::ExactlyOnce);
 }
@@ -109,11 +109,11 @@ fn scale_out(prod_bootstrap: &str, rush_bootstrap: &str, extra_bridge: &str, del
     // Each step waits until the group has committed `more` inputs past where it was.
     let progress = |what: &str, more: i64| {
         let from = watcher.committed("orders", PARTITIONS);
-        let deadline = Instant::now() + Duration::from_secs(120);
-        while watcher.committed("orders", PARTITIONS) < from + more {
-            assert!(Instant::now() < deadline, "{what}: no progress past {from}");
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        common::wait_until(
+            &format!("{what}: no progress past {from}"),
+            Instant::now() + Duration::from_secs(120),
+            || watcher.committed("orders", PARTITIONS) >= from + more,
+        );
     };
     let started = Instant::now();
     let mut live: HashMap<&str, Bridge> = HashMap::new();
@@ -142,11 +142,9 @@ fn scale_out(prod_bootstrap: &str, rush_bootstrap: &str, extra_bridge: &str, del
     progress("s5 joined", 2_000);
     let total = producer.finish();
     let rate = total as f64 / started.elapsed().as_secs_f64();
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while watcher.committed("orders", PARTITIONS) < total as i64 {
-        assert!(Instant::now() < deadline, "not every input committed");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    common::wait_until("not every input committed", Instant::now() + Duration::from_secs(120), || {
+        watcher.committed("orders", PARTITIONS) >= total as i64
+    });
     let inputs = common::read_all(&prod.bootstrap, "orders", total, Duration::from_secs(60));
     assert_eq!(inputs.len(), total);
     let by_tid: HashMap<&[u8], &Read> = inputs.iter().map(|r| (r.header(TID).unwrap(), r)).collect();
@@ -161,7 +159,7 @@ fn scale_out(prod_bootstrap: &str, rush_bootstrap: &str, extra_bridge: &str, del
         b.stop(Duration::from_secs(60));
     }
     let went_back = backwards.finish();
-    // tansu shows aborted records to read_committed readers (tests/exactly_once.rs probes it):
+    // tansu shows aborted records to read_committed readers (tests/broker_behaviour.rs probes it):
     // duplicates on one cluster are counted there, judged strictly only on a broker that hides
     // them. Lost and on-both are violations everywhere.
     let committed = invariant::check_with(

@@ -12,7 +12,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::invariant::TID;
-use common::{Bridge, ConfigOpts, Input, Tansu};
+use common::{Bridge, Fixture, Input, ORDERS_ROUTE};
 use rdkafka::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Headers as _, Message};
@@ -93,30 +93,18 @@ impl Instance {
 
 #[test]
 fn four_scenarios_old_and_new_producers_and_consumers() {
-    let (prod, rush) = (Tansu::start(), Tansu::start());
-    common::create_topic(&prod.bootstrap, "orders", PARTITIONS);
-    let dir = tempfile::tempdir().unwrap();
-    let wl = dir.path().join("whitelist.json");
-    common::write_atomic(&wl, &common::whitelist_json(1, &[("U1", &["payment"])]));
-    let config = dir.path().join("bridge.toml");
-    let text = common::config_text(&ConfigOpts {
-        prod: &prod.bootstrap,
-        rush: &rush.bootstrap,
-        whitelist: &wl,
-        group: GROUP,
-        routes: "[[routes]]\ntopic = \"orders\"\nservices = [\"payment\", \"shipping\"]\n\
-                 user = { header = \"x-user-id\" }\nreturn_path = true\n",
-        extra_bridge: "",
-        kafka: "\"session.timeout.ms\" = 6000\n\"max.poll.interval.ms\" = 10000",
-    });
-    std::fs::write(&config, text).unwrap();
-    let mut bridge = Bridge::start(&config);
+    let f = Fixture::builder()
+        .topic("orders", PARTITIONS)
+        .whitelist(1, &[("U1", &["payment"])])
+        .group(GROUP)
+        .routes(&format!("{ORDERS_ROUTE}return_path = true\n"))
+        .build();
+    let (prod, rush, config) = (&f.prod, &f.rush, &f.config);
+    let mut bridge = Bridge::start(config);
     // The bridge creates the outputs on both clusters and the raw topic on Rush.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !common::topic_exists(&rush.bootstrap, "orders") {
-        assert!(Instant::now() < deadline, "bridge did not create rush:orders");
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    common::wait_until("bridge did not create rush:orders", Instant::now() + Duration::from_secs(30), || {
+        common::topic_exists(&rush.bootstrap, "orders")
+    });
 
     let mut instances: Vec<Instance> = ["payment", "shipping"]
         .iter()
@@ -145,21 +133,21 @@ fn four_scenarios_old_and_new_producers_and_consumers() {
         }
     }
     let expected: usize = want.values().map(Vec::len).sum();
-    let deadline = Instant::now() + Duration::from_secs(90);
+    // Every delivery, then two quiet seconds in which no duplicate shows up.
     let mut quiet_since = Instant::now();
-    loop {
+    common::wait_for("not every delivery arrived", Instant::now() + Duration::from_secs(90), || {
         let total: usize = instances.iter().map(|i| i.got.len()).sum();
         if total >= expected && quiet_since.elapsed() > Duration::from_secs(2) {
-            break;
+            return Ok(());
         }
-        assert!(Instant::now() < deadline, "only {total} of {expected} deliveries");
         bridge.assert_running();
         for inst in &mut instances {
             while inst.poll() {
                 quiet_since = Instant::now();
             }
         }
-    }
+        Err(format!("only {total} of {expected} deliveries"))
+    });
 
     let mut report = String::new();
     for inst in &instances {
@@ -194,7 +182,7 @@ fn four_scenarios_old_and_new_producers_and_consumers() {
 
     // Anyone can check the invariant on the real topics.
     let out =
-        Command::new(env!("CARGO_BIN_EXE_tenancy-bridge")).args(["verify", "--config"]).arg(&config).output().unwrap();
+        Command::new(env!("CARGO_BIN_EXE_tenancy-bridge")).args(["verify", "--config"]).arg(config).output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     eprintln!("verify:\n{text}{}", String::from_utf8_lossy(&out.stderr));
     assert!(out.status.success(), "verify failed");
@@ -218,7 +206,7 @@ fn four_scenarios_old_and_new_producers_and_consumers() {
     common::produce(&rush.bootstrap, "orders.shipping", &[on_both]);
     common::produce(&prod.bootstrap, "orders.payment", &[input(2, 4)]);
     let out =
-        Command::new(env!("CARGO_BIN_EXE_tenancy-bridge")).args(["verify", "--config"]).arg(&config).output().unwrap();
+        Command::new(env!("CARGO_BIN_EXE_tenancy-bridge")).args(["verify", "--config"]).arg(config).output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(1), "{text}");
     assert!(text.contains("orders -> shipping: input [0]@1: on both clusters"), "{text}");

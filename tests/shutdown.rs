@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use common::invariant::{self, StampCheck, TID};
-use common::{Bridge, ConfigOpts, Input, OffsetWatcher, Tansu};
+use common::{Bridge, Fixture, Input, OffsetWatcher};
 
 const EVENTS: usize = 40_000;
 const PARTITIONS: i32 = 4;
@@ -37,24 +37,14 @@ fn records_in(summary: &str) -> i64 {
 
 #[test]
 fn sigterm_under_load_loses_nothing_and_exits_within_the_drain_deadline() {
-    let (prod, rush) = (Tansu::start(), Tansu::start());
-    common::create_topic(&prod.bootstrap, "orders", PARTITIONS);
-    let dir = tempfile::tempdir().unwrap();
-    let wl = dir.path().join("whitelist.json");
-    common::write_atomic(&wl, &common::whitelist_json(1, &[("U3", &["payment"]), ("U7", &["payment", "shipping"])]));
+    let f = Fixture::builder()
+        .topic("orders", PARTITIONS)
+        .whitelist(1, &[("U3", &["payment"]), ("U7", &["payment", "shipping"])])
+        .group(GROUP)
+        .build();
+    let (prod, rush, config) = (&f.prod, &f.rush, &f.config);
     let drain = Duration::from_secs(20);
-    let text = common::config_text(&ConfigOpts {
-        prod: &prod.bootstrap,
-        rush: &rush.bootstrap,
-        whitelist: &wl,
-        group: GROUP,
-        routes: "[[routes]]\ntopic = \"orders\"\nservices = [\"payment\", \"shipping\"]\nuser = { header = \"x-user-id\" }\n",
-        extra_bridge: "",
-        kafka: "\"session.timeout.ms\" = 6000\n\"max.poll.interval.ms\" = 10000",
-    });
-    assert!(text.contains("drain_timeout = \"20s\""));
-    let config = dir.path().join("bridge.toml");
-    std::fs::write(&config, text).unwrap();
+    assert!(f.text.contains("drain_timeout = \"20s\""));
 
     // A producer writing as fast as it can for the whole first run.
     let produced = Arc::new(AtomicUsize::new(0));
@@ -76,13 +66,11 @@ fn sigterm_under_load_loses_nothing_and_exits_within_the_drain_deadline() {
         })
     };
 
-    let bridge = Bridge::start(&config);
+    let bridge = Bridge::start(config);
     let watcher = OffsetWatcher::new(&prod.bootstrap, GROUP);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while watcher.committed("orders", PARTITIONS) < 5_000 {
-        assert!(Instant::now() < deadline, "the bridge committed nothing under load");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    common::wait_until("the bridge committed nothing under load", Instant::now() + Duration::from_secs(60), || {
+        watcher.committed("orders", PARTITIONS) >= 5_000
+    });
     let signalled = Instant::now();
     let summary = bridge.stop(drain + Duration::from_secs(5));
     let took = signalled.elapsed();
@@ -98,11 +86,11 @@ fn sigterm_under_load_loses_nothing_and_exits_within_the_drain_deadline() {
 
     // The Rush lane stops on its own schedule: Rush copies of what the first run read may still
     // wait in the outbox, which is in flight, not lost.
-    let (ok, text) = verify(&config);
+    let (ok, text) = verify(config);
     assert!(ok && text.contains("invariant held"), "after the first run: {text}");
     stop_producing.store(true, Ordering::Relaxed);
     producer.join().unwrap();
-    let bridge = Bridge::start(&config);
+    let bridge = Bridge::start(config);
     let deadline = Instant::now() + Duration::from_secs(120);
     common::wait_until("the restart did not finish the rest", deadline, || {
         watcher.committed("orders", PARTITIONS) >= EVENTS as i64
@@ -114,7 +102,7 @@ fn sigterm_under_load_loses_nothing_and_exits_within_the_drain_deadline() {
     let second = records_in(&bridge.stop(drain + Duration::from_secs(5)));
     assert_eq!(first + second, EVENTS as i64, "a graceful stop replays nothing");
 
-    let (ok, text) = verify(&config);
+    let (ok, text) = verify(config);
     assert!(ok, "{text}");
     assert!(text.contains(&format!("route orders ({EVENTS} input records)")), "{text}");
     for line in text.lines().filter(|l| l.trim_start().starts_with("payment") || l.trim_start().starts_with("shipping"))

@@ -7,7 +7,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::invariant::{self, StampCheck, TID};
-use common::{Bridge, ConfigOpts, Input, OffsetWatcher, Tansu};
+use common::{Bridge, Fixture, Input, OffsetWatcher};
 use rdkafka::ClientConfig;
 use rdkafka::producer::{DefaultProducerContext, Producer, ThreadedProducer};
 
@@ -24,36 +24,18 @@ fn json(i: usize, user: &str, pad: usize) -> Input {
     }
 }
 
-/// A bridge config on two tansu brokers, with a short group join.
-fn config_text((prod, rush): (&Tansu, &Tansu), wl: &std::path::Path, group: &str, routes: &str) -> String {
-    common::config_text(&ConfigOpts {
-        prod: &prod.bootstrap,
-        rush: &rush.bootstrap,
-        whitelist: wl,
-        group,
-        routes,
-        extra_bridge: "",
-        kafka: "\"session.timeout.ms\" = 6000\n\"max.poll.interval.ms\" = 10000",
-    })
-}
-
 #[test]
 fn two_megabyte_records_reach_their_outputs_and_outputs_keep_their_inputs_settings() {
-    let (prod, rush) = (Tansu::start(), Tansu::start());
-    common::create_topic_with(&prod.bootstrap, "big", 3, &[("max.message.bytes", LIMIT)]);
-    common::create_topic_with(
-        &prod.bootstrap,
-        "cdc",
-        3,
-        &[("cleanup.policy", "compact"), ("retention.ms", "86400000")],
-    );
-    let dir = tempfile::tempdir().unwrap();
-    let wl = dir.path().join("whitelist.json");
-    common::write_atomic(&wl, &common::whitelist_json(1, &[("U1", &["payment"])]));
     let routes = "[[routes]]\ntopic = \"big\"\nservices = [\"payment\", \"shipping\"]\nuser = { json = \"/user_id\" }\n\
                   [[routes]]\ntopic = \"cdc\"\nservices = [\"payment\"]\nuser = { json = \"/user_id\" }\n";
-    let config = dir.path().join("bridge.toml");
-    std::fs::write(&config, config_text((&prod, &rush), &wl, GROUP, routes)).unwrap();
+    let f = Fixture::builder()
+        .topic_with("big", 3, &[("max.message.bytes", LIMIT)])
+        .topic_with("cdc", 3, &[("cleanup.policy", "compact"), ("retention.ms", "86400000")])
+        .whitelist(1, &[("U1", &["payment"])])
+        .group(GROUP)
+        .routes(routes)
+        .build();
+    let (prod, rush, config) = (&f.prod, &f.rush, &f.config);
 
     // Four records of ~2 MB, two of them the whitelisted user's: each larger than librdkafka's
     // default message.max.bytes (1,000,000), within the topic's 4 MiB.
@@ -72,7 +54,7 @@ fn two_megabyte_records_reach_their_outputs_and_outputs_keep_their_inputs_settin
     }
     producer.flush(Duration::from_secs(60)).unwrap();
 
-    let mut bridge = Bridge::start(&config);
+    let mut bridge = Bridge::start(config);
     let watcher = OffsetWatcher::new(&prod.bootstrap, GROUP);
     common::wait_until("the bridge did not relay the large records", Instant::now() + Duration::from_secs(90), || {
         bridge.assert_running();
@@ -115,7 +97,7 @@ fn two_megabyte_records_reach_their_outputs_and_outputs_keep_their_inputs_settin
 
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_tenancy-bridge"))
         .args(["validate", "--topics", "--config"])
-        .arg(&config)
+        .arg(config)
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
@@ -132,23 +114,18 @@ fn two_megabyte_records_reach_their_outputs_and_outputs_keep_their_inputs_settin
 
 #[test]
 fn a_record_no_output_takes_goes_to_the_dead_letter_topic_and_production_flows_past_it() {
-    let (prod, rush) = (Tansu::start(), Tansu::start());
-    common::create_topic_with(&prod.bootstrap, "big", 3, &[("max.message.bytes", LIMIT)]);
-    let dir = tempfile::tempdir().unwrap();
-    let wl = dir.path().join("whitelist.json");
-    common::write_atomic(&wl, &common::whitelist_json(1, &[("U1", &["payment"])]));
     let group = "bridge-dead-letter";
-    let routes =
-        "[[routes]]\ntopic = \"big\"\nservices = [\"payment\", \"shipping\"]\nuser = { json = \"/user_id\" }\n";
-    let text = config_text((&prod, &rush), &wl, group, routes);
     // An operator capped the bridge's producer below what the input accepts: the 2 MB records
     // are poison for every output, and for the dead-letter topic too (their value is left out).
-    let admin = format!("127.0.0.1:{}", common::free_port());
-    let text = text
-        .replacen("[rush]", "[prod.producer]\n\"message.max.bytes\" = 1000000\n[rush]", 1)
-        .replace("listen = \"127.0.0.1:0\"", &format!("listen = \"{admin}\""));
-    let config = dir.path().join("bridge.toml");
-    std::fs::write(&config, text).unwrap();
+    let f = Fixture::builder()
+        .topic_with("big", 3, &[("max.message.bytes", LIMIT)])
+        .whitelist(1, &[("U1", &["payment"])])
+        .group(group)
+        .routes("[[routes]]\ntopic = \"big\"\nservices = [\"payment\", \"shipping\"]\nuser = { json = \"/user_id\" }\n")
+        .toml("[prod.producer]\n\"message.max.bytes\" = 1000000\n")
+        .admin()
+        .build();
+    let (prod, rush, config, admin) = (&f.prod, &f.rush, &f.config, f.admin());
 
     let inputs: Vec<Input> = (0..40)
         .map(|i| json(i, if i % 2 == 0 { "U1" } else { "U2" }, if i % 10 == 3 { 2_000_000 } else { 1000 }))
@@ -163,7 +140,7 @@ fn a_record_no_output_takes_goes_to_the_dead_letter_topic_and_production_flows_p
     }
     producer.flush(Duration::from_secs(60)).unwrap();
 
-    let mut bridge = Bridge::start(&config);
+    let mut bridge = Bridge::start(config);
     let watcher = OffsetWatcher::new(&prod.bootstrap, group);
     let deadline = Instant::now() + Duration::from_secs(90);
     common::wait_until("the bridge did not get past the poison records", deadline, || {
@@ -200,7 +177,7 @@ fn a_record_no_output_takes_goes_to_the_dead_letter_topic_and_production_flows_p
     assert_eq!((delivered("payment"), delivered("shipping")), (36, 36));
     assert_eq!(r["payment"].len(), 20, "U1's records on Rush");
 
-    let (_, metrics) = common::http_get(&admin, "/metrics");
+    let (_, metrics) = common::http_get(admin, "/metrics");
     let counted = |svc: &str| {
         metrics.lines().any(|l| {
             l.contains("dead_letter_total{")
@@ -215,7 +192,7 @@ fn a_record_no_output_takes_goes_to_the_dead_letter_topic_and_production_flows_p
 
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_tenancy-bridge"))
         .args(["verify", "--config"])
-        .arg(&config)
+        .arg(config)
         .output()
         .unwrap();
     let report = String::from_utf8_lossy(&out.stdout);

@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::invariant::TID;
-use common::{Bridge, ConfigOpts, Input, Tansu};
+use common::{Bridge, Fixture, Input, ORDERS_ROUTE};
 
 const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 const PARENT: &str = "00f067aa0ba902b7";
@@ -84,32 +84,21 @@ fn ids(tp: &[u8]) -> (String, String) {
 
 #[test]
 fn trace_context_is_continued_and_hop_spans_are_exported() {
-    let (prod, rush) = (Tansu::start(), Tansu::start());
-    common::create_topic(&prod.bootstrap, "orders", 1);
     let (otlp, bodies) = otlp_receiver();
-    let dir = tempfile::tempdir().unwrap();
-    let wl = dir.path().join("whitelist.json");
-    common::write_atomic(&wl, &common::whitelist_json(1, &[("U1", &["payment"])]));
-    let text = common::config_text(&ConfigOpts {
-        prod: &prod.bootstrap,
-        rush: &rush.bootstrap,
-        whitelist: &wl,
-        group: "bridge-tracing",
-        routes: "[[routes]]\ntopic = \"orders\"\nservices = [\"payment\", \"shipping\"]\n\
-                 user = { header = \"x-user-id\" }\nreturn_path = true\n",
-        extra_bridge: "",
-        kafka: "\"session.timeout.ms\" = 6000\n\"max.poll.interval.ms\" = 10000",
-    }) + &format!(
-        "[telemetry]\notlp_endpoint = \"{otlp}\"\notlp_protocol = \"http/json\"\nservice_name = \"bridge-under-test\"\n"
-    );
-    let config = dir.path().join("bridge.toml");
-    std::fs::write(&config, text).unwrap();
-    let bridge = Bridge::start(&config);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !common::topic_exists(&rush.bootstrap, "orders") {
-        assert!(Instant::now() < deadline);
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    let f = Fixture::builder()
+        .topic("orders", 1)
+        .whitelist(1, &[("U1", &["payment"])])
+        .group("bridge-tracing")
+        .routes(&format!("{ORDERS_ROUTE}return_path = true\n"))
+        .toml(&format!(
+            "[telemetry]\notlp_endpoint = \"{otlp}\"\notlp_protocol = \"http/json\"\nservice_name = \"bridge-under-test\"\n"
+        ))
+        .build();
+    let (prod, rush) = (&f.prod, &f.rush);
+    let bridge = Bridge::start(&f.config);
+    common::wait_until("the bridge did not create rush:orders", Instant::now() + Duration::from_secs(30), || {
+        common::topic_exists(&rush.bootstrap, "orders")
+    });
     let input = traced(1, "U1", TRACE, PARENT);
     common::produce(&prod.bootstrap, "orders", std::slice::from_ref(&input));
     common::produce(&rush.bootstrap, "orders", &[traced(2, "U9", RETURN_TRACE, RETURN_PARENT)]);
@@ -132,15 +121,11 @@ fn trace_context_is_continued_and_hop_spans_are_exported() {
     assert_ne!(rspan, RETURN_PARENT);
 
     bridge.stop(Duration::from_secs(30));
-    let deadline = Instant::now() + Duration::from_secs(15);
-    let all = loop {
-        let all = bodies.lock().unwrap().join("\n");
-        if all.contains(&span) && all.contains(&rspan) {
-            break all;
-        }
-        assert!(Instant::now() < deadline, "hop spans never reached the receiver: {all}");
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let all =
+        common::wait_for("hop spans never reached the receiver", Instant::now() + Duration::from_secs(15), || {
+            let all = bodies.lock().unwrap().join("\n");
+            if all.contains(&span) && all.contains(&rspan) { Ok(all) } else { Err(all) }
+        });
     assert!(all.starts_with("POST /v1/traces"), "{all}");
     for want in [
         TRACE,

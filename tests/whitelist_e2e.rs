@@ -5,15 +5,17 @@
 mod common;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use common::invariant::{self, StampCheck, TID};
-use common::{Bridge, Input, Mapper, Read, Tansu};
+use common::{Bridge, Fixture, Input, OffsetWatcher, Read};
 use tenancy_bridge::clock::now_ms;
 use tenancy_bridge::whitelist::client::MapperClient;
 
 const TOKEN: &str = "qa:0123456789abcdef-e2e-token";
+/// More events than the test asks of the Config Mapper outage (300), relayed during it.
+const OUTAGE_EVENTS: i64 = 400;
 
 fn event(seq: usize, user: &str) -> Input {
     let sent = now_ms();
@@ -30,30 +32,6 @@ fn event(seq: usize, user: &str) -> Input {
     }
 }
 
-/// A bridge config on these brokers, reading the whitelist from `mapper` with `whitelist` keys.
-fn bridge_config(
-    prod: &Tansu,
-    rush: &Tansu,
-    mapper: &Mapper,
-    group: &str,
-    routes: &str,
-    whitelist: &str,
-) -> std::path::PathBuf {
-    let config = mapper.dir.path().join(format!("{group}.toml"));
-    let text = common::config_text(&common::ConfigOpts {
-        prod: &prod.bootstrap,
-        rush: &rush.bootstrap,
-        whitelist: std::path::Path::new("unused"),
-        group,
-        routes,
-        extra_bridge: "",
-        kafka: "\"max.poll.interval.ms\" = 10000\n\"session.timeout.ms\" = 6000",
-    })
-    .replace("file = \"unused\"\nrefresh = \"100ms\"", &format!("url = \"{}\"\n{whitelist}", mapper.url));
-    std::fs::write(&config, text).unwrap();
-    config
-}
-
 fn sent_ms(r: &Read) -> i64 {
     let v: serde_json::Value = serde_json::from_slice(r.payload.as_deref().unwrap()).unwrap();
     v["sent_ms"].as_i64().unwrap()
@@ -61,22 +39,24 @@ fn sent_ms(r: &Read) -> i64 {
 
 #[test]
 fn new_entry_takes_effect_within_a_refresh_and_an_outage_blocks_nothing() {
-    let prod = Tansu::start();
-    let rush = Tansu::start();
-    common::create_topic(&prod.bootstrap, "orders", 2);
-    let mut mapper = Mapper::start(TOKEN);
+    let mut f = Fixture::builder()
+        .topic("orders", 2)
+        .mapper(TOKEN, "refresh = \"1s\"")
+        .group("wl-e2e")
+        .routes("[[routes]]\ntopic = \"orders\"\nservices = [\"payment\"]\nuser = { header = \"x-user-id\" }\n")
+        .admin()
+        .build();
     let client =
-        MapperClient::new(&mapper.url, Some("0123456789abcdef-e2e-token".into()), Duration::from_secs(5)).unwrap();
+        MapperClient::new(&f.mapper().url, Some("0123456789abcdef-e2e-token".into()), Duration::from_secs(5)).unwrap();
     client.add("U1", &["payment".into()], Duration::from_secs(3600), Some("e2e baseline")).unwrap();
-
-    let routes = "[[routes]]\ntopic = \"orders\"\nservices = [\"payment\"]\nuser = { header = \"x-user-id\" }\n";
-    let config = bridge_config(&prod, &rush, &mapper, "wl-e2e", routes, "refresh = \"1s\"");
-    let mut bridge = Bridge::start(&config);
+    let (prod, rush) = (&f.prod, &f.rush);
+    let mut bridge = Bridge::start(&f.config);
 
     // A steady stream for two users, 100 events/s each, from a standard producer.
     let stop = Arc::new(AtomicBool::new(false));
+    let sent = Arc::new(AtomicUsize::new(0));
     let producer = {
-        let (stop, bootstrap) = (stop.clone(), prod.bootstrap.clone());
+        let (stop, sent, bootstrap) = (stop.clone(), sent.clone(), prod.bootstrap.clone());
         std::thread::spawn(move || {
             let p = common::producer(&bootstrap);
             let mut seq = 0;
@@ -85,27 +65,51 @@ fn new_entry_takes_effect_within_a_refresh_and_an_outage_blocks_nothing() {
                     seq += 1;
                     common::send(&p, "orders", &event(seq, u));
                 }
+                sent.store(seq, Ordering::Relaxed);
                 std::thread::sleep(Duration::from_millis(10));
             }
             rdkafka::producer::Producer::flush(&p, Duration::from_secs(30)).unwrap();
             seq
         })
     };
+    // Whether a record of `user` has reached `orders.payment` on the cluster at `bootstrap`.
+    let reached = |bootstrap: &str, user: &[u8]| {
+        let read = common::read_until(&[(bootstrap, "orders.payment")], usize::MAX, Duration::from_secs(2));
+        read[0].iter().any(|o| o.header("x-user-id") == Some(user))
+    };
 
-    // The pipeline is up once U1's events reach Rush.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while common::read_until(&[(rush.bootstrap.as_str(), "orders.payment")], 1, Duration::from_secs(2))[0].is_empty() {
-        assert!(Instant::now() < deadline, "the bridge never routed U1 to Rush");
+    // The pipeline is up once U1's events reach Rush, and U7's reach prod: U7's switch will be
+    // a point in its stream.
+    common::wait_until("the bridge never routed U1 to Rush", Instant::now() + Duration::from_secs(60), || {
         bridge.assert_running();
-    }
-    std::thread::sleep(Duration::from_millis(500));
+        !common::read_until(&[(rush.bootstrap.as_str(), "orders.payment")], 1, Duration::from_secs(2))[0].is_empty()
+    });
+    common::wait_until("the bridge never routed U7 to prod", Instant::now() + Duration::from_secs(60), || {
+        bridge.assert_running();
+        reached(&prod.bootstrap, b"U7")
+    });
     let added_at = now_ms();
     client.add("U7", &["payment".into()], Duration::from_secs(3600), Some("e2e switch")).unwrap();
-    std::thread::sleep(Duration::from_secs(4));
+    // The refresh applied: U7's events reach Rush.
+    common::wait_until("U7 never reached Rush", Instant::now() + Duration::from_secs(60), || {
+        bridge.assert_running();
+        reached(&rush.bootstrap, b"U7")
+    });
 
-    // Outage: the Config Mapper goes away; traffic must keep flowing on the last snapshot.
-    mapper.kill();
-    std::thread::sleep(Duration::from_secs(3));
+    // Outage: the Config Mapper goes away; traffic must keep flowing on the last snapshot, past
+    // failed refreshes: the bridge has met the outage twice and relayed more than enough
+    // events sent since.
+    f.mapper.as_mut().unwrap().kill();
+    let killed_at = now_ms();
+    let sent_at_kill = sent.load(Ordering::Relaxed) as i64;
+    let watcher = OffsetWatcher::new(&prod.bootstrap, "wl-e2e");
+    let errors = "tenancy_bridge_whitelist_refresh_errors_total";
+    let what = "the bridge did not relay through two failed whitelist refreshes";
+    common::wait_until(what, Instant::now() + Duration::from_secs(60), || {
+        bridge.assert_running();
+        common::metric(f.admin(), errors).unwrap_or(0.0) >= 2.0
+            && watcher.committed("orders", 2) > sent_at_kill + OUTAGE_EVENTS
+    });
     stop.store(true, Ordering::Relaxed);
     let produced = producer.join().unwrap();
     bridge.assert_running();
@@ -131,7 +135,7 @@ fn new_entry_takes_effect_within_a_refresh_and_an_outage_blocks_nothing() {
         .expect("U7 never reached Rush");
     let switch_offset = first_rush.offset;
     let latency = sent_ms(first_rush) - added_at;
-    let after_kill = inputs.iter().filter(|i| sent_ms(i) > added_at + 4_000).count();
+    let after_kill = inputs.iter().filter(|i| sent_ms(i) > killed_at).count();
     eprintln!(
         "whitelist change reached the relay {latency} ms after the PUT (refresh 1 s); \
          {produced} events, {after_kill} of them during the Config Mapper outage"
@@ -148,17 +152,17 @@ fn new_entry_takes_effect_within_a_refresh_and_an_outage_blocks_nothing() {
 
 #[test]
 fn lookup_mode_through_the_binary() {
-    let prod = Tansu::start();
-    let rush = Tansu::start();
-    common::create_topic(&prod.bootstrap, "orders", 2);
-    let mapper = Mapper::start(TOKEN);
+    let f = Fixture::builder()
+        .topic("orders", 2)
+        .mapper(TOKEN, "mode = \"lookup\"\ncache_ttl = \"30s\"\nnegative_ttl = \"30s\"")
+        .group("lookup-e2e")
+        .routes("[[routes]]\ntopic = \"orders\"\nservices = [\"payment\"]\nuser = { key = true }\n")
+        .build();
+    let (prod, rush, config) = (&f.prod, &f.rush, &f.config);
     let client =
-        MapperClient::new(&mapper.url, Some("0123456789abcdef-e2e-token".into()), Duration::from_secs(5)).unwrap();
+        MapperClient::new(&f.mapper().url, Some("0123456789abcdef-e2e-token".into()), Duration::from_secs(5)).unwrap();
     client.add("U1", &["payment".into()], Duration::from_secs(3600), None).unwrap();
 
-    let routes = "[[routes]]\ntopic = \"orders\"\nservices = [\"payment\"]\nuser = { key = true }\n";
-    let lookup = "mode = \"lookup\"\ncache_ttl = \"30s\"\nnegative_ttl = \"30s\"";
-    let config = bridge_config(&prod, &rush, &mapper, "lookup-e2e", routes, lookup);
     let users = ["U1", "U2", "U3"];
     let inputs: Vec<Input> = (0..600)
         .map(|i| {
@@ -173,7 +177,7 @@ fn lookup_mode_through_the_binary() {
         })
         .collect();
     common::produce(&prod.bootstrap, "orders", &inputs);
-    let bridge = Bridge::start(&config);
+    let bridge = Bridge::start(config);
     let read_in = common::read_all(&prod.bootstrap, "orders", 600, Duration::from_secs(60));
     let (p, r) =
         common::read_services(&prod.bootstrap, &rush.bootstrap, "orders", &["payment"], 600, Duration::from_secs(120));

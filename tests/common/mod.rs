@@ -2,8 +2,10 @@
 //! produce inputs and read every output back.
 #![allow(dead_code)]
 
+pub mod broker;
 pub mod chaos;
 pub mod invariant;
+pub mod kafka;
 pub mod paced;
 
 use std::collections::BTreeMap;
@@ -50,11 +52,9 @@ impl Tansu {
             .spawn()
             .expect("start tansu");
         let bootstrap = format!("127.0.0.1:{port}");
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while TcpStream::connect(&bootstrap).is_err() {
-            assert!(Instant::now() < deadline, "tansu did not listen on {bootstrap}");
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        wait_until(&format!("tansu did not listen on {bootstrap}"), Instant::now() + Duration::from_secs(20), || {
+            TcpStream::connect(&bootstrap).is_ok()
+        });
         Self { bootstrap, child }
     }
 }
@@ -78,6 +78,79 @@ impl Drop for Tansu {
         let _ = Command::new("kill").args(["-CONT", &self.child.id().to_string()]).status();
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// Which broker a test runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BrokerKind {
+    /// tansu 0.6: starts in a second; no KIP-447 check, shows aborted records to read_committed
+    /// readers, never expires a dead producer's transaction.
+    Tansu,
+    /// Apache Kafka (KRaft), the broker users run: the proof of every delivery guarantee.
+    Kafka,
+}
+
+impl BrokerKind {
+    /// `TEST_BROKER=kafka` or `tansu` (the default): the broker of tests that run on either.
+    pub fn from_env() -> Self {
+        match std::env::var("TEST_BROKER").as_deref() {
+            Ok("kafka") => Self::Kafka,
+            Ok("tansu") | Ok("") | Err(_) => Self::Tansu,
+            Ok(other) => panic!("TEST_BROKER={other:?}: expected kafka or tansu"),
+        }
+    }
+
+    /// Whether the broker implements transactions fully: KIP-447 fencing, read_committed
+    /// readers that never see aborted records, expiry of a dead producer's transaction.
+    pub fn full_transactions(self) -> bool {
+        self == Self::Kafka
+    }
+}
+
+/// A broker process (tansu or Apache Kafka) on free loopback ports, killed on drop.
+pub struct Broker {
+    pub bootstrap: String,
+    pub kind: BrokerKind,
+    process: Process,
+}
+
+enum Process {
+    Tansu(Tansu),
+    Kafka(kafka::Kafka),
+}
+
+impl Broker {
+    /// A broker of the kind `TEST_BROKER` names.
+    pub fn start() -> Self {
+        Self::of(BrokerKind::from_env())
+    }
+
+    pub fn of(kind: BrokerKind) -> Self {
+        let process = match kind {
+            BrokerKind::Tansu => Process::Tansu(Tansu::start()),
+            BrokerKind::Kafka => Process::Kafka(kafka::Kafka::start()),
+        };
+        let bootstrap = match &process {
+            Process::Tansu(t) => t.bootstrap.clone(),
+            Process::Kafka(k) => k.bootstrap.clone(),
+        };
+        Self { bootstrap, kind, process }
+    }
+
+    pub fn pid(&self) -> u32 {
+        match &self.process {
+            Process::Tansu(t) => t.pid(),
+            Process::Kafka(k) => k.pid(),
+        }
+    }
+
+    /// Freezes (`STOP`) or thaws (`CONT`) the broker process.
+    pub fn signal(&self, signal: &str) {
+        match &self.process {
+            Process::Tansu(t) => t.signal(signal),
+            Process::Kafka(k) => k.signal(signal),
+        }
     }
 }
 
@@ -190,14 +263,10 @@ impl Bridge {
     /// exits; returns its status and what it printed.
     pub fn terminate(mut self, within: Duration) -> (std::process::ExitStatus, String) {
         let _ = Command::new("kill").args(["-TERM", &self.0.id().to_string()]).status();
-        let deadline = Instant::now() + within;
-        let status = loop {
-            if let Some(s) = self.0.try_wait().unwrap() {
-                break s;
-            }
-            assert!(Instant::now() < deadline, "bridge did not exit within {within:?} of SIGTERM");
-            std::thread::sleep(Duration::from_millis(50));
-        };
+        let status =
+            wait_for(&format!("bridge did not exit within {within:?} of SIGTERM"), Instant::now() + within, || {
+                self.0.try_wait().unwrap().ok_or_else(String::new)
+            });
         let mut out = String::new();
         if let Some(stdout) = self.0.stdout.as_mut() {
             std::io::Read::read_to_string(stdout, &mut out).unwrap();
@@ -228,23 +297,36 @@ pub fn create_topic_with(bootstrap: &str, name: &str, partitions: i32, settings:
     }
     // Wait for the metadata to show it.
     let c: BaseConsumer = ClientConfig::new().set("bootstrap.servers", bootstrap).create().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
+    wait_until(&format!("topic {name} not visible"), Instant::now() + Duration::from_secs(15), || {
         let md = c.fetch_metadata(Some(name), Duration::from_secs(5)).unwrap();
-        if md.topics().first().is_some_and(|t| t.partitions().len() == partitions as usize) {
-            return;
-        }
-        assert!(Instant::now() < deadline, "topic {name} not visible");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+        md.topics().first().is_some_and(|t| t.partitions().len() == partitions as usize)
+    });
 }
 
-/// Polls `done` until it holds; fails naming `what` once `deadline` has passed. `done` may
-/// assert on its own (a process still running, say).
+/// How often a wait checks its condition.
+const POLL: Duration = Duration::from_millis(50);
+
+/// Checks `done` every 50 ms until it holds; fails naming `what` once `deadline` has passed.
+/// `done` may assert on its own (a process still running, say), and may do work of its own
+/// each time (read a topic with a timeout, produce a few records).
 pub fn wait_until(what: &str, deadline: Instant, mut done: impl FnMut() -> bool) {
-    while !done() {
-        assert!(Instant::now() < deadline, "{what}");
-        std::thread::sleep(Duration::from_millis(50));
+    wait_for(what, deadline, || if done() { Ok(()) } else { Err(String::new()) })
+}
+
+/// Like [`wait_until`], for a condition that finds something on the way: `found` returns
+/// `Ok(value)` to end the wait with it, or `Err(state)`, what it sees so far, which the failure
+/// message shows after `what` once `deadline` has passed.
+pub fn wait_for<T>(what: &str, deadline: Instant, mut found: impl FnMut() -> Result<T, String>) -> T {
+    loop {
+        match found() {
+            Ok(value) => return value,
+            Err(state) => {
+                if Instant::now() >= deadline {
+                    if state.is_empty() { panic!("{what}") } else { panic!("{what}: {state}") }
+                }
+            }
+        }
+        std::thread::sleep(POLL);
     }
 }
 
@@ -352,16 +434,12 @@ impl Reader {
             .unwrap();
         // A topic the bridge has not created yet has no partitions: wait for them, or the
         // reader would read nothing, forever.
-        let deadline = Instant::now() + Duration::from_secs(60);
-        let parts = loop {
-            let md = consumer.fetch_metadata(Some(topic), Duration::from_secs(10)).unwrap();
-            let n = md.topics().first().map_or(0, |t| t.partitions().len()) as i32;
-            if n > 0 {
-                break n;
-            }
-            assert!(Instant::now() < deadline, "topic {topic} never appeared");
-            std::thread::sleep(Duration::from_millis(100));
-        };
+        let parts =
+            wait_for(&format!("topic {topic} never appeared"), Instant::now() + Duration::from_secs(60), || {
+                let md = consumer.fetch_metadata(Some(topic), Duration::from_secs(10)).unwrap();
+                let n = md.topics().first().map_or(0, |t| t.partitions().len()) as i32;
+                if n > 0 { Ok(n) } else { Err(String::new()) }
+            });
         let mut tpl = TopicPartitionList::new();
         for p in 0..parts {
             tpl.add_partition_offset(topic, p, Offset::Beginning).unwrap();
@@ -527,4 +605,223 @@ commit_interval = "200ms"
         extra = o.extra_bridge,
         routes = o.routes,
     )
+}
+
+/// The route most broker tests relay: `orders` to payment and shipping, the user in a header.
+pub const ORDERS_ROUTE: &str =
+    "[[routes]]\ntopic = \"orders\"\nservices = [\"payment\", \"shipping\"]\nuser = { header = \"x-user-id\" }\n";
+
+/// The consumer settings every broker test uses: a short group join and poll interval.
+pub const SHORT_SESSION: &str = "\"session.timeout.ms\" = 6000\n\"max.poll.interval.ms\" = 10000";
+
+/// What a broker test starts from: two brokers (prod and Rush) of the kind `TEST_BROKER` names
+/// (or [`FixtureBuilder::on`] forces), a whitelist (a file, or a Config Mapper process), and a
+/// bridge config written to `config` (not started). Built with [`Fixture::builder`]; the builder's
+/// defaults are group `bridge`, [`ORDERS_ROUTE`], [`SHORT_SESSION`] and an empty whitelist file.
+pub struct Fixture {
+    pub prod: Broker,
+    pub rush: Broker,
+    /// The Config Mapper, when the whitelist comes from one.
+    pub mapper: Option<Mapper>,
+    /// The whitelist file (unused when a Config Mapper serves the whitelist).
+    pub whitelist: PathBuf,
+    /// The admin endpoint (`/metrics`, `/readyz`) of the bridge, if asked for with
+    /// [`FixtureBuilder::admin`]; otherwise it listens on a port nobody knows.
+    pub admin: Option<String>,
+    /// The bridge config file, and its text.
+    pub config: PathBuf,
+    pub text: String,
+    options: FixtureBuilder,
+    pub dir: tempfile::TempDir,
+}
+
+/// A topic to create: name, partitions, topic-level settings.
+type TopicSpec = (String, i32, Vec<(String, String)>);
+
+/// Options of a [`Fixture`]; [`FixtureBuilder::build`] starts and writes everything.
+#[derive(Clone)]
+pub struct FixtureBuilder {
+    topics: Vec<TopicSpec>,
+    whitelist: String,
+    mapper: Option<(String, String)>,
+    group: String,
+    routes: String,
+    bridge: String,
+    kafka: String,
+    toml: String,
+    admin: bool,
+    broker: BrokerKind,
+}
+
+impl Fixture {
+    pub fn builder() -> FixtureBuilder {
+        FixtureBuilder {
+            broker: BrokerKind::from_env(),
+            topics: Vec::new(),
+            whitelist: whitelist_json(1, &[]),
+            mapper: None,
+            group: "bridge".into(),
+            routes: ORDERS_ROUTE.into(),
+            bridge: String::new(),
+            kafka: SHORT_SESSION.into(),
+            toml: String::new(),
+            admin: false,
+        }
+    }
+
+    /// The admin endpoint's address; the fixture must have been built with one.
+    pub fn admin(&self) -> &str {
+        self.admin.as_deref().expect("built without .admin()")
+    }
+
+    pub fn mapper(&self) -> &Mapper {
+        self.mapper.as_ref().expect("built without .mapper()")
+    }
+
+    /// Writes `text` as another config file of this fixture, `name` in its directory.
+    pub fn write_config(&self, name: &str, text: &str) -> PathBuf {
+        let path = self.dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    /// A config for one instance of the fixture's group: `instance_id = "{id}"` added to the
+    /// `[bridge]` options, its admin endpoint on a port of its own. Written to `{id}.toml`;
+    /// returns its path and the admin address.
+    pub fn instance(&self, id: &str) -> (PathBuf, String) {
+        let admin = format!("127.0.0.1:{}", free_port());
+        let text = self.options.text(self, &format!("{}\ninstance_id = \"{id}\"", self.options.bridge), Some(&admin));
+        (self.write_config(&format!("{id}.toml"), &text), admin)
+    }
+
+    /// Replaces the whitelist file, as a deploy tool would.
+    pub fn set_whitelist(&self, version: u64, entries: &[(&str, &[&str])]) {
+        write_atomic(&self.whitelist, &whitelist_json(version, entries));
+    }
+}
+
+impl FixtureBuilder {
+    /// A topic created on prod before anything else runs.
+    pub fn topic(self, name: &str, partitions: i32) -> Self {
+        self.topic_with(name, partitions, &[])
+    }
+
+    /// A topic created on prod with topic-level settings.
+    pub fn topic_with(mut self, name: &str, partitions: i32, settings: &[(&str, &str)]) -> Self {
+        let settings = settings.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        self.topics.push((name.into(), partitions, settings));
+        self
+    }
+
+    /// The whitelist file's first content.
+    pub fn whitelist(mut self, version: u64, entries: &[(&str, &[&str])]) -> Self {
+        self.whitelist = whitelist_json(version, entries);
+        self
+    }
+
+    /// The whitelist from a Config Mapper process with token file `tokens`, read with the
+    /// `[whitelist]` keys `keys` (`refresh = "1s"`, `mode = "lookup"`, …).
+    pub fn mapper(mut self, tokens: &str, keys: &str) -> Self {
+        self.mapper = Some((tokens.into(), keys.into()));
+        self
+    }
+
+    /// The bridge's consumer group.
+    pub fn group(mut self, group: &str) -> Self {
+        self.group = group.into();
+        self
+    }
+
+    /// The `[[routes]]` tables.
+    pub fn routes(mut self, routes: &str) -> Self {
+        self.routes = routes.into();
+        self
+    }
+
+    /// Extra `[bridge]` keys (`delivery = "exactly-once"`, …).
+    pub fn bridge(mut self, lines: &str) -> Self {
+        self.bridge = lines.into();
+        self
+    }
+
+    /// Extra librdkafka properties for the consumers, after [`SHORT_SESSION`].
+    pub fn kafka(mut self, lines: &str) -> Self {
+        self.kafka = format!("{SHORT_SESSION}\n{lines}");
+        self
+    }
+
+    /// More TOML at the end of the config (`[telemetry]`, `[prod.producer]`, …).
+    pub fn toml(mut self, text: &str) -> Self {
+        self.toml.push_str(text);
+        self
+    }
+
+    /// The bridge's admin endpoint on a known port (`Fixture::admin`).
+    pub fn admin(mut self) -> Self {
+        self.admin = true;
+        self
+    }
+
+    /// Runs on `kind` whatever `TEST_BROKER` says (a test that shows a broker's own limits).
+    pub fn on(mut self, kind: BrokerKind) -> Self {
+        self.broker = kind;
+        self
+    }
+
+    /// Starts the brokers (and the Config Mapper), creates the topics, writes the whitelist
+    /// file and `bridge.toml`.
+    pub fn build(self) -> Fixture {
+        let (prod, rush) = (Broker::of(self.broker), Broker::of(self.broker));
+        for (name, partitions, settings) in &self.topics {
+            let settings: Vec<(&str, &str)> = settings.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+            create_topic_with(&prod.bootstrap, name, *partitions, &settings);
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let whitelist = dir.path().join("whitelist.json");
+        write_atomic(&whitelist, &self.whitelist);
+        let mapper = self.mapper.as_ref().map(|(tokens, _)| Mapper::start(tokens));
+        let admin = self.admin.then(|| format!("127.0.0.1:{}", free_port()));
+        let mut f = Fixture {
+            prod,
+            rush,
+            mapper,
+            whitelist,
+            admin,
+            config: PathBuf::new(),
+            text: String::new(),
+            options: self,
+            dir,
+        };
+        f.text = f.options.text(&f, &f.options.bridge, f.admin.as_deref());
+        f.config = f.write_config("bridge.toml", &f.text);
+        f
+    }
+
+    fn text(&self, f: &Fixture, bridge: &str, admin: Option<&str>) -> String {
+        let mut text = config_text(&ConfigOpts {
+            prod: &f.prod.bootstrap,
+            rush: &f.rush.bootstrap,
+            whitelist: &f.whitelist,
+            group: &self.group,
+            routes: &self.routes,
+            extra_bridge: bridge,
+            kafka: &self.kafka,
+        });
+        if let Some(admin) = admin {
+            text = text.replace("listen = \"127.0.0.1:0\"", &format!("listen = \"{admin}\""));
+        }
+        if let (Some(mapper), Some((_, keys))) = (&f.mapper, &self.mapper) {
+            let file = format!("file = \"{}\"\nrefresh = \"100ms\"", f.whitelist.display());
+            text = text.replace(&file, &format!("url = \"{}\"\n{keys}", mapper.url));
+        }
+        text + &self.toml
+    }
+}
+
+/// A metric of the bridge whose admin endpoint is `admin`: the value of the first line that
+/// starts with `series` (name and labels); `None` while it does not listen yet or has no
+/// such series.
+pub fn metric(admin: &str, series: &str) -> Option<f64> {
+    TcpStream::connect(admin).ok()?;
+    chaos::gauge(&http_get(admin, "/metrics").1, series)
 }
