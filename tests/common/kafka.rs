@@ -160,8 +160,13 @@ fn cluster_id() -> String {
             x ^= x << 13;
             x ^= x >> 7;
             x ^= x << 17;
-            // The 22nd character carries the last 2 of 128 bits: its low 4 bits stay zero.
-            let index = if i == 21 { (x % 4) * 16 } else { x % 64 };
+            // The 22nd character carries the last 2 of 128 bits: its low 4 bits stay zero. The
+            // first is a letter: one starting with '-' would read as an option.
+            let index = match i {
+                0 => x % 52,
+                21 => (x % 4) * 16,
+                _ => x % 64,
+            };
             ALPHABET[index as usize] as char
         })
         .collect()
