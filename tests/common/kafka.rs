@@ -68,8 +68,13 @@ impl Kafka {
             "group.initial.rebalance.delay.ms=0".to_owned(),
             "num.partitions=1".to_owned(),
             "auto.create.topics.enable=false".to_owned(),
-            // Small segments and fast checks keep the log folder small; nothing here is durable.
-            "log.flush.interval.messages=9223372036854775807".to_owned(),
+            // Tests write records with fixed timestamps of 2025: with Kafka's time-based segment
+            // roll and retention (7 days by the record timestamps), every batch would start a
+            // new segment and reads would crawl. Nothing here lives long enough to need either.
+            "log.roll.hours=876000".to_owned(),
+            "log.retention.ms=-1".to_owned(),
+            // A group may use the short sessions the tests set (Kafka's floor is 6 s).
+            "group.min.session.timeout.ms=1000".to_owned(),
         ];
         props.extend(extra.iter().map(|s| (*s).to_owned()));
         let config = dir.path().join("server.properties");

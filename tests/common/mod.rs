@@ -539,7 +539,11 @@ impl OffsetWatcher {
         for p in 0..partitions {
             tpl.add_partition(topic, p);
         }
-        let r = self.0.committed_offsets(tpl, Duration::from_secs(10)).unwrap();
+        // Apache Kafka answers "coordinator not available" while it loads the offsets topic
+        // (first use after its start): asked again, as a consumer would.
+        let r = wait_for("committed offsets", Instant::now() + Duration::from_secs(30), || {
+            self.0.committed_offsets(tpl.clone(), Duration::from_secs(10)).map_err(|e| e.to_string())
+        });
         r.elements()
             .iter()
             .filter_map(|e| e.offset().to_raw().filter(|o| *o >= 0).map(|o| (e.partition(), o)))
