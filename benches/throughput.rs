@@ -1,8 +1,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-//! End-to-end throughput and latency harness (not a test). Every run gets two fresh tansu
-//! brokers (prod, Rush) and a pre-filled input of `RECORDS` (1,000,000) JSON records of
-//! `PAYLOAD_BYTES` (1 KiB) for 10,000 users, 1 in 100 whitelisted for payment, on 4
-//! partitions. Contestants, in an order that rotates each round:
+//! End-to-end throughput and latency harness (not a test). Every run gets two fresh brokers
+//! (prod, Rush; tansu, or Apache Kafka with `TEST_BROKER=kafka`) and a pre-filled input of
+//! `RECORDS` (1,000,000) JSON records of `PAYLOAD_BYTES` (1 KiB) for 10,000 users, 1 in 100
+//! whitelisted for payment, on 4 partitions. Contestants, in an order that rotates each round:
 //!
 //! - the strongest plain alternatives: a rust-rdkafka copy loop writing 1, 3 or 10 copies of
 //!   each record (`throughput/baselines.rs`) and a Python confluent-kafka relay (`relay.py`);
@@ -113,7 +113,8 @@ fn main() {
         &format!(
             "{records} records of {size} B (1/N of them for N copies or services, at least 100,000; 200,000 with \
              Rush frozen), {PARTITIONS} partitions, {USERS} users (1 in {WHITELISTED_EVERY} \
-             whitelisted for payment), two tansu brokers, fresh for every run"
+             whitelisted for payment), two {:?} brokers, fresh for every run",
+            common::BrokerKind::from_env()
         ),
     );
     latency::print(&latency);
@@ -121,8 +122,8 @@ fn main() {
 
 /// One run of `who` on fresh brokers and a freshly filled input.
 fn one(round: usize, who: Who, inputs: &[common::Input], size: usize, dir: &tempfile::TempDir) -> report::Outcome {
-    let prod = common::Tansu::start();
-    let rush = common::Tansu::start();
+    let prod = common::Broker::start();
+    let rush = common::Broker::start();
     common::create_topic(&prod.bootstrap, INPUT, PARTITIONS);
     let fill = Instant::now();
     for _ in 0..who.passes() {

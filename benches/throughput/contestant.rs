@@ -134,8 +134,8 @@ pub fn input(i: usize, size: usize, user_at: UserAt) -> common::Input {
 pub fn start(
     who: Who,
     dir: &tempfile::TempDir,
-    prod: &common::Tansu,
-    rush: &common::Tansu,
+    prod: &common::Broker,
+    rush: &common::Broker,
     group: &str,
     mapper: Option<&str>,
     fetch_wait_ms: Option<u64>,

@@ -67,7 +67,7 @@ fn timed_input(i: usize) -> common::Input {
 }
 
 fn one(dir: &tempfile::TempDir, round: usize, who: Who, rate: u64, secs: u64) -> Latency {
-    let (prod, rush) = (common::Tansu::start(), common::Tansu::start());
+    let (prod, rush) = (common::Broker::start(), common::Broker::start());
     common::create_topic(&prod.bootstrap, INPUT, PARTITIONS);
     let group = format!("latency-{round}-{rate}-{}", who.name().replace([' ', '×'], "-"));
     let fetch_wait_ms = std::env::var("LATENCY_FETCH_WAIT_MS").ok().and_then(|v| v.parse().ok());
