@@ -18,9 +18,8 @@ cargo clippy --release --locked --all-targets -- -D warnings
 # What proves a delivery guarantee runs on Apache Kafka, the broker users run; the rest runs
 # where it is fastest (tansu, librdkafka's mock cluster, no broker). Every file in tests/ is in
 # exactly one list.
-# `migrate` is not yet shown on Apache Kafka (docs/guarantees.md): it stays on tansu for now.
-delivery=(exactly_once decided_once rush_outage shutdown)
-functional=(broker_behaviour cleanup cli config_mapper demo e2e_tansu layers lookup_scale migrate observability
+delivery=(exactly_once decided_once rush_outage shutdown migrate)
+functional=(broker_behaviour cleanup cli config_mapper demo e2e_tansu layers lookup_scale observability
   relay_mock return_path scale_out scenarios topic_settings tracing whitelist_e2e)
 for f in tests/*.rs; do
   name="$(basename "$f" .rs)"

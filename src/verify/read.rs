@@ -13,8 +13,13 @@ use crate::config::ClusterConfig;
 use crate::kafka::admin_config;
 
 const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
-/// Once every partition reached its high watermark, this much quiet ends a read.
+/// Once every partition reached its high watermark, this much quiet ends a read (a broker that
+/// reports a high watermark short by a batch, tansu, delivers the rest meanwhile)...
 const SETTLE: Duration = Duration::from_millis(200);
+/// ...or this long past the marks, quiet or not: Apache Kafka answers a fetch as soon as a
+/// record arrives, so a topic still being written is never quiet, and a read waiting for quiet
+/// there ran to its timeout (300 s).
+const PAST_THE_MARKS: Duration = Duration::from_secs(1);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReadError {
@@ -152,10 +157,18 @@ impl ClusterReader {
             reached.insert(e.partition(), done);
         }
         let (started, mut quiet_since) = (Instant::now(), Instant::now());
+        let mut all_reached_at: Option<Instant> = None;
         loop {
             let all_reached = reached.values().all(|r| *r);
+            if all_reached {
+                all_reached_at.get_or_insert_with(Instant::now);
+            }
+            let past_the_marks = all_reached_at.is_some_and(|t| t.elapsed() >= PAST_THE_MARKS);
             let quiet = quiet_since.elapsed();
-            if (all_reached && quiet >= SETTLE) || quiet >= self.idle || started.elapsed() >= self.timeout {
+            if (all_reached && (quiet >= SETTLE || past_the_marks))
+                || quiet >= self.idle
+                || started.elapsed() >= self.timeout
+            {
                 break;
             }
             match self.consumer.poll(Duration::from_millis(50)) {
