@@ -1,6 +1,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-//! `migrate` and `explain` on two brokers (Apache Kafka in the test command, `TEST_BROKER`): a service's consumer group moves from `orders`
-//! to `orders.payment` and back while the bridge relays, and everything it processes across the
+//! `migrate` and `explain` on two brokers (Apache Kafka in the test command, `TEST_BROKER`): a
+//! service's consumer group moves from `orders` to `orders.payment` and back while the bridge
+//! relays, and everything it processes across the
 //! three stretches is checked event by event.
 
 mod common;
