@@ -68,9 +68,9 @@ impl Kafka {
             "group.initial.rebalance.delay.ms=0".to_owned(),
             "num.partitions=1".to_owned(),
             "auto.create.topics.enable=false".to_owned(),
-            // Tests write records with fixed timestamps of 2025: with Kafka's time-based segment
-            // roll and retention (7 days by the record timestamps), every batch would start a
-            // new segment and reads would crawl. Nothing here lives long enough to need either.
+            // Tests write records with fixed timestamps of 2025: Kafka's time-based segment roll
+            // and retention (7 days, judged by record timestamps) must not act on them. Nothing
+            // here lives long enough to need either.
             "log.roll.hours=876000".to_owned(),
             "log.retention.ms=-1".to_owned(),
             // A group may use the short sessions the tests set (Kafka's floor is 6 s).
