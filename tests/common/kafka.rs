@@ -150,6 +150,11 @@ impl Drop for Kafka {
         let _ = Command::new("kill").args(["-CONT", &self.child.id().to_string()]).status();
         let _ = self.child.kill();
         let _ = self.child.wait();
+        // `KEEP_KAFKA_LOGS=dir` keeps each broker's log, named by its port, for a post-mortem.
+        if let Some(keep) = std::env::var_os("KEEP_KAFKA_LOGS") {
+            let name = format!("kafka-{}.log", self.bootstrap.rsplit(':').next().unwrap_or("0"));
+            let _ = std::fs::copy(self.dir.path().join("server.log"), std::path::Path::new(&keep).join(name));
+        }
     }
 }
 

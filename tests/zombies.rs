@@ -1,0 +1,169 @@
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+//! What a replaced or dead instance costs, on Apache Kafka: the broker itself refuses a zombie's
+//! offsets (KIP-447), and read_committed readers wait for a dead instance's open transaction
+//! until its `instance_id` comes back or the broker aborts it after the transaction timeout.
+
+mod common;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::chaos::{kill9, read_outputs_of, user};
+use common::invariant::{self, StampCheck, TID};
+use common::paced::PacedProducer;
+use common::{Bridge, BrokerKind, Fixture, Input, OffsetWatcher, Read, Reader};
+use rdkafka::error::KafkaError;
+
+const PARTITIONS: i32 = 3;
+const USERS: usize = 40;
+
+/// The broker's own fencing, not the bridge's staleness guard: offsets sent in a transaction
+/// with the group metadata of a generation that a rebalance replaced are refused, the
+/// transaction can only abort, and neither its outputs nor its offsets become visible. The
+/// bridge treats that refusal as an abort (its records are read again), not as fatal.
+#[test]
+fn apache_kafka_refuses_offsets_sent_with_a_replaced_members_generation() {
+    let prod = common::Broker::of(BrokerKind::Kafka);
+    let refused = common::broker::commit_with_a_replaced_generation(&prod.bootstrap)
+        .expect_err("Apache Kafka took offsets from a replaced generation");
+    eprintln!("Apache Kafka refused the stale offsets: {refused}");
+    match &refused {
+        KafkaError::Transaction(e) => {
+            assert!(e.txn_requires_abort(), "the refusal must leave the transaction abortable: {e}");
+            assert!(!e.is_fatal(), "the refusal must not be fatal to the producer: {e}");
+        }
+        other => panic!("expected a transaction error, got {other}"),
+    }
+}
+
+fn input(i: usize) -> Input {
+    let user = format!("U{}", i % USERS);
+    Input {
+        partition: (i % PARTITIONS as usize) as i32,
+        key: Some(user.clone().into_bytes()),
+        payload: Some(format!(r#"{{"n":{i},"user_id":"{user}"}}"#).into_bytes()),
+        headers: vec![(TID.into(), Some(i.to_string().into_bytes())), ("x-user-id".into(), Some(user.into_bytes()))],
+        timestamp: tenancy_bridge::clock::now_ms(),
+    }
+}
+
+/// Who takes over from the instance killed with kill -9.
+#[derive(Clone, Copy, Debug)]
+enum Successor {
+    /// An instance with another `instance_id`: the dead one's open transaction holds
+    /// read_committed readers until the broker aborts it (`bridge.transaction_timeout`, then
+    /// the broker's abort check, every 10 s by default).
+    Other,
+    /// The same `instance_id`, restarted at once, as a supervisor would: registering the id
+    /// aborts the open transaction.
+    SameId,
+}
+
+/// Read_committed readers of `orders.shipping` (every event goes there on prod) while the
+/// instance is killed with 500 events/s flowing: how long after the kill the first output of an
+/// event produced after the kill becomes visible. Everything is then checked exactly once.
+fn wait_after_kill(successor: Successor) -> Duration {
+    let group = format!("eos-dead-{successor:?}").to_lowercase();
+    let f = Fixture::builder()
+        .on(BrokerKind::Kafka)
+        .topic("orders", PARTITIONS)
+        .whitelist(1, &[("U1", &["payment"])])
+        .group(&group)
+        .bridge("delivery = \"exactly-once\"")
+        .build();
+    let (prod, rush) = (&f.prod, &f.rush);
+    let (config_a, _) = f.instance("a");
+    let (config_b, _) = f.instance("b");
+    let producer = PacedProducer::start(&prod.bootstrap, "orders", 500, input);
+    let watcher = OffsetWatcher::new(&prod.bootstrap, &group);
+    let within = |secs| Instant::now() + Duration::from_secs(secs);
+    let a = Bridge::start(&config_a);
+    // Caught up and committing steadily (a fresh broker's transaction coordinator first loads
+    // its state: A's first transactions wait for it), so that A dies with records in an open
+    // transaction.
+    common::wait_until("A catches up within 60s", within(60), || {
+        let sent = producer.produced() as i64;
+        sent > 1_000 && watcher.committed("orders", PARTITIONS) >= sent - 500
+    });
+    // A reader that notes when each output first became visible to it.
+    let seen: Arc<Mutex<HashMap<usize, Instant>>> = Arc::default();
+    let done = Arc::new(AtomicBool::new(false));
+    let reader = {
+        let (seen, done, bootstrap) = (seen.clone(), done.clone(), prod.bootstrap.clone());
+        std::thread::spawn(move || {
+            let mut r = Reader::new(&bootstrap, "orders.shipping");
+            while !done.load(Relaxed) {
+                if r.poll(Duration::from_millis(20)) {
+                    let tid = r.records.last().and_then(|o| o.header(TID)).unwrap();
+                    let n: usize = std::str::from_utf8(tid).unwrap().parse().unwrap();
+                    seen.lock().unwrap().entry(n).or_insert_with(Instant::now);
+                }
+            }
+        })
+    };
+    std::thread::sleep(Duration::from_secs(1));
+    let killed = Instant::now();
+    let sent_at_kill = producer.produced();
+    kill9(a);
+    let next = Bridge::start(match successor {
+        Successor::Other => &config_b,
+        Successor::SameId => &config_a,
+    });
+    let wait = common::wait_for("an event produced after the kill visible within 120s", within(120), || {
+        let seen = seen.lock().unwrap();
+        seen.iter().filter(|(n, _)| **n >= sent_at_kill).map(|(_, t)| *t).min().ok_or_else(String::new)
+    }) - killed;
+    let total = producer.finish();
+    common::wait_until("every input committed within 120s", within(120), || {
+        watcher.committed("orders", PARTITIONS) >= total as i64
+    });
+    done.store(true, Relaxed);
+    reader.join().unwrap();
+    let inputs = common::read_all(&prod.bootstrap, "orders", total, Duration::from_secs(60));
+    let by_tid: HashMap<&[u8], &Read> = inputs.iter().map(|r| (r.header(TID).unwrap(), r)).collect();
+    let services = ["payment", "shipping"];
+    let (p, r) = read_outputs_of(&prod.bootstrap, &rush.bootstrap, &by_tid, &services, "read_committed");
+    // What the dead instance's open transaction had written: read_uncommitted readers see it too.
+    let (pu, _) = read_outputs_of(&prod.bootstrap, &rush.bootstrap, &by_tid, &services, "read_uncommitted");
+    let held = pu["shipping"].len().saturating_sub(p["shipping"].len());
+    next.stop(Duration::from_secs(60));
+    let expected = |i: &Read, s: &str| (user(i) == "U1" && s == "payment").then(|| "U1".to_owned());
+    let report = invariant::check_with(
+        &inputs,
+        &services,
+        &p,
+        &r,
+        expected,
+        StampCheck::Header,
+        invariant::Delivery::ExactlyOnce,
+    );
+    eprintln!(
+        "{successor:?}: {total} events; read_committed readers waited {:.1}s after the kill; the dead instance's \
+         open transaction held {held} outputs of orders.shipping; {} prod + {} rush outputs, {} violations",
+        wait.as_secs_f64(),
+        report.prod,
+        report.rush,
+        report.violations.len()
+    );
+    report.assert_clean();
+    assert!(held > 0, "the instance died with nothing in an open transaction: the test measured nothing");
+    wait
+}
+
+/// With the defaults (`bridge.transaction_timeout` 10 s, session timeout 6 s here): a dead
+/// instance whose id never comes back holds read_committed readers of its partitions for at
+/// least the transaction timeout; one restarted with its id frees them sooner.
+#[test]
+fn read_committed_readers_wait_for_a_dead_instances_transaction() {
+    let other = wait_after_kill(Successor::Other);
+    let same = wait_after_kill(Successor::SameId);
+    eprintln!(
+        "read_committed wait after kill -9: {:.1}s with another id, {:.1}s with the same id restarted",
+        other.as_secs_f64(),
+        same.as_secs_f64()
+    );
+    assert!(other >= Duration::from_secs(9), "readers waited less than the transaction timeout: {other:?}");
+    assert!(same < other, "restarting with the same id did not shorten the wait: {same:?} vs {other:?}");
+}
