@@ -43,6 +43,7 @@ fn route(user: UserLocator, stamp: StampMode) -> Route {
             .collect(),
         user,
         stamp,
+        upstream_stamps: Default::default(),
         return_path: false,
         outbox_topic: "tenancy-bridge.rush.orders".into(),
         decisions_topic: "tenancy-bridge.decisions.orders".into(),

@@ -46,6 +46,9 @@ impl AdminState {
         if self.health.producer_fatal.load(Relaxed) {
             why.push("a producer is in a fatal state".into());
         }
+        if let Some(e) = self.health.forward_down() {
+            why.push(format!("forward direction starting again after: {e}"));
+        }
         // The Rush cluster is a test environment: its absence degrades, never unreadies.
         for p in ProducerRole::ALL.into_iter().filter(|p| *p != ProducerRole::Rush) {
             if self.health.unreachable(p) {

@@ -208,6 +208,8 @@ struct RawRoute {
     #[serde(default)]
     stamp: StampMode,
     #[serde(default)]
+    upstream_stamps: UpstreamStamps,
+    #[serde(default)]
     return_path: bool,
 }
 
@@ -240,6 +242,7 @@ pub struct Route {
     pub services: Vec<Service>,
     pub user: UserLocator,
     pub stamp: StampMode,
+    pub upstream_stamps: UpstreamStamps,
     pub return_path: bool,
     /// Where this route's Rush copies wait on prod for the Rush lane.
     pub outbox_topic: String,
@@ -414,6 +417,7 @@ impl Config {
                 services,
                 user,
                 stamp: r.stamp,
+                upstream_stamps: r.upstream_stamps,
                 return_path: r.return_path,
                 outbox_topic,
                 decisions_topic,
@@ -558,6 +562,31 @@ impl StampMode {
     }
     pub fn payload(self) -> bool {
         matches!(self, Self::Payload | Self::Both)
+    }
+}
+
+/// What a route does with a tenancy stamp an event already carries (set upstream by a producer
+/// library or a gateway, or passed on by a service that copies its input's headers).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum UpstreamStamps {
+    /// Honoured only for the (user, service) pairs the whitelist holds, in the epoch the event
+    /// is decided with: the whitelist stays the one authority that moves an event off prod.
+    #[default]
+    Verify,
+    /// Every well-formed stamp is honoured, whitelisted or not.
+    Trust,
+    /// Stamps are not read: the event is decided by its user, as if unstamped.
+    Ignore,
+}
+
+impl UpstreamStamps {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Verify => "verify",
+            Self::Trust => "trust",
+            Self::Ignore => "ignore",
+        }
     }
 }
 

@@ -48,6 +48,20 @@ pub enum DecisionError {
     Client(KafkaError),
 }
 
+impl DecisionError {
+    /// Whether trying again later can cure it: the decision log's broker was away or slow. A
+    /// snapshot that cannot be read back, or a client that cannot be made, stays so.
+    pub fn curable(&self) -> bool {
+        match self {
+            Self::Write { source, .. } | Self::Read { source, .. } => {
+                source.rdkafka_error_code().is_none_or(|c| !crate::kafka::needs_an_operator(c))
+            }
+            Self::WriteTimeout { .. } | Self::ReadTimeout { .. } => true,
+            Self::Snapshot { .. } | Self::Client(_) => false,
+        }
+    }
+}
+
 #[derive(Default)]
 pub struct Acks(Mutex<Vec<(usize, Result<i64, KafkaError>)>>);
 

@@ -10,7 +10,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use crate::clock::{format_rfc3339_ms, now_ms};
-use crate::config::{Config, Route};
+use crate::config::{Config, Route, UpstreamStamps};
 use crate::decision_log::DecisionReader;
 use crate::extract::{RecordView, TenancyKey};
 use crate::headers::{OUTBOX_INPUT_OFFSET, OUTBOX_OUTPUT, Provenance, dead_letter as dlq};
@@ -118,9 +118,14 @@ fn explain_user(config: &Config, route: &Route, user: &str) -> Result<Explanatio
         let _ = writeln!(text, "  {:<16} -> {cluster}:{}  ({why})", s.name, s.output_topic);
         services.push(json!({"service": s.name, "cluster": cluster, "topic": s.output_topic, "why": why}));
     }
-    text.push_str(
-        "  an event already stamped upstream (event_tenancy) is honoured over the whitelist; one with no usable \
-         user goes to prod\n",
+    let stamps = match route.upstream_stamps {
+        UpstreamStamps::Verify => "is honoured only for the (user, service) pairs the whitelist holds",
+        UpstreamStamps::Trust => "is honoured over the whitelist (upstream_stamps = \"trust\")",
+        UpstreamStamps::Ignore => "is decided by its user, the stamp ignored (upstream_stamps = \"ignore\")",
+    };
+    let _ = writeln!(
+        text,
+        "  an event already stamped upstream (event_tenancy) {stamps}; one with no usable user goes to prod"
     );
     let json = json!({
         "route": route.topic, "user": user, "whitelist_version": snapshot.version(), "mode": mode,
@@ -258,7 +263,17 @@ fn explain_record(
     let user = decision.user.as_deref().unwrap_or("-").to_owned();
     let reason = match decision.reason {
         Reason::Whitelist => format!("user {user}, looked up in the whitelist"),
-        Reason::Upstream => format!("stamped upstream for user {user}"),
+        Reason::Upstream if decision.rejected.is_empty() => format!("stamped upstream for user {user}"),
+        Reason::Upstream => format!(
+            "stamped upstream for user {user}, not honoured for {} (the whitelist did not hold them)",
+            decision
+                .rejected
+                .iter()
+                .filter_map(|i| route.services.get(i))
+                .map(|s| s.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
         Reason::Passthrough(p) => format!("production traffic ({})", p.as_str()),
     };
     let located: Vec<(String, Option<i64>)> =

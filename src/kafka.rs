@@ -80,6 +80,29 @@ pub fn classify_code(code: RDKafkaErrorCode) -> ErrorClass {
     }
 }
 
+/// Errors no restart of a client can cure: who the bridge is, what it may do, and what it was
+/// told to use. A restart cures everything else a broker says (a frozen or restarted broker, a
+/// coordinator that moved, a membership lost meanwhile).
+pub fn needs_an_operator(code: RDKafkaErrorCode) -> bool {
+    use RDKafkaErrorCode as C;
+    matches!(
+        code,
+        C::TopicAuthorizationFailed
+            | C::GroupAuthorizationFailed
+            | C::ClusterAuthorizationFailed
+            | C::TransactionalIdAuthorizationFailed
+            | C::DelegationTokenAuthorizationFailed
+            | C::SaslAuthenticationFailed
+            | C::Authentication
+            | C::InvalidConfig
+            | C::InvalidArgument
+            | C::UnsupportedFeature
+            | C::UnsupportedVersion
+            | C::UnknownTopic
+            | C::UnknownPartition
+    )
+}
+
 fn base(cluster: &ClusterConfig, role: ClientRole, client_id: &str) -> ClientConfig {
     let mut c = ClientConfig::new();
     c.set("bootstrap.servers", &cluster.bootstrap_servers);

@@ -32,6 +32,7 @@ pub struct Metrics {
     pub rush_stamped: IntCounterVec,
     pub passthrough: IntCounterVec,
     pub upstream_honoured: IntCounterVec,
+    pub upstream_rejected: IntCounterVec,
     pub produce_errors: IntCounterVec,
     pub dead_letter: IntCounterVec,
     pub uncommitted: IntGaugeVec,
@@ -57,6 +58,7 @@ pub struct Metrics {
     pub rush_backlog: IntGauge,
     pub rush_backlog_age: Gauge,
     pub rush_lane_restarts: IntCounter,
+    pub forward_restarts: IntCounter,
     pub rush_outbox_invalid: IntCounter,
     pub rush_copies_lost: IntCounter,
     pub decision_pins: IntCounter,
@@ -106,8 +108,15 @@ impl Metrics {
             )?,
             upstream_honoured: counter(
                 "upstream_honoured_total",
-                "Records whose existing event_tenancy stamp was honoured.",
+                "Records whose existing event_tenancy stamp was honoured in full (the whitelist held every pair it named, \
+                 or the route trusts stamps).",
                 &["route"],
+            )?,
+            upstream_rejected: counter(
+                "upstream_rejected_total",
+                "Copies kept on prod because an existing event_tenancy stamp named a (user, service) the whitelist \
+                 did not hold, by route and service.",
+                &["route", "service"],
             )?,
             dead_letter: counter(
                 "dead_letter_total",
@@ -253,6 +262,14 @@ impl Metrics {
                     "Times the Rush lane stopped on a Rush-side error and started again (production unaffected).",
                 )?,
             )?,
+            forward_restarts: reg(
+                &registry,
+                IntCounter::new(
+                    name("forward_restarts_total"),
+                    "Times the forward direction stopped on a fault a restart cures (a production broker frozen \
+                     or restarted, a group membership lost) and joined its group again.",
+                )?,
+            )?,
             rush_outbox_invalid: reg(
                 &registry,
                 IntCounter::new(
@@ -358,6 +375,7 @@ impl Metrics {
             upstream: self.upstream_honoured.with_label_values(&[t]),
             passthrough: Passthrough::ALL.map(|p| self.passthrough.with_label_values(&[t, p.as_str()])),
             stamped: r.services.iter().map(|s| self.rush_stamped.with_label_values(&[t, &s.name])).collect(),
+            rejected: r.services.iter().map(|s| self.upstream_rejected.with_label_values(&[t, &s.name])).collect(),
             return_in: self.return_records.with_label_values(&[t, "read"]),
             return_looped: self.return_records.with_label_values(&[t, "looped"]),
             return_forwarded: self.return_records.with_label_values(&[t, "forwarded"]),
@@ -394,6 +412,8 @@ pub struct RouteMetrics {
     pub passthrough: [IntCounter; Passthrough::ALL.len()],
     /// Per service of the route, in route order.
     pub stamped: Vec<IntCounter>,
+    /// Upstream stamps the whitelist did not hold, per service of the route, in route order.
+    pub rejected: Vec<IntCounter>,
     pub return_in: IntCounter,
     pub return_looped: IntCounter,
     pub return_forwarded: IntCounter,

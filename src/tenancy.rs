@@ -6,7 +6,7 @@
 
 use std::borrow::Cow;
 
-use crate::config::Route;
+use crate::config::{Route, UpstreamStamps};
 use crate::extract::{self, Headers, Passthrough, RecordView, TenancyKey, UserLocator};
 use crate::json_scan::Found;
 use crate::splice::splice_for;
@@ -34,6 +34,10 @@ impl ServiceSet {
     pub fn len(self) -> usize {
         self.0.count_ones() as usize
     }
+    /// The indices in the set, ascending.
+    pub fn iter(self) -> impl Iterator<Item = usize> {
+        (0..64).filter(move |i| self.contains(*i))
+    }
 }
 
 /// Why the decision came out as it did; the relay counts each.
@@ -41,7 +45,8 @@ impl ServiceSet {
 pub enum Reason {
     /// The user was found and looked up (whitelisted for some, all or none of the services).
     Whitelist,
-    /// The event already carried a tenancy stamp, which is honoured over the whitelist.
+    /// The event already carried a tenancy stamp: it names the services; the route's
+    /// `upstream_stamps` policy says whether the whitelist must hold each (user, service).
     Upstream,
     /// The event is production traffic without a lookup.
     Passthrough(Passthrough),
@@ -56,6 +61,9 @@ pub struct Decision<'a> {
     pub reason: Reason,
     /// Present when the route stamps payloads and `rush` is not empty.
     pub splice: Option<Splice>,
+    /// Services an upstream stamp named for a (user, service) the whitelist does not hold:
+    /// their copies stay on prod, and are counted.
+    pub rejected: ServiceSet,
 }
 
 /// The cluster one output of an event goes to.
@@ -76,7 +84,7 @@ impl Cluster {
 
 impl Decision<'_> {
     fn prod(reason: Reason) -> Self {
-        Self { rush: ServiceSet::EMPTY, user: None, reason, splice: None }
+        Self { rush: ServiceSet::EMPTY, user: None, reason, splice: None, rejected: ServiceSet::EMPTY }
     }
 
     /// The one cluster that receives service `i`'s copy: the whole invariant in one place.
@@ -99,7 +107,13 @@ pub struct Subject<'a> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum SubjectKind<'a> {
     User(Cow<'a, str>),
-    Upstream(ServiceSet, Option<Cow<'a, str>>),
+    /// An upstream stamp naming `named` of the route's services for `user`; with `verify`,
+    /// honoured only where the whitelist holds the pair.
+    Stamped {
+        user: Option<Cow<'a, str>>,
+        named: ServiceSet,
+        verify: bool,
+    },
     Passthrough(Passthrough),
 }
 
@@ -108,6 +122,7 @@ impl Subject<'_> {
     pub fn user(&self) -> Option<&str> {
         match &self.kind {
             SubjectKind::User(u) => Some(u),
+            SubjectKind::Stamped { user: Some(u), named, verify: true } if !named.is_empty() => Some(u),
             _ => None,
         }
     }
@@ -117,7 +132,7 @@ impl Subject<'_> {
         let own = |c: Cow<'_, str>| Cow::Owned(c.into_owned());
         let kind = match self.kind {
             SubjectKind::User(u) => SubjectKind::User(own(u)),
-            SubjectKind::Upstream(s, u) => SubjectKind::Upstream(s, u.map(own)),
+            SubjectKind::Stamped { user, named, verify } => SubjectKind::Stamped { user: user.map(own), named, verify },
             SubjectKind::Passthrough(p) => SubjectKind::Passthrough(p),
         };
         Subject { kind, member: self.member }
@@ -133,10 +148,15 @@ pub fn subject<'a, H: Headers + ?Sized>(route: &Route, record: &RecordView<'a, H
         Some(p) if json_route => key.find_in(p),
         _ => Found::NotFound,
     };
-    let kind = match extract::upstream_tenancy(record, key, member) {
+    let stamp = match route.upstream_stamps {
+        UpstreamStamps::Ignore => None,
+        UpstreamStamps::Verify | UpstreamStamps::Trust => extract::upstream_tenancy(record, key, member),
+    };
+    let kind = match stamp {
         Some(stamp) => {
-            let (rush, user) = upstream_services(route, &stamp);
-            SubjectKind::Upstream(rush, user.map(|u| Cow::Owned(u.to_owned())))
+            let (named, user) = upstream_services(route, &stamp);
+            let verify = route.upstream_stamps == UpstreamStamps::Verify;
+            SubjectKind::Stamped { user: user.map(|u| Cow::Owned(u.to_owned())), named, verify }
         }
         None => match extract::user(&route.user, record) {
             Ok(u) => SubjectKind::User(u),
@@ -167,23 +187,20 @@ pub fn decide_subject<'a, W: Whitelist + ?Sized>(
     whitelist: &W,
     now_ms: i64,
 ) -> Decision<'a> {
+    let mut rejected = ServiceSet::EMPTY;
     let (rush, user, reason) = match subject.kind {
-        SubjectKind::Upstream(rush, user) => (rush, user, Reason::Upstream),
-        SubjectKind::Passthrough(p) => return Decision::prod(Reason::Passthrough(p)),
-        SubjectKind::User(user) => {
-            let mut rush = ServiceSet::EMPTY;
-            if let Some(listed) = whitelist.services_for(&user, now_ms) {
-                for (i, s) in route.services.iter().enumerate() {
-                    if listed.iter().any(|l| **l == *s.name) {
-                        rush.insert(i);
-                    }
-                }
-            }
-            (rush, Some(user), Reason::Whitelist)
+        SubjectKind::Stamped { user, named, verify: false } => (named, user, Reason::Upstream),
+        SubjectKind::Stamped { user, named, verify: true } => {
+            let held = user.as_deref().map_or(ServiceSet::EMPTY, |u| whitelisted(route, whitelist, u, now_ms));
+            let rush = ServiceSet(named.0 & held.0);
+            rejected = ServiceSet(named.0 & !held.0);
+            (rush, user, Reason::Upstream)
         }
+        SubjectKind::Passthrough(p) => return Decision::prod(Reason::Passthrough(p)),
+        SubjectKind::User(user) => (whitelisted(route, whitelist, &user, now_ms), Some(user), Reason::Whitelist),
     };
     if rush.is_empty() {
-        return Decision { rush, user, reason, splice: None };
+        return Decision { rush, user, reason, splice: None, rejected };
     }
     let splice = if route.stamp.payload() {
         match splice_for(payload, subject.member) {
@@ -194,27 +211,48 @@ pub fn decide_subject<'a, W: Whitelist + ?Sized>(
     } else {
         None
     };
-    Decision { rush, user, reason, splice }
+    Decision { rush, user, reason, splice, rejected }
+}
+
+/// The route's services the whitelist lists `user` for at `now_ms`.
+fn whitelisted<W: Whitelist + ?Sized>(route: &Route, whitelist: &W, user: &str, now_ms: i64) -> ServiceSet {
+    let mut set = ServiceSet::EMPTY;
+    if let Some(listed) = whitelist.services_for(user, now_ms) {
+        for (i, s) in route.services.iter().enumerate() {
+            if listed.iter().any(|l| **l == *s.name) {
+                set.insert(i);
+            }
+        }
+    }
+    set
 }
 
 /// Reads an upstream stamp: one or more comma-separated `{user}_{service}` values.
-/// Returns the route's services it names and the user they name.
+/// Returns the route's services it names and the user they name (items naming another user
+/// than the first are ignored). An item names one service: the longest of the route's service
+/// names it ends with, so with `payment` and `order_payment`, `U1_order_payment` is U1's
+/// `order_payment`, never `U1_order`'s `payment`.
 fn upstream_services<'s>(route: &Route, stamp: &'s str) -> (ServiceSet, Option<&'s str>) {
-    let mut rush = ServiceSet::EMPTY;
+    let mut named = ServiceSet::EMPTY;
     let mut user = None;
     for item in stamp.split(',').map(str::trim) {
-        for (i, s) in route.services.iter().enumerate() {
-            let Some(u) = item.strip_suffix(s.name.as_str()).and_then(|p| p.strip_suffix('_')) else {
-                continue;
-            };
-            if u.is_empty() || user.is_some_and(|prev| prev != u) {
-                continue;
-            }
-            user = Some(u);
-            rush.insert(i);
+        let longest = route
+            .services
+            .iter()
+            .enumerate()
+            .filter_map(|(i, s)| {
+                let u = item.strip_suffix(s.name.as_str())?.strip_suffix('_').filter(|u| !u.is_empty())?;
+                Some((s.name.len(), i, u))
+            })
+            .max_by_key(|(len, _, _)| *len);
+        let Some((_, i, u)) = longest else { continue };
+        if user.is_some_and(|prev| prev != u) {
+            continue;
         }
+        user = Some(u);
+        named.insert(i);
     }
-    (rush, user)
+    (named, user)
 }
 
 /// `{user}_{service}`, the blog's `U1_S1`.

@@ -17,6 +17,7 @@ fn route(services: &[&str], user: UserLocator, stamp: StampMode) -> Route {
         services: services.iter().map(|s| Service { name: (*s).into(), output_topic: format!("orders.{s}") }).collect(),
         user,
         stamp,
+        upstream_stamps: UpstreamStamps::default(),
         return_path: false,
         outbox_topic: "tenancy-bridge.rush.orders".into(),
         decisions_topic: "tenancy-bridge.decisions.orders".into(),
@@ -75,38 +76,98 @@ fn missing_user_and_non_json_pass_through_with_reason() {
     assert!(d.rush.is_empty());
 }
 
-#[test]
-fn upstream_stamp_is_honoured_over_the_whitelist() {
-    let r = route(&["payment", "shipping"], UserLocator::Header("x-user-id".into()), StampMode::Header);
-    let s = snap(&[]);
-    let h: &H = &[("x-user-id", Some(b"U9")), (KEY, Some(b"U_1_shipping"))];
-    let d = decide(&r, &RecordView { key: None, payload: None, headers: h }, &s, 0, &key());
-    assert_eq!(d.reason, Reason::Upstream);
-    assert_eq!(d.cluster(0), Cluster::Prod);
-    assert_eq!(d.cluster(1), Cluster::Rush);
-    assert_eq!(d.user.as_deref(), Some("U_1"), "users may contain '_'");
+fn with_policy(mut r: Route, policy: UpstreamStamps) -> Route {
+    r.upstream_stamps = policy;
+    r
+}
 
-    let h: &H = &[(KEY, Some(b"U1_payment, U1_shipping"))];
-    let d = decide(&r, &RecordView { key: None, payload: None, headers: h }, &s, 0, &key());
-    assert_eq!(d.rush.len(), 2);
-
-    // A stamp for another service only: honoured, so production for this route.
-    let h: &H = &[("x-user-id", Some(b"U1")), (KEY, Some(b"U1_billing"))];
-    let s = snap(&[("U1", &["payment"], i64::MAX)]);
-    let d = decide(&r, &RecordView { key: None, payload: None, headers: h }, &s, 0, &key());
-    assert_eq!(d.reason, Reason::Upstream);
-    assert!(d.rush.is_empty());
+fn decide_headers<'a>(r: &Route, s: &Snapshot, h: &'a H<'a>) -> Decision<'a> {
+    decide(r, &RecordView { key: None, payload: None, headers: h }, s, 0, &key())
 }
 
 #[test]
-fn upstream_stamp_in_payload_is_honoured_on_json_routes() {
+fn a_stamp_alone_never_moves_an_event_off_prod() {
+    // What a user found: a header naming a user the whitelist does not hold for that service
+    // took the event away from production.
+    let r = route(&["payment", "shipping"], UserLocator::Header("x-user-id".into()), StampMode::Header);
+    let s = snap(&[("u1", &["payment"], i64::MAX)]);
+    let h: &H = &[("x-user-id", Some(b"u3")), (KEY, Some(b"u3_payment"))];
+    let d = decide_headers(&r, &s, h);
+    assert_eq!((d.reason, d.rush, d.rejected.len()), (Reason::Upstream, ServiceSet::EMPTY, 1));
+    let h: &H = &[("x-user-id", Some(b"u1")), (KEY, Some(b"u1_shipping"))];
+    let d = decide_headers(&r, &s, h);
+    assert!(d.rush.is_empty(), "u1 is not whitelisted for shipping");
+    assert!(d.rejected.contains(1) && !d.rejected.contains(0));
+    // An expired entry holds nothing.
+    let expired = snap(&[("u1", &["payment"], 1)]);
+    let h: &H = &[(KEY, Some(b"u1_payment"))];
+    let d = decide(&r, &RecordView { key: None, payload: None, headers: h }, &expired, 5, &key());
+    assert!(d.rush.is_empty() && d.rejected.contains(0));
+}
+
+#[test]
+fn a_stamp_the_whitelist_holds_is_honoured_for_the_services_it_names() {
+    let r = route(&["payment", "shipping"], UserLocator::Header("x-user-id".into()), StampMode::Header);
+    let s = snap(&[("U_1", &["payment", "shipping"], i64::MAX)]);
+    let h: &H = &[("x-user-id", Some(b"U9")), (KEY, Some(b"U_1_shipping"))];
+    let d = decide_headers(&r, &s, h);
+    assert_eq!(d.reason, Reason::Upstream);
+    assert_eq!((d.cluster(0), d.cluster(1)), (Cluster::Prod, Cluster::Rush));
+    assert_eq!(d.user.as_deref(), Some("U_1"), "users may contain '_'");
+    assert!(d.rejected.is_empty());
+    // The stamp's user is the one looked up, not the header's.
+    let subject = subject(&r, &RecordView { key: None, payload: None, headers: h }, &key());
+    assert_eq!(subject.user(), Some("U_1"));
+
+    let h: &H = &[(KEY, Some(b"U_1_payment, U_1_shipping"))];
+    assert_eq!(decide_headers(&r, &s, h).rush.len(), 2);
+
+    // A stamp for another service only: production for this route, nothing rejected.
+    let h: &H = &[("x-user-id", Some(b"U1")), (KEY, Some(b"U1_billing"))];
+    let d = decide_headers(&r, &snap(&[("U1", &["payment"], i64::MAX)]), h);
+    assert_eq!(d.reason, Reason::Upstream);
+    assert!(d.rush.is_empty() && d.rejected.is_empty());
+}
+
+#[test]
+fn a_stamp_names_a_service_exactly() {
+    // With `payment` and `order_payment`, the bridge's own stamp for U1's order_payment must
+    // not read as U1_order's payment.
+    let r = route(&["payment", "order_payment"], UserLocator::Header("x-user-id".into()), StampMode::Header);
+    let h: &H = &[(KEY, Some(b"U1_order_payment"))];
+    let trusted = with_policy(r.clone(), UpstreamStamps::Trust);
+    let d = decide_headers(&trusted, &snap(&[]), h);
+    assert_eq!((d.cluster(0), d.cluster(1)), (Cluster::Prod, Cluster::Rush));
+    assert_eq!(d.user.as_deref(), Some("U1"));
+    let d = decide_headers(&r, &snap(&[("U1_order", &["payment"], i64::MAX)]), h);
+    assert!(d.rush.is_empty(), "U1_order's payment entry does not admit U1's order_payment stamp");
+}
+
+#[test]
+fn trust_honours_any_stamp_and_ignore_reads_none() {
+    let r = route(&["payment", "shipping"], UserLocator::Header("x-user-id".into()), StampMode::Header);
+    let s = snap(&[("U2", &["payment"], i64::MAX)]);
+    let h: &H = &[("x-user-id", Some(b"U2")), (KEY, Some(b"U7_shipping"))];
+    let d = decide_headers(&with_policy(r.clone(), UpstreamStamps::Trust), &s, h);
+    assert_eq!((d.reason, d.cluster(0), d.cluster(1)), (Reason::Upstream, Cluster::Prod, Cluster::Rush));
+    assert_eq!(d.user.as_deref(), Some("U7"));
+    let d = decide_headers(&with_policy(r, UpstreamStamps::Ignore), &s, h);
+    assert_eq!((d.reason, d.cluster(0), d.cluster(1)), (Reason::Whitelist, Cluster::Rush, Cluster::Prod));
+    assert_eq!(d.user.as_deref(), Some("U2"));
+}
+
+#[test]
+fn upstream_stamp_in_payload_is_verified_on_json_routes() {
     let r = json_route(StampMode::Payload);
     let h: &H = &[];
     let p = br#"{"event_tenancy":"U3_payment","user_id":"U4"}"#;
-    let d = decide(&r, &RecordView { key: None, payload: Some(p), headers: h }, &snap(&[]), 0, &key());
+    let view = RecordView { key: None, payload: Some(p.as_slice()), headers: h };
+    let d = decide(&r, &view, &snap(&[("U3", &["payment"], i64::MAX)]), 0, &key());
     assert_eq!(d.reason, Reason::Upstream);
     assert_eq!(d.cluster(0), Cluster::Rush);
     assert!(matches!(d.splice, Some(Splice::Replace { .. })));
+    let d = decide(&r, &view, &snap(&[("U4", &["payment"], i64::MAX)]), 0, &key());
+    assert!(d.rush.is_empty() && d.rejected.contains(0), "U4's entry does not admit U3's stamp");
 }
 
 #[test]

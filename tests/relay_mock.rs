@@ -203,8 +203,11 @@ fn routes_whitelisted_users_to_rush_and_everyone_else_to_prod() {
         };
         let mut e = event(i, user.as_deref(), format!(r#"{{"n":{i}}}"#).into_bytes());
         if i % 50 == 0 {
-            // Stamped upstream by a producer library: honoured, whatever the whitelist says.
+            // A stamp the whitelist does not hold (a stale header, a forged one): production.
             e.headers.push(("event_tenancy".into(), Some(b"U9_shipping".to_vec())));
+        } else if i % 50 == 25 {
+            // Stamped upstream for a pair the whitelist holds: honoured for the service it names.
+            e.headers.push(("event_tenancy".into(), Some(b"U2_shipping".to_vec())));
         }
         inputs.push(e);
     }
@@ -219,7 +222,10 @@ fn routes_whitelisted_users_to_rush_and_everyone_else_to_prod() {
     let (prod, rush) = c.outputs(&services, 600);
     let expected = |r: &Read, svc: &str| -> Option<String> {
         if r.header("event_tenancy") == Some(b"U9_shipping") {
-            return (svc == "shipping").then(|| "U9".to_string());
+            return None;
+        }
+        if r.header("event_tenancy") == Some(b"U2_shipping") {
+            return (svc == "shipping").then(|| "U2".to_string());
         }
         let user = std::str::from_utf8(r.header("x-user-id")?).ok()?;
         let listed = match user {
@@ -234,8 +240,8 @@ fn routes_whitelisted_users_to_rush_and_everyone_else_to_prod() {
     assert_eq!(report.prod + report.rush, 1200);
     assert!(report.rush > 200, "rush got {}", report.rush);
     let no_user = summary.passthrough.iter().find(|(r, _)| *r == "no_user").unwrap().1;
-    assert_eq!(no_user, (0..600).filter(|i| i % 7 == 6 && i % 50 != 0).count() as u64);
-    assert_eq!(summary.upstream_honoured, 12);
+    assert_eq!(no_user, (0..600).filter(|i| i % 7 == 6 && i % 25 != 0).count() as u64);
+    assert_eq!((summary.upstream_honoured, summary.upstream_rejected), (12, 12));
 
     // Everything was acknowledged, so everything is committed.
     let committed = common::committed(&c.prod.bootstrap_servers(), "bridge-test", "orders", PARTITIONS);
@@ -271,8 +277,8 @@ fn payload_stamping_and_unclassifiable_records_pass_through() {
     let (prod, rush) = c.outputs(&["payment"], 100);
     let expected = |r: &Read, _svc: &str| -> Option<String> {
         let tid: usize = std::str::from_utf8(r.header(TID)?).ok()?.parse().ok()?;
-        // Index 4 carries a stale upstream stamp in the payload, which is honoured as a stamp
-        // for no service of this route: production.
+        // Index 4 carries a stale upstream stamp in the payload, which names no service of
+        // this route: production.
         (tid % payloads.len() == 0).then(|| "U1".to_string())
     };
     let report = invariant::check(&read_in, &["payment"], &prod, &rush, expected, StampCheck::Both);

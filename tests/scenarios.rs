@@ -219,3 +219,62 @@ fn four_scenarios_old_and_new_producers_and_consumers() {
     );
     assert!(text.contains("invariant VIOLATED: 3 violations"), "{text}");
 }
+
+/// What a user found: a header alone took events away from production. Route `orders` →
+/// payment, shipping; u1 whitelisted for payment only; 600 events of 6 users, 50 of u3 (never
+/// whitelisted) stamped `u3_payment` and 50 of u1 stamped `u1_shipping`. With the default
+/// `upstream_stamps = "verify"`, every stamped event reaches the production instances of both
+/// services: the stamps name pairs the whitelist does not hold. u1's unstamped events still go
+/// to payment's Rush instance.
+#[test]
+fn a_stamp_the_whitelist_does_not_hold_stays_in_production() {
+    use common::invariant::{self, StampCheck};
+    let f = Fixture::builder()
+        .topic("orders", PARTITIONS)
+        .whitelist(1, &[("u1", &["payment"])])
+        .group("bridge-stamps")
+        .build();
+    let stamp_of = |i: usize| match i {
+        _ if i % 12 == 2 => Some("u3_payment"),
+        _ if i % 12 == 0 => Some("u1_shipping"),
+        _ => None,
+    };
+    let inputs: Vec<Input> = (0..600)
+        .map(|i| {
+            let user = format!("u{}", i % 6 + 1);
+            let mut headers = vec![
+                (TID.into(), Some(i.to_string().into_bytes())),
+                ("x-user-id".into(), Some(user.clone().into_bytes())),
+            ];
+            if let Some(s) = stamp_of(i) {
+                headers.push(("event_tenancy".into(), Some(s.as_bytes().to_vec())));
+            }
+            Input {
+                partition: (i % PARTITIONS as usize) as i32,
+                key: Some(user.into_bytes()),
+                payload: Some(format!(r#"{{"n":{i}}}"#).into_bytes()),
+                headers,
+                timestamp: 1_760_000_000_000 + i as i64,
+            }
+        })
+        .collect();
+    assert_eq!((0..600).filter(|i| stamp_of(*i) == Some("u3_payment")).count(), 50);
+    assert_eq!((0..600).filter(|i| stamp_of(*i) == Some("u1_shipping")).count(), 50);
+    common::produce(&f.prod.bootstrap, "orders", &inputs);
+    let bridge = Bridge::start(&f.config);
+    let services = ["payment", "shipping"];
+    let read_in = common::read_all(&f.prod.bootstrap, "orders", 600, Duration::from_secs(30));
+    let (p, r) =
+        common::read_services(&f.prod.bootstrap, &f.rush.bootstrap, "orders", &services, 600, Duration::from_secs(90));
+    let summary = bridge.stop(Duration::from_secs(30));
+    // The test's own oracle: only u1's unstamped events are payment's Rush instance's.
+    let expected = |r: &common::Read, svc: &str| {
+        let user = std::str::from_utf8(r.header("x-user-id")?).ok()?;
+        (user == "u1" && svc == "payment" && r.header("event_tenancy").is_none()).then(|| user.to_owned())
+    };
+    let report = invariant::check(&read_in, &services, &p, &r, expected, StampCheck::Header);
+    eprintln!("{} prod, {} rush outputs; {summary}", report.prod, report.rush);
+    report.assert_clean();
+    assert_eq!((report.prod, report.rush), (1_200 - 50, 50));
+    assert!(summary.contains("upstream stamps honoured 0, rejected 100"), "{summary}");
+}

@@ -18,7 +18,7 @@ pub enum RelayError {
     #[error(transparent)]
     Produce(#[from] Box<ProduceError>),
     #[error("output of {topic}[{partition}]@{offset} failed: {reason}; offsets from there on were not committed")]
-    Delivery { topic: String, partition: i32, offset: i64, reason: String },
+    Delivery { topic: String, partition: i32, offset: i64, reason: String, class: ErrorClass },
     #[error(transparent)]
     Transaction(#[from] TransactionError),
     #[error("cannot read again from the committed offsets after an aborted transaction: {source}")]
@@ -33,6 +33,32 @@ pub enum RelayError {
     DrainTimeout { pending: usize },
     #[error("the {what} thread panicked: {message}; offsets from there on were not committed")]
     Panicked { what: &'static str, message: String },
+}
+
+impl RelayError {
+    /// Whether starting the direction again can cure this, as a supervisor restarting the
+    /// process would: a production broker frozen or restarted, a coordinator that moved, a group
+    /// membership lost meanwhile (`max.poll.interval.ms` passed while a write waited), a write
+    /// or a decision-log read that outlasted its timeout. Not: a configuration, a permission, a
+    /// transactional id another live instance holds, a broken thread or a panic, which the
+    /// bridge stops for, saying which.
+    pub fn curable(&self) -> bool {
+        let code = |e: &KafkaError| e.rdkafka_error_code().is_none_or(|c| !crate::kafka::needs_an_operator(c));
+        match self {
+            Self::Consume { source, .. } | Self::Rewind { source } => code(source),
+            Self::Produce(p) => p.class == ErrorClass::Retry || code(&p.source),
+            Self::Delivery { class, .. } => *class == ErrorClass::Retry,
+            Self::Transaction(TransactionError::Fatal { .. }) | Self::DrainTimeout { .. } => true,
+            Self::Decisions(e) => e.curable(),
+            Self::Transaction(TransactionError::Fenced { .. })
+            | Self::Topics(_)
+            | Self::Client { .. }
+            | Self::Thread { .. }
+            | Self::Metrics(_)
+            | Self::Telemetry(_)
+            | Self::Panicked { .. } => false,
+        }
+    }
 }
 
 /// A record the bridge cannot write out, nor dead-letter; the relay stops before committing

@@ -88,6 +88,8 @@ pub struct Health {
     rush_lane_down: std::sync::Mutex<Option<String>>,
     /// Every Rush-side topic exists with the right partition count (the return path waits for it).
     pub rush_topics_ready: AtomicBool,
+    /// Why the forward direction is starting again (production outputs wait); `None` while it runs.
+    forward_down: std::sync::Mutex<Option<String>>,
 }
 
 impl Health {
@@ -101,6 +103,17 @@ impl Health {
 
     pub fn unreachable(&self, p: ProducerRole) -> bool {
         self.unreachable[p as usize].load(Relaxed)
+    }
+
+    pub fn set_forward_down(&self, why: Option<String>) {
+        if let Ok(mut g) = self.forward_down.lock() {
+            *g = why;
+        }
+    }
+
+    /// Why production outputs are not being written now, if they are not.
+    pub fn forward_down(&self) -> Option<String> {
+        self.forward_down.lock().ok().and_then(|g| g.clone())
     }
 
     pub fn set_rush_lane_down(&self, why: Option<String>) {
@@ -129,6 +142,8 @@ pub struct Summary {
     pub outputs_prod: u64,
     pub outputs_rush: u64,
     pub upstream_honoured: u64,
+    /// Copies kept on prod because the whitelist did not hold the stamp's (user, service).
+    pub upstream_rejected: u64,
     pub return_forwarded: u64,
     pub return_looped: u64,
     pub lookup_unanswered: u64,
@@ -143,6 +158,7 @@ impl Summary {
             outputs_prod: m.sum(&m.records_out, &[("cluster", "prod")]),
             outputs_rush: m.sum(&m.records_out, &[("cluster", "rush")]),
             upstream_honoured: m.sum(&m.upstream_honoured, &[]),
+            upstream_rejected: m.sum(&m.upstream_rejected, &[]),
             return_forwarded: m.sum(&m.return_records, &[("outcome", "forwarded")]),
             return_looped: m.sum(&m.return_records, &[("outcome", "looped")]),
             lookup_unanswered: m.lookup_unanswered.get(),
@@ -157,8 +173,8 @@ impl std::fmt::Display for Summary {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "records in {}, acknowledged outputs: prod {}, rush {}; upstream stamps honoured {}; passthrough",
-            self.records_in, self.outputs_prod, self.outputs_rush, self.upstream_honoured
+            "records in {}, acknowledged outputs: prod {}, rush {}; upstream stamps honoured {}, rejected {}; passthrough",
+            self.records_in, self.outputs_prod, self.outputs_rush, self.upstream_honoured, self.upstream_rejected
         )?;
         for (reason, n) in self.passthrough {
             write!(f, " {reason}={n}")?;

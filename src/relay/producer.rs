@@ -40,8 +40,13 @@ impl ClientContext for DeliveryContext {
     fn error(&self, error: KafkaError, reason: &str) {
         // librdkafka reports an idempotence failure (lost sequence) as a fatal global error;
         // every later delivery then fails, which stops the relay through the tracker.
+        // Only a prod producer's state makes the bridge unready: a Rush-side one (fenced, say)
+        // degrades the Rush side, whose lane starts again with a new producer.
         if error.rdkafka_error_code() == Some(RDKafkaErrorCode::Fatal) {
-            self.health.producer_fatal.store(true, std::sync::atomic::Ordering::Relaxed);
+            match self.cluster {
+                Cluster::Prod => self.health.producer_fatal.store(true, std::sync::atomic::Ordering::Relaxed),
+                Cluster::Rush => self.health.set_rush_lane_down(Some(format!("rush producer: {error}"))),
+            }
         }
         tracing::error!(cluster = self.cluster.as_str(), %error, reason, "producer error");
     }

@@ -4,6 +4,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
+use std::time::{Duration, Instant};
 
 use super::error::RelayError;
 use super::health::{Health, Summary};
@@ -15,7 +16,12 @@ use crate::telemetry::HopTracer;
 use crate::whitelist::WhitelistSource;
 
 /// How often the Rush backlog is measured (as often as librdkafka reports its statistics).
-const RUSH_BACKLOG_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
+const RUSH_BACKLOG_INTERVAL: Duration = Duration::from_secs(5);
+/// The forward direction's waits before it starts again, doubling up to the second.
+const FIRST_BACKOFF: Duration = Duration::from_secs(1);
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// A run this long was healthy: the next fault waits the first back-off again.
+const HEALTHY_RUN: Duration = Duration::from_secs(60);
 
 /// Runs until `shutdown` is set or an error stops it; then drains, commits, and returns what it did.
 pub fn run(
@@ -99,7 +105,7 @@ pub fn run_observed(
         } else {
             // The scope joins the return path before a panic here unwinds past it: stop it.
             let _stops_all = stop.on_panic();
-            forward::run(config, whitelist, stop, health, metrics, tracer.clone())
+            run_forward(config, &whitelist, stop, observers)
         };
         if forward.is_err() {
             stop.fail();
@@ -126,6 +132,42 @@ pub fn run_observed(
     forward?;
     back?;
     Ok(summary)
+}
+
+/// The forward direction, started again after a fault a restart cures ([`RelayError::curable`]:
+/// a production broker frozen or restarted, a membership lost meanwhile): it drains, leaves its
+/// group, waits and joins again, as a supervisor restarting the process would, without the
+/// crash loop. Production outputs wait meanwhile, and `/readyz` says why. What a restart cannot
+/// cure stops the bridge.
+fn run_forward(
+    config: &Config,
+    whitelist: &WhitelistSource,
+    stop: &Stop<'_>,
+    observers: &Observers,
+) -> Result<(), RelayError> {
+    let (health, metrics) = (&observers.health, &observers.metrics);
+    let mut backoff = FIRST_BACKOFF;
+    loop {
+        let started = Instant::now();
+        let error = match forward::run(config, whitelist.clone(), stop, health, metrics, observers.tracer.clone()) {
+            Err(e) if e.curable() && !stop.requested() => e,
+            other => {
+                health.set_forward_down(None);
+                return other;
+            }
+        };
+        metrics.forward_restarts.inc();
+        health.set_forward_down(Some(error.to_string()));
+        if started.elapsed() >= HEALTHY_RUN {
+            backoff = FIRST_BACKOFF;
+        }
+        tracing::error!(
+            error = %error, retry_in = ?backoff,
+            "forward direction stopped on a fault a restart cures; it joins its group again (production outputs wait)"
+        );
+        stop.sleep(backoff);
+        backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
 }
 
 fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {

@@ -9,7 +9,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::hash::{BuildHasher, Hasher};
 
-use crate::config::Route;
+use crate::config::{Route, UpstreamStamps};
 use crate::extract::{Headers, RecordView, TenancyKey};
 use crate::json_scan::Found;
 use crate::pinning::{Chain, Epoch};
@@ -178,6 +178,11 @@ fn expect(route: &Route, everyone: &Everyone, service: usize, input: &Record, ru
     }
     match d.reason {
         Reason::Passthrough(p) => Expect::Prod(format!("it is production traffic ({})", p.as_str())),
+        // Verified stamps are honoured only where the whitelist held the pair: the whitelist
+        // of the time decided, as for any user.
+        Reason::Upstream if d.cluster(service) == Cluster::Rush && route.upstream_stamps == UpstreamStamps::Verify => {
+            Expect::Either(stamp)
+        }
         Reason::Upstream if d.cluster(service) == Cluster::Rush => {
             Expect::Rush { stamp, why: "its upstream stamp names this service".into() }
         }

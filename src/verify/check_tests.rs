@@ -12,6 +12,7 @@ fn route(stamp: StampMode, user: UserLocator) -> Route {
             .to_vec(),
         user,
         stamp,
+        upstream_stamps: crate::config::UpstreamStamps::default(),
         return_path: false,
         outbox_topic: "tenancy-bridge.rush.orders".into(),
         decisions_topic: "tenancy-bridge.decisions.orders".into(),
@@ -173,12 +174,18 @@ fn stamps_and_impossible_clusters_are_caught() {
 }
 
 #[test]
-fn an_upstream_stamp_decides_where_the_event_must_be() {
-    let r = header_route();
+fn a_trusted_upstream_stamp_decides_where_the_event_must_be() {
+    let mut r = header_route();
+    r.upstream_stamps = crate::config::UpstreamStamps::Trust;
     let mut input = rec(0, 0, Some("U9"), "{}");
     input.headers.push(("event_tenancy".into(), Some(b"U9_payment".to_vec())));
     let rep = run(&r, std::slice::from_ref(&input), &[copy(&input, 0, None)], &[], 1);
     assert!(matches!(&rep.violations[..], [Violation::WrongCluster { cluster: Cluster::Prod, .. }]), "{rep:?}");
+    // Verified (the default), the whitelist of the time decides: prod is right for a stamp it
+    // did not hold.
+    r.upstream_stamps = crate::config::UpstreamStamps::Verify;
+    let rep = run(&r, std::slice::from_ref(&input), &[copy(&input, 0, None)], &[], 1);
+    assert!(rep.violations.is_empty(), "{rep:?}");
 }
 
 #[test]

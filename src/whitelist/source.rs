@@ -22,6 +22,7 @@ pub enum StartError {
 }
 
 /// Where decisions read the whitelist from.
+#[derive(Clone)]
 pub enum WhitelistSource {
     /// A whole snapshot, swapped atomically by a source (file or Config Mapper poller).
     Snapshot(SharedSnapshot),

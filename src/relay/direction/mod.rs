@@ -112,5 +112,6 @@ fn delivery_error(topics: &[String], f: offsets::Failure) -> RelayError {
         partition: f.key.1,
         offset: f.offset,
         reason: f.reason,
+        class: f.class,
     }
 }

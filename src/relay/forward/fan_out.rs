@@ -166,7 +166,14 @@ impl FanOut {
         m.records_in.inc();
         match decision.reason {
             Reason::Passthrough(p) => m.passthrough(p).inc(),
-            Reason::Upstream => m.upstream.inc(),
+            Reason::Upstream if decision.rejected.is_empty() => m.upstream.inc(),
+            Reason::Upstream => {
+                for i in decision.rejected.iter() {
+                    if let Some(c) = m.rejected.get(i) {
+                        c.inc();
+                    }
+                }
+            }
             Reason::Whitelist => {}
         }
 
