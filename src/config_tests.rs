@@ -158,4 +158,11 @@ fn delivery_and_its_transactions() {
     assert!(e.contains("bridge.transaction_timeout"), "{e}");
     let e = err(&format!("{BASE}\n[bridge]\ninstance_id = \" \"\n"));
     assert!(e.contains("bridge.instance_id"), "{e}");
+    // Without one, two processes on one host get different ids; a container's process 1 keeps
+    // its host name.
+    use crate::config::bridge::default_instance_id;
+    assert_ne!(default_instance_id("vm-1", 4711), default_instance_id("vm-1", 4712));
+    assert_eq!(default_instance_id("pod-7", 1), "pod-7");
+    let c = parse(&format!("{BASE}\n[bridge]\ndelivery = \"exactly-once\"\n")).unwrap();
+    assert!(c.bridge.transactional_id().ends_with(&format!("-{}.forward", std::process::id())));
 }

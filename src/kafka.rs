@@ -98,8 +98,6 @@ pub fn needs_an_operator(code: RDKafkaErrorCode) -> bool {
             | C::InvalidArgument
             | C::UnsupportedFeature
             | C::UnsupportedVersion
-            | C::UnknownTopic
-            | C::UnknownPartition
     )
 }
 

@@ -1,11 +1,13 @@
 //! Output topics: same name on both clusters, same partition count as their input, so a record
 //! keeps its partition number and with it its order and key locality. The same holds for a
-//! return route's raw topic on Rush.
+//! return route's raw topic on Rush. Partitions added to an input are followed: every topic
+//! that mirrors it (outputs, outbox, decision log, raw topic) grows to match (with
+//! `bridge.create_topics`), each time the forward direction or the Rush lane starts.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, ResourceSpecifier, TopicReplication};
+use rdkafka::admin::{AdminClient, AdminOptions, NewPartitions, NewTopic, ResourceSpecifier, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
@@ -34,6 +36,19 @@ pub enum TopicError {
     MissingOutput { cluster: &'static str, topic: String },
     #[error("{cluster} cluster: cannot create output topic {topic:?}: {reason}")]
     Create { cluster: &'static str, topic: String, reason: String },
+    #[error(
+        "{cluster} cluster: cannot add partitions to topic {topic:?} to follow its input (now {expected}): {reason}"
+    )]
+    Grow { cluster: &'static str, topic: String, expected: usize, reason: String },
+}
+
+impl TopicError {
+    /// Whether checking the topics again later can succeed by itself: the cluster did not answer,
+    /// or a creation failed. A missing input or a topic with more partitions than its input
+    /// needs an operator.
+    pub fn curable(&self) -> bool {
+        matches!(self, Self::Metadata { .. } | Self::Create { .. } | Self::Grow { .. })
+    }
 }
 
 /// Partition count of every topic on a cluster.
@@ -258,9 +273,15 @@ fn ensure(
 ) -> Result<(), TopicError> {
     let mut missing = Vec::new();
     let mut present = Vec::new();
+    let mut short = Vec::new();
     for w in wanted {
         let expected = w.input.map_or(1, |i| inputs[i].partitions);
         match existing.get(w.topic) {
+            // Partitions were added to the input: records of the new ones need theirs.
+            Some(&actual) if actual < expected && w.input.is_some() && config.bridge.create_topics => {
+                short.push((w.topic, expected));
+                present.push(w);
+            }
             Some(&actual) if actual != expected => {
                 return Err(TopicError::PartitionMismatch {
                     cluster: name,
@@ -276,6 +297,9 @@ fn ensure(
     }
     if config.bridge.copy_topic_settings {
         report_mismatches(cluster, name, inputs, &present);
+    }
+    if !short.is_empty() {
+        grow(cluster, name, &short)?;
     }
     if missing.is_empty() {
         return Ok(());
@@ -306,6 +330,58 @@ fn report_mismatches(cluster: &ClusterConfig, name: &'static str, inputs: &Input
 
 type NewTopicSpec<'a> = (&'a str, usize, &'a [(&'static str, String)]);
 
+/// Adds partitions to `topics` (name, the input's count), then waits until metadata shows them.
+fn grow(cluster: &ClusterConfig, name: &'static str, topics: &[(&str, usize)]) -> Result<(), TopicError> {
+    let fail = |topic: &str, expected: usize, reason: String| TopicError::Grow {
+        cluster: name,
+        topic: topic.to_owned(),
+        expected,
+        reason,
+    };
+    let (first, first_n) = topics[0];
+    let admin: AdminClient<DefaultClientContext> =
+        admin_config(cluster, name).create().map_err(|e| fail(first, first_n, e.to_string()))?;
+    let new: Vec<NewPartitions<'_>> = topics.iter().map(|(t, n)| NewPartitions::new(t, *n)).collect();
+    let opts = AdminOptions::new().operation_timeout(Some(METADATA_TIMEOUT));
+    let results = futures_executor::block_on(admin.create_partitions(&new, &opts))
+        .map_err(|e| fail(first, first_n, e.to_string()))?;
+    for r in results {
+        match r {
+            Ok(t) => tracing::warn!(
+                cluster = name, topic = %t,
+                "partitions were added to its input: topic grown to match, records keep their partition"
+            ),
+            // Another bridge instance grew it first.
+            Err((_, RDKafkaErrorCode::InvalidPartitions)) => {}
+            Err((t, code)) => {
+                let n = topics.iter().find(|(name, _)| *name == t).map_or(0, |(_, n)| *n);
+                return Err(fail(&t, n, code.to_string()));
+            }
+        }
+    }
+    wait_visible(cluster, name, topics.iter().map(|(t, n)| (*t, *n)), |t, n| fail(t, n, "not visible".into()))
+}
+
+/// Waits until the cluster's metadata shows every topic with its partition count, so the first
+/// produce does not race a creation.
+fn wait_visible<'a>(
+    cluster: &ClusterConfig,
+    name: &'static str,
+    topics: impl Iterator<Item = (&'a str, usize)> + Clone,
+    late: impl Fn(&str, usize) -> TopicError,
+) -> Result<(), TopicError> {
+    let deadline = Instant::now() + METADATA_TIMEOUT;
+    loop {
+        let now = partition_counts(cluster, name)?;
+        let pending = topics.clone().find(|(t, n)| now.get(*t) != Some(n));
+        match pending {
+            None => return Ok(()),
+            Some((t, n)) if Instant::now() >= deadline => return Err(late(t, n)),
+            Some(_) => std::thread::sleep(Duration::from_millis(200)),
+        }
+    }
+}
+
 fn create(cluster: &ClusterConfig, name: &'static str, topics: &[NewTopicSpec<'_>], rf: i32) -> Result<(), TopicError> {
     let fail = |topic: &str, reason: String| TopicError::Create { cluster: name, topic: topic.to_owned(), reason };
     let admin: AdminClient<DefaultClientContext> =
@@ -329,17 +405,7 @@ fn create(cluster: &ClusterConfig, name: &'static str, topics: &[NewTopicSpec<'_
             Err((t, code)) => return Err(fail(&t, code.to_string())),
         }
     }
-    // Wait until the cluster's metadata shows them, so the first produce does not race creation.
-    let deadline = Instant::now() + METADATA_TIMEOUT;
-    loop {
-        let now = partition_counts(cluster, name)?;
-        let pending: Vec<_> = topics.iter().filter(|(t, n, _)| now.get(*t) != Some(n)).collect();
-        match pending.first() {
-            None => return Ok(()),
-            Some((t, n, _)) if Instant::now() >= deadline => {
-                return Err(fail(t, format!("not visible with {n} partitions after {METADATA_TIMEOUT:?}")));
-            }
-            Some(_) => std::thread::sleep(Duration::from_millis(200)),
-        }
-    }
+    wait_visible(cluster, name, topics.iter().map(|(t, n, _)| (*t, *n)), |t, n| {
+        fail(t, format!("not visible with {n} partitions after {METADATA_TIMEOUT:?}"))
+    })
 }

@@ -180,3 +180,40 @@ fn client_reports_a_refusal_with_the_servers_message() {
         other => panic!("expected a 403 refusal, got {other:?}"),
     }
 }
+
+/// Whitelisting a user routes their real production events to code under test: a team's token
+/// is scoped to its services, and may be stored as its SHA-256 only.
+#[test]
+fn a_scoped_token_whitelists_only_for_its_services() {
+    let secret = "payments-team-secret-0001";
+    let hex: String = ring::digest::digest(&ring::digest::SHA256, secret.as_bytes())
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let m = Mapper::start(&format!("{TOKEN}\npay-team:sha256={hex}:payment\n"));
+    let pay = Some(format!("Bearer {secret}"));
+    let body = |s: &str| format!(r#"{{"services":["{s}"],"ttl_seconds":60}}"#);
+    let (status, e) = raw(&m, "PUT", "/v1/whitelist/U1", pay.as_deref(), &body("payment"));
+    assert_eq!(status, 200, "{e}");
+    let (status, e) = raw(&m, "PUT", "/v1/whitelist/U2", pay.as_deref(), &body("shipping"));
+    assert_eq!(status, 403, "{e}");
+    let message = e["error"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("pay-team") && message.contains("shipping") && message.contains("scoped to payment"),
+        "{e}"
+    );
+    // An entry another team's token gave shipping cannot be replaced or removed whole.
+    let qa = Some("Bearer 0123456789abcdef-secret");
+    assert_eq!(
+        raw(&m, "PUT", "/v1/whitelist/U3", qa, r#"{"services":["payment","shipping"],"ttl_seconds":60}"#).0,
+        200
+    );
+    assert_eq!(raw(&m, "PUT", "/v1/whitelist/U3", pay.as_deref(), &body("payment")).0, 403);
+    assert_eq!(raw(&m, "DELETE", "/v1/whitelist/U3", pay.as_deref(), "").0, 403);
+    assert_eq!(raw(&m, "DELETE", "/v1/whitelist/U3/payment", pay.as_deref(), "").0, 204);
+    // The audit names the token.
+    let (_, audit) = raw(&m, "GET", "/v1/audit", None, "");
+    let who: Vec<&str> = audit["records"].as_array().unwrap().iter().filter_map(|a| a["who"].as_str()).collect();
+    assert!(who.contains(&"pay-team") && who.contains(&"qa-team"), "{audit}");
+}

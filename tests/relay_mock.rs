@@ -409,14 +409,14 @@ fn a_write_refused_before_queueing_is_dead_lettered_and_counted() {
 }
 
 #[test]
-fn output_topic_with_other_partition_count_is_a_startup_error() {
+fn output_topic_with_more_partitions_than_its_input_is_a_startup_error() {
     let c = Clusters::new().with_outputs(&["payment"]);
     c.set_whitelist(1, &[]);
-    c.prod.create_topic("orders.shipping", 1, 1).unwrap();
+    c.prod.create_topic("orders.shipping", PARTITIONS + 2, 1).unwrap();
     c.rush.create_topic("orders.shipping", PARTITIONS, 1).unwrap();
     let run = start(&c, c.config(HEADER_ROUTE, ""));
     let err = run.thread.join().unwrap().unwrap_err().to_string();
-    assert!(err.contains("orders.shipping") && err.contains("1 partitions") && err.contains("has 3"), "{err}");
+    assert!(err.contains("orders.shipping") && err.contains("5 partitions") && err.contains("has 3"), "{err}");
 }
 
 /// The same mistake on the Rush side is Rush's problem: production flows, readiness says why Rush
@@ -426,7 +426,7 @@ fn rush_topic_with_other_partition_count_degrades_only_rush() {
     let c = Clusters::new().with_outputs(&["payment"]);
     c.set_whitelist(1, &[("U1", &["payment"])]);
     c.prod.create_topic("orders.shipping", PARTITIONS, 1).unwrap();
-    c.rush.create_topic("orders.shipping", 1, 1).unwrap();
+    c.rush.create_topic("orders.shipping", PARTITIONS + 2, 1).unwrap();
     let run = start(&c, c.config(HEADER_ROUTE, ""));
     let events: Vec<Input> = (0..30).map(|i| event(i, Some("U2"), b"{}".to_vec())).collect();
     common::produce(&c.prod.bootstrap_servers(), "orders", &events);
@@ -434,7 +434,7 @@ fn rush_topic_with_other_partition_count_degrades_only_rush() {
     wait_committed(&c, "bridge-test", "orders", 30);
     common::wait_for("readiness never named the Rush topic", Instant::now() + Duration::from_secs(60), || {
         let why = run.observers.health.rush_degraded().join("; ");
-        if why.contains("orders.shipping") && why.contains("1 partitions") {
+        if why.contains("orders.shipping") && why.contains("5 partitions") {
             return Ok(());
         }
         assert!(!run.thread.is_finished(), "a Rush topic mistake stopped production");

@@ -167,3 +167,124 @@ fn read_committed_readers_wait_for_a_dead_instances_transaction() {
     assert!(other >= Duration::from_secs(9), "readers waited less than the transaction timeout: {other:?}");
     assert!(same < other, "restarting with the same id did not shorten the wait: {same:?} vs {other:?}");
 }
+
+/// Two processes on one host with no `instance_id` set (a systemd template, a VM running two
+/// replicas): a user saw three of four exit, fenced by each other's transactional id, when the
+/// default was the host name alone. Both must run and relay exactly once.
+#[test]
+fn two_instances_without_an_instance_id_on_one_host_both_run() {
+    let group = "eos-same-host";
+    let f = Fixture::builder()
+        .on(BrokerKind::Kafka)
+        .topic("orders", PARTITIONS)
+        .whitelist(1, &[("U1", &["payment"])])
+        .group(group)
+        .bridge("delivery = \"exactly-once\"")
+        .build();
+    let (prod, rush) = (&f.prod, &f.rush);
+    assert!(!f.text.contains("instance_id"), "the point is the default");
+    let producer = PacedProducer::start(&prod.bootstrap, "orders", 500, input);
+    let watcher = OffsetWatcher::new(&prod.bootstrap, group);
+    let within = |secs| Instant::now() + Duration::from_secs(secs);
+    let mut first = Bridge::start(&f.config);
+    let mut second = Bridge::start(&f.config);
+    common::wait_until("both relay for 2,000 events within 90s", within(90), || {
+        first.assert_running();
+        second.assert_running();
+        watcher.committed("orders", PARTITIONS) >= 2_000
+    });
+    let total = producer.finish();
+    common::wait_until("every input committed within 90s", within(90), || {
+        first.assert_running();
+        second.assert_running();
+        watcher.committed("orders", PARTITIONS) >= total as i64
+    });
+    let inputs = common::read_all(&prod.bootstrap, "orders", total, Duration::from_secs(60));
+    let by_tid: HashMap<&[u8], &Read> = inputs.iter().map(|r| (r.header(TID).unwrap(), r)).collect();
+    let services = ["payment", "shipping"];
+    let (p, r) = read_outputs_of(&prod.bootstrap, &rush.bootstrap, &by_tid, &services, "read_committed");
+    first.stop(Duration::from_secs(60));
+    second.stop(Duration::from_secs(60));
+    let expected = |i: &Read, s: &str| (user(i) == "U1" && s == "payment").then(|| "U1".to_owned());
+    let report = invariant::check_with(
+        &inputs,
+        &services,
+        &p,
+        &r,
+        expected,
+        StampCheck::Header,
+        invariant::Delivery::ExactlyOnce,
+    );
+    eprintln!("two instances, default ids: {total} events, {} prod + {} rush outputs", report.prod, report.rush);
+    report.assert_clean();
+}
+
+/// A Rush-side producer fenced (someone registers the Rush lane's transactional id on Rush):
+/// only Rush is affected, so `/readyz` stays 200 (a user saw 503 until a restart), the lane
+/// starts again with a new producer, and every copy still arrives once.
+#[test]
+fn a_fenced_rush_producer_never_makes_the_bridge_unready() {
+    use rdkafka::producer::{DefaultProducerContext, Producer, ThreadedProducer};
+    let group = "eos-rush-fenced";
+    let f = Fixture::builder()
+        .on(BrokerKind::Kafka)
+        .topic("orders", PARTITIONS)
+        .whitelist(1, &[("U1", &["payment"])])
+        .group(group)
+        .bridge("delivery = \"exactly-once\"\ninstance_id = \"fenced\"")
+        .admin()
+        .build();
+    let (prod, rush, admin) = (&f.prod, &f.rush, f.admin());
+    let producer = PacedProducer::start(&prod.bootstrap, "orders", 500, input);
+    let mut bridge = Bridge::start(&f.config);
+    let within = |secs| Instant::now() + Duration::from_secs(secs);
+    let lane = "tenancy_bridge_partition_transactions_total{direction=\"rush-lane\",outcome=\"committed\"}";
+    common::wait_until("the Rush lane commits within 90s", within(90), || {
+        common::metric(admin, lane).unwrap_or(0.0) >= 1.0
+    });
+    let intruder: ThreadedProducer<DefaultProducerContext> = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &rush.bootstrap)
+        .set("transactional.id", format!("{group}.rush.tenancy-bridge.rush.orders.0"))
+        .create()
+        .unwrap();
+    intruder.init_transactions(Duration::from_secs(30)).unwrap();
+    let fenced = Instant::now();
+    let mut said_degraded = false;
+    while fenced.elapsed() < Duration::from_secs(15) {
+        // Watching the bridge through the fault, once a second.
+        std::thread::sleep(Duration::from_secs(1));
+        bridge.assert_running();
+        let (status, body) = common::http_get(admin, "/readyz");
+        assert_eq!(status, 200, "a Rush-side fault made the bridge unready: {body}");
+        said_degraded |= body.contains("rush degraded");
+    }
+    drop(intruder);
+    let total = producer.finish();
+    let watcher = OffsetWatcher::new(&prod.bootstrap, group);
+    common::wait_until("every input committed within 90s", within(90), || {
+        watcher.committed("orders", PARTITIONS) >= total as i64
+    });
+    let inputs = common::read_all(&prod.bootstrap, "orders", total, Duration::from_secs(60));
+    let by_tid: HashMap<&[u8], &Read> = inputs.iter().map(|r| (r.header(TID).unwrap(), r)).collect();
+    let services = ["payment", "shipping"];
+    let (p, r) = read_outputs_of(&prod.bootstrap, &rush.bootstrap, &by_tid, &services, "read_committed");
+    let restarts = common::metric(admin, "tenancy_bridge_rush_lane_restarts_total").unwrap_or(0.0);
+    bridge.stop(Duration::from_secs(60));
+    let expected = |i: &Read, s: &str| (user(i) == "U1" && s == "payment").then(|| "U1".to_owned());
+    let report = invariant::check_with(
+        &inputs,
+        &services,
+        &p,
+        &r,
+        expected,
+        StampCheck::Header,
+        invariant::Delivery::ExactlyOnce,
+    );
+    eprintln!(
+        "Rush lane fenced: {restarts} lane restarts, /readyz said degraded: {said_degraded}; {total} events, {} prod + \
+         {} rush outputs",
+        report.prod, report.rush
+    );
+    report.assert_clean();
+    assert!(restarts >= 1.0, "the lane never noticed it was fenced");
+}

@@ -103,7 +103,8 @@ pub struct BridgeConfig {
     pub transaction_timeout: Duration,
     /// Names this instance in its transactional id (`{group_id}.{instance_id}.forward`). It
     /// must differ between live instances and stay the same across a restart of one, so the
-    /// restarted instance aborts what its predecessor left open. Default: the host name.
+    /// restarted instance aborts what its predecessor left open. Default: the host name, plus
+    /// the process id unless it is 1 ([`default_instance_id`]).
     #[serde(default)]
     pub instance_id: Option<String>,
     /// The largest record (bytes) the bridge relays: its producers take this plus room for the
@@ -115,7 +116,8 @@ pub struct BridgeConfig {
 impl BridgeConfig {
     /// The forward direction's transactional id on prod (exactly-once).
     pub fn transactional_id(&self) -> String {
-        let instance = self.instance_id.clone().unwrap_or_else(host_name);
+        let instance =
+            self.instance_id.clone().unwrap_or_else(|| default_instance_id(&host_name(), std::process::id()));
         format!("{}.{instance}.forward", self.group_id)
     }
 
@@ -233,6 +235,17 @@ impl BridgeConfig {
 }
 
 /// The host name, which a pod or a container keeps across restarts of the process.
+/// `{host}-{pid}`, or `{host}` for process 1. Two processes on one host (a systemd template, a
+/// VM running two replicas, containers sharing the host's name) never share it, so they never
+/// fence each other's transactional id; a container's own process (pid 1, a host name of its
+/// own) keeps it across restarts. Elsewhere a restarted process gets a new id, and read_committed
+/// readers of its partitions wait for the broker to abort what it left open
+/// (`bridge.transaction_timeout` and the broker's next abort check); a stable explicit
+/// `instance_id` shortens that.
+pub fn default_instance_id(host: &str, pid: u32) -> String {
+    if pid == 1 { host.to_owned() } else { format!("{host}-{pid}") }
+}
+
 fn host_name() -> String {
     std::env::var("HOSTNAME")
         .ok()

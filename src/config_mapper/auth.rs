@@ -1,5 +1,12 @@
-//! Bearer tokens for writes. A token file holds one token per line, optionally named
-//! (`name:token`); the name is who the audit records. Comparison is constant-time.
+//! Bearer tokens for writes. A token file holds one token per line:
+//!
+//! * `TOKEN`, or `name:TOKEN` — the name is who the audit records;
+//! * `name:TOKEN:payment,shipping` — a token scoped to those services: it can whitelist users
+//!   only for them, and change or remove only entries that hold nothing else;
+//! * `sha256=HEX` in place of `TOKEN` — the token's SHA-256, so the file need not hold the
+//!   secret (`printf %s "$TOKEN" | sha256sum`).
+//!
+//! Comparison is constant-time, over every token.
 
 use std::path::Path;
 
@@ -16,20 +23,75 @@ pub enum TokenError {
 /// Shortest token accepted: a bearer token is a password.
 pub const MIN_TOKEN_LEN: usize = 16;
 
+/// Which services a token may whitelist users for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Scope {
+    All,
+    Services(Vec<String>),
+}
+
+impl Scope {
+    pub fn allows(&self, service: &str) -> bool {
+        match self {
+            Self::All => true,
+            Self::Services(s) => s.iter().any(|x| x == service),
+        }
+    }
+
+    /// The services, when the token is scoped.
+    pub fn services(&self) -> Option<&[String]> {
+        match self {
+            Self::All => None,
+            Self::Services(s) => Some(s),
+        }
+    }
+}
+
+/// What a token file line holds: the token itself, or its SHA-256.
+#[derive(Clone)]
+enum Secret {
+    Plain(Vec<u8>),
+    Sha256([u8; 32]),
+}
+
+#[derive(Clone)]
+struct Token {
+    name: String,
+    secret: Secret,
+    scope: Scope,
+}
+
 #[derive(Clone, Default)]
-pub struct Tokens(Vec<(String, Vec<u8>)>);
+pub struct Tokens(Vec<Token>);
 
 impl std::fmt::Debug for Tokens {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // Never print secrets.
-        f.debug_list().entries(self.0.iter().map(|(n, _)| n)).finish()
+        f.debug_list().entries(self.0.iter().map(|t| (&t.name, &t.scope))).finish()
     }
 }
 
 pub enum Verdict<'a> {
-    Allowed { who: &'a str },
+    Allowed { who: &'a str, scope: &'a Scope },
     Missing,
     Wrong,
+}
+
+fn sha256(bytes: &[u8]) -> [u8; 32] {
+    let mut out = [0u8; 32];
+    out.copy_from_slice(ring::digest::digest(&ring::digest::SHA256, bytes).as_ref());
+    out
+}
+
+fn parse_hex(hex: &str) -> Option<[u8; 32]> {
+    let mut out = [0u8; 32];
+    if hex.len() != 64 {
+        return None;
+    }
+    for (i, b) in out.iter_mut().enumerate() {
+        *b = u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(out)
 }
 
 impl Tokens {
@@ -50,17 +112,32 @@ impl Tokens {
             if line.is_empty() || line.starts_with('#') {
                 continue;
             }
-            let (name, token) = match line.split_once(':') {
-                Some((n, t)) => (n.trim(), t.trim()),
-                None => ("token", line),
+            let mut fields = line.splitn(3, ':').map(str::trim);
+            let (name, token, scope) = match (fields.next(), fields.next(), fields.next()) {
+                (Some(t), None, _) => ("token", t, None),
+                (Some(n), Some(t), s) => (n, t, s),
+                (None, ..) => continue,
             };
-            if token.len() < MIN_TOKEN_LEN {
-                return Err((i + 1, "token shorter than 16 characters"));
-            }
             if name.is_empty() {
                 return Err((i + 1, "empty name before ':'"));
             }
-            out.push((name.to_owned(), token.as_bytes().to_vec()));
+            let secret = match token.strip_prefix("sha256=") {
+                Some(hex) => Secret::Sha256(parse_hex(hex).ok_or((i + 1, "sha256= needs 64 hex digits"))?),
+                None if token.len() < MIN_TOKEN_LEN => return Err((i + 1, "token shorter than 16 characters")),
+                None => Secret::Plain(token.as_bytes().to_vec()),
+            };
+            let scope = match scope {
+                None => Scope::All,
+                Some(s) => {
+                    let services: Vec<String> =
+                        s.split(',').map(str::trim).filter(|x| !x.is_empty()).map(str::to_owned).collect();
+                    if services.is_empty() {
+                        return Err((i + 1, "empty service scope after the second ':'"));
+                    }
+                    Scope::Services(services)
+                }
+            };
+            out.push(Token { name: name.to_owned(), secret, scope });
         }
         Ok(Self(out))
     }
@@ -69,9 +146,12 @@ impl Tokens {
         self.0.is_empty()
     }
 
-    /// The first token, for a client that presents one.
+    /// The first plain token, for a client that presents one.
     pub fn first(&self) -> Option<&str> {
-        self.0.first().and_then(|(_, t)| std::str::from_utf8(t).ok())
+        self.0.iter().find_map(|t| match &t.secret {
+            Secret::Plain(p) => std::str::from_utf8(p).ok(),
+            Secret::Sha256(_) => None,
+        })
     }
 
     /// Checks an `Authorization` header value.
@@ -80,15 +160,20 @@ impl Tokens {
             return Verdict::Missing;
         };
         let presented = presented.trim_ascii();
+        let digest = sha256(presented);
         // Every token is compared, so timing does not tell which one (or whether any) matched.
-        let mut who = None;
-        for (name, token) in &self.0 {
-            if bool::from(token.as_slice().ct_eq(presented)) {
-                who = Some(name.as_str());
+        let mut found = None;
+        for t in &self.0 {
+            let same = match &t.secret {
+                Secret::Plain(p) => p.as_slice().ct_eq(presented),
+                Secret::Sha256(h) => h.as_slice().ct_eq(digest.as_slice()),
+            };
+            if bool::from(same) {
+                found = Some(t);
             }
         }
-        match who {
-            Some(who) => Verdict::Allowed { who },
+        match found {
+            Some(t) => Verdict::Allowed { who: &t.name, scope: &t.scope },
             None => Verdict::Wrong,
         }
     }
@@ -101,12 +186,30 @@ mod tests {
     #[test]
     fn named_and_plain_tokens() {
         let t = Tokens::parse("# qa team\nalice:0123456789abcdef0\n0123456789abcdefXYZ\n").unwrap();
-        assert!(matches!(t.check(Some(b"Bearer 0123456789abcdef0")), Verdict::Allowed { who: "alice" }));
-        assert!(matches!(t.check(Some(b"Bearer 0123456789abcdefXYZ")), Verdict::Allowed { who: "token" }));
+        assert!(matches!(t.check(Some(b"Bearer 0123456789abcdef0")), Verdict::Allowed { who: "alice", .. }));
+        assert!(matches!(t.check(Some(b"Bearer 0123456789abcdefXYZ")), Verdict::Allowed { who: "token", .. }));
         assert!(matches!(t.check(Some(b"Bearer nope")), Verdict::Wrong));
         assert!(matches!(t.check(Some(b"Basic abc")), Verdict::Missing));
         assert!(matches!(t.check(None), Verdict::Missing));
         assert_eq!(Tokens::parse("short").unwrap_err().0, 1);
         assert!(format!("{t:?}").contains("alice") && !format!("{t:?}").contains("0123"));
+    }
+
+    #[test]
+    fn scoped_and_hashed_tokens() {
+        let computed: String = sha256(b"payments-team-secret-0001").iter().map(|b| format!("{b:02x}")).collect();
+        let text = format!("pay:sha256={computed}:payment\nops:0123456789abcdef0:payment, shipping\n");
+        let t = Tokens::parse(&text).unwrap();
+        let Verdict::Allowed { who, scope } = t.check(Some(b"Bearer payments-team-secret-0001")) else {
+            panic!("the hashed token was not accepted")
+        };
+        assert_eq!(who, "pay");
+        assert!(scope.allows("payment") && !scope.allows("shipping"));
+        let Verdict::Allowed { scope, .. } = t.check(Some(b"Bearer 0123456789abcdef0")) else { panic!() };
+        assert_eq!(scope.services(), Some(&["payment".to_owned(), "shipping".to_owned()][..]));
+        assert!(matches!(t.check(Some(computed.as_bytes())), Verdict::Missing));
+        assert!(matches!(t.check(Some(format!("Bearer sha256={computed}").as_bytes())), Verdict::Wrong));
+        assert_eq!(Tokens::parse("x:sha256=abc").unwrap_err().0, 1);
+        assert_eq!(Tokens::parse("x:0123456789abcdef0: ,").unwrap_err().0, 1);
     }
 }

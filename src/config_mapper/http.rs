@@ -83,6 +83,9 @@ impl IntoResponse for ApiError {
 
 impl From<super::store::StoreError> for ApiError {
     fn from(e: super::store::StoreError) -> Self {
+        if let super::store::StoreError::OutOfScope { reason } = e {
+            return Self::new(StatusCode::FORBIDDEN, reason);
+        }
         tracing::error!(error = %e, "config mapper database error");
         Self::new(StatusCode::INTERNAL_SERVER_ERROR, format!("database error: {e}"))
     }
@@ -156,12 +159,13 @@ struct PutBody {
     reason: Option<String>,
 }
 
-fn authorize(state: &AppState, headers: &HeaderMap) -> ApiResult<String> {
+/// Who wrote (the token's name, for the audit), and the services the token is scoped to.
+fn authorize(state: &AppState, headers: &HeaderMap) -> ApiResult<(String, Option<Vec<String>>)> {
     if state.tokens.is_empty() {
         return Err(ApiError::new(StatusCode::FORBIDDEN, "writes are disabled: the server has no token configured"));
     }
     match state.tokens.check(headers.get(header::AUTHORIZATION).map(HeaderValue::as_bytes)) {
-        Verdict::Allowed { who } => Ok(who.to_owned()),
+        Verdict::Allowed { who, scope } => Ok((who.to_owned(), scope.services().map(<[String]>::to_vec))),
         Verdict::Missing => Err(ApiError::new(StatusCode::UNAUTHORIZED, "missing Authorization: Bearer <token>")),
         Verdict::Wrong => Err(ApiError::new(StatusCode::FORBIDDEN, "token not accepted")),
     }
@@ -173,7 +177,7 @@ async fn put_user(
     headers: HeaderMap,
     body: Result<Bytes, axum::extract::rejection::BytesRejection>,
 ) -> ApiResult<Response> {
-    let who = authorize(&state, &headers)?;
+    let (who, scope) = authorize(&state, &headers)?;
     check_user(&user)?;
     let body =
         body.map_err(|e| ApiError::new(e.status(), format!("body: {} (limit {MAX_BODY} bytes)", e.body_text())))?;
@@ -202,7 +206,7 @@ async fn put_user(
     services.sort();
     services.dedup();
     let reason = body.reason;
-    let e = blocking(&state, move |s| s.put(&user, &services, ttl, &who, reason.as_deref())).await?;
+    let e = blocking(&state, move |s| s.put(&user, &services, ttl, &who, reason.as_deref(), scope.as_deref())).await?;
     Ok((StatusCode::OK, axum::Json(e)).into_response())
 }
 
@@ -236,11 +240,11 @@ async fn remove(
     service: Option<String>,
     reason: Option<String>,
 ) -> ApiResult<Response> {
-    let who = authorize(&state, &headers)?;
+    let (who, scope) = authorize(&state, &headers)?;
     check_user(&user)?;
     let u = user.clone();
     let svc = service.clone();
-    match blocking(&state, move |s| s.remove(&u, svc.as_deref(), &who, reason.as_deref())).await? {
+    match blocking(&state, move |s| s.remove(&u, svc.as_deref(), &who, reason.as_deref(), scope.as_deref())).await? {
         Removed::Nothing => Err(ApiError::new(
             StatusCode::NOT_FOUND,
             match service {

@@ -21,6 +21,9 @@ pub enum StoreError {
     Sql(#[from] rusqlite::Error),
     #[error("database: stored services of {user:?} are corrupt: {source}")]
     Corrupt { user: String, source: serde_json::Error },
+    /// A scoped token asked to change what its scope does not cover.
+    #[error("{reason}")]
+    OutOfScope { reason: String },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -111,6 +114,8 @@ impl Store {
     }
 
     /// Sets `user`'s services and expiry (replacing any earlier entry), audited.
+    /// Sets `user`'s services. `scope` (a scoped token's services) must cover every service
+    /// asked for and every service the entry holds now, which the write replaces.
     pub fn put(
         &self,
         user: &str,
@@ -118,12 +123,18 @@ impl Store {
         ttl_seconds: i64,
         who: &str,
         reason: Option<&str>,
+        scope: Option<&[String]>,
     ) -> Result<StoredEntry, StoreError> {
         let now = now_ms();
         let expires_at_ms = now.saturating_add(ttl_seconds.saturating_mul(1000));
         let services_json = serde_json::to_string(services).unwrap_or_else(|_| "[]".into());
         let mut conn = self.lock();
         let tx = conn.transaction()?;
+        if let Some(scope) = scope {
+            let held = current_services(&tx, user, now)?;
+            in_scope(who, scope, services, "whitelist users for")?;
+            in_scope(who, scope, &held, &format!("replace {user:?}'s entry, which holds"))?;
+        }
         tx.execute(
             "INSERT INTO entries (user, services, expires_at_ms) VALUES (?1, ?2, ?3)
              ON CONFLICT(user) DO UPDATE SET services = excluded.services, expires_at_ms = excluded.expires_at_ms",
@@ -141,23 +152,24 @@ impl Store {
         service: Option<&str>,
         who: &str,
         reason: Option<&str>,
+        scope: Option<&[String]>,
     ) -> Result<Removed, StoreError> {
         let now = now_ms();
         let mut conn = self.lock();
         let tx = conn.transaction()?;
-        let current = tx
-            .query_row("SELECT services FROM entries WHERE user = ?1 AND expires_at_ms > ?2", params![user, now], |r| {
-                r.get::<_, String>(0)
-            })
-            .optional()?;
-        let Some(current) = current else { return Ok(Removed::Nothing) };
-        let current = entry(user.to_owned(), &current, 0)?.services;
+        let current = current_services(&tx, user, now)?;
+        if current.is_empty() {
+            return Ok(Removed::Nothing);
+        }
         let (removed, left): (Vec<String>, Vec<String>) = match service {
             None => (current, Vec::new()),
             Some(s) => current.into_iter().partition(|x| x == s),
         };
         if removed.is_empty() {
             return Ok(Removed::Nothing);
+        }
+        if let Some(scope) = scope {
+            in_scope(who, scope, &removed, &format!("remove {user:?} from"))?;
         }
         if left.is_empty() {
             tx.execute("DELETE FROM entries WHERE user = ?1", params![user])?;
@@ -244,14 +256,17 @@ mod tests {
     #[test]
     fn put_get_remove_and_audit() {
         let (_d, s) = store();
-        let e = s.put("U1", &["payment".into(), "shipping".into()], 60, "qa", Some("release 42")).unwrap();
+        let e = s.put("U1", &["payment".into(), "shipping".into()], 60, "qa", Some("release 42"), None).unwrap();
         assert_eq!(e.services, ["payment", "shipping"]);
         assert_eq!(s.get("U1", now_ms()).unwrap().unwrap().services.len(), 2);
         assert_eq!(s.snapshot(now_ms()).unwrap().0, 1);
-        assert_eq!(s.remove("U1", Some("payment"), "qa", None).unwrap(), Removed::Services(vec!["payment".into()]));
+        assert_eq!(
+            s.remove("U1", Some("payment"), "qa", None, None).unwrap(),
+            Removed::Services(vec!["payment".into()])
+        );
         assert_eq!(s.get("U1", now_ms()).unwrap().unwrap().services, ["shipping"]);
-        assert_eq!(s.remove("U1", Some("payment"), "qa", None).unwrap(), Removed::Nothing);
-        assert_eq!(s.remove("U1", None, "qa", None).unwrap(), Removed::Entry);
+        assert_eq!(s.remove("U1", Some("payment"), "qa", None, None).unwrap(), Removed::Nothing);
+        assert_eq!(s.remove("U1", None, "qa", None, None).unwrap(), Removed::Entry);
         assert!(s.get("U1", now_ms()).unwrap().is_none());
         let log = s.audit_log(100).unwrap();
         assert_eq!(log.iter().map(|a| a.action.as_str()).collect::<Vec<_>>(), ["put", "remove", "remove"]);
@@ -260,9 +275,30 @@ mod tests {
     }
 
     #[test]
+    fn a_scoped_token_changes_only_what_its_scope_covers() {
+        let (_d, s) = store();
+        let pay = ["payment".to_owned()];
+        let scope = Some(&pay[..]);
+        s.put("U1", &["payment".into()], 60, "pay-team", None, scope).unwrap();
+        let e = s.put("U2", &["shipping".into()], 60, "pay-team", None, scope).unwrap_err().to_string();
+        assert!(e.contains("pay-team") && e.contains("\"shipping\"") && e.contains("scoped to payment"), "{e}");
+        s.put("U3", &["payment".into(), "shipping".into()], 60, "ops", None, None).unwrap();
+        // Replacing U3's entry would drop shipping, which another team set.
+        let e = s.put("U3", &["payment".into()], 60, "pay-team", None, scope).unwrap_err().to_string();
+        assert!(e.contains("replace") && e.contains("shipping"), "{e}");
+        assert!(s.remove("U3", None, "pay-team", None, scope).is_err());
+        assert_eq!(s.remove("U3", Some("payment"), "pay-team", None, scope).unwrap(), Removed::Services(pay.to_vec()));
+        assert!(s.remove("U3", Some("shipping"), "pay-team", None, scope).is_err());
+        assert_eq!(s.get("U3", now_ms()).unwrap().unwrap().services, ["shipping"]);
+        // Refused writes leave no audit line; the accepted ones name the token.
+        let who: Vec<String> = s.audit_log(100).unwrap().into_iter().map(|a| a.who).collect();
+        assert_eq!(who, ["pay-team", "ops", "pay-team"]);
+    }
+
+    #[test]
     fn expired_entries_vanish_from_reads() {
         let (_d, s) = store();
-        s.put("U1", &["payment".into()], 1, "qa", None).unwrap();
+        s.put("U1", &["payment".into()], 1, "qa", None, None).unwrap();
         let later = now_ms() + 1_001;
         assert!(s.get("U1", later).unwrap().is_none());
         assert!(s.snapshot(later).unwrap().1.is_empty());
@@ -276,7 +312,7 @@ mod tests {
                 "CREATE TRIGGER break_audit BEFORE INSERT ON audit BEGIN SELECT RAISE(ABORT, 'disk full'); END;",
             )
             .unwrap();
-        assert!(s.put("U1", &["payment".into()], 60, "qa", None).is_err());
+        assert!(s.put("U1", &["payment".into()], 60, "qa", None, None).is_err());
         assert!(s.get("U1", now_ms()).unwrap().is_none());
         assert_eq!(s.snapshot(now_ms()).unwrap().0, 0, "version unchanged");
     }
@@ -284,9 +320,32 @@ mod tests {
     #[test]
     fn audit_is_append_only() {
         let (_d, s) = store();
-        s.put("U1", &["a".into()], 60, "qa", None).unwrap();
+        s.put("U1", &["a".into()], 60, "qa", None, None).unwrap();
         let conn = s.lock();
         assert!(conn.execute("DELETE FROM audit", []).is_err());
         assert!(conn.execute("UPDATE audit SET who = 'x'", []).is_err());
+    }
+}
+
+/// The services `user`'s unexpired entry holds now (none without one).
+fn current_services(tx: &rusqlite::Transaction<'_>, user: &str, now: i64) -> Result<Vec<String>, StoreError> {
+    let current = tx
+        .query_row("SELECT services FROM entries WHERE user = ?1 AND expires_at_ms > ?2", params![user, now], |r| {
+            r.get::<_, String>(0)
+        })
+        .optional()?;
+    match current {
+        Some(c) => Ok(entry(user.to_owned(), &c, 0)?.services),
+        None => Ok(Vec::new()),
+    }
+}
+
+/// Refuses, naming the first service outside `scope`.
+fn in_scope(who: &str, scope: &[String], services: &[String], doing: &str) -> Result<(), StoreError> {
+    match services.iter().find(|s| !scope.contains(s)) {
+        None => Ok(()),
+        Some(s) => Err(StoreError::OutOfScope {
+            reason: format!("token {who:?} may not {doing} {s:?}: it is scoped to {}", scope.join(", ")),
+        }),
     }
 }

@@ -50,8 +50,8 @@ impl RelayError {
             Self::Delivery { class, .. } => *class == ErrorClass::Retry,
             Self::Transaction(TransactionError::Fatal { .. }) | Self::DrainTimeout { .. } => true,
             Self::Decisions(e) => e.curable(),
+            Self::Topics(e) => e.curable(),
             Self::Transaction(TransactionError::Fenced { .. })
-            | Self::Topics(_)
             | Self::Client { .. }
             | Self::Thread { .. }
             | Self::Metrics(_)

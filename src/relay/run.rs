@@ -147,9 +147,17 @@ fn run_forward(
 ) -> Result<(), RelayError> {
     let (health, metrics) = (&observers.health, &observers.metrics);
     let mut backoff = FIRST_BACKOFF;
+    let mut again = false;
     loop {
         let started = Instant::now();
-        let error = match forward::run(config, whitelist.clone(), stop, health, metrics, observers.tracer.clone()) {
+        // A start after a fault checks the topics again: partitions added to an input meanwhile
+        // are followed, an output deleted meanwhile is created again.
+        let checked =
+            if again { crate::topics::ensure_prod(config).map(drop).map_err(RelayError::from) } else { Ok(()) };
+        again = true;
+        let run = checked
+            .and_then(|()| forward::run(config, whitelist.clone(), stop, health, metrics, observers.tracer.clone()));
+        let error = match run {
             Err(e) if e.curable() && !stop.requested() => e,
             other => {
                 health.set_forward_down(None);

@@ -754,6 +754,12 @@ impl FixtureBuilder {
         self
     }
 
+    /// librdkafka's own consumer defaults (no [`SHORT_SESSION`]), plus `lines`.
+    pub fn client_defaults(mut self, lines: &str) -> Self {
+        self.kafka = lines.to_owned();
+        self
+    }
+
     /// More TOML at the end of the config (`[telemetry]`, `[prod.producer]`, …).
     pub fn toml(mut self, text: &str) -> Self {
         self.toml.push_str(text);
