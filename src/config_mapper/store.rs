@@ -243,6 +243,29 @@ fn audit(
     Ok(())
 }
 
+/// The services `user`'s unexpired entry holds now (none without one).
+fn current_services(tx: &rusqlite::Transaction<'_>, user: &str, now: i64) -> Result<Vec<String>, StoreError> {
+    let current = tx
+        .query_row("SELECT services FROM entries WHERE user = ?1 AND expires_at_ms > ?2", params![user, now], |r| {
+            r.get::<_, String>(0)
+        })
+        .optional()?;
+    match current {
+        Some(c) => Ok(entry(user.to_owned(), &c, 0)?.services),
+        None => Ok(Vec::new()),
+    }
+}
+
+/// Refuses, naming the first service outside `scope`.
+fn in_scope(who: &str, scope: &[String], services: &[String], doing: &str) -> Result<(), StoreError> {
+    match services.iter().find(|s| !scope.contains(s)) {
+        None => Ok(()),
+        Some(s) => Err(StoreError::OutOfScope {
+            reason: format!("token {who:?} may not {doing} {s:?}: it is scoped to {}", scope.join(", ")),
+        }),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -324,28 +347,5 @@ mod tests {
         let conn = s.lock();
         assert!(conn.execute("DELETE FROM audit", []).is_err());
         assert!(conn.execute("UPDATE audit SET who = 'x'", []).is_err());
-    }
-}
-
-/// The services `user`'s unexpired entry holds now (none without one).
-fn current_services(tx: &rusqlite::Transaction<'_>, user: &str, now: i64) -> Result<Vec<String>, StoreError> {
-    let current = tx
-        .query_row("SELECT services FROM entries WHERE user = ?1 AND expires_at_ms > ?2", params![user, now], |r| {
-            r.get::<_, String>(0)
-        })
-        .optional()?;
-    match current {
-        Some(c) => Ok(entry(user.to_owned(), &c, 0)?.services),
-        None => Ok(Vec::new()),
-    }
-}
-
-/// Refuses, naming the first service outside `scope`.
-fn in_scope(who: &str, scope: &[String], services: &[String], doing: &str) -> Result<(), StoreError> {
-    match services.iter().find(|s| !scope.contains(s)) {
-        None => Ok(()),
-        Some(s) => Err(StoreError::OutOfScope {
-            reason: format!("token {who:?} may not {doing} {s:?}: it is scoped to {}", scope.join(", ")),
-        }),
     }
 }
