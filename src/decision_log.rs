@@ -301,6 +301,20 @@ impl DecisionReader {
         Ok(snapshot)
     }
 
+    /// The last whitelist any instance decided with, from the snapshot log: what a restart
+    /// starts from while the Config Mapper does not answer. `None` if the log is empty.
+    pub fn latest_snapshot(&self) -> Result<Option<Snapshot>, DecisionError> {
+        let topic = self.snapshots_topic.as_str();
+        let read_err = |source| DecisionError::Read { topic: topic.to_owned(), partition: 0, source };
+        let (low, high) = self.reader.fetch_watermarks(topic, 0, READ_TIMEOUT).map_err(read_err)?;
+        if high <= low {
+            return Ok(None);
+        }
+        // The last few, newest first: one that does not parse (a newer format) is passed over.
+        let records = self.read(topic, 0, (high - 8).max(low), high)?;
+        Ok(records.iter().rev().find_map(|(_, bytes)| Snapshot::from_json(bytes).ok()))
+    }
+
     /// The end of an input partition: one past its last record now. The high watermark the
     /// broker reports is only where the search starts: the batch holding the record before it
     /// is read to the end of the log, since a broker may report it short (tansu reports one

@@ -57,6 +57,12 @@ pub(crate) fn with_trace<H: KafkaHeaders>(input: Option<&H>, drop: &[&str], trac
 pub const OUTBOX_OUTPUT: &str = "tenancy-bridge-output";
 /// On an outbox record: the input offset it was decided from (same partition as the input).
 pub const OUTBOX_INPUT_OFFSET: &str = "tenancy-bridge-input-offset";
+/// On an outbox record: the input's own timestamp (ms), which its Rush copy keeps. The outbox
+/// itself is stamped with log-append time, so its retention counts from when a copy was
+/// decided: a back-filled old event must not expire from the outbox before it is carried.
+pub const OUTBOX_INPUT_TIMESTAMP: &str = "tenancy-bridge-input-timestamp";
+/// Every header the bridge puts on an outbox record for the Rush lane alone.
+pub const OUTBOX_HEADERS: [&str; 3] = [OUTBOX_OUTPUT, OUTBOX_INPUT_OFFSET, OUTBOX_INPUT_TIMESTAMP];
 
 /// On a dead-letter record: where it came from, which output refused it and why.
 pub mod dead_letter {

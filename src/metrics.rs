@@ -61,6 +61,7 @@ pub struct Metrics {
     pub forward_restarts: IntCounter,
     pub rush_outbox_invalid: IntCounter,
     pub rush_copies_lost: IntCounter,
+    pub rush_routes_broken: IntGauge,
     pub decision_pins: IntCounter,
     pub decisions_replayed: IntCounter,
     pub decision_history_unreadable: IntCounter,
@@ -283,6 +284,14 @@ impl Metrics {
                     name("rush_copies_lost_total"),
                     "Rush copies the outbox's retention (bridge.rush_retention) deleted before the Rush lane \
                      wrote them.",
+                )?,
+            )?,
+            rush_routes_broken: reg(
+                &registry,
+                IntGauge::new(
+                    name("rush_routes_broken"),
+                    "Routes whose Rush topics cannot be used (wrong partition count, cannot be created): their \
+                     copies wait in the outbox while every other route's flow.",
                 )?,
             )?,
             decision_pins: reg(

@@ -40,6 +40,13 @@ pub enum TopicError {
         "{cluster} cluster: cannot add partitions to topic {topic:?} to follow its input (now {expected}): {reason}"
     )]
     Grow { cluster: &'static str, topic: String, expected: usize, reason: String },
+    #[error(
+        "{cluster} cluster: the bridge's own topic {topic:?} has cleanup.policy={policy}: compaction refuses its \
+         keyless records and drops repeated keys, so decisions, copies or dead letters would be lost; set \
+         cleanup.policy=delete (kafka-configs.sh --alter --entity-type topics --entity-name {topic} \
+         --add-config cleanup.policy=delete)"
+    )]
+    Compacted { cluster: &'static str, topic: String, policy: String },
 }
 
 impl TopicError {
@@ -107,20 +114,24 @@ fn inputs(config: &Config, prod: &BTreeMap<String, usize>) -> Result<InputTopics
 /// The route outputs of `config` and the settings each takes from its input. On Rush every
 /// record is a stamped copy: its outputs take the input's limit plus room for the stamp.
 fn outputs<'a>(config: &'a Config, inputs: &InputTopics, stamped: bool) -> Vec<Wanted<'a>> {
-    let mut wanted = Vec::new();
-    for r in &config.routes {
-        let mut settings = topic_settings::copied(&inputs[&r.topic].settings);
-        if stamped {
-            topic_settings::with_stamp_room(&mut settings);
-        }
-        wanted.extend(r.services.iter().map(|s| Wanted {
+    config.routes.iter().flat_map(|r| route_outputs(r, inputs, stamped)).collect()
+}
+
+/// [`outputs`] of one route.
+fn route_outputs<'a>(r: &'a crate::config::Route, inputs: &InputTopics, stamped: bool) -> Vec<Wanted<'a>> {
+    let mut settings = topic_settings::copied(&inputs[&r.topic].settings);
+    if stamped {
+        topic_settings::with_stamp_room(&mut settings);
+    }
+    r.services
+        .iter()
+        .map(|s| Wanted {
             topic: &s.output_topic,
             input: Some(r.topic.as_str()),
             settings: settings.clone(),
             output: true,
-        }));
-    }
-    wanted
+        })
+        .collect()
 }
 
 /// Checks (and with `bridge.create_topics`, creates) every topic the bridge writes on prod: the
@@ -138,6 +149,9 @@ pub fn ensure_prod(config: &Config) -> Result<InputTopics, TopicError> {
     for r in &config.routes {
         let input = Some(r.topic.as_str());
         let mut outbox = retention(config.bridge.rush_retention);
+        // Retention counts from when a copy was decided, not from the input's own timestamp:
+        // a back-filled week-old event must still be carried to Rush.
+        outbox.push(("message.timestamp.type", "LogAppendTime".to_owned()));
         // Its records are stamped copies with headers of their own.
         if let Some(limit) = topic_settings::max_message_bytes(&inputs[&r.topic].settings) {
             outbox.push(("max.message.bytes", topic_settings::producer_max_bytes(limit).to_string()));
@@ -153,11 +167,15 @@ pub fn ensure_prod(config: &Config) -> Result<InputTopics, TopicError> {
 /// The same on Rush: the outputs, and each return route's raw topic, where Rush instances
 /// produce; it mirrors prod's partitioning so a record can keep its partition on the way back.
 /// Run by the Rush lane whenever it starts, so a Rush cluster rebuilt empty gets them again.
-pub fn ensure_rush(config: &Config) -> Result<(), TopicError> {
+/// Each route on its own: one route's broken topic (created by hand with another partition
+/// count) is that route's error, in the route's place in the result; a cluster that cannot
+/// be read is the whole call's.
+pub fn ensure_rush(config: &Config) -> Result<Vec<Result<(), TopicError>>, TopicError> {
     let inputs = inputs(config, &partition_counts(&config.prod, "prod")?)?;
     let rush = partition_counts(&config.rush, "rush")?;
-    let mut wanted = outputs(config, &inputs, true);
+    let mut routes = Vec::with_capacity(config.routes.len());
     for r in &config.routes {
+        let mut wanted = route_outputs(r, &inputs, true);
         let input = Some(r.topic.as_str());
         if r.return_path {
             let settings = topic_settings::copied(&inputs[&r.topic].settings);
@@ -169,8 +187,12 @@ pub fn ensure_rush(config: &Config) -> Result<(), TopicError> {
         if config.bridge.delivery == crate::config::Delivery::ExactlyOnce {
             wanted.push(Wanted { topic: &r.outbox_topic, input, settings: Vec::new(), output: false });
         }
+        match ensure(config, &config.rush, "rush", &rush, &inputs, &wanted) {
+            Err(e @ TopicError::Metadata { .. }) => return Err(e),
+            result => routes.push(result),
+        }
     }
-    ensure(config, &config.rush, "rush", &rush, &inputs, &wanted)
+    Ok(routes)
 }
 
 /// One output topic as `validate --topics` shows it.
@@ -296,6 +318,7 @@ fn ensure(
         }
     }
     if config.bridge.copy_topic_settings {
+        check_internal(cluster, name, &present)?;
         report_mismatches(cluster, name, inputs, &present);
     }
     if !short.is_empty() {
@@ -326,6 +349,31 @@ fn report_mismatches(cluster: &ClusterConfig, name: &'static str, inputs: &Input
             );
         }
     }
+}
+
+/// The bridge's own topics that exist already (outbox, decision and snapshot logs, dead
+/// letters): a compacted one is refused, as Kafka Connect refuses internal topics with the
+/// wrong policy; other settings that differ from what the bridge would create are logged.
+fn check_internal(cluster: &ClusterConfig, name: &'static str, present: &[&Wanted<'_>]) -> Result<(), TopicError> {
+    let internal: Vec<&Wanted<'_>> = present.iter().copied().filter(|w| !w.output).collect();
+    let names: Vec<&str> = internal.iter().map(|w| w.topic).collect();
+    let described = describe(cluster, name, &names);
+    for w in internal {
+        let Some(actual) = described.get(w.topic) else { continue };
+        if let Some(policy) = actual.get("cleanup.policy").filter(|p| p.contains("compact")) {
+            return Err(TopicError::Compacted { cluster: name, topic: w.topic.to_owned(), policy: policy.clone() });
+        }
+        for (key, wanted) in &w.settings {
+            match actual.get(*key) {
+                Some(value) if value.trim() != wanted.trim() => tracing::warn!(
+                    cluster = name, topic = w.topic, key, value = %value, wanted = %wanted,
+                    "the bridge's own topic has a setting other than the one it creates it with"
+                ),
+                _ => {}
+            }
+        }
+    }
+    Ok(())
 }
 
 type NewTopicSpec<'a> = (&'a str, usize, &'a [(&'static str, String)]);

@@ -217,3 +217,57 @@ fn frozen_rush(delivery: Delivery) {
     let summary = bridge.stop(Duration::from_secs(60));
     assert!(summary.contains("records in"), "{summary}");
 }
+
+/// Rush unreachable from the start, so the Rush lane never commits: copies retention takes
+/// from the outbox meanwhile are lost, and counted. Before, only copies behind a committed lane
+/// offset were: a partition the lane had never committed reported none. Records are removed
+/// with DeleteRecords, as retention would remove them, on Apache Kafka.
+#[test]
+fn copies_deleted_before_the_lane_ever_committed_are_counted_lost() {
+    use rdkafka::admin::{AdminClient, AdminOptions};
+    use rdkafka::client::DefaultClientContext;
+    let group = "bridge-lost-uncommitted";
+    let f = Fixture::builder()
+        .on(common::BrokerKind::Kafka)
+        .topic("orders", 2)
+        .whitelist(1, &[("U1", &["payment"])])
+        .group(group)
+        .admin()
+        .build();
+    let text = f.text.replace(&f.rush.bootstrap, &format!("127.0.0.1:{}", common::free_port()));
+    let config = tenancy_bridge::config::Config::parse(&text, std::iter::empty()).unwrap();
+    let outbox = config.routes[0].outbox_topic.clone();
+    let path = f.write_config("no-rush.toml", &text);
+    let inputs: Vec<Input> = (0..40).map(|i| Input { partition: (i % 2) as i32, ..input(i * USERS + 1) }).collect();
+    common::produce(&f.prod.bootstrap, "orders", &inputs);
+    let mut bridge = Bridge::start(&path);
+    let watcher = OffsetWatcher::new(&f.prod.bootstrap, group);
+    common::wait_until(
+        "40 inputs committed with Rush away within 60s",
+        Instant::now() + Duration::from_secs(60),
+        || {
+            bridge.assert_running();
+            watcher.committed("orders", 2) >= 40
+        },
+    );
+    let admin: AdminClient<DefaultClientContext> =
+        rdkafka::ClientConfig::new().set("bootstrap.servers", &f.prod.bootstrap).create().unwrap();
+    let mut upto = rdkafka::TopicPartitionList::new();
+    for p in 0..2 {
+        upto.add_partition_offset(&outbox, p, rdkafka::Offset::Offset(5)).unwrap();
+    }
+    let done = futures_executor::block_on(admin.delete_records(&upto, &AdminOptions::new())).unwrap();
+    assert!(done.elements().iter().all(|e| e.error().is_ok()), "{done:?}");
+    let lost = "tenancy_bridge_rush_copies_lost_total";
+    let counted =
+        common::wait_for("10 lost copies counted within 30s", Instant::now() + Duration::from_secs(30), || {
+            bridge.assert_running();
+            match common::metric(f.admin(), lost) {
+                Some(n) if n >= 10.0 => Ok(n),
+                other => Err(format!("{lost} = {other:?}")),
+            }
+        });
+    bridge.stop(Duration::from_secs(30));
+    eprintln!("Rush never reached: 10 copies deleted from the outbox, {counted} counted lost");
+    assert_eq!(counted, 10.0, "each lost copy counted once");
+}

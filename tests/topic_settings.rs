@@ -203,3 +203,134 @@ fn a_record_no_output_takes_goes_to_the_dead_letter_topic_and_production_flows_p
         assert_eq!(line.split_whitespace().last(), Some("4"), "dead-lettered for {svc}: {line}");
     }
 }
+
+/// A back-filled event, 30 days old: its Rush copy keeps the input's timestamp, and the outbox
+/// that carries it counts retention from when it was decided (log-append time), so it cannot
+/// expire there before the Rush lane takes it. Before, the outbox kept the input's CreateTime
+/// and the 7-day outbox would drop such copies at its next retention check. On Apache Kafka:
+/// the broker's own log-append stamping is what is shown.
+#[test]
+fn a_back_filled_event_reaches_rush_with_its_timestamp_and_the_outbox_uses_log_append_time() {
+    let group = "bridge-backfill";
+    let f = Fixture::builder()
+        .on(common::BrokerKind::Kafka)
+        .topic("orders", 2)
+        .whitelist(1, &[("U1", &["payment"])])
+        .group(group)
+        .build();
+    let config = tenancy_bridge::config::Config::parse(&f.text, std::iter::empty()).unwrap();
+    let outbox = &config.routes[0].outbox_topic;
+    let month_ago = tenancy_bridge::clock::now_ms() - 30 * 86_400_000;
+    let inputs: Vec<Input> = (0..20)
+        .map(|i| Input {
+            partition: i % 2,
+            key: Some(format!("k{i}").into_bytes()),
+            payload: Some(format!("event {i}").into_bytes()),
+            headers: vec![
+                (TID.into(), Some(i.to_string().into_bytes())),
+                ("x-user-id".into(), Some(if i % 2 == 0 { b"U1".to_vec() } else { b"U2".to_vec() })),
+            ],
+            timestamp: month_ago + i as i64,
+        })
+        .collect();
+    common::produce(&f.prod.bootstrap, "orders", &inputs);
+    let started = tenancy_bridge::clock::now_ms();
+    let mut bridge = Bridge::start(&f.config);
+    let copies = common::read_all(&f.rush.bootstrap, "orders.payment", 10, Duration::from_secs(90));
+    bridge.assert_running();
+    let in_outbox = common::read_all(&f.prod.bootstrap, outbox, 10, Duration::from_secs(30));
+    bridge.stop(Duration::from_secs(30));
+    assert_eq!(copies.len(), 10, "every back-filled event of U1 reaches Rush");
+    for c in &copies {
+        let n: i64 = std::str::from_utf8(c.header(TID).unwrap()).unwrap().parse().unwrap();
+        assert_eq!(c.timestamp, Some(month_ago + n), "a Rush copy keeps its input's timestamp");
+    }
+    assert_eq!(in_outbox.len(), 10);
+    for o in &in_outbox {
+        let t = o.timestamp.unwrap();
+        assert!(t >= started - 1_000, "outbox record stamped {t}, before the bridge started ({started}): CreateTime");
+    }
+    let settings = common::topic_settings(&f.prod.bootstrap, outbox);
+    assert_eq!(settings.get("message.timestamp.type").map(String::as_str), Some("LogAppendTime"), "{settings:?}");
+    eprintln!("20 events 30 days old: 10 copies on Rush with their own timestamps; the outbox stamped at append");
+}
+
+/// A decision log someone created compacted: compaction refuses the bridge's keyless pins, so
+/// it used to fail at the first pin and start again forever. Now it does not start, and says
+/// which topic and what to change.
+#[test]
+fn a_compacted_decision_log_is_refused_at_start_naming_the_topic() {
+    let f = Fixture::builder().topic("orders", 2).group("bridge-compacted").build();
+    let config = tenancy_bridge::config::Config::parse(&f.text, std::iter::empty()).unwrap();
+    let decisions = config.routes[0].decisions_topic.clone();
+    common::create_topic_with(&f.prod.bootstrap, &decisions, 2, &[("cleanup.policy", "compact")]);
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_tenancy-bridge"))
+        .args(["run", "--config"])
+        .arg(&f.config)
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let status = common::wait_for("the bridge exits within 60s", Instant::now() + Duration::from_secs(60), || {
+        child.try_wait().unwrap().ok_or_else(String::new)
+    });
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+    assert!(!status.success(), "started with a compacted decision log: {stderr}");
+    assert!(
+        stderr.contains(&decisions) && stderr.contains("cleanup.policy=compact"),
+        "the error names the topic and the setting: {stderr}"
+    );
+}
+
+/// One route's Rush topic created by hand with the wrong partition count (a Java client's
+/// auto-creation on a rebuilt Rush): only that route's copies wait. Before, the whole Rush lane
+/// stopped, every route's copies with it. Readiness stays 200 and names the topic.
+#[test]
+fn a_broken_rush_topic_holds_back_only_its_own_routes_copies() {
+    let routes = "[[routes]]\ntopic = \"orders\"\nservices = [\"payment\", \"shipping\"]\nuser = { header = \"x-user-id\" }\n\
+                  [[routes]]\ntopic = \"clicks\"\nservices = [\"payment\"]\nuser = { header = \"x-user-id\" }\n";
+    let group = "bridge-broken-route";
+    let f = Fixture::builder()
+        .topic("orders", 3)
+        .topic("clicks", 3)
+        .whitelist(1, &[("U1", &["payment", "shipping"])])
+        .group(group)
+        .routes(routes)
+        .admin()
+        .build();
+    common::create_topic(&f.rush.bootstrap, "orders.shipping", 5);
+    let event = |i: usize| Input {
+        partition: (i % 3) as i32,
+        key: Some(format!("k{i}").into_bytes()),
+        payload: Some(format!("event {i}").into_bytes()),
+        headers: vec![(TID.into(), Some(i.to_string().into_bytes())), ("x-user-id".into(), Some(b"U1".to_vec()))],
+        timestamp: tenancy_bridge::clock::now_ms(),
+    };
+    let events: Vec<Input> = (0..30).map(event).collect();
+    common::produce(&f.prod.bootstrap, "orders", &events);
+    common::produce(&f.prod.bootstrap, "clicks", &events);
+    let mut bridge = Bridge::start(&f.config);
+    let copies = common::read_all(&f.rush.bootstrap, "clicks.payment", 30, Duration::from_secs(90));
+    bridge.assert_running();
+    let watcher = OffsetWatcher::new(&f.prod.bootstrap, group);
+    common::wait_until("both routes' inputs committed within 60s", Instant::now() + Duration::from_secs(60), || {
+        watcher.committed("orders", 3) >= 30 && watcher.committed("clicks", 3) >= 30
+    });
+    let (status, why) = common::http_get(f.admin(), "/readyz");
+    let broken = common::metric(f.admin(), "tenancy_bridge_rush_routes_broken");
+    // The route's other Rush topics are not even created while one of them is wrong.
+    let held_back = if common::topic_exists(&f.rush.bootstrap, "orders.payment") {
+        common::read_all(&f.rush.bootstrap, "orders.payment", 1, Duration::from_secs(3))
+    } else {
+        Vec::new()
+    };
+    bridge.stop(Duration::from_secs(30));
+    eprintln!("clicks copies on Rush: {}; orders copies: {}; /readyz {status}: {why}", copies.len(), held_back.len());
+    assert_eq!(copies.len(), 30, "the healthy route's copies all reach Rush");
+    assert!(held_back.is_empty(), "the broken route's copies wait in its outbox, in order");
+    assert_eq!(status, 200, "a broken Rush topic never makes the bridge unready: {why}");
+    assert!(why.contains("orders.shipping"), "readiness names the broken topic: {why}");
+    assert_eq!(broken, Some(1.0));
+}

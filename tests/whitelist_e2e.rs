@@ -187,3 +187,49 @@ fn lookup_mode_through_the_binary() {
     report.assert_clean();
     assert_eq!((report.prod, report.rush), (400, 200));
 }
+
+/// Restarted while the Config Mapper is down: the bridge starts from the last snapshot in its
+/// snapshot log instead of deciding everyone as production until the Config Mapper answers.
+#[test]
+fn a_restart_while_the_config_mapper_is_down_starts_from_the_snapshot_log() {
+    let group = "wl-restart-outage";
+    let mut f = Fixture::builder()
+        .topic("orders", 2)
+        .mapper(TOKEN, "refresh = \"1s\"")
+        .group(group)
+        .routes("[[routes]]\ntopic = \"orders\"\nservices = [\"payment\"]\nuser = { header = \"x-user-id\" }\n")
+        .build();
+    let client =
+        MapperClient::new(&f.mapper().url, Some("0123456789abcdef-e2e-token".into()), Duration::from_secs(5)).unwrap();
+    client.add("U1", &["payment".into()], Duration::from_secs(3600), Some("restart during an outage")).unwrap();
+    let batch = |from: usize| -> Vec<Input> {
+        (from..from + 20).map(|i| event(i, if i % 2 == 0 { "U1" } else { "U2" })).collect()
+    };
+    let watcher = OffsetWatcher::new(&f.prod.bootstrap, group);
+    let within = |secs| Instant::now() + Duration::from_secs(secs);
+    common::produce(&f.prod.bootstrap, "orders", &batch(0));
+    let mut bridge = Bridge::start(&f.config);
+    common::wait_until("the first 20 committed within 60s", within(60), || {
+        bridge.assert_running();
+        watcher.committed("orders", 2) >= 20
+    });
+    // Stopped once its Rush lane has carried U1's copies (so it leaves its group joined: tansu
+    // can take long to settle a group whose member left mid-join).
+    let first = common::read_all(&f.rush.bootstrap, "orders.payment", 10, Duration::from_secs(60));
+    assert_eq!(first.len(), 10, "U1's first events reach Rush");
+    bridge.stop(Duration::from_secs(30));
+    f.mapper.as_mut().unwrap().kill();
+    common::produce(&f.prod.bootstrap, "orders", &batch(20));
+    let mut bridge = Bridge::start(&f.config);
+    common::wait_until("the next 20 committed within 60s", within(60), || {
+        bridge.assert_running();
+        watcher.committed("orders", 2) >= 40
+    });
+    let rush = common::read_all(&f.rush.bootstrap, "orders.payment", 20, Duration::from_secs(30));
+    let prod = common::read_all(&f.prod.bootstrap, "orders.payment", 20, Duration::from_secs(30));
+    bridge.stop(Duration::from_secs(30));
+    let users = |rs: &[Read]| rs.iter().filter(|r| r.header("x-user-id") == Some(b"U1".as_slice())).count();
+    eprintln!("after a restart with the Config Mapper down: {} rush, {} prod outputs", rush.len(), prod.len());
+    assert_eq!((rush.len(), users(&rush)), (20, 20), "U1's events reach Rush before and after the restart");
+    assert_eq!((prod.len(), users(&prod)), (20, 0), "U2's events, and only those, stay in production");
+}

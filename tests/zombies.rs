@@ -288,3 +288,224 @@ fn a_fenced_rush_producer_never_makes_the_bridge_unready() {
     report.assert_clean();
     assert!(restarts >= 1.0, "the lane never noticed it was fenced");
 }
+
+/// Exactly-once with lookup mode: an instance frozen (SIGSTOP) past its session timeout and
+/// `lookup_wait` while records wait for lookups (the Config Mapper hung first), short of the
+/// transaction timeout. On waking, its open transaction is aborted as stale and the held
+/// records are dropped, to be read again once it has rejoined: before the fix it decided them
+/// at once, outside any transaction, and stopped on librdkafka's `_STATE`.
+#[test]
+fn an_exactly_once_lookup_instance_frozen_with_held_records_carries_on() {
+    frozen_with_held_records("eos-lookup-frozen", Duration::from_secs(8));
+}
+
+/// The same, frozen past the transaction timeout too: Apache Kafka aborts the transaction
+/// itself and bumps the producer's epoch, so the woken producer is fenced. A restart cures
+/// that (it was paused, no other process holds its id): the forward direction starts again by
+/// itself instead of exiting.
+#[test]
+fn an_exactly_once_instance_frozen_past_its_transaction_timeout_starts_again() {
+    frozen_with_held_records("eos-lookup-fenced", Duration::from_secs(25));
+}
+
+fn frozen_with_held_records(group: &str, freeze: Duration) {
+    const TOKEN: &str = "qa:0123456789abcdef-zombie-lookup";
+    let f = Fixture::builder()
+        .on(BrokerKind::Kafka)
+        .topic("orders", PARTITIONS)
+        .mapper(TOKEN, "mode = \"lookup\"\nlookup_wait = \"5s\"")
+        .group(group)
+        .bridge("delivery = \"exactly-once\"\ninstance_id = \"frozen-lookup\"")
+        .admin()
+        .build();
+    let (prod, rush, mapper) = (&f.prod, &f.rush, f.mapper());
+    let client = tenancy_bridge::whitelist::client::MapperClient::new(
+        &mapper.url,
+        Some("0123456789abcdef-zombie-lookup".into()),
+        Duration::from_secs(5),
+    )
+    .unwrap();
+    client.add("U1", &["payment".to_owned()], Duration::from_secs(3600), Some("zombie test")).unwrap();
+    // Most users are new for a long while: records keep needing lookups.
+    let input = |i: usize| {
+        let user = if i % 10 == 0 { "U1".to_owned() } else { format!("L{}", i % 3_000) };
+        Input {
+            partition: (i % PARTITIONS as usize) as i32,
+            key: Some(user.clone().into_bytes()),
+            payload: Some(format!(r#"{{"n":{i}}}"#).into_bytes()),
+            headers: vec![
+                (TID.into(), Some(i.to_string().into_bytes())),
+                ("x-user-id".into(), Some(user.into_bytes())),
+            ],
+            timestamp: tenancy_bridge::clock::now_ms(),
+        }
+    };
+    let producer = PacedProducer::start(&prod.bootstrap, "orders", 200, input);
+    let watcher = OffsetWatcher::new(&prod.bootstrap, group);
+    let within = |secs| Instant::now() + Duration::from_secs(secs);
+    let admin = f.admin();
+    let mut bridge = Bridge::start(&f.config);
+    common::wait_until("the bridge commits 1,000 events within 60s", within(60), || {
+        bridge.assert_running();
+        watcher.committed("orders", PARTITIONS) >= 1_000
+    });
+    mapper.signal("STOP");
+    let held = "tenancy_bridge_whitelist_lookup_held_records";
+    common::wait_until("records held for lookups within 10s", within(10), || {
+        common::metric(admin, held).unwrap_or(0.0) >= 20.0
+    });
+    let held_at_freeze = common::metric(admin, held).unwrap_or(0.0);
+    let kill = |sig: &str| {
+        let ok = std::process::Command::new("kill").args([sig, &bridge.pid().to_string()]).status().unwrap();
+        assert!(ok.success());
+    };
+    kill("-STOP");
+    std::thread::sleep(freeze);
+    kill("-CONT");
+    mapper.signal("CONT");
+    let count = |series: &str| common::metric(admin, &format!("tenancy_bridge_{series}")).unwrap_or(0.0);
+    let gave_up = || count("transactions_total{outcome=\"aborted\"}") + count("forward_restarts_total");
+    common::wait_until("the woken instance gives up what it had open within 60s", within(60), || {
+        bridge.assert_running();
+        gave_up() >= 1.0
+    });
+    let (aborted, restarts) = (count("transactions_total{outcome=\"aborted\"}"), count("forward_restarts_total"));
+    std::thread::sleep(Duration::from_secs(5));
+    let total = producer.finish();
+    common::wait_until("every input committed within 120s", within(120), || {
+        bridge.assert_running();
+        watcher.committed("orders", PARTITIONS) >= total as i64
+    });
+    let inputs = common::read_all(&prod.bootstrap, "orders", total, Duration::from_secs(60));
+    let by_tid: HashMap<&[u8], &Read> = inputs.iter().map(|r| (r.header(TID).unwrap(), r)).collect();
+    let services = ["payment", "shipping"];
+    let (p, r) = read_outputs_of(&prod.bootstrap, &rush.bootstrap, &by_tid, &services, "read_committed");
+    let (pu, ru) = read_outputs_of(&prod.bootstrap, &rush.bootstrap, &by_tid, &services, "read_uncommitted");
+    bridge.stop(Duration::from_secs(60));
+    let expected = |i: &Read, s: &str| (user(i) == "U1" && s == "payment").then(|| "U1".to_owned());
+    let committed = invariant::check_with(
+        &inputs,
+        &services,
+        &p,
+        &r,
+        expected,
+        StampCheck::Header,
+        invariant::Delivery::ExactlyOnce,
+    );
+    let uncommitted = invariant::check_with(
+        &inputs,
+        &services,
+        &pu,
+        &ru,
+        expected,
+        StampCheck::Header,
+        invariant::Delivery::AtLeastOnce,
+    );
+    eprintln!(
+        "lookup mode, exactly-once, frozen {freeze:?} with {held_at_freeze} records held: {aborted} aborted, {restarts} \
+         forward restarts; {total} events, read_committed {} prod + {} rush outputs; read_uncommitted {} written again",
+        committed.prod, committed.rush, uncommitted.replayed
+    );
+    committed.assert_clean();
+    uncommitted.assert_clean();
+}
+
+/// Exactly-once with lookup mode under cooperative rebalancing: instances join and leave while
+/// records wait for lookups. A cooperative revocation commits the open transaction in the
+/// middle of a batch; the held records of the partitions the instance keeps are then decided
+/// in a fresh transaction. Before the fix they were written with none open, and librdkafka's
+/// `_STATE` stopped the instance.
+#[test]
+fn an_exactly_once_lookup_instance_keeps_going_through_cooperative_rebalances() {
+    const TOKEN: &str = "qa:0123456789abcdef-zombie-coop";
+    const P: i32 = 6;
+    let group = "eos-lookup-coop";
+    let f = Fixture::builder()
+        .on(BrokerKind::Kafka)
+        .topic("orders", P)
+        .mapper(TOKEN, "mode = \"lookup\"")
+        .group(group)
+        .kafka("\"partition.assignment.strategy\" = \"cooperative-sticky\"")
+        .bridge("delivery = \"exactly-once\"")
+        .build();
+    let (prod, rush, mapper) = (&f.prod, &f.rush, f.mapper());
+    let client = tenancy_bridge::whitelist::client::MapperClient::new(
+        &mapper.url,
+        Some("0123456789abcdef-zombie-coop".into()),
+        Duration::from_secs(5),
+    )
+    .unwrap();
+    client.add("U1", &["payment".to_owned()], Duration::from_secs(3600), Some("zombie test")).unwrap();
+    // Nearly every event is of a user not seen for a while: most records wait for a lookup.
+    let input = |i: usize| {
+        let user = if i % 10 == 0 { "U1".to_owned() } else { format!("L{i}") };
+        Input {
+            partition: (i % P as usize) as i32,
+            key: Some(user.clone().into_bytes()),
+            payload: Some(format!(r#"{{"n":{i}}}"#).into_bytes()),
+            headers: vec![
+                (TID.into(), Some(i.to_string().into_bytes())),
+                ("x-user-id".into(), Some(user.into_bytes())),
+            ],
+            timestamp: tenancy_bridge::clock::now_ms(),
+        }
+    };
+    let producer = PacedProducer::start(&prod.bootstrap, "orders", 500, input);
+    let watcher = OffsetWatcher::new(&prod.bootstrap, group);
+    let within = |secs| Instant::now() + Duration::from_secs(secs);
+    let (config_a, admin_a) = f.instance("a");
+    let mut a = Bridge::start(&config_a);
+    common::wait_until("A commits 1,000 events within 60s", within(60), || {
+        a.assert_running();
+        watcher.committed("orders", P) >= 1_000
+    });
+    // Each join and each leave revokes some of A's partitions, cooperatively.
+    for round in 0..3 {
+        let (config, admin) = f.instance(&format!("joiner-{round}"));
+        let joiner = Bridge::start(&config);
+        let assigned = "tenancy_bridge_assigned_partitions{direction=\"forward\"}";
+        common::wait_until("the joiner gets partitions within 60s", within(60), || {
+            a.assert_running();
+            common::metric(&admin, assigned).unwrap_or(0.0) > 0.0
+        });
+        std::thread::sleep(Duration::from_secs(2));
+        joiner.stop(Duration::from_secs(60));
+        let sent = producer.produced() as i64;
+        common::wait_until("A catches up after the joiner left within 60s", within(60), || {
+            a.assert_running();
+            watcher.committed("orders", P) >= sent - 500
+        });
+    }
+    let total = producer.finish();
+    common::wait_until("every input committed within 120s", within(120), || {
+        a.assert_running();
+        watcher.committed("orders", P) >= total as i64
+    });
+    let inputs = common::read_all(&prod.bootstrap, "orders", total, Duration::from_secs(60));
+    let by_tid: HashMap<&[u8], &Read> = inputs.iter().map(|r| (r.header(TID).unwrap(), r)).collect();
+    let services = ["payment", "shipping"];
+    let (p, r) = read_outputs_of(&prod.bootstrap, &rush.bootstrap, &by_tid, &services, "read_committed");
+    // A revocation is routine: the forward direction must not need to start again for it (it
+    // did, after a write outside any transaction, before the fix).
+    let restarts = common::metric(&admin_a, "tenancy_bridge_forward_restarts_total");
+    a.stop(Duration::from_secs(60));
+    assert_eq!(restarts, Some(0.0), "A's forward direction started again during cooperative rebalances");
+    let expected = |i: &Read, s: &str| (user(i) == "U1" && s == "payment").then(|| "U1".to_owned());
+    let report = invariant::check_with(
+        &inputs,
+        &services,
+        &p,
+        &r,
+        expected,
+        StampCheck::Header,
+        invariant::Delivery::ExactlyOnce,
+    );
+    eprintln!(
+        "lookup mode, exactly-once, 3 joiners came and went (cooperative-sticky): {total} events, {} prod + {} rush \
+         outputs, {} violations",
+        report.prod,
+        report.rush,
+        report.violations.len()
+    );
+    report.assert_clean();
+}

@@ -55,9 +55,10 @@ pub struct BridgeConfig {
     /// Create missing output topics with the input's partition count.
     #[serde(default = "defaults::create_topics")]
     pub create_topics: bool,
-    /// Read each input topic's settings (DescribeConfigs) to create its outputs with them and
-    /// size the clients by its `max.message.bytes`. Off: outputs get the broker's defaults and
-    /// `max_record_bytes` sizes the clients (for topics managed elsewhere, e.g. by GitOps).
+    /// Read topic settings (DescribeConfigs): each input's, to create its outputs with them and
+    /// size the clients by its `max.message.bytes`; and the bridge's own topics', to refuse a
+    /// compacted one. Off: outputs get the broker's defaults and `max_record_bytes` sizes the
+    /// clients (for topics managed elsewhere, e.g. by GitOps).
     #[serde(default = "defaults::create_topics")]
     pub copy_topic_settings: bool,
     /// Replication factor for created output topics; -1 uses the broker's default.

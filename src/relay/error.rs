@@ -39,7 +39,8 @@ impl RelayError {
     /// Whether starting the direction again can cure this, as a supervisor restarting the
     /// process would: a production broker frozen or restarted, a coordinator that moved, a group
     /// membership lost meanwhile (`max.poll.interval.ms` passed while a write waited), a write
-    /// or a decision-log read that outlasted its timeout. Not: a configuration, a permission, a
+    /// or a decision-log read that outlasted its timeout, a transactional id the broker fenced
+    /// while this process was paused. Not: a configuration, a permission, a
     /// transactional id another live instance holds, a broken thread or a panic, which the
     /// bridge stops for, saying which.
     pub fn curable(&self) -> bool {
@@ -49,10 +50,10 @@ impl RelayError {
             Self::Produce(p) => p.class == ErrorClass::Retry || code(&p.source),
             Self::Delivery { class, .. } => *class == ErrorClass::Retry,
             Self::Transaction(TransactionError::Fatal { .. }) | Self::DrainTimeout { .. } => true,
+            Self::Transaction(TransactionError::Fenced { paused, .. }) => *paused,
             Self::Decisions(e) => e.curable(),
             Self::Topics(e) => e.curable(),
-            Self::Transaction(TransactionError::Fenced { .. })
-            | Self::Client { .. }
+            Self::Client { .. }
             | Self::Thread { .. }
             | Self::Metrics(_)
             | Self::Telemetry(_)

@@ -86,8 +86,11 @@ pub struct Health {
     unreachable: [AtomicBool; 3],
     /// Why the Rush lane is not writing (it retries on its own); `None` while it is.
     rush_lane_down: std::sync::Mutex<Option<String>>,
-    /// Every Rush-side topic exists with the right partition count (the return path waits for it).
+    /// The Rush-side topics were checked (the return path waits for it); those of the routes in
+    /// `rush_routes_broken` could not be made right.
     pub rush_topics_ready: AtomicBool,
+    /// Per route whose Rush topics are unusable: why. Its copies wait; other routes flow.
+    rush_routes_broken: std::sync::Mutex<Vec<String>>,
     /// Why the forward direction is starting again (production outputs wait); `None` while it runs.
     forward_down: std::sync::Mutex<Option<String>>,
 }
@@ -122,9 +125,15 @@ impl Health {
         }
     }
 
+    pub fn set_rush_routes_broken(&self, why: Vec<String>) {
+        if let Ok(mut g) = self.rush_routes_broken.lock() {
+            *g = why;
+        }
+    }
+
     /// Why the Rush side is degraded: production is unaffected, Rush copies wait in the outbox.
     pub fn rush_degraded(&self) -> Vec<String> {
-        let mut why = Vec::new();
+        let mut why = self.rush_routes_broken.lock().map(|g| g.clone()).unwrap_or_default();
         if self.unreachable(ProducerRole::Rush) {
             why.push("rush producer: no broker up".to_owned());
         }

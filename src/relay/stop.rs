@@ -14,16 +14,24 @@ pub struct Stop<'a> {
     shutdown: &'a AtomicBool,
     /// Set by a thread of the relay that failed or panicked.
     failed: AtomicBool,
+    /// A part of the relay that runs for a while only (a Rush lane leaving broken routes out
+    /// checks them again then).
+    deadline: Option<Instant>,
 }
 
 impl<'a> Stop<'a> {
     pub fn new(shutdown: &'a AtomicBool) -> Self {
-        Self { shutdown, failed: AtomicBool::new(false) }
+        Self { shutdown, failed: AtomicBool::new(false), deadline: None }
+    }
+
+    /// The same stop, that also asks to wind down at `deadline`.
+    pub fn until(&self, deadline: Instant) -> Stop<'a> {
+        Stop { shutdown: self.shutdown, failed: AtomicBool::new(self.failed.load(Relaxed)), deadline: Some(deadline) }
     }
 
     /// Whether every loop should wind down now.
     pub fn requested(&self) -> bool {
-        self.shutdown.load(Relaxed) || self.failed.load(Relaxed)
+        self.shutdown.load(Relaxed) || self.failed.load(Relaxed) || self.deadline.is_some_and(|d| Instant::now() >= d)
     }
 
     /// A thread failed: the others stop too.

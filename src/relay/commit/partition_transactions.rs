@@ -285,7 +285,7 @@ impl PartitionTransactions {
     }
 
     fn failed(&self, id: &str, step: &'static str, e: &KafkaError) -> TransactionError {
-        let err = super::transaction::classify_failure(id, step, e);
+        let err = super::transaction::classify_failure(id, step, e, false);
         if matches!(err, TransactionError::Fenced { .. }) {
             self.fenced.inc();
             tracing::error!(%id, error = %err, "partition transactions fenced: another instance owns this partition now");

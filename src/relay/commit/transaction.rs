@@ -35,10 +35,22 @@ use crate::relay::stop::Stop;
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum TransactionError {
     #[error(
-        "transactional id {id:?} was fenced: another live instance has the same bridge.instance_id, \
-         or this one was replaced while it was paused ({reason})"
+        "transactional id {id:?} was fenced: {} ({reason})",
+        if *paused {
+            "this instance was paused past its transaction timeout and the broker moved on; it starts again"
+        } else {
+            "another live instance has the same bridge.instance_id, or this one was replaced while it was paused"
+        }
     )]
-    Fenced { id: String, reason: String },
+    Fenced {
+        id: String,
+        reason: String,
+        /// Fenced while a transaction of this process was older than a transaction may be: the
+        /// process was paused, and a fresh producer cures it (Kafka Streams rejoins the same
+        /// way). Otherwise another live process may hold the id, and starting again would only
+        /// fence it in turn.
+        paused: bool,
+    },
     #[error("transaction {step} failed for good on prod: {reason}")]
     Fatal { step: &'static str, reason: String },
 }
@@ -314,7 +326,8 @@ impl Transactions {
     }
 
     fn failed(&self, step: &'static str, e: &KafkaError) -> TransactionError {
-        let err = classify_failure(&self.id, step, e);
+        let paused = self.stale().is_some() || self.unproven();
+        let err = classify_failure(&self.id, step, e, paused);
         if matches!(err, TransactionError::Fenced { .. }) {
             self.fenced.inc();
         }
@@ -329,13 +342,13 @@ impl Transactions {
 
 /// A transaction step's error for good: fenced (another producer took the transactional id,
 /// or the broker bumped past this one's epoch), or fatal.
-pub(super) fn classify_failure(id: &str, step: &'static str, e: &KafkaError) -> TransactionError {
+pub(super) fn classify_failure(id: &str, step: &'static str, e: &KafkaError, paused: bool) -> TransactionError {
     let fenced = matches!(
         e.rdkafka_error_code(),
         Some(RDKafkaErrorCode::Fenced | RDKafkaErrorCode::ProducerFenced | RDKafkaErrorCode::InvalidProducerEpoch)
     );
     if fenced {
-        TransactionError::Fenced { id: id.to_owned(), reason: e.to_string() }
+        TransactionError::Fenced { id: id.to_owned(), reason: e.to_string(), paused }
     } else {
         TransactionError::Fatal { step, reason: e.to_string() }
     }

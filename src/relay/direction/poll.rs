@@ -171,6 +171,14 @@ pub fn run<H: Handler>(
             (max_in_flight.records - load.records).min(BATCH)
         };
 
+        // A process frozen at the bound (or in the wait above) must not write anything, pins
+        // included, before it knows it still owns its partitions: the loop goes round, and the
+        // membership check above makes it rejoin first.
+        if let Some(t) = context.commit.transaction()
+            && t.abort_if_stale()?
+        {
+            continue;
+        }
         handler.begin_batch()?;
         // A wait for records must not hold back a commit that is due: under exactly-once the
         // commit is what makes outputs visible.
@@ -218,7 +226,9 @@ pub fn run<H: Handler>(
                 },
             }
         }
-        handler.end_batch(consumer)?;
+        if ready_to_end_batch(context)? {
+            handler.end_batch(consumer)?;
+        }
         let load = tracker.load();
         limits.in_flight_peak.fetch_max(load.records, Ordering::Relaxed);
         limits.in_flight_bytes_peak.fetch_max(load.bytes, Ordering::Relaxed);
@@ -230,6 +240,19 @@ pub fn run<H: Handler>(
         }
     }
     Ok(())
+}
+
+/// Whether what the handler keeps across polls (lookup mode's held records) may be written
+/// now. Exactly-once: a revocation during the batch may have committed the transaction (one
+/// is begun again), and an abort during it (stale, lost assignment) leaves everything to be read
+/// again after the rewind, held records included: nothing is written.
+fn ready_to_end_batch(context: &RebalanceContext) -> Result<bool, RelayError> {
+    let Some(t) = context.commit.transaction() else { return Ok(true) };
+    if context.rewind_pending() || t.unproven() {
+        return Ok(false);
+    }
+    t.begin()?;
+    Ok(true)
 }
 
 /// How long exactly-once waits after aborting a transaction a write failed, before trying again.

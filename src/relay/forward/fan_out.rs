@@ -11,7 +11,9 @@ use rdkafka::message::{Header, Message};
 
 use crate::config::{Config, Route};
 use crate::extract::{Headers, RecordView, TenancyKey};
-use crate::headers::{InputHeaders, OUTBOX_INPUT_OFFSET, OUTBOX_OUTPUT, Provenance, copy_headers, with_trace};
+use crate::headers::{
+    InputHeaders, OUTBOX_INPUT_OFFSET, OUTBOX_INPUT_TIMESTAMP, OUTBOX_OUTPUT, Provenance, copy_headers, with_trace,
+};
 use crate::metrics::{Metrics, RouteMetrics};
 use crate::relay::direction::poll::input_bytes;
 use crate::relay::error::RelayError;
@@ -212,8 +214,14 @@ impl FanOut {
                     };
                     let trace = self.tracer.hop(|k| headers.last(k), &hop);
                     let key = self.tenancy_key.as_str();
-                    let drop =
-                        [key, &self.provenance.origin, &self.provenance.topic, OUTBOX_OUTPUT, OUTBOX_INPUT_OFFSET];
+                    let drop = [
+                        key,
+                        &self.provenance.origin,
+                        &self.provenance.topic,
+                        OUTBOX_OUTPUT,
+                        OUTBOX_INPUT_OFFSET,
+                        OUTBOX_INPUT_TIMESTAMP,
+                    ];
                     let mut out = with_trace(input_headers, &drop, &trace);
                     if let Some(s) = stamp {
                         out = out.insert(Header { key, value: Some(s) });
@@ -221,9 +229,17 @@ impl FanOut {
                     // Where the Rush lane writes it, and which input it is (verify, explain).
                     self.offset_text.clear();
                     let _ = write!(self.offset_text, "{}", msg.offset());
+                    let offset_len = self.offset_text.len();
+                    if let Some(ms) = msg.timestamp().to_millis() {
+                        let _ = write!(self.offset_text, "{ms}");
+                    }
+                    let (offset, timestamp) = self.offset_text.split_at(offset_len);
                     out = out
                         .insert(Header { key: OUTBOX_OUTPUT, value: Some(service.output_topic.as_str()) })
-                        .insert(Header { key: OUTBOX_INPUT_OFFSET, value: Some(self.offset_text.as_str()) });
+                        .insert(Header { key: OUTBOX_INPUT_OFFSET, value: Some(offset) });
+                    if !timestamp.is_empty() {
+                        out = out.insert(Header { key: OUTBOX_INPUT_TIMESTAMP, value: Some(timestamp) });
+                    }
                     (&route.outbox_topic, payload, Some(out))
                 }
             };

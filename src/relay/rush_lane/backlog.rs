@@ -3,8 +3,8 @@
 //! The lane's own view disappears exactly when it matters (Rush away, the lane restarting), so
 //! this probe reads only prod: the rush group's committed outbox offsets against the outboxes'
 //! watermarks give the copies not yet on Rush, and the first of them gives the backlog's age. A
-//! committed offset below the low watermark means retention deleted copies before Rush had them:
-//! those are counted as lost and logged, once.
+//! committed offset below the low watermark (or none, with a low watermark above 0) means
+//! retention deleted copies before Rush had them: those are counted as lost and logged, once.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -78,10 +78,12 @@ fn probe(
     let mut first_waiting = TopicPartitionList::new();
     for e in committed.elements() {
         let (low, high) = consumer.fetch_watermarks(e.topic(), e.partition(), PROBE_TIMEOUT)?;
-        // No commit yet: the lane will start at the beginning (auto.offset.reset = earliest).
+        // No commit yet: nothing of this partition ever reached Rush, so every copy from its
+        // first one (offset 0: the outbox is the bridge's own) is waiting, or lost if retention
+        // took it. The lane itself starts at the low watermark (auto.offset.reset = earliest).
         let next = match e.offset() {
             Offset::Offset(o) => o,
-            _ => low,
+            _ => 0,
         };
         let key = (e.topic().to_owned(), e.partition());
         let counted = lost_counted.get(&key).copied().unwrap_or(i64::MIN);

@@ -14,8 +14,9 @@ pub mod backlog;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use rdkafka::Timestamp;
 use rdkafka::consumer::BaseConsumer;
-use rdkafka::message::{BorrowedMessage, Message};
+use rdkafka::message::{BorrowedHeaders, BorrowedMessage, Message};
 
 use super::direction::poll::{Handler, input_bytes};
 use super::direction::rebalance::{RebalanceContext, Revoked};
@@ -28,7 +29,7 @@ use super::producer::Output;
 use super::stop::Stop;
 use crate::config::Config;
 use crate::extract::Headers;
-use crate::headers::{InputHeaders, OUTBOX_INPUT_OFFSET, OUTBOX_OUTPUT, copy_without};
+use crate::headers::{InputHeaders, OUTBOX_HEADERS, OUTBOX_INPUT_TIMESTAMP, OUTBOX_OUTPUT, copy_without};
 use crate::kafka;
 use crate::metrics::Metrics;
 use crate::tenancy::Cluster;
@@ -59,10 +60,50 @@ pub fn run(config: &Config, stop: &Stop<'_>, health: &Arc<Health>, metrics: &Arc
 }
 
 fn run_once(config: &Config, stop: &Stop<'_>, health: &Arc<Health>, metrics: &Arc<Metrics>) -> Result<(), RelayError> {
-    crate::topics::ensure_rush(config)?;
+    let checked = crate::topics::ensure_rush(config)?;
+    let mut routes = Vec::new();
+    let mut broken = Vec::new();
+    for (route, result) in config.routes.iter().zip(checked) {
+        match result {
+            Ok(()) => routes.push(route),
+            Err(e) => {
+                tracing::error!(
+                    route = %route.topic, error = %e, recheck_in = ?BROKEN_RECHECK,
+                    "rush topics of this route unusable: its copies wait in the outbox; other routes flow"
+                );
+                broken.push(format!("rush topics of route {:?}: {e}", route.topic));
+            }
+        }
+    }
+    metrics.rush_routes_broken.set(broken.len() as i64);
+    health.set_rush_routes_broken(broken.clone());
     health.rush_topics_ready.store(true, std::sync::atomic::Ordering::Relaxed);
+    if broken.is_empty() {
+        return run_routes(config, &routes, stop, health, metrics);
+    }
+    // Broken routes are checked again from time to time (someone fixes the topic); the lane
+    // carries the others meanwhile.
+    let until = stop.until(Instant::now() + BROKEN_RECHECK);
+    if routes.is_empty() {
+        until.sleep(BROKEN_RECHECK);
+        return Ok(());
+    }
+    run_routes(config, &routes, &until, health, metrics)
+}
+
+/// How long a lane that left routes out runs before it checks their Rush topics again.
+const BROKEN_RECHECK: Duration = Duration::from_secs(60);
+
+/// The lane over the outboxes of `routes`.
+fn run_routes(
+    config: &Config,
+    routes: &[&crate::config::Route],
+    stop: &Stop<'_>,
+    health: &Arc<Health>,
+    metrics: &Arc<Metrics>,
+) -> Result<(), RelayError> {
     let tracker = Arc::new(Tracker::new());
-    let outboxes: Vec<String> = config.routes.iter().map(|r| r.outbox_topic.clone()).collect();
+    let outboxes: Vec<String> = routes.iter().map(|r| r.outbox_topic.clone()).collect();
     let group = config.bridge.rush_group_id();
     let mut consumer = kafka::consumer_config(&config.prod, "prod-rush-lane", &group);
     kafka::fit_records(&mut consumer, config);
@@ -82,7 +123,7 @@ fn run_once(config: &Config, stop: &Stop<'_>, health: &Arc<Health>, metrics: &Ar
     let commit = writer.commit_strategy(None);
     let flush = writer.flush();
     let mut lane = RushLane {
-        outputs: config.routes.iter().map(|r| r.services.iter().map(|s| s.output_topic.clone()).collect()).collect(),
+        outputs: routes.iter().map(|r| r.services.iter().map(|s| s.output_topic.clone()).collect()).collect(),
         outboxes: outboxes.clone(),
         writer,
         tracker: tracker.clone(),
@@ -136,8 +177,8 @@ impl Handler for RushLane {
             partition: msg.partition(),
             key: msg.key(),
             payload: msg.payload(),
-            headers: msg.headers().map(|h| copy_without(h, &[OUTBOX_OUTPUT, OUTBOX_INPUT_OFFSET])),
-            timestamp: msg.timestamp(),
+            headers: msg.headers().map(|h| copy_without(h, &OUTBOX_HEADERS)),
+            timestamp: input_timestamp(&headers).unwrap_or_else(|| msg.timestamp()),
             opaque,
         };
         let origin = Origin {
@@ -149,4 +190,10 @@ impl Handler for RushLane {
         };
         self.writer.write(key, out, &origin, msg)
     }
+}
+
+/// The input's timestamp an outbox record carries (the outbox's own is its log-append time).
+fn input_timestamp(headers: &InputHeaders<'_, BorrowedHeaders>) -> Option<Timestamp> {
+    let text = std::str::from_utf8(headers.last(OUTBOX_INPUT_TIMESTAMP)?).ok()?;
+    text.parse().ok().map(Timestamp::CreateTime)
 }
