@@ -67,6 +67,7 @@ pub struct Metrics {
     pub decision_history_unreadable: IntCounter,
     pub transactions: IntCounterVec,
     pub lane_transactions: IntCounterVec,
+    pub progress_new_source: IntCounterVec,
     pub return_path_restarts: IntCounter,
     pub transaction_seconds: Histogram,
     pub ready: IntGauge,
@@ -325,6 +326,12 @@ impl Metrics {
                 "Exactly-once transactions of the Rush lane (on Rush) and the return path (on prod), one \
                  transactional id per source partition, by direction and outcome: committed, aborted, fenced.",
                 &["direction", "outcome"],
+            )?,
+            progress_new_source: counter(
+                "progress_new_source_total",
+                "Partitions of the Rush lane or the return path whose exactly-once progress was made on \
+                 another incarnation of the source cluster (rebuilt) and which were read from their beginning.",
+                &["direction"],
             )?,
             return_path_restarts: reg(
                 &registry,

@@ -89,22 +89,37 @@ impl Kafka {
             ),
         )
         .expect("log4j2.properties");
-        let config = config.to_string_lossy().into_owned();
-        let format =
-            java(dir.path(), &["kafka.tools.StorageTool", "format", "-t", &cluster_id(), "-c", &config], "-Xmx256m")
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status()
-                .expect("format the KRaft log directory");
-        assert!(format.success(), "kafka storage format failed");
-        let child = java(dir.path(), &["kafka.Kafka", &config], "-Xmx768m")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start kafka (java)");
+        let child = Self::format_and_start(dir.path());
         let mut kafka = Self { bootstrap, child, dir };
         kafka.wait_ready();
         kafka
+    }
+
+    /// Formats `dir`'s log directory as a new cluster (a new cluster id) and starts the node.
+    fn format_and_start(dir: &std::path::Path) -> Child {
+        let config = dir.join("server.properties").to_string_lossy().into_owned();
+        let format = java(dir, &["kafka.tools.StorageTool", "format", "-t", &cluster_id(), "-c", &config], "-Xmx256m")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .expect("format the KRaft log directory");
+        assert!(format.success(), "kafka storage format failed");
+        java(dir, &["kafka.Kafka", &config], "-Xmx768m")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start kafka (java)")
+    }
+
+    /// Rebuilds the cluster as operators rebuild a test cluster: the node killed, its data
+    /// deleted, a new cluster (a new cluster id, no topics, no groups) started at the same
+    /// address.
+    pub fn rebuild(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(self.dir.path().join("data"));
+        self.child = Self::format_and_start(self.dir.path());
+        self.wait_ready();
     }
 
     fn wait_ready(&mut self) {

@@ -145,6 +145,14 @@ impl Broker {
         }
     }
 
+    /// Rebuilds an Apache Kafka cluster at the same address (a new cluster id, empty).
+    pub fn rebuild(&mut self) {
+        match &mut self.process {
+            Process::Kafka(k) => k.rebuild(),
+            Process::Tansu(_) => panic!("rebuild is for Apache Kafka (a tansu cluster id never changes)"),
+        }
+    }
+
     /// Freezes (`STOP`) or thaws (`CONT`) the broker process.
     pub fn signal(&self, signal: &str) {
         match &self.process {

@@ -54,7 +54,12 @@ pub struct PartitionTransactions {
     slots: Mutex<HashMap<PartitionKey, Slot>>,
     /// A new owner could not read where its partitions stand: it must not write.
     positions_unknown: AtomicBool,
+    /// The id of the source cluster the offsets are read from, stored with each progress
+    /// commit: progress made on another incarnation of the source (a rebuilt Rush) says
+    /// nothing about the new one's offsets, which start again at 0.
+    source_cluster: Mutex<Option<String>>,
     committed: prometheus::IntCounter,
+    new_source: prometheus::IntCounter,
     aborted: prometheus::IntCounter,
     fenced: prometheus::IntCounter,
 }
@@ -94,7 +99,9 @@ impl PartitionTransactions {
             stale_after: target.stale_after.min(target.timeout),
             slots: Mutex::new(HashMap::new()),
             positions_unknown: AtomicBool::new(false),
+            source_cluster: Mutex::new(None),
             committed: by("committed"),
+            new_source: metrics.progress_new_source.with_label_values(&[target.direction]),
             aborted: by("aborted"),
             fenced: by("fenced"),
         })
@@ -150,9 +157,14 @@ impl PartitionTransactions {
     /// Takes `keys` over: registers their transactional ids first (fencing the previous
     /// owners, so nothing they still had open can commit), then reads where the progress group
     /// on the cluster written says each stands. Partitions without progress there (a new
-    /// group, or a cluster rebuilt empty) are left out, to start where the source group says.
-    /// A failure leaves the direction unable to write until it starts again.
-    pub fn claim(&self, keys: &[PartitionKey]) -> HashMap<PartitionKey, i64> {
+    /// group, or a target cluster rebuilt empty) are left out, to start where the source group
+    /// says; progress made on another incarnation of the source cluster (`source_cluster`, its
+    /// id now) starts from the beginning. A failure leaves the direction unable to write until
+    /// it starts again.
+    pub fn claim(&self, keys: &[PartitionKey], source_cluster: Option<String>) -> HashMap<PartitionKey, Offset> {
+        if source_cluster.is_some() {
+            *self.source_cluster.lock().unwrap_or_else(|p| p.into_inner()) = source_cluster;
+        }
         let deadline = Instant::now() + self.timeout.min(CLAIM_TIMEOUT);
         let registered = keys.iter().try_for_each(|&key| {
             if self.slots().contains_key(&key) {
@@ -176,10 +188,12 @@ impl PartitionTransactions {
         match self.progress.committed_offsets(tpl, within) {
             Ok(c) => {
                 self.positions_unknown.store(false, Relaxed);
+                let source = self.source_cluster();
                 keys.iter()
-                    .filter_map(|&key| match c.find_partition(self.topic(key), key.1).map(|e| e.offset()) {
-                        Some(Offset::Offset(o)) => Some((key, o)),
-                        _ => None,
+                    .filter_map(|&key| {
+                        let stored = c.find_partition(self.topic(key), key.1)?;
+                        let Offset::Offset(o) = stored.offset() else { return None };
+                        Some((key, self.resume_at(key, o, stored.metadata(), source.as_deref())))
                     })
                     .collect()
             }
@@ -188,6 +202,32 @@ impl PartitionTransactions {
                 self.positions_unknown.store(true, Relaxed);
                 HashMap::new()
             }
+        }
+    }
+
+    fn source_cluster(&self) -> Option<String> {
+        self.source_cluster.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Where `key` resumes given its stored progress `offset`, made on the source cluster
+    /// `made_on` (empty: unknown, stored before the id was recorded).
+    fn resume_at(&self, key: PartitionKey, offset: i64, made_on: &str, source: Option<&str>) -> Offset {
+        match source {
+            Some(now) if !made_on.is_empty() && made_on != now => {
+                self.new_source.inc();
+                tracing::warn!(
+                    group = %self.progress_group,
+                    topic = self.topic(key),
+                    partition = key.1,
+                    offset,
+                    made_on,
+                    now,
+                    "progress was made on another incarnation of the source cluster (rebuilt): \
+                     reading the partition from its beginning"
+                );
+                Offset::Beginning
+            }
+            _ => Offset::Offset(offset),
         }
     }
 
@@ -244,6 +284,9 @@ impl PartitionTransactions {
         if let Some(o) = offset {
             let mut tpl = TopicPartitionList::new();
             let _ = tpl.add_partition_offset(self.topic(key), key.1, Offset::Offset(o));
+            if let (Some(cluster), Some(mut e)) = (self.source_cluster(), tpl.find_partition(self.topic(key), key.1)) {
+                e.set_metadata(cluster);
+            }
             if let Err(e) =
                 retrying(self.timeout, || slot.producer.send_offsets_to_transaction(&tpl, &self.metadata, self.timeout))
             {

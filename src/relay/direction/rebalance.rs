@@ -10,9 +10,12 @@ use std::time::Duration;
 
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::{KafkaError, KafkaResult};
-use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use rdkafka::{ClientContext, TopicPartitionList};
 
 use crate::relay::commit::{self, CommitError, CommitStrategy};
+
+/// How long a claim waits for the source cluster's id (known from metadata by then).
+const SOURCE_CLUSTER_WITHIN: Duration = Duration::from_secs(2);
 use crate::relay::health::{Direction, Health};
 use crate::relay::offsets::{PartitionKey, Tracker};
 use crate::relay::producer::Flush;
@@ -155,9 +158,10 @@ impl ConsumerContext for RebalanceContext {
         };
         let assign = err == RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS;
         if let (Some(pt), true) = (self.commit.partition_transactions(), assign) {
-            for ((route, partition), offset) in pt.claim(&self.keys(tpl)) {
+            let source_cluster = consumer.client().fetch_cluster_id(SOURCE_CLUSTER_WITHIN);
+            for ((route, partition), offset) in pt.claim(&self.keys(tpl), source_cluster) {
                 if let Some(topic) = self.topics.get(route) {
-                    let _ = tpl.set_partition_offset(topic, partition, Offset::Offset(offset));
+                    let _ = tpl.set_partition_offset(topic, partition, offset);
                 }
             }
         }
