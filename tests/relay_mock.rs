@@ -27,28 +27,35 @@ struct Clusters {
     prod: MockCluster<'static, DefaultProducerContext>,
     rush: MockCluster<'static, DefaultProducerContext>,
     dir: tempfile::TempDir,
+    partitions: i32,
 }
 
 impl Clusters {
     fn new() -> Self {
+        Self::with_partitions(PARTITIONS)
+    }
+
+    /// `orders` and (with [`Self::with_outputs`]) its outputs with `partitions` partitions.
+    fn with_partitions(partitions: i32) -> Self {
         let prod = MockCluster::new(1).unwrap();
         let rush = MockCluster::new(1).unwrap();
-        prod.create_topic("orders", PARTITIONS, 1).unwrap();
-        Self { prod, rush, dir: tempfile::tempdir().unwrap() }
+        prod.create_topic("orders", partitions, 1).unwrap();
+        Self { prod, rush, dir: tempfile::tempdir().unwrap(), partitions }
     }
 
     /// The mock cluster has no CreateTopics support, so output topics (and the Rush outbox, the decision log) are
     /// made here; creation by the bridge is covered by the tansu end-to-end test.
     fn with_outputs(self, services: &[&str]) -> Self {
-        self.prod.create_topic(OUTBOX, PARTITIONS, 1).unwrap();
-        self.prod.create_topic("tenancy-bridge.decisions.orders", PARTITIONS, 1).unwrap();
+        let n = self.partitions;
+        self.prod.create_topic(OUTBOX, n, 1).unwrap();
+        self.prod.create_topic("tenancy-bridge.decisions.orders", n, 1).unwrap();
         self.prod.create_topic("tenancy-bridge.snapshots", 1, 1).unwrap();
         self.prod.create_topic(DEAD_LETTER, 1, 1).unwrap();
         // Exactly-once anchors the Rush lane's progress on Rush with an outbox-named topic.
-        self.rush.create_topic(OUTBOX, PARTITIONS, 1).unwrap();
+        self.rush.create_topic(OUTBOX, n, 1).unwrap();
         for s in services {
             for cluster in [&self.prod, &self.rush] {
-                cluster.create_topic(&format!("orders.{s}"), PARTITIONS, 1).unwrap();
+                cluster.create_topic(&format!("orders.{s}"), n, 1).unwrap();
             }
         }
         self
@@ -947,4 +954,47 @@ fn an_aborted_transaction_is_read_again_from_the_committed_offsets() {
     eprintln!("{} prod, {} rush outputs, {} written again after the abort", report.prod, report.rush, report.replayed);
     report.assert_clean();
     assert!(report.replayed > 0, "an aborted transaction's records are written again");
+}
+
+/// Exactly-once, the Rush lane takes 128 outbox partitions over on a Rush cluster 50 ms away:
+/// one transactional producer registered per partition, a few round trips each. Registered one
+/// after another they outlast the claim's time and the lane starts again, forever (each start
+/// claims all 128 again); registered in parallel, every copy arrives and the lane never
+/// restarts.
+#[test]
+fn an_exactly_once_rush_lane_takes_128_partitions_over_on_a_distant_rush() {
+    const MANY: i32 = 128;
+    let c = Clusters::with_partitions(MANY).with_outputs(&["payment"]);
+    c.rush.broker_round_trip_time(1, Duration::from_millis(50)).unwrap();
+    c.set_whitelist(1, &[("U1", &["payment"])]);
+    let route = HEADER_ROUTE.replace(", \"shipping\"", "");
+    let run = start(&c, c.config(&route, "delivery = \"exactly-once\"\ninstance_id = \"many\""));
+    // Two events of U1 and one of U2 on every partition.
+    let inputs: Vec<Input> = (0..3 * MANY as usize)
+        .map(|i| Input {
+            partition: (i % MANY as usize) as i32,
+            ..event(i, Some(["U1", "U2", "U1"][i / MANY as usize]), b"{}".to_vec())
+        })
+        .collect();
+    common::produce(&c.prod.bootstrap_servers(), "orders", &inputs);
+    let copies =
+        common::read_all(&c.rush.bootstrap_servers(), "orders.payment", 2 * MANY as usize, Duration::from_secs(120));
+    let m = &run.observers.metrics;
+    let committed = || m.sum(&m.lane_transactions, &[("outcome", "committed")]);
+    // Every partition had copies: each one's transaction commits.
+    common::wait_until(
+        "a lane transaction per partition committed within 60s",
+        Instant::now() + Duration::from_secs(60),
+        || committed() >= MANY as u64,
+    );
+    let (restarts, committed) = (m.rush_lane_restarts.get(), committed());
+    run.stop().unwrap();
+    let tids: std::collections::BTreeSet<&[u8]> = copies.iter().filter_map(|r| r.header(TID)).collect();
+    eprintln!(
+        "128 partitions, Rush 50 ms away: {} copies ({} distinct), {restarts} lane restarts, {committed} lane transactions",
+        copies.len(),
+        tids.len()
+    );
+    assert_eq!(tids.len(), 2 * MANY as usize, "every copy of U1 reaches Rush");
+    assert_eq!(restarts, 0, "the Rush lane took its partitions over without starting again");
 }

@@ -27,9 +27,24 @@ use super::transaction::{TransactionError, retriable};
 use crate::relay::offsets::{PartitionKey, Tracker};
 use crate::relay::producer::{self, DeliveryContext, Flush, OutputProducer};
 
-/// How long taking partitions over may take (inside a rebalance callback, well within any
-/// max.poll.interval.ms); longer, and the direction starts again.
+/// How long taking a wave of [`CLAIM_PARALLELISM`] partitions over may take (inside a
+/// rebalance callback, well within any max.poll.interval.ms); longer, and the direction starts
+/// again.
 const CLAIM_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How many partitions a claim registers (and a commit or a release handles) at once.
+const CLAIM_PARALLELISM: usize = 16;
+
+/// What a claim of `partitions` new partitions may take: [`CLAIM_TIMEOUT`] per wave, at most
+/// [`MAX_CLAIM`].
+fn claim_timeout(partitions: usize) -> Duration {
+    let waves = u32::try_from(partitions.div_ceil(CLAIM_PARALLELISM).max(1)).unwrap_or(u32::MAX);
+    CLAIM_TIMEOUT.saturating_mul(waves).min(MAX_CLAIM)
+}
+
+/// The longest a claim may block the direction's poll loop (librdkafka's default
+/// max.poll.interval.ms is 300 s).
+const MAX_CLAIM: Duration = Duration::from_secs(30);
 
 /// One source partition's producer and its transaction.
 struct Slot {
@@ -165,17 +180,12 @@ impl PartitionTransactions {
         if source_cluster.is_some() {
             *self.source_cluster.lock().unwrap_or_else(|p| p.into_inner()) = source_cluster;
         }
-        let deadline = Instant::now() + self.timeout.min(CLAIM_TIMEOUT);
-        let registered = keys.iter().try_for_each(|&key| {
-            if self.slots().contains_key(&key) {
-                return Ok(());
-            }
-            let within = deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(1));
-            let slot = self.register(key, within)?;
-            self.slots().insert(key, slot);
-            Ok::<(), TransactionError>(())
-        });
-        if let Err(e) = registered {
+        let new: Vec<PartitionKey> = {
+            let slots = self.slots();
+            keys.iter().copied().filter(|k| !slots.contains_key(k)).collect()
+        };
+        let deadline = Instant::now() + claim_timeout(new.len());
+        if let Err(e) = self.register_all(&new, deadline) {
             tracing::error!(group = %self.progress_group, error = %e, "cannot take the new partitions over");
             self.positions_unknown.store(true, Relaxed);
             return HashMap::new();
@@ -203,6 +213,29 @@ impl PartitionTransactions {
                 HashMap::new()
             }
         }
+    }
+
+    /// Registers `keys`, [`CLAIM_PARALLELISM`] at a time: each registration is a producer's
+    /// connection and a few round trips to the transaction coordinator, too slow one after
+    /// another for a hundred partitions on a distant or TLS cluster.
+    fn register_all(&self, keys: &[PartitionKey], deadline: Instant) -> Result<(), TransactionError> {
+        let registered = in_parallel(keys.to_vec(), |key| {
+            let within = deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(1));
+            (key, self.register(key, within))
+        });
+        let mut first_error = None;
+        let mut slots = self.slots();
+        for (key, slot) in registered {
+            match slot {
+                Ok(slot) => {
+                    slots.insert(key, slot);
+                }
+                Err(e) => {
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        first_error.map_or(Ok(()), Err)
     }
 
     fn source_cluster(&self) -> Option<String> {
@@ -241,12 +274,20 @@ impl PartitionTransactions {
         failed: bool,
     ) -> Result<Vec<(PartitionKey, i64)>, TransactionError> {
         let mut slots = self.slots();
+        let open: Vec<(PartitionKey, &mut Slot)> = slots
+            .iter_mut()
+            .filter(|(k, s)| s.open && keys.is_none_or(|ks| ks.contains(k)))
+            .map(|(k, s)| (*k, s))
+            .collect();
+        // A commit is a few round trips to the coordinator; a hundred partitions one after
+        // another would hold the poll loop past max.poll.interval.ms on a distant cluster.
+        let outcomes = in_parallel(open, |(key, slot)| self.commit_one(key, slot, tracker, failed).map(|o| (key, o)));
         let mut done = Vec::new();
         let mut first_error = None;
-        for (&key, slot) in slots.iter_mut().filter(|(k, s)| s.open && keys.is_none_or(|ks| ks.contains(k))) {
-            match self.commit_one(key, slot, tracker, failed) {
-                Ok(Some(offset)) => done.push((key, offset)),
-                Ok(None) => {}
+        for outcome in outcomes {
+            match outcome {
+                Ok((key, Some(offset))) => done.push((key, offset)),
+                Ok((_, None)) => {}
                 Err(e) => {
                     first_error.get_or_insert(e);
                 }
@@ -310,15 +351,17 @@ impl PartitionTransactions {
     /// Partitions that left this instance: a lost one's transaction is aborted (its next owner
     /// has fenced it already, or will), and their producers are closed.
     pub fn release(&self, keys: &[PartitionKey]) {
-        let mut slots = self.slots();
-        for key in keys {
-            if let Some(slot) = slots.remove(key) {
-                if slot.open {
-                    let _ = slot.producer.abort_transaction(self.timeout);
-                    self.aborted.inc();
-                }
+        let leaving: Vec<Slot> = {
+            let mut slots = self.slots();
+            keys.iter().filter_map(|key| slots.remove(key)).collect()
+        };
+        // Aborting and closing a producer each take round trips: in parallel, as claims do.
+        in_parallel(leaving, |slot| {
+            if slot.open {
+                let _ = slot.producer.abort_transaction(self.timeout);
+                self.aborted.inc();
             }
-        }
+        });
     }
 
     /// Aborts every open transaction (the direction stops or starts again).
@@ -346,6 +389,33 @@ impl Flush for PartitionTransactions {
         }
         Ok(())
     }
+}
+
+/// Runs `work` on every item, [`CLAIM_PARALLELISM`] at a time, on scoped threads (none for a
+/// single item); the results come in no particular order.
+fn in_parallel<T: Send, R: Send>(items: Vec<T>, work: impl Fn(T) -> R + Sync) -> Vec<R> {
+    if items.len() <= 1 {
+        return items.into_iter().map(work).collect();
+    }
+    let threads = CLAIM_PARALLELISM.min(items.len());
+    let queue = Mutex::new(items.into_iter());
+    let next = || queue.lock().unwrap_or_else(|p| p.into_inner()).next();
+    std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..threads)
+            .map(|_| {
+                scope.spawn(|| {
+                    let mut out = Vec::new();
+                    while let Some(item) = next() {
+                        out.push(work(item));
+                    }
+                    out
+                })
+            })
+            .collect();
+        // A worker that panicked has a bug, not a Kafka error: raised again here, as if the
+        // work had run on this thread.
+        workers.into_iter().flat_map(|w| w.join().unwrap_or_else(|p| std::panic::resume_unwind(p))).collect()
+    })
 }
 
 /// Repeats `step` while its error is retriable, up to `timeout`.

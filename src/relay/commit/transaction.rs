@@ -51,7 +51,7 @@ pub enum TransactionError {
         /// fence it in turn.
         paused: bool,
     },
-    #[error("transaction {step} failed for good on prod: {reason}")]
+    #[error("transaction {step} failed for good: {reason}")]
     Fatal { step: &'static str, reason: String },
 }
 
