@@ -113,6 +113,9 @@ pub struct DecisionReader {
 /// A record read back: its offset and value.
 type Read = (i64, Vec<u8>);
 
+/// How many of the snapshot log's last records are searched for a snapshot by its content.
+const SNAPSHOT_SEARCH: i64 = 64;
+
 /// Snapshots kept in memory: the live one and the few a replay or `verify` needs.
 const SNAPSHOT_CACHE: usize = 64;
 
@@ -125,9 +128,14 @@ impl DecisionLog {
             producer,
             reader: DecisionReader::new(config)?,
             written: HashMap::new(),
-            rewrite_after: config.bridge.decisions_retention / 2,
+            rewrite_after: config.bridge.decisions_refresh(),
             pins: metrics.decision_pins.clone(),
         })
+    }
+
+    /// How old a pin or snapshot in use may grow before it is written again.
+    pub fn refresh_every(&self) -> Duration {
+        self.rewrite_after
     }
 
     /// Durably records "from offset `from` of partition `key`, `epoch` decides" for each pin.
@@ -286,19 +294,42 @@ impl DecisionReader {
             reason,
         };
         let found = self.read(&topic, 0, pin.snapshot_offset, pin.snapshot_offset + 1)?;
-        let (_, bytes) = found
-            .into_iter()
-            .find(|(o, _)| *o == pin.snapshot_offset)
-            .ok_or_else(|| fail("not in the snapshot log (deleted by retention?)".into()))?;
-        let snapshot = Snapshot::from_json(&bytes).map_err(|e| fail(e.to_string()))?;
-        if snapshot.fingerprint() != fingerprint {
-            return Err(fail("its content does not match the fingerprint".into()));
-        }
+        let snapshot = match found.into_iter().find(|(o, _)| *o == pin.snapshot_offset) {
+            Some((_, bytes)) => {
+                let snapshot = Snapshot::from_json(&bytes).map_err(|e| fail(e.to_string()))?;
+                if snapshot.fingerprint() != fingerprint {
+                    return Err(fail("its content does not match the fingerprint".into()));
+                }
+                snapshot
+            }
+            // Deleted by retention: the same content written again later (every instance
+            // deciding with it writes it again before retention could delete it) will do.
+            None => self.find_by_fingerprint(fingerprint)?.ok_or_else(|| {
+                fail("not in the snapshot log, nor written again since (deleted by retention?)".into())
+            })?,
+        };
         let snapshot = Arc::new(snapshot);
         // Only cached, not counted as written: its age in the log is unknown, so the next pin
         // naming it writes it again.
         self.cache(fingerprint, snapshot.clone());
         Ok(snapshot)
+    }
+
+    /// The newest snapshot in the log's last [`SNAPSHOT_SEARCH`] records whose content has
+    /// `fingerprint`.
+    fn find_by_fingerprint(&self, fingerprint: u64) -> Result<Option<Snapshot>, DecisionError> {
+        let topic = self.snapshots_topic.as_str();
+        let read_err = |source| DecisionError::Read { topic: topic.to_owned(), partition: 0, source };
+        let (low, high) = self.reader.fetch_watermarks(topic, 0, READ_TIMEOUT).map_err(read_err)?;
+        if high <= low {
+            return Ok(None);
+        }
+        let records = self.read(topic, 0, (high - SNAPSHOT_SEARCH).max(low), high)?;
+        Ok(records
+            .iter()
+            .rev()
+            .filter_map(|(_, bytes)| Snapshot::from_json(bytes).ok())
+            .find(|s| s.fingerprint() == fingerprint))
     }
 
     /// The last whitelist any instance decided with, from the snapshot log: what a restart

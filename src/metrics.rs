@@ -63,6 +63,7 @@ pub struct Metrics {
     pub rush_copies_lost: IntCounter,
     pub rush_routes_broken: IntGauge,
     pub decision_pins: IntCounter,
+    pub decision_pins_refreshed: IntCounter,
     pub decisions_replayed: IntCounter,
     pub decision_history_unreadable: IntCounter,
     pub transactions: IntCounterVec,
@@ -300,6 +301,14 @@ impl Metrics {
                 IntCounter::new(
                     name("decision_pins_total"),
                     "Pins written to the decision log (an input partition starting on a new whitelist epoch).",
+                )?,
+            )?,
+            decision_pins_refreshed: reg(
+                &registry,
+                IntCounter::new(
+                    name("decision_pins_refreshed_total"),
+                    "Pins written again for partitions whose whitelist stayed the same for bridge.decisions_refresh, \
+                     so that retention never deletes decisions still in use.",
                 )?,
             )?,
             decisions_replayed: reg(

@@ -121,13 +121,16 @@ pub struct PartitionPins {
     current: Option<Arc<Epoch>>,
     /// The offset after the last one decided, if any was.
     next: Option<i64>,
+    /// When the pin `current` stands on was recorded, at the latest: its epoch's instant (a
+    /// pin is written after its epoch is read), or the moment it was last written again.
+    pinned_at_ms: i64,
 }
 
 impl PartitionPins {
     /// A partition taken over with what previous owners recorded, whose high watermark was
     /// `horizon` at that moment: no earlier owner can have decided an offset at or above it.
     pub fn taken_over(recorded: Chain, horizon: i64) -> Self {
-        Self { recorded, horizon, current: None, next: None }
+        Self { recorded, horizon, current: None, next: None, pinned_at_ms: i64::MIN }
     }
 
     /// Picks the epoch for `offset`, given the whitelist in effect now.
@@ -143,6 +146,7 @@ impl PartitionPins {
             // Past the horizon (or before any recorded pin): the last recorded epoch still
             // holds if it decides like the live one, and then needs no new pin.
             self.current = self.recorded.last().map(|p| p.epoch.clone());
+            self.pinned_at_ms = self.current.as_ref().map_or(i64::MIN, |e| e.clock_ms);
             self.recorded = Chain::default();
             self.horizon = i64::MIN;
         }
@@ -157,6 +161,7 @@ impl PartitionPins {
 
     /// The pin [`Pick::Record`] asked for is durable: decide from `from` on with `live`.
     pub fn pinned(&mut self, from: i64, live: Arc<Epoch>) {
+        self.pinned_at_ms = live.clock_ms;
         self.current = Some(live);
         self.recorded = Chain::default();
         self.horizon = i64::MIN;
@@ -176,9 +181,25 @@ impl PartitionPins {
 
     /// The pin recorded by [`Self::pin_ahead`] is durable.
     pub fn pinned_ahead(&mut self, live: Arc<Epoch>) {
+        self.pinned_at_ms = live.clock_ms;
         self.current = Some(live);
         self.recorded = Chain::default();
         self.horizon = i64::MIN;
+    }
+
+    /// A pin to write again, ahead of the partition's next record, with the epoch deciding
+    /// now: due once the one in use is `every_ms` old at `now_ms`, so that retention never
+    /// deletes the decisions of a partition whose whitelist stays the same for days (a
+    /// takeover would otherwise find no pin and decide its replay with a later whitelist).
+    pub fn refresh_due(&self, now_ms: i64, every_ms: i64) -> Option<(i64, &Arc<Epoch>)> {
+        let next = self.next?;
+        let current = self.current.as_ref()?;
+        (next >= self.horizon && now_ms.saturating_sub(self.pinned_at_ms) >= every_ms).then_some((next, current))
+    }
+
+    /// The pin [`Self::refresh_due`] asked for was written at `at_ms`.
+    pub fn refreshed(&mut self, at_ms: i64) {
+        self.pinned_at_ms = at_ms;
     }
 }
 

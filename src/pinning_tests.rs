@@ -29,6 +29,27 @@ fn same_decisions_needs_same_content_and_no_expiry_between() {
 }
 
 #[test]
+fn a_pin_in_use_is_written_again_once_it_is_old_and_only_then() {
+    let epoch = Arc::new(Epoch::new(snapshot(1), 1_000));
+    let mut chain = Chain::default();
+    chain.apply(Pin { from: 0, epoch: epoch.clone() });
+    let mut p = PartitionPins::taken_over(chain, 3);
+    assert!(p.refresh_due(i64::MAX, 10).is_none(), "nothing decided yet");
+    p.pick(0, &epoch);
+    assert!(p.refresh_due(1_000_000, 10).is_none(), "still replaying below the horizon");
+    for offset in 1..5 {
+        p.pick(offset, &epoch);
+    }
+    // The pin taken over is as old as its epoch's instant.
+    assert!(p.refresh_due(1_009, 10).is_none());
+    let (from, e) = p.refresh_due(1_010, 10).expect("due 10 ms after the epoch's instant");
+    assert_eq!((from, e.clock_ms), (5, 1_000), "from the next record, with the epoch deciding now");
+    p.refreshed(1_010);
+    assert!(p.refresh_due(1_019, 10).is_none(), "written again just now");
+    assert!(p.refresh_due(1_020, 10).is_some());
+}
+
+#[test]
 fn chain_last_word_wins_and_trims() {
     let e = |c| Arc::new(Epoch::new(snapshot(c), 0));
     let mut chain = Chain::default();

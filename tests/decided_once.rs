@@ -311,3 +311,77 @@ fn a_replay_after_a_whitelist_change_keeps_the_first_decision() {
     assert_eq!(late_rush, 0, "U1's later events must follow the new whitelist");
     assert_eq!(late_prod, later.iter().filter(|i| i.headers[1].1.as_deref() == Some(b"U1")).count());
 }
+
+/// Decided once when the whitelist stays the same longer than the decision log keeps records:
+/// an instance decides 1,500 events with U1 whitelisted and commits none; retention then
+/// deletes the pins and the snapshot it wrote first (DeleteRecords, as retention would); it is
+/// killed; the whitelist drops U1; the next instance replays every event. The pins in use were
+/// written again meanwhile (`decisions_refresh`, here 2 s), so the replay still decides with
+/// the first whitelist: U1's events go to Rush again, never to prod. Without the refresh the
+/// replay finds no pin and decides with the new whitelist: U1's events on both clusters.
+#[test]
+fn a_replay_after_retention_deleted_the_first_pins_keeps_the_first_decision() {
+    const GROUP_EXPIRED: &str = "bridge-pins-expired";
+    let f = Fixture::builder()
+        .topic("orders", PARTITIONS)
+        .whitelist(1, &[("U1", &["payment"])])
+        .group(GROUP_EXPIRED)
+        .routes("[[routes]]\ntopic = \"orders\"\nservices = [\"payment\"]\nuser = { header = \"x-user-id\" }\n")
+        .bridge("decisions_refresh = \"2s\"")
+        .admin()
+        .build();
+    let (prod, rush, admin, config) = (&f.prod, &f.rush, f.admin(), &f.config);
+    let uncommitted =
+        f.write_config("uncommitted.toml", &f.text.replace("commit_interval = \"200ms\"", "commit_interval = \"1h\""));
+    let total = 1_500;
+    let first: Vec<Input> = (0..total).map(input).collect();
+    common::produce(&prod.bootstrap, "orders", &first);
+    let u1 = first.iter().filter(|i| i.headers[1].1.as_deref() == Some(b"U1")).count();
+    let bridge = Bridge::start(&uncommitted);
+    let copies = common::read_until(&[(&rush.bootstrap, "orders.payment")], u1, Duration::from_secs(60));
+    assert_eq!(copies[0].len(), u1, "the first instance's Rush copies");
+
+    // The decision log as it stands now; once the pins in use were written again at least
+    // twice over, retention takes everything that was there.
+    let (decisions, snapshots) = ("tenancy-bridge.decisions.orders", "tenancy-bridge.snapshots");
+    let pins_then = common::high_watermarks(&prod.bootstrap, decisions, PARTITIONS);
+    let snapshots_then = common::high_watermarks(&prod.bootstrap, snapshots, 1);
+    let refreshed =
+        || gauge(&http_get(admin, "/metrics").1, "tenancy_bridge_decision_pins_refreshed_total").unwrap_or(0.0);
+    let before = refreshed();
+    common::wait_until("the pins in use written again within 30s", Instant::now() + Duration::from_secs(30), || {
+        refreshed() >= before + f64::from(2 * PARTITIONS)
+    });
+    common::delete_records(&prod.bootstrap, decisions, &pins_then);
+    common::delete_records(&prod.bootstrap, snapshots, &snapshots_then);
+    kill9(bridge);
+    assert_eq!(OffsetWatcher::new(&prod.bootstrap, GROUP_EXPIRED).committed("orders", PARTITIONS), 0);
+
+    f.set_whitelist(2, &[]);
+    let bridge = Bridge::start(config);
+    let watcher = OffsetWatcher::new(&prod.bootstrap, GROUP_EXPIRED);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    common::wait_until("the replay did not finish", deadline, || {
+        watcher.committed("orders", PARTITIONS) >= total as i64
+    });
+    common::wait_until("the Rush lane did not catch up", deadline, || {
+        gauge(&http_get(admin, "/metrics").1, "tenancy_bridge_rush_backlog_records") == Some(0.0)
+    });
+    let metrics = http_get(admin, "/metrics").1;
+    let replayed = gauge(&metrics, "tenancy_bridge_decisions_replayed_total").unwrap_or(0.0);
+    let unreadable = gauge(&metrics, "tenancy_bridge_decision_history_unreadable_total").unwrap_or(0.0);
+    bridge.stop(Duration::from_secs(60));
+
+    let inputs = common::read_all(&prod.bootstrap, "orders", total, Duration::from_secs(30));
+    let by_tid: HashMap<&[u8], &Read> = inputs.iter().map(|r| (r.header(TID).unwrap(), r)).collect();
+    let (p, r) = read_outputs_of(&prod.bootstrap, &rush.bootstrap, &by_tid, &["payment"], "read_committed");
+    let on = |outs: &[Read]| outs.iter().filter(|o| user(o) == "U1").count();
+    let (on_rush, on_prod) = (on(&r["payment"]), on(&p["payment"]));
+    eprintln!(
+        "pins deleted by retention, whitelist changed, replay: {replayed} decisions replayed, {unreadable} \
+         partitions unreadable; U1's {u1} events: {on_rush} Rush copies, {on_prod} on prod"
+    );
+    assert_eq!(on_prod, 0, "the replay moved U1's events to prod: its first decision was lost with the pins");
+    assert!(on_rush >= 2 * u1, "each U1 event on Rush again after the replay: {on_rush}");
+    assert_eq!(unreadable, 0.0, "the decision history was readable");
+}

@@ -224,8 +224,6 @@ fn frozen_rush(delivery: Delivery) {
 /// with DeleteRecords, as retention would remove them, on Apache Kafka.
 #[test]
 fn copies_deleted_before_the_lane_ever_committed_are_counted_lost() {
-    use rdkafka::admin::{AdminClient, AdminOptions};
-    use rdkafka::client::DefaultClientContext;
     let group = "bridge-lost-uncommitted";
     let f = Fixture::builder()
         .on(common::BrokerKind::Kafka)
@@ -250,14 +248,7 @@ fn copies_deleted_before_the_lane_ever_committed_are_counted_lost() {
             watcher.committed("orders", 2) >= 40
         },
     );
-    let admin: AdminClient<DefaultClientContext> =
-        rdkafka::ClientConfig::new().set("bootstrap.servers", &f.prod.bootstrap).create().unwrap();
-    let mut upto = rdkafka::TopicPartitionList::new();
-    for p in 0..2 {
-        upto.add_partition_offset(&outbox, p, rdkafka::Offset::Offset(5)).unwrap();
-    }
-    let done = futures_executor::block_on(admin.delete_records(&upto, &AdminOptions::new())).unwrap();
-    assert!(done.elements().iter().all(|e| e.error().is_ok()), "{done:?}");
+    common::delete_records(&f.prod.bootstrap, &outbox, &[(0, 5), (1, 5)]);
     let lost = "tenancy_bridge_rush_copies_lost_total";
     let counted =
         common::wait_for("10 lost copies counted within 30s", Instant::now() + Duration::from_secs(30), || {

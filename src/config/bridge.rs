@@ -91,6 +91,11 @@ pub struct BridgeConfig {
     /// Retention of both; records older than half of it are written again while still in use.
     #[serde(default = "defaults::decisions_retention", with = "humantime_serde")]
     pub decisions_retention: Duration,
+    /// How old a pin or snapshot still in use may grow before it is written again (a partition
+    /// whose whitelist has not changed for days keeps its decisions on record); default and
+    /// at most half of `decisions_retention`.
+    #[serde(default, with = "humantime_serde")]
+    pub decisions_refresh: Option<Duration>,
     /// `at-least-once` (the default) or `exactly-once` (Kafka transactions on prod).
     #[serde(default)]
     pub delivery: Delivery,
@@ -127,6 +132,12 @@ impl BridgeConfig {
         format!("{}.return", self.group_id)
     }
 
+    /// How old a pin or snapshot in use may grow before it is written again.
+    pub fn decisions_refresh(&self) -> Duration {
+        let half = self.decisions_retention / 2;
+        self.decisions_refresh.map_or(half, |r| r.min(half))
+    }
+
     pub fn rush_group_id(&self) -> String {
         self.rush_group_id.clone().unwrap_or_else(|| format!("{}.rush", self.group_id))
     }
@@ -153,6 +164,7 @@ impl Default for BridgeConfig {
             snapshots_topic: defaults::snapshots_topic(),
             dead_letter_topic: defaults::dead_letter_topic(),
             decisions_retention: defaults::decisions_retention(),
+            decisions_refresh: None,
             delivery: Delivery::default(),
             transaction_interval: defaults::transaction_interval(),
             transaction_timeout: defaults::transaction_timeout(),
@@ -203,6 +215,14 @@ impl BridgeConfig {
         }
         if b.decisions_retention < Duration::from_secs(3600) {
             return Err(invalid("bridge.decisions_retention", "must be at least 1h"));
+        }
+        if let Some(r) = b.decisions_refresh
+            && (r < Duration::from_secs(1) || r > b.decisions_retention / 2)
+        {
+            return Err(invalid(
+                "bridge.decisions_refresh",
+                "must be between 1s and half of bridge.decisions_retention",
+            ));
         }
         if b.rush_retention < Duration::from_secs(60) {
             return Err(invalid("bridge.rush_retention", "must be at least 1m"));

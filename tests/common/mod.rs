@@ -524,6 +524,27 @@ pub fn read_services(
     (p, r)
 }
 
+/// Removes the records of `topic` below each `(partition, offset)`, as retention would
+/// (DeleteRecords; Apache Kafka).
+pub fn delete_records(bootstrap: &str, topic: &str, upto: &[(i32, i64)]) {
+    use rdkafka::admin::{AdminClient, AdminOptions};
+    use rdkafka::client::DefaultClientContext;
+    let admin: AdminClient<DefaultClientContext> =
+        ClientConfig::new().set("bootstrap.servers", bootstrap).create().unwrap();
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    for (p, o) in upto {
+        tpl.add_partition_offset(topic, *p, rdkafka::Offset::Offset(*o)).unwrap();
+    }
+    let done = futures_executor::block_on(admin.delete_records(&tpl, &AdminOptions::new())).unwrap();
+    assert!(done.elements().iter().all(|e| e.error().is_ok()), "DeleteRecords on {topic}: {done:?}");
+}
+
+/// The high watermark of each partition of `topic`.
+pub fn high_watermarks(bootstrap: &str, topic: &str, partitions: i32) -> Vec<(i32, i64)> {
+    let c: BaseConsumer = ClientConfig::new().set("bootstrap.servers", bootstrap).create().unwrap();
+    (0..partitions).map(|p| (p, c.fetch_watermarks(topic, p, Duration::from_secs(10)).unwrap().1)).collect()
+}
+
 /// Committed offsets of `group` on `topic`, by partition.
 pub fn committed(bootstrap: &str, group: &str, topic: &str, partitions: i32) -> BTreeMap<i32, i64> {
     OffsetWatcher::new(bootstrap, group).by_partition(topic, partitions)

@@ -24,9 +24,21 @@ pub struct Pinned {
     partitions: HashMap<PartitionKey, PartitionPins, foldhash::fast::RandomState>,
     log: DecisionLog,
     revoked: Arc<Revoked>,
+    /// How old a pin in use may grow before it is written again, and when to look next.
+    refresh_every_ms: i64,
+    next_refresh_check_ms: i64,
     replayed: prometheus::IntCounter,
+    refreshed: prometheus::IntCounter,
     unreadable: prometheus::IntCounter,
 }
+
+/// Waits before reading a partition's decision history again after a transient error (a
+/// broker away for a moment): on the poll thread, well inside max.poll.interval.ms.
+const LOAD_RETRIES: [std::time::Duration; 3] =
+    [std::time::Duration::from_millis(250), std::time::Duration::from_millis(750), std::time::Duration::from_secs(2)];
+
+/// How often held partitions are checked for pins due to be written again, at most.
+const REFRESH_CHECK_MS: i64 = 60_000;
 
 impl Pinned {
     pub fn new(
@@ -38,14 +50,18 @@ impl Pinned {
     ) -> Self {
         let seen = shared.load_full();
         let live = Arc::new(Epoch::new(seen.clone(), now_ms));
+        let refresh_every_ms = i64::try_from(log.refresh_every().as_millis()).unwrap_or(i64::MAX);
         Self {
             shared,
             seen,
             live,
             partitions: HashMap::default(),
+            refresh_every_ms,
+            next_refresh_check_ms: now_ms,
             log,
             revoked,
             replayed: metrics.decisions_replayed.clone(),
+            refreshed: metrics.decision_pins_refreshed.clone(),
             unreadable: metrics.decision_history_unreadable.clone(),
         }
     }
@@ -56,6 +72,10 @@ impl Pinned {
     pub fn begin_batch(&mut self, now_ms: i64) -> Result<(), RelayError> {
         for key in self.revoked.take() {
             self.partitions.remove(&key);
+        }
+        if now_ms >= self.next_refresh_check_ms {
+            self.refresh(now_ms)?;
+            self.next_refresh_check_ms = now_ms.saturating_add((self.refresh_every_ms / 4).clamp(1, REFRESH_CHECK_MS));
         }
         let current = self.shared.load_full();
         let swapped = !Arc::ptr_eq(&current, &self.seen);
@@ -78,6 +98,35 @@ impl Pinned {
                     p.pinned_ahead(self.live.clone());
                 }
             }
+        }
+        Ok(())
+    }
+
+    /// Writes again the pins in use that are [`Self::refresh_every_ms`] old, one write per
+    /// epoch: a partition whose whitelist stays the same for longer than the decision log's
+    /// retention keeps its decisions on record.
+    fn refresh(&mut self, now_ms: i64) -> Result<(), RelayError> {
+        let mut due: Vec<(Arc<Epoch>, Vec<(PartitionKey, i64)>)> = Vec::new();
+        for (key, pins) in &self.partitions {
+            let Some((from, epoch)) = pins.refresh_due(now_ms, self.refresh_every_ms) else { continue };
+            match due.iter_mut().find(|(e, _)| Arc::ptr_eq(e, epoch)) {
+                Some((_, keys)) => keys.push((*key, from)),
+                None => due.push((epoch.clone(), vec![(*key, from)])),
+            }
+        }
+        for (epoch, keys) in &due {
+            self.log.record(epoch, keys)?;
+            for (key, _) in keys {
+                if let Some(p) = self.partitions.get_mut(key) {
+                    p.refreshed(now_ms);
+                }
+            }
+            self.refreshed.inc_by(keys.len() as u64);
+            tracing::info!(
+                partitions = keys.len(),
+                version = epoch.snapshot.version(),
+                "decisions in use written again"
+            );
         }
         Ok(())
     }
@@ -114,7 +163,18 @@ impl Pinned {
     fn take_over(&mut self, key: PartitionKey, msg: &BorrowedMessage<'_>) -> Result<PartitionPins, RelayError> {
         let (topic, partition, from) = (msg.topic(), msg.partition(), msg.offset());
         let horizon = self.log.reader.log_end(topic, partition)?;
-        let recorded = match self.log.reader.load(key, from) {
+        let mut recorded = self.log.reader.load(key, from);
+        for wait in LOAD_RETRIES {
+            match &recorded {
+                Err(e) if e.curable() => {
+                    tracing::warn!(topic, partition, error = %e, retry_in = ?wait, "decision log unreadable; trying again");
+                    std::thread::sleep(wait);
+                    recorded = self.log.reader.load(key, from);
+                }
+                _ => break,
+            }
+        }
+        let recorded = match recorded {
             Ok(chain) => chain,
             Err(e) => {
                 // Production goes on: decided from the live whitelist, and pinned from here.
