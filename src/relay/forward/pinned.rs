@@ -37,6 +37,9 @@ pub struct Pinned {
 const LOAD_RETRIES: [std::time::Duration; 3] =
     [std::time::Duration::from_millis(250), std::time::Duration::from_millis(750), std::time::Duration::from_secs(2)];
 
+/// Pins to write with one epoch: partition and first offset.
+type Pins = Vec<(PartitionKey, i64)>;
+
 /// How often held partitions are checked for pins due to be written again, at most.
 const REFRESH_CHECK_MS: i64 = 60_000;
 
@@ -106,7 +109,7 @@ impl Pinned {
     /// epoch: a partition whose whitelist stays the same for longer than the decision log's
     /// retention keeps its decisions on record.
     fn refresh(&mut self, now_ms: i64) -> Result<(), RelayError> {
-        let mut due: Vec<(Arc<Epoch>, Vec<(PartitionKey, i64)>)> = Vec::new();
+        let mut due: Vec<(Arc<Epoch>, Pins)> = Vec::new();
         for (key, pins) in &self.partitions {
             let Some((from, epoch)) = pins.refresh_due(now_ms, self.refresh_every_ms) else { continue };
             match due.iter_mut().find(|(e, _)| Arc::ptr_eq(e, epoch)) {
