@@ -38,6 +38,7 @@ pub struct Metrics {
     pub uncommitted: IntGaugeVec,
     pub consumer_errors: IntCounterVec,
     pub backpressure_pauses: IntCounterVec,
+    pub revoke_purges: IntCounterVec,
     pub commit_failures: IntCounterVec,
     pub assigned_partitions: IntGaugeVec,
     pub record_age: HistogramVec,
@@ -144,6 +145,12 @@ impl Metrics {
             backpressure_pauses: counter(
                 "backpressure_pauses_total",
                 "Times the consumer paused because what is in flight stayed at its bound for a second, by direction.",
+                &["direction"],
+            )?,
+            revoke_purges: counter(
+                "revoke_purges_total",
+                "At-least-once revokes whose drain timed out: queued outputs dropped so none is written after the next \
+                 owner starts, by direction.",
                 &["direction"],
             )?,
             commit_failures: counter(

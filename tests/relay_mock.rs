@@ -998,3 +998,90 @@ fn an_exactly_once_rush_lane_takes_128_partitions_over_on_a_distant_rush() {
     assert_eq!(tids.len(), 2 * MANY as usize, "every copy of U1 reaches Rush");
     assert_eq!(restarts, 0, "the Rush lane took its partitions over without starting again");
 }
+
+/// At-least-once, a revoke whose drain times out (prod's output partitions slow to answer)
+/// drops what is still queued: nothing the old owner read is written after the next owner
+/// starts writing the same records again from the last commit. Left queued, the old owner's
+/// late writes and the new owner's rewrites alternate in the output partition (many steps back
+/// in input order); dropped, each output partition steps back once per change of owner.
+#[test]
+fn a_revoke_whose_drain_times_out_leaves_no_late_writes_behind() {
+    use rdkafka::mocking::MockCoordinator;
+    const TWO: i32 = 2;
+    let prod = MockCluster::new(2).unwrap();
+    let rush = MockCluster::new(1).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    for (topic, n) in [("orders", TWO), (OUTBOX, TWO), ("tenancy-bridge.decisions.orders", TWO)] {
+        prod.create_topic(topic, n, 1).unwrap();
+        (0..n).for_each(|p| prod.partition_leader(topic, p, Some(1)).unwrap());
+    }
+    for topic in ["tenancy-bridge.snapshots", DEAD_LETTER] {
+        prod.create_topic(topic, 1, 1).unwrap();
+        prod.partition_leader(topic, 0, Some(1)).unwrap();
+    }
+    // The outputs on a broker that answers slowly; the group's coordinator on the other.
+    prod.create_topic("orders.payment", TWO, 1).unwrap();
+    (0..TWO).for_each(|p| prod.partition_leader("orders.payment", p, Some(2)).unwrap());
+    prod.coordinator(MockCoordinator::Group("bridge-test".into()), 1).unwrap();
+    prod.broker_round_trip_time(2, Duration::from_millis(300)).unwrap();
+    for topic in [OUTBOX, "orders.payment"] {
+        rush.create_topic(topic, TWO, 1).unwrap();
+    }
+    let c = Clusters { prod, rush, dir, partitions: TWO };
+    c.set_whitelist(1, &[]);
+    let route = HEADER_ROUTE.replace(", \"shipping\"", "");
+    let mut config = c.config(&route, "");
+    config.bridge.drain_timeout = Duration::from_millis(500);
+    // Small requests, one at a time: most outputs wait queued in the producer.
+    for (k, v) in [("batch.num.messages", 10), ("max.in.flight.requests.per.connection", 1)] {
+        config.prod.producer.insert(k.into(), toml::Value::Integer(v));
+    }
+    let total = 1_000;
+    let inputs: Vec<Input> = (0..total)
+        .map(|i| Input { partition: (i % TWO as usize) as i32, ..event(i, Some("U2"), b"{}".to_vec()) })
+        .collect();
+    common::produce(&c.prod.bootstrap_servers(), "orders", &inputs);
+    let a = start(&c, config.clone());
+    a.wait_acked(50, Duration::from_secs(60));
+    let b = start(&c, config);
+    common::wait_until(
+        "the second instance wrote nothing within 60s",
+        Instant::now() + Duration::from_secs(60),
+        || b.acked() > 0,
+    );
+    wait_committed_on(&c, "orders", TWO, total as i64, Duration::from_secs(120));
+    let m = &a.observers.metrics;
+    let purges = m.sum(&m.revoke_purges, &[]);
+    a.stop().unwrap();
+    b.stop().unwrap();
+
+    let outputs = common::read_all(&c.prod.bootstrap_servers(), "orders.payment", total, Duration::from_secs(30));
+    let tid = |r: &Read| -> usize { std::str::from_utf8(r.header(TID).unwrap()).unwrap().parse().unwrap() };
+    let mut steps_back = HashMap::new();
+    let mut last: HashMap<i32, usize> = HashMap::new();
+    let mut seen = std::collections::HashSet::new();
+    for r in &outputs {
+        let t = tid(r);
+        seen.insert(t);
+        if last.insert(r.partition, t).is_some_and(|before| t < before) {
+            *steps_back.entry(r.partition).or_insert(0) += 1;
+        }
+    }
+    eprintln!(
+        "drain timed out on revoke: {purges} purges; {} outputs; steps back by partition {steps_back:?}",
+        outputs.len()
+    );
+    assert_eq!(seen.len(), total, "every event reaches prod (at least once)");
+    assert!(purges >= 1, "the revoke's drain did not time out: the test shows nothing");
+    assert!(
+        steps_back.values().all(|n| *n <= 2),
+        "the old owner's late writes alternated with the new owner's: {steps_back:?}"
+    );
+}
+
+fn wait_committed_on(c: &Clusters, topic: &str, partitions: i32, total: i64, within: Duration) {
+    common::wait_for(&format!("{total} not committed on {topic}"), Instant::now() + within, || {
+        let n: i64 = common::committed(&c.prod.bootstrap_servers(), "bridge-test", topic, partitions).values().sum();
+        if n >= total { Ok(()) } else { Err(format!("committed {n}")) }
+    });
+}

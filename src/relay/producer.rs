@@ -167,11 +167,20 @@ pub fn delivery_context(
 pub trait Flush: Send + Sync {
     /// Waits up to `timeout` for everything queued to be delivered.
     fn drain(&self, timeout: Duration) -> Result<(), KafkaError>;
+
+    /// Drops what is queued and not yet sent (its delivery reports say so): after a drain that
+    /// timed out on revoke, nothing this instance read may be written after the next owner
+    /// starts on it.
+    fn purge_queued(&self) {}
 }
 
 impl Flush for OutputProducer {
     fn drain(&self, timeout: Duration) -> Result<(), KafkaError> {
         flush(self, timeout)
+    }
+
+    fn purge_queued(&self) {
+        Producer::purge(self, rdkafka::producer::PurgeConfig::default().queue());
     }
 }
 

@@ -219,6 +219,7 @@ impl RebalanceContext {
     fn revoked(&self, consumer: &BaseConsumer<Self>, tpl: &TopicPartitionList) {
         let keys = self.keys(tpl);
         let lost = consumer.assignment_lost();
+        let mut undrained = None;
         match &self.commit {
             CommitStrategy::Transaction { transactions, .. } if lost => {
                 let _ = transactions.abort("the assignment was lost".into());
@@ -226,7 +227,7 @@ impl RebalanceContext {
             CommitStrategy::PartitionTransactions { transactions, .. } if lost => transactions.release(&keys),
             CommitStrategy::Offsets => {
                 if let Err(e) = self.flush.drain(self.drain_timeout) {
-                    tracing::warn!(error = %e, "producers not drained within drain_timeout on revoke; the next owner replays the rest");
+                    undrained = Some(e);
                 }
             }
             _ => {}
@@ -245,6 +246,11 @@ impl RebalanceContext {
             }
         }
         self.tracker.remove(&keys);
+        if let Some(e) = undrained {
+            // After the commit and with the revoked partitions forgotten: what is dropped of
+            // them is the next owner's to write, not a failure here.
+            self.purge_after_drain_timeout(&e);
+        }
         match &self.commit {
             CommitStrategy::PartitionTransactions { transactions, .. } => transactions.release(&keys),
             CommitStrategy::Transaction { transactions, .. } => {
@@ -266,6 +272,22 @@ impl RebalanceContext {
             let cluster = self.direction.source().as_str();
             let _ = self.metrics.consumer_lag.remove_label_values(&[cluster, e.topic(), &p]);
         }
+    }
+
+    /// At-least-once, on revoke, past `drain_timeout`: what is still queued is dropped. Left
+    /// queued it would be written while the next owner writes the same records again from the
+    /// last commit, the two interleaving in the outputs. Dropped outputs of partitions this
+    /// instance keeps (a cooperative revoke) fail their delivery, so the direction starts again
+    /// from its commits (at least once).
+    fn purge_after_drain_timeout(&self, e: &KafkaError) {
+        self.flush.purge_queued();
+        self.metrics.revoke_purges.with_label_values(&[self.direction.as_str()]).inc();
+        // Requests already on the wire still complete (or fail) on their own.
+        let in_flight = self.flush.drain(self.drain_timeout);
+        tracing::warn!(
+            error = %e, in_flight_done = in_flight.is_ok(),
+            "producers not drained within drain_timeout on revoke; queued outputs dropped, the next owner writes them from the last commit"
+        );
     }
 
     /// Partitions come to this instance.
