@@ -116,6 +116,16 @@ async fn readyz(State(s): State<Arc<AdminState>>) -> impl IntoResponse {
     } else {
         format!("; rush degraded (production unaffected, Rush copies wait in the outbox): {}", degraded.join("; "))
     };
+    // Held partitions are production waiting on purpose (bounded): said, never a reason to
+    // unready (a restart would not read their history either).
+    let held = s.metrics.decision_history_held.get();
+    let rush = if held > 0 {
+        format!(
+            "{rush}; holding {held} input partition(s) whose decision history cannot be read (bridge.decision_history_hold)"
+        )
+    } else {
+        rush
+    };
     if why.is_empty() {
         (StatusCode::OK, format!("ready{rush}\n"))
     } else {

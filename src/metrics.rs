@@ -67,6 +67,7 @@ pub struct Metrics {
     pub decision_pins_refreshed: IntCounter,
     pub decisions_replayed: IntCounter,
     pub decision_history_unreadable: IntCounter,
+    pub decision_history_held: IntGauge,
     pub transactions: IntCounterVec,
     pub lane_transactions: IntCounterVec,
     pub progress_new_source: IntCounterVec,
@@ -329,7 +330,16 @@ impl Metrics {
                 &registry,
                 IntCounter::new(
                     name("decision_history_unreadable_total"),
-                    "Partitions taken over whose decision log could not be read; decided from the live whitelist.",
+                    "Partitions taken over whose decision log could not be read, decided from the live whitelist after \
+                     bridge.decision_history_hold.",
+                )?,
+            )?,
+            decision_history_held: reg(
+                &registry,
+                IntGauge::new(
+                    name("decision_history_held"),
+                    "Input partitions held (not decided) because their decision history cannot be read, for at most \
+                     bridge.decision_history_hold.",
                 )?,
             )?,
             transactions: counter(

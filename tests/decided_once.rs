@@ -385,3 +385,79 @@ fn a_replay_after_retention_deleted_the_first_pins_keeps_the_first_decision() {
     assert!(on_rush >= 2 * u1, "each U1 event on Rush again after the replay: {on_rush}");
     assert_eq!(unreadable, 0.0, "the decision history was readable");
 }
+
+/// Decided once when a partition's decision history cannot be read: the pins name a snapshot
+/// that is gone from the snapshot log. The instance taking over holds the partitions (decides
+/// nothing, commits nothing, says so in `/readyz` and `decision_history_held`) instead of
+/// deciding the replay with the new whitelist; once the snapshot is written again (as any
+/// instance deciding with it would) the replay decides with the first whitelist: U1's events
+/// stay on Rush, none on prod. Without the hold they went to prod at once, on both clusters.
+#[test]
+fn a_partition_whose_decision_history_cannot_be_read_is_held_not_guessed() {
+    const GROUP_HELD: &str = "bridge-history-held";
+    let f = Fixture::builder()
+        .topic("orders", PARTITIONS)
+        .whitelist(1, &[("U1", &["payment"])])
+        .group(GROUP_HELD)
+        .routes("[[routes]]\ntopic = \"orders\"\nservices = [\"payment\"]\nuser = { header = \"x-user-id\" }\n")
+        .admin()
+        .build();
+    let (prod, rush, admin, config) = (&f.prod, &f.rush, f.admin(), &f.config);
+    let uncommitted =
+        f.write_config("uncommitted.toml", &f.text.replace("commit_interval = \"200ms\"", "commit_interval = \"1h\""));
+    let total = 1_500;
+    let first: Vec<Input> = (0..total).map(input).collect();
+    common::produce(&prod.bootstrap, "orders", &first);
+    let u1 = first.iter().filter(|i| i.headers[1].1.as_deref() == Some(b"U1")).count();
+    let bridge = Bridge::start(&uncommitted);
+    let copies = common::read_until(&[(&rush.bootstrap, "orders.payment")], u1, Duration::from_secs(60));
+    assert_eq!(copies[0].len(), u1, "the first instance's Rush copies");
+    kill9(bridge);
+
+    // The snapshot the pins name is lost; the whitelist drops U1.
+    let snapshots = "tenancy-bridge.snapshots";
+    let written = common::read_all(&prod.bootstrap, snapshots, 1, Duration::from_secs(30));
+    common::delete_records(&prod.bootstrap, snapshots, &common::high_watermarks(&prod.bootstrap, snapshots, 1));
+    f.set_whitelist(2, &[]);
+    let bridge = Bridge::start(config);
+    let metric = |name: &str| common::metric(admin, name).unwrap_or(0.0);
+    common::wait_until("every partition held within 60s", Instant::now() + Duration::from_secs(60), || {
+        metric("tenancy_bridge_decision_history_held") == f64::from(PARTITIONS)
+    });
+    let (status, ready) = http_get(admin, "/readyz");
+    let watcher = OffsetWatcher::new(&prod.bootstrap, GROUP_HELD);
+    let held_committed = watcher.committed("orders", PARTITIONS);
+    eprintln!("held: /readyz {status} {ready:?}, committed {held_committed}");
+    assert!(ready.contains(&format!("holding {PARTITIONS} input partition")), "{ready}");
+    assert_eq!(held_committed, 0, "a held partition decides and commits nothing");
+
+    // The history can be read again: the same snapshot written anew.
+    let snapshot = &written[0];
+    let back = Input {
+        partition: 0,
+        key: snapshot.key.clone(),
+        payload: snapshot.payload.clone(),
+        headers: Vec::new(),
+        timestamp: tenancy_bridge::clock::now_ms(),
+    };
+    common::produce(&prod.bootstrap, snapshots, &[back]);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    common::wait_until("the replay did not finish", deadline, || {
+        watcher.committed("orders", PARTITIONS) >= total as i64
+    });
+    common::wait_until("the Rush lane did not catch up", deadline, || {
+        metric("tenancy_bridge_rush_backlog_records") == 0.0 && metric("tenancy_bridge_decision_history_held") == 0.0
+    });
+    let unreadable = metric("tenancy_bridge_decision_history_unreadable_total");
+    bridge.stop(Duration::from_secs(60));
+
+    let inputs = common::read_all(&prod.bootstrap, "orders", total, Duration::from_secs(30));
+    let by_tid: HashMap<&[u8], &Read> = inputs.iter().map(|r| (r.header(TID).unwrap(), r)).collect();
+    let (p, r) = read_outputs_of(&prod.bootstrap, &rush.bootstrap, &by_tid, &["payment"], "read_committed");
+    let on = |outs: &[Read]| outs.iter().filter(|o| user(o) == "U1").count();
+    let (on_rush, on_prod) = (on(&r["payment"]), on(&p["payment"]));
+    eprintln!("history back: U1's {u1} events: {on_rush} Rush copies, {on_prod} on prod; {unreadable} guessed");
+    assert_eq!(on_prod, 0, "a held partition's replay moved U1's events to prod");
+    assert!(on_rush >= 2 * u1, "each U1 event on Rush again after the replay: {on_rush}");
+    assert_eq!(unreadable, 0.0, "no partition was decided without its history");
+}

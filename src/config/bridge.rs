@@ -96,6 +96,10 @@ pub struct BridgeConfig {
     /// at most half of `decisions_retention`.
     #[serde(default, with = "humantime_serde")]
     pub decisions_refresh: Option<Duration>,
+    /// How long an input partition whose decision history cannot be read is held (not
+    /// decided, tried again) before it is decided from the live whitelist; `0s` decides at once.
+    #[serde(default = "defaults::decision_history_hold", with = "humantime_serde")]
+    pub decision_history_hold: Duration,
     /// `at-least-once` (the default) or `exactly-once` (Kafka transactions on prod).
     #[serde(default)]
     pub delivery: Delivery,
@@ -165,6 +169,7 @@ impl Default for BridgeConfig {
             dead_letter_topic: defaults::dead_letter_topic(),
             decisions_retention: defaults::decisions_retention(),
             decisions_refresh: None,
+            decision_history_hold: defaults::decision_history_hold(),
             delivery: Delivery::default(),
             transaction_interval: defaults::transaction_interval(),
             transaction_timeout: defaults::transaction_timeout(),
@@ -328,6 +333,9 @@ mod defaults {
     }
     pub fn decisions_retention() -> Duration {
         Duration::from_secs(7 * 24 * 3600)
+    }
+    pub fn decision_history_hold() -> Duration {
+        Duration::from_secs(60)
     }
     pub fn transaction_interval() -> Duration {
         // Each commit first waits for every write in flight, which empties librdkafka's

@@ -81,7 +81,7 @@ pub fn run(
     let source = match whitelist {
         WhitelistSource::Snapshot(s) => {
             let log = DecisionLog::new(config, metrics)?;
-            Source::Pinned(Box::new(Pinned::new(s, log, revoked.clone(), metrics, now_ms())))
+            Source::Pinned(Box::new(Pinned::new(config, s, log, revoked.clone(), metrics, now_ms())))
         }
         WhitelistSource::Lookup { cache, workers } => {
             let limits = HoldLimits { records: config.bridge.max_in_flight, bytes: config.bridge.max_in_flight_bytes };
@@ -156,13 +156,14 @@ impl Handler for Forward {
         };
         match &mut self.source {
             Source::Lookup(h) => h.offer(ri, msg, &mut self.fan_out, consumer, self.now),
-            Source::Pinned(p) => p.decide(ri, msg, &mut self.fan_out),
+            Source::Pinned(p) => p.decide(ri, msg, &mut self.fan_out, consumer, self.now),
         }
     }
 
     fn end_batch(&mut self, consumer: &BaseConsumer<RebalanceContext>) -> Result<(), RelayError> {
-        if let Source::Lookup(h) = &mut self.source {
-            h.drain(&mut self.fan_out, consumer, self.now)?;
+        match &mut self.source {
+            Source::Lookup(h) => h.drain(&mut self.fan_out, consumer, self.now)?,
+            Source::Pinned(p) => p.end_batch(consumer, now_ms()),
         }
         Ok(())
     }
@@ -170,7 +171,7 @@ impl Handler for Forward {
     fn held(&self, topic: &str, partition: i32) -> bool {
         match &self.source {
             Source::Lookup(h) => self.fan_out.route_index(topic).is_some_and(|r| h.is_paused((r, partition))),
-            Source::Pinned(_) => false,
+            Source::Pinned(p) => self.fan_out.route_index(topic).is_some_and(|r| p.is_held((r, partition))),
         }
     }
 }

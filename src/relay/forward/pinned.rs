@@ -5,13 +5,16 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{BorrowedMessage, Message};
+use rdkafka::{Offset, TopicPartitionList};
 
 use super::fan_out::FanOut;
-use crate::decision_log::DecisionLog;
+use crate::config::Config;
+use crate::decision_log::{DecisionError, DecisionLog};
 use crate::metrics::Metrics;
 use crate::pinning::{Chain, Epoch, PartitionPins, Pick};
-use crate::relay::direction::rebalance::Revoked;
+use crate::relay::direction::rebalance::{RebalanceContext, Revoked};
 use crate::relay::error::RelayError;
 use crate::relay::offsets::PartitionKey;
 use crate::whitelist::{SharedSnapshot, Snapshot};
@@ -27,10 +30,24 @@ pub struct Pinned {
     /// How old a pin in use may grow before it is written again, and when to look next.
     refresh_every_ms: i64,
     next_refresh_check_ms: i64,
+    /// Held partitions (decision history unreadable): when to try again; and since when each
+    /// has been held, across tries, until `hold_ms`.
+    holds: HashMap<PartitionKey, i64>,
+    held_since: HashMap<PartitionKey, i64>,
+    hold_ms: i64,
+    /// Route input topics, to resume a held partition.
+    topics: Vec<String>,
     replayed: prometheus::IntCounter,
     refreshed: prometheus::IntCounter,
     unreadable: prometheus::IntCounter,
+    held_gauge: prometheus::IntGauge,
 }
+
+/// A held partition is tried again after 1 s, then a little later each time, at most 5 s.
+const HOLD_RETRY_MS: i64 = 1_000;
+const HOLD_RETRY_MAX_MS: i64 = 5_000;
+/// How long rewinding a held partition may take.
+const SEEK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Waits before reading a partition's decision history again after a transient error (a
 /// broker away for a moment): on the poll thread, well inside max.poll.interval.ms.
@@ -45,6 +62,7 @@ const REFRESH_CHECK_MS: i64 = 60_000;
 
 impl Pinned {
     pub fn new(
+        config: &Config,
         shared: SharedSnapshot,
         log: DecisionLog,
         revoked: Arc<Revoked>,
@@ -65,6 +83,11 @@ impl Pinned {
             revoked,
             replayed: metrics.decisions_replayed.clone(),
             refreshed: metrics.decision_pins_refreshed.clone(),
+            held_gauge: metrics.decision_history_held.clone(),
+            holds: HashMap::new(),
+            held_since: HashMap::new(),
+            hold_ms: i64::try_from(config.bridge.decision_history_hold.as_millis()).unwrap_or(i64::MAX),
+            topics: config.routes.iter().map(|r| r.topic.clone()).collect(),
             unreadable: metrics.decision_history_unreadable.clone(),
         }
     }
@@ -75,6 +98,10 @@ impl Pinned {
     pub fn begin_batch(&mut self, now_ms: i64) -> Result<(), RelayError> {
         for key in self.revoked.take() {
             self.partitions.remove(&key);
+            self.holds.remove(&key);
+            if self.held_since.remove(&key).is_some() {
+                self.held_gauge.set(self.held_since.len() as i64);
+            }
         }
         if now_ms >= self.next_refresh_check_ms {
             self.refresh(now_ms)?;
@@ -136,10 +163,33 @@ impl Pinned {
 
     /// Decides `msg` of route `ri` with the epoch pinned for its offset (pinning the live one
     /// first where none is), and fans it out.
-    pub fn decide(&mut self, ri: usize, msg: &BorrowedMessage<'_>, fan_out: &mut FanOut) -> Result<(), RelayError> {
+    pub fn decide(
+        &mut self,
+        ri: usize,
+        msg: &BorrowedMessage<'_>,
+        fan_out: &mut FanOut,
+        consumer: &BaseConsumer<RebalanceContext>,
+        now_ms: i64,
+    ) -> Result<(), RelayError> {
         let key = (ri, msg.partition());
+        if !self.holds.is_empty() && self.holds.contains_key(&key) {
+            // Fetched before the hold: read again once the partition is resumed.
+            return Ok(());
+        }
         if !self.partitions.contains_key(&key) {
-            let pins = self.take_over(key, msg)?;
+            let pins = match self.take_over(key, msg)? {
+                Ok(pins) => {
+                    if self.held_since.remove(&key).is_some() {
+                        self.held_gauge.set(self.held_since.len() as i64);
+                        tracing::info!(topic = msg.topic(), partition = key.1, "decision history readable again");
+                    }
+                    pins
+                }
+                Err(e) => match self.unreadable(key, msg, &e, consumer, now_ms) {
+                    Some(pins) => pins,
+                    None => return Ok(()),
+                },
+            };
             self.partitions.insert(key, pins);
         }
         let Some(pins) = self.partitions.get_mut(&key) else {
@@ -162,8 +212,13 @@ impl Pinned {
     }
 
     /// A partition seen for the first time since it was assigned: what previous owners pinned
-    /// from this record on, and the horizon below which they may have decided.
-    fn take_over(&mut self, key: PartitionKey, msg: &BorrowedMessage<'_>) -> Result<PartitionPins, RelayError> {
+    /// from this record on, and the horizon below which they may have decided; or why that
+    /// history cannot be read (tried again a few times first).
+    fn take_over(
+        &mut self,
+        key: PartitionKey,
+        msg: &BorrowedMessage<'_>,
+    ) -> Result<Result<PartitionPins, DecisionError>, RelayError> {
         let (topic, partition, from) = (msg.topic(), msg.partition(), msg.offset());
         let horizon = self.log.reader.log_end(topic, partition)?;
         let mut recorded = self.log.reader.load(key, from);
@@ -177,19 +232,86 @@ impl Pinned {
                 _ => break,
             }
         }
-        let recorded = match recorded {
-            Ok(chain) => chain,
-            Err(e) => {
-                // Production goes on: decided from the live whitelist, and pinned from here.
-                self.unreadable.inc();
-                tracing::error!(topic, partition, offset = from, error = %e,
-                    "decision log unreadable: records a previous owner decided may be decided again differently");
-                Chain::default()
+        Ok(recorded.map(|recorded| {
+            if !recorded.is_empty() {
+                tracing::info!(topic, partition, from, horizon, pins = recorded.len(), "replaying recorded decisions");
             }
-        };
-        if !recorded.is_empty() {
-            tracing::info!(topic, partition, from, horizon, pins = recorded.len(), "replaying recorded decisions");
+            PartitionPins::taken_over(recorded, horizon)
+        }))
+    }
+
+    /// The decision history of `msg`'s partition cannot be read: hold the partition (paused,
+    /// read again from `msg` later) rather than guess, until it has been held for
+    /// `bridge.decision_history_hold`; past that, decide from the live whitelist and pin it
+    /// (production goes on), counted and logged. Returns the partition's pins when it goes on.
+    fn unreadable(
+        &mut self,
+        key: PartitionKey,
+        msg: &BorrowedMessage<'_>,
+        e: &DecisionError,
+        consumer: &BaseConsumer<RebalanceContext>,
+        now_ms: i64,
+    ) -> Option<PartitionPins> {
+        let (topic, partition, offset) = (msg.topic(), msg.partition(), msg.offset());
+        let since = *self.held_since.entry(key).or_insert(now_ms);
+        if now_ms.saturating_sub(since) < self.hold_ms {
+            // Tried again soon at first, less often the longer it lasts.
+            let wait = (HOLD_RETRY_MS + now_ms.saturating_sub(since) / 4).min(HOLD_RETRY_MAX_MS);
+            if seek_and_pause(consumer, topic, partition, offset) {
+                self.holds.insert(key, now_ms.saturating_add(wait));
+                self.held_gauge.set(self.held_since.len() as i64);
+                tracing::error!(topic, partition, offset, error = %e, held_for_ms = now_ms - since,
+                    "decision history unreadable: partition held (not decided) until it can be read");
+                return None;
+            }
         }
-        Ok(PartitionPins::taken_over(recorded, horizon))
+        self.held_since.remove(&key);
+        self.held_gauge.set(self.held_since.len() as i64);
+        self.unreadable.inc();
+        tracing::error!(topic, partition, offset, error = %e,
+            "decision history unreadable: deciding from the live whitelist; records a previous owner decided may be decided again differently");
+        Some(PartitionPins::taken_over(Chain::default(), i64::MIN))
+    }
+
+    /// Once per batch, after it: held partitions due for another try are resumed (their next
+    /// record takes the partition over again).
+    pub fn end_batch(&mut self, consumer: &BaseConsumer<RebalanceContext>, now_ms: i64) {
+        if self.holds.is_empty() {
+            return;
+        }
+        let due: Vec<PartitionKey> = self.holds.iter().filter(|(_, at)| **at <= now_ms).map(|(k, _)| *k).collect();
+        for key in due {
+            self.holds.remove(&key);
+            if let Some(topic) = self.topics.get(key.0) {
+                let mut tpl = TopicPartitionList::new();
+                if tpl.add_partition_offset(topic, key.1, Offset::Invalid).is_ok() {
+                    let _ = consumer.resume(&tpl);
+                }
+            }
+        }
+    }
+
+    /// Whether `key` is held for its decision history (a backpressure resume leaves it paused).
+    pub fn is_held(&self, key: PartitionKey) -> bool {
+        self.holds.contains_key(&key)
+    }
+}
+
+/// Rewinds a partition to `offset` and pauses it; `false` if the consumer refused either.
+fn seek_and_pause(consumer: &BaseConsumer<RebalanceContext>, topic: &str, partition: i32, offset: i64) -> bool {
+    let mut tpl = TopicPartitionList::new();
+    if tpl.add_partition_offset(topic, partition, Offset::Offset(offset)).is_err() {
+        return false;
+    }
+    if let Err(e) = consumer.pause(&tpl) {
+        tracing::warn!(topic, partition, error = %e, "cannot pause a partition to hold it");
+        return false;
+    }
+    match consumer.seek_partitions(tpl, SEEK_TIMEOUT) {
+        Ok(done) if done.elements().iter().all(|e| e.error().is_ok()) => true,
+        other => {
+            tracing::warn!(topic, partition, result = ?other.err(), "cannot rewind a held partition");
+            false
+        }
     }
 }
