@@ -312,6 +312,42 @@ fn a_replay_after_a_whitelist_change_keeps_the_first_decision() {
     assert_eq!(late_prod, later.iter().filter(|i| i.headers[1].1.as_deref() == Some(b"U1")).count());
 }
 
+/// How many events the replay tests' first instance decides without committing.
+const REPLAYED: usize = 1_500;
+
+/// The replay tests' start: `orders` with U1 whitelisted for payment only (the only service),
+/// group `group`, `extra` `[bridge]` options; an instance that commits nothing has decided
+/// [`REPLAYED`] events, U1's copies are on Rush. Returns the fixture, that instance (running)
+/// and how many events are U1's.
+fn decided_and_uncommitted(group: &str, extra: &str) -> (Fixture, Bridge, usize) {
+    let f = Fixture::builder()
+        .topic("orders", PARTITIONS)
+        .whitelist(1, &[("U1", &["payment"])])
+        .group(group)
+        .routes("[[routes]]\ntopic = \"orders\"\nservices = [\"payment\"]\nuser = { header = \"x-user-id\" }\n")
+        .bridge(extra)
+        .admin()
+        .build();
+    let uncommitted =
+        f.write_config("uncommitted.toml", &f.text.replace("commit_interval = \"200ms\"", "commit_interval = \"1h\""));
+    let first: Vec<Input> = (0..REPLAYED).map(input).collect();
+    common::produce(&f.prod.bootstrap, "orders", &first);
+    let u1 = first.iter().filter(|i| i.headers[1].1.as_deref() == Some(b"U1")).count();
+    let bridge = Bridge::start(&uncommitted);
+    let copies = common::read_until(&[(&f.rush.bootstrap, "orders.payment")], u1, Duration::from_secs(60));
+    assert_eq!(copies[0].len(), u1, "the first instance's Rush copies");
+    (f, bridge, u1)
+}
+
+/// U1's payment outputs of the [`REPLAYED`] events: on Rush, on prod (read_committed).
+fn u1_outputs(f: &Fixture) -> (usize, usize) {
+    let inputs = common::read_all(&f.prod.bootstrap, "orders", REPLAYED, Duration::from_secs(30));
+    let by_tid: HashMap<&[u8], &Read> = inputs.iter().map(|r| (r.header(TID).unwrap(), r)).collect();
+    let (p, r) = read_outputs_of(&f.prod.bootstrap, &f.rush.bootstrap, &by_tid, &["payment"], "read_committed");
+    let on = |outs: &[Read]| outs.iter().filter(|o| user(o) == "U1").count();
+    (on(&r["payment"]), on(&p["payment"]))
+}
+
 /// Decided once when the whitelist stays the same longer than the decision log keeps records:
 /// an instance decides 1,500 events with U1 whitelisted and commits none; retention then
 /// deletes the pins and the snapshot it wrote first (DeleteRecords, as retention would); it is
@@ -322,24 +358,8 @@ fn a_replay_after_a_whitelist_change_keeps_the_first_decision() {
 #[test]
 fn a_replay_after_retention_deleted_the_first_pins_keeps_the_first_decision() {
     const GROUP_EXPIRED: &str = "bridge-pins-expired";
-    let f = Fixture::builder()
-        .topic("orders", PARTITIONS)
-        .whitelist(1, &[("U1", &["payment"])])
-        .group(GROUP_EXPIRED)
-        .routes("[[routes]]\ntopic = \"orders\"\nservices = [\"payment\"]\nuser = { header = \"x-user-id\" }\n")
-        .bridge("decisions_refresh = \"2s\"")
-        .admin()
-        .build();
-    let (prod, rush, admin, config) = (&f.prod, &f.rush, f.admin(), &f.config);
-    let uncommitted =
-        f.write_config("uncommitted.toml", &f.text.replace("commit_interval = \"200ms\"", "commit_interval = \"1h\""));
-    let total = 1_500;
-    let first: Vec<Input> = (0..total).map(input).collect();
-    common::produce(&prod.bootstrap, "orders", &first);
-    let u1 = first.iter().filter(|i| i.headers[1].1.as_deref() == Some(b"U1")).count();
-    let bridge = Bridge::start(&uncommitted);
-    let copies = common::read_until(&[(&rush.bootstrap, "orders.payment")], u1, Duration::from_secs(60));
-    assert_eq!(copies[0].len(), u1, "the first instance's Rush copies");
+    let (f, bridge, u1) = decided_and_uncommitted(GROUP_EXPIRED, "decisions_refresh = \"2s\"");
+    let (prod, admin, config) = (&f.prod, f.admin(), &f.config);
 
     // The decision log as it stands now; once the pins in use were written again at least
     // twice over, retention takes everything that was there.
@@ -362,7 +382,7 @@ fn a_replay_after_retention_deleted_the_first_pins_keeps_the_first_decision() {
     let watcher = OffsetWatcher::new(&prod.bootstrap, GROUP_EXPIRED);
     let deadline = Instant::now() + Duration::from_secs(60);
     common::wait_until("the replay did not finish", deadline, || {
-        watcher.committed("orders", PARTITIONS) >= total as i64
+        watcher.committed("orders", PARTITIONS) >= REPLAYED as i64
     });
     common::wait_until("the Rush lane did not catch up", deadline, || {
         gauge(&http_get(admin, "/metrics").1, "tenancy_bridge_rush_backlog_records") == Some(0.0)
@@ -372,11 +392,7 @@ fn a_replay_after_retention_deleted_the_first_pins_keeps_the_first_decision() {
     let unreadable = gauge(&metrics, "tenancy_bridge_decision_history_unreadable_total").unwrap_or(0.0);
     bridge.stop(Duration::from_secs(60));
 
-    let inputs = common::read_all(&prod.bootstrap, "orders", total, Duration::from_secs(30));
-    let by_tid: HashMap<&[u8], &Read> = inputs.iter().map(|r| (r.header(TID).unwrap(), r)).collect();
-    let (p, r) = read_outputs_of(&prod.bootstrap, &rush.bootstrap, &by_tid, &["payment"], "read_committed");
-    let on = |outs: &[Read]| outs.iter().filter(|o| user(o) == "U1").count();
-    let (on_rush, on_prod) = (on(&r["payment"]), on(&p["payment"]));
+    let (on_rush, on_prod) = u1_outputs(&f);
     eprintln!(
         "pins deleted by retention, whitelist changed, replay: {replayed} decisions replayed, {unreadable} \
          partitions unreadable; U1's {u1} events: {on_rush} Rush copies, {on_prod} on prod"
@@ -395,23 +411,8 @@ fn a_replay_after_retention_deleted_the_first_pins_keeps_the_first_decision() {
 #[test]
 fn a_partition_whose_decision_history_cannot_be_read_is_held_not_guessed() {
     const GROUP_HELD: &str = "bridge-history-held";
-    let f = Fixture::builder()
-        .topic("orders", PARTITIONS)
-        .whitelist(1, &[("U1", &["payment"])])
-        .group(GROUP_HELD)
-        .routes("[[routes]]\ntopic = \"orders\"\nservices = [\"payment\"]\nuser = { header = \"x-user-id\" }\n")
-        .admin()
-        .build();
-    let (prod, rush, admin, config) = (&f.prod, &f.rush, f.admin(), &f.config);
-    let uncommitted =
-        f.write_config("uncommitted.toml", &f.text.replace("commit_interval = \"200ms\"", "commit_interval = \"1h\""));
-    let total = 1_500;
-    let first: Vec<Input> = (0..total).map(input).collect();
-    common::produce(&prod.bootstrap, "orders", &first);
-    let u1 = first.iter().filter(|i| i.headers[1].1.as_deref() == Some(b"U1")).count();
-    let bridge = Bridge::start(&uncommitted);
-    let copies = common::read_until(&[(&rush.bootstrap, "orders.payment")], u1, Duration::from_secs(60));
-    assert_eq!(copies[0].len(), u1, "the first instance's Rush copies");
+    let (f, bridge, u1) = decided_and_uncommitted(GROUP_HELD, "");
+    let (prod, admin, config) = (&f.prod, f.admin(), &f.config);
     kill9(bridge);
 
     // The snapshot the pins name is lost; the whitelist drops U1.
@@ -443,7 +444,7 @@ fn a_partition_whose_decision_history_cannot_be_read_is_held_not_guessed() {
     common::produce(&prod.bootstrap, snapshots, &[back]);
     let deadline = Instant::now() + Duration::from_secs(60);
     common::wait_until("the replay did not finish", deadline, || {
-        watcher.committed("orders", PARTITIONS) >= total as i64
+        watcher.committed("orders", PARTITIONS) >= REPLAYED as i64
     });
     common::wait_until("the Rush lane did not catch up", deadline, || {
         metric("tenancy_bridge_rush_backlog_records") == 0.0 && metric("tenancy_bridge_decision_history_held") == 0.0
@@ -451,11 +452,7 @@ fn a_partition_whose_decision_history_cannot_be_read_is_held_not_guessed() {
     let unreadable = metric("tenancy_bridge_decision_history_unreadable_total");
     bridge.stop(Duration::from_secs(60));
 
-    let inputs = common::read_all(&prod.bootstrap, "orders", total, Duration::from_secs(30));
-    let by_tid: HashMap<&[u8], &Read> = inputs.iter().map(|r| (r.header(TID).unwrap(), r)).collect();
-    let (p, r) = read_outputs_of(&prod.bootstrap, &rush.bootstrap, &by_tid, &["payment"], "read_committed");
-    let on = |outs: &[Read]| outs.iter().filter(|o| user(o) == "U1").count();
-    let (on_rush, on_prod) = (on(&r["payment"]), on(&p["payment"]));
+    let (on_rush, on_prod) = u1_outputs(&f);
     eprintln!("history back: U1's {u1} events: {on_rush} Rush copies, {on_prod} on prod; {unreadable} guessed");
     assert_eq!(on_prod, 0, "a held partition's replay moved U1's events to prod");
     assert!(on_rush >= 2 * u1, "each U1 event on Rush again after the replay: {on_rush}");
