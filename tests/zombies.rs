@@ -308,6 +308,41 @@ fn an_exactly_once_instance_frozen_past_its_transaction_timeout_starts_again() {
     frozen_with_held_records("eos-lookup-fenced", Duration::from_secs(25));
 }
 
+/// A lookup-mode fixture's whitelist: U1 for payment, added through the Config Mapper with
+/// `token` (its secret part).
+fn whitelist_u1(f: &Fixture, token: &str) {
+    let client = tenancy_bridge::whitelist::client::MapperClient::new(
+        &f.mapper().url,
+        Some(token.into()),
+        Duration::from_secs(5),
+    )
+    .unwrap();
+    client.add("U1", &["payment".to_owned()], Duration::from_secs(3600), Some("zombie test")).unwrap();
+}
+
+/// Event `i` of the lookup tests on `partitions` partitions: every tenth of U1, the rest of
+/// `other(i)`, users the cache has not seen for a while (they wait for lookups).
+fn lookup_input(i: usize, partitions: i32, other: impl Fn(usize) -> String) -> Input {
+    let user = if i % 10 == 0 { "U1".to_owned() } else { other(i) };
+    Input {
+        partition: (i % partitions as usize) as i32,
+        key: Some(user.clone().into_bytes()),
+        payload: Some(format!(r#"{{"n":{i}}}"#).into_bytes()),
+        headers: vec![(TID.into(), Some(i.to_string().into_bytes())), ("x-user-id".into(), Some(user.into_bytes()))],
+        timestamp: tenancy_bridge::clock::now_ms(),
+    }
+}
+
+/// The lookup tests' judgement of every input and output, U1 on Rush for payment only:
+/// `delivery` as read with `isolation`.
+fn judge_u1(f: &Fixture, inputs: &[Read], isolation: &str, delivery: invariant::Delivery) -> invariant::Report {
+    let by_tid: HashMap<&[u8], &Read> = inputs.iter().map(|r| (r.header(TID).unwrap(), r)).collect();
+    let services = ["payment", "shipping"];
+    let (p, r) = read_outputs_of(&f.prod.bootstrap, &f.rush.bootstrap, &by_tid, &services, isolation);
+    let expected = |i: &Read, s: &str| (user(i) == "U1" && s == "payment").then(|| "U1".to_owned());
+    invariant::check_with(inputs, &services, &p, &r, expected, StampCheck::Header, delivery)
+}
+
 fn frozen_with_held_records(group: &str, freeze: Duration) {
     const TOKEN: &str = "qa:0123456789abcdef-zombie-lookup";
     let f = Fixture::builder()
@@ -318,28 +353,10 @@ fn frozen_with_held_records(group: &str, freeze: Duration) {
         .bridge("delivery = \"exactly-once\"\ninstance_id = \"frozen-lookup\"")
         .admin()
         .build();
-    let (prod, rush, mapper) = (&f.prod, &f.rush, f.mapper());
-    let client = tenancy_bridge::whitelist::client::MapperClient::new(
-        &mapper.url,
-        Some("0123456789abcdef-zombie-lookup".into()),
-        Duration::from_secs(5),
-    )
-    .unwrap();
-    client.add("U1", &["payment".to_owned()], Duration::from_secs(3600), Some("zombie test")).unwrap();
+    let (prod, mapper) = (&f.prod, f.mapper());
+    whitelist_u1(&f, "0123456789abcdef-zombie-lookup");
     // Most users are new for a long while: records keep needing lookups.
-    let input = |i: usize| {
-        let user = if i % 10 == 0 { "U1".to_owned() } else { format!("L{}", i % 3_000) };
-        Input {
-            partition: (i % PARTITIONS as usize) as i32,
-            key: Some(user.clone().into_bytes()),
-            payload: Some(format!(r#"{{"n":{i}}}"#).into_bytes()),
-            headers: vec![
-                (TID.into(), Some(i.to_string().into_bytes())),
-                ("x-user-id".into(), Some(user.into_bytes())),
-            ],
-            timestamp: tenancy_bridge::clock::now_ms(),
-        }
-    };
+    let input = |i: usize| lookup_input(i, PARTITIONS, |i| format!("L{}", i % 3_000));
     let producer = PacedProducer::start(&prod.bootstrap, "orders", 200, input);
     let watcher = OffsetWatcher::new(&prod.bootstrap, group);
     let within = |secs| Instant::now() + Duration::from_secs(secs);
@@ -377,30 +394,9 @@ fn frozen_with_held_records(group: &str, freeze: Duration) {
         watcher.committed("orders", PARTITIONS) >= total as i64
     });
     let inputs = common::read_all(&prod.bootstrap, "orders", total, Duration::from_secs(60));
-    let by_tid: HashMap<&[u8], &Read> = inputs.iter().map(|r| (r.header(TID).unwrap(), r)).collect();
-    let services = ["payment", "shipping"];
-    let (p, r) = read_outputs_of(&prod.bootstrap, &rush.bootstrap, &by_tid, &services, "read_committed");
-    let (pu, ru) = read_outputs_of(&prod.bootstrap, &rush.bootstrap, &by_tid, &services, "read_uncommitted");
+    let committed = judge_u1(&f, &inputs, "read_committed", invariant::Delivery::ExactlyOnce);
+    let uncommitted = judge_u1(&f, &inputs, "read_uncommitted", invariant::Delivery::AtLeastOnce);
     bridge.stop(Duration::from_secs(60));
-    let expected = |i: &Read, s: &str| (user(i) == "U1" && s == "payment").then(|| "U1".to_owned());
-    let committed = invariant::check_with(
-        &inputs,
-        &services,
-        &p,
-        &r,
-        expected,
-        StampCheck::Header,
-        invariant::Delivery::ExactlyOnce,
-    );
-    let uncommitted = invariant::check_with(
-        &inputs,
-        &services,
-        &pu,
-        &ru,
-        expected,
-        StampCheck::Header,
-        invariant::Delivery::AtLeastOnce,
-    );
     eprintln!(
         "lookup mode, exactly-once, frozen {freeze:?} with {held_at_freeze} records held: {aborted} aborted, {restarts} \
          forward restarts; {total} events, read_committed {} prod + {} rush outputs; read_uncommitted {} written again",
@@ -428,28 +424,10 @@ fn an_exactly_once_lookup_instance_keeps_going_through_cooperative_rebalances() 
         .kafka("\"partition.assignment.strategy\" = \"cooperative-sticky\"")
         .bridge("delivery = \"exactly-once\"")
         .build();
-    let (prod, rush, mapper) = (&f.prod, &f.rush, f.mapper());
-    let client = tenancy_bridge::whitelist::client::MapperClient::new(
-        &mapper.url,
-        Some("0123456789abcdef-zombie-coop".into()),
-        Duration::from_secs(5),
-    )
-    .unwrap();
-    client.add("U1", &["payment".to_owned()], Duration::from_secs(3600), Some("zombie test")).unwrap();
+    let prod = &f.prod;
+    whitelist_u1(&f, "0123456789abcdef-zombie-coop");
     // Nearly every event is of a user not seen for a while: most records wait for a lookup.
-    let input = |i: usize| {
-        let user = if i % 10 == 0 { "U1".to_owned() } else { format!("L{i}") };
-        Input {
-            partition: (i % P as usize) as i32,
-            key: Some(user.clone().into_bytes()),
-            payload: Some(format!(r#"{{"n":{i}}}"#).into_bytes()),
-            headers: vec![
-                (TID.into(), Some(i.to_string().into_bytes())),
-                ("x-user-id".into(), Some(user.into_bytes())),
-            ],
-            timestamp: tenancy_bridge::clock::now_ms(),
-        }
-    };
+    let input = |i: usize| lookup_input(i, P, |i| format!("L{i}"));
     let producer = PacedProducer::start(&prod.bootstrap, "orders", 500, input);
     let watcher = OffsetWatcher::new(&prod.bootstrap, group);
     let within = |secs| Instant::now() + Duration::from_secs(secs);
@@ -482,24 +460,12 @@ fn an_exactly_once_lookup_instance_keeps_going_through_cooperative_rebalances() 
         watcher.committed("orders", P) >= total as i64
     });
     let inputs = common::read_all(&prod.bootstrap, "orders", total, Duration::from_secs(60));
-    let by_tid: HashMap<&[u8], &Read> = inputs.iter().map(|r| (r.header(TID).unwrap(), r)).collect();
-    let services = ["payment", "shipping"];
-    let (p, r) = read_outputs_of(&prod.bootstrap, &rush.bootstrap, &by_tid, &services, "read_committed");
+    let report = judge_u1(&f, &inputs, "read_committed", invariant::Delivery::ExactlyOnce);
     // A revocation is routine: the forward direction must not need to start again for it (it
     // did, after a write outside any transaction, before the fix).
     let restarts = common::metric(&admin_a, "tenancy_bridge_forward_restarts_total");
     a.stop(Duration::from_secs(60));
     assert_eq!(restarts, Some(0.0), "A's forward direction started again during cooperative rebalances");
-    let expected = |i: &Read, s: &str| (user(i) == "U1" && s == "payment").then(|| "U1".to_owned());
-    let report = invariant::check_with(
-        &inputs,
-        &services,
-        &p,
-        &r,
-        expected,
-        StampCheck::Header,
-        invariant::Delivery::ExactlyOnce,
-    );
     eprintln!(
         "lookup mode, exactly-once, 3 joiners came and went (cooperative-sticky): {total} events, {} prod + {} rush \
          outputs, {} violations",
