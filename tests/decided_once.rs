@@ -458,3 +458,135 @@ fn a_partition_whose_decision_history_cannot_be_read_is_held_not_guessed() {
     assert!(on_rush >= 2 * u1, "each U1 event on Rush again after the replay: {on_rush}");
     assert_eq!(unreadable, 0.0, "no partition was decided without its history");
 }
+
+/// Lookup mode, exactly-once, kill -9 while the Config Mapper's answer for U1 flips every
+/// 300 ms: a replay asks a fresh cache and may decide an event differently from its first,
+/// aborted, decision. Lookup mode records no answers (only snapshot mode pins), so
+/// read_uncommitted readers can see an event on both clusters; read_committed readers never
+/// do: the first decision's outputs, outbox copy included (the Rush lane reads read_committed),
+/// were never committed.
+#[test]
+fn lookup_mode_kill_9_under_whitelist_flips_exactly_once_for_read_committed_readers() {
+    const TOKEN: &str = "qa:0123456789abcdef-decided-lookup";
+    const KILLS: usize = 5;
+    let group = "bridge-decided-lookup";
+    let f = Fixture::builder()
+        .topic("orders", PARTITIONS)
+        .mapper(TOKEN, "mode = \"lookup\"\ncache_ttl = \"100ms\"\nnegative_ttl = \"100ms\"")
+        .group(group)
+        .bridge("delivery = \"exactly-once\"\ninstance_id = \"lookup-killed\"")
+        .admin()
+        .build();
+    let (prod, rush, admin) = (&f.prod, &f.rush, f.admin());
+    let client = tenancy_bridge::whitelist::client::MapperClient::new(
+        &f.mapper().url,
+        Some("0123456789abcdef-decided-lookup".into()),
+        Duration::from_secs(5),
+    )
+    .unwrap();
+    let stop_flipping = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flipper = {
+        let stop = stop_flipping.clone();
+        std::thread::spawn(move || {
+            let mut flips = 0_usize;
+            while !stop.load(Ordering::Relaxed) {
+                if flips % 2 == 0 {
+                    client.add("U1", &["payment".to_owned()], Duration::from_secs(3600), None).unwrap();
+                } else {
+                    client.remove("U1", None).unwrap();
+                }
+                flips += 1;
+                std::thread::sleep(Duration::from_millis(300));
+            }
+            flips
+        })
+    };
+    let input = |i: usize| {
+        let user = if i % 5 == 0 { "U1".to_owned() } else { format!("U{}", 2 + i % 38) };
+        Input {
+            partition: (i % PARTITIONS as usize) as i32,
+            key: Some(user.clone().into_bytes()),
+            payload: Some(format!(r#"{{"n":{i}}}"#).into_bytes()),
+            headers: vec![
+                (TID.into(), Some(i.to_string().into_bytes())),
+                ("x-user-id".into(), Some(user.into_bytes())),
+            ],
+            timestamp: tenancy_bridge::clock::now_ms(),
+        }
+    };
+    let seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64;
+    let mut rng = Lcg(seed);
+    let producer = PacedProducer::start(&prod.bootstrap, "orders", 500, input);
+    let watcher = OffsetWatcher::new(&prod.bootstrap, group);
+    let mut committed = 0;
+    for k in 0..KILLS {
+        let bridge = Bridge::start(&f.config);
+        let what = format!("kill {k}: no progress past {committed} committed");
+        common::wait_until(&what, Instant::now() + Duration::from_secs(90), || {
+            watcher.committed("orders", PARTITIONS) > committed
+        });
+        std::thread::sleep(Duration::from_millis(500 + rng.below(1_500)));
+        kill9(bridge);
+        committed = watcher.committed("orders", PARTITIONS);
+    }
+    let total = producer.finish();
+    stop_flipping.store(true, Ordering::Relaxed);
+    let flips = flipper.join().unwrap();
+    let bridge = Bridge::start(&f.config);
+    let deadline = Instant::now() + Duration::from_secs(180);
+    common::wait_until("the last instance did not commit every input", deadline, || {
+        watcher.committed("orders", PARTITIONS) >= total as i64
+    });
+    common::wait_for("the Rush lane did not catch up", deadline, || {
+        match common::metric(admin, "tenancy_bridge_rush_backlog_records") {
+            Some(b) if b <= f64::from(PARTITIONS) => Ok(()),
+            other => Err(format!("backlog {other:?}")),
+        }
+    });
+    let inputs = common::read_all(&prod.bootstrap, "orders", total, Duration::from_secs(60));
+    let by_tid: HashMap<&[u8], &Read> = inputs.iter().map(|r| (r.header(TID).unwrap(), r)).collect();
+    let judged = |isolation: &str| {
+        let (p, r) = read_outputs_of(&prod.bootstrap, &rush.bootstrap, &by_tid, &SERVICES, isolation);
+        let mut tally: HashMap<&str, usize> = HashMap::new();
+        for svc in SERVICES {
+            let mut seen: HashMap<&[u8], (usize, usize)> = HashMap::new();
+            for o in &p[svc] {
+                seen.entry(o.header(TID).unwrap()).or_default().0 += 1;
+            }
+            for o in &r[svc] {
+                seen.entry(o.header(TID).unwrap()).or_default().1 += 1;
+                if !(svc == "payment" && user(o) == "U1") {
+                    *tally.entry("on Rush, never whitelisted").or_default() += 1;
+                }
+            }
+            for tid in by_tid.keys() {
+                let kind = match seen.get(tid).copied().unwrap_or_default() {
+                    (0, 0) => "lost",
+                    (p, r) if p > 0 && r > 0 => "on both",
+                    (p, r) if p + r > 1 => "duplicated",
+                    (_, 1) => "on Rush",
+                    _ => "on prod",
+                };
+                *tally.entry(kind).or_default() += 1;
+            }
+        }
+        tally
+    };
+    let committed_view = judged("read_committed");
+    let uncommitted_view = judged("read_uncommitted");
+    bridge.stop(Duration::from_secs(60));
+    eprintln!(
+        "lookup mode, exactly-once, {KILLS} kills, {flips} flips: {total} events × 2 services; read_committed \
+         {committed_view:?}; read_uncommitted {uncommitted_view:?}"
+    );
+    assert!(committed_view.get("on Rush").copied().unwrap_or(0) > 0, "no U1 event ever reached Rush");
+    for bad in ["lost", "on both", "on Rush, never whitelisted"] {
+        assert_eq!(committed_view.get(bad), None, "read_committed: {bad}");
+    }
+    if f.prod.kind.full_transactions() {
+        assert_eq!(committed_view.get("duplicated"), None, "read_committed on Apache Kafka: duplicated");
+    }
+    for bad in ["lost", "on Rush, never whitelisted"] {
+        assert_eq!(uncommitted_view.get(bad), None, "read_uncommitted: {bad}");
+    }
+}
