@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use common::chaos::{Flipper, Lcg, gauge, kill9, read_outputs_of, user};
+use common::chaos::{Flipper, Lcg, gauge, kill9, read_outputs_of, user, user_event};
 use common::invariant::TID;
 use common::paced::PacedProducer;
 use common::{Bridge, Fixture, Input, OffsetWatcher, Read, http_get};
@@ -31,6 +31,23 @@ fn input(i: usize) -> Input {
         payload: Some(format!(r#"{{"n":{i},"user_id":"{user}"}}"#).into_bytes()),
         headers: vec![(TID.into(), Some(i.to_string().into_bytes())), ("x-user-id".into(), Some(user.into_bytes()))],
         timestamp: tenancy_bridge::clock::now_ms(),
+    }
+}
+
+/// Starts the bridge `kills` times and kills it (-9) each time at a random moment after it
+/// has committed something new, at least `alive` later: the moment is the point (a random
+/// one, between 0 and 1.5 s further on), not a wait for something to happen.
+fn kill_repeatedly(config: &std::path::Path, watcher: &OffsetWatcher, kills: usize, rng: &mut Lcg, alive: Duration) {
+    let mut committed = 0;
+    for k in 0..kills {
+        let bridge = Bridge::start(config);
+        let what = format!("kill {k}: no progress past {committed} committed");
+        common::wait_until(&what, Instant::now() + Duration::from_secs(90), || {
+            watcher.committed("orders", PARTITIONS) > committed
+        });
+        std::thread::sleep(alive + Duration::from_millis(rng.below(1_500)));
+        kill9(bridge);
+        committed = watcher.committed("orders", PARTITIONS);
     }
 }
 
@@ -85,18 +102,7 @@ fn kill_9_under_whitelist_flips(delivery: Delivery, kills: usize) {
     let producer = PacedProducer::start(&prod.bootstrap, "orders", 1_000, input);
     let watcher = OffsetWatcher::new(&prod.bootstrap, &group);
     let started = Instant::now();
-    let mut committed = 0;
-    for k in 0..kills {
-        let bridge = Bridge::start(config);
-        // Wait until this instance has made progress, then kill it at a random moment.
-        let what = format!("kill {k}: no progress past {committed} committed");
-        common::wait_until(&what, Instant::now() + Duration::from_secs(90), || {
-            watcher.committed("orders", PARTITIONS) > committed
-        });
-        std::thread::sleep(Duration::from_millis(rng.below(1_500)));
-        kill9(bridge);
-        committed = watcher.committed("orders", PARTITIONS);
-    }
+    kill_repeatedly(config, &watcher, kills, &mut rng, Duration::ZERO);
     let killed_for = started.elapsed();
     let flips = flipper.flips.load(Ordering::Relaxed);
     let total = producer.finish();
@@ -339,6 +345,19 @@ fn decided_and_uncommitted(group: &str, extra: &str) -> (Fixture, Bridge, usize)
     (f, bridge, u1)
 }
 
+/// Waits until the instance taking over has committed the [`REPLAYED`] events, holds no
+/// partition, and its Rush lane has carried every copy.
+fn wait_replayed(watcher: &OffsetWatcher, admin: &str) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    common::wait_until("the replay did not finish", deadline, || {
+        watcher.committed("orders", PARTITIONS) >= REPLAYED as i64
+    });
+    let metric = |name: &str| common::metric(admin, name).unwrap_or(-1.0);
+    common::wait_until("the Rush lane did not catch up", deadline, || {
+        metric("tenancy_bridge_rush_backlog_records") == 0.0 && metric("tenancy_bridge_decision_history_held") == 0.0
+    });
+}
+
 /// U1's payment outputs of the [`REPLAYED`] events: on Rush, on prod (read_committed).
 fn u1_outputs(f: &Fixture) -> (usize, usize) {
     let inputs = common::read_all(&f.prod.bootstrap, "orders", REPLAYED, Duration::from_secs(30));
@@ -380,13 +399,7 @@ fn a_replay_after_retention_deleted_the_first_pins_keeps_the_first_decision() {
     f.set_whitelist(2, &[]);
     let bridge = Bridge::start(config);
     let watcher = OffsetWatcher::new(&prod.bootstrap, GROUP_EXPIRED);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    common::wait_until("the replay did not finish", deadline, || {
-        watcher.committed("orders", PARTITIONS) >= REPLAYED as i64
-    });
-    common::wait_until("the Rush lane did not catch up", deadline, || {
-        gauge(&http_get(admin, "/metrics").1, "tenancy_bridge_rush_backlog_records") == Some(0.0)
-    });
+    wait_replayed(&watcher, admin);
     let metrics = http_get(admin, "/metrics").1;
     let replayed = gauge(&metrics, "tenancy_bridge_decisions_replayed_total").unwrap_or(0.0);
     let unreadable = gauge(&metrics, "tenancy_bridge_decision_history_unreadable_total").unwrap_or(0.0);
@@ -442,13 +455,7 @@ fn a_partition_whose_decision_history_cannot_be_read_is_held_not_guessed() {
         timestamp: tenancy_bridge::clock::now_ms(),
     };
     common::produce(&prod.bootstrap, snapshots, &[back]);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    common::wait_until("the replay did not finish", deadline, || {
-        watcher.committed("orders", PARTITIONS) >= REPLAYED as i64
-    });
-    common::wait_until("the Rush lane did not catch up", deadline, || {
-        metric("tenancy_bridge_rush_backlog_records") == 0.0 && metric("tenancy_bridge_decision_history_held") == 0.0
-    });
+    wait_replayed(&watcher, admin);
     let unreadable = metric("tenancy_bridge_decision_history_unreadable_total");
     bridge.stop(Duration::from_secs(60));
 
@@ -484,54 +491,23 @@ fn lookup_mode_kill_9_under_whitelist_flips_exactly_once_for_read_committed_read
         Duration::from_secs(5),
     )
     .unwrap();
-    let stop_flipping = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let flipper = {
-        let stop = stop_flipping.clone();
-        std::thread::spawn(move || {
-            let mut flips = 0_usize;
-            while !stop.load(Ordering::Relaxed) {
-                if flips % 2 == 0 {
-                    client.add("U1", &["payment".to_owned()], Duration::from_secs(3600), None).unwrap();
-                } else {
-                    client.remove("U1", None).unwrap();
-                }
-                flips += 1;
-                std::thread::sleep(Duration::from_millis(300));
-            }
-            flips
-        })
-    };
-    let input = |i: usize| {
-        let user = if i % 5 == 0 { "U1".to_owned() } else { format!("U{}", 2 + i % 38) };
-        Input {
-            partition: (i % PARTITIONS as usize) as i32,
-            key: Some(user.clone().into_bytes()),
-            payload: Some(format!(r#"{{"n":{i}}}"#).into_bytes()),
-            headers: vec![
-                (TID.into(), Some(i.to_string().into_bytes())),
-                ("x-user-id".into(), Some(user.into_bytes())),
-            ],
-            timestamp: tenancy_bridge::clock::now_ms(),
+    let flipper = Flipper::every(Duration::from_millis(300), move |n| {
+        if n % 2 == 0 {
+            client.add("U1", &["payment".to_owned()], Duration::from_secs(3600), None).unwrap();
+        } else {
+            client.remove("U1", None).unwrap();
         }
-    };
+    });
+    let input =
+        |i: usize| user_event(i, PARTITIONS, if i % 5 == 0 { "U1".to_owned() } else { format!("U{}", 2 + i % 38) });
     let seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64;
     let mut rng = Lcg(seed);
     let producer = PacedProducer::start(&prod.bootstrap, "orders", 500, input);
     let watcher = OffsetWatcher::new(&prod.bootstrap, group);
-    let mut committed = 0;
-    for k in 0..KILLS {
-        let bridge = Bridge::start(&f.config);
-        let what = format!("kill {k}: no progress past {committed} committed");
-        common::wait_until(&what, Instant::now() + Duration::from_secs(90), || {
-            watcher.committed("orders", PARTITIONS) > committed
-        });
-        std::thread::sleep(Duration::from_millis(500 + rng.below(1_500)));
-        kill9(bridge);
-        committed = watcher.committed("orders", PARTITIONS);
-    }
+    kill_repeatedly(&f.config, &watcher, KILLS, &mut rng, Duration::from_millis(500));
     let total = producer.finish();
-    stop_flipping.store(true, Ordering::Relaxed);
-    let flips = flipper.join().unwrap();
+    let flips = flipper.flips.load(Ordering::Relaxed);
+    drop(flipper);
     let bridge = Bridge::start(&f.config);
     let deadline = Instant::now() + Duration::from_secs(180);
     common::wait_until("the last instance did not commit every input", deadline, || {

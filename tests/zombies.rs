@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::chaos::{kill9, read_outputs_of, user};
+use common::chaos::{kill9, read_outputs_of, user, user_event};
 use common::invariant::{self, StampCheck, TID};
 use common::paced::PacedProducer;
 use common::{Bridge, BrokerKind, Fixture, Input, OffsetWatcher, Read, Reader};
@@ -323,14 +323,7 @@ fn whitelist_u1(f: &Fixture, token: &str) {
 /// Event `i` of the lookup tests on `partitions` partitions: every tenth of U1, the rest of
 /// `other(i)`, users the cache has not seen for a while (they wait for lookups).
 fn lookup_input(i: usize, partitions: i32, other: impl Fn(usize) -> String) -> Input {
-    let user = if i % 10 == 0 { "U1".to_owned() } else { other(i) };
-    Input {
-        partition: (i % partitions as usize) as i32,
-        key: Some(user.clone().into_bytes()),
-        payload: Some(format!(r#"{{"n":{i}}}"#).into_bytes()),
-        headers: vec![(TID.into(), Some(i.to_string().into_bytes())), ("x-user-id".into(), Some(user.into_bytes()))],
-        timestamp: tenancy_bridge::clock::now_ms(),
-    }
+    user_event(i, partitions, if i % 10 == 0 { "U1".to_owned() } else { other(i) })
 }
 
 /// The lookup tests' judgement of every input and output, U1 on Rush for payment only:
@@ -377,6 +370,7 @@ fn frozen_with_held_records(group: &str, freeze: Duration) {
         assert!(ok.success());
     };
     kill("-STOP");
+    // The length of the freeze is the point: nothing to wait for while the instance is stopped.
     std::thread::sleep(freeze);
     kill("-CONT");
     mapper.signal("CONT");
@@ -387,7 +381,12 @@ fn frozen_with_held_records(group: &str, freeze: Duration) {
         gave_up() >= 1.0
     });
     let (aborted, restarts) = (count("transactions_total{outcome=\"aborted\"}"), count("forward_restarts_total"));
-    std::thread::sleep(Duration::from_secs(5));
+    // Events keep flowing through the woken instance before the producer stops.
+    let woken_at = watcher.committed("orders", PARTITIONS);
+    common::wait_until("the woken instance commits 500 more within 60s", within(60), || {
+        bridge.assert_running();
+        watcher.committed("orders", PARTITIONS) >= woken_at + 500
+    });
     let total = producer.finish();
     common::wait_until("every input committed within 120s", within(120), || {
         bridge.assert_running();
@@ -446,7 +445,12 @@ fn an_exactly_once_lookup_instance_keeps_going_through_cooperative_rebalances() 
             a.assert_running();
             common::metric(&admin, assigned).unwrap_or(0.0) > 0.0
         });
-        std::thread::sleep(Duration::from_secs(2));
+        // The two share the work for a while (records waiting for lookups on both sides).
+        let shared_from = watcher.committed("orders", P);
+        common::wait_until("the two commit 500 more within 60s", within(60), || {
+            a.assert_running();
+            watcher.committed("orders", P) >= shared_from + 500
+        });
         joiner.stop(Duration::from_secs(60));
         let sent = producer.produced() as i64;
         common::wait_until("A catches up after the joiner left within 60s", within(60), || {

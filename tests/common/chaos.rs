@@ -27,17 +27,23 @@ pub struct Flipper {
 }
 
 impl Flipper {
+    /// Flips the whitelist file between U1 and U2 on payment (U2 always on shipping) and U2
+    /// on shipping alone.
     pub fn start(path: std::path::PathBuf, every: Duration) -> Self {
+        let on = super::whitelist_json(2, &[("U1", &["payment"]), ("U2", &["payment", "shipping"])]);
+        let off = super::whitelist_json(3, &[("U2", &["shipping"])]);
+        Self::every(every, move |n| super::write_atomic(&path, if n % 2 == 0 { &on } else { &off }))
+    }
+
+    /// Calls `flip(n)` for n = 0, 1, … every `every` (on a fixed schedule) until dropped.
+    pub fn every(every: Duration, mut flip: impl FnMut(usize) + Send + 'static) -> Self {
         let (flips, stop) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicBool::new(false)));
         let thread = {
             let (flips, stop) = (flips.clone(), stop.clone());
             std::thread::spawn(move || {
-                let on = super::whitelist_json(2, &[("U1", &["payment"]), ("U2", &["payment", "shipping"])]);
-                let off = super::whitelist_json(3, &[("U2", &["shipping"])]);
                 let mut next = Instant::now();
                 while !stop.load(Ordering::Relaxed) {
-                    let n = flips.fetch_add(1, Ordering::Relaxed);
-                    super::write_atomic(&path, if n % 2 == 0 { &on } else { &off });
+                    flip(flips.fetch_add(1, Ordering::Relaxed));
                     next += every;
                     if let Some(wait) = next.checked_duration_since(Instant::now()) {
                         std::thread::sleep(wait);
@@ -55,6 +61,17 @@ impl Drop for Flipper {
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
+    }
+}
+
+/// Event `i` of user `user`, on partition `i % partitions`, payload `{"n":i}`.
+pub fn user_event(i: usize, partitions: i32, user: String) -> super::Input {
+    super::Input {
+        partition: (i % partitions as usize) as i32,
+        key: Some(user.clone().into_bytes()),
+        payload: Some(format!(r#"{{"n":{i}}}"#).into_bytes()),
+        headers: vec![(TID.into(), Some(i.to_string().into_bytes())), ("x-user-id".into(), Some(user.into_bytes()))],
+        timestamp: tenancy_bridge::clock::now_ms(),
     }
 }
 

@@ -13,12 +13,12 @@ use rdkafka::error::{KafkaError, KafkaResult};
 use rdkafka::{ClientContext, TopicPartitionList};
 
 use crate::relay::commit::{self, CommitError, CommitStrategy};
-
-/// How long a claim waits for the source cluster's id (known from metadata by then).
-const SOURCE_CLUSTER_WITHIN: Duration = Duration::from_secs(2);
 use crate::relay::health::{Direction, Health};
 use crate::relay::offsets::{PartitionKey, Tracker};
 use crate::relay::producer::Flush;
+
+/// How long a claim waits for the source cluster's id (known from metadata by then).
+const SOURCE_CLUSTER_WITHIN: Duration = Duration::from_secs(2);
 
 /// Partitions revoked since the poll loop last looked, for state it keeps per partition.
 #[derive(Debug, Default)]

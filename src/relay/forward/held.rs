@@ -341,7 +341,8 @@ fn size(msg: &BorrowedMessage<'_>) -> usize {
     msg.payload().map_or(0, <[u8]>::len) + msg.key().map_or(0, <[u8]>::len) + 64
 }
 
-fn pause(consumer: &BaseConsumer<RebalanceContext>, topic: &str, partition: i32, on: bool) {
+/// Pauses (`on`) or resumes one partition; a refusal is logged, the partition left as it was.
+pub(super) fn pause(consumer: &BaseConsumer<RebalanceContext>, topic: &str, partition: i32, on: bool) {
     let mut tpl = TopicPartitionList::new();
     if tpl.add_partition_offset(topic, partition, Offset::Invalid).is_err() {
         return;

@@ -10,6 +10,7 @@ use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::{Offset, TopicPartitionList};
 
 use super::fan_out::FanOut;
+use super::held::pause;
 use crate::config::Config;
 use crate::decision_log::{DecisionError, DecisionLog};
 use crate::metrics::Metrics;
@@ -30,17 +31,22 @@ pub struct Pinned {
     /// How old a pin in use may grow before it is written again, and when to look next.
     refresh_every_ms: i64,
     next_refresh_check_ms: i64,
-    /// Held partitions (decision history unreadable): when to try again; and since when each
-    /// has been held, across tries, until `hold_ms`.
-    holds: HashMap<PartitionKey, i64>,
-    held_since: HashMap<PartitionKey, i64>,
+    /// Partitions whose decision history could not be read, until it can (or `hold_ms`).
+    held: HashMap<PartitionKey, Hold>,
     hold_ms: i64,
-    /// Route input topics, to resume a held partition.
-    topics: Vec<String>,
     replayed: prometheus::IntCounter,
     refreshed: prometheus::IntCounter,
     unreadable: prometheus::IntCounter,
     held_gauge: prometheus::IntGauge,
+}
+
+/// A partition held because its decision history could not be read.
+struct Hold {
+    /// Since when, across tries: past `hold_ms` it is decided from the live whitelist.
+    since_ms: i64,
+    /// While paused, when to resume it for another try; `None` once resumed (its next record
+    /// tries again).
+    retry_at_ms: Option<i64>,
 }
 
 /// A held partition is tried again after 1 s, then a little later each time, at most 5 s.
@@ -48,11 +54,6 @@ const HOLD_RETRY_MS: i64 = 1_000;
 const HOLD_RETRY_MAX_MS: i64 = 5_000;
 /// How long rewinding a held partition may take.
 const SEEK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
-
-/// Waits before reading a partition's decision history again after a transient error (a
-/// broker away for a moment): on the poll thread, well inside max.poll.interval.ms.
-const LOAD_RETRIES: [std::time::Duration; 3] =
-    [std::time::Duration::from_millis(250), std::time::Duration::from_millis(750), std::time::Duration::from_secs(2)];
 
 /// Pins to write with one epoch: partition and first offset.
 type Pins = Vec<(PartitionKey, i64)>;
@@ -84,10 +85,8 @@ impl Pinned {
             replayed: metrics.decisions_replayed.clone(),
             refreshed: metrics.decision_pins_refreshed.clone(),
             held_gauge: metrics.decision_history_held.clone(),
-            holds: HashMap::new(),
-            held_since: HashMap::new(),
+            held: HashMap::new(),
             hold_ms: i64::try_from(config.bridge.decision_history_hold.as_millis()).unwrap_or(i64::MAX),
-            topics: config.routes.iter().map(|r| r.topic.clone()).collect(),
             unreadable: metrics.decision_history_unreadable.clone(),
         }
     }
@@ -98,10 +97,7 @@ impl Pinned {
     pub fn begin_batch(&mut self, now_ms: i64) -> Result<(), RelayError> {
         for key in self.revoked.take() {
             self.partitions.remove(&key);
-            self.holds.remove(&key);
-            if self.held_since.remove(&key).is_some() {
-                self.held_gauge.set(self.held_since.len() as i64);
-            }
+            self.release(key);
         }
         if now_ms >= self.next_refresh_check_ms {
             self.refresh(now_ms)?;
@@ -172,15 +168,14 @@ impl Pinned {
         now_ms: i64,
     ) -> Result<(), RelayError> {
         let key = (ri, msg.partition());
-        if !self.holds.is_empty() && self.holds.contains_key(&key) {
+        if self.is_held(key) {
             // Fetched before the hold: read again once the partition is resumed.
             return Ok(());
         }
         if !self.partitions.contains_key(&key) {
             let pins = match self.take_over(key, msg)? {
                 Ok(pins) => {
-                    if self.held_since.remove(&key).is_some() {
-                        self.held_gauge.set(self.held_since.len() as i64);
+                    if self.release(key) {
                         tracing::info!(topic = msg.topic(), partition = key.1, "decision history readable again");
                     }
                     pins
@@ -213,7 +208,8 @@ impl Pinned {
 
     /// A partition seen for the first time since it was assigned: what previous owners pinned
     /// from this record on, and the horizon below which they may have decided; or why that
-    /// history cannot be read (tried again a few times first).
+    /// history cannot be read (the partition is then held and tried again, without blocking
+    /// the others: [`Self::unreadable`]).
     fn take_over(
         &mut self,
         key: PartitionKey,
@@ -221,18 +217,7 @@ impl Pinned {
     ) -> Result<Result<PartitionPins, DecisionError>, RelayError> {
         let (topic, partition, from) = (msg.topic(), msg.partition(), msg.offset());
         let horizon = self.log.reader.log_end(topic, partition)?;
-        let mut recorded = self.log.reader.load(key, from);
-        for wait in LOAD_RETRIES {
-            match &recorded {
-                Err(e) if e.curable() => {
-                    tracing::warn!(topic, partition, error = %e, retry_in = ?wait, "decision log unreadable; trying again");
-                    std::thread::sleep(wait);
-                    recorded = self.log.reader.load(key, from);
-                }
-                _ => break,
-            }
-        }
-        Ok(recorded.map(|recorded| {
+        Ok(self.log.reader.load(key, from).map(|recorded| {
             if !recorded.is_empty() {
                 tracing::info!(topic, partition, from, horizon, pins = recorded.len(), "replaying recorded decisions");
             }
@@ -240,10 +225,11 @@ impl Pinned {
         }))
     }
 
-    /// The decision history of `msg`'s partition cannot be read: hold the partition (paused,
-    /// read again from `msg` later) rather than guess, until it has been held for
-    /// `bridge.decision_history_hold`; past that, decide from the live whitelist and pin it
-    /// (production goes on), counted and logged. Returns the partition's pins when it goes on.
+    /// The decision history of `msg`'s partition cannot be read (a broker away for a moment,
+    /// or a snapshot gone): hold the partition (paused, read again from `msg` later) rather
+    /// than guess, until it has been held for `bridge.decision_history_hold`; past that,
+    /// decide from the live whitelist and pin it (production goes on), counted and logged.
+    /// Returns the partition's pins when it goes on.
     fn unreadable(
         &mut self,
         key: PartitionKey,
@@ -253,47 +239,49 @@ impl Pinned {
         now_ms: i64,
     ) -> Option<PartitionPins> {
         let (topic, partition, offset) = (msg.topic(), msg.partition(), msg.offset());
-        let since = *self.held_since.entry(key).or_insert(now_ms);
-        if now_ms.saturating_sub(since) < self.hold_ms {
+        let since_ms = self.held.get(&key).map_or(now_ms, |h| h.since_ms);
+        let held_for = now_ms.saturating_sub(since_ms);
+        if held_for < self.hold_ms && seek_and_pause(consumer, topic, partition, offset) {
             // Tried again soon at first, less often the longer it lasts.
-            let wait = (HOLD_RETRY_MS + now_ms.saturating_sub(since) / 4).min(HOLD_RETRY_MAX_MS);
-            if seek_and_pause(consumer, topic, partition, offset) {
-                self.holds.insert(key, now_ms.saturating_add(wait));
-                self.held_gauge.set(self.held_since.len() as i64);
-                tracing::error!(topic, partition, offset, error = %e, held_for_ms = now_ms - since,
-                    "decision history unreadable: partition held (not decided) until it can be read");
-                return None;
-            }
+            let wait = (HOLD_RETRY_MS + held_for / 4).min(HOLD_RETRY_MAX_MS);
+            self.held.insert(key, Hold { since_ms, retry_at_ms: Some(now_ms.saturating_add(wait)) });
+            self.held_gauge.set(self.held.len() as i64);
+            tracing::error!(topic, partition, offset, error = %e, held_for_ms = held_for,
+                "decision history unreadable: partition held (not decided) until it can be read");
+            return None;
         }
-        self.held_since.remove(&key);
-        self.held_gauge.set(self.held_since.len() as i64);
+        self.release(key);
         self.unreadable.inc();
         tracing::error!(topic, partition, offset, error = %e,
             "decision history unreadable: deciding from the live whitelist; records a previous owner decided may be decided again differently");
         Some(PartitionPins::taken_over(Chain::default(), i64::MIN))
     }
 
+    /// Ends `key`'s hold, if it had one.
+    fn release(&mut self, key: PartitionKey) -> bool {
+        let had = self.held.remove(&key).is_some();
+        if had {
+            self.held_gauge.set(self.held.len() as i64);
+        }
+        had
+    }
+
     /// Once per batch, after it: held partitions due for another try are resumed (their next
     /// record takes the partition over again).
-    pub fn end_batch(&mut self, consumer: &BaseConsumer<RebalanceContext>, now_ms: i64) {
-        if self.holds.is_empty() {
-            return;
-        }
-        let due: Vec<PartitionKey> = self.holds.iter().filter(|(_, at)| **at <= now_ms).map(|(k, _)| *k).collect();
-        for key in due {
-            self.holds.remove(&key);
-            if let Some(topic) = self.topics.get(key.0) {
-                let mut tpl = TopicPartitionList::new();
-                if tpl.add_partition_offset(topic, key.1, Offset::Invalid).is_ok() {
-                    let _ = consumer.resume(&tpl);
+    pub fn end_batch(&mut self, consumer: &BaseConsumer<RebalanceContext>, fan_out: &FanOut, now_ms: i64) {
+        for (key, hold) in &mut self.held {
+            if hold.retry_at_ms.is_some_and(|at| at <= now_ms) {
+                hold.retry_at_ms = None;
+                if let Some(topic) = fan_out.route_topic(key.0) {
+                    pause(consumer, topic, key.1, false);
                 }
             }
         }
     }
 
-    /// Whether `key` is held for its decision history (a backpressure resume leaves it paused).
+    /// Whether `key` is paused for its decision history (a backpressure resume leaves it so).
     pub fn is_held(&self, key: PartitionKey) -> bool {
-        self.holds.contains_key(&key)
+        !self.held.is_empty() && self.held.get(&key).is_some_and(|h| h.retry_at_ms.is_some())
     }
 }
 
