@@ -95,7 +95,7 @@ stamp = "{}"
         prod.bootstrap, rush.bootstrap, case.stamp
     );
     let config = Config::parse(&text, std::iter::empty()).unwrap();
-    let entry = Entry { services: case.services.iter().map(|s| (*s).into()).collect(), expires_at_ms: i64::MAX };
+    let entry = Entry::new(case.services.iter().map(|s| (*s).into()).collect(), i64::MAX);
     let snapshot = whitelist::shared(Snapshot::new(1, [("U1".to_owned(), entry)]));
     let shutdown = Arc::new(AtomicBool::new(false));
     let observers = Arc::new(Observers::new(&config).unwrap());

@@ -193,6 +193,9 @@ pub enum WhitelistAction {
         /// Why, for the audit log.
         #[arg(long)]
         reason: Option<String>,
+        /// The environment the services run in (default: the default environment, `rush`).
+        #[arg(long)]
+        env: Option<String>,
     },
     /// Remove a user, or only some of their services.
     Rm {
@@ -203,6 +206,8 @@ pub enum WhitelistAction {
     },
     /// List the live whitelist.
     Ls,
+    /// List the live environments: their users, services and expiry.
+    Envs,
     /// Show the audit log.
     Audit,
 }

@@ -12,6 +12,7 @@ use serde_json::{Value, json};
 use crate::clock::{format_rfc3339_ms, now_ms};
 use crate::config::{Config, Route, UpstreamStamps};
 use crate::decision_log::DecisionReader;
+use crate::environment;
 use crate::extract::{RecordView, TenancyKey};
 use crate::headers::{OUTBOX_INPUT_OFFSET, OUTBOX_OUTPUT, Provenance, dead_letter as dlq};
 use crate::migrate::plan::OffsetMap;
@@ -90,33 +91,46 @@ fn explain_user(config: &Config, route: &Route, user: &str) -> Result<Explanatio
     let mut text =
         format!("user {user:?} on route {} (whitelist version {}, {mode} mode)\n", route.topic, snapshot.version());
     match entry {
-        Some(e) if e.expires_at_ms > now => {
-            let services = e.services.join(", ");
-            let _ = writeln!(text, "  whitelisted for {services} until {}", format_rfc3339_ms(e.expires_at_ms));
+        Some(e) if e.is_live(now) => {
+            for p in e.placements.iter().filter(|p| p.is_live(now)) {
+                let _ = writeln!(
+                    text,
+                    "  whitelisted for {} in environment {} until {}",
+                    p.services.join(", "),
+                    p.env,
+                    format_rfc3339_ms(p.expires_at_ms)
+                );
+            }
         }
         Some(e) => {
-            let _ =
-                writeln!(text, "  entry expired at {}: treated as not whitelisted", format_rfc3339_ms(e.expires_at_ms));
+            let _ = writeln!(
+                text,
+                "  entry expired at {}: treated as not whitelisted",
+                format_rfc3339_ms(e.expires_at_ms())
+            );
         }
         None => text.push_str("  not whitelisted\n"),
     }
     if let Some(a) = &audit {
         let _ = writeln!(text, "  {a}");
     }
-    let live = snapshot.services_for(user, now).unwrap_or_default();
     let mut services = Vec::new();
     for s in &route.services {
-        let rush = live.iter().any(|x| **x == *s.name);
-        let why = if rush {
-            format!("whitelisted for {} until {}", s.name, format_rfc3339_ms(entry.map_or(0, |e| e.expires_at_ms)))
-        } else if entry.is_some_and(|e| e.expires_at_ms > now) {
-            format!("whitelisted, but not for {}", s.name)
-        } else {
-            "not whitelisted".to_owned()
+        let placed = entry.and_then(|e| e.placement_of(&s.name, now));
+        let (cluster, topic, env, why) = match placed {
+            Some(p) => (
+                "rush",
+                environment::rush_topic(&p.env, &s.output_topic),
+                Some(&*p.env),
+                format!("whitelisted for {} in environment {} until {}", s.name, p.env, format_rfc3339_ms(p.expires_at_ms)),
+            ),
+            None if entry.is_some_and(|e| e.is_live(now)) => {
+                ("prod", s.output_topic.clone(), None, format!("whitelisted, but not for {}", s.name))
+            }
+            None => ("prod", s.output_topic.clone(), None, "not whitelisted".to_owned()),
         };
-        let cluster = if rush { "rush" } else { "prod" };
-        let _ = writeln!(text, "  {:<16} -> {cluster}:{}  ({why})", s.name, s.output_topic);
-        services.push(json!({"service": s.name, "cluster": cluster, "topic": s.output_topic, "why": why}));
+        let _ = writeln!(text, "  {:<16} -> {cluster}:{topic}  ({why})", s.name);
+        services.push(json!({"service": s.name, "cluster": cluster, "topic": topic, "env": env, "why": why}));
     }
     let stamps = match route.upstream_stamps {
         UpstreamStamps::Verify => "is honoured only for the (user, service) pairs the whitelist holds",
@@ -129,7 +143,7 @@ fn explain_user(config: &Config, route: &Route, user: &str) -> Result<Explanatio
     );
     let json = json!({
         "route": route.topic, "user": user, "whitelist_version": snapshot.version(), "mode": mode,
-        "expires_at": entry.map(|e| format_rfc3339_ms(e.expires_at_ms)), "audit": audit, "services": services,
+        "expires_at": entry.map(|e| format_rfc3339_ms(e.expires_at_ms())), "audit": audit, "services": services,
     });
     Ok(Explanation { text, json })
 }

@@ -4,6 +4,7 @@
 use rdkafka::message::{Header, Headers as KafkaHeaders, OwnedHeaders};
 
 use crate::config::Config;
+use crate::environment;
 use crate::extract::Headers;
 use crate::telemetry::{Propagated, TRACEPARENT, TRACESTATE};
 
@@ -61,8 +62,11 @@ pub const OUTBOX_INPUT_OFFSET: &str = "tenancy-bridge-input-offset";
 /// itself is stamped with log-append time, so its retention counts from when a copy was
 /// decided: a back-filled old event must not expire from the outbox before it is carried.
 pub const OUTBOX_INPUT_TIMESTAMP: &str = "tenancy-bridge-input-timestamp";
+/// On an outbox record whose copy goes to an environment other than the default one: its
+/// name. The Rush lane writes the copy to that environment's topic for [`OUTBOX_OUTPUT`].
+pub const OUTBOX_ENV: &str = "tenancy-bridge-env";
 /// Every header the bridge puts on an outbox record for the Rush lane alone.
-pub const OUTBOX_HEADERS: [&str; 3] = [OUTBOX_OUTPUT, OUTBOX_INPUT_OFFSET, OUTBOX_INPUT_TIMESTAMP];
+pub const OUTBOX_HEADERS: [&str; 4] = [OUTBOX_OUTPUT, OUTBOX_INPUT_OFFSET, OUTBOX_INPUT_TIMESTAMP, OUTBOX_ENV];
 
 /// On a dead-letter record: where it came from, which output refused it and why.
 pub mod dead_letter {
@@ -78,10 +82,8 @@ pub mod dead_letter {
     pub const VALUE_OMITTED: &str = "tenancy-bridge-dlq-value-omitted";
 }
 
-/// Value of the provenance header on forwarded records.
-pub const ORIGIN_RUSH: &str = "rush";
-
-/// Names of the two provenance headers: origin (`rush`) and the raw topic it came through.
+/// Names of the two provenance headers: origin (the environment it came from, `rush` for the
+/// default one) and the raw topic it came through.
 #[derive(Debug, Clone)]
 pub struct Provenance {
     pub origin: String,
@@ -94,16 +96,25 @@ impl Provenance {
         Self { topic: format!("{origin}-topic"), origin }
     }
 
-    /// True when `headers` say the record already came through the return path of `topic`.
+    /// True when `headers` say the record already came through the return path of `topic`,
+    /// from any environment.
     pub fn came_through<H: Headers + ?Sized>(&self, headers: &H, topic: &str) -> bool {
-        headers.last(&self.origin) == Some(ORIGIN_RUSH.as_bytes())
-            && headers.last(&self.topic) == Some(topic.as_bytes())
+        let from_env = headers.last(&self.origin).and_then(|v| std::str::from_utf8(v).ok()).is_some_and(environment::valid);
+        from_env && headers.last(&self.topic) == Some(topic.as_bytes())
     }
 
-    /// The input headers, earlier provenance and trace context replaced by this hop's.
-    pub(crate) fn stamp<H: KafkaHeaders>(&self, headers: Option<&H>, topic: &str, trace: &Propagated) -> OwnedHeaders {
+    /// The input headers, earlier provenance and trace context replaced by this hop's: the
+    /// origin header names the environment it came from (`rush`, the default environment's
+    /// name, as before environments), the topic header the route.
+    pub(crate) fn stamp<H: KafkaHeaders>(
+        &self,
+        headers: Option<&H>,
+        topic: &str,
+        env: &str,
+        trace: &Propagated,
+    ) -> OwnedHeaders {
         with_trace(headers, &[&self.origin, &self.topic], trace)
-            .insert(Header { key: &self.origin, value: Some(ORIGIN_RUSH) })
+            .insert(Header { key: &self.origin, value: Some(env) })
             .insert(Header { key: &self.topic, value: Some(topic) })
     }
 }

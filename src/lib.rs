@@ -10,6 +10,7 @@
 //! - [`tenancy`]: the decision per event and service, and the stamp on Rush copies
 //!   ([`splice`]: where a payload stamp goes, spliced without re-serialising).
 //! - [`whitelist::Snapshot`]: the immutable whitelist a decision reads; [`clock`]: its time.
+//! - [`environment`]: environment names and the Rush topics they use.
 //! - [`pinning`]: which whitelist decides each input offset, so a replay decides it again alike.
 //! - [`topic_settings`]: which input topic settings its outputs carry.
 //!
@@ -40,6 +41,7 @@ pub mod config_mapper;
 pub mod daemon;
 pub mod decision_log;
 pub mod demo;
+pub mod environment;
 pub mod explain;
 pub mod extract;
 pub mod headers;

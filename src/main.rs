@@ -145,11 +145,12 @@ fn dispatch(command: cli::Command) -> anyhow::Result<()> {
         }
         cli::Command::Whitelist { action, url, token_file, json } => {
             let action = match action {
-                cli::WhitelistAction::Add { user, services, ttl, reason } => {
-                    whitelist_cli::Action::Add { user, services, ttl, reason }
+                cli::WhitelistAction::Add { user, services, ttl, reason, env } => {
+                    whitelist_cli::Action::Add { user, services, ttl, reason, env }
                 }
                 cli::WhitelistAction::Rm { user, services } => whitelist_cli::Action::Rm { user, services },
                 cli::WhitelistAction::Ls => whitelist_cli::Action::Ls,
+                cli::WhitelistAction::Envs => whitelist_cli::Action::Envs,
                 cli::WhitelistAction::Audit => whitelist_cli::Action::Audit,
             };
             emit(&whitelist_cli::run(&url, token_file.as_deref(), json, action)?);

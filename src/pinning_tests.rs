@@ -6,7 +6,7 @@ use super::*;
 use crate::whitelist::Entry;
 
 fn snapshot(content: u8) -> Arc<Snapshot> {
-    let entry = |expires_at_ms| Entry { services: vec!["payment".into()], expires_at_ms };
+    let entry = |expires_at_ms| Entry::new(vec!["payment".into()], expires_at_ms);
     Arc::new(match content {
         // Whitelisted until t = 1000.
         0 => Snapshot::new(1, [("U".to_string(), entry(1000))]),
@@ -16,7 +16,7 @@ fn snapshot(content: u8) -> Arc<Snapshot> {
 }
 
 fn decides_rush(e: &Epoch) -> bool {
-    e.snapshot.services_for("U", e.clock_ms).is_some()
+    e.snapshot.entry("U").is_some_and(|x| x.is_live(e.clock_ms))
 }
 
 #[test]

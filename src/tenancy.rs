@@ -7,6 +7,7 @@
 use std::borrow::Cow;
 
 use crate::config::{Route, UpstreamStamps};
+use crate::environment::{self, Env};
 use crate::extract::{self, Headers, Passthrough, RecordView, TenancyKey, UserLocator};
 use crate::json_scan::Found;
 use crate::splice::splice_for;
@@ -64,6 +65,25 @@ pub struct Decision<'a> {
     /// Services an upstream stamp named for a (user, service) the whitelist does not hold:
     /// their copies stay on prod, and are counted.
     pub rejected: ServiceSet,
+    /// The environment of each Rush copy.
+    pub envs: Envs,
+}
+
+/// The environment of each service of a decision's Rush copies: the default one unless named
+/// here. Empty (no allocation) for every event that stays in production or in the default
+/// environment.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Envs(Vec<(usize, Env)>);
+
+impl Envs {
+    /// The environment of service `i`'s Rush copy.
+    pub fn of(&self, i: usize) -> &str {
+        self.0.iter().find(|(j, _)| *j == i).map_or(environment::DEFAULT, |(_, e)| e)
+    }
+
+    fn keep(&mut self, services: ServiceSet) {
+        self.0.retain(|(i, _)| services.contains(*i));
+    }
 }
 
 /// The cluster one output of an event goes to.
@@ -84,7 +104,14 @@ impl Cluster {
 
 impl Decision<'_> {
     fn prod(reason: Reason) -> Self {
-        Self { rush: ServiceSet::EMPTY, user: None, reason, splice: None, rejected: ServiceSet::EMPTY }
+        Self {
+            rush: ServiceSet::EMPTY,
+            user: None,
+            reason,
+            splice: None,
+            rejected: ServiceSet::EMPTY,
+            envs: Envs::default(),
+        }
     }
 
     /// The one cluster that receives service `i`'s copy: the whole invariant in one place.
@@ -188,19 +215,25 @@ pub fn decide_subject<'a, W: Whitelist + ?Sized>(
     now_ms: i64,
 ) -> Decision<'a> {
     let mut rejected = ServiceSet::EMPTY;
-    let (rush, user, reason) = match subject.kind {
-        SubjectKind::Stamped { user, named, verify: false } => (named, user, Reason::Upstream),
+    // A trusted stamp names no environment: its copies go to the default one.
+    let (rush, envs, user, reason) = match subject.kind {
+        SubjectKind::Stamped { user, named, verify: false } => (named, Envs::default(), user, Reason::Upstream),
         SubjectKind::Stamped { user, named, verify: true } => {
-            let held = user.as_deref().map_or(ServiceSet::EMPTY, |u| whitelisted(route, whitelist, u, now_ms));
+            let (held, mut envs) =
+                user.as_deref().map_or_else(Default::default, |u| whitelisted(route, whitelist, u, now_ms));
             let rush = ServiceSet(named.0 & held.0);
             rejected = ServiceSet(named.0 & !held.0);
-            (rush, user, Reason::Upstream)
+            envs.keep(rush);
+            (rush, envs, user, Reason::Upstream)
         }
         SubjectKind::Passthrough(p) => return Decision::prod(Reason::Passthrough(p)),
-        SubjectKind::User(user) => (whitelisted(route, whitelist, &user, now_ms), Some(user), Reason::Whitelist),
+        SubjectKind::User(user) => {
+            let (rush, envs) = whitelisted(route, whitelist, &user, now_ms);
+            (rush, envs, Some(user), Reason::Whitelist)
+        }
     };
     if rush.is_empty() {
-        return Decision { rush, user, reason, splice: None, rejected };
+        return Decision { rush, user, reason, splice: None, rejected, envs };
     }
     let splice = if route.stamp.payload() {
         match splice_for(payload, subject.member) {
@@ -211,20 +244,23 @@ pub fn decide_subject<'a, W: Whitelist + ?Sized>(
     } else {
         None
     };
-    Decision { rush, user, reason, splice, rejected }
+    Decision { rush, user, reason, splice, rejected, envs }
 }
 
-/// The route's services the whitelist lists `user` for at `now_ms`.
-fn whitelisted<W: Whitelist + ?Sized>(route: &Route, whitelist: &W, user: &str, now_ms: i64) -> ServiceSet {
+/// The route's services the whitelist places `user` in at `now_ms`, and where.
+fn whitelisted<W: Whitelist + ?Sized>(route: &Route, whitelist: &W, user: &str, now_ms: i64) -> (ServiceSet, Envs) {
     let mut set = ServiceSet::EMPTY;
-    if let Some(listed) = whitelist.services_for(user, now_ms) {
-        for (i, s) in route.services.iter().enumerate() {
-            if listed.iter().any(|l| **l == *s.name) {
-                set.insert(i);
+    let mut envs = Envs::default();
+    let Some(entry) = whitelist.entry(user) else { return (set, envs) };
+    for (i, s) in route.services.iter().enumerate() {
+        if let Some(p) = entry.placement_of(&s.name, now_ms) {
+            set.insert(i);
+            if !environment::is_default(&p.env) {
+                envs.0.push((i, p.env.clone()));
             }
         }
     }
-    set
+    (set, envs)
 }
 
 /// Reads an upstream stamp: one or more comma-separated `{user}_{service}` values.

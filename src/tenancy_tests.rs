@@ -28,7 +28,7 @@ fn snap(entries: &[(&str, &[&str], i64)]) -> Snapshot {
     Snapshot::new(
         1,
         entries.iter().map(|(u, s, exp)| {
-            ((*u).to_string(), Entry { services: s.iter().map(|x| (*x).into()).collect(), expires_at_ms: *exp })
+            ((*u).to_string(), Entry::new(s.iter().map(|x| (*x).into()).collect(), *exp))
         }),
     )
 }
@@ -250,14 +250,15 @@ proptest! {
             .map(|(u, idx, live)| (u.clone(), idx.iter().map(|i| names[*i]).collect(), if *live { 100 } else { 10 }))
             .collect();
         let snapshot = Snapshot::new(1, entries.iter().map(|(u, s, e)| {
-            (u.clone(), Entry { services: s.iter().map(|x| (*x).into()).collect(), expires_at_ms: *e })
+            (u.clone(), Entry::new(s.iter().map(|x| (*x).into()).collect(), *e))
         }));
         let r = route(&services, UserLocator::Key, StampMode::Header);
         let h: &H = &[];
         let d = decide(&r, &RecordView { key: Some(event_user.as_bytes()), payload: None, headers: h }, &snapshot, 50, &key());
-        let live_entry = snapshot.services_for(&event_user, 50);
+        // The oracle: the entries as the test listed them, not the snapshot's lookup.
+        let live_entry = entries.iter().rev().find(|(u, _, _)| *u == event_user).filter(|(_, _, e)| *e > 50);
         for (i, s) in r.services.iter().enumerate() {
-            let expected = live_entry.is_some_and(|l| l.iter().any(|x| **x == *s.name));
+            let expected = live_entry.is_some_and(|(_, l, _)| l.iter().any(|x| *x == s.name));
             prop_assert_eq!(d.cluster(i) == Cluster::Rush, expected, "service {}", s.name);
         }
         for i in r.services.len()..64 {
@@ -284,4 +285,26 @@ proptest! {
             prop_assert!(out.ends_with(&text[at..]));
         }
     }
+}
+
+#[test]
+fn each_rush_copy_goes_to_the_environment_its_service_is_placed_in() {
+    let r = route(&["payment", "shipping", "search"], UserLocator::Key, StampMode::Header);
+    let mut u1 = Entry::placed("pr-42".into(), vec!["payment".into()], i64::MAX);
+    u1.add(crate::whitelist::Placement { env: "rush".into(), services: vec!["shipping".into()], expires_at_ms: 500 });
+    let s = Snapshot::new(1, [("U1".to_owned(), u1)]);
+    let h: &H = &[];
+    let view = RecordView { key: Some(b"U1"), payload: None, headers: h };
+    let d = decide(&r, &view, &s, 0, &key());
+    assert_eq!((d.cluster(0), d.envs.of(0)), (Cluster::Rush, "pr-42"));
+    assert_eq!((d.cluster(1), d.envs.of(1)), (Cluster::Rush, "rush"));
+    assert_eq!(d.cluster(2), Cluster::Prod);
+    // After the default placement expires, only payment stays on Rush, still in pr-42.
+    let d = decide(&r, &view, &s, 500, &key());
+    assert_eq!((d.cluster(0), d.envs.of(0)), (Cluster::Rush, "pr-42"));
+    assert_eq!(d.cluster(1), Cluster::Prod);
+    // A verified upstream stamp is placed where the whitelist places its (user, service).
+    let h: &H = &[(KEY, Some(b"U1_payment"))];
+    let d = decide(&r, &RecordView { key: Some(b"U1"), payload: None, headers: h }, &s, 0, &key());
+    assert_eq!((d.reason, d.rush.len(), d.envs.of(0)), (Reason::Upstream, 1, "pr-42"));
 }

@@ -4,6 +4,7 @@
 //! that mirrors it (outputs, outbox, decision log, raw topic) grows to match (with
 //! `bridge.create_topics`), each time the forward direction or the Rush lane starts.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
@@ -13,6 +14,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 
 use crate::config::{ClusterConfig, Config};
+use crate::environment;
 use crate::kafka::admin_config;
 use crate::topic_settings::{self, Settings};
 
@@ -74,7 +76,7 @@ pub fn partition_counts(cluster: &ClusterConfig, name: &'static str) -> Result<B
 /// A topic the bridge writes, and the input whose partition count it must have (one
 /// partition if none).
 struct Wanted<'a> {
-    topic: &'a str,
+    topic: Cow<'a, str>,
     input: Option<&'a str>,
     /// Settings to create it with.
     settings: Vec<(&'static str, String)>,
@@ -126,7 +128,7 @@ fn route_outputs<'a>(r: &'a crate::config::Route, inputs: &InputTopics, stamped:
     r.services
         .iter()
         .map(|s| Wanted {
-            topic: &s.output_topic,
+            topic: Cow::Borrowed(&s.output_topic),
             input: Some(r.topic.as_str()),
             settings: settings.clone(),
             output: true,
@@ -140,7 +142,7 @@ pub fn ensure_prod(config: &Config) -> Result<InputTopics, TopicError> {
     let prod = partition_counts(&config.prod, "prod")?;
     let inputs = inputs(config, &prod)?;
     let retention = |d: std::time::Duration| vec![("retention.ms", d.as_millis().to_string())];
-    let internal = |topic, input, settings| Wanted { topic, input, settings, output: false };
+    let internal = |topic: &str, input, settings| Wanted { topic: Cow::Owned(topic.to_owned()), input, settings, output: false };
     let mut wanted = vec![internal(&config.bridge.snapshots_topic, None, retention(config.bridge.decisions_retention))];
     // Takes the largest record any input accepts, with the headers that say why it is there.
     let largest = topic_settings::record_limit(inputs.values().map(|i| &i.settings));
@@ -171,6 +173,12 @@ pub fn ensure_prod(config: &Config) -> Result<InputTopics, TopicError> {
 /// count) is that route's error, in the route's place in the result; a cluster that cannot
 /// be read is the whole call's.
 pub fn ensure_rush(config: &Config) -> Result<Vec<Result<(), TopicError>>, TopicError> {
+    ensure_rush_env(config, environment::DEFAULT)
+}
+
+/// [`ensure_rush`] for environment `env`: the same topics under its names
+/// ([`environment::rush_topic`]), created before its first copy is written.
+pub fn ensure_rush_env(config: &Config, env: &str) -> Result<Vec<Result<(), TopicError>>, TopicError> {
     let inputs = inputs(config, &partition_counts(&config.prod, "prod")?)?;
     let rush = partition_counts(&config.rush, "rush")?;
     let mut routes = Vec::with_capacity(config.routes.len());
@@ -179,13 +187,18 @@ pub fn ensure_rush(config: &Config) -> Result<Vec<Result<(), TopicError>>, Topic
         let input = Some(r.topic.as_str());
         if r.return_path {
             let settings = topic_settings::copied(&inputs[&r.topic].settings);
-            wanted.push(Wanted { topic: &r.topic, input, settings, output: true });
+            wanted.push(Wanted { topic: Cow::Borrowed(&r.topic), input, settings, output: true });
+        }
+        if !environment::is_default(env) {
+            for w in &mut wanted {
+                w.topic = Cow::Owned(environment::rush_topic(env, &w.topic));
+            }
         }
         // Exactly-once: the Rush lane's progress is stored on Rush as its group's committed
         // offsets of the outbox, and a broker keeps offsets only of topics it has. This topic
         // stays empty; it anchors them.
         if config.bridge.delivery == crate::config::Delivery::ExactlyOnce {
-            wanted.push(Wanted { topic: &r.outbox_topic, input, settings: Vec::new(), output: false });
+            wanted.push(Wanted { topic: Cow::Borrowed(&r.outbox_topic), input, settings: Vec::new(), output: false });
         }
         match ensure(config, &config.rush, "rush", &rush, &inputs, &wanted) {
             Err(e @ TopicError::Metadata { .. }) => return Err(e),
@@ -193,6 +206,22 @@ pub fn ensure_rush(config: &Config) -> Result<Vec<Result<(), TopicError>>, Topic
         }
     }
     Ok(routes)
+}
+
+/// The raw topics environments other than the default one have on Rush, as
+/// `(route index, env, topic)`: where the return path reads what their Rush instances produce.
+pub fn rush_env_raw_topics(config: &Config) -> Result<Vec<(usize, String, String)>, TopicError> {
+    let rush = partition_counts(&config.rush, "rush")?;
+    let mut found = Vec::new();
+    for (ri, r) in config.routes.iter().enumerate().filter(|(_, r)| r.return_path) {
+        for name in rush.keys() {
+            match environment::of_rush_topic(name, &r.topic) {
+                Some(env) if !environment::is_default(env) => found.push((ri, env.to_owned(), name.clone())),
+                _ => {}
+            }
+        }
+    }
+    Ok(found)
 }
 
 /// One output topic as `validate --topics` shows it.
@@ -221,15 +250,15 @@ pub fn outputs_view(config: &Config) -> Vec<Result<Vec<OutputView>, TopicError>>
         .map(|(name, cluster)| {
             let existing = partition_counts(cluster, name)?;
             let wanted = outputs(config, &inputs, name == "rush");
-            let present: Vec<&str> = wanted.iter().map(|w| w.topic).filter(|t| existing.contains_key(*t)).collect();
+            let present: Vec<&str> = wanted.iter().map(|w| &*w.topic).filter(|t| existing.contains_key(*t)).collect();
             let described = describe(cluster, name, &present);
             Ok(wanted
                 .iter()
                 .map(|w| {
                     let input = w.input.unwrap_or_default();
-                    let exists = existing.contains_key(w.topic);
+                    let exists = existing.contains_key(&*w.topic);
                     let settings = if exists {
-                        described.get(w.topic).cloned().unwrap_or_default()
+                        described.get(&*w.topic).cloned().unwrap_or_default()
                     } else {
                         w.settings.iter().map(|(k, v)| ((*k).to_owned(), v.clone())).collect()
                     };
@@ -237,7 +266,7 @@ pub fn outputs_view(config: &Config) -> Vec<Result<Vec<OutputView>, TopicError>>
                         if exists { topic_settings::compare(&inputs[input].settings, &settings) } else { Vec::new() };
                     OutputView {
                         cluster: name,
-                        topic: w.topic.to_owned(),
+                        topic: w.topic.to_string(),
                         input: input.to_owned(),
                         settings,
                         exists,
@@ -298,23 +327,23 @@ fn ensure(
     let mut short = Vec::new();
     for w in wanted {
         let expected = w.input.map_or(1, |i| inputs[i].partitions);
-        match existing.get(w.topic) {
+        match existing.get(&*w.topic) {
             // Partitions were added to the input: records of the new ones need theirs.
             Some(&actual) if actual < expected && w.input.is_some() && config.bridge.create_topics => {
-                short.push((w.topic, expected));
+                short.push((&*w.topic, expected));
                 present.push(w);
             }
             Some(&actual) if actual != expected => {
                 return Err(TopicError::PartitionMismatch {
                     cluster: name,
-                    topic: w.topic.to_owned(),
+                    topic: w.topic.to_string(),
                     input: w.input.unwrap_or("(none: one partition)").to_owned(),
                     expected,
                     actual,
                 });
             }
             Some(_) => present.push(w),
-            None => missing.push((w.topic, expected, w.settings.as_slice())),
+            None => missing.push((&*w.topic, expected, w.settings.as_slice())),
         }
     }
     if config.bridge.copy_topic_settings {
@@ -338,13 +367,13 @@ fn ensure(
 /// records one output refuses.
 fn report_mismatches(cluster: &ClusterConfig, name: &'static str, inputs: &InputTopics, present: &[&Wanted<'_>]) {
     let outputs: Vec<&Wanted<'_>> = present.iter().copied().filter(|w| w.output && w.input.is_some()).collect();
-    let names: Vec<&str> = outputs.iter().map(|w| w.topic).collect();
+    let names: Vec<&str> = outputs.iter().map(|w| &*w.topic).collect();
     let settings = describe(cluster, name, &names);
     for w in outputs {
-        let (Some(input), Some(output)) = (w.input, settings.get(w.topic)) else { continue };
+        let (Some(input), Some(output)) = (w.input, settings.get(&*w.topic)) else { continue };
         for m in topic_settings::compare(&inputs[input].settings, output) {
             tracing::warn!(
-                cluster = name, topic = w.topic, input, key = m.key, output_value = %m.output,
+                cluster = name, topic = %w.topic, input, key = m.key, output_value = %m.output,
                 input_value = %m.input, refuses = m.refuses, "output topic setting differs from its input: {m}"
             );
         }
@@ -356,17 +385,17 @@ fn report_mismatches(cluster: &ClusterConfig, name: &'static str, inputs: &Input
 /// wrong policy; other settings that differ from what the bridge would create are logged.
 fn check_internal(cluster: &ClusterConfig, name: &'static str, present: &[&Wanted<'_>]) -> Result<(), TopicError> {
     let internal: Vec<&Wanted<'_>> = present.iter().copied().filter(|w| !w.output).collect();
-    let names: Vec<&str> = internal.iter().map(|w| w.topic).collect();
+    let names: Vec<&str> = internal.iter().map(|w| &*w.topic).collect();
     let described = describe(cluster, name, &names);
     for w in internal {
-        let Some(actual) = described.get(w.topic) else { continue };
+        let Some(actual) = described.get(&*w.topic) else { continue };
         if let Some(policy) = actual.get("cleanup.policy").filter(|p| p.contains("compact")) {
-            return Err(TopicError::Compacted { cluster: name, topic: w.topic.to_owned(), policy: policy.clone() });
+            return Err(TopicError::Compacted { cluster: name, topic: w.topic.to_string(), policy: policy.clone() });
         }
         for (key, wanted) in &w.settings {
             match actual.get(*key) {
                 Some(value) if value.trim() != wanted.trim() => tracing::warn!(
-                    cluster = name, topic = w.topic, key, value = %value, wanted = %wanted,
+                    cluster = name, topic = %w.topic, key, value = %value, wanted = %wanted,
                     "the bridge's own topic has a setting other than the one it creates it with"
                 ),
                 _ => {}

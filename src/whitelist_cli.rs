@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use crate::clock::parse_rfc3339_ms;
 use crate::config_mapper::{TOKEN_ENV, Tokens};
-use crate::whitelist::client::{AuditRecord, ClientError, EntryView, MapperClient};
+use crate::whitelist::client::{AuditRecord, ClientError, EntryView, EnvView, MapperClient};
 
 #[derive(Debug, thiserror::Error)]
 pub enum CliError {
@@ -18,14 +18,17 @@ pub enum CliError {
     NoToken,
     #[error("--services: {0}")]
     Services(String),
+    #[error("--env: {0}")]
+    Env(String),
 }
 
 const TIMEOUT: Duration = Duration::from_secs(10);
 
 pub enum Action {
-    Add { user: String, services: Vec<String>, ttl: Duration, reason: Option<String> },
+    Add { user: String, services: Vec<String>, ttl: Duration, reason: Option<String>, env: Option<String> },
     Rm { user: String, services: Vec<String> },
     Ls,
+    Envs,
     Audit,
 }
 
@@ -43,16 +46,25 @@ pub(crate) fn token(token_file: Option<&Path>) -> Result<String, CliError> {
 /// Runs `action` and returns what to print.
 pub fn run(url: &str, token_file: Option<&Path>, json: bool, action: Action) -> Result<String, CliError> {
     match action {
-        Action::Add { user, services, ttl, reason } => {
+        Action::Add { user, services, ttl, reason, env } => {
             if services.iter().any(String::is_empty) {
                 return Err(CliError::Services("empty service name".into()));
             }
+            if let Some(e) = &env {
+                crate::environment::check(e).map_err(CliError::Env)?;
+            }
             let client = MapperClient::new(url, Some(token(token_file)?), TIMEOUT)?;
-            let e = client.add(&user, &services, ttl, reason.as_deref())?;
+            let e = client.add(&user, &services, ttl, reason.as_deref(), env.as_deref())?;
             Ok(if json {
                 to_json(&e)
             } else {
-                format!("whitelisted {} for {} until {}\n", e.user, e.services.join(","), e.expires_at)
+                format!(
+                    "whitelisted {} for {} in environment {} until {}\n",
+                    e.user,
+                    e.services.join(","),
+                    e.env(),
+                    e.expires_at
+                )
             })
         }
         Action::Rm { user, services } => {
@@ -84,6 +96,10 @@ pub fn run(url: &str, token_file: Option<&Path>, json: bool, action: Action) -> 
             let entries = MapperClient::new(url, None, TIMEOUT)?.list()?;
             Ok(if json { to_json(&entries) } else { table(&entries) })
         }
+        Action::Envs => {
+            let envs = MapperClient::new(url, None, TIMEOUT)?.envs()?;
+            Ok(if json { to_json(&envs) } else { envs_table(&envs) })
+        }
         Action::Audit => {
             let records = MapperClient::new(url, None, TIMEOUT)?.audit()?;
             Ok(if json { to_json(&records) } else { audit_table(&records) })
@@ -101,12 +117,37 @@ fn table(entries: &[EntryView]) -> String {
     }
     let now = crate::clock::now_ms();
     let w = entries.iter().map(|e| e.user.len()).max().unwrap_or(4).max(4);
-    let mut out = format!("{:<w$}  {:<30}  {:<20}  LEFT\n", "USER", "SERVICES", "EXPIRES");
+    let mut out = format!("{:<w$}  {:<16}  {:<30}  {:<20}  LEFT\n", "USER", "ENV", "SERVICES", "EXPIRES");
     for e in entries {
-        let left = parse_rfc3339_ms(&e.expires_at)
-            .map(|t| humantime::format_duration(Duration::from_secs(((t - now).max(0) / 1000) as u64)).to_string())
-            .unwrap_or_default();
-        let _ = writeln!(out, "{:<w$}  {:<30}  {:<20}  {left}", e.user, e.services.join(","), e.expires_at);
+        let left = left(&e.expires_at, now);
+        let _ =
+            writeln!(out, "{:<w$}  {:<16}  {:<30}  {:<20}  {left}", e.user, e.env(), e.services.join(","), e.expires_at);
+    }
+    out
+}
+
+fn left(expires_at: &str, now: i64) -> String {
+    parse_rfc3339_ms(expires_at)
+        .map(|t| humantime::format_duration(Duration::from_secs(((t - now).max(0) / 1000) as u64)).to_string())
+        .unwrap_or_default()
+}
+
+fn envs_table(envs: &[EnvView]) -> String {
+    if envs.is_empty() {
+        return "no live environments\n".into();
+    }
+    let now = crate::clock::now_ms();
+    let mut out = format!("{:<16}  {:>5}  {:<30}  {:<20}  LEFT\n", "ENV", "USERS", "SERVICES", "EXPIRES");
+    for e in envs {
+        let left = left(&e.expires_at, now);
+        let _ = writeln!(
+            out,
+            "{:<16}  {:>5}  {:<30}  {:<20}  {left}",
+            e.env,
+            e.users.len(),
+            e.services.join(","),
+            e.expires_at
+        );
     }
     out
 }

@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 use super::auth::{Tokens, Verdict};
 use super::store::{Removed, Store, StoredEntry};
 use crate::clock::now_ms;
+use crate::environment;
 
 /// Largest request body accepted; a whitelist entry is a few hundred bytes.
 pub const MAX_BODY: usize = 16 * 1024;
@@ -32,6 +33,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/whitelist", get(snapshot))
         .route("/v1/whitelist/{user}", get(get_user).put(put_user).delete(delete_user))
         .route("/v1/whitelist/{user}/{service}", axum::routing::delete(delete_service))
+        .route("/v1/envs", get(envs))
+        .route("/v1/envs/{env}", axum::routing::delete(end_env))
         .route("/v1/audit", get(audit))
         .route("/metrics", get(metrics))
         .layer(DefaultBodyLimit::max(MAX_BODY))
@@ -83,8 +86,10 @@ impl IntoResponse for ApiError {
 
 impl From<super::store::StoreError> for ApiError {
     fn from(e: super::store::StoreError) -> Self {
-        if let super::store::StoreError::OutOfScope { reason } = e {
-            return Self::new(StatusCode::FORBIDDEN, reason);
+        match e {
+            super::store::StoreError::OutOfScope { reason } => return Self::new(StatusCode::FORBIDDEN, reason),
+            super::store::StoreError::Held { .. } => return Self::new(StatusCode::CONFLICT, e.to_string()),
+            _ => {}
         }
         tracing::error!(error = %e, "config mapper database error");
         Self::new(StatusCode::INTERNAL_SERVER_ERROR, format!("database error: {e}"))
@@ -145,10 +150,41 @@ fn fnv1a(bytes: &[u8]) -> u64 {
 async fn get_user(State(state): State<Arc<AppState>>, Path(user): Path<String>) -> ApiResult<Response> {
     check_user(&user)?;
     let u = user.clone();
-    match blocking(&state, move |s| s.get(&u, now_ms())).await? {
-        Some(e) => Ok(axum::Json(e).into_response()),
-        None => Err(ApiError::new(StatusCode::NOT_FOUND, format!("user {user:?} is not whitelisted"))),
+    let placements = blocking(&state, move |s| s.get(&u, now_ms())).await?;
+    if placements.is_empty() {
+        return Err(ApiError::new(StatusCode::NOT_FOUND, format!("user {user:?} is not whitelisted")));
     }
+    // The old form (one entry: services and expiry) for clients from before environments,
+    // every placement under `entries` for the others.
+    let mut services: Vec<&str> = placements.iter().flat_map(|p| p.services.iter().map(String::as_str)).collect();
+    services.sort_unstable();
+    services.dedup();
+    let last = placements.iter().max_by_key(|p| p.expires_at_ms).map(|p| p.expires_at.clone());
+    Ok(axum::Json(serde_json::json!({
+        "user": user, "services": services, "expires_at": last, "entries": placements,
+    }))
+    .into_response())
+}
+
+async fn envs(State(state): State<Arc<AppState>>) -> ApiResult<Response> {
+    let envs = blocking(&state, |s| s.envs(now_ms())).await?;
+    Ok(axum::Json(serde_json::json!({ "envs": envs })).into_response())
+}
+
+async fn end_env(
+    State(state): State<Arc<AppState>>,
+    Path(env): Path<String>,
+    Query(q): Query<DeleteQuery>,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
+    let (who, scope) = authorize(&state, &headers)?;
+    environment::check(&env).map_err(|e| ApiError::bad(format!("env: {e}")))?;
+    let e = env.clone();
+    let users = blocking(&state, move |s| s.end_env(&e, &who, q.reason.as_deref(), scope.as_deref())).await?;
+    if users.is_empty() {
+        return Err(ApiError::new(StatusCode::NOT_FOUND, format!("environment {env:?} has no live entries")));
+    }
+    Ok(StatusCode::NO_CONTENT.into_response())
 }
 
 #[derive(Deserialize)]
@@ -157,6 +193,8 @@ struct PutBody {
     services: Vec<String>,
     ttl_seconds: Option<i64>,
     reason: Option<String>,
+    /// Absent: the default environment.
+    env: Option<String>,
 }
 
 /// Who wrote (the token's name, for the audit), and the services the token is scoped to.
@@ -202,11 +240,14 @@ async fn put_user(
     if ttl > state.max_ttl_seconds {
         return Err(ApiError::bad(format!("ttl_seconds: {ttl} is over the maximum of {}", state.max_ttl_seconds)));
     }
+    let env = body.env.unwrap_or_else(|| environment::DEFAULT.to_owned());
+    environment::check(&env).map_err(|e| ApiError::bad(format!("env: {e}")))?;
     let mut services = body.services;
     services.sort();
     services.dedup();
     let reason = body.reason;
-    let e = blocking(&state, move |s| s.put(&user, &services, ttl, &who, reason.as_deref(), scope.as_deref())).await?;
+    let e = blocking(&state, move |s| s.put(&user, &env, &services, ttl, &who, reason.as_deref(), scope.as_deref()))
+        .await?;
     Ok((StatusCode::OK, axum::Json(e)).into_response())
 }
 

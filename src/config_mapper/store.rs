@@ -7,7 +7,7 @@
 use std::path::Path;
 use std::sync::Mutex;
 
-use rusqlite::{Connection, OptionalExtension, params};
+use rusqlite::{Connection, params};
 use serde::Serialize;
 
 use crate::clock::{format_rfc3339_ms, now_ms};
@@ -24,15 +24,28 @@ pub enum StoreError {
     /// A scoped token asked to change what its scope does not cover.
     #[error("{reason}")]
     OutOfScope { reason: String },
+    /// A (user, service) is in one environment at a time.
+    #[error("user {user:?} is already whitelisted for {service:?} in environment {env:?}: remove it there first")]
+    Held { user: String, service: String, env: String },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct StoredEntry {
     pub user: String,
+    pub env: String,
     pub services: Vec<String>,
     /// Unix milliseconds.
     #[serde(skip)]
     pub expires_at_ms: i64,
+    pub expires_at: String,
+}
+
+/// A live environment: who is in it, for which services, until when.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct EnvSummary {
+    pub env: String,
+    pub users: Vec<String>,
+    pub services: Vec<String>,
     pub expires_at: String,
 }
 
@@ -55,11 +68,22 @@ impl Store {
         conn.execute_batch(
             "PRAGMA journal_mode = WAL;
              PRAGMA synchronous = FULL;
+             -- Before environments: one row per user, all in the default environment.
              CREATE TABLE IF NOT EXISTS entries (
                  user TEXT PRIMARY KEY,
                  services TEXT NOT NULL,
                  expires_at_ms INTEGER NOT NULL
              );
+             CREATE TABLE IF NOT EXISTS placements (
+                 user TEXT NOT NULL,
+                 env TEXT NOT NULL,
+                 services TEXT NOT NULL,
+                 expires_at_ms INTEGER NOT NULL,
+                 PRIMARY KEY (user, env)
+             );
+             INSERT OR IGNORE INTO placements (user, env, services, expires_at_ms)
+                 SELECT user, 'rush', services, expires_at_ms FROM entries;
+             DELETE FROM entries;
              CREATE TABLE IF NOT EXISTS audit (
                  id INTEGER PRIMARY KEY AUTOINCREMENT,
                  at_ms INTEGER NOT NULL,
@@ -79,6 +103,13 @@ impl Store {
                  BEGIN SELECT RAISE(ABORT, 'audit is append-only'); END;",
         )
         .map_err(open)?;
+        let has_env: bool = conn
+            .query_row("SELECT COUNT(*) FROM pragma_table_info('audit') WHERE name = 'env'", [], |r| r.get::<_, i64>(0))
+            .map_err(open)?
+            > 0;
+        if !has_env {
+            conn.execute_batch("ALTER TABLE audit ADD COLUMN env TEXT").map_err(open)?;
+        }
         Ok(Self { conn: Mutex::new(conn) })
     }
 
@@ -86,39 +117,57 @@ impl Store {
         self.conn.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The version (bumped by every change) and the live entries at `now`, ordered by user.
+    /// The version (bumped by every change) and the live placements at `now`, ordered by user
+    /// and environment.
     pub fn snapshot(&self, now: i64) -> Result<(u64, Vec<StoredEntry>), StoreError> {
         let conn = self.lock();
         let version: i64 = conn.query_row("SELECT value FROM meta WHERE key = 'version'", [], |r| r.get(0))?;
-        let mut stmt =
-            conn.prepare("SELECT user, services, expires_at_ms FROM entries WHERE expires_at_ms > ?1 ORDER BY user")?;
-        let rows = stmt.query_map(params![now], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get(2)?)))?;
-        let mut out = Vec::new();
-        for row in rows {
-            let (user, services, expires_at_ms) = row?;
-            out.push(entry(user, &services, expires_at_ms)?);
-        }
+        let out = placements(&conn, "expires_at_ms > ?1 ORDER BY user, env", params![now])?;
         Ok((version.max(0) as u64, out))
     }
 
-    pub fn get(&self, user: &str, now: i64) -> Result<Option<StoredEntry>, StoreError> {
-        let conn = self.lock();
-        let row = conn
-            .query_row(
-                "SELECT services, expires_at_ms FROM entries WHERE user = ?1 AND expires_at_ms > ?2",
-                params![user, now],
-                |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)),
-            )
-            .optional()?;
-        row.map(|(services, exp)| entry(user.to_owned(), &services, exp)).transpose()
+    /// `user`'s live placements, by environment.
+    pub fn get(&self, user: &str, now: i64) -> Result<Vec<StoredEntry>, StoreError> {
+        placements(&self.lock(), "user = ?1 AND expires_at_ms > ?2 ORDER BY env", params![user, now])
     }
 
-    /// Sets `user`'s services and expiry (replacing any earlier entry), audited.
-    /// Sets `user`'s services. `scope` (a scoped token's services) must cover every service
-    /// asked for and every service the entry holds now, which the write replaces.
+    /// The live environments at `now`, by name.
+    pub fn envs(&self, now: i64) -> Result<Vec<EnvSummary>, StoreError> {
+        let all = placements(&self.lock(), "expires_at_ms > ?1 ORDER BY env, user", params![now])?;
+        let mut out: Vec<(EnvSummary, i64)> = Vec::new();
+        for p in all {
+            if out.last().is_none_or(|(e, _)| e.env != p.env) {
+                let summary = EnvSummary { env: p.env.clone(), users: vec![], services: vec![], expires_at: String::new() };
+                out.push((summary, i64::MIN));
+            }
+            let Some((e, expires)) = out.last_mut() else { continue };
+            e.users.push(p.user);
+            for s in p.services {
+                if !e.services.contains(&s) {
+                    e.services.push(s);
+                }
+            }
+            *expires = (*expires).max(p.expires_at_ms);
+        }
+        Ok(out
+            .into_iter()
+            .map(|(mut e, expires)| {
+                e.services.sort();
+                e.expires_at = format_rfc3339_ms(expires);
+                e
+            })
+            .collect())
+    }
+
+    /// Sets `user`'s services in `env` and their expiry (replacing what the user had in `env`;
+    /// other environments' placements stay), audited. Refused when another environment holds
+    /// one of the services. `scope` (a scoped token's services) must cover every service asked
+    /// for and every service the placement holds now, which the write replaces.
+    #[allow(clippy::too_many_arguments)]
     pub fn put(
         &self,
         user: &str,
+        env: &str,
         services: &[String],
         ttl_seconds: i64,
         who: &str,
@@ -130,22 +179,29 @@ impl Store {
         let services_json = serde_json::to_string(services).unwrap_or_else(|_| "[]".into());
         let mut conn = self.lock();
         let tx = conn.transaction()?;
+        let held = placements(&tx, "user = ?1 AND expires_at_ms > ?2", params![user, now])?;
+        for other in held.iter().filter(|p| p.env != env) {
+            if let Some(s) = services.iter().find(|s| other.services.contains(s)) {
+                return Err(StoreError::Held { user: user.into(), service: s.clone(), env: other.env.clone() });
+            }
+        }
         if let Some(scope) = scope {
-            let held = current_services(&tx, user, now)?;
             in_scope(who, scope, services, "whitelist users for")?;
-            in_scope(who, scope, &held, &format!("replace {user:?}'s entry, which holds"))?;
+            let replaced = held.iter().filter(|p| p.env == env).flat_map(|p| p.services.iter().cloned());
+            in_scope(who, scope, &replaced.collect::<Vec<_>>(), &format!("replace {user:?}'s entry, which holds"))?;
         }
         tx.execute(
-            "INSERT INTO entries (user, services, expires_at_ms) VALUES (?1, ?2, ?3)
-             ON CONFLICT(user) DO UPDATE SET services = excluded.services, expires_at_ms = excluded.expires_at_ms",
-            params![user, services_json, expires_at_ms],
+            "INSERT INTO placements (user, env, services, expires_at_ms) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT(user, env) DO UPDATE SET services = excluded.services, expires_at_ms = excluded.expires_at_ms",
+            params![user, env, services_json, expires_at_ms],
         )?;
-        audit(&tx, now, who, "put", user, &services_json, Some(ttl_seconds), reason)?;
+        audit(&tx, now, who, "put", user, env, &services_json, Some(ttl_seconds), reason)?;
         tx.commit()?;
-        entry(user.to_owned(), &services_json, expires_at_ms)
+        stored(user.to_owned(), env.to_owned(), &services_json, expires_at_ms)
     }
 
-    /// Removes `user`'s entry, or only `service` from it (the entry goes with its last service).
+    /// Removes all of `user`'s placements, or only `service`, wherever it is (a placement goes
+    /// with its last service).
     pub fn remove(
         &self,
         user: &str,
@@ -157,36 +213,62 @@ impl Store {
         let now = now_ms();
         let mut conn = self.lock();
         let tx = conn.transaction()?;
-        let current = current_services(&tx, user, now)?;
-        if current.is_empty() {
+        let held = placements(&tx, "user = ?1 AND expires_at_ms > ?2", params![user, now])?;
+        let mut removed_any = Vec::new();
+        let mut left_any = false;
+        for p in held {
+            let (removed, left): (Vec<String>, Vec<String>) = match service {
+                None => (p.services, Vec::new()),
+                Some(s) => p.services.into_iter().partition(|x| x == s),
+            };
+            left_any |= !left.is_empty();
+            if removed.is_empty() {
+                continue;
+            }
+            if let Some(scope) = scope {
+                in_scope(who, scope, &removed, &format!("remove {user:?} from"))?;
+            }
+            take(&tx, user, &p.env, &left)?;
+            let removed_json = serde_json::to_string(&removed).unwrap_or_else(|_| "[]".into());
+            audit(&tx, now, who, "remove", user, &p.env, &removed_json, None, reason)?;
+            removed_any.extend(removed);
+        }
+        if removed_any.is_empty() {
             return Ok(Removed::Nothing);
         }
-        let (removed, left): (Vec<String>, Vec<String>) = match service {
-            None => (current, Vec::new()),
-            Some(s) => current.into_iter().partition(|x| x == s),
-        };
-        if removed.is_empty() {
-            return Ok(Removed::Nothing);
-        }
-        if let Some(scope) = scope {
-            in_scope(who, scope, &removed, &format!("remove {user:?} from"))?;
-        }
-        if left.is_empty() {
-            tx.execute("DELETE FROM entries WHERE user = ?1", params![user])?;
-        } else {
-            let left_json = serde_json::to_string(&left).unwrap_or_else(|_| "[]".into());
-            tx.execute("UPDATE entries SET services = ?2 WHERE user = ?1", params![user, left_json])?;
-        }
-        let removed_json = serde_json::to_string(&removed).unwrap_or_else(|_| "[]".into());
-        audit(&tx, now, who, "remove", user, &removed_json, None, reason)?;
         tx.commit()?;
-        Ok(if left.is_empty() { Removed::Entry } else { Removed::Services(removed) })
+        Ok(if left_any { Removed::Services(removed_any) } else { Removed::Entry })
+    }
+
+    /// Ends environment `env`: removes every placement in it, audited per user. Returns the
+    /// users it held (none: nothing to end).
+    pub fn end_env(
+        &self,
+        env: &str,
+        who: &str,
+        reason: Option<&str>,
+        scope: Option<&[String]>,
+    ) -> Result<Vec<String>, StoreError> {
+        let now = now_ms();
+        let mut conn = self.lock();
+        let tx = conn.transaction()?;
+        let held = placements(&tx, "env = ?1 AND expires_at_ms > ?2 ORDER BY user", params![env, now])?;
+        for p in &held {
+            if let Some(scope) = scope {
+                in_scope(who, scope, &p.services, &format!("end environment {env:?}, which holds {:?} for", p.user))?;
+            }
+            take(&tx, &p.user, env, &[])?;
+            let services_json = serde_json::to_string(&p.services).unwrap_or_else(|_| "[]".into());
+            audit(&tx, now, who, "end-env", &p.user, env, &services_json, None, reason)?;
+        }
+        tx.commit()?;
+        Ok(held.into_iter().map(|p| p.user).collect())
     }
 
     pub fn audit_log(&self, limit: usize) -> Result<Vec<AuditRecord>, StoreError> {
         let conn = self.lock();
         let mut stmt = conn.prepare(
-            "SELECT id, at_ms, who, action, user, services, ttl_seconds, reason FROM audit ORDER BY id DESC LIMIT ?1",
+            "SELECT id, at_ms, who, action, user, services, ttl_seconds, reason, env FROM audit ORDER BY id DESC LIMIT ?1",
         )?;
         let rows = stmt.query_map(params![limit as i64], |r| {
             Ok((
@@ -198,14 +280,16 @@ impl Store {
                 r.get::<_, String>(5)?,
                 r.get::<_, Option<i64>>(6)?,
                 r.get::<_, Option<String>>(7)?,
+                r.get::<_, Option<String>>(8)?,
             ))
         })?;
         let mut out = Vec::new();
         for row in rows {
-            let (id, at, who, action, user, services, ttl_seconds, reason) = row?;
+            let (id, at, who, action, user, services, ttl_seconds, reason, env) = row?;
             let services =
                 serde_json::from_str(&services).map_err(|source| StoreError::Corrupt { user: user.clone(), source })?;
-            out.push(AuditRecord { id, at: format_rfc3339_ms(at), who, action, user, services, ttl_seconds, reason });
+            let at = format_rfc3339_ms(at);
+            out.push(AuditRecord { id, at, who, action, user, env, services, ttl_seconds, reason });
         }
         out.reverse();
         Ok(out)
@@ -218,10 +302,35 @@ impl Store {
     }
 }
 
-fn entry(user: String, services: &str, expires_at_ms: i64) -> Result<StoredEntry, StoreError> {
+fn stored(user: String, env: String, services: &str, expires_at_ms: i64) -> Result<StoredEntry, StoreError> {
     let services =
         serde_json::from_str(services).map_err(|source| StoreError::Corrupt { user: user.clone(), source })?;
-    Ok(StoredEntry { user, services, expires_at_ms, expires_at: format_rfc3339_ms(expires_at_ms) })
+    Ok(StoredEntry { user, env, services, expires_at_ms, expires_at: format_rfc3339_ms(expires_at_ms) })
+}
+
+/// The placements `filter` (a `WHERE` clause over `user`, `env`, `expires_at_ms`) selects.
+fn placements(conn: &Connection, filter: &str, params: impl rusqlite::Params) -> Result<Vec<StoredEntry>, StoreError> {
+    let mut stmt = conn.prepare(&format!("SELECT user, env, services, expires_at_ms FROM placements WHERE {filter}"))?;
+    let rows = stmt.query_map(params, |r| {
+        Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?, r.get(3)?))
+    })?;
+    let mut out = Vec::new();
+    for row in rows {
+        let (user, env, services, expires_at_ms) = row?;
+        out.push(stored(user, env, &services, expires_at_ms)?);
+    }
+    Ok(out)
+}
+
+/// Leaves `user` with `left` in `env` (nothing left: the placement goes).
+fn take(tx: &rusqlite::Transaction<'_>, user: &str, env: &str, left: &[String]) -> Result<(), StoreError> {
+    if left.is_empty() {
+        tx.execute("DELETE FROM placements WHERE user = ?1 AND env = ?2", params![user, env])?;
+    } else {
+        let left_json = serde_json::to_string(left).unwrap_or_else(|_| "[]".into());
+        tx.execute("UPDATE placements SET services = ?3 WHERE user = ?1 AND env = ?2", params![user, env, left_json])?;
+    }
+    Ok(())
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -231,29 +340,18 @@ fn audit(
     who: &str,
     action: &str,
     user: &str,
+    env: &str,
     services_json: &str,
     ttl_seconds: Option<i64>,
     reason: Option<&str>,
 ) -> Result<(), StoreError> {
     tx.execute(
-        "INSERT INTO audit (at_ms, who, action, user, services, ttl_seconds, reason) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-        params![now, who, action, user, services_json, ttl_seconds, reason],
+        "INSERT INTO audit (at_ms, who, action, user, env, services, ttl_seconds, reason)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        params![now, who, action, user, env, services_json, ttl_seconds, reason],
     )?;
     tx.execute("UPDATE meta SET value = value + 1 WHERE key = 'version'", [])?;
     Ok(())
-}
-
-/// The services `user`'s unexpired entry holds now (none without one).
-fn current_services(tx: &rusqlite::Transaction<'_>, user: &str, now: i64) -> Result<Vec<String>, StoreError> {
-    let current = tx
-        .query_row("SELECT services FROM entries WHERE user = ?1 AND expires_at_ms > ?2", params![user, now], |r| {
-            r.get::<_, String>(0)
-        })
-        .optional()?;
-    match current {
-        Some(c) => Ok(entry(user.to_owned(), &c, 0)?.services),
-        None => Ok(Vec::new()),
-    }
 }
 
 /// Refuses, naming the first service outside `scope`.
@@ -279,18 +377,18 @@ mod tests {
     #[test]
     fn put_get_remove_and_audit() {
         let (_d, s) = store();
-        let e = s.put("U1", &["payment".into(), "shipping".into()], 60, "qa", Some("release 42"), None).unwrap();
+        let e = s.put("U1", "rush", &["payment".into(), "shipping".into()], 60, "qa", Some("release 42"), None).unwrap();
         assert_eq!(e.services, ["payment", "shipping"]);
-        assert_eq!(s.get("U1", now_ms()).unwrap().unwrap().services.len(), 2);
+        assert_eq!(s.get("U1", now_ms()).unwrap()[0].services.len(), 2);
         assert_eq!(s.snapshot(now_ms()).unwrap().0, 1);
         assert_eq!(
             s.remove("U1", Some("payment"), "qa", None, None).unwrap(),
             Removed::Services(vec!["payment".into()])
         );
-        assert_eq!(s.get("U1", now_ms()).unwrap().unwrap().services, ["shipping"]);
+        assert_eq!(s.get("U1", now_ms()).unwrap()[0].services, ["shipping"]);
         assert_eq!(s.remove("U1", Some("payment"), "qa", None, None).unwrap(), Removed::Nothing);
         assert_eq!(s.remove("U1", None, "qa", None, None).unwrap(), Removed::Entry);
-        assert!(s.get("U1", now_ms()).unwrap().is_none());
+        assert!(s.get("U1", now_ms()).unwrap().is_empty());
         let log = s.audit_log(100).unwrap();
         assert_eq!(log.iter().map(|a| a.action.as_str()).collect::<Vec<_>>(), ["put", "remove", "remove"]);
         assert_eq!(log[0].reason.as_deref(), Some("release 42"));
@@ -302,17 +400,17 @@ mod tests {
         let (_d, s) = store();
         let pay = ["payment".to_owned()];
         let scope = Some(&pay[..]);
-        s.put("U1", &["payment".into()], 60, "pay-team", None, scope).unwrap();
-        let e = s.put("U2", &["shipping".into()], 60, "pay-team", None, scope).unwrap_err().to_string();
+        s.put("U1", "rush", &["payment".into()], 60, "pay-team", None, scope).unwrap();
+        let e = s.put("U2", "rush", &["shipping".into()], 60, "pay-team", None, scope).unwrap_err().to_string();
         assert!(e.contains("pay-team") && e.contains("\"shipping\"") && e.contains("scoped to payment"), "{e}");
-        s.put("U3", &["payment".into(), "shipping".into()], 60, "ops", None, None).unwrap();
+        s.put("U3", "rush", &["payment".into(), "shipping".into()], 60, "ops", None, None).unwrap();
         // Replacing U3's entry would drop shipping, which another team set.
-        let e = s.put("U3", &["payment".into()], 60, "pay-team", None, scope).unwrap_err().to_string();
+        let e = s.put("U3", "rush", &["payment".into()], 60, "pay-team", None, scope).unwrap_err().to_string();
         assert!(e.contains("replace") && e.contains("shipping"), "{e}");
         assert!(s.remove("U3", None, "pay-team", None, scope).is_err());
         assert_eq!(s.remove("U3", Some("payment"), "pay-team", None, scope).unwrap(), Removed::Services(pay.to_vec()));
         assert!(s.remove("U3", Some("shipping"), "pay-team", None, scope).is_err());
-        assert_eq!(s.get("U3", now_ms()).unwrap().unwrap().services, ["shipping"]);
+        assert_eq!(s.get("U3", now_ms()).unwrap()[0].services, ["shipping"]);
         // Refused writes leave no audit line; the accepted ones name the token.
         let who: Vec<String> = s.audit_log(100).unwrap().into_iter().map(|a| a.who).collect();
         assert_eq!(who, ["pay-team", "ops", "pay-team"]);
@@ -321,9 +419,9 @@ mod tests {
     #[test]
     fn expired_entries_vanish_from_reads() {
         let (_d, s) = store();
-        s.put("U1", &["payment".into()], 1, "qa", None, None).unwrap();
+        s.put("U1", "rush", &["payment".into()], 1, "qa", None, None).unwrap();
         let later = now_ms() + 1_001;
-        assert!(s.get("U1", later).unwrap().is_none());
+        assert!(s.get("U1", later).unwrap().is_empty());
         assert!(s.snapshot(later).unwrap().1.is_empty());
     }
 
@@ -335,17 +433,76 @@ mod tests {
                 "CREATE TRIGGER break_audit BEFORE INSERT ON audit BEGIN SELECT RAISE(ABORT, 'disk full'); END;",
             )
             .unwrap();
-        assert!(s.put("U1", &["payment".into()], 60, "qa", None, None).is_err());
-        assert!(s.get("U1", now_ms()).unwrap().is_none());
+        assert!(s.put("U1", "rush", &["payment".into()], 60, "qa", None, None).is_err());
+        assert!(s.get("U1", now_ms()).unwrap().is_empty());
         assert_eq!(s.snapshot(now_ms()).unwrap().0, 0, "version unchanged");
     }
 
     #[test]
     fn audit_is_append_only() {
         let (_d, s) = store();
-        s.put("U1", &["a".into()], 60, "qa", None, None).unwrap();
+        s.put("U1", "rush", &["a".into()], 60, "qa", None, None).unwrap();
         let conn = s.lock();
         assert!(conn.execute("DELETE FROM audit", []).is_err());
         assert!(conn.execute("UPDATE audit SET who = 'x'", []).is_err());
+    }
+
+    #[test]
+    fn a_user_service_is_in_one_environment_at_a_time() {
+        let (_d, s) = store();
+        s.put("U1", "pr-42", &["payment".into()], 60, "qa", None, None).unwrap();
+        s.put("U1", "pr-57", &["shipping".into()], 60, "qa", None, None).unwrap();
+        let e = s.put("U1", "rush", &["payment".into(), "search".into()], 60, "qa", None, None).unwrap_err();
+        assert!(matches!(&e, StoreError::Held { env, service, .. } if env == "pr-42" && service == "payment"), "{e}");
+        assert!(e.to_string().contains("\"pr-42\""), "{e}");
+        // Setting an environment replaces the user's services there only.
+        s.put("U1", "pr-42", &["payment".into(), "search".into()], 60, "qa", None, None).unwrap();
+        let placed: Vec<(String, Vec<String>)> =
+            s.get("U1", now_ms()).unwrap().into_iter().map(|p| (p.env, p.services)).collect();
+        assert_eq!(
+            placed,
+            [("pr-42".into(), vec!["payment".into(), "search".into()]), ("pr-57".into(), vec!["shipping".into()])]
+        );
+        s.put("U2", "pr-42", &["payment".into()], 120, "qa", None, None).unwrap();
+        let envs = s.envs(now_ms()).unwrap();
+        assert_eq!(envs.iter().map(|e| e.env.as_str()).collect::<Vec<_>>(), ["pr-42", "pr-57"]);
+        assert_eq!(envs[0].users, ["U1", "U2"]);
+        assert_eq!(envs[0].services, ["payment", "search"]);
+        // Removing a service finds it in whichever environment holds it.
+        assert_eq!(
+            s.remove("U1", Some("shipping"), "qa", None, None).unwrap(),
+            Removed::Services(vec!["shipping".into()])
+        );
+        assert_eq!(s.end_env("pr-42", "qa", Some("merged"), None).unwrap(), ["U1", "U2"]);
+        assert!(s.end_env("pr-42", "qa", None, None).unwrap().is_empty(), "ending twice is a no-op");
+        assert!(s.snapshot(now_ms()).unwrap().1.is_empty());
+        let log = s.audit_log(100).unwrap();
+        let ended: Vec<_> = log.iter().filter(|a| a.action == "end-env").map(|a| a.env.as_deref()).collect();
+        assert_eq!(ended, [Some("pr-42"), Some("pr-42")]);
+    }
+
+    #[test]
+    fn a_database_from_before_environments_keeps_its_entries_in_the_default_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("old.db");
+        {
+            let c = Connection::open(&path).unwrap();
+            c.execute_batch(
+                "CREATE TABLE entries (user TEXT PRIMARY KEY, services TEXT NOT NULL, expires_at_ms INTEGER NOT NULL);
+                 CREATE TABLE audit (id INTEGER PRIMARY KEY AUTOINCREMENT, at_ms INTEGER NOT NULL, who TEXT NOT NULL,
+                     action TEXT NOT NULL, user TEXT NOT NULL, services TEXT NOT NULL, ttl_seconds INTEGER, reason TEXT);
+                 INSERT INTO entries VALUES ('U1', '[\"payment\"]', 99999999999999);
+                 INSERT INTO audit (at_ms, who, action, user, services) VALUES (1, 'qa', 'put', 'U1', '[\"payment\"]');",
+            )
+            .unwrap();
+        }
+        let s = Store::open(&path).unwrap();
+        let got = s.get("U1", now_ms()).unwrap();
+        assert_eq!((got[0].env.as_str(), got[0].services.as_slice()), ("rush", &["payment".to_owned()][..]));
+        assert_eq!(s.audit_log(10).unwrap()[0].env, None);
+        s.put("U1", "rush", &["shipping".into()], 60, "qa", None, None).unwrap();
+        drop(s);
+        let s = Store::open(&path).unwrap();
+        assert_eq!(s.get("U1", now_ms()).unwrap()[0].services, ["shipping"], "opened twice, migrated once");
     }
 }

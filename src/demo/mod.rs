@@ -119,7 +119,7 @@ pub fn run(opts: &Options, out: &mut dyn Write) -> Result<bool, DemoError> {
     let client = MapperClient::new(&mapper.url, Some(mapper.token.clone()), Duration::from_secs(5))
         .map_err(|e| DemoError::Mapper(e.to_string()))?;
     client
-        .add(DEMO_USER, &[DEMO_SERVICE.into()], Duration::from_secs(3600), Some("demo"))
+        .add(DEMO_USER, &[DEMO_SERVICE.into()], Duration::from_secs(3600), Some("demo"), None)
         .map_err(|e| DemoError::Mapper(e.to_string()))?;
     writeln!(out, "  config mapper   {}   whitelisted {DEMO_USER} for {DEMO_SERVICE} (ttl 1h)", mapper.url)?;
     writeln!(out, "  route           orders -> payment, shipping; user from header x-user-id; return path on\n")?;

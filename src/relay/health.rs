@@ -89,6 +89,9 @@ pub struct Health {
     /// The Rush-side topics were checked (the return path waits for it); those of the routes in
     /// `rush_routes_broken` could not be made right.
     pub rush_topics_ready: AtomicBool,
+    /// Moves each time the Rush lane readies an environment's topics: the return path then
+    /// starts again to read that environment's raw topic too.
+    pub rush_envs_changed: std::sync::atomic::AtomicU64,
     /// Per route whose Rush topics are unusable: why. Its copies wait; other routes flow.
     rush_routes_broken: std::sync::Mutex<Vec<String>>,
     /// Why the forward direction is starting again (production outputs wait); `None` while it runs.

@@ -24,6 +24,7 @@ use super::producer::Output;
 use super::refusals::Refusals;
 use super::stop::Stop;
 use crate::config::{Config, Delivery};
+use crate::environment;
 use crate::extract::Headers;
 use crate::headers::{InputHeaders, Provenance};
 use crate::kafka;
@@ -51,7 +52,12 @@ pub fn run(
     let exactly_once = config.bridge.delivery == Delivery::ExactlyOnce;
     let refusals = Arc::new(Refusals::new(&config.bridge.dead_letter_topic, exactly_once));
     loop {
-        match run_once(config, stop, health, metrics, tracer, &refusals) {
+        // An environment's raw topic that appears on Rush is read from the next run on.
+        let run = stop.until_changed(&health.rush_envs_changed);
+        match run_once(config, &run, health, metrics, tracer, &refusals) {
+            Ok(()) if !stop.requested() => {
+                tracing::info!("return path: an environment's Rush topics appeared; starting again to read them");
+            }
             Err(e @ (RelayError::Transaction(_) | RelayError::Delivery { .. }))
                 if exactly_once && !stop.requested() =>
             {
@@ -73,7 +79,6 @@ fn run_once(
     tracer: &Arc<HopTracer>,
     refusals: &Arc<Refusals>,
 ) -> Result<(), RelayError> {
-    let topics: Vec<String> = config.routes.iter().filter(|r| r.return_path).map(|r| r.topic.clone()).collect();
     // The Rush lane creates the raw topics on Rush; subscribing before they exist would leave
     // the consumer waiting for a metadata refresh (minutes) after they appear.
     while !health.rush_topics_ready.load(std::sync::atomic::Ordering::Relaxed) {
@@ -82,6 +87,8 @@ fn run_once(
         }
         std::thread::sleep(POLL_TIMEOUT);
     }
+    let sources = sources(config);
+    let topics: Vec<String> = sources.iter().map(|s| s.topic.clone()).collect();
     let tracker = Arc::new(Tracker::new());
     let mut consumer = kafka::consumer_config(&config.rush, "rush", &config.bridge.group_id);
     kafka::fit_records(&mut consumer, config);
@@ -100,7 +107,7 @@ fn run_once(
         .with_dead_letters(&config.bridge.dead_letter_topic, refusals.clone());
     let commit = writer.commit_strategy(Some(refusals.clone()));
     let flush = writer.flush();
-    let mut handler = ReturnPath::new(config, writer, tracker.clone(), metrics, tracer.clone());
+    let mut handler = ReturnPath::new(config, sources, writer, tracker.clone(), metrics, tracer.clone());
     let spec = Spec {
         direction: Direction::Return,
         consumer,
@@ -113,10 +120,35 @@ fn run_once(
     direction::run(config, spec, &mut handler, health, metrics, stop)
 }
 
+/// A Rush topic the return path reads: a return route's raw topic in one environment.
+pub struct Source {
+    pub route: usize,
+    pub env: String,
+    /// Its name on Rush: `{topic}` in the default environment, `{env}.{topic}` in another.
+    pub topic: String,
+}
+
+/// The raw topics of `config`'s return routes on Rush: the default environment's, and every
+/// other environment's that Rush has. Rush not answering leaves the latter out until the
+/// next run.
+pub fn sources(config: &Config) -> Vec<Source> {
+    let mut sources: Vec<Source> = (config.routes.iter().enumerate())
+        .filter(|(_, r)| r.return_path)
+        .map(|(route, r)| Source { route, env: environment::DEFAULT.to_owned(), topic: r.topic.clone() })
+        .collect();
+    match crate::topics::rush_env_raw_topics(config) {
+        Ok(found) => sources.extend(found.into_iter().map(|(route, env, topic)| Source { route, env, topic })),
+        Err(e) => tracing::warn!(error = %e, "return path: cannot list environments' raw topics on Rush; reading the default environment's"),
+    }
+    sources
+}
+
 pub struct ReturnPath {
-    topics: Vec<String>,
-    /// `rush:{topic}` per topic: where a dead letter says its input was.
-    sources: Vec<String>,
+    sources: Vec<Source>,
+    /// Per source: its route's topic on prod, where what it returns goes.
+    prod_topics: Vec<String>,
+    /// `rush:{topic}` per source: where a dead letter says its input was.
+    names: Vec<String>,
     provenance: Provenance,
     writer: Writer,
     tracker: Arc<Tracker>,
@@ -125,20 +157,20 @@ pub struct ReturnPath {
 }
 
 impl ReturnPath {
-    /// For the raw topics of `config`'s return routes, in route order.
+    /// For `sources`, read in that order (the partition keys' index).
     pub fn new(
         config: &Config,
+        sources: Vec<Source>,
         writer: Writer,
         tracker: Arc<Tracker>,
         metrics: &Metrics,
         tracer: Arc<HopTracer>,
     ) -> Self {
-        let routes: Vec<usize> = (0..config.routes.len()).filter(|&i| config.routes[i].return_path).collect();
-        let topics: Vec<String> = routes.iter().map(|&i| config.routes[i].topic.clone()).collect();
         Self {
-            sources: topics.iter().map(|t| format!("rush:{t}")).collect(),
-            topics,
-            routes: routes.iter().map(|&i| metrics.route(config, i)).collect(),
+            names: sources.iter().map(|s| format!("rush:{}", s.topic)).collect(),
+            prod_topics: sources.iter().map(|s| config.routes[s.route].topic.clone()).collect(),
+            routes: sources.iter().map(|s| metrics.route(config, s.route)).collect(),
+            sources,
             provenance: Provenance::new(config),
             tracer,
             writer,
@@ -146,11 +178,11 @@ impl ReturnPath {
         }
     }
 
-    /// The return path's only output of the Rush record at `offset` of `partition` of route `ri`.
-    fn origin(&self, ri: usize, partition: i32, offset: i64) -> Option<Origin<'_>> {
-        let topic = self.topics.get(ri)?;
+    /// The return path's only output of the Rush record at `offset` of `partition` of source `si`.
+    fn origin(&self, si: usize, partition: i32, offset: i64) -> Option<Origin<'_>> {
+        let topic = self.prod_topics.get(si)?;
         Some(Origin {
-            input: (self.sources.get(ri)?, partition, offset),
+            input: (self.names.get(si)?, partition, offset),
             route: topic,
             service: RETURN_SERVICE,
             output_topic: topic,
@@ -172,13 +204,14 @@ impl Handler for ReturnPath {
     }
 
     fn handle(&mut self, msg: &BorrowedMessage<'_>, _: &BaseConsumer<RebalanceContext>) -> Result<(), RelayError> {
-        let Some(ri) = self.topics.iter().position(|t| t == msg.topic()) else {
+        let Some(ri) = self.sources.iter().position(|s| s.topic == msg.topic()) else {
             tracing::warn!(topic = msg.topic(), "return path: record from a topic without a return route; skipped");
             return Ok(());
         };
         let key = (ri, msg.partition());
         self.routes[ri].return_in.inc();
-        let topic = &self.topics[ri];
+        let topic = &self.prod_topics[ri];
+        let env = &self.sources[ri].env;
         let input = InputHeaders(msg.headers());
         if self.provenance.came_through(&input, topic) {
             let looped = &self.routes[ri].return_looped;
@@ -208,7 +241,7 @@ impl Handler for ReturnPath {
             partition: msg.partition(),
             key: msg.key(),
             payload: msg.payload(),
-            headers: Some(self.provenance.stamp(msg.headers(), topic, &trace)),
+            headers: Some(self.provenance.stamp(msg.headers(), topic, env, &trace)),
             timestamp: msg.timestamp(),
             opaque,
         };

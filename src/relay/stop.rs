@@ -3,7 +3,7 @@
 //! running. mini-redis's `Shutdown`, without async: every thread here blocks, so it is a flag
 //! each loop checks, not a channel.
 
-use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
 /// How long [`Stop::sleep`] sleeps between looks at the flags.
@@ -17,21 +17,41 @@ pub struct Stop<'a> {
     /// A part of the relay that runs for a while only (a Rush lane leaving broken routes out
     /// checks them again then).
     deadline: Option<Instant>,
+    /// A part of the relay that must start again when a counter moves (the return path when
+    /// an environment's topics appear), and the value it started at.
+    watched: Option<(&'a AtomicU64, u64)>,
 }
 
 impl<'a> Stop<'a> {
     pub fn new(shutdown: &'a AtomicBool) -> Self {
-        Self { shutdown, failed: AtomicBool::new(false), deadline: None }
+        Self { shutdown, failed: AtomicBool::new(false), deadline: None, watched: None }
     }
 
     /// The same stop, that also asks to wind down at `deadline`.
     pub fn until(&self, deadline: Instant) -> Stop<'a> {
-        Stop { shutdown: self.shutdown, failed: AtomicBool::new(self.failed.load(Relaxed)), deadline: Some(deadline) }
+        Stop { deadline: Some(deadline), ..self.child() }
+    }
+
+    /// The same stop, that also asks to wind down once `counter` moves from its value now.
+    pub fn until_changed(&self, counter: &'a AtomicU64) -> Stop<'a> {
+        Stop { watched: Some((counter, counter.load(Relaxed))), ..self.child() }
+    }
+
+    fn child(&self) -> Stop<'a> {
+        Stop {
+            shutdown: self.shutdown,
+            failed: AtomicBool::new(self.failed.load(Relaxed)),
+            deadline: self.deadline,
+            watched: self.watched,
+        }
     }
 
     /// Whether every loop should wind down now.
     pub fn requested(&self) -> bool {
-        self.shutdown.load(Relaxed) || self.failed.load(Relaxed) || self.deadline.is_some_and(|d| Instant::now() >= d)
+        self.shutdown.load(Relaxed)
+            || self.failed.load(Relaxed)
+            || self.deadline.is_some_and(|d| Instant::now() >= d)
+            || self.watched.is_some_and(|(c, at)| c.load(Relaxed) != at)
     }
 
     /// A thread failed: the others stop too.
@@ -97,6 +117,19 @@ mod tests {
         assert!(!stop.requested());
         shutdown.store(true, Relaxed);
         assert!(stop.requested());
+    }
+
+    #[test]
+    fn a_watched_counter_that_moves_stops_the_child_only() {
+        let shutdown = AtomicBool::new(false);
+        let counter = AtomicU64::new(3);
+        let stop = Stop::new(&shutdown);
+        let child = stop.until_changed(&counter);
+        assert!(!child.requested());
+        counter.fetch_add(1, Relaxed);
+        assert!(child.requested());
+        assert!(!stop.requested());
+        assert!(!stop.until_changed(&counter).requested(), "watches from the value it starts at");
     }
 
     #[test]

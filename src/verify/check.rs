@@ -151,10 +151,10 @@ pub struct Rules<'a> {
 }
 
 /// Everyone listed for every service: the decision verify can reproduce without history.
-struct Everyone(Vec<Box<str>>);
+struct Everyone(crate::whitelist::Entry);
 
 impl Whitelist for Everyone {
-    fn services_for(&self, _: &str, _: i64) -> Option<&[Box<str>]> {
+    fn entry(&self, _: &str) -> Option<&crate::whitelist::Entry> {
         Some(&self.0)
     }
 }
@@ -458,7 +458,10 @@ pub fn check_service(
     match_stream(inputs, &index, prod, id, Cluster::Prod, &mut on_prod, v);
     let rush_matched = match_stream(inputs, &index, rush, id, Cluster::Rush, &mut on_rush, v);
 
-    let everyone = Everyone(route.services.iter().map(|s| s.name.as_str().into()).collect());
+    let everyone = Everyone(crate::whitelist::Entry::new(
+        route.services.iter().map(|s| s.name.as_str().into()).collect(),
+        i64::MAX,
+    ));
     let mut rush_copy: HashMap<usize, &Record> = HashMap::new();
     for (i, oi) in rush_matched {
         rush_copy.insert(i, &rush[oi]);

@@ -287,7 +287,7 @@ fn recorded_decisions_say_which_cluster_an_event_belongs_to() {
     let rules = Rules { tenancy: &key, volatile_headers: &[] };
     let committed = (0..3).map(|p| (p, 4)).collect();
     // U1 is whitelisted for payment from offset 2 on (version 2), not before (version 1).
-    let listed = Snapshot::new(2, [("U1".into(), Entry { services: vec!["payment".into()], expires_at_ms: i64::MAX })]);
+    let listed = Snapshot::new(2, [("U1".into(), Entry::new(vec!["payment".into()], i64::MAX))]);
     let mut chain = Chain::default();
     chain.apply(Pin { from: 0, epoch: Arc::new(Epoch::new(Arc::new(Snapshot::new(1, [])), 0)) });
     chain.apply(Pin { from: 2, epoch: Arc::new(Epoch::new(Arc::new(listed), 0)) });

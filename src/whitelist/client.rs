@@ -43,6 +43,40 @@ pub struct EntryView {
     pub user: String,
     pub services: Vec<String>,
     pub expires_at: String,
+    /// Absent: the default environment.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub env: Option<String>,
+}
+
+impl EntryView {
+    pub fn env(&self) -> &str {
+        self.env.as_deref().unwrap_or(crate::environment::DEFAULT)
+    }
+}
+
+/// One live environment, as `GET /v1/envs` lists it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct EnvView {
+    pub env: String,
+    pub users: Vec<String>,
+    pub services: Vec<String>,
+    /// When its last placement expires, and the environment with it.
+    pub expires_at: String,
+}
+
+#[derive(Deserialize)]
+struct EnvsBody {
+    envs: Vec<EnvView>,
+}
+
+/// `GET /v1/whitelist/{user}`: the old form is one entry; a Config Mapper with environments
+/// adds every placement of the user under `entries`.
+#[derive(Deserialize)]
+struct UserBody {
+    #[serde(flatten)]
+    entry: EntryView,
+    #[serde(default)]
+    entries: Option<Vec<EntryView>>,
 }
 
 #[derive(Deserialize)]
@@ -155,31 +189,36 @@ impl MapperClient {
         Ok(self.get_json::<SnapshotBody>("/v1/whitelist")?.entries)
     }
 
-    /// `GET /v1/whitelist/{user}`: `None` when the user is not whitelisted.
-    pub fn lookup(&self, user: &str) -> Result<Option<EntryView>, ClientError> {
+    /// `GET /v1/whitelist/{user}`: the user's placements, none when not whitelisted.
+    pub fn lookup(&self, user: &str) -> Result<Vec<EntryView>, ClientError> {
         let what = format!("GET /v1/whitelist/{user}");
         let resp = self.call(self.http.get(self.url(&format!("/v1/whitelist/{}", encode(user)))))?;
         match resp.status().as_u16() {
-            404 => Ok(None),
+            404 => Ok(Vec::new()),
             200 => {
                 let body = self.read(&what, resp)?;
-                serde_json::from_slice(&body)
-                    .map(Some)
-                    .map_err(|e| ClientError::Garbled { what, reason: e.to_string() })
+                let body: UserBody =
+                    serde_json::from_slice(&body).map_err(|e| ClientError::Garbled { what, reason: e.to_string() })?;
+                Ok(body.entries.unwrap_or_else(|| vec![body.entry]))
             }
             _ => Err(self.refused(&what, resp)),
         }
     }
 
+    /// Places `user`'s `services` in `env` (`None`: the default environment).
     pub fn add(
         &self,
         user: &str,
         services: &[String],
         ttl: Duration,
         reason: Option<&str>,
+        env: Option<&str>,
     ) -> Result<EntryView, ClientError> {
         let what = format!("PUT /v1/whitelist/{user}");
-        let body = serde_json::json!({"services": services, "ttl_seconds": ttl.as_secs(), "reason": reason});
+        let mut body = serde_json::json!({"services": services, "ttl_seconds": ttl.as_secs(), "reason": reason});
+        if let Some(env) = env {
+            body["env"] = serde_json::Value::from(env);
+        }
         let mut req = self
             .http
             .put(self.url(&format!("/v1/whitelist/{}", encode(user))))
@@ -198,12 +237,16 @@ impl MapperClient {
 
     /// Removes a user (or one service of theirs). `Ok(false)` when there was nothing to remove.
     pub fn remove(&self, user: &str, service: Option<&str>) -> Result<bool, ClientError> {
-        let path = match service {
+        self.delete(&match service {
             Some(s) => format!("/v1/whitelist/{}/{}", encode(user), encode(s)),
             None => format!("/v1/whitelist/{}", encode(user)),
-        };
+        })
+    }
+
+    /// An authorised `DELETE`: `Ok(false)` when there was nothing to delete.
+    fn delete(&self, path: &str) -> Result<bool, ClientError> {
         let what = format!("DELETE {path}");
-        let mut req = self.http.delete(self.url(&path));
+        let mut req = self.http.delete(self.url(path));
         if let Some(a) = self.auth() {
             req = req.header("Authorization", a);
         }
@@ -213,6 +256,15 @@ impl MapperClient {
             404 => Ok(false),
             _ => Err(self.refused(&what, resp)),
         }
+    }
+
+    pub fn envs(&self) -> Result<Vec<EnvView>, ClientError> {
+        Ok(self.get_json::<EnvsBody>("/v1/envs")?.envs)
+    }
+
+    /// `DELETE /v1/envs/{env}`: ends an environment. `Ok(false)` when it had no entries.
+    pub fn end_env(&self, env: &str) -> Result<bool, ClientError> {
+        self.delete(&format!("/v1/envs/{}", encode(env)))
     }
 
     pub fn audit(&self) -> Result<Vec<AuditRecord>, ClientError> {
@@ -228,6 +280,9 @@ pub struct AuditRecord {
     pub who: String,
     pub action: String,
     pub user: String,
+    /// The environment changed (absent in records from before environments).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub env: Option<String>,
     pub services: Vec<String>,
     pub ttl_seconds: Option<i64>,
     pub reason: Option<String>,

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use moka::Expiry;
 
 use super::client::MapperClient;
-use super::{Entry, SourceStatus};
+use super::{Entry, Placement, SourceStatus};
 use crate::clock::{now_ms, parse_rfc3339_ms};
 
 /// A cached answer about one user.
@@ -97,7 +97,26 @@ impl LookupSettings {
 }
 
 fn left(e: &Entry) -> Duration {
-    Duration::from_millis((e.expires_at_ms - now_ms()).max(0) as u64)
+    Duration::from_millis((e.expires_at_ms() - now_ms()).max(0) as u64)
+}
+
+/// A user's entry from the placements a Config Mapper answered (`None`: none).
+fn entry_of(views: Vec<super::client::EntryView>) -> Result<Option<Entry>, String> {
+    let mut entry: Option<Entry> = None;
+    for v in views {
+        let expires_at_ms = parse_rfc3339_ms(&v.expires_at).map_err(|e| format!("expires_at: {e}"))?;
+        crate::environment::check(v.env()).map_err(|e| format!("env: {e}"))?;
+        let placement = Placement {
+            env: v.env().into(),
+            services: v.services.into_iter().map(String::into_boxed_str).collect(),
+            expires_at_ms,
+        };
+        match &mut entry {
+            Some(e) => e.add(placement),
+            None => entry = Some(Entry { placements: vec![placement] }),
+        }
+    }
+    Ok(entry)
 }
 
 struct AnswerExpiry;
@@ -151,14 +170,7 @@ impl LookupCache {
         Self::new(
             settings,
             Box::new(move |user| match client.lookup(user) {
-                Ok(None) => Ok(None),
-                Ok(Some(v)) => {
-                    let expires_at_ms = parse_rfc3339_ms(&v.expires_at).map_err(|e| format!("expires_at: {e}"))?;
-                    Ok(Some(Entry {
-                        services: v.services.into_iter().map(String::into_boxed_str).collect(),
-                        expires_at_ms,
-                    }))
-                }
+                Ok(views) => entry_of(views),
                 Err(e) => Err(e.to_string()),
             }),
         )
@@ -367,7 +379,7 @@ mod tests {
     }
 
     fn listed() -> Entry {
-        Entry { services: vec!["payment".into()], expires_at_ms: i64::MAX }
+        Entry::new(vec!["payment".into()], i64::MAX)
     }
 
     #[test]
@@ -453,7 +465,7 @@ mod tests {
     fn entries_never_outlive_their_expiry() {
         let exp = now_ms() + 150;
         let cache =
-            LookupCache::new(settings(), Box::new(move |_| Ok(Some(Entry { services: vec![], expires_at_ms: exp }))));
+            LookupCache::new(settings(), Box::new(move |_| Ok(Some(Entry::new(vec![], exp)))));
         assert!(matches!(cache.get("U1"), Answer::Listed(_)));
         // cache_ttl is 60 s: only the entry's own expiry (150 ms) can end it this soon.
         wait_until("U1 gone", Duration::from_secs(5), || cache.peek("U1").is_none());

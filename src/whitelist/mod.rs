@@ -16,7 +16,7 @@ use arc_swap::ArcSwap;
 
 pub use file::{FileSource, WatchError, load as load_file};
 pub use poller::{SnapshotPoller, SourceStatus};
-pub use snapshot::{Answered, Entry, Snapshot, SnapshotError, Whitelist};
+pub use snapshot::{Answered, Entry, Placement, Snapshot, SnapshotError, Whitelist};
 pub use source::WhitelistSource;
 
 /// The current whitelist, swapped atomically by a source, read lock-free by the relay.

@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use std::time::UNIX_EPOCH;
 
 use crate::clock::parse_rfc3339_ms;
+use crate::environment::{self, Env};
 
 use serde::Deserialize;
 
@@ -31,13 +32,88 @@ struct WireEntry {
     services: Vec<String>,
     /// RFC 3339, e.g. "2026-11-27T15:00:00Z".
     expires_at: String,
+    /// Absent: the default environment (every Config Mapper from before environments).
+    #[serde(default)]
+    env: Option<String>,
 }
 
+/// A user's services in one environment, until an expiry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Placement {
+    pub env: Env,
+    pub services: Vec<Box<str>>,
+    /// Unix milliseconds; the placement is dead from this instant on.
+    pub expires_at_ms: i64,
+}
+
+impl Placement {
+    pub fn is_live(&self, now_ms: i64) -> bool {
+        self.expires_at_ms > now_ms
+    }
+
+    fn holds(&self, service: &str) -> bool {
+        self.services.iter().any(|s| **s == *service)
+    }
+}
+
+/// A user's whitelist entry: where each of their services under test runs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Entry {
-    pub services: Vec<Box<str>>,
-    /// Unix milliseconds; the entry is dead from this instant on.
-    pub expires_at_ms: i64,
+    /// Sorted by environment, at most one per environment.
+    pub placements: Vec<Placement>,
+}
+
+impl Entry {
+    /// Services in the default environment (the only form before environments).
+    pub fn new(services: Vec<Box<str>>, expires_at_ms: i64) -> Self {
+        Self::placed(environment::DEFAULT.into(), services, expires_at_ms)
+    }
+
+    pub fn placed(env: Env, services: Vec<Box<str>>, expires_at_ms: i64) -> Self {
+        Self { placements: vec![Placement { env, services, expires_at_ms }] }
+    }
+
+    /// Adds a placement; one in an environment already present merges with it (the union of
+    /// services and the later expiry: the most inclusive reading of a mapper that repeated
+    /// itself).
+    pub fn add(&mut self, p: Placement) {
+        match self.placements.binary_search_by(|q| q.env.cmp(&p.env)) {
+            Ok(i) => {
+                let old = &mut self.placements[i];
+                for s in p.services {
+                    if !old.holds(&s) {
+                        old.services.push(s);
+                    }
+                }
+                old.expires_at_ms = old.expires_at_ms.max(p.expires_at_ms);
+            }
+            Err(i) => self.placements.insert(i, p),
+        }
+    }
+
+    /// The live placement `service` runs in at `now_ms`, if any. A (user, service) is in one
+    /// environment at a time; should a whitelist hold it in two, the first by name decides,
+    /// so every reader of that whitelist picks the same one.
+    pub fn placement_of(&self, service: &str, now_ms: i64) -> Option<&Placement> {
+        self.placements.iter().find(|p| p.is_live(now_ms) && p.holds(service))
+    }
+
+    /// When the last placement expires.
+    pub fn expires_at_ms(&self) -> i64 {
+        self.placements.iter().map(|p| p.expires_at_ms).max().unwrap_or(i64::MIN)
+    }
+
+    pub fn is_live(&self, now_ms: i64) -> bool {
+        self.placements.iter().any(|p| p.is_live(now_ms))
+    }
+
+    /// Every service of a live placement, with its environment.
+    pub fn live_services(&self, now_ms: i64) -> impl Iterator<Item = (&str, &str)> {
+        self.placements
+            .iter()
+            .filter(move |p| p.is_live(now_ms))
+            .flat_map(|p| p.services.iter().map(move |s| (&**s, &*p.env)))
+    }
 }
 
 /// Keys come from the trusted whitelist; event-controlled input only looks up. A fast seeded
@@ -63,7 +139,8 @@ impl Snapshot {
     }
 
     fn indexed(version: u64, entries: Users) -> Self {
-        let mut expiries: Vec<i64> = entries.values().map(|e| e.expires_at_ms).collect();
+        let mut expiries: Vec<i64> =
+            entries.values().flat_map(|e| e.placements.iter().map(|p| p.expires_at_ms)).collect();
         expiries.sort_unstable();
         expiries.dedup();
         Self { version, entries, expiries }
@@ -72,6 +149,8 @@ impl Snapshot {
     pub fn from_json(bytes: &[u8]) -> Result<Self, SnapshotError> {
         let wire: WireSnapshot = serde_json::from_slice(bytes)?;
         let mut entries = Users::with_capacity_and_hasher(wire.entries.len(), Default::default());
+        // Environments are few: every placement of one shares its name.
+        let mut envs: HashMap<String, Env> = HashMap::new();
         for (index, e) in wire.entries.into_iter().enumerate() {
             let fail = |reason: String| SnapshotError::Entry { index, user: e.user.clone(), reason };
             if e.user.is_empty() {
@@ -79,26 +158,25 @@ impl Snapshot {
             }
             let expires_at_ms =
                 parse_rfc3339_ms(&e.expires_at).map_err(|err| fail(format!("expires_at {:?}: {err}", e.expires_at)))?;
+            let env_name = e.env.as_deref().unwrap_or(environment::DEFAULT);
+            environment::check(env_name).map_err(|r| fail(format!("env: {r}")))?;
+            let env = envs.entry(env_name.to_owned()).or_insert_with(|| env_name.into()).clone();
             let services = e.services.iter().map(|s| s.as_str().into()).collect();
-            // A user listed twice keeps the union of services and the later expiry: the safest
-            // reading of a mapper that returned duplicates is the most inclusive one it stated.
-            entries
-                .entry(e.user.into_boxed_str())
-                .and_modify(|old: &mut Entry| {
-                    for s in &e.services {
-                        if !old.services.iter().any(|o| **o == **s) {
-                            old.services.push(s.as_str().into());
-                        }
-                    }
-                    old.expires_at_ms = old.expires_at_ms.max(expires_at_ms);
-                })
-                .or_insert(Entry { services, expires_at_ms });
+            let placement = Placement { env, services, expires_at_ms };
+            match entries.get_mut(e.user.as_str()) {
+                Some(entry) => entry.add(placement),
+                None => {
+                    entries.insert(e.user.into_boxed_str(), Entry { placements: vec![placement] });
+                }
+            }
         }
         Ok(Self::indexed(wire.version, entries))
     }
 
-    /// The wire format again, canonical (users and their services sorted), so that equal
-    /// contents give equal bytes: what the decision log stores and [`Self::fingerprint`] hashes.
+    /// The wire format again, canonical (users, their environments and services sorted), so
+    /// that equal contents give equal bytes: what the decision log stores and
+    /// [`Self::fingerprint`] hashes. The default environment is left unnamed, so a whitelist
+    /// without environments has the bytes and fingerprint it had before they existed.
     pub fn to_json(&self) -> String {
         let entries = self.canonical_entries();
         serde_json::json!({ "version": self.version, "entries": entries }).to_string()
@@ -109,17 +187,22 @@ impl Snapshot {
         users.sort_unstable_by_key(|(u, _)| *u);
         users
             .into_iter()
-            .map(|(user, e)| {
-                let mut services: Vec<&str> = e.services.iter().map(|s| &**s).collect();
+            .flat_map(|(user, e)| e.placements.iter().map(move |p| (user, p)))
+            .map(|(user, p)| {
+                let mut services: Vec<&str> = p.services.iter().map(|s| &**s).collect();
                 services.sort_unstable();
                 // RFC 3339 ends at year 9999; anything later never expires either way.
-                let ms = e.expires_at_ms.clamp(0, LAST_RFC3339_MS) as u64;
+                let ms = p.expires_at_ms.clamp(0, LAST_RFC3339_MS) as u64;
                 let expires = UNIX_EPOCH + std::time::Duration::from_millis(ms);
-                serde_json::json!({
+                let mut v = serde_json::json!({
                     "user": user,
                     "services": services,
                     "expires_at": humantime::format_rfc3339_millis(expires).to_string(),
-                })
+                });
+                if !environment::is_default(&p.env) {
+                    v["env"] = serde_json::Value::from(&*p.env);
+                }
+                v
             })
             .collect()
     }
@@ -142,6 +225,7 @@ impl Snapshot {
         self.version
     }
 
+    /// How many users it lists.
     pub fn len(&self) -> usize {
         self.entries.len()
     }
@@ -155,33 +239,34 @@ impl Snapshot {
         self.entries.get(user)
     }
 
-    /// The services `user` is under test for at `now_ms`; `None` if not whitelisted or expired.
-    pub fn services_for(&self, user: &str, now_ms: i64) -> Option<&[Box<str>]> {
-        self.entries.get(user)?.live_services(now_ms)
+    /// The environments with a live placement at `now_ms`, sorted.
+    pub fn live_envs(&self, now_ms: i64) -> Vec<Env> {
+        let mut envs: Vec<Env> = self
+            .entries
+            .values()
+            .flat_map(|e| e.placements.iter().filter(|p| p.is_live(now_ms)).map(|p| p.env.clone()))
+            .collect();
+        envs.sort_unstable();
+        envs.dedup();
+        envs
     }
 }
 
-impl Entry {
-    pub fn live_services(&self, now_ms: i64) -> Option<&[Box<str>]> {
-        (self.expires_at_ms > now_ms).then_some(self.services.as_slice())
-    }
-}
-
-/// What a decision reads: the services a user is under test for. A whole [`Snapshot`] in
-/// snapshot mode, one looked-up user ([`OneUser`]) in lookup mode.
+/// What a decision reads: the entry of the user it decides. A whole [`Snapshot`] in snapshot
+/// mode, one looked-up user ([`Answered`]) in lookup mode.
 pub trait Whitelist {
-    fn services_for(&self, user: &str, now_ms: i64) -> Option<&[Box<str>]>;
+    fn entry(&self, user: &str) -> Option<&Entry>;
 }
 
 impl<W: Whitelist + ?Sized> Whitelist for &W {
-    fn services_for(&self, user: &str, now_ms: i64) -> Option<&[Box<str>]> {
-        (**self).services_for(user, now_ms)
+    fn entry(&self, user: &str) -> Option<&Entry> {
+        (**self).entry(user)
     }
 }
 
 impl Whitelist for Snapshot {
-    fn services_for(&self, user: &str, now_ms: i64) -> Option<&[Box<str>]> {
-        Snapshot::services_for(self, user, now_ms)
+    fn entry(&self, user: &str) -> Option<&Entry> {
+        Snapshot::entry(self, user)
     }
 }
 
@@ -190,8 +275,8 @@ impl Whitelist for Snapshot {
 pub struct Answered(pub Option<std::sync::Arc<Entry>>);
 
 impl Whitelist for Answered {
-    fn services_for(&self, _user: &str, now_ms: i64) -> Option<&[Box<str>]> {
-        self.0.as_deref()?.live_services(now_ms)
+    fn entry(&self, _user: &str) -> Option<&Entry> {
+        self.0.as_deref()
     }
 }
 
@@ -216,9 +301,9 @@ mod tests {
         assert_eq!(s.version(), 7);
         assert_eq!(s.len(), 2);
         let now = parse_rfc3339_ms("2026-11-27T00:00:00Z").unwrap();
-        assert_eq!(s.services_for("U1", now).unwrap().len(), 1);
-        assert!(s.services_for("U2", now).is_none(), "expired entry must not match");
-        assert!(s.services_for("U3", now).is_none());
+        assert_eq!(s.entry("U1").unwrap().live_services(now).count(), 1);
+        assert!(s.entry("U2").unwrap().placement_of("payment", now).is_none(), "expired entry must not match");
+        assert!(s.entry("U3").is_none());
     }
 
     #[test]
@@ -244,14 +329,14 @@ mod tests {
         assert_eq!(back.version(), 3);
         assert_eq!(back.fingerprint(), a.fingerprint());
         assert_eq!(back.to_json(), a.to_json());
-        assert_eq!(back.services_for("U2", 0).map(<[_]>::len), Some(2));
-        let c = Snapshot::new(3, [("U1".to_string(), Entry { services: vec!["payment".into()], expires_at_ms: 1 })]);
+        assert_eq!(back.entry("U2").unwrap().live_services(0).count(), 2);
+        let c = Snapshot::new(3, [("U1".to_string(), Entry::new(vec!["payment".into()], 1))]);
         assert_ne!(c.fingerprint(), a.fingerprint());
     }
 
     #[test]
     fn next_expiry_is_strictly_after() {
-        let e = |ms| Entry { services: vec!["p".into()], expires_at_ms: ms };
+        let e = |ms| Entry::new(vec!["p".into()], ms);
         let s = Snapshot::new(1, [("a".into(), e(10)), ("b".into(), e(20)), ("c".into(), e(20))]);
         assert_eq!(s.next_expiry_after(0), 10);
         assert_eq!(s.next_expiry_after(10), 20);
@@ -265,6 +350,46 @@ mod tests {
             {"user":"U1","services":["a"],"expires_at":"2030-01-01T00:00:00Z"},
             {"user":"U1","services":["b"],"expires_at":"2031-01-01T00:00:00Z"}]}"#;
         let s = Snapshot::from_json(json).unwrap();
-        assert_eq!(s.services_for("U1", 0).unwrap().len(), 2);
+        assert_eq!(s.entry("U1").unwrap().live_services(0).count(), 2);
+    }
+
+    #[test]
+    fn placements_carry_environments() {
+        let json = br#"{"version":4,"entries":[
+            {"user":"U1","services":["payment"],"expires_at":"2030-01-01T00:00:00Z","env":"pr-42"},
+            {"user":"U1","services":["shipping"],"expires_at":"2031-01-01T00:00:00Z"},
+            {"user":"U2","services":["payment"],"expires_at":"2001-01-01T00:00:00Z","env":"pr-7"},
+            {"user":"U2","services":["payment"],"expires_at":"2030-01-01T00:00:00Z","env":"pr-9"}]}"#;
+        let s = Snapshot::from_json(json).unwrap();
+        let now = parse_rfc3339_ms("2026-11-27T00:00:00Z").unwrap();
+        let u1 = s.entry("U1").unwrap();
+        assert_eq!(&*u1.placement_of("payment", now).unwrap().env, "pr-42");
+        assert_eq!(&*u1.placement_of("shipping", now).unwrap().env, "rush");
+        assert_eq!(&*s.entry("U2").unwrap().placement_of("payment", now).unwrap().env, "pr-9", "the live one");
+        assert_eq!(s.live_envs(now).iter().map(|e| &**e).collect::<Vec<_>>(), ["pr-42", "pr-9", "rush"]);
+        let back = Snapshot::from_json(s.to_json().as_bytes()).unwrap();
+        assert_eq!(back.fingerprint(), s.fingerprint());
+        assert_eq!(&*back.entry("U1").unwrap().placement_of("payment", now).unwrap().env, "pr-42");
+        // The default environment is left unnamed: a whitelist without environments keeps the
+        // fingerprint (and so the decision history) it had before they existed.
+        let plain = br#"{"version":1,"entries":[{"user":"U1","services":["a"],"expires_at":"2030-01-01T00:00:00Z"}]}"#;
+        let named = br#"{"version":1,"entries":[{"user":"U1","services":["a"],"expires_at":"2030-01-01T00:00:00Z","env":"rush"}]}"#;
+        let (plain, named) = (Snapshot::from_json(plain).unwrap(), Snapshot::from_json(named).unwrap());
+        assert_eq!(plain.to_json(), named.to_json());
+        assert!(!plain.to_json().contains("env"));
+        let moved = br#"{"version":1,"entries":[{"user":"U1","services":["a"],"expires_at":"2030-01-01T00:00:00Z","env":"pr-1"}]}"#;
+        assert_ne!(Snapshot::from_json(moved).unwrap().fingerprint(), plain.fingerprint());
+        let bad = br#"{"version":1,"entries":[{"user":"U1","services":["a"],"expires_at":"2030-01-01T00:00:00Z","env":"PR_1"}]}"#;
+        let err = Snapshot::from_json(bad).unwrap_err().to_string();
+        assert!(err.contains("entry 0") && err.contains("env") && err.contains("PR_1"), "{err}");
+    }
+
+    #[test]
+    fn a_service_held_in_two_environments_is_decided_by_the_first_by_name() {
+        let json = br#"{"version":1,"entries":[
+            {"user":"U1","services":["payment"],"expires_at":"2030-01-01T00:00:00Z","env":"pr-9"},
+            {"user":"U1","services":["payment"],"expires_at":"2030-01-01T00:00:00Z","env":"pr-10"}]}"#;
+        let s = Snapshot::from_json(json).unwrap();
+        assert_eq!(&*s.entry("U1").unwrap().placement_of("payment", 0).unwrap().env, "pr-10");
     }
 }

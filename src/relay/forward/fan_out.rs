@@ -10,9 +10,11 @@ use std::time::Instant;
 use rdkafka::message::{Header, Message};
 
 use crate::config::{Config, Route};
+use crate::environment;
 use crate::extract::{Headers, RecordView, TenancyKey};
 use crate::headers::{
-    InputHeaders, OUTBOX_INPUT_OFFSET, OUTBOX_INPUT_TIMESTAMP, OUTBOX_OUTPUT, Provenance, copy_headers, with_trace,
+    InputHeaders, OUTBOX_ENV, OUTBOX_INPUT_OFFSET, OUTBOX_INPUT_TIMESTAMP, OUTBOX_OUTPUT, Provenance, copy_headers,
+    with_trace,
 };
 use crate::metrics::{Metrics, RouteMetrics};
 use crate::relay::direction::poll::input_bytes;
@@ -221,6 +223,7 @@ impl FanOut {
                         OUTBOX_OUTPUT,
                         OUTBOX_INPUT_OFFSET,
                         OUTBOX_INPUT_TIMESTAMP,
+                        OUTBOX_ENV,
                     ];
                     let mut out = with_trace(input_headers, &drop, &trace);
                     if let Some(s) = stamp {
@@ -239,6 +242,10 @@ impl FanOut {
                         .insert(Header { key: OUTBOX_INPUT_OFFSET, value: Some(offset) });
                     if !timestamp.is_empty() {
                         out = out.insert(Header { key: OUTBOX_INPUT_TIMESTAMP, value: Some(timestamp) });
+                    }
+                    let env = decision.envs.of(i);
+                    if !environment::is_default(env) {
+                        out = out.insert(Header { key: OUTBOX_ENV, value: Some(env) });
                     }
                     (&route.outbox_topic, payload, Some(out))
                 }

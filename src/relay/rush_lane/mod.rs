@@ -29,7 +29,8 @@ use super::producer::Output;
 use super::stop::Stop;
 use crate::config::Config;
 use crate::extract::Headers;
-use crate::headers::{InputHeaders, OUTBOX_HEADERS, OUTBOX_INPUT_TIMESTAMP, OUTBOX_OUTPUT, copy_without};
+use crate::environment;
+use crate::headers::{InputHeaders, OUTBOX_ENV, OUTBOX_HEADERS, OUTBOX_INPUT_TIMESTAMP, OUTBOX_OUTPUT, copy_without};
 use crate::kafka;
 use crate::metrics::Metrics;
 use crate::tenancy::Cluster;
@@ -128,6 +129,7 @@ fn run_routes(
         writer,
         tracker: tracker.clone(),
         invalid: metrics.rush_outbox_invalid.clone(),
+        envs: Environments::new(config, routes, health),
     };
     health.set_rush_lane_down(None);
     let spec = Spec {
@@ -149,6 +151,7 @@ struct RushLane {
     writer: Writer,
     tracker: Arc<Tracker>,
     invalid: prometheus::IntCounter,
+    envs: Environments,
 }
 
 impl Handler for RushLane {
@@ -160,16 +163,26 @@ impl Handler for RushLane {
         let key = (ri, msg.partition());
         let headers = InputHeaders(msg.headers());
         let named = headers.last(OUTBOX_OUTPUT).and_then(|v| std::str::from_utf8(v).ok());
-        let Some(topic) = named.and_then(|t| self.outputs[ri].iter().find(|o| *o == t)) else {
+        let output = named.and_then(|t| self.outputs[ri].iter().position(|o| o == t));
+        let env = match headers.last(OUTBOX_ENV) {
+            None => Some(environment::DEFAULT),
+            Some(v) => std::str::from_utf8(v).ok().filter(|e| environment::valid(e)),
+        };
+        let (Some(output), Some(env)) = (output, env) else {
             // Not written by this bridge's configuration (a route's service was removed, or
             // someone else produced here): nothing to carry, and nothing to stop for.
             self.invalid.inc();
             tracing::warn!(
                 outbox = msg.topic(), partition = msg.partition(), offset = msg.offset(), destination = ?named,
-                "rush lane: outbox record names no output of its route; skipped"
+                env = ?headers.last(OUTBOX_ENV).map(String::from_utf8_lossy),
+                "rush lane: outbox record names no output of its route, or no environment; skipped"
             );
             self.tracker.begin(key, msg.offset(), 0, 0);
             return Ok(());
+        };
+        let topic = match self.envs.topics(env)? {
+            Some(topics) => &topics[ri][output],
+            None => &self.outputs[ri][output],
         };
         let opaque = self.tracker.begin(key, msg.offset(), 1, input_bytes(msg));
         let out = Output {
@@ -189,6 +202,54 @@ impl Handler for RushLane {
             cluster: Cluster::Rush,
         };
         self.writer.write(key, out, &origin, msg)
+    }
+}
+
+/// The environments the lane has written to since it started, with their Rush topics: an
+/// environment's topics are made right (created, grown) before its first copy is written.
+struct Environments {
+    config: Config,
+    /// The routes the lane carries, by index into the configuration.
+    routes: Vec<usize>,
+    /// Per environment other than the default: per route, per service, its Rush topic.
+    topics: std::collections::HashMap<String, Vec<Vec<String>>>,
+    health: Arc<Health>,
+}
+
+impl Environments {
+    fn new(config: &Config, routes: &[&crate::config::Route], health: &Arc<Health>) -> Self {
+        let routes = routes.iter().filter_map(|r| config.routes.iter().position(|c| c.topic == r.topic)).collect();
+        Self { config: config.clone(), routes, topics: Default::default(), health: health.clone() }
+    }
+
+    /// `env`'s topics, indexed like the lane's outputs; `None` for the default environment,
+    /// whose topics are the outputs themselves.
+    fn topics(&mut self, env: &str) -> Result<Option<&Vec<Vec<String>>>, RelayError> {
+        if environment::is_default(env) {
+            return Ok(None);
+        }
+        if !self.topics.contains_key(env) {
+            let checked = crate::topics::ensure_rush_env(&self.config, env)?;
+            // Each route's topics of this environment must be right before its first copy;
+            // one that is not stops the lane, which starts again and checks them again.
+            for (ri, result) in checked.into_iter().enumerate() {
+                if let (true, Err(e)) = (self.routes.contains(&ri), result) {
+                    return Err(RelayError::Topics(e));
+                }
+            }
+            let topics = self
+                .routes
+                .iter()
+                .map(|&ri| {
+                    let route = &self.config.routes[ri];
+                    route.services.iter().map(|s| environment::rush_topic(env, &s.output_topic)).collect()
+                })
+                .collect();
+            tracing::info!(env, "rush lane: environment's Rush topics ready");
+            self.health.rush_envs_changed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            self.topics.insert(env.to_owned(), topics);
+        }
+        Ok(self.topics.get(env))
     }
 }
 
