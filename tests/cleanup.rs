@@ -73,9 +73,9 @@ fn cleanup_ends_a_rush_session_for_one_service() {
         MapperClient::new(&mapper.url, Some(TOKEN.split_once(':').unwrap().1.to_owned()), Duration::from_secs(5))
             .unwrap();
     let day = Duration::from_secs(86_400);
-    admin.add("U1", &["payment".into(), "shipping".into()], day, Some("qa")).unwrap();
-    admin.add("U2", &["payment".into()], day, Some("qa")).unwrap();
-    admin.add("U3", &["shipping".into()], day, Some("qa")).unwrap();
+    admin.add("U1", &["payment".into(), "shipping".into()], day, Some("qa"), None).unwrap();
+    admin.add("U2", &["payment".into()], day, Some("qa"), None).unwrap();
+    admin.add("U3", &["shipping".into()], day, Some("qa"), None).unwrap();
 
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("bridge.toml");

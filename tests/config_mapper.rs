@@ -76,14 +76,14 @@ fn bad_requests_name_the_problem() {
 fn entries_expire_without_a_restart_and_etags_follow() {
     let m = Mapper::start(TOKEN);
     let c = client(&m);
-    c.add("U1", &["payment".into()], Duration::from_secs(1), Some("short")).unwrap();
-    c.add("U2", &["payment".into()], Duration::from_secs(3600), None).unwrap();
+    c.add("U1", &["payment".into()], Duration::from_secs(1), Some("short"), None).unwrap();
+    c.add("U2", &["payment".into()], Duration::from_secs(3600), None, None).unwrap();
     let SnapshotAnswer::Changed { snapshot, etag } = c.snapshot(None).unwrap() else { panic!("expected a body") };
     assert_eq!(snapshot.len(), 2);
     assert!(matches!(c.snapshot(etag.as_deref()).unwrap(), SnapshotAnswer::NotModified));
-    assert!(c.lookup("U1").unwrap().is_some());
+    assert!(!c.lookup("U1").unwrap().is_empty());
     common::wait_until("U1 did not expire", Instant::now() + Duration::from_secs(5), || {
-        c.lookup("U1").unwrap().is_none()
+        c.lookup("U1").unwrap().is_empty()
     });
     // The expiry changes the answer, so the old ETag no longer matches.
     let SnapshotAnswer::Changed { snapshot, .. } = c.snapshot(etag.as_deref()).unwrap() else {
@@ -98,8 +98,8 @@ fn restart_keeps_entries_and_the_audit_is_complete() {
     let dir = tempfile::tempdir().unwrap();
     let m = Mapper::start_in(dir.path(), TOKEN);
     let c = client(&m);
-    c.add("U1", &["payment".into(), "shipping".into()], Duration::from_secs(3600), Some("release 7 QA")).unwrap();
-    c.add("U2", &["ledger".into()], Duration::from_secs(3600), None).unwrap();
+    c.add("U1", &["payment".into(), "shipping".into()], Duration::from_secs(3600), Some("release 7 QA"), None).unwrap();
+    c.add("U2", &["ledger".into()], Duration::from_secs(3600), None, None).unwrap();
     assert!(c.remove("U1", Some("shipping")).unwrap());
     assert!(c.remove("U2", None).unwrap());
     assert!(!c.remove("U2", None).unwrap(), "removing twice finds nothing");
@@ -175,7 +175,7 @@ fn whitelist_cli_adds_lists_and_removes() {
 fn client_reports_a_refusal_with_the_servers_message() {
     let m = Mapper::start(TOKEN);
     let c = MapperClient::new(&m.url, Some("not-the-token-0000000".into()), Duration::from_secs(5)).unwrap();
-    match c.add("U1", &["a".into()], Duration::from_secs(60), None) {
+    match c.add("U1", &["a".into()], Duration::from_secs(60), None, None) {
         Err(ClientError::Refused { status: 403, message, .. }) => assert!(message.contains("token"), "{message}"),
         other => panic!("expected a 403 refusal, got {other:?}"),
     }

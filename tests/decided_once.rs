@@ -494,10 +494,10 @@ fn lookup_mode_kill_9_under_whitelist_flips_exactly_once_for_read_committed_read
     // U2 stays on Rush for shipping throughout: the closing events below give every outbox
     // partition a committed copy after whatever a killed instance left aborted at its end
     // (the Rush lane, reading read_committed, commits past an aborted tail only then).
-    client.add("U2", &["shipping".to_owned()], Duration::from_secs(3600), None).unwrap();
+    client.add("U2", &["shipping".to_owned()], Duration::from_secs(3600), None, None).unwrap();
     let flipper = Flipper::every(Duration::from_millis(300), move |n| {
         if n % 2 == 0 {
-            client.add("U1", &["payment".to_owned()], Duration::from_secs(3600), None).unwrap();
+            client.add("U1", &["payment".to_owned()], Duration::from_secs(3600), None, None).unwrap();
         } else {
             client.remove("U1", None).unwrap();
         }

@@ -59,7 +59,7 @@ fn lookup_mode_at_production_cardinality_and_through_a_hung_config_mapper() {
     let mut whitelisted: HashSet<(String, &str)> = HashSet::new();
     for i in 0..50 {
         let services: Vec<String> = SERVICES.iter().take(if i < 20 { 2 } else { 1 }).map(|s| s.to_string()).collect();
-        client.add(&format!("U{i}"), &services, Duration::from_secs(3600), Some("scale test")).unwrap();
+        client.add(&format!("U{i}"), &services, Duration::from_secs(3600), Some("scale test"), None).unwrap();
         for s in SERVICES.iter().take(services.len()) {
             whitelisted.insert((format!("U{i}"), s));
         }
@@ -113,7 +113,7 @@ fn lookup_mode_at_production_cardinality_and_through_a_hung_config_mapper() {
     // Phase 3: it answers again; a user whitelisted now reaches Rush from one point of each
     // partition on, never back.
     mapper.signal("CONT");
-    client.add("U9999", &["payment".into()], Duration::from_secs(3600), Some("after the outage")).unwrap();
+    client.add("U9999", &["payment".into()], Duration::from_secs(3600), Some("after the outage"), None).unwrap();
     let p = common::producer(&prod.bootstrap);
     let mut seq = EVENTS + 10_000;
     produce_until_seen(&p, &mut seq, "U9999", &rush.bootstrap);

@@ -48,7 +48,7 @@ fn new_entry_takes_effect_within_a_refresh_and_an_outage_blocks_nothing() {
         .build();
     let client =
         MapperClient::new(&f.mapper().url, Some("0123456789abcdef-e2e-token".into()), Duration::from_secs(5)).unwrap();
-    client.add("U1", &["payment".into()], Duration::from_secs(3600), Some("e2e baseline")).unwrap();
+    client.add("U1", &["payment".into()], Duration::from_secs(3600), Some("e2e baseline"), None).unwrap();
     let (prod, rush) = (&f.prod, &f.rush);
     let mut bridge = Bridge::start(&f.config);
 
@@ -89,7 +89,7 @@ fn new_entry_takes_effect_within_a_refresh_and_an_outage_blocks_nothing() {
         reached(&prod.bootstrap, b"U7")
     });
     let added_at = now_ms();
-    client.add("U7", &["payment".into()], Duration::from_secs(3600), Some("e2e switch")).unwrap();
+    client.add("U7", &["payment".into()], Duration::from_secs(3600), Some("e2e switch"), None).unwrap();
     // The refresh applied: U7's events reach Rush.
     common::wait_until("U7 never reached Rush", Instant::now() + Duration::from_secs(60), || {
         bridge.assert_running();
@@ -161,7 +161,7 @@ fn lookup_mode_through_the_binary() {
     let (prod, rush, config) = (&f.prod, &f.rush, &f.config);
     let client =
         MapperClient::new(&f.mapper().url, Some("0123456789abcdef-e2e-token".into()), Duration::from_secs(5)).unwrap();
-    client.add("U1", &["payment".into()], Duration::from_secs(3600), None).unwrap();
+    client.add("U1", &["payment".into()], Duration::from_secs(3600), None, None).unwrap();
 
     let users = ["U1", "U2", "U3"];
     let inputs: Vec<Input> = (0..600)
@@ -201,7 +201,7 @@ fn a_restart_while_the_config_mapper_is_down_starts_from_the_snapshot_log() {
         .build();
     let client =
         MapperClient::new(&f.mapper().url, Some("0123456789abcdef-e2e-token".into()), Duration::from_secs(5)).unwrap();
-    client.add("U1", &["payment".into()], Duration::from_secs(3600), Some("restart during an outage")).unwrap();
+    client.add("U1", &["payment".into()], Duration::from_secs(3600), Some("restart during an outage"), None).unwrap();
     let batch = |from: usize| -> Vec<Input> {
         (from..from + 20).map(|i| event(i, if i % 2 == 0 { "U1" } else { "U2" })).collect()
     };

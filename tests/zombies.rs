@@ -317,7 +317,7 @@ fn whitelist_u1(f: &Fixture, token: &str) {
         Duration::from_secs(5),
     )
     .unwrap();
-    client.add("U1", &["payment".to_owned()], Duration::from_secs(3600), Some("zombie test")).unwrap();
+    client.add("U1", &["payment".to_owned()], Duration::from_secs(3600), Some("zombie test"), None).unwrap();
 }
 
 /// Event `i` of the lookup tests on `partitions` partitions: every tenth of U1, the rest of

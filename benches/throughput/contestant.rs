@@ -205,7 +205,7 @@ pub fn start_mapper() -> common::Mapper {
     let client =
         tenancy_bridge::whitelist::client::MapperClient::new(&mapper.url, Some(token), Duration::from_secs(5)).unwrap();
     for i in (0..USERS).step_by(WHITELISTED_EVERY) {
-        client.add(&format!("U{i}"), &["payment".into()], Duration::from_secs(4 * 3600), Some("bench")).unwrap();
+        client.add(&format!("U{i}"), &["payment".into()], Duration::from_secs(4 * 3600), Some("bench"), None).unwrap();
     }
     mapper
 }
