@@ -12,7 +12,18 @@ use std::path::{Path, PathBuf};
 /// circles) and the layers below.
 const LAYERS: &[&[&str]] = &[
     // The pure core: no I/O, no async, no Kafka client.
-    &["json_scan", "extract", "splice", "config", "clock", "whitelist", "tenancy", "pinning", "topic_settings"],
+    &[
+        "json_scan",
+        "extract",
+        "splice",
+        "config",
+        "clock",
+        "environment",
+        "whitelist",
+        "tenancy",
+        "pinning",
+        "topic_settings",
+    ],
     // Clients, observability and wire formats.
     &["kafka", "metrics", "telemetry", "headers", "background"],
     // What the bridge keeps on prod besides outputs.
