@@ -51,10 +51,7 @@ fn route(user: UserLocator, stamp: StampMode) -> Route {
 }
 
 fn snapshot(users: usize) -> Snapshot {
-    Snapshot::new(
-        1,
-        (0..users).map(|i| (format!("U{i}"), Entry::new(vec!["payment".into()], i64::MAX))),
-    )
+    Snapshot::new(1, (0..users).map(|i| (format!("U{i}"), Entry::new(vec!["payment".into()], i64::MAX))))
 }
 
 fn extract_benches(c: &mut Criterion) {
@@ -192,10 +189,8 @@ fn whitelist_benches(c: &mut Criterion) {
         wait: Duration::from_millis(200),
         request_timeout: Duration::from_secs(2),
     };
-    let cache = Arc::new(LookupCache::new(
-        settings,
-        Box::new(|_| Ok(Some(Entry::new(vec!["payment".into()], i64::MAX)))),
-    ));
+    let cache =
+        Arc::new(LookupCache::new(settings, Box::new(|_| Ok(Some(Entry::new(vec!["payment".into()], i64::MAX))))));
     for i in 0..10_000 {
         cache.get(&format!("U{i}"));
     }
@@ -203,7 +198,9 @@ fn whitelist_benches(c: &mut Criterion) {
     let r = route(UserLocator::Header("x-user-id".into()), StampMode::Header);
     let headers: &H = &[("x-user-id", Some(b"U4242"))];
     let mut g = c.benchmark_group("whitelist");
-    g.bench_function("snapshot/lookup", |b| b.iter(|| snap.entry(black_box("U4242")).and_then(|e| e.placement_of("payment", 0)).is_some()));
+    g.bench_function("snapshot/lookup", |b| {
+        b.iter(|| snap.entry(black_box("U4242")).and_then(|e| e.placement_of("payment", 0)).is_some())
+    });
     g.bench_function("lookup-cache/hit", |b| b.iter(|| cache.peek(black_box("U4242")).is_some()));
     // Every user in turn, as a busy topic asks: the cache's bookkeeping at cardinality.
     let users: Vec<String> = (0..10_000).map(|i| format!("U{}", (i * 7919) % 10_000)).collect();

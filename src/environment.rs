@@ -28,11 +28,7 @@ pub fn valid(name: &str) -> bool {
 
 /// Why `name` is no environment name, for an error that names the field.
 pub fn check(name: &str) -> Result<(), String> {
-    if valid(name) {
-        Ok(())
-    } else {
-        Err(format!("{name:?} is not an environment name ([a-z0-9][a-z0-9-]{{0,39}})"))
-    }
+    if valid(name) { Ok(()) } else { Err(format!("{name:?} is not an environment name ([a-z0-9][a-z0-9-]{{0,39}})")) }
 }
 
 pub fn is_default(name: &str) -> bool {

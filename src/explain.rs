@@ -122,7 +122,12 @@ fn explain_user(config: &Config, route: &Route, user: &str) -> Result<Explanatio
                 "rush",
                 environment::rush_topic(&p.env, &s.output_topic),
                 Some(&*p.env),
-                format!("whitelisted for {} in environment {} until {}", s.name, p.env, format_rfc3339_ms(p.expires_at_ms)),
+                format!(
+                    "whitelisted for {} in environment {} until {}",
+                    s.name,
+                    p.env,
+                    format_rfc3339_ms(p.expires_at_ms)
+                ),
             ),
             None if entry.is_some_and(|e| e.is_live(now)) => {
                 ("prod", s.output_topic.clone(), None, format!("whitelisted, but not for {}", s.name))

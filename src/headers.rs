@@ -99,7 +99,8 @@ impl Provenance {
     /// True when `headers` say the record already came through the return path of `topic`,
     /// from any environment.
     pub fn came_through<H: Headers + ?Sized>(&self, headers: &H, topic: &str) -> bool {
-        let from_env = headers.last(&self.origin).and_then(|v| std::str::from_utf8(v).ok()).is_some_and(environment::valid);
+        let from_env =
+            headers.last(&self.origin).and_then(|v| std::str::from_utf8(v).ok()).is_some_and(environment::valid);
         from_env && headers.last(&self.topic) == Some(topic.as_bytes())
     }
 

@@ -27,9 +27,7 @@ fn route(services: &[&str], user: UserLocator, stamp: StampMode) -> Route {
 fn snap(entries: &[(&str, &[&str], i64)]) -> Snapshot {
     Snapshot::new(
         1,
-        entries.iter().map(|(u, s, exp)| {
-            ((*u).to_string(), Entry::new(s.iter().map(|x| (*x).into()).collect(), *exp))
-        }),
+        entries.iter().map(|(u, s, exp)| ((*u).to_string(), Entry::new(s.iter().map(|x| (*x).into()).collect(), *exp))),
     )
 }
 

@@ -142,7 +142,8 @@ pub fn ensure_prod(config: &Config) -> Result<InputTopics, TopicError> {
     let prod = partition_counts(&config.prod, "prod")?;
     let inputs = inputs(config, &prod)?;
     let retention = |d: std::time::Duration| vec![("retention.ms", d.as_millis().to_string())];
-    let internal = |topic: &str, input, settings| Wanted { topic: Cow::Owned(topic.to_owned()), input, settings, output: false };
+    let internal =
+        |topic: &str, input, settings| Wanted { topic: Cow::Owned(topic.to_owned()), input, settings, output: false };
     let mut wanted = vec![internal(&config.bridge.snapshots_topic, None, retention(config.bridge.decisions_retention))];
     // Takes the largest record any input accepts, with the headers that say why it is there.
     let largest = topic_settings::record_limit(inputs.values().map(|i| &i.settings));

@@ -120,8 +120,14 @@ fn table(entries: &[EntryView]) -> String {
     let mut out = format!("{:<w$}  {:<16}  {:<30}  {:<20}  LEFT\n", "USER", "ENV", "SERVICES", "EXPIRES");
     for e in entries {
         let left = left(&e.expires_at, now);
-        let _ =
-            writeln!(out, "{:<w$}  {:<16}  {:<30}  {:<20}  {left}", e.user, e.env(), e.services.join(","), e.expires_at);
+        let _ = writeln!(
+            out,
+            "{:<w$}  {:<16}  {:<30}  {:<20}  {left}",
+            e.user,
+            e.env(),
+            e.services.join(","),
+            e.expires_at
+        );
     }
     out
 }

@@ -137,7 +137,8 @@ impl Store {
         let mut out: Vec<(EnvSummary, i64)> = Vec::new();
         for p in all {
             if out.last().is_none_or(|(e, _)| e.env != p.env) {
-                let summary = EnvSummary { env: p.env.clone(), users: vec![], services: vec![], expires_at: String::new() };
+                let summary =
+                    EnvSummary { env: p.env.clone(), users: vec![], services: vec![], expires_at: String::new() };
                 out.push((summary, i64::MIN));
             }
             let Some((e, expires)) = out.last_mut() else { continue };
@@ -310,7 +311,8 @@ fn stored(user: String, env: String, services: &str, expires_at_ms: i64) -> Resu
 
 /// The placements `filter` (a `WHERE` clause over `user`, `env`, `expires_at_ms`) selects.
 fn placements(conn: &Connection, filter: &str, params: impl rusqlite::Params) -> Result<Vec<StoredEntry>, StoreError> {
-    let mut stmt = conn.prepare(&format!("SELECT user, env, services, expires_at_ms FROM placements WHERE {filter}"))?;
+    let mut stmt =
+        conn.prepare(&format!("SELECT user, env, services, expires_at_ms FROM placements WHERE {filter}"))?;
     let rows = stmt.query_map(params, |r| {
         Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?, r.get(3)?))
     })?;
@@ -377,7 +379,8 @@ mod tests {
     #[test]
     fn put_get_remove_and_audit() {
         let (_d, s) = store();
-        let e = s.put("U1", "rush", &["payment".into(), "shipping".into()], 60, "qa", Some("release 42"), None).unwrap();
+        let e =
+            s.put("U1", "rush", &["payment".into(), "shipping".into()], 60, "qa", Some("release 42"), None).unwrap();
         assert_eq!(e.services, ["payment", "shipping"]);
         assert_eq!(s.get("U1", now_ms()).unwrap()[0].services.len(), 2);
         assert_eq!(s.snapshot(now_ms()).unwrap().0, 1);

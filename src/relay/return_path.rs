@@ -56,6 +56,9 @@ pub fn run(
         let run = stop.until_changed(&health.rush_envs_changed);
         match run_once(config, &run, health, metrics, tracer, &refusals) {
             Ok(()) if !stop.requested() => {
+                // Environments tend to come in bursts (a lane catching up on an outbox): one
+                // restart for the burst, not a rebalance of the Rush group per environment.
+                settle(stop, &health.rush_envs_changed);
                 tracing::info!("return path: an environment's Rush topics appeared; starting again to read them");
             }
             Err(e @ (RelayError::Transaction(_) | RelayError::Delivery { .. }))
@@ -66,6 +69,20 @@ pub fn run(
                 stop.sleep(RESTART_BACKOFF);
             }
             r => return r,
+        }
+    }
+}
+
+/// How long no new environment must appear before the return path starts again.
+const ENVS_SETTLE: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// Waits until `counter` has not moved for [`ENVS_SETTLE`] (or a stop).
+fn settle(stop: &Stop<'_>, counter: &std::sync::atomic::AtomicU64) {
+    loop {
+        let quiet = stop.until_changed(counter);
+        quiet.sleep(ENVS_SETTLE);
+        if stop.requested() || !quiet.requested() {
+            return;
         }
     }
 }
@@ -138,7 +155,9 @@ pub fn sources(config: &Config) -> Vec<Source> {
         .collect();
     match crate::topics::rush_env_raw_topics(config) {
         Ok(found) => sources.extend(found.into_iter().map(|(route, env, topic)| Source { route, env, topic })),
-        Err(e) => tracing::warn!(error = %e, "return path: cannot list environments' raw topics on Rush; reading the default environment's"),
+        Err(e) => {
+            tracing::warn!(error = %e, "return path: cannot list environments' raw topics on Rush; reading the default environment's")
+        }
     }
     sources
 }

@@ -464,8 +464,7 @@ mod tests {
     #[test]
     fn entries_never_outlive_their_expiry() {
         let exp = now_ms() + 150;
-        let cache =
-            LookupCache::new(settings(), Box::new(move |_| Ok(Some(Entry::new(vec![], exp)))));
+        let cache = LookupCache::new(settings(), Box::new(move |_| Ok(Some(Entry::new(vec![], exp)))));
         assert!(matches!(cache.get("U1"), Answer::Listed(_)));
         // cache_ttl is 60 s: only the entry's own expiry (150 ms) can end it this soon.
         wait_until("U1 gone", Duration::from_secs(5), || cache.peek("U1").is_none());

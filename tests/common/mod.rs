@@ -752,6 +752,12 @@ impl FixtureBuilder {
         self
     }
 
+    /// The whitelist file's first content, as written (placements in environments, …).
+    pub fn whitelist_text(mut self, json: &str) -> Self {
+        self.whitelist = json.to_owned();
+        self
+    }
+
     /// The whitelist from a Config Mapper process with token file `tokens`, read with the
     /// `[whitelist]` keys `keys` (`refresh = "1s"`, `mode = "lookup"`, …).
     pub fn mapper(mut self, tokens: &str, keys: &str) -> Self {
