@@ -126,13 +126,21 @@ pub enum Command {
         #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
         idle: std::time::Duration,
     },
-    /// End a Rush session for a service: remove it from every whitelist entry and, when asked,
-    /// delete its per-service topics and consumer groups on the Rush cluster (never on prod).
+    /// End a Rush session for a service, or a whole environment: remove its whitelist entries
+    /// and, when asked, delete its topics and consumer groups on the Rush cluster (never on
+    /// prod). `--expired` reports the Rush topics of environments the whitelist no longer has.
+    #[command(group(clap::ArgGroup::new("target").required(true).args(["service", "env", "expired"])))]
     Cleanup {
         #[arg(long, short)]
         config: PathBuf,
         #[arg(long)]
-        service: String,
+        service: Option<String>,
+        /// An environment: its entries, its `{env}.…` topics and the groups reading them.
+        #[arg(long)]
+        env: Option<String>,
+        /// Report the Rush topics of environments with no live whitelist entry.
+        #[arg(long)]
+        expired: bool,
         /// Also delete the service's `{topic}.{service}` topics and the groups reading them on Rush.
         #[arg(long)]
         delete_topics: bool,

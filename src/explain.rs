@@ -83,6 +83,12 @@ fn current_whitelist(config: &Config, audit_of: Option<&str>) -> Result<(Snapsho
     Ok((snapshot, audit))
 }
 
+/// The environments with a live placement in the whitelist the bridge would read now.
+pub fn current_envs(config: &Config) -> Result<Vec<String>, ExplainError> {
+    let (snapshot, _) = current_whitelist(config, None)?;
+    Ok(snapshot.live_envs(now_ms()).iter().map(|e| e.to_string()).collect())
+}
+
 fn explain_user(config: &Config, route: &Route, user: &str) -> Result<Explanation, ExplainError> {
     let (snapshot, audit) = current_whitelist(config, Some(user))?;
     let now = now_ms();

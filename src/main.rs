@@ -123,15 +123,19 @@ fn dispatch(command: cli::Command) -> anyhow::Result<()> {
             emit(&if json { format!("{:#}\n", answer.json) } else { answer.text });
             Ok(())
         }
-        cli::Command::Cleanup { config, service, delete_topics, dry_run, groups, token_file } => {
+        cli::Command::Cleanup { config, service, env, expired, delete_topics, dry_run, groups, token_file } => {
             let c = Config::load(&config)?;
-            let opts = cleanup::Options {
-                service: &service,
-                delete_topics,
-                dry_run,
-                groups: &groups,
-                token_file: token_file.as_deref(),
+            if expired {
+                emit(&cleanup::expired(&c)?);
+                return Ok(());
+            }
+            let target = match (&service, &env) {
+                (Some(s), _) => cleanup::Target::Service(s),
+                (None, Some(e)) => cleanup::Target::Env(e),
+                (None, None) => anyhow::bail!("cleanup: pass --service, --env or --expired"),
             };
+            let opts =
+                cleanup::Options { target, delete_topics, dry_run, groups: &groups, token_file: token_file.as_deref() };
             let outcome = cleanup::run(&c, &opts);
             emit(&outcome.text);
             match outcome.error {

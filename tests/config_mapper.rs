@@ -217,3 +217,78 @@ fn a_scoped_token_whitelists_only_for_its_services() {
     let who: Vec<&str> = audit["records"].as_array().unwrap().iter().filter_map(|a| a["who"].as_str()).collect();
     assert!(who.contains(&"pay-team") && who.contains(&"qa-team"), "{audit}");
 }
+
+#[test]
+fn environments_hold_each_user_service_once_and_the_old_forms_still_work() {
+    let m = Mapper::start(TOKEN);
+    let auth = Some("Bearer 0123456789abcdef-secret");
+    let put = |user: &str, body: &str| raw(&m, "PUT", &format!("/v1/whitelist/{user}"), auth, body);
+    // The old form: no env, the default environment.
+    assert_eq!(put("U1", r#"{"services":["shipping"],"ttl_seconds":600}"#).0, 200);
+    let (status, e) = put("U1", r#"{"services":["payment"],"ttl_seconds":600,"env":"pr-42"}"#);
+    assert_eq!((status, e["env"].as_str()), (200, Some("pr-42")), "{e}");
+    // A second environment for a (user, service) held elsewhere: 409, naming the holder.
+    let (status, e) = put("U1", r#"{"services":["payment","search"],"ttl_seconds":600,"env":"pr-57"}"#);
+    assert_eq!(status, 409, "{e}");
+    let msg = e["error"].as_str().unwrap_or_default();
+    assert!(msg.contains("\"pr-42\"") && msg.contains("\"payment\""), "{msg}");
+    let (status, e) = put("U1", r#"{"services":["payment"],"ttl_seconds":600}"#);
+    assert_eq!(status, 409, "the default environment is an environment too: {e}");
+    let (status, e) = put("U1", r#"{"services":["payment"],"ttl_seconds":600,"env":"PR_42"}"#);
+    assert_eq!(status, 400, "{e}");
+    assert!(e["error"].as_str().unwrap_or_default().contains("env"), "{e}");
+    assert_eq!(put("U2", r#"{"services":["payment"],"ttl_seconds":600,"env":"pr-42"}"#).0, 200);
+
+    // GET of a user: the old form (services, expires_at) and every placement.
+    let (status, u) = raw(&m, "GET", "/v1/whitelist/U1", None, "");
+    assert_eq!(status, 200);
+    assert_eq!(u["services"], serde_json::json!(["payment", "shipping"]), "{u}");
+    assert!(u["expires_at"].is_string());
+    let placed: Vec<(String, String)> =
+        client(&m).lookup("U1").unwrap().into_iter().map(|e| (e.env().to_owned(), e.services.join(","))).collect();
+    assert_eq!(placed, [("pr-42".into(), "payment".into()), ("rush".into(), "shipping".into())]);
+
+    // The snapshot carries env on every entry; the bridge reads it so.
+    let SnapshotAnswer::Changed { snapshot, .. } = client(&m).snapshot(None).unwrap() else { panic!("no snapshot") };
+    let u1 = snapshot.entry("U1").unwrap();
+    assert_eq!(&*u1.placement_of("payment", 0).unwrap().env, "pr-42");
+    assert_eq!(&*u1.placement_of("shipping", 0).unwrap().env, "rush");
+
+    let envs = client(&m).envs().unwrap();
+    let names: Vec<(&str, usize)> = envs.iter().map(|e| (e.env.as_str(), e.users.len())).collect();
+    assert_eq!(names, [("pr-42", 2), ("rush", 1)]);
+
+    // DELETE of a service finds it in whichever environment holds it; ending an environment
+    // leaves the others.
+    assert_eq!(raw(&m, "DELETE", "/v1/whitelist/U2/payment", auth, "").0, 204);
+    assert_eq!(raw(&m, "DELETE", "/v1/envs/pr-42", None, "").0, 401);
+    assert_eq!(raw(&m, "DELETE", "/v1/envs/pr-42", auth, "").0, 204);
+    assert_eq!(raw(&m, "DELETE", "/v1/envs/pr-42", auth, "").0, 404);
+    let left: Vec<String> = client(&m).list().unwrap().into_iter().map(|e| format!("{}:{}", e.user, e.env())).collect();
+    assert_eq!(left, ["U1:rush"]);
+    let audit = client(&m).audit().unwrap();
+    assert!(audit.iter().any(|a| a.action == "end-env" && a.user == "U1" && a.env.as_deref() == Some("pr-42")));
+
+    // The CLI places and lists.
+    let cli = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_tenancy-bridge"))
+            .arg("whitelist")
+            .args(args)
+            .args(["--url", &m.url])
+            .env("TENANCY_BRIDGE_TOKEN", TOKEN)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
+        )
+    };
+    let (ok, text) = cli(&["add", "--user", "U9", "--services", "payment", "--ttl", "1h", "--env", "pr-9"]);
+    assert!(ok && text.contains("in environment pr-9"), "{text}");
+    let (ok, text) = cli(&["add", "--user", "U9", "--services", "payment", "--ttl", "1h", "--env", "pr-10"]);
+    assert!(!ok && text.contains("pr-9"), "{text}");
+    let (ok, text) = cli(&["ls"]);
+    assert!(ok && text.contains("ENV") && text.lines().any(|l| l.contains("U9") && l.contains("pr-9")), "{text}");
+    let (ok, text) = cli(&["envs"]);
+    assert!(ok && text.lines().any(|l| l.starts_with("pr-9")), "{text}");
+}
