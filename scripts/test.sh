@@ -18,7 +18,7 @@ cargo clippy --release --locked --all-targets -- -D warnings
 # What proves a delivery guarantee runs on Apache Kafka, the broker users run; the rest runs
 # where it is fastest (tansu, librdkafka's mock cluster, no broker). Every file in tests/ is in
 # exactly one list.
-delivery=(exactly_once decided_once migrate prod_outage rush_outage scale_out shutdown zombies)
+delivery=(environment_moves exactly_once decided_once migrate prod_outage rush_outage scale_out shutdown zombies)
 functional=(broker_behaviour cleanup cli config_mapper demo e2e_tansu environments layers lookup_scale observability
   relay_mock return_path scenarios topic_settings tracing whitelist_e2e)
 for f in tests/*.rs; do
