@@ -63,6 +63,9 @@ pub struct Metrics {
     pub rush_outbox_invalid: IntCounter,
     pub rush_copies_lost: IntCounter,
     pub rush_routes_broken: IntGauge,
+    pub rush_envs: IntGauge,
+    pub rush_env_topics_mismatched: IntGauge,
+    pub envs_refused: IntCounter,
     pub decision_pins: IntCounter,
     pub decision_pins_refreshed: IntCounter,
     pub decisions_replayed: IntCounter,
@@ -302,6 +305,30 @@ impl Metrics {
                     name("rush_routes_broken"),
                     "Routes whose Rush topics cannot be used (wrong partition count, cannot be created): their \
                      copies wait in the outbox while every other route's flow.",
+                )?,
+            )?,
+            rush_envs: reg(
+                &registry,
+                IntGauge::new(
+                    name("rush_envs"),
+                    "Environments other than the default one whose Rush topics the Rush lane has made ready and \
+                     writes to.",
+                )?,
+            )?,
+            rush_env_topics_mismatched: reg(
+                &registry,
+                IntGauge::new(
+                    name("rush_env_topics_mismatched"),
+                    "Environments' Rush topics whose partition count is not their input's: their copies go to \
+                     input partition % partitions (each key on one partition, in order); /readyz names them.",
+                )?,
+            )?,
+            envs_refused: reg(
+                &registry,
+                IntCounter::new(
+                    name("envs_refused_total"),
+                    "Whitelist placements in an environment beyond bridge.max_envs, refused (their events stay in \
+                     production).",
                 )?,
             )?,
             decision_pins: reg(

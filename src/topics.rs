@@ -174,31 +174,16 @@ pub fn ensure_prod(config: &Config) -> Result<InputTopics, TopicError> {
 /// count) is that route's error, in the route's place in the result; a cluster that cannot
 /// be read is the whole call's.
 pub fn ensure_rush(config: &Config) -> Result<Vec<Result<(), TopicError>>, TopicError> {
-    ensure_rush_env(config, environment::DEFAULT)
-}
-
-/// [`ensure_rush`] for environment `env`: the same topics under its names
-/// ([`environment::rush_topic`]), created before its first copy is written.
-pub fn ensure_rush_env(config: &Config, env: &str) -> Result<Vec<Result<(), TopicError>>, TopicError> {
     let inputs = inputs(config, &partition_counts(&config.prod, "prod")?)?;
     let rush = partition_counts(&config.rush, "rush")?;
     let mut routes = Vec::with_capacity(config.routes.len());
     for r in &config.routes {
-        let mut wanted = route_outputs(r, &inputs, true);
-        let input = Some(r.topic.as_str());
-        if r.return_path {
-            let settings = topic_settings::copied(&inputs[&r.topic].settings);
-            wanted.push(Wanted { topic: Cow::Borrowed(&r.topic), input, settings, output: true });
-        }
-        if !environment::is_default(env) {
-            for w in &mut wanted {
-                w.topic = Cow::Owned(environment::rush_topic(env, &w.topic));
-            }
-        }
+        let mut wanted = rush_topics(r, &inputs, environment::DEFAULT);
         // Exactly-once: the Rush lane's progress is stored on Rush as its group's committed
         // offsets of the outbox, and a broker keeps offsets only of topics it has. This topic
         // stays empty; it anchors them.
         if config.bridge.delivery == crate::config::Delivery::ExactlyOnce {
+            let input = Some(r.topic.as_str());
             wanted.push(Wanted { topic: Cow::Borrowed(&r.outbox_topic), input, settings: Vec::new(), output: false });
         }
         match ensure(config, &config.rush, "rush", &rush, &inputs, &wanted) {
@@ -207,6 +192,63 @@ pub fn ensure_rush_env(config: &Config, env: &str) -> Result<Vec<Result<(), Topi
         }
     }
     Ok(routes)
+}
+
+/// Route `r`'s topics on Rush in environment `env`: its outputs, and its raw topic if it
+/// returns.
+fn rush_topics<'a>(r: &'a crate::config::Route, inputs: &InputTopics, env: &str) -> Vec<Wanted<'a>> {
+    let mut wanted = route_outputs(r, inputs, true);
+    if r.return_path {
+        let settings = topic_settings::copied(&inputs[&r.topic].settings);
+        wanted.push(Wanted { topic: Cow::Borrowed(&r.topic), input: Some(r.topic.as_str()), settings, output: true });
+    }
+    if !environment::is_default(env) {
+        for w in &mut wanted {
+            w.topic = Cow::Owned(environment::rush_topic(env, &w.topic));
+        }
+    }
+    wanted
+}
+
+/// An environment's Rush topic whose partition count is not its input's (created by hand or
+/// by a client's auto-creation): its copies are folded onto the partitions it has.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mismatched {
+    pub topic: String,
+    pub partitions: usize,
+    pub input_partitions: usize,
+}
+
+/// Environment `env`'s Rush topics (not the default environment's), made right before its
+/// first copy: missing ones created, short ones grown. One that has more partitions than its
+/// input, or fewer and cannot grow, is returned rather than refused: the environment keeps
+/// flowing on the partitions it has, and only it is affected.
+pub fn ensure_env(config: &Config, env: &str) -> Result<Vec<Mismatched>, TopicError> {
+    let inputs = inputs(config, &partition_counts(&config.prod, "prod")?)?;
+    let rush = partition_counts(&config.rush, "rush")?;
+    let mut wanted = Vec::new();
+    let mut mismatched = Vec::new();
+    for r in &config.routes {
+        for w in rush_topics(r, &inputs, env) {
+            let expected = inputs[&r.topic].partitions;
+            let Some(&actual) = rush.get(&*w.topic).filter(|n| **n != expected) else {
+                wanted.push(w);
+                continue;
+            };
+            // Short of its input's partitions: grown if it can be (as the default
+            // environment's are), else folded like one that has too many.
+            let grown = actual < expected
+                && config.bridge.create_topics
+                && grow(&config.rush, "rush", &[(&w.topic, expected)])
+                    .map_err(|e| tracing::warn!(error = %e, "environment topic cannot grow"))
+                    .is_ok();
+            if !grown {
+                mismatched.push(Mismatched { topic: w.topic.to_string(), partitions: actual, input_partitions: expected });
+            }
+        }
+    }
+    ensure(config, &config.rush, "rush", &rush, &inputs, &wanted)?;
+    Ok(mismatched)
 }
 
 /// The raw topics environments other than the default one have on Rush, as

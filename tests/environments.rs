@@ -18,6 +18,8 @@ const PARTITIONS: i32 = 4;
 const SERVICES: [&str; 2] = ["payment", "shipping"];
 const PAYMENT_ENVS: [&str; 3] = ["pr-1", "pr-2", "pr-3"];
 const SHIPPING_ENVS: [&str; 2] = ["pr-7", "pr-8"];
+/// Created by hand with 1 partition where its input has 4.
+const BROKEN: &str = "pr-3.orders.payment";
 
 /// The oracle: where user `u`'s events for `service` belong (`None`: production).
 /// U0–U29: payment in pr-1/pr-2/pr-3; U30–U49: shipping in pr-7/pr-8; U50–U59: payment in
@@ -89,6 +91,10 @@ fn each_environment_gets_exactly_its_users_events_and_production_the_rest() {
     let routes = "[[routes]]\ntopic = \"orders\"\nservices = [\"payment\", \"shipping\"]\nuser = { header = \"x-user-id\" }\nreturn_path = true\n";
     let f = Fixture::builder().topic("orders", PARTITIONS).whitelist_text(&whitelist()).routes(routes).admin().build();
     let (prod, rush) = (&f.prod.bootstrap, &f.rush.bootstrap);
+    // One environment's topic made by hand with the wrong partition count (as a Java client's
+    // auto-creation would): that environment keeps flowing on the partition it has, and
+    // nothing else is delayed.
+    common::create_topic(rush, BROKEN, 1);
     let inputs: Vec<Input> = (0..EVENTS).map(input).collect();
     common::produce(prod, "orders", &inputs[..EVENTS / 2]);
     let started = Instant::now();
@@ -124,10 +130,12 @@ fn each_environment_gets_exactly_its_users_events_and_production_the_rest() {
             let tid: usize = std::str::from_utf8(r.header(TID).unwrap()).unwrap().parse().unwrap();
             found.entry((service, tid)).or_default().push(env.as_str());
             let i = &inputs[tid];
-            if r.partition != i.partition {
-                violations.push(format!("{topic}: event {tid} in partition {} not {}", r.partition, i.partition));
+            let partition = if topic == BROKEN { 0 } else { i.partition };
+            if r.partition != partition {
+                violations.push(format!("{topic}: event {tid} in partition {} not {partition}", r.partition));
             }
-            let key = (r.partition, r.key.clone().unwrap_or_default());
+            // Order is the input partition's (the test puts one user's events on several).
+            let key = (i.partition, r.key.clone().unwrap_or_default());
             if let Some(prev) = last.insert(key, tid).filter(|prev| *prev > tid) {
                 violations.push(format!("{topic}: event {tid} after {prev} of the same key"));
             }
@@ -160,6 +168,12 @@ fn each_environment_gets_exactly_its_users_events_and_production_the_rest() {
         let n: usize = per_env.iter().filter(|(k, _)| k.starts_with(&format!("{env}/"))).map(|(_, n)| n).sum();
         assert!(n > 500, "environment {env} got only {n} copies: too few to mean anything");
     }
+
+    let (status, ready) = common::http_get(f.admin(), "/readyz");
+    assert_eq!(status, 200, "only an environment's Rush topic is wrong: {ready}");
+    assert!(ready.contains(BROKEN) && ready.contains("pr-3"), "readiness names the topic: {ready}");
+    assert_eq!(common::metric(f.admin(), "tenancy_bridge_rush_env_topics_mismatched"), Some(1.0));
+    assert_eq!(common::metric(f.admin(), "tenancy_bridge_rush_envs"), Some(5.0));
 
     // Environments' raw topics were created with the input's partitions before their first
     // copy, so their Rush instances can produce back; what comes back says where from.

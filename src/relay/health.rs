@@ -94,6 +94,8 @@ pub struct Health {
     pub rush_envs_changed: std::sync::atomic::AtomicU64,
     /// Per route whose Rush topics are unusable: why. Its copies wait; other routes flow.
     rush_routes_broken: std::sync::Mutex<Vec<String>>,
+    /// Environments whose Rush topics take copies on fewer or more partitions than their input.
+    rush_envs_degraded: std::sync::Mutex<Vec<String>>,
     /// Why the forward direction is starting again (production outputs wait); `None` while it runs.
     forward_down: std::sync::Mutex<Option<String>>,
 }
@@ -134,9 +136,16 @@ impl Health {
         }
     }
 
+    pub fn set_rush_envs_degraded(&self, why: Vec<String>) {
+        if let Ok(mut g) = self.rush_envs_degraded.lock() {
+            *g = why;
+        }
+    }
+
     /// Why the Rush side is degraded: production is unaffected, Rush copies wait in the outbox.
     pub fn rush_degraded(&self) -> Vec<String> {
         let mut why = self.rush_routes_broken.lock().map(|g| g.clone()).unwrap_or_default();
+        why.extend(self.rush_envs_degraded.lock().map(|g| g.clone()).unwrap_or_default());
         if self.unreachable(ProducerRole::Rush) {
             why.push("rush producer: no broker up".to_owned());
         }

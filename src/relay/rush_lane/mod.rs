@@ -129,7 +129,7 @@ fn run_routes(
         writer,
         tracker: tracker.clone(),
         invalid: metrics.rush_outbox_invalid.clone(),
-        envs: Environments::new(config, routes, health),
+        envs: Environments::new(config, routes, health, metrics),
     };
     health.set_rush_lane_down(None);
     let spec = Spec {
@@ -180,14 +180,17 @@ impl Handler for RushLane {
             self.tracker.begin(key, msg.offset(), 0, 0);
             return Ok(());
         };
-        let topic = match self.envs.topics(env)? {
-            Some(topics) => &topics[ri][output],
-            None => &self.outputs[ri][output],
+        let (topic, partition) = match self.envs.topics(env)? {
+            Some(topics) => {
+                let t = &topics[ri][output];
+                (&t.name, t.partition(msg.partition()))
+            }
+            None => (&self.outputs[ri][output], msg.partition()),
         };
         let opaque = self.tracker.begin(key, msg.offset(), 1, input_bytes(msg));
         let out = Output {
             topic,
-            partition: msg.partition(),
+            partition,
             key: msg.key(),
             payload: msg.payload(),
             headers: msg.headers().map(|h| copy_without(h, &OUTBOX_HEADERS)),
@@ -212,44 +215,92 @@ struct Environments {
     /// The routes the lane carries, by index into the configuration.
     routes: Vec<usize>,
     /// Per environment other than the default: per route, per service, its Rush topic.
-    topics: std::collections::HashMap<String, Vec<Vec<String>>>,
+    topics: std::collections::HashMap<String, Vec<Vec<EnvTopic>>>,
+    /// Why environments' topics are degraded, for `/readyz`.
+    mismatched: Vec<String>,
     health: Arc<Health>,
+    metrics: Arc<Metrics>,
+}
+
+/// Where a copy of one environment goes: its topic, and the partitions it has when that is not
+/// its input's count (created by hand or auto-created by a client). Such a topic still takes
+/// every copy, on `input partition % partitions`: one key's copies stay on one partition in
+/// order, and the environment keeps working while `/readyz` names the topic to fix.
+struct EnvTopic {
+    name: String,
+    fold: Option<i32>,
+}
+
+impl EnvTopic {
+    fn partition(&self, input: i32) -> i32 {
+        self.fold.filter(|n| *n > 0).map_or(input, |n| input % n)
+    }
 }
 
 impl Environments {
-    fn new(config: &Config, routes: &[&crate::config::Route], health: &Arc<Health>) -> Self {
+    fn new(config: &Config, routes: &[&crate::config::Route], health: &Arc<Health>, metrics: &Arc<Metrics>) -> Self {
         let routes = routes.iter().filter_map(|r| config.routes.iter().position(|c| c.topic == r.topic)).collect();
-        Self { config: config.clone(), routes, topics: Default::default(), health: health.clone() }
+        Self {
+            config: config.clone(),
+            routes,
+            topics: Default::default(),
+            mismatched: Vec::new(),
+            health: health.clone(),
+            metrics: metrics.clone(),
+        }
     }
 
     /// `env`'s topics, indexed like the lane's outputs; `None` for the default environment,
     /// whose topics are the outputs themselves.
-    fn topics(&mut self, env: &str) -> Result<Option<&Vec<Vec<String>>>, RelayError> {
+    fn topics(&mut self, env: &str) -> Result<Option<&Vec<Vec<EnvTopic>>>, RelayError> {
         if environment::is_default(env) {
             return Ok(None);
         }
         if !self.topics.contains_key(env) {
-            let checked = crate::topics::ensure_rush_env(&self.config, env)?;
-            // Each route's topics of this environment must be right before its first copy;
-            // one that is not stops the lane, which starts again and checks them again.
-            for (ri, result) in checked.into_iter().enumerate() {
-                if let (true, Err(e)) = (self.routes.contains(&ri), result) {
-                    return Err(RelayError::Topics(e));
-                }
+            let mismatched = crate::topics::ensure_env(&self.config, env)?;
+            for m in &mismatched {
+                tracing::error!(
+                    env, topic = %m.topic, partitions = m.partitions, input_partitions = m.input_partitions,
+                    "rush lane: an environment's Rush topic has the wrong partition count; its copies go to \
+                     input partition % {}, each key on one partition in order; recreate it to restore partitions",
+                    m.partitions
+                );
+                self.mismatched.push(format!(
+                    "environment {env}: rush topic {} has {} partitions, its input {}",
+                    m.topic, m.partitions, m.input_partitions
+                ));
             }
+            self.metrics.rush_env_topics_mismatched.add(mismatched.len() as i64);
+            self.health.set_rush_envs_degraded(self.mismatched.clone());
+            let fold = |name: &str| {
+                mismatched.iter().find(|m| m.topic == name).map(|m| i32::try_from(m.partitions).unwrap_or(i32::MAX))
+            };
             let topics = self
                 .routes
                 .iter()
                 .map(|&ri| {
                     let route = &self.config.routes[ri];
-                    route.services.iter().map(|s| environment::rush_topic(env, &s.output_topic)).collect()
+                    (route.services.iter())
+                        .map(|s| environment::rush_topic(env, &s.output_topic))
+                        .map(|name| EnvTopic { fold: fold(&name), name })
+                        .collect()
                 })
                 .collect();
             tracing::info!(env, "rush lane: environment's Rush topics ready");
+            self.metrics.rush_envs.inc();
             self.health.rush_envs_changed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             self.topics.insert(env.to_owned(), topics);
         }
         Ok(self.topics.get(env))
+    }
+}
+
+impl Drop for Environments {
+    /// The next run of the lane checks every environment's topics again.
+    fn drop(&mut self) {
+        self.metrics.rush_env_topics_mismatched.sub(self.mismatched.len() as i64);
+        self.metrics.rush_envs.sub(self.topics.len() as i64);
+        self.health.set_rush_envs_degraded(Vec::new());
     }
 }
 
