@@ -188,6 +188,7 @@ fn whitelist_benches(c: &mut Criterion) {
         capacity: 100_000,
         wait: Duration::from_millis(200),
         request_timeout: Duration::from_secs(2),
+        max_envs: 100,
     };
     let cache =
         Arc::new(LookupCache::new(settings, Box::new(|_| Ok(Some(Entry::new(vec!["payment".into()], i64::MAX))))));
@@ -228,5 +229,34 @@ fn whitelist_benches(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, extract_benches, decide_and_stamp_benches, whitelist_benches);
+/// Decision cost against the number of environments: 10,000 whitelisted users spread over 1,
+/// 10 or 100 environments, decided for a whitelisted and a production user. Flat is the
+/// target (DESIGN.md: cost per record does not grow with environments).
+fn environment_benches(c: &mut Criterion) {
+    let key = TenancyKey::new("event_tenancy");
+    let mut g = c.benchmark_group("decide-environments");
+    let header_route = route(UserLocator::Header("x-user-id".into()), StampMode::Header);
+    for envs in [1usize, 10, 100] {
+        let names: Vec<std::sync::Arc<str>> = (0..envs).map(|e| format!("pr-{e}").into()).collect();
+        let snap = Snapshot::new(
+            1,
+            (0..10_000).map(|i| {
+                (format!("U{i}"), Entry::placed(names[i % envs].clone(), vec!["payment".into()], i64::MAX))
+            }),
+        );
+        for (name, user) in [("whitelisted", &b"U4242"[..]), ("not-whitelisted", &b"X99"[..])] {
+            let headers: &H = &[("x-user-id", Some(user))];
+            g.bench_function(format!("{envs}-envs/{name}"), |b| {
+                let v = RecordView { key: None, payload: None, headers };
+                b.iter(|| {
+                    let d = tenancy::decide(black_box(&header_route), black_box(&v), &snap, 0, &key);
+                    (d.rush, d.envs.of(0).len())
+                })
+            });
+        }
+    }
+    g.finish();
+}
+
+criterion_group!(benches, extract_benches, decide_and_stamp_benches, whitelist_benches, environment_benches);
 criterion_main!(benches);

@@ -72,6 +72,7 @@ impl AdminState {
             let snap = s.load();
             m.whitelist_version.set(snap.version() as i64);
             m.whitelist_entries.set(snap.len() as i64);
+            m.envs_refused.set(snap.refused_envs().len() as i64);
         }
         if let Some(s) = &self.source {
             m.whitelist_staleness.set(s.staleness_seconds().unwrap_or(f64::INFINITY));

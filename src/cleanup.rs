@@ -216,7 +216,7 @@ fn whitelist(
 ) -> Result<bool, CleanupError> {
     if let Some(path) = &config.whitelist.file {
         return whitelist_file(path, o, out, &verb, |user, e| {
-            let Some(services) = e.get_mut("services").and_then(|s| s.as_array_mut()) else { return None };
+            let services = e.get_mut("services").and_then(|s| s.as_array_mut())?;
             let before = services.len();
             services.retain(|s| s.as_str() != Some(service));
             (services.len() != before).then(|| format!("{user}: {} {service}", verb("removed", "would remove")))

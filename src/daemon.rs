@@ -23,7 +23,7 @@ pub enum DaemonError {
 /// Runs until `shutdown` is set (or the relay fails), then drains and returns its summary.
 pub fn run(config: &Config, shutdown: Arc<AtomicBool>) -> Result<Summary, DaemonError> {
     // Held for the run: dropping a source stops it.
-    let (running, whitelist) = source::start(&config.whitelist)?;
+    let (running, whitelist) = source::start(&config.whitelist, config.bridge.max_envs)?;
     if let (WhitelistSource::Snapshot(shared), Some(status)) = (&whitelist, running.status()) {
         if !status.loaded() {
             start_from_snapshot_log(config, shared, &status);

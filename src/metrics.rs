@@ -65,7 +65,7 @@ pub struct Metrics {
     pub rush_routes_broken: IntGauge,
     pub rush_envs: IntGauge,
     pub rush_env_topics_mismatched: IntGauge,
-    pub envs_refused: IntCounter,
+    pub envs_refused: IntGauge,
     pub decision_pins: IntCounter,
     pub decision_pins_refreshed: IntCounter,
     pub decisions_replayed: IntCounter,
@@ -325,10 +325,10 @@ impl Metrics {
             )?,
             envs_refused: reg(
                 &registry,
-                IntCounter::new(
-                    name("envs_refused_total"),
-                    "Whitelist placements in an environment beyond bridge.max_envs, refused (their events stay in \
-                     production).",
+                IntGauge::new(
+                    name("envs_refused"),
+                    "Environments of the current whitelist beyond bridge.max_envs, refused: their users' events \
+                     stay in production (snapshot mode; lookup mode logs each).",
                 )?,
             )?,
             decision_pins: reg(

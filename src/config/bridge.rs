@@ -100,6 +100,10 @@ pub struct BridgeConfig {
     /// decided, tried again) before it is decided from the live whitelist; `0s` decides at once.
     #[serde(default = "defaults::decision_history_hold", with = "humantime_serde")]
     pub decision_history_hold: Duration,
+    /// Most environments (besides the default one) served at once; placements in further
+    /// environments (the last by name) are refused: their users' events stay in production.
+    #[serde(default = "defaults::max_envs")]
+    pub max_envs: usize,
     /// `at-least-once` (the default) or `exactly-once` (Kafka transactions on prod).
     #[serde(default)]
     pub delivery: Delivery,
@@ -170,6 +174,7 @@ impl Default for BridgeConfig {
             decisions_retention: defaults::decisions_retention(),
             decisions_refresh: None,
             decision_history_hold: defaults::decision_history_hold(),
+            max_envs: defaults::max_envs(),
             delivery: Delivery::default(),
             transaction_interval: defaults::transaction_interval(),
             transaction_timeout: defaults::transaction_timeout(),
@@ -199,6 +204,9 @@ impl BridgeConfig {
         }
         if !valid_header_name(&b.origin_header) || b.origin_header == b.tenancy_header {
             return Err(invalid("bridge.origin_header", "must be a printable ASCII name other than tenancy_header"));
+        }
+        if b.max_envs > 10_000 {
+            return Err(invalid("bridge.max_envs", "at most 10000: each environment has topics and a metric label"));
         }
         if b.max_in_flight == 0 {
             return Err(invalid("bridge.max_in_flight", "must be at least 1"));
@@ -336,6 +344,9 @@ mod defaults {
     }
     pub fn decision_history_hold() -> Duration {
         Duration::from_secs(60)
+    }
+    pub fn max_envs() -> usize {
+        100
     }
     pub fn transaction_interval() -> Duration {
         // Each commit first waits for every write in flight, which empties librdkafka's

@@ -125,7 +125,7 @@ pub fn run(opts: &Options, out: &mut dyn Write) -> Result<bool, DemoError> {
     writeln!(out, "  route           orders -> payment, shipping; user from header x-user-id; return path on\n")?;
 
     let config = Config::parse(&config_text(&prod_bs, &rush_bs, &mapper.url), std::iter::empty())?;
-    let (_source, whitelist) = crate::whitelist::source::start(&config.whitelist)?;
+    let (_source, whitelist) = crate::whitelist::source::start(&config.whitelist, config.bridge.max_envs)?;
     let shutdown = Arc::new(AtomicBool::new(false));
     let observers = Arc::new(relay::Observers::new(&config)?);
     let relay = {

@@ -40,10 +40,11 @@ pub fn load(path: &Path) -> Result<Snapshot, WatchError> {
 
 impl FileSource {
     /// Loads the file once (an error here is a start-up error) and starts watching it.
-    pub fn start(path: PathBuf, refresh: Duration, target: SharedSnapshot) -> Result<Self, WatchError> {
+    /// At most `max_envs` environments besides the default one ([`Snapshot::limit_envs`]).
+    pub fn start(path: PathBuf, refresh: Duration, target: SharedSnapshot, max_envs: usize) -> Result<Self, WatchError> {
         // Compared by content, not mtime: two writes within one mtime tick must not be missed.
         let mut seen = read(&path)?;
-        let first = parse(&path, &seen)?;
+        let first = limited(parse(&path, &seen)?, max_envs);
         tracing::info!(path = %path.display(), version = first.version(), users = first.len(), "whitelist loaded");
         target.store(Arc::new(first));
         let (stop, stopped) = mpsc::channel::<()>();
@@ -63,7 +64,7 @@ impl FileSource {
                             continue;
                         }
                     };
-                    let parsed = parse(&path, &bytes);
+                    let parsed = parse(&path, &bytes).map(|s| limited(s, max_envs));
                     seen = bytes;
                     match parsed {
                         Ok(s) => {
@@ -79,6 +80,21 @@ impl FileSource {
             .map_err(WatchError::Spawn)?;
         Ok(Self { stop, thread: Some(thread) })
     }
+}
+
+/// `snapshot` with at most `max_envs` environments; the refused ones are logged (and shown by
+/// the `envs_refused` gauge).
+pub fn limited(snapshot: Snapshot, max_envs: usize) -> Snapshot {
+    let s = snapshot.limit_envs(max_envs);
+    if !s.refused_envs().is_empty() {
+        let refused: Vec<&str> = s.refused_envs().iter().map(|e| &**e).collect();
+        tracing::error!(
+            max_envs, ?refused,
+            "whitelist names more environments than bridge.max_envs: these are refused and their users' events \
+             stay in production (raise bridge.max_envs or end environments)"
+        );
+    }
+    s
 }
 
 impl Drop for FileSource {

@@ -83,6 +83,9 @@ pub struct LookupSettings {
     /// Timeout of one request; with `wait`, the most a record ever waits (queued lookups
     /// included).
     pub request_timeout: Duration,
+    /// Most environments besides the default one: answers placing a user in a further one are
+    /// refused for that environment (production).
+    pub max_envs: usize,
 }
 
 impl LookupSettings {
@@ -100,12 +103,48 @@ fn left(e: &Entry) -> Duration {
     Duration::from_millis((e.expires_at_ms() - now_ms()).max(0) as u64)
 }
 
+/// Lookup mode's bound on environments: the first `max` environments answered are served,
+/// later ones refused for as long as the process runs (answers come one user at a time, so
+/// there is no whole whitelist to choose by name).
+pub struct EnvLimit {
+    max: usize,
+    admitted: std::sync::Mutex<std::collections::BTreeSet<String>>,
+    refused: std::sync::Mutex<std::collections::BTreeSet<String>>,
+}
+
+impl EnvLimit {
+    pub fn new(max: usize) -> Self {
+        Self { max, admitted: Default::default(), refused: Default::default() }
+    }
+
+    fn admits(&self, env: &str) -> bool {
+        if crate::environment::is_default(env) {
+            return true;
+        }
+        let Ok(mut admitted) = self.admitted.lock() else { return false };
+        if admitted.contains(env) || admitted.len() < self.max {
+            admitted.insert(env.to_owned());
+            return true;
+        }
+        if self.refused.lock().is_ok_and(|mut r| r.insert(env.to_owned())) {
+            tracing::error!(
+                env, max_envs = self.max,
+                "lookup answer places a user in an environment beyond bridge.max_envs: refused, its events stay in production"
+            );
+        }
+        false
+    }
+}
+
 /// A user's entry from the placements a Config Mapper answered (`None`: none).
-fn entry_of(views: Vec<super::client::EntryView>) -> Result<Option<Entry>, String> {
+fn entry_of(views: Vec<super::client::EntryView>, envs: &EnvLimit) -> Result<Option<Entry>, String> {
     let mut entry: Option<Entry> = None;
     for v in views {
         let expires_at_ms = parse_rfc3339_ms(&v.expires_at).map_err(|e| format!("expires_at: {e}"))?;
         crate::environment::check(v.env()).map_err(|e| format!("env: {e}"))?;
+        if !envs.admits(v.env()) {
+            continue;
+        }
         let placement = Placement {
             env: v.env().into(),
             services: v.services.into_iter().map(String::into_boxed_str).collect(),
@@ -167,10 +206,11 @@ impl LookupCache {
 
     /// Backed by a Config Mapper's per-user endpoint.
     pub fn http(settings: LookupSettings, client: MapperClient) -> Self {
+        let envs = EnvLimit::new(settings.max_envs);
         Self::new(
             settings,
             Box::new(move |user| match client.lookup(user) {
-                Ok(views) => entry_of(views),
+                Ok(views) => entry_of(views, &envs),
                 Err(e) => Err(e.to_string()),
             }),
         )
@@ -366,6 +406,7 @@ mod tests {
             capacity: 1000,
             wait: Duration::from_millis(50),
             request_timeout: Duration::from_secs(1),
+            max_envs: 100,
         }
     }
 
@@ -468,5 +509,23 @@ mod tests {
         assert!(matches!(cache.get("U1"), Answer::Listed(_)));
         // cache_ttl is 60 s: only the entry's own expiry (150 ms) can end it this soon.
         wait_until("U1 gone", Duration::from_secs(5), || cache.peek("U1").is_none());
+    }
+
+    #[test]
+    fn lookup_answers_carry_environments_and_respect_the_limit() {
+        let view = |env: Option<&str>, s: &str| super::super::client::EntryView {
+            user: "U1".into(),
+            services: vec![s.into()],
+            expires_at: "2099-01-01T00:00:00Z".into(),
+            env: env.map(str::to_owned),
+        };
+        let limit = EnvLimit::new(1);
+        let e = entry_of(vec![view(Some("pr-1"), "payment"), view(None, "shipping")], &limit).unwrap().unwrap();
+        assert_eq!(&*e.placement_of("payment", 0).unwrap().env, "pr-1");
+        assert_eq!(&*e.placement_of("shipping", 0).unwrap().env, "rush");
+        let e = entry_of(vec![view(Some("pr-2"), "payment"), view(None, "shipping")], &limit).unwrap().unwrap();
+        assert!(e.placement_of("payment", 0).is_none(), "a second environment is refused at max_envs = 1");
+        assert!(e.placement_of("shipping", 0).is_some());
+        assert!(entry_of(vec![view(Some("Bad_Env"), "payment")], &limit).unwrap_err().contains("env"));
     }
 }

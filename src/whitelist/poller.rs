@@ -51,12 +51,14 @@ struct Poll {
     status: Arc<SourceStatus>,
     etag: Option<String>,
     failing_since: Option<i64>,
+    max_envs: usize,
 }
 
 impl Poll {
     fn once(&mut self) {
         match self.client.snapshot(self.etag.as_deref()) {
             Ok(SnapshotAnswer::Changed { snapshot, etag }) => {
+                let snapshot = super::file::limited(snapshot, self.max_envs);
                 if snapshot.version() != self.status.version.load(Relaxed) || !self.status.loaded() {
                     tracing::info!(
                         version = snapshot.version(),
@@ -101,9 +103,15 @@ impl Poll {
 
 impl SnapshotPoller {
     /// Tries once right away (the relay starts either way), then every `refresh`.
-    pub fn start(client: MapperClient, refresh: Duration, target: SharedSnapshot) -> std::io::Result<Self> {
+    /// Polls every `refresh`; at most `max_envs` environments besides the default one.
+    pub fn start(
+        client: MapperClient,
+        refresh: Duration,
+        target: SharedSnapshot,
+        max_envs: usize,
+    ) -> std::io::Result<Self> {
         let status = Arc::new(SourceStatus::default());
-        let mut poll = Poll { client, target, status: status.clone(), etag: None, failing_since: None };
+        let mut poll = Poll { client, target, status: status.clone(), etag: None, failing_since: None, max_envs };
         poll.once();
         let (stop, stopped) = mpsc::channel::<()>();
         let thread = std::thread::Builder::new().name("whitelist-poll".into()).spawn(move || {

@@ -126,6 +126,8 @@ pub struct Snapshot {
     entries: Users,
     /// Every distinct expiry, ascending: when the decisions this snapshot gives next change.
     expiries: Vec<i64>,
+    /// Environments beyond `bridge.max_envs` whose placements [`Self::limit_envs`] removed.
+    refused: Vec<Env>,
 }
 
 impl Snapshot {
@@ -143,7 +145,37 @@ impl Snapshot {
             entries.values().flat_map(|e| e.placements.iter().map(|p| p.expires_at_ms)).collect();
         expiries.sort_unstable();
         expiries.dedup();
-        Self { version, entries, expiries }
+        Self { version, entries, expiries, refused: Vec::new() }
+    }
+
+    /// At most `max` environments besides the default one: the first `max` by name keep their
+    /// placements, the others' are removed (their users' events stay in production) and
+    /// listed by [`Self::refused_envs`]. Never merged into another environment. By name, so
+    /// every instance reading this whitelist refuses the same ones, and a pinned snapshot
+    /// (stored as limited) replays alike.
+    pub fn limit_envs(mut self, max: usize) -> Self {
+        let mut envs: Vec<Env> = (self.entries.values())
+            .flat_map(|e| e.placements.iter().map(|p| p.env.clone()))
+            .filter(|e| !environment::is_default(e))
+            .collect();
+        envs.sort_unstable();
+        envs.dedup();
+        if envs.len() <= max {
+            return self;
+        }
+        let refused = envs.split_off(max);
+        for entry in self.entries.values_mut() {
+            entry.placements.retain(|p| !refused.contains(&p.env));
+        }
+        self.entries.retain(|_, e| !e.placements.is_empty());
+        let mut limited = Self::indexed(self.version, self.entries);
+        limited.refused = refused;
+        limited
+    }
+
+    /// The environments [`Self::limit_envs`] refused.
+    pub fn refused_envs(&self) -> &[Env] {
+        &self.refused
     }
 
     pub fn from_json(bytes: &[u8]) -> Result<Self, SnapshotError> {
@@ -382,6 +414,24 @@ mod tests {
         let bad = br#"{"version":1,"entries":[{"user":"U1","services":["a"],"expires_at":"2030-01-01T00:00:00Z","env":"PR_1"}]}"#;
         let err = Snapshot::from_json(bad).unwrap_err().to_string();
         assert!(err.contains("entry 0") && err.contains("env") && err.contains("PR_1"), "{err}");
+    }
+
+    #[test]
+    fn environments_beyond_the_limit_are_refused_never_merged() {
+        let json = br#"{"version":1,"entries":[
+            {"user":"U1","services":["payment"],"expires_at":"2030-01-01T00:00:00Z","env":"pr-3"},
+            {"user":"U1","services":["shipping"],"expires_at":"2030-01-01T00:00:00Z","env":"pr-1"},
+            {"user":"U2","services":["payment"],"expires_at":"2030-01-01T00:00:00Z","env":"pr-2"},
+            {"user":"U3","services":["payment"],"expires_at":"2030-01-01T00:00:00Z"}]}"#;
+        let s = Snapshot::from_json(json).unwrap().limit_envs(2);
+        assert_eq!(s.refused_envs().iter().map(|e| &**e).collect::<Vec<_>>(), ["pr-3"]);
+        let u1 = s.entry("U1").unwrap();
+        assert!(u1.placement_of("payment", 0).is_none(), "refused, not moved elsewhere");
+        assert_eq!(&*u1.placement_of("shipping", 0).unwrap().env, "pr-1");
+        assert_eq!(&*s.entry("U3").unwrap().placement_of("payment", 0).unwrap().env, "rush", "the default is free");
+        assert!(!s.to_json().contains("pr-3"), "what is pinned is the limited whitelist");
+        let all = Snapshot::from_json(json).unwrap().limit_envs(3);
+        assert!(all.refused_envs().is_empty());
     }
 
     #[test]

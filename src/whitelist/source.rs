@@ -54,17 +54,18 @@ impl Running {
     }
 }
 
-/// Starts the source `w` names and returns it with what the relay reads decisions from.
-pub fn start(w: &WhitelistConfig) -> Result<(Running, WhitelistSource), StartError> {
+/// Starts the source `w` names and returns it with what the relay reads decisions from; at
+/// most `max_envs` environments besides the default one are served.
+pub fn start(w: &WhitelistConfig, max_envs: usize) -> Result<(Running, WhitelistSource), StartError> {
     let snapshot: SharedSnapshot = shared(Snapshot::empty());
     match (&w.file, &w.url, w.mode) {
         (Some(path), _, _) => {
-            let source = FileSource::start(path.clone(), w.refresh, snapshot.clone())?;
+            let source = FileSource::start(path.clone(), w.refresh, snapshot.clone(), max_envs)?;
             Ok((Running::File(source), snapshot.into()))
         }
         (None, Some(url), WhitelistMode::Snapshot) => {
             let client = MapperClient::new(url, None, w.request_timeout)?;
-            let poller = SnapshotPoller::start(client, w.refresh, snapshot.clone()).map_err(StartError::Spawn)?;
+            let poller = SnapshotPoller::start(client, w.refresh, snapshot.clone(), max_envs).map_err(StartError::Spawn)?;
             Ok((Running::Poller(poller), snapshot.into()))
         }
         (None, Some(url), WhitelistMode::Lookup) => {
@@ -75,6 +76,7 @@ pub fn start(w: &WhitelistConfig) -> Result<(Running, WhitelistSource), StartErr
                 capacity: w.cache_size,
                 wait: w.lookup_wait,
                 request_timeout: w.request_timeout,
+                max_envs,
             };
             let cache = Arc::new(LookupCache::http(settings, MapperClient::new(url, None, w.request_timeout)?));
             Ok((Running::Lookup, WhitelistSource::Lookup { cache, workers: w.lookup_workers }))
