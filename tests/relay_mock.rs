@@ -116,7 +116,7 @@ struct Running {
 
 fn start(c: &Clusters, config: Config) -> Running {
     let snapshot = whitelist::shared(Snapshot::empty());
-    let source = FileSource::start(c.wl_path(), Duration::from_millis(50), snapshot.clone()).unwrap();
+    let source = FileSource::start(c.wl_path(), Duration::from_millis(50), snapshot.clone(), 100).unwrap();
     let mut run = start_with(config, snapshot.clone().into(), Some(source));
     run.snapshot = Some(snapshot);
     run
@@ -785,6 +785,7 @@ impl PerUserMapper {
             capacity: 10_000,
             wait,
             request_timeout: Duration::from_secs(10),
+            max_envs: 100,
         };
         let client = MapperClient::new(&self.url, None, Duration::from_secs(10)).unwrap();
         WhitelistSource::Lookup { cache: Arc::new(LookupCache::http(settings, client)), workers: 4 }
@@ -891,7 +892,7 @@ fn config_mapper_down_at_start_means_everyone_is_production() {
     };
     let snapshot = whitelist::shared(Snapshot::empty());
     let client = MapperClient::new(&dead, None, Duration::from_secs(1)).unwrap();
-    let poller = SnapshotPoller::start(client, Duration::from_millis(100), snapshot.clone()).unwrap();
+    let poller = SnapshotPoller::start(client, Duration::from_millis(100), snapshot.clone(), 100).unwrap();
     assert!(!poller.status.loaded());
     let inputs: Vec<Input> = (0..60).map(|i| event(i, Some("U1"), b"{}".to_vec())).collect();
     common::produce(&c.prod.bootstrap_servers(), "orders", &inputs);
