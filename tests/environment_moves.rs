@@ -177,6 +177,9 @@ fn moves_under_kill_9(exactly_once: bool) {
     );
 }
 
+/// Per (service, event tid): every destination it was found in.
+type Found<'a> = HashMap<(&'static str, &'a [u8]), Vec<&'static str>>;
+
 /// Every destination each (service, event) was found in, and how many outputs were copies of
 /// one already found on the same destination.
 fn destinations<'a>(
@@ -185,8 +188,8 @@ fn destinations<'a>(
     by_tid: &HashMap<&'a [u8], &Read>,
     isolation: &str,
     violations: &mut Vec<String>,
-) -> (HashMap<(&'static str, &'a [u8]), Vec<&'static str>>, usize) {
-    let mut found: HashMap<(&'static str, &'a [u8]), Vec<&'static str>> = HashMap::new();
+) -> (Found<'a>, usize) {
+    let mut found = Found::new();
     let mut duplicates = 0;
     for svc in SERVICES {
         let mut places: Vec<(&'static str, &str, String)> =
