@@ -240,9 +240,8 @@ fn environment_benches(c: &mut Criterion) {
         let names: Vec<std::sync::Arc<str>> = (0..envs).map(|e| format!("pr-{e}").into()).collect();
         let snap = Snapshot::new(
             1,
-            (0..10_000).map(|i| {
-                (format!("U{i}"), Entry::placed(names[i % envs].clone(), vec!["payment".into()], i64::MAX))
-            }),
+            (0..10_000)
+                .map(|i| (format!("U{i}"), Entry::placed(names[i % envs].clone(), vec!["payment".into()], i64::MAX))),
         );
         for (name, user) in [("whitelisted", &b"U4242"[..]), ("not-whitelisted", &b"X99"[..])] {
             let headers: &H = &[("x-user-id", Some(user))];

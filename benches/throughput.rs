@@ -9,7 +9,9 @@
 //! - the bridge at its defaults, the user in a header, in JSON near the start of the record
 //!   and near its end, with 1, 3 and 10 services, at-least-once and exactly-once;
 //! - the bridge with the Rush broker frozen (SIGSTOP) once it runs, for its peak memory;
-//! - with `LOOKUP=1`, lookup mode against a Config Mapper (default TTLs, and warm).
+//! - with `LOOKUP=1`, lookup mode against a Config Mapper (default TTLs, and warm);
+//! - with `ENVS=1`, the bridge with the whitelisted users spread over 1, 10 and 100
+//!   environments.
 //!
 //! It prints each run's steady records/s (10 % to 90 % of the input done: committed by the
 //! bridge, which commits only what is acknowledged; acknowledged, as the baselines count it), CPU µs per record of its process and peak RSS, medians over the rounds,
@@ -76,6 +78,9 @@ fn lineup() -> Vec<Who> {
     ];
     if env_usize("LOOKUP", 0) > 0 {
         v.extend([Who::Lookup { long_ttl: false }, Who::Lookup { long_ttl: true }]);
+    }
+    if env_usize("ENVS", 0) > 0 {
+        v.extend([1, 10, 100].map(|envs| Who::Envs { envs }));
     }
     v.into_iter().filter(|w| selected(*w)).collect()
 }

@@ -169,6 +169,7 @@ fn locate(
     partition_inputs: &[Record],
 ) -> (String, Option<i64>) {
     let name = &route.services[s].output_topic;
+    let rush_name = &found.rush_topics[s];
     let p = input.partition;
     let on = |records: &[Record], identity: &dyn Fn(&Record) -> u64| {
         let outs: Vec<Record> = records.iter().filter(|r| r.partition == p).cloned().collect();
@@ -180,7 +181,7 @@ fn locate(
     }
     let strip = route.stamp.payload();
     if let Some(at) = on(&found.outputs[s].1, &|r| identity(r, rules, strip)) {
-        return (format!("on rush {name}[{p}]@{at}"), Some(at));
+        return (format!("on rush {rush_name}[{p}]@{at}"), Some(at));
     }
     let offset = input.offset.to_string();
     let waiting = found.outbox.iter().find(|r| {
@@ -208,6 +209,8 @@ fn locate(
 /// What was read for one record.
 struct Found {
     outputs: Vec<(Vec<Record>, Vec<Record>)>,
+    /// Per service: the Rush topic read (the decided environment's).
+    rush_topics: Vec<String>,
     outbox: Vec<Record>,
     dead_letters: Vec<Record>,
 }
@@ -232,9 +235,11 @@ fn explain_record(
     if offset < low {
         return Ok(plain(format!("{at}: deleted by retention (the partition starts at {low})\n"), "deleted"));
     }
-    let mut found = Found { outputs: Vec::new(), outbox: Vec::new(), dead_letters: Vec::new() };
+    let mut found =
+        Found { outputs: Vec::new(), rush_topics: Vec::new(), outbox: Vec::new(), dead_letters: Vec::new() };
     for s in &route.services {
         found.outputs.push((prod.read(&s.output_topic, None, false)?, rush.read(&s.output_topic, None, false)?));
+        found.rush_topics.push(s.output_topic.clone());
     }
     found.outbox = prod.read(&route.outbox_topic, None, false)?;
     found.dead_letters = prod.read(&config.bridge.dead_letter_topic, None, false)?;
@@ -301,6 +306,15 @@ fn explain_record(
         ),
         Reason::Passthrough(p) => format!("production traffic ({})", p.as_str()),
     };
+    // A copy decided for another environment than the default one is in that environment's topic.
+    for (s, svc) in route.services.iter().enumerate() {
+        let env = decision.envs.of(s);
+        if decision.cluster(s) == tenancy::Cluster::Rush && !environment::is_default(env) {
+            let topic = environment::rush_topic(env, &svc.output_topic);
+            found.outputs[s].1 = rush.read(&topic, None, false).unwrap_or_default();
+            found.rush_topics[s] = topic;
+        }
+    }
     let located: Vec<(String, Option<i64>)> =
         (0..route.services.len()).map(|s| locate(s, route, input, &found, &rules, &inputs)).collect();
     let state = match (relayed, located.iter().any(|(_, at)| at.is_some())) {
@@ -321,9 +335,11 @@ fn explain_record(
             (false, Some(_)) => ("would go to", where_),
             (false, None) => ("would go to", "not relayed yet".to_owned()),
         };
-        let _ = writeln!(text, "  {:<16} {verb} {}: {where_}", svc.name, cluster.as_str());
+        let env = (cluster == tenancy::Cluster::Rush).then(|| decision.envs.of(s));
+        let in_env = env.map(|e| format!(" (environment {e})")).unwrap_or_default();
+        let _ = writeln!(text, "  {:<16} {verb} {}{in_env}: {where_}", svc.name, cluster.as_str());
         services.push(json!({
-            "service": svc.name, "cluster": cluster.as_str(), "found": where_, "output_offset": output_offset,
+            "service": svc.name, "cluster": cluster.as_str(), "env": env, "found": where_, "output_offset": output_offset,
         }));
     }
     let json = json!({

@@ -10,6 +10,7 @@ use prometheus::{
 };
 
 use crate::config::Config;
+use crate::environment;
 use crate::extract::Passthrough;
 use crate::kafka::ErrorClass;
 use crate::tenancy::Cluster;
@@ -101,13 +102,13 @@ impl Metrics {
             records_in: counter("records_in_total", "Input records read from a route topic on prod.", &["route"])?,
             records_out: counter(
                 "records_out_total",
-                "Outputs acknowledged, by route, service and destination cluster.",
-                &["route", "service", "cluster"],
+                "Outputs acknowledged, by route, service, destination cluster and (on Rush) environment.",
+                &["route", "service", "cluster", "env"],
             )?,
             rush_stamped: counter(
                 "rush_stamped_total",
-                "Rush copies stamped with event_tenancy, by route and service.",
-                &["route", "service"],
+                "Rush copies stamped with event_tenancy, by route, service and environment.",
+                &["route", "service", "env"],
             )?,
             passthrough: counter(
                 "passthrough_total",
@@ -443,7 +444,10 @@ impl Metrics {
             records_in: self.records_in.with_label_values(&[t]),
             upstream: self.upstream_honoured.with_label_values(&[t]),
             passthrough: Passthrough::ALL.map(|p| self.passthrough.with_label_values(&[t, p.as_str()])),
-            stamped: r.services.iter().map(|s| self.rush_stamped.with_label_values(&[t, &s.name])).collect(),
+            stamped: (r.services.iter())
+                .map(|s| self.rush_stamped.with_label_values(&[t, &s.name, environment::DEFAULT]))
+                .collect(),
+            stamped_envs: self.rush_stamped.clone(),
             rejected: r.services.iter().map(|s| self.upstream_rejected.with_label_values(&[t, &s.name])).collect(),
             return_in: self.return_records.with_label_values(&[t, "read"]),
             return_looped: self.return_records.with_label_values(&[t, "looped"]),
@@ -454,7 +458,10 @@ impl Metrics {
     /// Handles for one producer's delivery reports, by output topic.
     pub fn outputs(&self, config: &Config, cluster: Cluster, return_path: bool) -> OutputMetrics {
         let c = cluster.as_str();
+        // On prod there is no environment; on Rush these are the default one's topics.
+        let env = if cluster == Cluster::Rush { environment::DEFAULT } else { "" };
         let mut by_topic = HashMap::default();
+        let mut services = HashMap::default();
         for r in &config.routes {
             if return_path {
                 if r.return_path {
@@ -463,11 +470,16 @@ impl Metrics {
                 continue;
             }
             for s in &r.services {
-                by_topic.insert(s.output_topic.clone(), self.records_out.with_label_values(&[&r.topic, &s.name, c]));
+                by_topic
+                    .insert(s.output_topic.clone(), self.records_out.with_label_values(&[&r.topic, &s.name, c, env]));
+                services.insert(s.output_topic.clone(), (r.topic.clone(), s.name.clone()));
             }
         }
+        let env_outputs = (cluster == Cluster::Rush && !return_path)
+            .then(|| EnvOutputs { records_out: self.records_out.clone(), services });
         OutputMetrics {
             by_topic,
+            env_outputs,
             age: self.record_age.with_label_values(&[c]),
             errors: [ErrorClass::Retry, ErrorClass::Fatal, ErrorClass::Poison]
                 .map(|class| self.produce_errors.with_label_values(&[c, class.as_str()])),
@@ -479,8 +491,10 @@ pub struct RouteMetrics {
     pub records_in: IntCounter,
     pub upstream: IntCounter,
     pub passthrough: [IntCounter; Passthrough::ALL.len()],
-    /// Per service of the route, in route order.
+    /// Per service of the route, in route order: copies to the default environment.
     pub stamped: Vec<IntCounter>,
+    /// Copies to other environments, labelled as they come (they are few).
+    pub stamped_envs: IntCounterVec,
     /// Upstream stamps the whitelist did not hold, per service of the route, in route order.
     pub rejected: Vec<IntCounter>,
     pub return_in: IntCounter,
@@ -499,14 +513,30 @@ impl RouteMetrics {
 pub struct OutputMetrics {
     /// Looked up once per delivery report, hence the fast hasher.
     by_topic: HashMap<String, IntCounter, foldhash::fast::RandomState>,
+    /// On Rush: the outputs of environments other than the default one, `{env}.{output}`.
+    env_outputs: Option<EnvOutputs>,
     pub age: Histogram,
     errors: [IntCounter; 3],
+}
+
+#[derive(Clone)]
+struct EnvOutputs {
+    records_out: IntCounterVec,
+    /// Output topic → (route, service).
+    services: HashMap<String, (String, String), foldhash::fast::RandomState>,
 }
 
 impl OutputMetrics {
     pub fn acked(&self, topic: &str) {
         if let Some(c) = self.by_topic.get(topic) {
             c.inc();
+            return;
+        }
+        // An environment's copy: `{env}.{output}`, labelled as it comes (Rush copies are few).
+        let Some(e) = &self.env_outputs else { return };
+        let Some((env, output)) = topic.split_once('.') else { return };
+        if let (true, Some((route, service))) = (environment::valid(env), e.services.get(output)) {
+            e.records_out.with_label_values(&[route, service, "rush", env]).inc();
         }
     }
 

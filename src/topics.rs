@@ -243,7 +243,11 @@ pub fn ensure_env(config: &Config, env: &str) -> Result<Vec<Mismatched>, TopicEr
                     .map_err(|e| tracing::warn!(error = %e, "environment topic cannot grow"))
                     .is_ok();
             if !grown {
-                mismatched.push(Mismatched { topic: w.topic.to_string(), partitions: actual, input_partitions: expected });
+                mismatched.push(Mismatched {
+                    topic: w.topic.to_string(),
+                    partitions: actual,
+                    input_partitions: expected,
+                });
             }
         }
     }

@@ -168,6 +168,27 @@ fn moves_under_kill_9(exactly_once: bool) {
             violations.push(format!("exactly-once: {duplicates} outputs duplicated for read_committed readers"));
         }
     }
+    // `verify` judges every event by the decision recorded for it, environment included.
+    let config = tenancy_bridge::config::Config::parse(&f.text, std::iter::empty()).unwrap();
+    let report = tenancy_bridge::verify::run(&config, &tenancy_bridge::verify::Options::default()).unwrap();
+    for s in &report.routes[0].services {
+        eprintln!(
+            "verify {}: {} inputs, {} prod, {} rush, {} judged by their recorded decision, {} violations",
+            s.service,
+            s.inputs,
+            s.prod,
+            s.rush,
+            s.pinned,
+            s.violations.len()
+        );
+        assert_eq!(s.pinned, s.inputs, "every event was decided under a pin");
+        for v in &s.violations {
+            let duplicate = matches!(v, tenancy_bridge::verify::check::Violation::Duplicated { .. });
+            if !duplicate || exactly_once {
+                violations.push(format!("verify {}: {v}", s.service));
+            }
+        }
+    }
     bridge.stop(Duration::from_secs(60));
     assert!(
         violations.is_empty(),

@@ -174,6 +174,12 @@ fn each_environment_gets_exactly_its_users_events_and_production_the_rest() {
     assert!(ready.contains(BROKEN) && ready.contains("pr-3"), "readiness names the topic: {ready}");
     assert_eq!(common::metric(f.admin(), "tenancy_bridge_rush_env_topics_mismatched"), Some(1.0));
     assert_eq!(common::metric(f.admin(), "tenancy_bridge_rush_envs"), Some(5.0));
+    // Metrics carry the environment where they carry a service.
+    let pr1 = per_env["pr-1/payment"] as f64;
+    let stamped = "tenancy_bridge_rush_stamped_total{env=\"pr-1\",route=\"orders\",service=\"payment\"}";
+    assert_eq!(common::metric(f.admin(), stamped), Some(pr1));
+    let acked = "tenancy_bridge_records_out_total{cluster=\"rush\",env=\"pr-1\",route=\"orders\",service=\"payment\"}";
+    assert_eq!(common::metric(f.admin(), acked), Some(pr1));
 
     // Environments' raw topics were created with the input's partitions before their first
     // copy, so their Rush instances can produce back; what comes back says where from.

@@ -144,7 +144,7 @@ fn a_frozen_instance_that_wakes_after_a_takeover_is_fenced() {
     // rebalance, once it has committed a transaction again, outputs acknowledged with no commit
     // since are in its open transaction.
     let transactions = "tenancy_bridge_transactions_total{outcome=\"committed\"}";
-    let outputs = "tenancy_bridge_records_out_total{cluster=\"prod\",route=\"orders\",service=\"shipping\"}";
+    let outputs = "tenancy_bridge_records_out_total{cluster=\"prod\",env=\"\",route=\"orders\",service=\"shipping\"}";
     let at_rebalance = metric(&admin_a, transactions);
     let mut seen = (at_rebalance, metric(&admin_a, outputs));
     common::wait_until("A has outputs in an open transaction after the rebalance within 60s", within(60), || {

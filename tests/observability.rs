@@ -94,8 +94,10 @@ fn metrics_cover_the_dashboard_and_the_alert_rules() {
 
     let series = |route_service_cluster: (&str, &str)| {
         format!(
-            "tenancy_bridge_records_out_total{{cluster=\"{}\",route=\"orders\",service=\"{}\"}}",
-            route_service_cluster.1, route_service_cluster.0
+            "tenancy_bridge_records_out_total{{cluster=\"{}\",env=\"{}\",route=\"orders\",service=\"{}\"}}",
+            route_service_cluster.1,
+            if route_service_cluster.1 == "rush" { "rush" } else { "" },
+            route_service_cluster.0
         )
     };
     let scrape = common::wait_for("outputs not all acknowledged", Instant::now() + Duration::from_secs(30), || {
@@ -123,7 +125,10 @@ fn metrics_cover_the_dashboard_and_the_alert_rules() {
     assert_eq!(value(&scrape, &series(("payment", "prod"))), 36.0);
     assert_eq!(value(&scrape, "tenancy_bridge_records_in_total{route=\"orders\"}"), 46.0);
     assert_eq!(value(&scrape, "tenancy_bridge_passthrough_total{reason=\"no_user\",route=\"orders\"}"), 5.0);
-    assert_eq!(value(&scrape, "tenancy_bridge_rush_stamped_total{route=\"orders\",service=\"payment\"}"), 10.0);
+    assert_eq!(
+        value(&scrape, "tenancy_bridge_rush_stamped_total{env=\"rush\",route=\"orders\",service=\"payment\"}"),
+        10.0
+    );
     assert_eq!(value(&scrape, "tenancy_bridge_return_records_total{outcome=\"forwarded\",route=\"orders\"}"), 6.0);
     assert_eq!(value(&scrape, "tenancy_bridge_whitelist_version"), 7.0);
     assert_eq!(value(&scrape, "tenancy_bridge_whitelist_entries"), 1.0);

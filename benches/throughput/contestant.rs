@@ -44,6 +44,11 @@ pub enum Who {
     Lookup {
         long_ttl: bool,
     },
+    /// The bridge (user in a header, one service) with the whitelisted users spread over `envs`
+    /// environments.
+    Envs {
+        envs: usize,
+    },
 }
 
 impl Who {
@@ -63,13 +68,14 @@ impl Who {
             Who::RushFrozen => "bridge Rush frozen".into(),
             Who::Lookup { long_ttl: false } => "lookup, default TTLs".into(),
             Who::Lookup { long_ttl: true } => "lookup, warm".into(),
+            Who::Envs { envs } => format!("bridge {envs} envs"),
         }
     }
 
     pub fn user(self) -> UserAt {
         match self {
             Who::Bridge { user, .. } => user,
-            Who::Copy { .. } | Who::Python | Who::RushFrozen => UserAt::Header,
+            Who::Copy { .. } | Who::Python | Who::RushFrozen | Who::Envs { .. } => UserAt::Header,
             Who::Lookup { .. } => UserAt::JsonStart,
         }
     }
@@ -83,7 +89,7 @@ impl Who {
             Who::Copy { copies } => copies,
             Who::Bridge { services, .. } => services,
             Who::RushFrozen => return records.min(200_000),
-            Who::Python | Who::Lookup { .. } => 1,
+            Who::Python | Who::Lookup { .. } | Who::Envs { .. } => 1,
         };
         (records / outputs).max(100_000).min(records)
     }
@@ -168,7 +174,7 @@ pub fn start(
                 .spawn()
                 .unwrap()
         }
-        Who::Bridge { .. } | Who::RushFrozen | Who::Lookup { .. } => {
+        Who::Bridge { .. } | Who::RushFrozen | Who::Lookup { .. } | Who::Envs { .. } => {
             let config = bridge_config(who, dir, &prod.bootstrap, &rush.bootstrap, group, mapper, fetch_wait_ms);
             let bin = std::env::var("RELAY_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_tenancy-bridge").to_string());
             Command::new(bin)
@@ -224,7 +230,20 @@ fn bridge_config(
     let wl = dir.path().join("wl.json");
     let users: Vec<String> = (0..USERS).step_by(WHITELISTED_EVERY).map(|i| format!("U{i}")).collect();
     let entries: Vec<(&str, &[&str])> = users.iter().map(|u| (u.as_str(), &["payment"][..])).collect();
-    common::write_atomic(&wl, &common::whitelist_json(1, &entries));
+    let whitelist = match who {
+        // The same users, spread over the environments.
+        Who::Envs { envs } => {
+            let entries: Vec<serde_json::Value> = (users.iter().enumerate())
+                .map(|(k, u)| {
+                    serde_json::json!({"user": u, "services": ["payment"], "expires_at": "2099-01-01T00:00:00Z",
+                        "env": format!("bench-{}", k % envs)})
+                })
+                .collect();
+            serde_json::json!({"version": 1, "entries": entries}).to_string()
+        }
+        _ => common::whitelist_json(1, &entries),
+    };
+    common::write_atomic(&wl, &whitelist);
     let (services, exactly_once) = match who {
         Who::Bridge { services, exactly_once, .. } => (services, exactly_once),
         _ => (1, false),

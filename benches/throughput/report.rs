@@ -141,6 +141,15 @@ fn targets(all: &[Outcome]) {
             verdict(&[b, c], b <= c * 1.05)
         );
     }
+    for envs in [10, 100] {
+        let one = Who::Envs { envs: 1 };
+        let (c, r) = (cpu_ratio(all, Who::Envs { envs }, one), rate_ratio(all, Who::Envs { envs }, one));
+        println!(
+            "  {:<38} CPU per record ×{c:.2} of 1 environment's, records/s ×{r:.2} (CPU within 5 %): {}",
+            format!("{envs} environments"),
+            verdict(&[c], c <= 1.05)
+        );
+    }
     if let Some(rss) = all.iter().filter(|o| o.who == Who::RushFrozen).map(|o| o.peak_rss).max() {
         println!(
             "  {:<38} peak RSS {} MiB (< 256): {}",

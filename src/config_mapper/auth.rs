@@ -3,6 +3,9 @@
 //! * `TOKEN`, or `name:TOKEN` — the name is who the audit records;
 //! * `name:TOKEN:payment,shipping` — a token scoped to those services: it can whitelist users
 //!   only for them, and change or remove only entries that hold nothing else;
+//! * `name:TOKEN:SERVICES:pr-42,team-ledger-*` — also scoped to those environments (a name,
+//!   or a prefix ending in `*`): it can place users, remove entries and end environments only
+//!   there. `*` as SERVICES allows every service;
 //! * `sha256=HEX` in place of `TOKEN` — the token's SHA-256, so the file need not hold the
 //!   secret (`printf %s "$TOKEN" | sha256sum`).
 //!
@@ -23,27 +26,52 @@ pub enum TokenError {
 /// Shortest token accepted: a bearer token is a password.
 pub const MIN_TOKEN_LEN: usize = 16;
 
-/// Which services a token may whitelist users for.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Scope {
-    All,
-    Services(Vec<String>),
+/// Which services a token may whitelist users for, and in which environments.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Scope {
+    /// `None`: every service.
+    services: Option<Vec<String>>,
+    /// `None`: every environment; else names, or prefixes ending in `*`.
+    envs: Option<Vec<String>>,
 }
 
 impl Scope {
-    pub fn allows(&self, service: &str) -> bool {
-        match self {
-            Self::All => true,
-            Self::Services(s) => s.iter().any(|x| x == service),
-        }
+    pub const ALL: Self = Self { services: None, envs: None };
+
+    pub fn of_services(services: Vec<String>) -> Self {
+        Self { services: Some(services), envs: None }
     }
 
-    /// The services, when the token is scoped.
+    pub fn with_envs(self, envs: Vec<String>) -> Self {
+        Self { envs: Some(envs), ..self }
+    }
+
+    pub fn allows(&self, service: &str) -> bool {
+        self.services.as_ref().is_none_or(|s| s.iter().any(|x| x == service))
+    }
+
+    /// Whether the token may place users in, or remove them from, environment `env`.
+    pub fn allows_env(&self, env: &str) -> bool {
+        self.envs.as_ref().is_none_or(|envs| {
+            envs.iter().any(|e| match e.strip_suffix('*') {
+                Some(prefix) => env.starts_with(prefix),
+                None => e == env,
+            })
+        })
+    }
+
+    /// The services, when the token is scoped to some.
     pub fn services(&self) -> Option<&[String]> {
-        match self {
-            Self::All => None,
-            Self::Services(s) => Some(s),
-        }
+        self.services.as_deref()
+    }
+
+    /// The environments, when the token is scoped to some.
+    pub fn envs(&self) -> Option<&[String]> {
+        self.envs.as_deref()
+    }
+
+    pub fn is_all(&self) -> bool {
+        self.services.is_none() && self.envs.is_none()
     }
 }
 
@@ -112,10 +140,10 @@ impl Tokens {
             if line.is_empty() || line.starts_with('#') {
                 continue;
             }
-            let mut fields = line.splitn(3, ':').map(str::trim);
-            let (name, token, scope) = match (fields.next(), fields.next(), fields.next()) {
-                (Some(t), None, _) => ("token", t, None),
-                (Some(n), Some(t), s) => (n, t, s),
+            let mut fields = line.splitn(4, ':').map(str::trim);
+            let (name, token, scope, envs) = match (fields.next(), fields.next(), fields.next(), fields.next()) {
+                (Some(t), None, _, _) => ("token", t, None, None),
+                (Some(n), Some(t), s, e) => (n, t, s, e),
                 (None, ..) => continue,
             };
             if name.is_empty() {
@@ -126,17 +154,27 @@ impl Tokens {
                 None if token.len() < MIN_TOKEN_LEN => return Err((i + 1, "token shorter than 16 characters")),
                 None => Secret::Plain(token.as_bytes().to_vec()),
             };
-            let scope = match scope {
-                None => Scope::All,
+            let list = |s: &str| -> Vec<String> {
+                s.split(',').map(str::trim).filter(|x| !x.is_empty()).map(str::to_owned).collect()
+            };
+            let mut scope = match scope {
+                None | Some("*") => Scope::ALL,
                 Some(s) => {
-                    let services: Vec<String> =
-                        s.split(',').map(str::trim).filter(|x| !x.is_empty()).map(str::to_owned).collect();
+                    let services = list(s);
                     if services.is_empty() {
                         return Err((i + 1, "empty service scope after the second ':'"));
                     }
-                    Scope::Services(services)
+                    Scope::of_services(services)
                 }
             };
+            if let Some(e) = envs {
+                let envs = list(e);
+                let valid = |e: &String| crate::environment::valid(e.strip_suffix('*').unwrap_or(e)) || e == "*";
+                if envs.is_empty() || !envs.iter().all(valid) {
+                    return Err((i + 1, "environment scope after the third ':' must list names or prefixes*"));
+                }
+                scope = scope.with_envs(envs);
+            }
             out.push(Token { name: name.to_owned(), secret, scope });
         }
         Ok(Self(out))
@@ -211,5 +249,17 @@ mod tests {
         assert!(matches!(t.check(Some(format!("Bearer sha256={computed}").as_bytes())), Verdict::Wrong));
         assert_eq!(Tokens::parse("x:sha256=abc").unwrap_err().0, 1);
         assert_eq!(Tokens::parse("x:0123456789abcdef0: ,").unwrap_err().0, 1);
+    }
+
+    #[test]
+    fn environment_scopes() {
+        let t = Tokens::parse("ledger:0123456789abcdef0:*:team-ledger-*,pr-42\n").unwrap();
+        let Verdict::Allowed { scope, .. } = t.check(Some(b"Bearer 0123456789abcdef0")) else { panic!() };
+        assert!(scope.allows("anything") && scope.services().is_none());
+        assert!(scope.allows_env("team-ledger-7") && scope.allows_env("pr-42"));
+        assert!(!scope.allows_env("pr-43") && !scope.allows_env("rush"));
+        assert!(Scope::ALL.allows_env("rush"));
+        assert_eq!(Tokens::parse("x:0123456789abcdef0:*:Bad_Env").unwrap_err().0, 1);
+        assert_eq!(Tokens::parse("x:0123456789abcdef0:payment:").unwrap_err().0, 1);
     }
 }

@@ -11,7 +11,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde::{Deserialize, Serialize};
 
-use super::auth::{Tokens, Verdict};
+use super::auth::{Scope, Tokens, Verdict};
 use super::store::{Removed, Store, StoredEntry};
 use crate::clock::now_ms;
 use crate::environment;
@@ -180,7 +180,7 @@ async fn end_env(
     let (who, scope) = authorize(&state, &headers)?;
     environment::check(&env).map_err(|e| ApiError::bad(format!("env: {e}")))?;
     let e = env.clone();
-    let users = blocking(&state, move |s| s.end_env(&e, &who, q.reason.as_deref(), scope.as_deref())).await?;
+    let users = blocking(&state, move |s| s.end_env(&e, &who, q.reason.as_deref(), &scope)).await?;
     if users.is_empty() {
         return Err(ApiError::new(StatusCode::NOT_FOUND, format!("environment {env:?} has no live entries")));
     }
@@ -197,13 +197,13 @@ struct PutBody {
     env: Option<String>,
 }
 
-/// Who wrote (the token's name, for the audit), and the services the token is scoped to.
-fn authorize(state: &AppState, headers: &HeaderMap) -> ApiResult<(String, Option<Vec<String>>)> {
+/// Who wrote (the token's name, for the audit), and what the token is scoped to.
+fn authorize(state: &AppState, headers: &HeaderMap) -> ApiResult<(String, Scope)> {
     if state.tokens.is_empty() {
         return Err(ApiError::new(StatusCode::FORBIDDEN, "writes are disabled: the server has no token configured"));
     }
     match state.tokens.check(headers.get(header::AUTHORIZATION).map(HeaderValue::as_bytes)) {
-        Verdict::Allowed { who, scope } => Ok((who.to_owned(), scope.services().map(<[String]>::to_vec))),
+        Verdict::Allowed { who, scope } => Ok((who.to_owned(), scope.clone())),
         Verdict::Missing => Err(ApiError::new(StatusCode::UNAUTHORIZED, "missing Authorization: Bearer <token>")),
         Verdict::Wrong => Err(ApiError::new(StatusCode::FORBIDDEN, "token not accepted")),
     }
@@ -246,8 +246,7 @@ async fn put_user(
     services.sort();
     services.dedup();
     let reason = body.reason;
-    let e = blocking(&state, move |s| s.put(&user, &env, &services, ttl, &who, reason.as_deref(), scope.as_deref()))
-        .await?;
+    let e = blocking(&state, move |s| s.put(&user, &env, &services, ttl, &who, reason.as_deref(), &scope)).await?;
     Ok((StatusCode::OK, axum::Json(e)).into_response())
 }
 
@@ -285,7 +284,7 @@ async fn remove(
     check_user(&user)?;
     let u = user.clone();
     let svc = service.clone();
-    match blocking(&state, move |s| s.remove(&u, svc.as_deref(), &who, reason.as_deref(), scope.as_deref())).await? {
+    match blocking(&state, move |s| s.remove(&u, svc.as_deref(), &who, reason.as_deref(), &scope)).await? {
         Removed::Nothing => Err(ApiError::new(
             StatusCode::NOT_FOUND,
             match service {

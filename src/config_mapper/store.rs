@@ -10,6 +10,7 @@ use std::sync::Mutex;
 use rusqlite::{Connection, params};
 use serde::Serialize;
 
+use super::auth::Scope;
 use crate::clock::{format_rfc3339_ms, now_ms};
 pub use crate::whitelist::client::AuditRecord;
 
@@ -173,7 +174,7 @@ impl Store {
         ttl_seconds: i64,
         who: &str,
         reason: Option<&str>,
-        scope: Option<&[String]>,
+        scope: &Scope,
     ) -> Result<StoredEntry, StoreError> {
         let now = now_ms();
         let expires_at_ms = now.saturating_add(ttl_seconds.saturating_mul(1000));
@@ -186,7 +187,8 @@ impl Store {
                 return Err(StoreError::Held { user: user.into(), service: s.clone(), env: other.env.clone() });
             }
         }
-        if let Some(scope) = scope {
+        env_in_scope(who, scope, env)?;
+        if let Some(scope) = scope.services() {
             in_scope(who, scope, services, "whitelist users for")?;
             let replaced = held.iter().filter(|p| p.env == env).flat_map(|p| p.services.iter().cloned());
             in_scope(who, scope, &replaced.collect::<Vec<_>>(), &format!("replace {user:?}'s entry, which holds"))?;
@@ -209,7 +211,7 @@ impl Store {
         service: Option<&str>,
         who: &str,
         reason: Option<&str>,
-        scope: Option<&[String]>,
+        scope: &Scope,
     ) -> Result<Removed, StoreError> {
         let now = now_ms();
         let mut conn = self.lock();
@@ -226,7 +228,8 @@ impl Store {
             if removed.is_empty() {
                 continue;
             }
-            if let Some(scope) = scope {
+            env_in_scope(who, scope, &p.env)?;
+            if let Some(scope) = scope.services() {
                 in_scope(who, scope, &removed, &format!("remove {user:?} from"))?;
             }
             take(&tx, user, &p.env, &left)?;
@@ -248,14 +251,15 @@ impl Store {
         env: &str,
         who: &str,
         reason: Option<&str>,
-        scope: Option<&[String]>,
+        scope: &Scope,
     ) -> Result<Vec<String>, StoreError> {
         let now = now_ms();
         let mut conn = self.lock();
         let tx = conn.transaction()?;
         let held = placements(&tx, "env = ?1 AND expires_at_ms > ?2 ORDER BY user", params![env, now])?;
+        env_in_scope(who, scope, env)?;
         for p in &held {
-            if let Some(scope) = scope {
+            if let Some(scope) = scope.services() {
                 in_scope(who, scope, &p.services, &format!("end environment {env:?}, which holds {:?} for", p.user))?;
             }
             take(&tx, &p.user, env, &[])?;
@@ -356,6 +360,16 @@ fn audit(
     Ok(())
 }
 
+/// Refuses an environment outside the token's.
+fn env_in_scope(who: &str, scope: &Scope, env: &str) -> Result<(), StoreError> {
+    match scope.envs() {
+        Some(envs) if !scope.allows_env(env) => Err(StoreError::OutOfScope {
+            reason: format!("token {who:?} may not change environment {env:?}: it is scoped to {}", envs.join(", ")),
+        }),
+        _ => Ok(()),
+    }
+}
+
 /// Refuses, naming the first service outside `scope`.
 fn in_scope(who: &str, scope: &[String], services: &[String], doing: &str) -> Result<(), StoreError> {
     match services.iter().find(|s| !scope.contains(s)) {
@@ -379,18 +393,19 @@ mod tests {
     #[test]
     fn put_get_remove_and_audit() {
         let (_d, s) = store();
-        let e =
-            s.put("U1", "rush", &["payment".into(), "shipping".into()], 60, "qa", Some("release 42"), None).unwrap();
+        let e = s
+            .put("U1", "rush", &["payment".into(), "shipping".into()], 60, "qa", Some("release 42"), &Scope::ALL)
+            .unwrap();
         assert_eq!(e.services, ["payment", "shipping"]);
         assert_eq!(s.get("U1", now_ms()).unwrap()[0].services.len(), 2);
         assert_eq!(s.snapshot(now_ms()).unwrap().0, 1);
         assert_eq!(
-            s.remove("U1", Some("payment"), "qa", None, None).unwrap(),
+            s.remove("U1", Some("payment"), "qa", None, &Scope::ALL).unwrap(),
             Removed::Services(vec!["payment".into()])
         );
         assert_eq!(s.get("U1", now_ms()).unwrap()[0].services, ["shipping"]);
-        assert_eq!(s.remove("U1", Some("payment"), "qa", None, None).unwrap(), Removed::Nothing);
-        assert_eq!(s.remove("U1", None, "qa", None, None).unwrap(), Removed::Entry);
+        assert_eq!(s.remove("U1", Some("payment"), "qa", None, &Scope::ALL).unwrap(), Removed::Nothing);
+        assert_eq!(s.remove("U1", None, "qa", None, &Scope::ALL).unwrap(), Removed::Entry);
         assert!(s.get("U1", now_ms()).unwrap().is_empty());
         let log = s.audit_log(100).unwrap();
         assert_eq!(log.iter().map(|a| a.action.as_str()).collect::<Vec<_>>(), ["put", "remove", "remove"]);
@@ -402,11 +417,11 @@ mod tests {
     fn a_scoped_token_changes_only_what_its_scope_covers() {
         let (_d, s) = store();
         let pay = ["payment".to_owned()];
-        let scope = Some(&pay[..]);
+        let scope = &Scope::of_services(pay.to_vec());
         s.put("U1", "rush", &["payment".into()], 60, "pay-team", None, scope).unwrap();
         let e = s.put("U2", "rush", &["shipping".into()], 60, "pay-team", None, scope).unwrap_err().to_string();
         assert!(e.contains("pay-team") && e.contains("\"shipping\"") && e.contains("scoped to payment"), "{e}");
-        s.put("U3", "rush", &["payment".into(), "shipping".into()], 60, "ops", None, None).unwrap();
+        s.put("U3", "rush", &["payment".into(), "shipping".into()], 60, "ops", None, &Scope::ALL).unwrap();
         // Replacing U3's entry would drop shipping, which another team set.
         let e = s.put("U3", "rush", &["payment".into()], 60, "pay-team", None, scope).unwrap_err().to_string();
         assert!(e.contains("replace") && e.contains("shipping"), "{e}");
@@ -422,7 +437,7 @@ mod tests {
     #[test]
     fn expired_entries_vanish_from_reads() {
         let (_d, s) = store();
-        s.put("U1", "rush", &["payment".into()], 1, "qa", None, None).unwrap();
+        s.put("U1", "rush", &["payment".into()], 1, "qa", None, &Scope::ALL).unwrap();
         let later = now_ms() + 1_001;
         assert!(s.get("U1", later).unwrap().is_empty());
         assert!(s.snapshot(later).unwrap().1.is_empty());
@@ -436,7 +451,7 @@ mod tests {
                 "CREATE TRIGGER break_audit BEFORE INSERT ON audit BEGIN SELECT RAISE(ABORT, 'disk full'); END;",
             )
             .unwrap();
-        assert!(s.put("U1", "rush", &["payment".into()], 60, "qa", None, None).is_err());
+        assert!(s.put("U1", "rush", &["payment".into()], 60, "qa", None, &Scope::ALL).is_err());
         assert!(s.get("U1", now_ms()).unwrap().is_empty());
         assert_eq!(s.snapshot(now_ms()).unwrap().0, 0, "version unchanged");
     }
@@ -444,7 +459,7 @@ mod tests {
     #[test]
     fn audit_is_append_only() {
         let (_d, s) = store();
-        s.put("U1", "rush", &["a".into()], 60, "qa", None, None).unwrap();
+        s.put("U1", "rush", &["a".into()], 60, "qa", None, &Scope::ALL).unwrap();
         let conn = s.lock();
         assert!(conn.execute("DELETE FROM audit", []).is_err());
         assert!(conn.execute("UPDATE audit SET who = 'x'", []).is_err());
@@ -453,31 +468,31 @@ mod tests {
     #[test]
     fn a_user_service_is_in_one_environment_at_a_time() {
         let (_d, s) = store();
-        s.put("U1", "pr-42", &["payment".into()], 60, "qa", None, None).unwrap();
-        s.put("U1", "pr-57", &["shipping".into()], 60, "qa", None, None).unwrap();
-        let e = s.put("U1", "rush", &["payment".into(), "search".into()], 60, "qa", None, None).unwrap_err();
+        s.put("U1", "pr-42", &["payment".into()], 60, "qa", None, &Scope::ALL).unwrap();
+        s.put("U1", "pr-57", &["shipping".into()], 60, "qa", None, &Scope::ALL).unwrap();
+        let e = s.put("U1", "rush", &["payment".into(), "search".into()], 60, "qa", None, &Scope::ALL).unwrap_err();
         assert!(matches!(&e, StoreError::Held { env, service, .. } if env == "pr-42" && service == "payment"), "{e}");
         assert!(e.to_string().contains("\"pr-42\""), "{e}");
         // Setting an environment replaces the user's services there only.
-        s.put("U1", "pr-42", &["payment".into(), "search".into()], 60, "qa", None, None).unwrap();
+        s.put("U1", "pr-42", &["payment".into(), "search".into()], 60, "qa", None, &Scope::ALL).unwrap();
         let placed: Vec<(String, Vec<String>)> =
             s.get("U1", now_ms()).unwrap().into_iter().map(|p| (p.env, p.services)).collect();
         assert_eq!(
             placed,
             [("pr-42".into(), vec!["payment".into(), "search".into()]), ("pr-57".into(), vec!["shipping".into()])]
         );
-        s.put("U2", "pr-42", &["payment".into()], 120, "qa", None, None).unwrap();
+        s.put("U2", "pr-42", &["payment".into()], 120, "qa", None, &Scope::ALL).unwrap();
         let envs = s.envs(now_ms()).unwrap();
         assert_eq!(envs.iter().map(|e| e.env.as_str()).collect::<Vec<_>>(), ["pr-42", "pr-57"]);
         assert_eq!(envs[0].users, ["U1", "U2"]);
         assert_eq!(envs[0].services, ["payment", "search"]);
         // Removing a service finds it in whichever environment holds it.
         assert_eq!(
-            s.remove("U1", Some("shipping"), "qa", None, None).unwrap(),
+            s.remove("U1", Some("shipping"), "qa", None, &Scope::ALL).unwrap(),
             Removed::Services(vec!["shipping".into()])
         );
-        assert_eq!(s.end_env("pr-42", "qa", Some("merged"), None).unwrap(), ["U1", "U2"]);
-        assert!(s.end_env("pr-42", "qa", None, None).unwrap().is_empty(), "ending twice is a no-op");
+        assert_eq!(s.end_env("pr-42", "qa", Some("merged"), &Scope::ALL).unwrap(), ["U1", "U2"]);
+        assert!(s.end_env("pr-42", "qa", None, &Scope::ALL).unwrap().is_empty(), "ending twice is a no-op");
         assert!(s.snapshot(now_ms()).unwrap().1.is_empty());
         let log = s.audit_log(100).unwrap();
         let ended: Vec<_> = log.iter().filter(|a| a.action == "end-env").map(|a| a.env.as_deref()).collect();
@@ -503,9 +518,24 @@ mod tests {
         let got = s.get("U1", now_ms()).unwrap();
         assert_eq!((got[0].env.as_str(), got[0].services.as_slice()), ("rush", &["payment".to_owned()][..]));
         assert_eq!(s.audit_log(10).unwrap()[0].env, None);
-        s.put("U1", "rush", &["shipping".into()], 60, "qa", None, None).unwrap();
+        s.put("U1", "rush", &["shipping".into()], 60, "qa", None, &Scope::ALL).unwrap();
         drop(s);
         let s = Store::open(&path).unwrap();
         assert_eq!(s.get("U1", now_ms()).unwrap()[0].services, ["shipping"], "opened twice, migrated once");
+    }
+
+    #[test]
+    fn a_token_scoped_to_environments_changes_only_those() {
+        let (_d, s) = store();
+        let team = &Scope::ALL.with_envs(vec!["team-ledger-*".into()]);
+        s.put("U1", "team-ledger-1", &["ledger".into()], 60, "ledger", None, team).unwrap();
+        let e = s.put("U2", "pr-42", &["ledger".into()], 60, "ledger", None, team).unwrap_err().to_string();
+        assert!(e.contains("\"pr-42\"") && e.contains("team-ledger-*"), "{e}");
+        assert!(s.put("U2", "rush", &["ledger".into()], 60, "ledger", None, team).is_err(), "nor the default");
+        s.put("U3", "pr-42", &["payment".into()], 60, "ops", None, &Scope::ALL).unwrap();
+        assert!(s.remove("U3", None, "ledger", None, team).is_err());
+        assert!(s.end_env("pr-42", "ledger", None, team).is_err());
+        assert_eq!(s.end_env("team-ledger-1", "ledger", None, team).unwrap(), ["U1"]);
+        assert_eq!(s.get("U3", now_ms()).unwrap().len(), 1, "refused writes changed nothing");
     }
 }

@@ -1,7 +1,8 @@
 //! `tenancy-bridge demo`: the whole system in one process, no setup. Two librdkafka mock
 //! clusters stand in for prod and Rush, the reference Config Mapper runs on a free port with a
-//! temporary database, U1 is whitelisted for `payment`, and the relay runs with the return
-//! path. Traffic covers the blog's four scenarios; each service instance's deliveries are
+//! temporary database, U1 is whitelisted for `payment` in the default environment and two QA
+//! users for `payment` in environments `pr-42` and `pr-57` (two versions of payment side by
+//! side), and the relay runs with the return path. Traffic covers the blog's four scenarios; each service instance's deliveries are
 //! checked exactly once, then `verify` checks the invariant on every topic.
 
 mod services;
@@ -28,6 +29,8 @@ const PARTITIONS: i32 = 3;
 const SERVICES: [&str; 2] = ["payment", "shipping"];
 const DEMO_USER: &str = "U1";
 const DEMO_SERVICE: &str = "payment";
+/// Two pull requests' environments of payment, each with a QA user of its own.
+const DEMO_ENVS: [(&str, &str); 2] = [("pr-42", "QA42"), ("pr-57", "QA57")];
 
 #[cfg(test)]
 mod tests {
@@ -76,7 +79,12 @@ fn events(opts: &Options) -> (Vec<Event>, Vec<Event>) {
     let old = (0..opts.prod_events)
         .map(|i| Event {
             id: format!("p{i}"),
-            user: if i % 10 == 0 { DEMO_USER.into() } else { format!("U{}", 2 + i % 40) },
+            user: match (i % 10, i % 20) {
+                (0, _) => DEMO_USER.into(),
+                (_, 5) => DEMO_ENVS[0].1.into(),
+                (_, 15) => DEMO_ENVS[1].1.into(),
+                _ => format!("U{}", 2 + i % 40),
+            },
             partition: (i % PARTITIONS as usize) as i32,
         })
         .collect();
@@ -86,9 +94,16 @@ fn events(opts: &Options) -> (Vec<Event>, Vec<Event>) {
     (old, new)
 }
 
-/// Who must receive `e`: the Rush instance of the demo service for the demo user, else prod.
+/// Who must receive `e`: the demo service's Rush instance of the environment its user is in,
+/// else prod.
 fn receiver(e: &Event, service: &str) -> &'static str {
-    if e.user == DEMO_USER && service == DEMO_SERVICE { "rush" } else { "prod" }
+    if service != DEMO_SERVICE {
+        return "prod";
+    }
+    if e.user == DEMO_USER {
+        return "rush";
+    }
+    DEMO_ENVS.iter().find(|(_, user)| e.user == *user).map_or("prod", |(env, _)| env)
 }
 
 /// Runs the demo, printing progress and the report to `out`. `Ok(true)` when everything held.
@@ -109,6 +124,14 @@ pub fn run(opts: &Options, out: &mut dyn Write) -> Result<bool, DemoError> {
     for s in SERVICES {
         prod.create_topic(&format!("orders.{s}"), PARTITIONS, 1)?;
         rush.create_topic(&format!("orders.{s}"), PARTITIONS, 1)?;
+        // The bridge creates an environment's topics before its first copy; the mock cluster
+        // cannot, so the demo does.
+        for (env, _) in DEMO_ENVS {
+            rush.create_topic(&format!("{env}.orders.{s}"), PARTITIONS, 1)?;
+        }
+    }
+    for (env, _) in DEMO_ENVS {
+        rush.create_topic(&format!("{env}.orders"), PARTITIONS, 1)?;
     }
     let (prod_bs, rush_bs) = (prod.bootstrap_servers(), rush.bootstrap_servers());
     writeln!(out, "  prod cluster    {prod_bs}   (mock, topic orders, {PARTITIONS} partitions)")?;
@@ -122,6 +145,12 @@ pub fn run(opts: &Options, out: &mut dyn Write) -> Result<bool, DemoError> {
         .add(DEMO_USER, &[DEMO_SERVICE.into()], Duration::from_secs(3600), Some("demo"), None)
         .map_err(|e| DemoError::Mapper(e.to_string()))?;
     writeln!(out, "  config mapper   {}   whitelisted {DEMO_USER} for {DEMO_SERVICE} (ttl 1h)", mapper.url)?;
+    for (env, user) in DEMO_ENVS {
+        client
+            .add(user, &[DEMO_SERVICE.into()], Duration::from_secs(3600), Some("demo"), Some(env))
+            .map_err(|e| DemoError::Mapper(e.to_string()))?;
+        writeln!(out, "                  whitelisted {user} for {DEMO_SERVICE} in environment {env}")?;
+    }
     writeln!(out, "  route           orders -> payment, shipping; user from header x-user-id; return path on\n")?;
 
     let config = Config::parse(&config_text(&prod_bs, &rush_bs, &mapper.url), std::iter::empty())?;
@@ -140,7 +169,14 @@ pub fn run(opts: &Options, out: &mut dyn Write) -> Result<bool, DemoError> {
         instances.push(Instance::start("prod", &prod_bs, s)?);
         instances.push(Instance::start("rush", &rush_bs, s)?);
     }
-    writeln!(out, "  waiting for the bridge and the four service instances to join their groups…")?;
+    for (env, _) in DEMO_ENVS {
+        instances.push(Instance::start_in("rush", env, &rush_bs, DEMO_SERVICE)?);
+    }
+    writeln!(
+        out,
+        "  waiting for the bridge and the {} service instances (two in environments) to join their groups…",
+        instances.len()
+    )?;
     let deadline = Instant::now() + opts.timeout;
     loop {
         let health = &observers.health;
@@ -251,7 +287,7 @@ fn scenarios(instances: &[Instance], old: &[Event], new: &[Event]) -> (String, b
         let (mut want, mut got, mut ok) = (0, 0, true);
         let mut who = Vec::new();
         for inst in instances.iter().filter(|i| i.cluster == cluster) {
-            let mine: Vec<&Event> = events.iter().filter(|e| receiver(e, inst.service) == cluster).collect();
+            let mine: Vec<&Event> = events.iter().filter(|e| receiver(e, inst.service) == inst.place).collect();
             let received = inst.got.iter().filter(|(id, _)| id.starts_with(prefix)).map(|(_, (n, _))| n).sum::<usize>();
             for e in &mine {
                 let want_stamp = (cluster == "rush").then(|| format!("{}_{}", e.user, inst.service));
@@ -264,7 +300,7 @@ fn scenarios(instances: &[Instance], old: &[Event], new: &[Event]) -> (String, b
             want += mine.len();
             got += received;
             if received > 0 {
-                who.push(format!("{cluster} {} {}", inst.service, thousands(received)));
+                who.push(format!("{} {} {}", inst.place, inst.service, thousands(received)));
             }
         }
         all_ok &= ok;

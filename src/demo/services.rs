@@ -46,9 +46,12 @@ pub fn produce(bootstrap: &str, topic: &str, events: &[Event]) -> Result<(), Kaf
     p.flush(Duration::from_secs(30))
 }
 
-/// A service instance: `cluster`'s `orders.{service}`, in the service's consumer group.
+/// A service instance: `cluster`'s `orders.{service}`, in the service's consumer group; in an
+/// environment other than the default one, `{env}.orders.{service}` on Rush.
 pub struct Instance {
     pub cluster: &'static str,
+    /// Where it runs: `prod`, `rush` (the default environment) or an environment's name.
+    pub place: &'static str,
     pub service: &'static str,
     consumer: BaseConsumer,
     /// Demo id → (copies received, stamp seen).
@@ -57,14 +60,26 @@ pub struct Instance {
 
 impl Instance {
     pub fn start(cluster: &'static str, bootstrap: &str, service: &'static str) -> Result<Self, KafkaError> {
+        Self::start_in(cluster, cluster, bootstrap, service)
+    }
+
+    /// An instance of environment `place` (on Rush) or of production.
+    pub fn start_in(
+        cluster: &'static str,
+        place: &'static str,
+        bootstrap: &str,
+        service: &'static str,
+    ) -> Result<Self, KafkaError> {
+        let in_env = place != cluster;
         let consumer: BaseConsumer = ClientConfig::new()
             .set("bootstrap.servers", bootstrap)
-            .set("group.id", service)
+            .set("group.id", if in_env { format!("{service}-{place}") } else { service.to_owned() })
             .set("auto.offset.reset", "earliest")
             .set("session.timeout.ms", "6000")
             .create()?;
-        consumer.subscribe(&[&format!("orders.{service}")])?;
-        Ok(Self { cluster, service, consumer, got: HashMap::new() })
+        let topic = if in_env { format!("{place}.orders.{service}") } else { format!("orders.{service}") };
+        consumer.subscribe(&[&topic])?;
+        Ok(Self { cluster, place, service, consumer, got: HashMap::new() })
     }
 
     /// Takes in whatever has arrived; returns how many records.

@@ -86,6 +86,18 @@ pub enum Violation {
         want: String,
         found: String,
     },
+    /// On Rush, but in another environment than the one its recorded decision named.
+    WrongEnvironment {
+        input: At,
+        want: String,
+        found: String,
+    },
+    /// Copied to two environments.
+    TwoEnvironments {
+        input: At,
+        first: String,
+        second: String,
+    },
     /// An output that matches no input of its partition.
     Unknown {
         cluster: Cluster,
@@ -114,6 +126,12 @@ impl std::fmt::Display for Violation {
             }
             Self::Stamp { input, output_offset, want, found } => {
                 write!(f, "input {input}: Rush copy @{output_offset} stamped {found}, want {want:?}")
+            }
+            Self::TwoEnvironments { input, first, second } => {
+                write!(f, "input {input}: in two environments, {first} and {second}")
+            }
+            Self::WrongEnvironment { input, want, found } => {
+                write!(f, "input {input}: in environment {found}, but its recorded decision names {want}")
             }
             Self::Unknown { cluster, partition, output_offset } => write!(
                 f,
@@ -163,8 +181,9 @@ impl Whitelist for Everyone {
 enum Expect {
     /// Must be on prod (no usable user, or an upstream stamp not naming this service).
     Prod(String),
-    /// Must be on Rush, stamped `stamp`, because `why`.
-    Rush { stamp: String, why: String },
+    /// Must be on Rush, stamped `stamp`, because `why`; in environment `env` when the decision
+    /// is recorded.
+    Rush { stamp: String, why: String, env: Option<String> },
     /// The whitelist at the time decided; if on Rush, stamped so.
     Either(String),
 }
@@ -184,7 +203,7 @@ fn expect(route: &Route, everyone: &Everyone, service: usize, input: &Record, ru
             Expect::Either(stamp)
         }
         Reason::Upstream if d.cluster(service) == Cluster::Rush => {
-            Expect::Rush { stamp, why: "its upstream stamp names this service".into() }
+            Expect::Rush { stamp, why: "its upstream stamp names this service".into(), env: None }
         }
         Reason::Upstream => Expect::Prod("its upstream stamp does not name this service".into()),
         Reason::Whitelist if d.cluster(service) == Cluster::Rush => Expect::Either(stamp),
@@ -204,6 +223,7 @@ fn recorded(route: &Route, service: usize, input: &Record, epoch: &Epoch, rules:
         Cluster::Rush => Expect::Rush {
             stamp: stamp.to_owned(),
             why: format!("the whitelist pinned for it (version {version}) lists {user} for this service"),
+            env: Some(d.envs.of(service).to_owned()),
         },
         Cluster::Prod => Expect::Prod(format!(
             "the whitelist pinned for it (version {version}) does not list {user} for this service"
@@ -434,12 +454,27 @@ fn locate(r: &Record, partition: i32, h: &Locators<'_>) -> Option<(i32, i64, Vec
     Some((partition, offset, r.header(h.output)?.to_vec()))
 }
 
-/// Checks one service of `route` against its prod and Rush output topics.
+/// Checks one service of `route` against its prod and Rush output topics (the default
+/// environment's).
 pub fn check_service(
     route: &Route,
     service: usize,
     inputs: &Inputs<'_>,
     (prod, rush): (&[Record], &[Record]),
+    elsewhere: &Elsewhere,
+    rules: &Rules<'_>,
+) -> ServiceReport {
+    check_service_in_envs(route, service, inputs, (prod, rush, &[]), elsewhere, rules)
+}
+
+/// [`check_service`] with the Rush outputs of every environment: `rush_envs[i]` is the
+/// environment `rush[i]` was read from (the default one past its end). A copy whose recorded
+/// decision named another environment is a violation.
+pub fn check_service_in_envs(
+    route: &Route,
+    service: usize,
+    inputs: &Inputs<'_>,
+    (prod, rush, rush_envs): (&[Record], &[Record], &[String]),
     elsewhere: &Elsewhere,
     rules: &Rules<'_>,
 ) -> ServiceReport {
@@ -456,15 +491,41 @@ pub fn check_service(
     let v = &mut report.violations;
     let id = |r: &Record| identity(r, rules, stamp_payload);
     match_stream(inputs, &index, prod, id, Cluster::Prod, &mut on_prod, v);
-    let rush_matched = match_stream(inputs, &index, rush, id, Cluster::Rush, &mut on_rush, v);
+    // Each environment's topic is its own stream (its own partition order); an input copied to
+    // two environments is a violation like one on both clusters.
+    let mut rush_matched = Vec::new();
+    let mut env_of: Vec<Option<&str>> = vec![None; all.len()];
+    let mut start = 0;
+    while start < rush.len() {
+        let env = rush_envs.get(start).map_or(crate::environment::DEFAULT, String::as_str);
+        let len = (rush_envs.get(start..).unwrap_or_default().iter())
+            .take_while(|e| e.as_str() == env)
+            .count()
+            .max(if start >= rush_envs.len() { rush.len() - start } else { 1 });
+        let mut copies = vec![0; all.len()];
+        let matched = match_stream(inputs, &index, &rush[start..start + len], id, Cluster::Rush, &mut copies, v);
+        rush_matched.extend(matched.into_iter().map(|(i, oi)| (i, oi + start)));
+        for (i, n) in copies.into_iter().enumerate().filter(|(_, n)| *n > 0) {
+            on_rush[i] += n;
+            match env_of[i] {
+                Some(other) if other != env => {
+                    let input = At { partition: all[i].partition, offset: all[i].offset };
+                    v.push(Violation::TwoEnvironments { input, first: other.to_owned(), second: env.to_owned() });
+                }
+                _ => env_of[i] = Some(env),
+            }
+        }
+        start += len;
+    }
 
     let everyone = Everyone(crate::whitelist::Entry::new(
         route.services.iter().map(|s| s.name.as_str().into()).collect(),
         i64::MAX,
     ));
-    let mut rush_copy: HashMap<usize, &Record> = HashMap::new();
+    let mut rush_copy: HashMap<usize, (&Record, &str)> = HashMap::new();
     for (i, oi) in rush_matched {
-        rush_copy.insert(i, &rush[oi]);
+        let env = rush_envs.get(oi).map_or(crate::environment::DEFAULT, String::as_str);
+        rush_copy.insert(i, (&rush[oi], env));
     }
     for (i, input) in inputs.judged() {
         let at = At { partition: input.partition, offset: input.offset };
@@ -507,8 +568,20 @@ pub fn check_service(
             (Expect::Rush { why, .. }, Cluster::Prod) => {
                 report.violations.push(Violation::WrongCluster { input: at, cluster, why })
             }
-            (Expect::Rush { stamp: want, .. } | Expect::Either(want), Cluster::Rush) => {
-                if let Some(copy) = rush_copy.get(&i) {
+            (Expect::Rush { stamp: want, env: want_env, .. }, Cluster::Rush) => {
+                if let Some((copy, env)) = rush_copy.get(&i) {
+                    if let Some(want_env) = want_env.filter(|w| w != env) {
+                        let found = (*env).to_owned();
+                        report.violations.push(Violation::WrongEnvironment { input: at, want: want_env, found });
+                    }
+                    if let Some(found) = stamp_problem(route, copy, &want, rules) {
+                        let output_offset = copy.offset;
+                        report.violations.push(Violation::Stamp { input: at, output_offset, want, found });
+                    }
+                }
+            }
+            (Expect::Either(want), Cluster::Rush) => {
+                if let Some((copy, _)) = rush_copy.get(&i) {
                     if let Some(found) = stamp_problem(route, copy, &want, rules) {
                         let output_offset = copy.offset;
                         report.violations.push(Violation::Stamp { input: at, output_offset, want, found });

@@ -195,10 +195,23 @@ pub fn run(config: &Config, opts: &Options) -> Result<Report, ReadError> {
         let dead_letters = prod.read(&config.bridge.dead_letter_topic, read_from, false)?;
         let first = prod.read(&route.topic, read_from, true)?;
         let raw_first = if route.return_path { Some(rush.read(&route.topic, read_from, false)?) } else { None };
+        // Each service's Rush copies: the default environment's topic, then every other
+        // environment's that Rush has, each record with its environment.
+        let rush_topics = crate::topics::partition_counts(&config.rush, "rush").unwrap_or_default();
         let mut outputs = Vec::new();
         for s in &route.services {
-            outputs
-                .push((prod.read(&s.output_topic, read_from, false)?, rush.read(&s.output_topic, read_from, false)?));
+            let mut copies = rush.read(&s.output_topic, read_from, false)?;
+            let mut envs = vec![crate::environment::DEFAULT.to_owned(); copies.len()];
+            for name in rush_topics.keys() {
+                let Some(env) = crate::environment::of_rush_topic(name, &s.output_topic) else { continue };
+                if crate::environment::is_default(env) {
+                    continue;
+                }
+                let more = rush.read(name, read_from, false)?;
+                envs.extend(std::iter::repeat_n(env.to_owned(), more.len()));
+                copies.extend(more);
+            }
+            outputs.push((prod.read(&s.output_topic, read_from, false)?, copies, envs));
         }
         // After the Rush outputs: a copy the lane moves meanwhile is found in one or the other.
         let outbox = prod.read(&route.outbox_topic, read_from, false)?;
@@ -220,7 +233,10 @@ pub fn run(config: &Config, opts: &Options) -> Result<Report, ReadError> {
         let inputs =
             Inputs { records: &records, judged: &judged, committed: &committed, window_start: since_ms, pins: &pins };
         let services = (0..route.services.len())
-            .map(|i| check::check_service(route, i, &inputs, (&outputs[i].0, &outputs[i].1), &elsewhere, &rules))
+            .map(|i| {
+                let (p, r, envs) = &outputs[i];
+                check::check_service_in_envs(route, i, &inputs, (p, r, envs), &elsewhere, &rules)
+            })
             .collect();
         report.routes.push(RouteReport { topic: route.topic.clone(), services });
 

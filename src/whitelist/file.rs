@@ -41,7 +41,12 @@ pub fn load(path: &Path) -> Result<Snapshot, WatchError> {
 impl FileSource {
     /// Loads the file once (an error here is a start-up error) and starts watching it.
     /// At most `max_envs` environments besides the default one ([`Snapshot::limit_envs`]).
-    pub fn start(path: PathBuf, refresh: Duration, target: SharedSnapshot, max_envs: usize) -> Result<Self, WatchError> {
+    pub fn start(
+        path: PathBuf,
+        refresh: Duration,
+        target: SharedSnapshot,
+        max_envs: usize,
+    ) -> Result<Self, WatchError> {
         // Compared by content, not mtime: two writes within one mtime tick must not be missed.
         let mut seen = read(&path)?;
         let first = limited(parse(&path, &seen)?, max_envs);
@@ -89,7 +94,8 @@ pub fn limited(snapshot: Snapshot, max_envs: usize) -> Snapshot {
     if !s.refused_envs().is_empty() {
         let refused: Vec<&str> = s.refused_envs().iter().map(|e| &**e).collect();
         tracing::error!(
-            max_envs, ?refused,
+            max_envs,
+            ?refused,
             "whitelist names more environments than bridge.max_envs: these are refused and their users' events \
              stay in production (raise bridge.max_envs or end environments)"
         );

@@ -128,7 +128,8 @@ impl EnvLimit {
         }
         if self.refused.lock().is_ok_and(|mut r| r.insert(env.to_owned())) {
             tracing::error!(
-                env, max_envs = self.max,
+                env,
+                max_envs = self.max,
                 "lookup answer places a user in an environment beyond bridge.max_envs: refused, its events stay in production"
             );
         }

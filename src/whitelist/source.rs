@@ -65,7 +65,8 @@ pub fn start(w: &WhitelistConfig, max_envs: usize) -> Result<(Running, Whitelist
         }
         (None, Some(url), WhitelistMode::Snapshot) => {
             let client = MapperClient::new(url, None, w.request_timeout)?;
-            let poller = SnapshotPoller::start(client, w.refresh, snapshot.clone(), max_envs).map_err(StartError::Spawn)?;
+            let poller =
+                SnapshotPoller::start(client, w.refresh, snapshot.clone(), max_envs).map_err(StartError::Spawn)?;
             Ok((Running::Poller(poller), snapshot.into()))
         }
         (None, Some(url), WhitelistMode::Lookup) => {

@@ -190,7 +190,12 @@ impl FanOut {
             let (topic, payload, headers) = match cluster {
                 Cluster::Prod => (&service.output_topic, msg.payload(), input_headers.map(copy_headers)),
                 Cluster::Rush => {
-                    m.stamped[i].inc();
+                    let env = decision.envs.of(i);
+                    if environment::is_default(env) {
+                        m.stamped[i].inc();
+                    } else {
+                        m.stamped_envs.with_label_values(&[&route.topic, &service.name, env]).inc();
+                    }
                     let user = decision.user.as_deref().unwrap_or_default();
                     tenancy::tenancy_value(user, &service.name, &mut self.stamp);
                     let payload = match (decision.splice, msg.payload()) {
@@ -243,7 +248,6 @@ impl FanOut {
                     if !timestamp.is_empty() {
                         out = out.insert(Header { key: OUTBOX_INPUT_TIMESTAMP, value: Some(timestamp) });
                     }
-                    let env = decision.envs.of(i);
                     if !environment::is_default(env) {
                         out = out.insert(Header { key: OUTBOX_ENV, value: Some(env) });
                     }
