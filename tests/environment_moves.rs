@@ -14,7 +14,7 @@ use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use common::chaos::{Flipper, Lcg, kill9, user};
+use common::chaos::{Flipper, Lcg, kill9, user, user_event};
 use common::invariant::TID;
 use common::paced::PacedProducer;
 use common::{Bridge, Fixture, Input, OffsetWatcher, Read, Reader};
@@ -60,14 +60,7 @@ fn allowed(user: &str, service: &str) -> Vec<&'static str> {
 }
 
 fn input(i: usize) -> Input {
-    let user = format!("U{}", i % USERS);
-    Input {
-        partition: (i % PARTITIONS as usize) as i32,
-        key: Some(user.clone().into_bytes()),
-        payload: Some(format!(r#"{{"n":{i},"user_id":"{user}"}}"#).into_bytes()),
-        headers: vec![(TID.into(), Some(i.to_string().into_bytes())), ("x-user-id".into(), Some(user.into_bytes()))],
-        timestamp: tenancy_bridge::clock::now_ms(),
-    }
+    user_event(i, PARTITIONS, format!("U{}", i % USERS))
 }
 
 #[test]
@@ -169,26 +162,7 @@ fn moves_under_kill_9(exactly_once: bool) {
         }
     }
     // `verify` judges every event by the decision recorded for it, environment included.
-    let config = tenancy_bridge::config::Config::parse(&f.text, std::iter::empty()).unwrap();
-    let report = tenancy_bridge::verify::run(&config, &tenancy_bridge::verify::Options::default()).unwrap();
-    for s in &report.routes[0].services {
-        eprintln!(
-            "verify {}: {} inputs, {} prod, {} rush, {} judged by their recorded decision, {} violations",
-            s.service,
-            s.inputs,
-            s.prod,
-            s.rush,
-            s.pinned,
-            s.violations.len()
-        );
-        assert_eq!(s.pinned, s.inputs, "every event was decided under a pin");
-        for v in &s.violations {
-            let duplicate = matches!(v, tenancy_bridge::verify::check::Violation::Duplicated { .. });
-            if !duplicate || exactly_once {
-                violations.push(format!("verify {}: {v}", s.service));
-            }
-        }
-    }
+    violations.extend(common::invariant::verify_by_recorded_decisions(&f.text, total, !exactly_once));
     bridge.stop(Duration::from_secs(60));
     assert!(
         violations.is_empty(),

@@ -174,3 +174,32 @@ fn check_stamp(r: &mut Report, stamp: &StampCheck, input: &Read, o: &Read, value
         ));
     }
 }
+
+/// Runs `verify` with the config `text` and returns its violations, but for duplicates when
+/// `duplicates_allowed`; every judged input must have been decided under a recorded pin.
+pub fn verify_by_recorded_decisions(text: &str, total: usize, duplicates_allowed: bool) -> Vec<String> {
+    let config = tenancy_bridge::config::Config::parse(text, std::iter::empty()).unwrap();
+    let report = tenancy_bridge::verify::run(&config, &tenancy_bridge::verify::Options::default()).unwrap();
+    assert!(report.notes.is_empty(), "{:?}", report.notes);
+    let mut violations = Vec::new();
+    for s in &report.routes[0].services {
+        eprintln!(
+            "verify {}: {} inputs, {} prod, {} rush, {} judged by their recorded decision, {} violations",
+            s.service,
+            s.inputs,
+            s.prod,
+            s.rush,
+            s.pinned,
+            s.violations.len()
+        );
+        assert_eq!(s.inputs, total);
+        assert_eq!(s.pinned, total, "every event was decided under a pin");
+        for v in &s.violations {
+            let duplicate = matches!(v, tenancy_bridge::verify::check::Violation::Duplicated { .. });
+            if !(duplicate && duplicates_allowed) {
+                violations.push(format!("verify {}: {v}", s.service));
+            }
+        }
+    }
+    violations
+}
