@@ -33,6 +33,11 @@ pub enum RelayError {
     DrainTimeout { pending: usize },
     #[error("the {what} thread panicked: {message}; offsets from there on were not committed")]
     Panicked { what: &'static str, message: String },
+    #[error(
+        "the Rush lane's consumer has had no partition for {unassigned:?} while Rush copies wait ({backlog_age:.0} s \
+         old): starting it again with a new consumer"
+    )]
+    LaneUnassigned { unassigned: std::time::Duration, backlog_age: f64 },
 }
 
 impl RelayError {
@@ -49,7 +54,9 @@ impl RelayError {
             Self::Consume { source, .. } | Self::Rewind { source } => code(source),
             Self::Produce(p) => p.class == ErrorClass::Retry || code(&p.source),
             Self::Delivery { class, .. } => *class == ErrorClass::Retry,
-            Self::Transaction(TransactionError::Fatal { .. }) | Self::DrainTimeout { .. } => true,
+            Self::Transaction(TransactionError::Fatal { .. })
+            | Self::DrainTimeout { .. }
+            | Self::LaneUnassigned { .. } => true,
             Self::Transaction(TransactionError::Fenced { paused, .. }) => *paused,
             Self::Decisions(e) => e.curable(),
             Self::Topics(e) => e.curable(),

@@ -89,9 +89,12 @@ pub struct Health {
     /// The Rush-side topics were checked (the return path waits for it); those of the routes in
     /// `rush_routes_broken` could not be made right.
     pub rush_topics_ready: AtomicBool,
-    /// Moves each time the Rush lane readies an environment's topics: the return path then
-    /// starts again to read that environment's raw topic too.
+    /// Moves each time the Rush lane readies the topics of an environment it had not readied
+    /// before in this process: the return path then starts again to read its raw topic too.
     pub rush_envs_changed: std::sync::atomic::AtomicU64,
+    /// The environments readied so far (a lane that restarts readies them again, and that
+    /// must not restart the return path).
+    rush_envs_seen: std::sync::Mutex<std::collections::BTreeSet<String>>,
     /// Per route whose Rush topics are unusable: why. Its copies wait; other routes flow.
     rush_routes_broken: std::sync::Mutex<Vec<String>>,
     /// Environments whose Rush topics take copies on fewer or more partitions than their input.
@@ -133,6 +136,15 @@ impl Health {
     pub fn set_rush_routes_broken(&self, why: Vec<String>) {
         if let Ok(mut g) = self.rush_routes_broken.lock() {
             *g = why;
+        }
+    }
+
+    /// The Rush lane readied environment `env`'s topics; the first time, the return path is
+    /// told.
+    pub fn rush_env_ready(&self, env: &str) {
+        let new = self.rush_envs_seen.lock().is_ok_and(|mut seen| seen.insert(env.to_owned()));
+        if new {
+            self.rush_envs_changed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
     }
 

@@ -124,6 +124,11 @@ fn run_routes(
     let commit = writer.commit_strategy(None);
     let flush = writer.flush();
     let mut lane = RushLane {
+        watch: AssignmentWatch {
+            health: health.clone(),
+            backlog_age: metrics.rush_backlog_age.clone(),
+            unassigned_since: None,
+        },
         outputs: routes.iter().map(|r| r.services.iter().map(|s| s.output_topic.clone()).collect()).collect(),
         outboxes: outboxes.clone(),
         writer,
@@ -152,9 +157,43 @@ struct RushLane {
     tracker: Arc<Tracker>,
     invalid: prometheus::IntCounter,
     envs: Environments,
+    watch: AssignmentWatch,
+}
+
+/// How long the lane's consumer may go without a partition while copies wait before it is
+/// replaced. Longer than a group join after a restart of either cluster's broker.
+const UNASSIGNED_LIMIT: Duration = Duration::from_secs(60);
+
+/// Replaces a lane consumer that stays out of its group while Rush copies age in the outbox.
+/// After a production broker froze through a join (or past the session timeout), librdkafka's
+/// consumer was seen to never get its assignment again; a new consumer joins at once. A lane
+/// that is only idle (another instance carries every partition) sees no aged backlog and stays.
+struct AssignmentWatch {
+    health: Arc<Health>,
+    backlog_age: prometheus::Gauge,
+    unassigned_since: Option<Instant>,
+}
+
+impl AssignmentWatch {
+    fn check(&mut self) -> Result<(), RelayError> {
+        if self.health.assigned(Direction::RushLane).load(std::sync::atomic::Ordering::Relaxed) > 0 {
+            self.unassigned_since = None;
+            return Ok(());
+        }
+        let unassigned = self.unassigned_since.get_or_insert_with(Instant::now).elapsed();
+        let backlog_age = self.backlog_age.get();
+        if unassigned >= UNASSIGNED_LIMIT && backlog_age >= UNASSIGNED_LIMIT.as_secs_f64() {
+            return Err(RelayError::LaneUnassigned { unassigned, backlog_age });
+        }
+        Ok(())
+    }
 }
 
 impl Handler for RushLane {
+    fn begin_batch(&mut self) -> Result<(), RelayError> {
+        self.watch.check()
+    }
+
     fn handle(&mut self, msg: &BorrowedMessage<'_>, _: &BaseConsumer<RebalanceContext>) -> Result<(), RelayError> {
         let Some(ri) = self.outboxes.iter().position(|t| t == msg.topic()) else {
             tracing::warn!(topic = msg.topic(), "rush lane: record from a topic that is no outbox; skipped");
@@ -288,7 +327,7 @@ impl Environments {
                 .collect();
             tracing::info!(env, "rush lane: environment's Rush topics ready");
             self.metrics.rush_envs.inc();
-            self.health.rush_envs_changed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            self.health.rush_env_ready(env);
             self.topics.insert(env.to_owned(), topics);
         }
         Ok(self.topics.get(env))
