@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use common::chaos::{Flipper, Lcg, gauge, kill9, read_outputs_of, user, user_event};
+use common::chaos::{Flipper, Lcg, gauge, kill_repeatedly, kill9, read_outputs_of, user, user_event};
 use common::invariant::TID;
 use common::paced::PacedProducer;
 use common::{Bridge, Fixture, Input, OffsetWatcher, Read, http_get};
@@ -31,23 +31,6 @@ fn input(i: usize) -> Input {
         payload: Some(format!(r#"{{"n":{i},"user_id":"{user}"}}"#).into_bytes()),
         headers: vec![(TID.into(), Some(i.to_string().into_bytes())), ("x-user-id".into(), Some(user.into_bytes()))],
         timestamp: tenancy_bridge::clock::now_ms(),
-    }
-}
-
-/// Starts the bridge `kills` times and kills it (-9) each time at a random moment after it
-/// has committed something new, at least `alive` later: the moment is the point (a random
-/// one, between 0 and 1.5 s further on), not a wait for something to happen.
-fn kill_repeatedly(config: &std::path::Path, watcher: &OffsetWatcher, kills: usize, rng: &mut Lcg, alive: Duration) {
-    let mut committed = 0;
-    for k in 0..kills {
-        let bridge = Bridge::start(config);
-        let what = format!("kill {k}: no progress past {committed} committed");
-        common::wait_until(&what, Instant::now() + Duration::from_secs(90), || {
-            watcher.committed("orders", PARTITIONS) > committed
-        });
-        std::thread::sleep(alive + Duration::from_millis(rng.below(1_500)));
-        kill9(bridge);
-        committed = watcher.committed("orders", PARTITIONS);
     }
 }
 
@@ -102,7 +85,8 @@ fn kill_9_under_whitelist_flips(delivery: Delivery, kills: usize) {
     let producer = PacedProducer::start(&prod.bootstrap, "orders", 1_000, input);
     let watcher = OffsetWatcher::new(&prod.bootstrap, &group);
     let started = Instant::now();
-    kill_repeatedly(config, &watcher, kills, &mut rng, Duration::ZERO);
+    // Random points 0 to 1.5 s apart at 1,000 events/s.
+    kill_repeatedly(config, &watcher, PARTITIONS, kills, &mut rng, (0, 1_500));
     let killed_for = started.elapsed();
     let flips = flipper.flips.load(Ordering::Relaxed);
     let total = producer.finish();
@@ -488,7 +472,8 @@ fn lookup_mode_kill_9_under_whitelist_flips_exactly_once_for_read_committed_read
     let mut rng = Lcg(seed);
     let producer = PacedProducer::start(&prod.bootstrap, "orders", 500, input);
     let watcher = OffsetWatcher::new(&prod.bootstrap, group);
-    kill_repeatedly(&f.config, &watcher, KILLS, &mut rng, Duration::from_millis(500));
+    // At 500 events/s: 0.5 s to 2 s after the previous instance's last commit.
+    kill_repeatedly(&f.config, &watcher, PARTITIONS, KILLS, &mut rng, (250, 750));
     let produced = producer.finish();
     let flips = flipper.flips.load(Ordering::Relaxed);
     drop(flipper);

@@ -14,7 +14,7 @@ use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use common::chaos::{Flipper, Lcg, kill9, user, user_event};
+use common::chaos::{Flipper, Lcg, kill_repeatedly, user, user_event};
 use common::invariant::TID;
 use common::paced::PacedProducer;
 use common::{Bridge, Fixture, Input, OffsetWatcher, Read, Reader};
@@ -94,18 +94,7 @@ fn moves_under_kill_9(exactly_once: bool) {
     let producer = PacedProducer::start(prod, "orders", 1_000, input);
     let watcher = OffsetWatcher::new(prod, group);
     let started = Instant::now();
-    let mut committed = 0;
-    for k in 0..kills {
-        let bridge = Bridge::start(&f.config);
-        common::wait_until(
-            &format!("kill {k}: no progress past {committed}"),
-            Instant::now() + Duration::from_secs(90),
-            || watcher.committed("orders", PARTITIONS) > committed,
-        );
-        std::thread::sleep(Duration::from_millis(rng.below(1_500)));
-        kill9(bridge);
-        committed = watcher.committed("orders", PARTITIONS);
-    }
+    kill_repeatedly(&f.config, &watcher, PARTITIONS, kills, &mut rng, (0, 1_500));
     let killed_for = started.elapsed();
     let flips = flipper.flips.load(Ordering::Relaxed);
     drop(flipper);

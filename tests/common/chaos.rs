@@ -75,6 +75,31 @@ pub fn user_event(i: usize, partitions: i32, user: String) -> super::Input {
     }
 }
 
+/// Starts the bridge at `config` `kills` times and kills it (-9) each time at a random point of
+/// its progress: once its group `watcher` has committed `at_least` plus a random number below
+/// `spread` records of `orders` past where the previous instance left them. A point in the
+/// stream, waited for with a deadline, not a sleep.
+pub fn kill_repeatedly(
+    config: &std::path::Path,
+    watcher: &super::OffsetWatcher,
+    partitions: i32,
+    kills: usize,
+    rng: &mut Lcg,
+    (at_least, spread): (i64, u64),
+) {
+    let mut committed = 0;
+    for k in 0..kills {
+        let bridge = Bridge::start(config);
+        let target = committed + 1 + at_least + rng.below(spread) as i64;
+        let what = format!("kill {k}: no progress to {target} committed");
+        super::wait_until(&what, Instant::now() + Duration::from_secs(90), || {
+            watcher.committed("orders", partitions) >= target
+        });
+        kill9(bridge);
+        committed = watcher.committed("orders", partitions);
+    }
+}
+
 pub fn kill9(bridge: Bridge) {
     let ok = std::process::Command::new("kill").args(["-KILL", &bridge.pid().to_string()]).status().unwrap();
     assert!(ok.success());
