@@ -138,27 +138,56 @@ impl DecisionLog {
         self.rewrite_after
     }
 
-    /// Durably records "from offset `from` of partition `key`, `epoch` decides" for each pin.
-    pub fn record(&mut self, epoch: &Epoch, pins: &[(PartitionKey, i64)]) -> Result<(), DecisionError> {
+    /// Durably records "from offset `from` of partition `key`, `epoch` decides", under the
+    /// writer's claim on it, for each pin.
+    pub fn record(&mut self, epoch: &Epoch, pins: &[(PartitionKey, i64, u64)]) -> Result<(), DecisionError> {
         let snapshot_offset = self.snapshot_offset(epoch)?;
-        let mut records = Vec::with_capacity(pins.len());
-        for ((route, partition), from) in pins {
-            let record = PinRecord {
-                v: PIN_FORMAT,
-                topic: self.reader.route_topics[*route].clone(),
-                partition: *partition,
-                from_offset: *from,
-                snapshot: fingerprint_hex(epoch.fingerprint),
-                snapshot_offset,
-                version: epoch.snapshot.version(),
-                clock_ms: epoch.clock_ms,
-            };
-            let payload = serde_json::to_vec(&record).unwrap_or_default();
-            records.push((self.reader.decisions_topics[*route].as_str(), *partition, payload));
-        }
+        let records: Vec<_> =
+            pins.iter().map(|&(key, from, claim)| self.pin_record(key, from, epoch, snapshot_offset, claim)).collect();
         self.write(&records)?;
         self.pins.inc_by(pins.len() as u64);
         Ok(())
+    }
+
+    /// Writes `chain` (what previous owners recorded from the offset a new owner starts at)
+    /// again, in order, under the new owner's `claim`: a previous owner that wakes up later
+    /// and writes a pin under its own, lower claim is then ignored by every reader, even before
+    /// the new owner's first pin of its own. Nothing to write for an empty chain: the new owner
+    /// pins before its first decision.
+    pub fn claim(&mut self, key: PartitionKey, chain: &Chain, claim: u64) -> Result<(), DecisionError> {
+        let mut offsets = Vec::with_capacity(chain.len());
+        for pin in chain.pins() {
+            offsets.push(self.snapshot_offset(&pin.epoch)?);
+        }
+        let records: Vec<_> = (chain.pins().iter().zip(offsets))
+            .map(|(pin, snapshot_offset)| self.pin_record(key, pin.from, &pin.epoch, snapshot_offset, claim))
+            .collect();
+        self.write(&records)?;
+        self.pins.inc_by(records.len() as u64);
+        Ok(())
+    }
+
+    fn pin_record(
+        &self,
+        (route, partition): PartitionKey,
+        from: i64,
+        epoch: &Epoch,
+        snapshot_offset: i64,
+        claim: u64,
+    ) -> (&str, i32, Vec<u8>) {
+        let record = PinRecord {
+            v: PIN_FORMAT,
+            topic: self.reader.route_topics[route].clone(),
+            partition,
+            from_offset: from,
+            snapshot: fingerprint_hex(epoch.fingerprint),
+            snapshot_offset,
+            version: epoch.snapshot.version(),
+            clock_ms: epoch.clock_ms,
+            claim,
+        };
+        let payload = serde_json::to_vec(&record).unwrap_or_default();
+        (self.reader.decisions_topics[route].as_str(), partition, payload)
     }
 
     /// Where `epoch`'s snapshot is in the snapshot log, writing it first if this process has
@@ -271,11 +300,16 @@ impl DecisionReader {
         }
         let mut chain = Chain::default();
         for r in records {
+            if chain.ignores(r.claim) {
+                // A zombie's: its snapshot need not even be readable.
+                continue;
+            }
             let fingerprint = parse_fingerprint(&r.snapshot).unwrap_or_default();
             let snapshot = self.snapshot(fingerprint, &r)?;
             chain.apply(Pin {
                 from: r.from_offset,
                 epoch: Arc::new(Epoch::with_fingerprint(fingerprint, snapshot, r.clock_ms)),
+                claim: r.claim,
             });
         }
         chain.trim_before(from);

@@ -8,6 +8,12 @@
 //! (those below the partition's high watermark when it took over, its *horizon*) with the epoch
 //! pinned for it. From the horizon on it decides with the live whitelist, pinning first.
 //!
+//! Each pin carries its writer's *claim* on the partition, taken when it took the partition over:
+//! above every claim in the log then (and the clock's milliseconds). A pin written after one of a
+//! higher claim was written by a previous owner that had not noticed it lost the partition (a
+//! zombie, paused past its session timeout) and is ignored: it cannot override its successor's
+//! decisions. The group generation would say the same, but librdkafka does not let it out.
+//!
 //! Pure: no I/O, no clock. Decisions read `Epoch::clock_ms`, never the wall clock, which is
 //! what makes an expiry replay the same way.
 
@@ -45,60 +51,87 @@ impl Epoch {
     }
 }
 
-/// "From offset `from` on, `epoch` decides this partition."
+/// "From offset `from` on, `epoch` decides this partition", written under `claim` (0: by a
+/// version that did not claim).
 #[derive(Debug, Clone)]
 pub struct Pin {
     pub from: i64,
     pub epoch: Arc<Epoch>,
+    pub claim: u64,
 }
 
 /// The pins of one partition, in the order they were recorded.
 #[derive(Debug, Clone, Default)]
-pub struct Chain(Vec<Pin>);
+pub struct Chain {
+    pins: Vec<Pin>,
+    /// The highest claim applied.
+    claim: u64,
+}
 
 impl Chain {
     /// Applies a pin read from the log: it overrides every earlier pin from its offset on
-    /// (the log's order is the order they were recorded, so the last word wins).
+    /// (the log's order is the order they were recorded, so the last word wins), unless an
+    /// owner with a higher claim wrote before it (a zombie's pin: ignored). A pin without a
+    /// claim always applies, as it did before claims.
     pub fn apply(&mut self, pin: Pin) {
-        let keep = self.0.partition_point(|p| p.from < pin.from);
-        self.0.truncate(keep);
-        self.0.push(pin);
+        if self.ignores(pin.claim) {
+            return;
+        }
+        self.claim = self.claim.max(pin.claim);
+        let keep = self.pins.partition_point(|p| p.from < pin.from);
+        self.pins.truncate(keep);
+        self.pins.push(pin);
+    }
+
+    /// Whether a pin written under `claim` now would be a zombie's.
+    pub fn ignores(&self, claim: u64) -> bool {
+        claim != 0 && claim < self.claim
+    }
+
+    /// The claim a new owner takes: above every claim applied, and at least `now_ms`.
+    pub fn next_claim(&self, now_ms: i64) -> u64 {
+        (self.claim + 1).max(u64::try_from(now_ms).unwrap_or(0))
+    }
+
+    /// The pins, oldest first.
+    pub fn pins(&self) -> &[Pin] {
+        &self.pins
     }
 
     /// The pin deciding `offset`: the last one from at or before it.
     pub fn covering(&self, offset: i64) -> Option<&Pin> {
-        self.covering_index(offset).map(|i| &self.0[i])
+        self.covering_index(offset).map(|i| &self.pins[i])
     }
 
     fn covering_index(&self, offset: i64) -> Option<usize> {
-        self.0.partition_point(|p| p.from <= offset).checked_sub(1)
+        self.pins.partition_point(|p| p.from <= offset).checked_sub(1)
     }
 
     /// Whether the pins reach back to `offset` (a scan of the log backwards can stop).
     pub fn reaches(&self, offset: i64) -> bool {
-        self.0.first().is_some_and(|p| p.from <= offset)
+        self.pins.first().is_some_and(|p| p.from <= offset)
     }
 
-    /// Drops the pins no offset from `offset` on can need.
+    /// Drops the pins no offset from `offset` on can need (their claims still count).
     pub fn trim_before(&mut self, offset: i64) {
-        let i = self.0.partition_point(|p| p.from <= offset);
-        self.0.drain(..i.saturating_sub(1));
+        let i = self.pins.partition_point(|p| p.from <= offset);
+        self.pins.drain(..i.saturating_sub(1));
     }
 
     pub fn first(&self) -> Option<&Pin> {
-        self.0.first()
+        self.pins.first()
     }
 
     pub fn last(&self) -> Option<&Pin> {
-        self.0.last()
+        self.pins.last()
     }
 
     pub fn len(&self) -> usize {
-        self.0.len()
+        self.pins.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.pins.is_empty()
     }
 }
 
@@ -124,13 +157,20 @@ pub struct PartitionPins {
     /// When the pin `current` stands on was recorded, at the latest: its epoch's instant (a
     /// pin is written after its epoch is read), or the moment it was last written again.
     pinned_at_ms: i64,
+    /// This owner's claim, written with each of its pins.
+    claim: u64,
 }
 
 impl PartitionPins {
     /// A partition taken over with what previous owners recorded, whose high watermark was
     /// `horizon` at that moment: no earlier owner can have decided an offset at or above it.
-    pub fn taken_over(recorded: Chain, horizon: i64) -> Self {
-        Self { recorded, horizon, current: None, next: None, pinned_at_ms: i64::MIN }
+    /// Its claim is `claim` ([`Chain::next_claim`]).
+    pub fn taken_over(recorded: Chain, horizon: i64, claim: u64) -> Self {
+        Self { recorded, horizon, current: None, next: None, pinned_at_ms: i64::MIN, claim }
+    }
+
+    pub fn claim(&self) -> u64 {
+        self.claim
     }
 
     /// Picks the epoch for `offset`, given the whitelist in effect now.
@@ -140,7 +180,7 @@ impl PartitionPins {
             // which every later replay picks too.
             let i = self.recorded.covering_index(offset).unwrap_or(0);
             self.next = Some(offset + 1);
-            return Pick::Decide(&self.recorded.0[i].epoch);
+            return Pick::Decide(&self.recorded.pins[i].epoch);
         }
         if self.current.is_none() {
             // Past the horizon (or before any recorded pin): the last recorded epoch still
@@ -217,6 +257,10 @@ pub struct PinRecord {
     /// The whitelist's own version number, for people reading the log.
     pub version: u64,
     pub clock_ms: i64,
+    /// The writer's claim on the partition ([`Chain::apply`]); absent (0) from versions before
+    /// claims.
+    #[serde(default)]
+    pub claim: u64,
 }
 
 pub const PIN_FORMAT: u32 = 1;

@@ -32,8 +32,8 @@ fn same_decisions_needs_same_content_and_no_expiry_between() {
 fn a_pin_in_use_is_written_again_once_it_is_old_and_only_then() {
     let epoch = Arc::new(Epoch::new(snapshot(1), 1_000));
     let mut chain = Chain::default();
-    chain.apply(Pin { from: 0, epoch: epoch.clone() });
-    let mut p = PartitionPins::taken_over(chain, 3);
+    chain.apply(Pin { from: 0, epoch: epoch.clone(), claim: 0 });
+    let mut p = PartitionPins::taken_over(chain, 3, 1);
     assert!(p.refresh_due(i64::MAX, 10).is_none(), "nothing decided yet");
     p.pick(0, &epoch);
     assert!(p.refresh_due(1_000_000, 10).is_none(), "still replaying below the horizon");
@@ -50,14 +50,31 @@ fn a_pin_in_use_is_written_again_once_it_is_old_and_only_then() {
 }
 
 #[test]
+fn a_pin_under_a_lower_claim_after_a_higher_one_is_a_zombies_and_ignored() {
+    let e = |c| Arc::new(Epoch::new(snapshot(c), 0));
+    let mut chain = Chain::default();
+    chain.apply(Pin { from: 0, epoch: e(0), claim: 5 });
+    chain.apply(Pin { from: 10, epoch: e(1), claim: 7 });
+    // Owner 5 wakes after owner 7 took over and pins from 4: ignored.
+    chain.apply(Pin { from: 4, epoch: e(2), claim: 5 });
+    assert_eq!(chain.len(), 2);
+    assert_eq!(chain.covering(12).map(|p| p.from), Some(10));
+    assert_eq!(chain.next_claim(0), 8);
+    assert_eq!(chain.next_claim(1_000), 1_000, "at least the clock");
+    // A version before claims writes 0: always applied, as before.
+    chain.apply(Pin { from: 4, epoch: e(2), claim: 0 });
+    assert_eq!(chain.covering(12).map(|p| p.from), Some(4));
+}
+
+#[test]
 fn chain_last_word_wins_and_trims() {
     let e = |c| Arc::new(Epoch::new(snapshot(c), 0));
     let mut chain = Chain::default();
-    chain.apply(Pin { from: 0, epoch: e(0) });
-    chain.apply(Pin { from: 10, epoch: e(1) });
-    chain.apply(Pin { from: 20, epoch: e(2) });
+    chain.apply(Pin { from: 0, epoch: e(0), claim: 0 });
+    chain.apply(Pin { from: 10, epoch: e(1), claim: 0 });
+    chain.apply(Pin { from: 20, epoch: e(2), claim: 0 });
     // A later owner pinned from 15: it overrides 20 onwards.
-    chain.apply(Pin { from: 15, epoch: e(0) });
+    chain.apply(Pin { from: 15, epoch: e(0), claim: 0 });
     assert_eq!(chain.len(), 3);
     assert_eq!(chain.covering(12).map(|p| p.from), Some(10));
     assert_eq!(chain.covering(30).map(|p| p.from), Some(15));
@@ -71,8 +88,8 @@ fn chain_last_word_wins_and_trims() {
 fn a_partition_replays_below_its_horizon_then_pins_the_live_whitelist() {
     let (rush, prod) = (Arc::new(Epoch::new(snapshot(1), 0)), Arc::new(Epoch::new(snapshot(2), 0)));
     let mut chain = Chain::default();
-    chain.apply(Pin { from: 0, epoch: rush.clone() });
-    let mut p = PartitionPins::taken_over(chain, 5);
+    chain.apply(Pin { from: 0, epoch: rush.clone(), claim: 0 });
+    let mut p = PartitionPins::taken_over(chain, 5, 1);
     for offset in 0..5 {
         assert!(matches!(p.pick(offset, &prod), Pick::Decide(e) if decides_rush(e)), "offset {offset} replays");
     }
@@ -95,6 +112,11 @@ enum Step {
     Commit(u8),
     /// kill -9, and another owner takes the partition over.
     Crash,
+    /// The previous owner, paused past its replacement, wakes and pins a whitelist of this
+    /// content ahead of the next offset it would decide.
+    Zombie {
+        content: u8,
+    },
 }
 
 fn step() -> impl Strategy<Value = Step> {
@@ -104,6 +126,7 @@ fn step() -> impl Strategy<Value = Step> {
         (1u8..20).prop_map(Step::Decide),
         any::<u8>().prop_map(Step::Commit),
         Just(Step::Crash),
+        (0u8..3).prop_map(|content| Step::Zombie { content }),
     ]
 }
 
@@ -118,6 +141,9 @@ struct World {
     live: Arc<Epoch>,
     clock: i64,
     first: HashMap<i64, bool>,
+    /// The owner before the current one, which may still write: its claim, and the offset
+    /// after the last one it decided.
+    zombie: Option<(u64, i64)>,
 }
 
 impl World {
@@ -128,10 +154,11 @@ impl World {
             committed: 0,
             position: 0,
             horizon: 0,
-            owner: PartitionPins::taken_over(Chain::default(), 0),
+            owner: PartitionPins::taken_over(Chain::default(), 0, 1),
             live: Arc::new(Epoch::new(snapshot(2), 0)),
-            clock: 0,
+            clock: 1,
             first: HashMap::new(),
+            zombie: None,
         }
     }
 
@@ -141,7 +168,7 @@ impl World {
                 self.clock += later_ms;
                 self.live = Arc::new(Epoch::new(snapshot(content), self.clock));
                 if let Some(from) = self.owner.pin_ahead(&self.live) {
-                    self.log.push(Pin { from, epoch: self.live.clone() });
+                    self.log.push(Pin { from, epoch: self.live.clone(), claim: self.owner.claim() });
                     self.owner.pinned_ahead(self.live.clone());
                 }
             }
@@ -164,8 +191,20 @@ impl World {
                 }
                 chain.trim_before(self.committed);
                 self.horizon = self.high_watermark;
-                self.owner = PartitionPins::taken_over(chain, self.horizon);
+                // The new owner claims the partition: what it took over, written again under
+                // its claim (as `DecisionLog::claim` does).
+                self.clock += 1;
+                let claim = chain.next_claim(self.clock);
+                self.log.extend(chain.pins().iter().map(|p| Pin { claim, ..p.clone() }));
+                self.zombie = Some((self.owner.claim(), self.position));
+                self.owner = PartitionPins::taken_over(chain, self.horizon, claim);
                 self.position = self.committed;
+            }
+            Step::Zombie { content } => {
+                if let Some((claim, next)) = self.zombie {
+                    let epoch = Arc::new(Epoch::new(snapshot(content), self.clock));
+                    self.log.push(Pin { from: next, epoch, claim });
+                }
             }
         }
     }
@@ -176,7 +215,7 @@ impl World {
             Pick::Decide(e) => decides_rush(e),
             Pick::Record { from } => {
                 assert_eq!(from, offset);
-                self.log.push(Pin { from, epoch: self.live.clone() });
+                self.log.push(Pin { from, epoch: self.live.clone(), claim: self.owner.claim() });
                 self.owner.pinned(from, self.live.clone());
                 decides_rush(&self.live)
             }
@@ -214,6 +253,7 @@ proptest! {
             snapshot_offset: 7,
             version: 9,
             clock_ms: clock,
+            claim: f >> 1,
         };
         let back: PinRecord = serde_json::from_slice(&serde_json::to_vec(&r).unwrap()).unwrap();
         prop_assert_eq!(parse_fingerprint(&back.snapshot), Some(f));

@@ -19,7 +19,7 @@ use rdkafka::{Offset, TopicPartitionList};
 pub use plan::{Direction, PartitionPlan, Step};
 use plan::{Facts, Names, OffsetMap};
 
-use crate::config::{Config, Route, Service, WhitelistMode};
+use crate::config::{Config, Route, Service};
 use crate::decision_log::DecisionReader;
 use crate::kafka::admin_config;
 use crate::verify::check::{Record, exact_identity};
@@ -257,10 +257,6 @@ fn map_starts(
     partitions: impl Iterator<Item = i32>,
 ) -> (BTreeMap<i32, i64>, Option<String>) {
     let topic = &config.routes[ri].topic;
-    if config.whitelist.mode == WhitelistMode::Lookup {
-        let why = format!("lookup mode keeps no decision log for {topic}: only outputs prove where the bridge started");
-        return (BTreeMap::new(), Some(why));
-    }
     let mut reader = match DecisionReader::new(config) {
         Ok(r) => r,
         Err(e) => return (BTreeMap::new(), Some(format!("decision log of {topic} not read: {e}"))),

@@ -157,7 +157,7 @@ fn to_filtered(f: &Facts, map: &OffsetMap, n: Names<'_>) -> Step {
         }
         None if first_input.is_none_or(|i| i > c) => {
             return Step::Refuse(format!(
-                "no decision log for {} (lookup mode?) and no output of {}[{p}] at or before offset {c}: where the \
+                "no decision log for {} (decided before pins existed?) and no output of {}[{p}] at or before offset {c}: where the \
                  bridge started on this partition cannot be proved",
                 n.raw, n.raw
             ));

@@ -289,8 +289,8 @@ fn recorded_decisions_say_which_cluster_an_event_belongs_to() {
     // U1 is whitelisted for payment from offset 2 on (version 2), not before (version 1).
     let listed = Snapshot::new(2, [("U1".into(), Entry::new(vec!["payment".into()], i64::MAX))]);
     let mut chain = Chain::default();
-    chain.apply(Pin { from: 0, epoch: Arc::new(Epoch::new(Arc::new(Snapshot::new(1, [])), 0)) });
-    chain.apply(Pin { from: 2, epoch: Arc::new(Epoch::new(Arc::new(listed), 0)) });
+    chain.apply(Pin { from: 0, epoch: Arc::new(Epoch::new(Arc::new(Snapshot::new(1, [])), 0)), claim: 0 });
+    chain.apply(Pin { from: 2, epoch: Arc::new(Epoch::new(Arc::new(listed), 0)), claim: 0 });
     let pins: BTreeMap<i32, Chain> = [(0, chain)].into();
     let inputs: Vec<Record> = (0..4).map(|i| rec(0, i, Some("U1"), "{}")).collect();
     let judged = vec![true; 4];

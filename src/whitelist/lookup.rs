@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 
 use moka::Expiry;
 
+use super::answers::Answers;
 use super::client::MapperClient;
 use super::{Entry, Placement, SourceStatus};
 use crate::clock::{now_ms, parse_rfc3339_ms};
@@ -41,6 +42,13 @@ impl Answer {
         }
     }
 
+    fn entry_arc(&self) -> Option<&Arc<Entry>> {
+        match self {
+            Answer::Listed(e) => Some(e),
+            _ => None,
+        }
+    }
+
     pub fn into_entry(self) -> Option<Arc<Entry>> {
         match self {
             Answer::Listed(e) => Some(e),
@@ -56,6 +64,8 @@ struct Cached {
     refresh_at: Instant,
     /// When it is no longer served at all.
     expires_at: Instant,
+    /// The generation of [`LookupCache::answers`] that reflects it.
+    generation: u64,
 }
 
 /// A cache hit; `stale` answers are still right to use, but due for a refresh.
@@ -66,6 +76,9 @@ pub struct Hit {
     /// Past this it is no longer an answer (for callers that keep a copy).
     pub refresh_at: Instant,
     pub expires_at: Instant,
+    /// A snapshot of [`LookupCache::answers`] built at this generation or later decides as
+    /// this answer does.
+    pub generation: u64,
 }
 
 /// Fetches one user's entry: `Ok(None)` when not whitelisted.
@@ -186,6 +199,8 @@ pub struct LookupCache {
     /// Users whose request is on the wire, and since when.
     asking: std::sync::Mutex<std::collections::HashMap<Box<str>, Instant>>,
     pub status: Arc<SourceStatus>,
+    /// The listed answers being served: what the relay decides from, and pins.
+    pub answers: Answers,
 }
 
 impl LookupCache {
@@ -202,6 +217,7 @@ impl LookupCache {
             degraded: AtomicBool::new(false),
             asking: std::sync::Mutex::default(),
             status: Arc::new(SourceStatus::default()),
+            answers: Answers::default(),
         }
     }
 
@@ -229,7 +245,13 @@ impl LookupCache {
     /// [`LookupCache::peek`] with the caller's clock reading (the relay reads it once a batch).
     pub fn peek_at(&self, user: &str, now: Instant) -> Option<Hit> {
         let c = self.cache.get(user)?;
-        Some(Hit { stale: now >= c.refresh_at, answer: c.answer, refresh_at: c.refresh_at, expires_at: c.expires_at })
+        Some(Hit {
+            stale: now >= c.refresh_at,
+            answer: c.answer,
+            refresh_at: c.refresh_at,
+            expires_at: c.expires_at,
+            generation: c.generation,
+        })
     }
 
     /// The Config Mapper failed or answered slower than `wait` at its last lookup.
@@ -255,7 +277,7 @@ impl LookupCache {
     /// The answer, asking the Config Mapper on a miss. Concurrent callers for one user share
     /// one request. Blocks: call from a lookup worker, never from the relay's poll loop.
     pub fn get(&self, user: &str) -> Answer {
-        self.cache.get_with(user.into(), || self.ask(user).unwrap_or_else(|| self.cached(Answer::Failed))).answer
+        self.cache.get_with(user.into(), || self.ask(user).unwrap_or_else(|| self.cached(user, Answer::Failed))).answer
     }
 
     /// Asks again for a user whose answer is stale. A failure keeps the stale answer (it
@@ -266,7 +288,8 @@ impl LookupCache {
         }
     }
 
-    fn cached(&self, answer: Answer) -> Cached {
+    /// The answer as cached, recorded in [`Self::answers`] first.
+    fn cached(&self, user: &str, answer: Answer) -> Cached {
         let now = Instant::now();
         let fresh = self.settings.ttl(&answer);
         let served = match &answer {
@@ -276,7 +299,9 @@ impl LookupCache {
             // A failure is not served stale: it is asked again after its back-off.
             Answer::Failed => fresh,
         };
-        Cached { refresh_at: now + fresh, expires_at: now + served, answer }
+        let expires_at = now + served;
+        let generation = self.answers.record(user, answer.entry_arc(), expires_at, now);
+        Cached { refresh_at: now + fresh, expires_at, answer, generation }
     }
 
     /// One request; `None` when it failed (counted, logged, and the Config Mapper degraded).
@@ -312,7 +337,7 @@ impl LookupCache {
             (false, true) => tracing::info!("whitelist lookups answering in time again"),
             _ => {}
         }
-        Some(self.cached(answer))
+        Some(self.cached(user, answer))
     }
 }
 

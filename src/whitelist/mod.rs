@@ -3,6 +3,7 @@
 //! The relay holds a [`SharedSnapshot`] and loads it once per batch; sources swap a whole new
 //! [`Snapshot`] in. A change therefore affects only events decided after the swap.
 
+pub mod answers;
 pub mod client;
 mod file;
 pub mod lookup;

@@ -4,6 +4,13 @@
 //! are looked up too, so lookups run side by side instead of one per round trip. Other
 //! partitions go on.
 //!
+//! What decides a record is not the answer itself but a snapshot of every listed answer being
+//! served ([`crate::whitelist::answers`]), pinned in the decision log like a snapshot-mode
+//! whitelist ([`Pinned`]): a replay after kill -9, or the next owner of a partition, decides each
+//! offset with the answers it was first decided with, whatever its own cache says. A record
+//! waits until its user's answer is in that snapshot (built again once a batch when answers
+//! changed).
+//!
 //! Production never waits for a slow whitelist: a record whose lookup has been on the wire
 //! for `lookup_wait` is decided as production (its user is unknown) and the Config Mapper is
 //! marked degraded; while it is (failing, or slower than that), uncached users are production
@@ -21,13 +28,14 @@ use rdkafka::message::{BorrowedMessage, Message, OwnedMessage};
 use rdkafka::{Offset, TopicPartitionList};
 
 use super::fan_out::FanOut;
+use super::pinned::Pinned;
 use crate::headers::InputHeaders;
 use crate::relay::direction::rebalance::{RebalanceContext, Revoked};
 use crate::relay::error::RelayError;
 use crate::relay::offsets::PartitionKey;
 use crate::tenancy::Subject;
-use crate::whitelist::Answered;
-use crate::whitelist::lookup::{Answer, Hit, LookupCache, LookupPool};
+use crate::whitelist::SharedSnapshot;
+use crate::whitelist::lookup::{Hit, LookupCache, LookupPool};
 
 /// A record waiting for its user's answer, with what was found in it when it arrived.
 struct Held {
@@ -40,11 +48,12 @@ struct Held {
 
 /// What lookup mode can say about a subject now.
 enum Now {
-    /// Decide with this answer (`None`: no whitelist needed, or not whitelisted).
-    Answer(Option<Answer>),
-    /// No answer to be had in time: production, counted.
+    /// Its answer (or that it needs none) is in the snapshot decisions are made from.
+    Decide,
+    /// No answer to be had in time: decided from the snapshot without one (production unless
+    /// an earlier answer still served lists the user), counted.
     Unanswered,
-    /// Asked; hold the record.
+    /// Asked, or answered after the snapshot was built: hold the record.
     Wait,
 }
 
@@ -83,15 +92,25 @@ pub struct Holding {
     /// that user again, and the copy expires when the shared entry does.
     local: HashMap<Box<str>, Hit, foldhash::fast::RandomState>,
     local_capacity: usize,
+    /// Decides from the answers snapshot, pinned per offset.
+    pinned: Pinned,
+    /// The answers snapshot `pinned` reads, built from the cache's answers.
+    answers: SharedSnapshot,
+    /// The generation of answers that snapshot reflects, and when one of them lapses.
+    built: u64,
+    next_expiry: Option<Instant>,
 }
 
 impl Holding {
+    /// `pinned` must read `answers`, and be left without revocations of its own: they reach it
+    /// through this.
     pub fn new(
         cache: Arc<LookupCache>,
         workers: usize,
         limits: HoldLimits,
         metrics: &crate::metrics::Metrics,
         revoked: Arc<Revoked>,
+        (pinned, answers): (Pinned, SharedSnapshot),
     ) -> std::io::Result<Self> {
         let (tx, done) = std::sync::mpsc::channel();
         let pool = LookupPool::start(cache.clone(), workers, tx)?;
@@ -116,11 +135,39 @@ impl Holding {
             batch_now: Instant::now(),
             local: HashMap::default(),
             local_capacity: usize::try_from(settings.capacity).unwrap_or(usize::MAX).max(1),
+            pinned,
+            answers,
+            built: 0,
+            next_expiry: None,
         })
     }
 
-    pub fn begin_batch(&mut self) {
+    /// Once per batch: the answers snapshot is built again if answers changed or one lapsed,
+    /// and pinned ahead for every partition deciding live.
+    pub fn begin_batch(&mut self, now_ms: i64) -> Result<(), RelayError> {
         self.batch_now = Instant::now();
+        self.apply_revocations();
+        let answers = &self.cache.answers;
+        if answers.generation() != self.built || self.next_expiry.is_some_and(|t| t <= self.batch_now) {
+            let built = answers.build(self.batch_now);
+            self.built = built.generation;
+            self.next_expiry = built.next_expiry;
+            self.answers.store(Arc::new(built.snapshot));
+        }
+        self.pinned.begin_batch(now_ms)
+    }
+
+    /// After a batch: held records whose answers came in are decided, partitions held for
+    /// their decision history tried again.
+    pub fn end_batch(
+        &mut self,
+        fan_out: &mut FanOut,
+        consumer: &BaseConsumer<RebalanceContext>,
+        now_ms: i64,
+    ) -> Result<(), RelayError> {
+        let drained = self.drain(fan_out, consumer, now_ms);
+        self.pinned.end_batch(consumer, fan_out, now_ms);
+        drained
     }
 
     pub fn has_parked(&self) -> bool {
@@ -145,29 +192,29 @@ impl Holding {
         let started = fan_out.start_timer();
         let headers = InputHeaders(msg.headers());
         let Some(subject) = fan_out.subject(ri, msg, &headers) else { return Ok(()) };
-        // `None`: hold the record; `Some(answer)`: decide now with it.
-        let answer = match subject.user() {
+        let decide_now = match subject.user() {
             // Behind a waiting record, even one that needs no lookup: order first, but have its
             // answer ready in time.
             user if queued => {
                 if let Some(user) = user {
                     self.prefetch(user);
                 }
-                None
+                false
             }
-            None => Some(None),
+            None => true,
             Some(user) => match self.now(user) {
-                Now::Answer(a) => Some(a.and_then(Answer::into_entry)),
+                Now::Decide => true,
                 Now::Unanswered => {
                     self.unanswered.inc();
-                    Some(None)
+                    true
                 }
-                Now::Wait => None,
+                Now::Wait => false,
             },
         };
-        match answer {
-            Some(entry) => fan_out.decide_subject(ri, msg, subject, &Answered(entry), now, started),
-            None => {
+        match decide_now {
+            // Not decided (`false`): its partition is held and reads it again.
+            true => self.pinned.decide_subject(ri, msg, subject, fan_out, consumer, now, started).map(drop),
+            false => {
                 let held = Held {
                     route: ri,
                     subject: subject.into_owned(),
@@ -188,7 +235,8 @@ impl Holding {
                 if hit.stale && !self.cache.degraded() {
                     self.ask(user, true);
                 }
-                Now::Answer(Some(hit.answer))
+                // Answered after the snapshot was built: the next batch's has it.
+                if hit.generation > self.built { Now::Wait } else { Now::Decide }
             }
             None if self.cache.degraded() => {
                 // Production at once; an occasional probe finds out when it answers again.
@@ -264,12 +312,10 @@ impl Holding {
         let keys: Vec<PartitionKey> = self.parked.keys().copied().collect();
         for key in keys {
             let Some(mut queue) = self.parked.remove(&key) else { continue };
-            let result = self.decide_front(&mut queue, fan_out, now);
+            let result = self.decide_front(&mut queue, fan_out, consumer, now);
             if queue.is_empty() {
                 if self.paused.remove(&key) {
-                    if let Some(topic) = fan_out.route_topic(key.0) {
-                        pause(consumer, topic, key.1, false);
-                    }
+                    self.resume(consumer, fan_out, key);
                 }
             } else {
                 self.parked.insert(key, queue);
@@ -278,20 +324,33 @@ impl Holding {
         }
         if self.held_records <= self.limits.records / 2 && self.held_bytes <= self.limits.bytes / 2 {
             for key in std::mem::take(&mut self.paused) {
-                if let Some(topic) = fan_out.route_topic(key.0) {
-                    pause(consumer, topic, key.1, false);
-                }
+                self.resume(consumer, fan_out, key);
             }
         }
         self.held_gauge.set(self.held_records as i64);
         Ok(())
     }
 
+    /// Resumes a partition paused for holding too much, unless its decision history holds it.
+    fn resume(&self, consumer: &BaseConsumer<RebalanceContext>, fan_out: &FanOut, key: PartitionKey) {
+        if !self.pinned.is_held(key) {
+            if let Some(topic) = fan_out.route_topic(key.0) {
+                pause(consumer, topic, key.1, false);
+            }
+        }
+    }
+
     /// Decides the front of `queue` for as long as answers are at hand.
-    fn decide_front(&mut self, queue: &mut VecDeque<Held>, fan_out: &mut FanOut, now: i64) -> Result<(), RelayError> {
+    fn decide_front(
+        &mut self,
+        queue: &mut VecDeque<Held>,
+        fan_out: &mut FanOut,
+        consumer: &BaseConsumer<RebalanceContext>,
+        now: i64,
+    ) -> Result<(), RelayError> {
         while let Some(front) = queue.front() {
             let verdict = match front.subject.user() {
-                None => Now::Answer(None),
+                None => Now::Decide,
                 Some(user) => match self.now(user) {
                     Now::Wait if self.cache.asking_for(user).is_some_and(|t| t >= self.wait) => {
                         self.cache.mark_slow();
@@ -303,25 +362,29 @@ impl Holding {
                     v => v,
                 },
             };
-            let answer = match verdict {
+            match verdict {
                 Now::Wait => return Ok(()),
-                Now::Unanswered => {
-                    self.unanswered.inc();
-                    None
-                }
-                Now::Answer(a) => a,
-            };
+                Now::Unanswered => self.unanswered.inc(),
+                Now::Decide => {}
+            }
             let Some(held) = queue.pop_front() else { break };
             self.held_records -= 1;
             self.held_bytes -= held.bytes;
-            let whitelist = Answered(answer.and_then(Answer::into_entry));
-            fan_out.decide_subject(held.route, &held.msg, held.subject, &whitelist, now, None)?;
+            if !self.pinned.decide_subject(held.route, &held.msg, held.subject, fan_out, consumer, now, None)? {
+                // Its partition is held for its decision history, rewound to this record: every
+                // record behind it is read again too.
+                self.held_records -= queue.len();
+                self.held_bytes -= queue.iter().map(|h| h.bytes).sum::<usize>();
+                queue.clear();
+            }
         }
         Ok(())
     }
 
     fn apply_revocations(&mut self) {
-        for key in self.revoked.take() {
+        let revoked = self.revoked.take();
+        self.pinned.forget(&revoked);
+        for key in revoked {
             self.paused.remove(&key);
             if let Some(queue) = self.parked.remove(&key) {
                 self.held_records -= queue.len();
@@ -330,9 +393,10 @@ impl Holding {
         }
     }
 
-    /// Partitions paused for holding too much, which a backpressure resume must leave paused.
+    /// Partitions paused for holding too much or for their decision history, which a
+    /// backpressure resume must leave paused.
     pub fn is_paused(&self, key: PartitionKey) -> bool {
-        self.paused.contains(&key)
+        self.paused.contains(&key) || self.pinned.is_held(key)
     }
 }
 

@@ -85,7 +85,12 @@ pub fn run(
         }
         WhitelistSource::Lookup { cache, workers } => {
             let limits = HoldLimits { records: config.bridge.max_in_flight, bytes: config.bridge.max_in_flight_bytes };
-            let holding = Holding::new(cache, workers, limits, metrics, revoked.clone())
+            // Decided from the answers being served, pinned like a snapshot; revocations reach
+            // the pins through the holding.
+            let answers = crate::whitelist::shared(crate::whitelist::Snapshot::empty());
+            let log = DecisionLog::new(config, metrics)?;
+            let pinned = Pinned::new(config, answers.clone(), log, Arc::default(), metrics, now_ms());
+            let holding = Holding::new(cache, workers, limits, metrics, revoked.clone(), (pinned, answers))
                 .map_err(|source| RelayError::Thread { what: "lookup workers", source })?;
             Source::Lookup(Box::new(holding))
         }
@@ -132,7 +137,7 @@ impl Handler for Forward {
         self.now = now_ms();
         match &mut self.source {
             Source::Pinned(p) => p.begin_batch(self.now)?,
-            Source::Lookup(h) => h.begin_batch(),
+            Source::Lookup(h) => h.begin_batch(self.now)?,
         }
         Ok(())
     }
@@ -162,7 +167,7 @@ impl Handler for Forward {
 
     fn end_batch(&mut self, consumer: &BaseConsumer<RebalanceContext>) -> Result<(), RelayError> {
         match &mut self.source {
-            Source::Lookup(h) => h.drain(&mut self.fan_out, consumer, self.now)?,
+            Source::Lookup(h) => h.end_batch(&mut self.fan_out, consumer, self.now)?,
             Source::Pinned(p) => p.end_batch(consumer, &self.fan_out, self.now),
         }
         Ok(())

@@ -18,6 +18,7 @@ use crate::pinning::{Chain, Epoch, PartitionPins, Pick};
 use crate::relay::direction::rebalance::{RebalanceContext, Revoked};
 use crate::relay::error::RelayError;
 use crate::relay::offsets::PartitionKey;
+use crate::tenancy::Subject;
 use crate::whitelist::{SharedSnapshot, Snapshot};
 
 pub struct Pinned {
@@ -55,8 +56,8 @@ const HOLD_RETRY_MAX_MS: i64 = 5_000;
 /// How long rewinding a held partition may take.
 const SEEK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
-/// Pins to write with one epoch: partition and first offset.
-type Pins = Vec<(PartitionKey, i64)>;
+/// Pins to write with one epoch: partition, first offset and claim.
+type Pins = Vec<(PartitionKey, i64, u64)>;
 
 /// How often held partitions are checked for pins due to be written again, at most.
 const REFRESH_CHECK_MS: i64 = 60_000;
@@ -95,10 +96,8 @@ impl Pinned {
     /// snapshot, or an entry expired), pin the new epoch ahead for every partition that
     /// decides live, in one write.
     pub fn begin_batch(&mut self, now_ms: i64) -> Result<(), RelayError> {
-        for key in self.revoked.take() {
-            self.partitions.remove(&key);
-            self.release(key);
-        }
+        let revoked = self.revoked.take();
+        self.forget(&revoked);
         if now_ms >= self.next_refresh_check_ms {
             self.refresh(now_ms)?;
             self.next_refresh_check_ms = now_ms.saturating_add((self.refresh_every_ms / 4).clamp(1, REFRESH_CHECK_MS));
@@ -115,11 +114,12 @@ impl Pinned {
             return Ok(());
         }
         self.live = Arc::new(next);
-        let ahead: Vec<(PartitionKey, i64)> =
-            self.partitions.iter().filter_map(|(k, p)| p.pin_ahead(&self.live).map(|from| (*k, from))).collect();
+        let ahead: Pins = (self.partitions.iter())
+            .filter_map(|(k, p)| p.pin_ahead(&self.live).map(|from| (*k, from, p.claim())))
+            .collect();
         if !ahead.is_empty() {
             self.log.record(&self.live, &ahead)?;
-            for (key, _) in &ahead {
+            for (key, _, _) in &ahead {
                 if let Some(p) = self.partitions.get_mut(key) {
                     p.pinned_ahead(self.live.clone());
                 }
@@ -135,14 +135,15 @@ impl Pinned {
         let mut due: Vec<(Arc<Epoch>, Pins)> = Vec::new();
         for (key, pins) in &self.partitions {
             let Some((from, epoch)) = pins.refresh_due(now_ms, self.refresh_every_ms) else { continue };
+            let pin = (*key, from, pins.claim());
             match due.iter_mut().find(|(e, _)| Arc::ptr_eq(e, epoch)) {
-                Some((_, keys)) => keys.push((*key, from)),
-                None => due.push((epoch.clone(), vec![(*key, from)])),
+                Some((_, keys)) => keys.push(pin),
+                None => due.push((epoch.clone(), vec![pin])),
             }
         }
         for (epoch, keys) in &due {
             self.log.record(epoch, keys)?;
-            for (key, _) in keys {
+            for (key, _, _) in keys {
                 if let Some(p) = self.partitions.get_mut(key) {
                     p.refreshed(now_ms);
                 }
@@ -157,6 +158,14 @@ impl Pinned {
         Ok(())
     }
 
+    /// Partitions revoked: their pins and holds end (the next owner reads their history).
+    pub fn forget(&mut self, keys: &[PartitionKey]) {
+        for key in keys {
+            self.partitions.remove(key);
+            self.release(*key);
+        }
+    }
+
     /// Decides `msg` of route `ri` with the epoch pinned for its offset (pinning the live one
     /// first where none is), and fans it out.
     pub fn decide(
@@ -167,13 +176,45 @@ impl Pinned {
         consumer: &BaseConsumer<RebalanceContext>,
         now_ms: i64,
     ) -> Result<(), RelayError> {
+        self.with_epoch(ri, msg, consumer, now_ms, |epoch| fan_out.decide(ri, msg, &*epoch.snapshot, epoch.clock_ms))
+            .map(drop)
+    }
+
+    /// [`Self::decide`] with the subject already found in `msg` (lookup mode found it to ask
+    /// for its user). `false`: not decided, its partition is held and will read it again.
+    #[allow(clippy::too_many_arguments)]
+    pub fn decide_subject<M: Message>(
+        &mut self,
+        ri: usize,
+        msg: &M,
+        subject: Subject<'_>,
+        fan_out: &mut FanOut,
+        consumer: &BaseConsumer<RebalanceContext>,
+        now_ms: i64,
+        started: Option<std::time::Instant>,
+    ) -> Result<bool, RelayError> {
+        self.with_epoch(ri, msg, consumer, now_ms, |epoch| {
+            fan_out.decide_subject(ri, msg, subject, &*epoch.snapshot, epoch.clock_ms, started)
+        })
+    }
+
+    /// Runs `decide` with the epoch pinned for `msg`'s offset, pinning the live one first where
+    /// none is. `false`: the partition's history cannot be read, and it is held instead.
+    fn with_epoch<M: Message>(
+        &mut self,
+        ri: usize,
+        msg: &M,
+        consumer: &BaseConsumer<RebalanceContext>,
+        now_ms: i64,
+        decide: impl FnOnce(&Epoch) -> Result<(), RelayError>,
+    ) -> Result<bool, RelayError> {
         let key = (ri, msg.partition());
         if self.is_held(key) {
             // Fetched before the hold: read again once the partition is resumed.
-            return Ok(());
+            return Ok(false);
         }
         if !self.partitions.contains_key(&key) {
-            let pins = match self.take_over(key, msg)? {
+            let pins = match self.take_over(key, msg, now_ms)? {
                 Ok(pins) => {
                     if self.release(key) {
                         tracing::info!(topic = msg.topic(), partition = key.1, "decision history readable again");
@@ -182,46 +223,60 @@ impl Pinned {
                 }
                 Err(e) => match self.unreadable(key, msg, &e, consumer, now_ms) {
                     Some(pins) => pins,
-                    None => return Ok(()),
+                    None => return Ok(false),
                 },
             };
             self.partitions.insert(key, pins);
         }
         let Some(pins) = self.partitions.get_mut(&key) else {
-            return Ok(());
+            return Ok(false);
         };
         match pins.pick(msg.offset(), &self.live) {
             Pick::Decide(epoch) => {
                 if !Arc::ptr_eq(epoch, &self.live) {
                     self.replayed.inc();
                 }
-                fan_out.decide(ri, msg, &*epoch.snapshot, epoch.clock_ms)?;
+                decide(epoch)?;
             }
             Pick::Record { from } => {
-                self.log.record(&self.live, &[(key, from)])?;
+                self.log.record(&self.live, &[(key, from, pins.claim())])?;
                 pins.pinned(from, self.live.clone());
-                fan_out.decide(ri, msg, &*self.live.snapshot, self.live.clock_ms)?;
+                decide(&self.live)?;
             }
         }
-        Ok(())
+        Ok(true)
     }
 
     /// A partition seen for the first time since it was assigned: what previous owners pinned
     /// from this record on, and the horizon below which they may have decided; or why that
     /// history cannot be read (the partition is then held and tried again, without blocking
     /// the others: [`Self::unreadable`]).
-    fn take_over(
+    fn take_over<M: Message>(
         &mut self,
         key: PartitionKey,
-        msg: &BorrowedMessage<'_>,
+        msg: &M,
+        now_ms: i64,
     ) -> Result<Result<PartitionPins, DecisionError>, RelayError> {
         let (topic, partition, from) = (msg.topic(), msg.partition(), msg.offset());
         let horizon = self.log.reader.log_end(topic, partition)?;
-        Ok(self.log.reader.load(key, from).map(|recorded| {
+        let claimed = self.log.reader.load(key, from).and_then(|recorded| {
+            let claim = recorded.next_claim(now_ms);
+            self.log.claim(key, &recorded, claim)?;
+            Ok((recorded, claim))
+        });
+        Ok(claimed.map(|(recorded, claim)| {
             if !recorded.is_empty() {
-                tracing::info!(topic, partition, from, horizon, pins = recorded.len(), "replaying recorded decisions");
+                tracing::info!(
+                    topic,
+                    partition,
+                    from,
+                    horizon,
+                    pins = recorded.len(),
+                    claim,
+                    "replaying recorded decisions"
+                );
             }
-            PartitionPins::taken_over(recorded, horizon)
+            PartitionPins::taken_over(recorded, horizon, claim)
         }))
     }
 
@@ -230,10 +285,10 @@ impl Pinned {
     /// than guess, until it has been held for `bridge.decision_history_hold`; past that,
     /// decide from the live whitelist and pin it (production goes on), counted and logged.
     /// Returns the partition's pins when it goes on.
-    fn unreadable(
+    fn unreadable<M: Message>(
         &mut self,
         key: PartitionKey,
-        msg: &BorrowedMessage<'_>,
+        msg: &M,
         e: &DecisionError,
         consumer: &BaseConsumer<RebalanceContext>,
         now_ms: i64,
@@ -254,7 +309,7 @@ impl Pinned {
         self.unreadable.inc();
         tracing::error!(topic, partition, offset, error = %e,
             "decision history unreadable: deciding from the live whitelist; records a previous owner decided may be decided again differently");
-        Some(PartitionPins::taken_over(Chain::default(), i64::MIN))
+        Some(PartitionPins::taken_over(Chain::default(), i64::MIN, Chain::default().next_claim(now_ms)))
     }
 
     /// Ends `key`'s hold, if it had one.
