@@ -169,6 +169,12 @@ pub enum Command {
         /// Longest TTL a whitelist entry may ask for.
         #[arg(long, default_value = "7d", value_parser = humantime::parse_duration)]
         max_ttl: std::time::Duration,
+        /// Serve HTTPS with this certificate chain (PEM, leaf first); needs --tls-key.
+        #[arg(long, requires = "tls_key")]
+        tls_cert: Option<PathBuf>,
+        /// The private key of --tls-cert (PEM).
+        #[arg(long, requires = "tls_cert")]
+        tls_key: Option<PathBuf>,
     },
     /// Read or change the whitelist on a Config Mapper.
     Whitelist {

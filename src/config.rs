@@ -144,6 +144,9 @@ pub struct WhitelistConfig {
     /// Timeout of one request to the Config Mapper.
     #[serde(default = "defaults::request_timeout", with = "humantime_serde")]
     pub request_timeout: Duration,
+    /// CA certificates (PEM) trusted for an `https` Config Mapper besides the system's; else
+    /// `$TENANCY_BRIDGE_CA_FILE`.
+    pub ca_file: Option<PathBuf>,
 }
 
 impl Default for WhitelistConfig {
@@ -151,6 +154,7 @@ impl Default for WhitelistConfig {
         Self {
             url: None,
             file: None,
+            ca_file: None,
             mode: WhitelistMode::Snapshot,
             refresh: defaults::refresh(),
             cache_ttl: defaults::cache_ttl(),

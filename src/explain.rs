@@ -20,7 +20,6 @@ use crate::tenancy::{self, Reason};
 use crate::verify::check::{Record, Rules, exact_identity, identity};
 use crate::verify::{ClusterReader, ReadError, volatile_headers};
 use crate::whitelist::Snapshot;
-use crate::whitelist::client::MapperClient;
 
 pub enum Subject {
     User(String),
@@ -69,7 +68,7 @@ fn current_whitelist(config: &Config, audit_of: Option<&str>) -> Result<(Snapsho
         return Ok((crate::whitelist::load_file(path).map_err(|e| failed(&e))?, None));
     }
     let url = config.whitelist.url.as_deref().unwrap_or_default();
-    let client = MapperClient::new(url, None, config.whitelist.request_timeout).map_err(|e| failed(&e))?;
+    let client = crate::whitelist::source::client(url, &config.whitelist).map_err(|e| failed(&e))?;
     let snapshot = match client.snapshot(None).map_err(|e| failed(&e))? {
         crate::whitelist::client::SnapshotAnswer::Changed { snapshot, .. } => snapshot,
         crate::whitelist::client::SnapshotAnswer::NotModified => Snapshot::empty(),

@@ -143,8 +143,9 @@ fn dispatch(command: cli::Command) -> anyhow::Result<()> {
                 Some(e) => Err(e.into()),
             }
         }
-        cli::Command::ConfigMapper { listen, db, token_file, max_ttl } => {
-            config_mapper::run(&listen, config_mapper::Options { db, token_file, max_ttl })?;
+        cli::Command::ConfigMapper { listen, db, token_file, max_ttl, tls_cert, tls_key } => {
+            let tls = tls_cert.zip(tls_key).map(|(cert, key)| config_mapper::TlsFiles { cert, key });
+            config_mapper::run(&listen, config_mapper::Options { db, token_file, max_ttl, tls })?;
             Ok(())
         }
         cli::Command::Whitelist { action, url, token_file, json } => {

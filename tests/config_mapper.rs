@@ -292,3 +292,81 @@ fn environments_hold_each_user_service_once_and_the_old_forms_still_work() {
     let (ok, text) = cli(&["envs"]);
     assert!(ok && text.lines().any(|l| l.starts_with("pr-9")), "{text}");
 }
+
+/// A CA and a certificate it signed for 127.0.0.1 and localhost, written as PEM files in
+/// `dir`: (ca, cert, key).
+fn tls_files(dir: &std::path::Path) -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let key = KeyPair::generate().unwrap();
+    let cert = CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()])
+        .unwrap()
+        .signed_by(&key, &ca, &ca_key)
+        .unwrap();
+    let paths = (dir.join("ca.pem"), dir.join("cert.pem"), dir.join("key.pem"));
+    std::fs::write(&paths.0, ca.pem()).unwrap();
+    std::fs::write(&paths.1, cert.pem()).unwrap();
+    std::fs::write(&paths.2, key.serialize_pem()).unwrap();
+    paths
+}
+
+/// Given a certificate and key the Config Mapper serves HTTPS: a client trusting the CA (the
+/// library's, and the CLI through `TENANCY_BRIDGE_CA_FILE`) writes and reads; one that does
+/// not trust it, or speaks plain HTTP, gets nothing; a key that is not one stops the start,
+/// naming the file.
+#[test]
+fn serves_https_given_a_certificate_and_key() {
+    let files = tempfile::tempdir().unwrap();
+    let (ca, cert, key) = tls_files(files.path());
+    let args =
+        [std::ffi::OsStr::new("--tls-cert"), cert.as_os_str(), std::ffi::OsStr::new("--tls-key"), key.as_os_str()];
+    let m = Mapper::start_with(&format!("{TOKEN}\n"), &args);
+    assert!(m.url.starts_with("https://127.0.0.1:"), "{}", m.url);
+
+    let secret = TOKEN.split_once(':').unwrap().1;
+    let trusting = MapperClient::with_ca(&m.url, Some(secret.into()), Duration::from_secs(5), Some(&ca)).unwrap();
+    trusting.add("U1", &["payment".to_owned()], Duration::from_secs(600), None, None).unwrap();
+    let listed = trusting.list().unwrap();
+    assert_eq!(listed.len(), 1, "{listed:?}");
+
+    // The daemon's client, trusting `whitelist.ca_file`.
+    let w = tenancy_bridge::config::WhitelistConfig { ca_file: Some(ca.clone()), ..Default::default() };
+    let daemon = tenancy_bridge::whitelist::source::client(&m.url, &w).unwrap();
+    assert!(matches!(daemon.snapshot(None).unwrap(), SnapshotAnswer::Changed { .. }), "the daemon's snapshot poll");
+
+    let untrusting = MapperClient::with_ca(&m.url, None, Duration::from_secs(5), None).unwrap();
+    let refused = untrusting.list().unwrap_err();
+    assert!(matches!(refused, ClientError::Unreachable { .. }), "{refused}");
+    let plain = MapperClient::new(&m.url.replace("https://", "http://"), None, Duration::from_secs(5)).unwrap();
+    assert!(plain.list().is_err(), "plain HTTP to the TLS port");
+
+    // The CLI, trusting the CA through the environment.
+    let token_file = files.path().join("token");
+    std::fs::write(&token_file, secret).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_tenancy-bridge"))
+        .args(["whitelist", "ls", "--url", &m.url, "--token-file"])
+        .arg(&token_file)
+        .env("TENANCY_BRIDGE_CA_FILE", &ca)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && text.contains("U1"), "{text}{}", String::from_utf8_lossy(&out.stderr));
+
+    // A certificate given as the key: the start fails, naming the key file.
+    let out = Command::new(env!("CARGO_BIN_EXE_tenancy-bridge"))
+        .args(["config-mapper", "--listen", "127.0.0.1:0", "--db"])
+        .arg(files.path().join("other.db"))
+        .arg("--tls-cert")
+        .arg(&cert)
+        .arg("--tls-key")
+        .arg(&cert)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "started with a certificate as its key");
+    assert!(err.contains("TLS key") && err.contains(&*cert.to_string_lossy()), "{err}");
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("listening"), "listened before checking its key");
+}

@@ -5,6 +5,7 @@
 mod auth;
 mod http;
 mod store;
+mod tls;
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -14,6 +15,7 @@ use std::time::Duration;
 pub use auth::{TokenError, Tokens};
 pub use http::{MAX_BODY, router};
 pub use store::{AuditRecord, Removed, Store, StoreError, StoredEntry};
+pub use tls::{TlsError, TlsFiles};
 
 /// Environment variable holding a write token, for deployments without a token file.
 pub const TOKEN_ENV: &str = "TENANCY_BRIDGE_TOKEN";
@@ -31,12 +33,16 @@ pub enum MapperError {
     Listen { addr: String, source: std::io::Error },
     #[error("server: {0}")]
     Serve(std::io::Error),
+    #[error(transparent)]
+    Tls(#[from] TlsError),
 }
 
 pub struct Options {
     pub db: PathBuf,
     pub token_file: Option<PathBuf>,
     pub max_ttl: Duration,
+    /// Serve HTTPS with these; plain HTTP without (behind a TLS-terminating proxy).
+    pub tls: Option<TlsFiles>,
 }
 
 fn tokens(opts: &Options) -> Result<Tokens, MapperError> {
@@ -56,6 +62,8 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), MapperError> {
     let tokens = tokens(&opts)?;
+    // Read before serving anything: a bad certificate stops the start, naming the file.
+    let acceptor = opts.tls.as_ref().map(tls::acceptor).transpose()?;
     if tokens.is_empty() {
         tracing::warn!("no write token (--token-file or {TOKEN_ENV}): the whitelist is read-only");
     }
@@ -65,7 +73,13 @@ pub async fn serve(
         max_ttl_seconds: opts.max_ttl.as_secs() as i64,
         metrics: crate::metrics::MapperMetrics::new().map_err(|e| MapperError::Serve(std::io::Error::other(e)))?,
     });
-    axum::serve(listener, router(state)).with_graceful_shutdown(shutdown).await.map_err(MapperError::Serve)
+    match acceptor {
+        Some(acceptor) => {
+            tls::serve(listener, acceptor, router(state), shutdown).await;
+            Ok(())
+        }
+        None => axum::serve(listener, router(state)).with_graceful_shutdown(shutdown).await.map_err(MapperError::Serve),
+    }
 }
 
 /// The `config-mapper` command: binds `listen`, prints the bound address on stdout (so
@@ -76,13 +90,18 @@ pub fn run(listen: &str, opts: Options) -> Result<(), MapperError> {
         .enable_all()
         .build()
         .map_err(MapperError::Serve)?;
+    if let Some(files) = &opts.tls {
+        // A bad certificate or key stops the start before anything listens.
+        tls::acceptor(files)?;
+    }
     rt.block_on(async {
         let listener = tokio::net::TcpListener::bind(listen)
             .await
             .map_err(|source| MapperError::Listen { addr: listen.to_owned(), source })?;
         let addr = listener.local_addr().map_err(MapperError::Serve)?;
-        println!("listening on http://{addr}");
-        tracing::info!(%addr, db = %opts.db.display(), "config mapper listening");
+        let scheme = if opts.tls.is_some() { "https" } else { "http" };
+        println!("listening on {scheme}://{addr}");
+        tracing::info!(%addr, scheme, db = %opts.db.display(), "config mapper listening");
         serve(listener, opts, shutdown_signal()).await
     })
 }

@@ -379,6 +379,7 @@ impl DemoMapper {
             db: dir.join("whitelist.db"),
             token_file: Some(token_file),
             max_ttl: config_mapper::DEFAULT_MAX_TTL,
+            tls: None,
         };
         let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
         let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))?;

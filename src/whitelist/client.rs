@@ -9,10 +9,16 @@ use reqwest::blocking::Response;
 
 use super::{Snapshot, SnapshotError};
 
+/// Environment variable naming a PEM file of CA certificates every Config Mapper client trusts
+/// besides the system's (the CLI's commands; the daemon also reads `whitelist.ca_file`).
+pub const CA_FILE_ENV: &str = "TENANCY_BRIDGE_CA_FILE";
+
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     #[error("Config Mapper at {url} is unreachable: {source}")]
     Unreachable { url: String, source: reqwest::Error },
+    #[error("CA file {path}: {reason}")]
+    Ca { path: std::path::PathBuf, reason: String },
     #[error("cannot set up the HTTP client: {0}")]
     Setup(reqwest::Error),
     #[error("Config Mapper refused {what} ({status}): {message}")]
@@ -110,13 +116,36 @@ fn encode(segment: &str) -> String {
 
 impl MapperClient {
     /// A client of the Config Mapper at `base`; every request ends within `timeout`.
+    /// A client trusting the system's CAs and those in `$TENANCY_BRIDGE_CA_FILE`, if set.
     pub fn new(base: &str, token: Option<String>, timeout: Duration) -> Result<Self, ClientError> {
-        let http = reqwest::blocking::Client::builder()
+        let ca = std::env::var_os(CA_FILE_ENV).map(std::path::PathBuf::from);
+        Self::with_ca(base, token, timeout, ca.as_deref())
+    }
+
+    /// A client trusting the system's CAs and those in the PEM file `ca` (a private CA that
+    /// signed an `https` Config Mapper's certificate).
+    pub fn with_ca(
+        base: &str,
+        token: Option<String>,
+        timeout: Duration,
+        ca: Option<&std::path::Path>,
+    ) -> Result<Self, ClientError> {
+        let mut builder = reqwest::blocking::Client::builder()
             .timeout(timeout)
             .connect_timeout(timeout)
-            .user_agent(concat!("tenancy-bridge/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(ClientError::Setup)?;
+            .user_agent(concat!("tenancy-bridge/", env!("CARGO_PKG_VERSION")));
+        if let Some(path) = ca {
+            let fail = |reason: String| ClientError::Ca { path: path.to_owned(), reason };
+            let pem = std::fs::read(path).map_err(|e| fail(e.to_string()))?;
+            let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| fail(e.to_string()))?;
+            if certs.is_empty() {
+                return Err(fail("no CERTIFICATE in it".into()));
+            }
+            for cert in certs {
+                builder = builder.add_root_certificate(cert);
+            }
+        }
+        let http = builder.build().map_err(ClientError::Setup)?;
         Ok(Self { base: base.trim_end_matches('/').to_owned(), http, token })
     }
 

@@ -64,7 +64,7 @@ pub fn start(w: &WhitelistConfig, max_envs: usize) -> Result<(Running, Whitelist
             Ok((Running::File(source), snapshot.into()))
         }
         (None, Some(url), WhitelistMode::Snapshot) => {
-            let client = MapperClient::new(url, None, w.request_timeout)?;
+            let client = client(url, w)?;
             let poller =
                 SnapshotPoller::start(client, w.refresh, snapshot.clone(), max_envs).map_err(StartError::Spawn)?;
             Ok((Running::Poller(poller), snapshot.into()))
@@ -79,9 +79,17 @@ pub fn start(w: &WhitelistConfig, max_envs: usize) -> Result<(Running, Whitelist
                 request_timeout: w.request_timeout,
                 max_envs,
             };
-            let cache = Arc::new(LookupCache::http(settings, MapperClient::new(url, None, w.request_timeout)?));
+            let cache = Arc::new(LookupCache::http(settings, client(url, w)?));
             Ok((Running::Lookup, WhitelistSource::Lookup { cache, workers: w.lookup_workers }))
         }
         (None, None, _) => Err(StartError::NoSource),
+    }
+}
+
+/// The daemon's Config Mapper client: `whitelist.ca_file` trusted, else `$TENANCY_BRIDGE_CA_FILE`.
+pub fn client(url: &str, w: &crate::config::WhitelistConfig) -> Result<MapperClient, super::client::ClientError> {
+    match &w.ca_file {
+        Some(ca) => MapperClient::with_ca(url, None, w.request_timeout, Some(ca)),
+        None => MapperClient::new(url, None, w.request_timeout),
     }
 }

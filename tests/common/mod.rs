@@ -172,18 +172,23 @@ pub struct Mapper {
 impl Mapper {
     /// With a fresh database; `tokens` is the token file's text.
     pub fn start(tokens: &str) -> Self {
+        Self::start_with(tokens, &[])
+    }
+
+    /// With a fresh database and these further arguments (`--tls-cert`, ...).
+    pub fn start_with(tokens: &str, args: &[&std::ffi::OsStr]) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let (url, child) = Self::spawn(dir.path(), tokens);
+        let (url, child) = Self::spawn(dir.path(), tokens, args);
         Self { url, dir, child }
     }
 
     /// With the database in `db_dir` (kept by the caller, so a restart finds it).
     pub fn start_in(db_dir: &std::path::Path, tokens: &str) -> Self {
-        let (url, child) = Self::spawn(db_dir, tokens);
+        let (url, child) = Self::spawn(db_dir, tokens, &[]);
         Self { url, dir: tempfile::tempdir().unwrap(), child }
     }
 
-    fn spawn(db_dir: &std::path::Path, tokens: &str) -> (String, Child) {
+    fn spawn(db_dir: &std::path::Path, tokens: &str, args: &[&std::ffi::OsStr]) -> (String, Child) {
         use std::io::BufRead;
         let token_file = db_dir.join("tokens");
         std::fs::write(&token_file, tokens).unwrap();
@@ -192,6 +197,7 @@ impl Mapper {
             .arg(db_dir.join("whitelist.db"))
             .arg("--token-file")
             .arg(&token_file)
+            .args(args)
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
