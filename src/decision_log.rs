@@ -108,6 +108,8 @@ pub struct DecisionReader {
     route_topics: Vec<String>,
     decisions_topics: Vec<String>,
     snapshots: HashMap<u64, Arc<Snapshot>>,
+    /// Where the pins read named each snapshot (a new owner's claim names them again there).
+    named_at: HashMap<u64, i64>,
 }
 
 /// A record read back: its offset and value.
@@ -157,7 +159,12 @@ impl DecisionLog {
     pub fn claim(&mut self, key: PartitionKey, chain: &Chain, claim: u64) -> Result<(), DecisionError> {
         let mut offsets = Vec::with_capacity(chain.len());
         for pin in chain.pins() {
-            offsets.push(self.snapshot_offset(&pin.epoch)?);
+            // Where the pins taken over found it: nothing to write but the pins.
+            let offset = match self.reader.named_at.get(&pin.epoch.fingerprint) {
+                Some(offset) => *offset,
+                None => self.snapshot_offset(&pin.epoch)?,
+            };
+            offsets.push(offset);
         }
         let records: Vec<_> = (chain.pins().iter().zip(offsets))
             .map(|(pin, snapshot_offset)| self.pin_record(key, pin.from, &pin.epoch, snapshot_offset, claim))
@@ -260,6 +267,7 @@ impl DecisionReader {
             route_topics: config.routes.iter().map(|r| r.topic.clone()).collect(),
             decisions_topics: config.routes.iter().map(|r| r.decisions_topic.clone()).collect(),
             snapshots: HashMap::new(),
+            named_at: HashMap::new(),
         })
     }
 
@@ -311,6 +319,10 @@ impl DecisionReader {
                 epoch: Arc::new(Epoch::with_fingerprint(fingerprint, snapshot, r.clock_ms)),
                 claim: r.claim,
             });
+            if self.named_at.len() >= SNAPSHOT_CACHE && !self.named_at.contains_key(&fingerprint) {
+                self.named_at.clear();
+            }
+            self.named_at.insert(fingerprint, r.snapshot_offset);
         }
         chain.trim_before(from);
         Ok(chain)

@@ -480,7 +480,9 @@ fn permanent_prod_failure_stops_without_committing_past_it() {
         run.thread.is_finished()
     });
     let err = run.thread.join().unwrap().unwrap_err().to_string();
-    assert!(err.contains("prod") && err.contains("orders"), "{err}");
+    // The first write refused may be an output or the pins the new owner writes on taking a
+    // partition over: either names the route's topic and the refusal.
+    assert!(err.contains("orders") && err.contains("TopicAuthorizationFailed"), "{err}");
     let committed = common::committed(&c.prod.bootstrap_servers(), "bridge-test", "orders", PARTITIONS);
     // Each partition holds 10 first-batch records, then the refused ones.
     for p in 0..PARTITIONS {

@@ -66,8 +66,8 @@ impl Who {
                 if exactly_once { " EOS" } else { "" }
             ),
             Who::RushFrozen => "bridge Rush frozen".into(),
-            Who::Lookup { long_ttl: false } => "lookup, default TTLs".into(),
-            Who::Lookup { long_ttl: true } => "lookup, warm".into(),
+            Who::Lookup { long_ttl: false } => "lookup default TTLs".into(),
+            Who::Lookup { long_ttl: true } => "lookup warm".into(),
             Who::Envs { envs } => format!("bridge {envs} envs"),
         }
     }

@@ -42,13 +42,6 @@ impl Answer {
         }
     }
 
-    fn entry_arc(&self) -> Option<&Arc<Entry>> {
-        match self {
-            Answer::Listed(e) => Some(e),
-            _ => None,
-        }
-    }
-
     pub fn into_entry(self) -> Option<Arc<Entry>> {
         match self {
             Answer::Listed(e) => Some(e),
@@ -299,9 +292,13 @@ impl LookupCache {
             // A failure is not served stale: it is asked again after its back-off.
             Answer::Failed => fresh,
         };
-        let expires_at = now + served;
-        let generation = self.answers.record(user, answer.entry_arc(), expires_at, now);
-        Cached { refresh_at: now + fresh, expires_at, answer, generation }
+        let generation = match &answer {
+            Answer::Listed(e) => self.answers.record(user, Some(e)),
+            Answer::NotListed => self.answers.record(user, None),
+            // No answer: the last good one stands, as a snapshot-mode whitelist does.
+            Answer::Failed => self.answers.generation(),
+        };
+        Cached { refresh_at: now + fresh, expires_at: now + served, answer, generation }
     }
 
     /// One request; `None` when it failed (counted, logged, and the Config Mapper degraded).

@@ -4,17 +4,18 @@
 //! are looked up too, so lookups run side by side instead of one per round trip. Other
 //! partitions go on.
 //!
-//! What decides a record is not the answer itself but a snapshot of every listed answer being
-//! served ([`crate::whitelist::answers`]), pinned in the decision log like a snapshot-mode
+//! What decides a record is not the answer itself but a snapshot of every listed answer
+//! ([`crate::whitelist::answers`]), pinned in the decision log like a snapshot-mode
 //! whitelist ([`Pinned`]): a replay after kill -9, or the next owner of a partition, decides each
 //! offset with the answers it was first decided with, whatever its own cache says. A record
 //! waits until its user's answer is in that snapshot (built again once a batch when answers
 //! changed).
 //!
 //! Production never waits for a slow whitelist: a record whose lookup has been on the wire
-//! for `lookup_wait` is decided as production (its user is unknown) and the Config Mapper is
-//! marked degraded; while it is (failing, or slower than that), uncached users are production
-//! at once. A lookup queued behind others of a healthy Config Mapper (a cold start) is waited
+//! for `lookup_wait` is decided without it (production, unless an earlier answer listed its
+//! user: the last good answer stands, as a snapshot-mode whitelist is kept through an outage)
+//! and the Config Mapper is marked degraded; while it is (failing, or slower than that),
+//! uncached users are decided so at once. A lookup queued behind others of a healthy Config Mapper (a cold start) is waited
 //! for, up to `lookup_wait + request_timeout` in all. Every such decision is counted. Held records are bounded in count and bytes; a partition that would grow past the
 //! bound is paused until its queue drains.
 
@@ -51,7 +52,7 @@ enum Now {
     /// Its answer (or that it needs none) is in the snapshot decisions are made from.
     Decide,
     /// No answer to be had in time: decided from the snapshot without one (production unless
-    /// an earlier answer still served lists the user), counted.
+    /// an earlier answer listed the user), counted.
     Unanswered,
     /// Asked, or answered after the snapshot was built: hold the record.
     Wait,
@@ -96,9 +97,8 @@ pub struct Holding {
     pinned: Pinned,
     /// The answers snapshot `pinned` reads, built from the cache's answers.
     answers: SharedSnapshot,
-    /// The generation of answers that snapshot reflects, and when one of them lapses.
+    /// The generation of answers that snapshot reflects.
     built: u64,
-    next_expiry: Option<Instant>,
 }
 
 impl Holding {
@@ -138,20 +138,18 @@ impl Holding {
             pinned,
             answers,
             built: 0,
-            next_expiry: None,
         })
     }
 
-    /// Once per batch: the answers snapshot is built again if answers changed or one lapsed,
-    /// and pinned ahead for every partition deciding live.
+    /// Once per batch: the answers snapshot is built again if answers changed, and pinned
+    /// ahead for every partition deciding live.
     pub fn begin_batch(&mut self, now_ms: i64) -> Result<(), RelayError> {
         self.batch_now = Instant::now();
         self.apply_revocations();
         let answers = &self.cache.answers;
-        if answers.generation() != self.built || self.next_expiry.is_some_and(|t| t <= self.batch_now) {
-            let built = answers.build(self.batch_now);
+        if answers.generation() != self.built {
+            let built = answers.build(now_ms);
             self.built = built.generation;
-            self.next_expiry = built.next_expiry;
             self.answers.store(Arc::new(built.snapshot));
         }
         self.pinned.begin_batch(now_ms)

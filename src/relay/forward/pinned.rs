@@ -259,25 +259,25 @@ impl Pinned {
     ) -> Result<Result<PartitionPins, DecisionError>, RelayError> {
         let (topic, partition, from) = (msg.topic(), msg.partition(), msg.offset());
         let horizon = self.log.reader.log_end(topic, partition)?;
-        let claimed = self.log.reader.load(key, from).and_then(|recorded| {
-            let claim = recorded.next_claim(now_ms);
-            self.log.claim(key, &recorded, claim)?;
-            Ok((recorded, claim))
-        });
-        Ok(claimed.map(|(recorded, claim)| {
-            if !recorded.is_empty() {
-                tracing::info!(
-                    topic,
-                    partition,
-                    from,
-                    horizon,
-                    pins = recorded.len(),
-                    claim,
-                    "replaying recorded decisions"
-                );
-            }
-            PartitionPins::taken_over(recorded, horizon, claim)
-        }))
+        let recorded = match self.log.reader.load(key, from) {
+            Ok(recorded) => recorded,
+            Err(e) => return Ok(Err(e)),
+        };
+        let claim = recorded.next_claim(now_ms);
+        // A write, failing like any pin write (not a history that cannot be read).
+        self.log.claim(key, &recorded, claim)?;
+        if !recorded.is_empty() {
+            tracing::info!(
+                topic,
+                partition,
+                from,
+                horizon,
+                pins = recorded.len(),
+                claim,
+                "replaying recorded decisions"
+            );
+        }
+        Ok(Ok(PartitionPins::taken_over(recorded, horizon, claim)))
     }
 
     /// The decision history of `msg`'s partition cannot be read (a broker away for a moment,
