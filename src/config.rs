@@ -144,7 +144,8 @@ pub struct WhitelistConfig {
     /// Timeout of one request to the Config Mapper.
     #[serde(default = "defaults::request_timeout", with = "humantime_serde")]
     pub request_timeout: Duration,
-    /// CA certificates (PEM) trusted for an `https` Config Mapper besides the system's; else
+    /// CA certificates (PEM) trusted for an `https` Config Mapper besides the built-in Mozilla
+    /// roots; else
     /// `$TENANCY_BRIDGE_CA_FILE`.
     pub ca_file: Option<PathBuf>,
 }

@@ -108,7 +108,7 @@ pub struct DecisionReader {
     route_topics: Vec<String>,
     decisions_topics: Vec<String>,
     snapshots: HashMap<u64, Arc<Snapshot>>,
-    /// Where the pins read named each snapshot (a new owner's claim names them again there).
+    /// Where each snapshot read back was found (a new owner's claim names it there again).
     named_at: HashMap<u64, i64>,
 }
 
@@ -159,9 +159,12 @@ impl DecisionLog {
     pub fn claim(&mut self, key: PartitionKey, chain: &Chain, claim: u64) -> Result<(), DecisionError> {
         let mut offsets = Vec::with_capacity(chain.len());
         for pin in chain.pins() {
-            // Where the pins taken over found it: nothing to write but the pins.
-            let offset = match self.reader.named_at.get(&pin.epoch.fingerprint) {
-                Some(offset) => *offset,
+            // Where this process wrote it, or where the reader found it: nothing to write but
+            // the pins.
+            let fingerprint = pin.epoch.fingerprint;
+            let known = self.written.get(&fingerprint).map(|(o, _)| *o);
+            let offset = match known.or_else(|| self.reader.named_at.get(&fingerprint).copied()) {
+                Some(offset) => offset,
                 None => self.snapshot_offset(&pin.epoch)?,
             };
             offsets.push(offset);
@@ -319,13 +322,26 @@ impl DecisionReader {
                 epoch: Arc::new(Epoch::with_fingerprint(fingerprint, snapshot, r.clock_ms)),
                 claim: r.claim,
             });
-            if self.named_at.len() >= SNAPSHOT_CACHE && !self.named_at.contains_key(&fingerprint) {
-                self.named_at.clear();
-            }
-            self.named_at.insert(fingerprint, r.snapshot_offset);
         }
         chain.trim_before(from);
         Ok(chain)
+    }
+
+    /// The highest claim among the last pins of `key`, whether or not their snapshots can be
+    /// read: what an owner that cannot read the history must claim above.
+    pub fn highest_claim(&self, key: PartitionKey) -> Result<u64, DecisionError> {
+        let topic = &self.decisions_topics[key.0];
+        let route_topic = &self.route_topics[key.0];
+        let read_err = |source| DecisionError::Read { topic: topic.clone(), partition: key.1, source };
+        let (low, high) = self.reader.fetch_watermarks(topic, key.1, READ_TIMEOUT).map_err(read_err)?;
+        Ok(self
+            .read(topic, key.1, (high - SCAN_STEP).max(low), high)?
+            .iter()
+            .filter_map(|(_, bytes)| serde_json::from_slice::<PinRecord>(bytes).ok())
+            .filter(|r| r.topic == *route_topic && r.partition == key.1)
+            .map(|r| r.claim)
+            .max()
+            .unwrap_or(0))
     }
 
     fn snapshot(&mut self, fingerprint: u64, pin: &PinRecord) -> Result<Arc<Snapshot>, DecisionError> {
@@ -340,13 +356,13 @@ impl DecisionReader {
             reason,
         };
         let found = self.read(&topic, 0, pin.snapshot_offset, pin.snapshot_offset + 1)?;
-        let snapshot = match found.into_iter().find(|(o, _)| *o == pin.snapshot_offset) {
-            Some((_, bytes)) => {
+        let (offset, snapshot) = match found.into_iter().find(|(o, _)| *o == pin.snapshot_offset) {
+            Some((offset, bytes)) => {
                 let snapshot = Snapshot::from_json(&bytes).map_err(|e| fail(e.to_string()))?;
                 if snapshot.fingerprint() != fingerprint {
                     return Err(fail("its content does not match the fingerprint".into()));
                 }
-                snapshot
+                (offset, snapshot)
             }
             // Deleted by retention: the same content written again later (every instance
             // deciding with it writes it again before retention could delete it) will do.
@@ -354,6 +370,10 @@ impl DecisionReader {
                 fail("not in the snapshot log, nor written again since (deleted by retention?)".into())
             })?,
         };
+        if self.named_at.len() >= SNAPSHOT_CACHE && !self.named_at.contains_key(&fingerprint) {
+            self.named_at.clear();
+        }
+        self.named_at.insert(fingerprint, offset);
         let snapshot = Arc::new(snapshot);
         // Only cached, not counted as written: its age in the log is unknown, so the next pin
         // naming it writes it again.
@@ -363,7 +383,7 @@ impl DecisionReader {
 
     /// The newest snapshot in the log's last [`SNAPSHOT_SEARCH`] records whose content has
     /// `fingerprint`.
-    fn find_by_fingerprint(&self, fingerprint: u64) -> Result<Option<Snapshot>, DecisionError> {
+    fn find_by_fingerprint(&self, fingerprint: u64) -> Result<Option<(i64, Snapshot)>, DecisionError> {
         let topic = self.snapshots_topic.as_str();
         let read_err = |source| DecisionError::Read { topic: topic.to_owned(), partition: 0, source };
         let (low, high) = self.reader.fetch_watermarks(topic, 0, READ_TIMEOUT).map_err(read_err)?;
@@ -374,8 +394,8 @@ impl DecisionReader {
         Ok(records
             .iter()
             .rev()
-            .filter_map(|(_, bytes)| Snapshot::from_json(bytes).ok())
-            .find(|s| s.fingerprint() == fingerprint))
+            .filter_map(|(offset, bytes)| Snapshot::from_json(bytes).ok().map(|s| (*offset, s)))
+            .find(|(_, s)| s.fingerprint() == fingerprint))
     }
 
     /// The last whitelist any instance decided with, from the snapshot log: what a restart

@@ -90,7 +90,7 @@ impl Chain {
 
     /// The claim a new owner takes: above every claim applied, and at least `now_ms`.
     pub fn next_claim(&self, now_ms: i64) -> u64 {
-        (self.claim + 1).max(u64::try_from(now_ms).unwrap_or(0))
+        claim_after(self.claim, now_ms)
     }
 
     /// The pins, oldest first.
@@ -133,6 +133,11 @@ impl Chain {
     pub fn is_empty(&self) -> bool {
         self.pins.is_empty()
     }
+}
+
+/// A claim above `highest`, and at least `now_ms`.
+pub fn claim_after(highest: u64, now_ms: i64) -> u64 {
+    highest.saturating_add(1).max(u64::try_from(now_ms).unwrap_or(0))
 }
 
 /// What decides the next record of a partition.

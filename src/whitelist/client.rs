@@ -10,7 +10,7 @@ use reqwest::blocking::Response;
 use super::{Snapshot, SnapshotError};
 
 /// Environment variable naming a PEM file of CA certificates every Config Mapper client trusts
-/// besides the system's (the CLI's commands; the daemon also reads `whitelist.ca_file`).
+/// besides the built-in Mozilla roots (the CLI's commands; the daemon also reads `whitelist.ca_file`).
 pub const CA_FILE_ENV: &str = "TENANCY_BRIDGE_CA_FILE";
 
 #[derive(Debug, thiserror::Error)]
@@ -116,14 +116,15 @@ fn encode(segment: &str) -> String {
 
 impl MapperClient {
     /// A client of the Config Mapper at `base`; every request ends within `timeout`.
-    /// A client trusting the system's CAs and those in `$TENANCY_BRIDGE_CA_FILE`, if set.
+    /// A client trusting the built-in Mozilla roots and the CAs in `$TENANCY_BRIDGE_CA_FILE`, if
+    /// set.
     pub fn new(base: &str, token: Option<String>, timeout: Duration) -> Result<Self, ClientError> {
         let ca = std::env::var_os(CA_FILE_ENV).map(std::path::PathBuf::from);
         Self::with_ca(base, token, timeout, ca.as_deref())
     }
 
-    /// A client trusting the system's CAs and those in the PEM file `ca` (a private CA that
-    /// signed an `https` Config Mapper's certificate).
+    /// A client trusting the built-in Mozilla roots and the CAs in the PEM file `ca` (a private
+    /// CA that signed an `https` Config Mapper's certificate).
     pub fn with_ca(
         base: &str,
         token: Option<String>,

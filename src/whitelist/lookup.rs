@@ -1,7 +1,7 @@
 //! Lookup mode: one `GET /v1/whitelist/{user}` per user, for Config Mappers that only answer
 //! per user. Answers are cached (moka): listed users for `cache_ttl` (never past their own
 //! expiry), unlisted users for `negative_ttl`, failed lookups for a short back-off during which
-//! the user is production. Concurrent misses for one user make one request (moka's `get_with`).
+//! the user's last answer stands (production if it never had one: [`super::answers`]). Concurrent misses for one user make one request (moka's `get_with`).
 //!
 //! An answer older than its TTL is *stale*: still served (for as long again at most) while a
 //! worker refreshes it, so a busy user never waits for the Config Mapper twice. A whitelist
@@ -10,8 +10,8 @@
 //! The relay never blocks on a lookup: it asks [`LookupCache::peek`] and, on a miss, hands the
 //! user to a [`LookupPool`] worker and holds that partition's records until the answer is in,
 //! for at most `lookup_wait`. A Config Mapper that fails or answers slower than that is
-//! *degraded*: misses are then production at once, and only occasional probes go out until
-//! one answers in time.
+//! *degraded*: misses are then decided without an answer at once (the last one stands), and
+//! only occasional probes go out until one answers in time.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
@@ -30,7 +30,8 @@ use crate::clock::{now_ms, parse_rfc3339_ms};
 pub enum Answer {
     Listed(Arc<Entry>),
     NotListed,
-    /// The lookup failed: production until the back-off ends and it is asked again.
+    /// The lookup failed: the user's last answer stands (production if none) until the
+    /// back-off ends and it is asked again.
     Failed,
 }
 

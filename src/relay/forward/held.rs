@@ -164,7 +164,9 @@ impl Holding {
         now_ms: i64,
     ) -> Result<(), RelayError> {
         let drained = self.drain(fan_out, consumer, now_ms);
-        self.pinned.end_batch(consumer, fan_out, now_ms);
+        // A partition also paused for holding too much stays paused until its queue drains.
+        let paused = &self.paused;
+        self.pinned.end_batch(consumer, fan_out, now_ms, |key| paused.contains(&key));
         drained
     }
 
@@ -186,6 +188,10 @@ impl Holding {
         // old queue must be gone before a record of the new assignment could join it.
         self.apply_revocations();
         let key = (ri, msg.partition());
+        if self.pinned.is_held(key) {
+            // Fetched before its partition was held and rewound: read again once resumed.
+            return Ok(());
+        }
         let queued = !self.parked.is_empty() && self.parked.contains_key(&key);
         let started = fan_out.start_timer();
         let headers = InputHeaders(msg.headers());
@@ -310,6 +316,11 @@ impl Holding {
         let keys: Vec<PartitionKey> = self.parked.keys().copied().collect();
         for key in keys {
             let Some(mut queue) = self.parked.remove(&key) else { continue };
+            if self.pinned.is_held(key) {
+                // Rewound to an earlier record than these: they are read again in order.
+                self.forget_queue(&queue);
+                continue;
+            }
             let result = self.decide_front(&mut queue, fan_out, consumer, now);
             if queue.is_empty() {
                 if self.paused.remove(&key) {
@@ -371,12 +382,17 @@ impl Holding {
             if !self.pinned.decide_subject(held.route, &held.msg, held.subject, fan_out, consumer, now, None)? {
                 // Its partition is held for its decision history, rewound to this record: every
                 // record behind it is read again too.
-                self.held_records -= queue.len();
-                self.held_bytes -= queue.iter().map(|h| h.bytes).sum::<usize>();
+                self.forget_queue(queue);
                 queue.clear();
             }
         }
         Ok(())
+    }
+
+    /// `queue`'s records leave the bounds' count (they are dropped, to be read again).
+    fn forget_queue(&mut self, queue: &VecDeque<Held>) {
+        self.held_records -= queue.len();
+        self.held_bytes -= queue.iter().map(|h| h.bytes).sum::<usize>();
     }
 
     fn apply_revocations(&mut self) {

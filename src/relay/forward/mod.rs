@@ -168,7 +168,7 @@ impl Handler for Forward {
     fn end_batch(&mut self, consumer: &BaseConsumer<RebalanceContext>) -> Result<(), RelayError> {
         match &mut self.source {
             Source::Lookup(h) => h.end_batch(&mut self.fan_out, consumer, self.now)?,
-            Source::Pinned(p) => p.end_batch(consumer, &self.fan_out, self.now),
+            Source::Pinned(p) => p.end_batch(consumer, &self.fan_out, self.now, |_| false),
         }
         Ok(())
     }

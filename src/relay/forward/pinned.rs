@@ -14,7 +14,7 @@ use super::held::pause;
 use crate::config::Config;
 use crate::decision_log::{DecisionError, DecisionLog};
 use crate::metrics::Metrics;
-use crate::pinning::{Chain, Epoch, PartitionPins, Pick};
+use crate::pinning::{Chain, Epoch, PartitionPins, Pick, claim_after};
 use crate::relay::direction::rebalance::{RebalanceContext, Revoked};
 use crate::relay::error::RelayError;
 use crate::relay::offsets::PartitionKey;
@@ -309,7 +309,9 @@ impl Pinned {
         self.unreadable.inc();
         tracing::error!(topic, partition, offset, error = %e,
             "decision history unreadable: deciding from the live whitelist; records a previous owner decided may be decided again differently");
-        Some(PartitionPins::taken_over(Chain::default(), i64::MIN, Chain::default().next_claim(now_ms)))
+        // Above the claims in the log, if they can be read: this owner's pins must count.
+        let highest = self.log.reader.highest_claim(key).unwrap_or(0);
+        Some(PartitionPins::taken_over(Chain::default(), i64::MIN, claim_after(highest, now_ms)))
     }
 
     /// Ends `key`'s hold, if it had one.
@@ -323,11 +325,20 @@ impl Pinned {
 
     /// Once per batch, after it: held partitions due for another try are resumed (their next
     /// record takes the partition over again).
-    pub fn end_batch(&mut self, consumer: &BaseConsumer<RebalanceContext>, fan_out: &FanOut, now_ms: i64) {
+    /// Partitions `paused_elsewhere` names are left paused (their retry comes when resumed).
+    pub fn end_batch(
+        &mut self,
+        consumer: &BaseConsumer<RebalanceContext>,
+        fan_out: &FanOut,
+        now_ms: i64,
+        paused_elsewhere: impl Fn(PartitionKey) -> bool,
+    ) {
         for (key, hold) in &mut self.held {
             if hold.retry_at_ms.is_some_and(|at| at <= now_ms) {
                 hold.retry_at_ms = None;
-                if let Some(topic) = fan_out.route_topic(key.0) {
+                if !paused_elsewhere(*key)
+                    && let Some(topic) = fan_out.route_topic(key.0)
+                {
                     pause(consumer, topic, key.1, false);
                 }
             }
