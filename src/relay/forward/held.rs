@@ -302,7 +302,7 @@ impl Holding {
     }
 
     /// Takes in finished lookups and decides every held record that can now go, in order.
-    pub fn drain(
+    fn drain(
         &mut self,
         fan_out: &mut FanOut,
         consumer: &BaseConsumer<RebalanceContext>,
@@ -401,8 +401,7 @@ impl Holding {
         for key in revoked {
             self.paused.remove(&key);
             if let Some(queue) = self.parked.remove(&key) {
-                self.held_records -= queue.len();
-                self.held_bytes -= queue.iter().map(|h| h.bytes).sum::<usize>();
+                self.forget_queue(&queue);
             }
         }
     }
